@@ -1,0 +1,119 @@
+//! Background archiving of completed segments, off the receive path.
+//!
+//! For each segment that reached its final name: read it, record its CRC-32C, and either
+//! publish `<name>.zst` atomically (then recycle the plain file as a spare for the receiver) or,
+//! with compression off, publish `<name>.sum`. It also keeps one spare ready so that the receiver
+//! never has to zero-fill a segment at a boundary. Failures (a full disk) are logged and retried;
+//! the plain segment stays until its archived form is durable.
+
+use super::segment_file::{self, SegmentChecksum};
+use super::store::ObjectStore;
+use super::wal_store::{create_zero_filled, SparePool, SUM_SUFFIX, ZST_SUFFIX};
+use super::Compression;
+use crate::pg::{WalFileName, WalSegSize};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// Spares kept at most; more archived files are simply removed.
+const MAX_SPARES: usize = 2;
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+pub struct Archiver {
+    pub server: String,
+    pub compression: Compression,
+    pub seg: WalSegSize,
+    /// The spool directory holding plain segments.
+    pub dir: PathBuf,
+    pub store: Arc<dyn ObjectStore>,
+    /// Store key of the spool directory, e.g. `main/wal`.
+    pub key_prefix: String,
+    pub spares: SparePool,
+}
+
+impl Archiver {
+    /// Runs on its own thread until every sender of `rx` is gone and the queue is empty.
+    pub fn spawn(self, rx: mpsc::Receiver<WalFileName>, backlog: Vec<WalFileName>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new().name(format!("archiver-{}", self.server)).spawn(move || self.run(rx, backlog))
+    }
+
+    fn run(self, rx: mpsc::Receiver<WalFileName>, backlog: Vec<WalFileName>) {
+        let mut queue: VecDeque<WalFileName> = backlog.into();
+        let mut disconnected = false;
+        loop {
+            self.ensure_spare();
+            while let Ok(n) = rx.try_recv() {
+                queue.push_back(n);
+            }
+            if let Some(name) = queue.pop_front() {
+                if let Err(e) = self.archive(name) {
+                    tracing::warn!(server = %self.server, segment = %name.format(self.seg), error = %e,
+                        "archiving a completed segment failed; it stays uncompressed and will be retried");
+                    queue.push_front(name);
+                    if disconnected {
+                        return;
+                    }
+                    std::thread::sleep(RETRY_AFTER);
+                }
+                continue;
+            }
+            if disconnected {
+                return;
+            }
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(n) => queue.push_back(n),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
+            }
+        }
+    }
+
+    fn ensure_spare(&self) {
+        if !self.spares.is_empty() || !self.dir.is_dir() {
+            return;
+        }
+        let path = self.spares.new_name(&self.dir);
+        match create_zero_filled(&path, self.seg.bytes()) {
+            Ok(()) => self.spares.add(path),
+            Err(e) => tracing::warn!(server = %self.server, error = %e, "could not prepare a spare segment"),
+        }
+    }
+
+    /// Archives one segment; idempotent, so a crash at any point is repaired by doing it again.
+    pub fn archive(&self, name: WalFileName) -> std::io::Result<()> {
+        let file_name = name.format(self.seg);
+        let plain = self.dir.join(&file_name);
+        let data = match std::fs::read(&plain) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(super::fsutil::ctx("read", &plain)(e)),
+        };
+        if data.len() as u64 != self.seg.bytes() {
+            return Err(std::io::Error::other(format!("{} has {} bytes, expected {}", plain.display(), data.len(), self.seg.bytes())));
+        }
+        match self.compression {
+            Compression::Zstd(level) => {
+                let mut stored = Vec::with_capacity(data.len() / 4);
+                segment_file::compress_into(&data, level, &mut stored)?;
+                self.store.put(&format!("{}/{file_name}{ZST_SUFFIX}", self.key_prefix), &stored)?;
+                crate::metrics::segment_archived(&self.server, data.len() as u64, stored.len() as u64);
+                drop(data);
+                if self.spares.len() < MAX_SPARES {
+                    let spare = self.spares.new_name(&self.dir);
+                    std::fs::rename(&plain, &spare).map_err(super::fsutil::ctx("recycle", &plain))?;
+                    self.spares.add(spare);
+                } else {
+                    super::fsutil::durable_remove(&plain)?;
+                }
+            }
+            Compression::None => {
+                let sum = SegmentChecksum::of(&data);
+                self.store.put(&format!("{}/{file_name}{SUM_SUFFIX}", self.key_prefix), sum.to_sum_text().as_bytes())?;
+                crate::metrics::segment_archived(&self.server, data.len() as u64, data.len() as u64);
+            }
+        }
+        tracing::debug!(server = %self.server, segment = %file_name, "segment archived");
+        Ok(())
+    }
+}

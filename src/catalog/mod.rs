@@ -1,0 +1,58 @@
+//! Everything on disk, and the only code that builds catalog paths.
+//!
+//! ```text
+//! <catalog>/
+//!   serve.lock                      one pgark serve per catalog (flock + pid)
+//!   <server>/
+//!     server.state                  system identifier, segment size, timeline (magic, version, CRC)
+//!     wal/                          see wal_store: .partial, plain, .zst, .sum, .history
+//! ```
+
+pub mod archiver;
+pub mod fsutil;
+pub mod lock;
+pub mod segment_file;
+pub mod state;
+pub mod store;
+pub mod wal_store;
+
+use std::path::{Path, PathBuf};
+
+/// How completed segments are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    /// zstd at this level (1 to 19).
+    Zstd(i32),
+}
+
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Paths inside one catalog.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn server_dir(&self, server: &str) -> PathBuf {
+        self.root.join(server)
+    }
+
+    pub fn wal_dir(&self, server: &str) -> PathBuf {
+        self.server_dir(server).join("wal")
+    }
+
+    /// Store key of a server's WAL directory.
+    pub fn wal_key(server: &str) -> String {
+        format!("{server}/wal")
+    }
+}

@@ -1,0 +1,87 @@
+//! The narrow storage interface for finished catalog objects (compressed segments, history
+//! files, checksums), so that an S3-compatible or encrypting backend can replace the local
+//! filesystem later without touching the receiver.
+//!
+//! Keys are relative paths with `/` separators, such as `main/wal/000000010000000000000003.zst`.
+//! `put` is atomic and durable: after it returns, the object is complete under its key, and a
+//! crash during it leaves no object at all. The open `.partial` segment is not an object: it is
+//! the receiver's local spool, written in place for speed (see `wal_store`).
+
+use super::fsutil;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Stores `data` under `key`, atomically and durably, replacing any previous object.
+    fn put(&self, key: &str, data: &[u8]) -> io::Result<()>;
+    /// The object's bytes, or `None` if there is none.
+    fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>>;
+    /// Keys directly under `prefix` (a "directory"), sorted.
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
+    /// Removes the object; removing a missing object succeeds.
+    fn delete(&self, key: &str) -> io::Result<()>;
+}
+
+/// Objects as files under a root directory.
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file that holds `key`. Keys are built by pgark, never taken from users or the network;
+    /// `..` is still refused as a second line of defence.
+    pub fn path(&self, key: &str) -> PathBuf {
+        debug_assert!(!key.split('/').any(|c| c == ".."), "key {key:?} escapes the catalog");
+        self.root.join(key)
+    }
+}
+
+impl ObjectStore for LocalStore {
+    fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+        let path = self.path(key);
+        if let Some(dir) = path.parent() {
+            fsutil::create_dir_durable(dir)?;
+        }
+        fsutil::write_atomic(&path, data)
+    }
+
+    fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        let path = self.path(key);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(fsutil::ctx("read", &path)(e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let dir = self.path(prefix);
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(fsutil::ctx("list", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(fsutil::ctx("list", &dir))?;
+            if let Some(name) = entry.file_name().to_str() {
+                out.push(format!("{}/{name}", prefix.trim_end_matches('/')));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        fsutil::durable_remove(&self.path(key))
+    }
+}

@@ -1,0 +1,152 @@
+//! Command-line interface: argument parsing, exit codes, and the small commands (`status`,
+//! `check-config`). `serve` lives in `daemon`, `demo` in `demo`.
+
+use crate::config::Config;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit codes (documented in the README).
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// A runtime failure: I/O, connection, a daemon task that died.
+    pub const FAILURE: i32 = 1;
+    /// Bad usage or a bad config file.
+    pub const USAGE: i32 = 2;
+    /// `pgark status`: a server is not streaming, or the daemon is not running.
+    pub const NOT_STREAMING: i32 = 3;
+    /// The catalog is locked by another running `pgark serve`.
+    pub const LOCKED: i32 = 4;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "pgark", version, about = "PostgreSQL backup service: streams WAL over the replication protocol into a catalog, with durable synchronous acknowledgement (RPO=0)")]
+pub struct Cli {
+    /// Log format: text (default) or json. The level comes from PGARK_LOG (e.g. debug, or pgark=debug).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the daemon: stream WAL from every configured server into the catalog.
+    #[command(after_help = "Examples:\n  pgark serve --config /etc/pgark.yaml\n  pgark serve --config /etc/pgark.yaml --check\n\nSignals: SIGTERM/SIGINT stop cleanly (exit 0), SIGHUP reloads the config.")]
+    Serve {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Validate the config (and that the catalog is writable), then exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Validate a config file without starting anything.
+    #[command(after_help = "Example:\n  pgark check-config --config /etc/pgark.yaml")]
+    CheckConfig {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Show, per server, whether it is streaming, its timeline, LSNs, last segment and lag.
+    #[command(after_help = "Exit status: 0 when every server streams, 3 when one does not or the daemon is not running.\n\nExamples:\n  pgark status --config /etc/pgark.yaml\n  pgark status --config /etc/pgark.yaml --json | jq '.servers[].lag_bytes'")]
+    Status {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON (the same document as GET /status).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a throwaway PostgreSQL with pgark as its synchronous standby, write data, show what happens.
+    #[command(after_help = "Ctrl-C stops everything and removes the temporary files.\n\nExamples:\n  pgark demo\n  pgark demo --duration 30")]
+    Demo {
+        /// Stop by itself after this many seconds (default: run until Ctrl-C).
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<u64>,
+        /// Address for /metrics, /healthz and /status.
+        #[arg(long, default_value = "127.0.0.1:9187")]
+        metrics_listen: String,
+    },
+}
+
+/// `check-config` / `serve --check`.
+pub fn check_config(path: &std::path::Path) -> i32 {
+    match Config::load(path).and_then(|c| c.check_catalog_writable().map(|_| c)) {
+        Ok(c) => {
+            println!("{}: OK ({} server{}, catalog {})", path.display(), c.servers.len(), if c.servers.len() == 1 { "" } else { "s" }, c.catalog.display());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
+    }
+}
+
+/// `pgark status`: asks the running daemon; falls back to the catalog when it is not running.
+pub async fn status(path: &std::path::Path, json: bool) -> i32 {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let live = crate::http::get(&config.metrics_listen, "/status").await;
+    let status: Option<crate::status::DaemonStatus> = match &live {
+        Ok((200, body)) => serde_json::from_str(body).ok(),
+        _ => None,
+    };
+    let Some(status) = status else {
+        let why = match live {
+            Ok((code, _)) => format!("{} answered HTTP {code}", config.metrics_listen),
+            Err(e) => format!("nothing answers on {} ({e})", config.metrics_listen),
+        };
+        if json {
+            let servers: Vec<_> = config.servers.keys().map(|s| offline_json(&config, s)).collect();
+            println!("{}", serde_json::json!({ "daemon_running": false, "reason": why, "servers": servers }));
+        } else {
+            println!("pgark serve is not running: {why}");
+            for name in config.servers.keys() {
+                let v = offline_json(&config, name);
+                println!("  {name}: not streaming; last known timeline {} flushed {} (from the catalog)", v["timeline"], v["flushed_lsn"]);
+            }
+        }
+        return exit::NOT_STREAMING;
+    };
+    let all_streaming = status.servers.iter().all(|s| s.state == crate::status::ConnState::Streaming);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+    } else {
+        println!("pgark {} (pid {}), catalog {}", status.version, status.pid, status.catalog);
+        println!("{:<16} {:<10} {:>4} {:>14} {:>14} {:>12} {:<26} {}", "SERVER", "STATE", "TLI", "RECEIVED", "FLUSHED", "LAG", "LAST SEGMENT", "NOTE");
+        for s in &status.servers {
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            println!(
+                "{:<16} {:<10} {:>4} {:>14} {:>14} {:>12} {:<26} {}",
+                s.server,
+                format!("{:?}", s.state).to_lowercase(),
+                opt(s.timeline.map(|t| t.to_string())),
+                opt(s.received_lsn.map(|l| l.to_string())),
+                opt(s.flushed_lsn.map(|l| l.to_string())),
+                opt(s.lag_bytes.map(|l| l.to_string())),
+                opt(s.last_segment.clone()),
+                if s.state == crate::status::ConnState::Streaming { String::new() } else { s.last_error.clone().unwrap_or_default() }
+            );
+        }
+    }
+    if all_streaming {
+        exit::OK
+    } else {
+        exit::NOT_STREAMING
+    }
+}
+
+fn offline_json(config: &Config, server: &str) -> serde_json::Value {
+    let store = crate::catalog::store::LocalStore::new(&config.catalog);
+    match crate::catalog::state::load(&store, server) {
+        Ok(Some(st)) => serde_json::json!({
+            "server": server, "state": "stopped", "timeline": st.timeline.0, "flushed_lsn": st.flushed_lsn.to_string(),
+            "system_identifier": st.system_identifier.to_string(),
+        }),
+        Ok(None) => serde_json::json!({ "server": server, "state": "stopped", "timeline": null, "flushed_lsn": null }),
+        Err(e) => serde_json::json!({ "server": server, "state": "stopped", "error": e.to_string(), "timeline": null, "flushed_lsn": null }),
+    }
+}

@@ -1,0 +1,295 @@
+//! The YAML configuration: parsed, validated, with defaults as named constants.
+//!
+//! Every error names the file, the key and what was expected, and maps to exit code 2.
+
+use crate::catalog::{Compression, DEFAULT_ZSTD_LEVEL};
+use crate::client::conninfo::{ConnInfo, Host};
+use crate::client::replication::validate_slot_name;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9187";
+pub const DEFAULT_SLOT: &str = "pgark";
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_RECEIVER_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_SYNCHRONOUS: bool = true;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    catalog: PathBuf,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+    #[serde(deserialize_with = "unique_servers")]
+    servers: BTreeMap<String, RawServer>,
+}
+
+/// Deserializes the `servers` map, refusing a name given twice (YAML would keep the last one).
+fn unique_servers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, RawServer>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = BTreeMap<String, RawServer>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of server names to server settings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if out.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format!("servers.{name}: duplicate server name")));
+                }
+                let v: RawServer = map.next_value()?;
+                out.insert(name, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    conninfo: String,
+    slot: Option<String>,
+    create_slot: Option<bool>,
+    synchronous: Option<bool>,
+    status_interval: Option<String>,
+    receiver_timeout: Option<String>,
+    compression: Option<serde_yaml::Value>,
+}
+
+/// One protected server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    /// The connection string as written (compared on reload).
+    pub conninfo_text: String,
+    pub conninfo: ConnInfo,
+    pub slot: String,
+    pub create_slot: bool,
+    pub synchronous: bool,
+    pub status_interval: Duration,
+    pub receiver_timeout: Duration,
+    pub compression: Compression,
+}
+
+impl PartialEq for ServerConfig {
+    fn eq(&self, o: &Self) -> bool {
+        self.name == o.name
+            && self.conninfo_text == o.conninfo_text
+            && self.slot == o.slot
+            && self.create_slot == o.create_slot
+            && self.synchronous == o.synchronous
+            && self.status_interval == o.status_interval
+            && self.receiver_timeout == o.receiver_timeout
+            && self.compression == o.compression
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub catalog: PathBuf,
+    pub metrics_listen: String,
+    pub servers: BTreeMap<String, ServerConfig>,
+}
+
+impl Config {
+    /// Reads and validates a config file (without touching the catalog).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let err = |message: String| ConfigError { file: file.clone(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the config file: {e}")))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let err = |message: String| ConfigError { file: file.clone(), message };
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| err(describe_yaml_error(&e)))?;
+        if raw.catalog.as_os_str().is_empty() {
+            return Err(err("catalog: expected a directory path, got an empty string".into()));
+        }
+        let catalog = if raw.catalog.is_relative() {
+            path.parent().unwrap_or(Path::new(".")).join(&raw.catalog)
+        } else {
+            raw.catalog.clone()
+        };
+        let metrics_listen = match raw.metrics {
+            Some(m) => {
+                m.listen
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|_| err(format!("metrics.listen: {:?} is not an address: expected IP:PORT, like 127.0.0.1:9187", m.listen)))?;
+                m.listen
+            }
+            None => DEFAULT_METRICS_LISTEN.to_string(),
+        };
+        if raw.servers.is_empty() {
+            return Err(err("servers: expected at least one server".into()));
+        }
+        let mut servers = BTreeMap::new();
+        for (name, s) in raw.servers {
+            let key = |k: &str| format!("servers.{name}.{k}");
+            validate_server_name(&name).map_err(|m| err(format!("servers.{name}: {m}")))?;
+            let conninfo = ConnInfo::parse(&s.conninfo).map_err(|m| err(format!("{}: {m}", key("conninfo"))))?;
+            let slot = s.slot.unwrap_or_else(|| DEFAULT_SLOT.to_string());
+            validate_slot_name(&slot).map_err(|m| err(format!("{}: {m}", key("slot"))))?;
+            let status_interval = parse_duration(s.status_interval.as_deref(), DEFAULT_STATUS_INTERVAL).map_err(|m| err(format!("{}: {m}", key("status_interval"))))?;
+            let receiver_timeout = parse_duration(s.receiver_timeout.as_deref(), DEFAULT_RECEIVER_TIMEOUT).map_err(|m| err(format!("{}: {m}", key("receiver_timeout"))))?;
+            if status_interval.is_zero() || receiver_timeout <= status_interval {
+                return Err(err(format!(
+                    "{}: must be above zero and below receiver_timeout ({}s)",
+                    key("status_interval"),
+                    receiver_timeout.as_secs_f64()
+                )));
+            }
+            let compression = parse_compression(s.compression.as_ref()).map_err(|m| err(format!("{}: {m}", key("compression"))))?;
+            servers.insert(
+                name.clone(),
+                ServerConfig {
+                    name: name.clone(),
+                    conninfo_text: s.conninfo,
+                    conninfo,
+                    slot,
+                    create_slot: s.create_slot.unwrap_or(true),
+                    synchronous: s.synchronous.unwrap_or(DEFAULT_SYNCHRONOUS),
+                    status_interval,
+                    receiver_timeout,
+                    compression,
+                },
+            );
+        }
+        let mut seen: BTreeMap<(String, u16, String), String> = BTreeMap::new();
+        for s in servers.values() {
+            let host = match &s.conninfo.host {
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(d) => d.display().to_string(),
+            };
+            if let Some(other) = seen.insert((host.clone(), s.conninfo.port, s.slot.clone()), s.name.clone()) {
+                return Err(err(format!(
+                    "servers.{}: same server ({host}:{}) and slot {:?} as servers.{other}; two entries would fight over one slot",
+                    s.name, s.conninfo.port, s.slot
+                )));
+            }
+        }
+        Ok(Config { path: path.to_path_buf(), catalog, metrics_listen, servers })
+    }
+
+    /// Checks that the catalog directory exists (creating it) and is writable.
+    pub fn check_catalog_writable(&self) -> Result<(), ConfigError> {
+        let err = |m: String| ConfigError { file: self.path.display().to_string(), message: m };
+        std::fs::create_dir_all(&self.catalog).map_err(|e| err(format!("catalog: cannot create {}: {e}", self.catalog.display())))?;
+        let probe = self.catalog.join(format!(".write-probe.{}.tmp", std::process::id()));
+        std::fs::write(&probe, b"probe").map_err(|e| err(format!("catalog: {} is not writable: {e}", self.catalog.display())))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
+    }
+}
+
+fn describe_yaml_error(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(l) if !msg.contains("line") => format!("{msg} (line {}, column {})", l.line(), l.column()),
+        _ => msg,
+    }
+}
+
+/// Server names become directory names and metric labels: keep them plain.
+pub fn validate_server_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("server name {name:?}: expected 1 to 63 characters from A-Z, a-z, 0-9, _ and - (not starting with -)"))
+    }
+}
+
+fn parse_duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match text {
+        None => Ok(default),
+        Some(t) => humantime::parse_duration(t.trim()).map_err(|_| format!("{t:?}: expected a duration such as 10s, 500ms or 1m")),
+    }
+}
+
+fn parse_compression(v: Option<&serde_yaml::Value>) -> Result<Compression, String> {
+    use serde_yaml::Value;
+    let expected = "expected none, zstd, or zstd:LEVEL with LEVEL from 1 to 19";
+    match v {
+        None => Ok(Compression::Zstd(DEFAULT_ZSTD_LEVEL)),
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => Ok(Compression::None),
+            "zstd" => Ok(Compression::Zstd(DEFAULT_ZSTD_LEVEL)),
+            other => match other.strip_prefix("zstd:").and_then(|l| l.parse::<i32>().ok()) {
+                Some(l) if (1..=19).contains(&l) => Ok(Compression::Zstd(l)),
+                _ => Err(format!("{other:?}: {expected}")),
+            },
+        },
+        Some(Value::Bool(false)) => Ok(Compression::None),
+        Some(other) => Err(format!("{}: {expected}", serde_yaml::to_string(other).unwrap_or_default().trim())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/pgark.yaml"))
+    }
+
+    const GOOD: &str = "catalog: /var/lib/pgark\nmetrics:\n  listen: 127.0.0.1:9999\nservers:\n  main:\n    conninfo: host=/tmp port=5432 user=rep\n    synchronous: true\n    compression: zstd:5\n    status_interval: 5s\n";
+
+    #[test]
+    fn good_config() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.metrics_listen, "127.0.0.1:9999");
+        let m = &c.servers["main"];
+        assert_eq!(m.slot, "pgark");
+        assert_eq!(m.compression, Compression::Zstd(5));
+        assert_eq!(m.status_interval, Duration::from_secs(5));
+        assert!(m.create_slot && m.synchronous);
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    slto: a\n", "slto"),
+            ("catalog: /x\nservers:\n  main:\n    slot: a\n", "conninfo"),
+            ("servers:\n  main:\n    conninfo: host=/tmp\n", "catalog"),
+            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    slot: Bad-Slot\n", "servers.main.slot"),
+            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    synchronous: maybe\n", "synchronous"),
+            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp application_name=\n", "servers.main.conninfo"),
+            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    compression: lz4\n", "servers.main.compression"),
+            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    status_interval: soon\n", "servers.main.status_interval"),
+            ("catalog: /x\nmetrics:\n  listen: nowhere\nservers:\n  main:\n    conninfo: host=/tmp\n", "metrics.listen"),
+            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n  main:\n    conninfo: host=/tmp\n", "duplicate"),
+            ("catalog: /x\nservers:\n  a:\n    conninfo: host=/tmp\n  b:\n    conninfo: host=/tmp\n", "servers.b"),
+            ("catalog: /x\nservers:\n  'bad/name':\n    conninfo: host=/tmp\n", "bad/name"),
+            ("catalog: /x\nservers: {}\n", "servers"),
+        ];
+        for (text, needle) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with("/etc/pgark.yaml: "), "{e}");
+            assert!(e.contains(needle), "error for {text:?} should mention {needle:?}: {e}");
+        }
+    }
+}

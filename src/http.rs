@@ -1,0 +1,123 @@
+//! The HTTP endpoint on `metrics.listen`: `/metrics` (Prometheus text), `/healthz`, `/status`.
+//!
+//! A deliberately small HTTP/1.1 server: GET only, one request per connection, bounded request
+//! size and time. It never touches the receivers except through the status board.
+
+use crate::status::{unix_now, ConnState, DaemonStatus, StatusBoard};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// `/healthz` answers 503 when a server has not been streaming for longer than this.
+pub const HEALTHZ_MAX_NOT_STREAMING: Duration = Duration::from_secs(120);
+const MAX_REQUEST: usize = 8192;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: PrometheusHandle,
+    pub board: StatusBoard,
+    pub catalog: String,
+    pub started_at: u64,
+}
+
+impl HttpState {
+    pub fn status(&self) -> DaemonStatus {
+        DaemonStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            catalog: self.catalog.clone(),
+            servers: self.board.snapshot(),
+        }
+    }
+
+    /// Reasons the daemon is unhealthy; empty when healthy.
+    pub fn health_problems(&self) -> Vec<String> {
+        let now = unix_now();
+        let limit = HEALTHZ_MAX_NOT_STREAMING.as_secs();
+        self.board
+            .snapshot()
+            .into_iter()
+            .filter(|s| s.state != ConnState::Streaming)
+            .filter(|s| now.saturating_sub(s.last_message_at.unwrap_or(self.started_at)) > limit)
+            .map(|s| format!("{}: not streaming for over {limit}s ({})", s.server, s.last_error.unwrap_or_else(|| format!("{:?}", s.state))))
+            .collect()
+    }
+}
+
+pub async fn serve(listener: TcpListener, state: HttpState, cancel: CancellationToken) {
+    loop {
+        let (sock, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle(sock, state)).await;
+        });
+    }
+}
+
+async fn handle(mut sock: TcpStream, state: HttpState) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 || buf.len() + n > MAX_REQUEST {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(buf.split(|&b| b == b'\r').next().unwrap_or_default()).into_owned();
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (code, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", state.metrics.render()),
+        ("GET", "/status") => (200, "application/json", serde_json::to_string_pretty(&state.status()).unwrap_or_default()),
+        ("GET", "/healthz") => {
+            let problems = state.health_problems();
+            if problems.is_empty() {
+                (200, "text/plain", "ok\n".to_string())
+            } else {
+                (503, "text/plain", problems.join("\n") + "\n")
+            }
+        }
+        ("GET", _) => (404, "text/plain", "not found: try /metrics, /healthz or /status\n".to_string()),
+        _ => (405, "text/plain", "only GET is supported\n".to_string()),
+    };
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let head = format!("HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(body.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+/// A minimal GET for `pgark status`: returns (status code, body).
+pub async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut resp))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("reading from {addr}")))??;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, body.to_string()))
+}

@@ -1,0 +1,20 @@
+//! pgark: a PostgreSQL backup service.
+//!
+//! The heart is a physical replication client of our own (`protocol` for the wire format,
+//! `client` for sockets, TLS and authentication) feeding a WAL store (`catalog`) whose flush
+//! position only fsync advances; `receiver` supervises one stream per server and `daemon` wires
+//! them with the HTTP endpoint (`http`, `metrics`, `status`).
+
+pub mod catalog;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod http;
+pub mod metrics;
+pub mod pg;
+pub mod pgcluster;
+pub mod protocol;
+pub mod receiver;
+pub mod status;

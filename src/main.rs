@@ -1,0 +1,48 @@
+//! The `pgark` binary: parse arguments, set up logging, run the command, map the outcome to an
+//! exit code. No logic lives here.
+
+use clap::Parser;
+use pgark::cli::{exit, Cli, Cmd};
+use pgark::daemon::DaemonError;
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGARK_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format == "json");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(exit::FAILURE);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Cmd::Serve { config, check: true } | Cmd::CheckConfig { config } => pgark::cli::check_config(&config),
+            Cmd::Serve { config, check: false } => match pgark::daemon::serve_with_signals(config).await {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    match e {
+                        DaemonError::Config(_) => exit::USAGE,
+                        DaemonError::Lock(pgark::catalog::lock::LockError::Held { .. }) => exit::LOCKED,
+                        _ => exit::FAILURE,
+                    }
+                }
+            },
+            Cmd::Status { config, json } => pgark::cli::status(&config, json).await,
+            Cmd::Demo { duration, metrics_listen } => pgark::demo::run(duration, &metrics_listen).await,
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    std::process::exit(code);
+}

@@ -1,0 +1,79 @@
+//! Every metric pgark exports, in one place. Prometheus naming: one `pgark_` prefix, base units,
+//! counters end in `_total`, LSNs as numeric gauges (bytes), one `server` label.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Buckets for fsync and acknowledgement latency, in seconds: 50µs to 5s.
+const LATENCY_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Installs the global recorder (once per process) and returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            gauge!("pgark_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+pub fn set_up(server: &str, up: bool) {
+    gauge!("pgark_up", "server" => server.to_string()).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn wal_received(server: &str, bytes: u64) {
+    counter!("pgark_wal_received_bytes_total", "server" => server.to_string()).increment(bytes);
+}
+
+pub fn wal_positions(server: &str, received: u64, flushed: u64) {
+    gauge!("pgark_wal_received_lsn_bytes", "server" => server.to_string()).set(received as f64);
+    gauge!("pgark_wal_flushed_lsn_bytes", "server" => server.to_string()).set(flushed as f64);
+}
+
+pub fn server_wal_end(server: &str, lsn: u64) {
+    gauge!("pgark_server_sent_lsn_bytes", "server" => server.to_string()).set(lsn as f64);
+}
+
+pub fn timeline(server: &str, tli: u32) {
+    gauge!("pgark_timeline", "server" => server.to_string()).set(tli as f64);
+}
+
+pub fn fsync_duration(server: &str, d: Duration) {
+    histogram!("pgark_fsync_duration_seconds", "server" => server.to_string()).record(d.as_secs_f64());
+}
+
+pub fn ack_latency(server: &str, d: Duration) {
+    histogram!("pgark_ack_latency_seconds", "server" => server.to_string()).record(d.as_secs_f64());
+}
+
+pub fn reconnect(server: &str) {
+    counter!("pgark_reconnects_total", "server" => server.to_string()).increment(1);
+}
+
+pub fn segment_completed(server: &str) {
+    counter!("pgark_wal_segments_completed_total", "server" => server.to_string()).increment(1);
+}
+
+pub fn segment_archived(server: &str, original: u64, stored: u64) {
+    counter!("pgark_wal_segments_archived_total", "server" => server.to_string()).increment(1);
+    counter!("pgark_wal_archived_original_bytes_total", "server" => server.to_string()).increment(original);
+    counter!("pgark_wal_archived_stored_bytes_total", "server" => server.to_string()).increment(stored);
+}
+
+pub fn store_error(server: &str) {
+    counter!("pgark_wal_store_errors_total", "server" => server.to_string()).increment(1);
+}
+
+pub fn synchronous_mode(server: &str, on: bool) {
+    gauge!("pgark_synchronous_mode", "server" => server.to_string()).set(if on { 1.0 } else { 0.0 });
+}

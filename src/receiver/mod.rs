@@ -1,0 +1,288 @@
+//! One supervised WAL receiver per server: connect, identify, check the system identifier, pick
+//! the start position and timeline, make sure the slot exists, stream, follow timeline switches,
+//! and reconnect with capped exponential backoff and jitter when anything goes wrong.
+//!
+//! A failure here never leaves this server's task: other servers are not disturbed.
+
+pub mod backoff;
+pub mod stream;
+
+use crate::catalog::archiver::Archiver;
+use crate::catalog::state::{self, ServerState, StateError};
+use crate::catalog::store::{LocalStore, ObjectStore};
+use crate::catalog::wal_store::{self, SparePool, WalStore};
+use crate::catalog::Layout;
+use crate::client::replication::StartOutcome;
+use crate::client::{ClientError, Connection};
+use crate::config::ServerConfig;
+use crate::pg::{Lsn, TimelineHistory, TimelineId, WalSegSize};
+use crate::protocol::ProtocolError;
+use crate::status::{unix_now, ConnState, StatusBoard};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use stream::{StreamEnd, StreamOptions};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error(transparent)]
+    Client(ClientError),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("catalog write failed, flush position held back: {0}")]
+    Store(std::io::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("refusing server: its system identifier is {server} but catalog {catalog_dir} holds WAL of system {catalog}; catalogs are never mixed (use a new server name or catalog for a new cluster)")]
+    SystemIdMismatch { server: u64, catalog: u64, catalog_dir: String },
+    #[error("refusing server: its wal_segment_size is {server} bytes but the catalog holds {catalog}-byte segments")]
+    SegmentSizeMismatch { server: u64, catalog: u64 },
+    #[error("the catalog is on timeline {catalog} but the server is on timeline {server}; was the server restored from an older backup?")]
+    TimelineAhead { catalog: TimelineId, server: TimelineId },
+    #[error("no message from the server for {0:?}; treating the connection as dead")]
+    Timeout(Duration),
+}
+
+/// A session ended without error.
+enum SessionEnd {
+    Cancelled,
+    ServerShutdown,
+}
+
+/// What survives between sessions of one server: the open WAL store and its archiver.
+struct Spool {
+    store: WalStore,
+    seg: WalSegSize,
+    archiver: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Runs the receiver for one server until `cancel` fires. The caller instruments it with the
+/// server's span, so every log line names the server.
+pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: CancellationToken) {
+    let server = cfg.name.clone();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(layout.root()));
+    let mut spool: Option<Spool> = None;
+    let mut backoff = backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    crate::metrics::synchronous_mode(&server, cfg.synchronous);
+    crate::metrics::set_up(&server, false);
+    loop {
+        board.update(&server, |s| s.state = ConnState::Connecting);
+        let started = Instant::now();
+        let result = session(&cfg, &layout, &store, &mut spool, &board, &cancel).await;
+        crate::metrics::set_up(&server, false);
+        let streamed_long = started.elapsed() > Duration::from_secs(30);
+        match result {
+            Ok(SessionEnd::Cancelled) => break,
+            Ok(SessionEnd::ServerShutdown) => {
+                tracing::info!("server is shutting down; will reconnect");
+                board.update(&server, |s| s.last_error = Some("server shut down".into()));
+            }
+            Err(e) => {
+                if matches!(e, ReceiverError::Store(_)) {
+                    crate::metrics::store_error(&server);
+                }
+                tracing::warn!(error = %e, "replication session ended");
+                board.update(&server, |s| s.last_error = Some(e.to_string()));
+            }
+        }
+        if streamed_long {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        crate::metrics::reconnect(&server);
+        board.update(&server, |s| {
+            s.state = ConnState::Retrying;
+            s.reconnects += 1;
+            s.streaming_since = None;
+        });
+        tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting after backoff");
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    // Let the archiver finish what is queued: drop the store (its sender), then join.
+    if let Some(sp) = spool.take() {
+        drop(sp.store);
+        if let Some(h) = sp.archiver {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+    board.update(&server, |s| s.state = ConnState::Stopped);
+    tracing::info!("receiver stopped");
+}
+
+async fn session(
+    cfg: &ServerConfig,
+    layout: &Layout,
+    store: &Arc<dyn ObjectStore>,
+    spool: &mut Option<Spool>,
+    board: &StatusBoard,
+    cancel: &CancellationToken,
+) -> Result<SessionEnd, ReceiverError> {
+    let server = cfg.name.as_str();
+    let mut conn = tokio::select! {
+        _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+        c = Connection::connect(&cfg.conninfo, true) => c.map_err(ReceiverError::Client)?,
+    };
+    let sys = conn.identify_system().await.map_err(ReceiverError::Client)?;
+    let seg = conn.wal_segment_size().await.map_err(ReceiverError::Client)?;
+    tracing::info!(peer = %conn.describe(), version = conn.server_version_num, tls = conn.encrypted,
+        system_identifier = sys.system_identifier, timeline = %sys.timeline, position = %sys.xlogpos, "connected");
+
+    // Catalogs are never mixed: the system identifier is recorded on first contact.
+    let known = state::load(store.as_ref(), server)?;
+    if let Some(st) = &known {
+        if st.system_identifier != sys.system_identifier {
+            return Err(ReceiverError::SystemIdMismatch {
+                server: sys.system_identifier,
+                catalog: st.system_identifier,
+                catalog_dir: layout.server_dir(server).display().to_string(),
+            });
+        }
+        if st.wal_segment_size != seg.bytes() {
+            return Err(ReceiverError::SegmentSizeMismatch { server: seg.bytes(), catalog: st.wal_segment_size });
+        }
+    }
+    let mut st = known.unwrap_or(ServerState {
+        system_identifier: sys.system_identifier,
+        wal_segment_size: seg.bytes(),
+        server_version_num: conn.server_version_num,
+        timeline: sys.timeline,
+        flushed_lsn: Lsn::INVALID,
+        updated_at: unix_now(),
+    });
+    st.server_version_num = conn.server_version_num;
+    state::save(store.as_ref(), server, &st)?;
+
+    let sp = open_spool(cfg, layout, store, spool, seg)?;
+
+    if cfg.create_slot && conn.create_physical_slot(&cfg.slot).await.map_err(ReceiverError::Client)? {
+        tracing::info!(slot = %cfg.slot, "created physical replication slot (RESERVE_WAL)");
+    }
+
+    let wal_dir = layout.wal_dir(server);
+    let scan = tokio::task::block_in_place(|| wal_store::scan(&wal_dir, seg)).map_err(ReceiverError::Store)?;
+    let (mut tli, mut start) = match scan.resume_point(seg) {
+        Some(p) => p,
+        None => {
+            let from_slot = if conn.server_major() >= 15 {
+                conn.read_replication_slot(&cfg.slot).await.map_err(ReceiverError::Client)?.flatten()
+            } else {
+                None
+            };
+            match from_slot {
+                Some((lsn, slot_tli)) => (slot_tli, seg.align_down(lsn)),
+                None => (sys.timeline, seg.align_down(sys.xlogpos)),
+            }
+        }
+    };
+    if tli > sys.timeline {
+        return Err(ReceiverError::TimelineAhead { catalog: tli, server: sys.timeline });
+    }
+
+    let opts = StreamOptions { server, synchronous: cfg.synchronous, status_interval: cfg.status_interval, receiver_timeout: cfg.receiver_timeout };
+    loop {
+        if tli.0 > 1 && !sp.store.has_history(tli) {
+            let (name, content) = conn.timeline_history(tli).await.map_err(ReceiverError::Client)?;
+            TimelineHistory::parse(&content).map_err(|e| ProtocolError::new(format!("history file {name}: {e}")))?;
+            tokio::task::block_in_place(|| sp.store.store_history(tli, &content)).map_err(ReceiverError::Store)?;
+            tracing::info!(file = %name, "stored timeline history file");
+        }
+        tokio::task::block_in_place(|| sp.store.begin(tli, start)).map_err(ReceiverError::Store)?;
+        st.timeline = tli;
+        state::save(store.as_ref(), server, &st)?;
+        crate::metrics::timeline(server, tli.0);
+        board.update(server, |s| {
+            s.timeline = Some(tli);
+            s.received_lsn = Some(start);
+            s.flushed_lsn = Some(start);
+        });
+        tracing::info!(timeline = %tli, start = %start, slot = %cfg.slot, synchronous = cfg.synchronous, "starting replication");
+        let end = match conn.start_replication(Some(&cfg.slot), start, tli).await.map_err(ReceiverError::Client)? {
+            StartOutcome::TimelineEnded(end) => end,
+            StartOutcome::Streaming => {
+                crate::metrics::set_up(server, true);
+                board.update(server, |s| {
+                    s.state = ConnState::Streaming;
+                    s.streaming_since = Some(unix_now());
+                    s.last_error = None;
+                });
+                let outcome = stream::stream(&mut conn, &mut sp.store, &opts, board, cancel).await;
+                st.flushed_lsn = sp.store.flush_pos();
+                let _ = state::save(store.as_ref(), server, &st);
+                match outcome? {
+                    StreamEnd::TimelineEnded(end) => end,
+                    StreamEnd::ServerShutdown => return Ok(SessionEnd::ServerShutdown),
+                    StreamEnd::Cancelled => {
+                        conn.terminate().await;
+                        return Ok(SessionEnd::Cancelled);
+                    }
+                }
+            }
+        };
+        if end.next_tli <= tli {
+            return Err(ProtocolError::new(format!("server switched from timeline {tli} to {} which is not newer", end.next_tli)).into());
+        }
+        if end.next_start > sp.store.write_pos() {
+            return Err(ProtocolError::new(format!(
+                "timeline {tli} ended at {} but the next timeline starts at {}, past the end of what was streamed",
+                sp.store.write_pos(),
+                end.next_start
+            ))
+            .into());
+        }
+        tokio::task::block_in_place(|| sp.store.end_timeline()).map_err(ReceiverError::Store)?;
+        tracing::info!(from = %tli, to = %end.next_tli, switchpoint = %end.next_start, "timeline switch");
+        tli = end.next_tli;
+        start = seg.align_down(end.next_start);
+    }
+}
+
+/// Opens the spool on first contact (the segment size comes from the server) and starts the
+/// archiver, handing it whatever an earlier run left unarchived.
+fn open_spool<'a>(
+    cfg: &ServerConfig,
+    layout: &Layout,
+    store: &Arc<dyn ObjectStore>,
+    spool: &'a mut Option<Spool>,
+    seg: WalSegSize,
+) -> Result<&'a mut Spool, ReceiverError> {
+    if let Some(sp) = spool.as_ref() {
+        if sp.seg != seg {
+            return Err(ReceiverError::SegmentSizeMismatch { server: seg.bytes(), catalog: sp.seg.bytes() });
+        }
+    }
+    if spool.is_none() {
+        let dir = layout.wal_dir(&cfg.name);
+        crate::catalog::fsutil::create_dir_durable(&dir).map_err(ReceiverError::Store)?;
+        wal_store::sweep_temporary(&dir).map_err(ReceiverError::Store)?;
+        let scan = wal_store::scan(&dir, seg).map_err(ReceiverError::Store)?;
+        let spares = SparePool::default();
+        for s in &scan.spares {
+            spares.add(s.clone());
+        }
+        let backlog: Vec<_> = scan
+            .plain
+            .iter()
+            .filter(|n| match cfg.compression {
+                crate::catalog::Compression::Zstd(_) => true,
+                crate::catalog::Compression::None => !scan.sums.contains(n),
+            })
+            .copied()
+            .collect();
+        let (tx, rx) = mpsc::channel();
+        let archiver = Archiver {
+            server: cfg.name.clone(),
+            compression: cfg.compression,
+            seg,
+            dir: dir.clone(),
+            store: store.clone(),
+            key_prefix: Layout::wal_key(&cfg.name),
+            spares: spares.clone(),
+        };
+        let handle = archiver.spawn(rx, backlog).map_err(ReceiverError::Store)?;
+        *spool = Some(Spool { store: WalStore::new(dir, seg, spares, tx), seg, archiver: Some(handle) });
+    }
+    Ok(spool.as_mut().expect("set above"))
+}
