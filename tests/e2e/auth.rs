@@ -1,0 +1,135 @@
+//! Authentication and TLS against a real server: trust, cleartext, md5, SCRAM (right and wrong
+//! password), TLS require / verify-ca / verify-full against a test CA, and .pgpass.
+
+use crate::common::*;
+use pgark::client::{ClientError, ConnInfo, Connection};
+use pgark::pgcluster::{running_as_root, Cluster};
+use std::path::Path;
+use std::process::Command;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is needed for the TLS tests");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn make_ca(dir: &Path, name: &str) {
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"), "-days", "2", "-subj", &format!("/CN={name}"),
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+}
+
+fn setup() -> (Cluster, tempfile::TempDir) {
+    let bins = pg();
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    make_ca(d, "ca");
+    make_ca(d, "otherca");
+    openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(d, &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf"]);
+    let c = Cluster::init(&bins, &["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'"]).unwrap();
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(d.join(f), c.data.join(f)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(c.data.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+        if running_as_root() {
+            Command::new("chown").args(["postgres:postgres"]).arg(c.data.join(f)).status().unwrap();
+        }
+    }
+    c.write_hba(
+        "local all all trust\n\
+         host replication trust_user 127.0.0.1/32 trust\n\
+         host replication md5_user 127.0.0.1/32 md5\n\
+         host replication scram_user 127.0.0.1/32 scram-sha-256\n\
+         host replication clear_user 127.0.0.1/32 password\n\
+         hostssl replication tls_user 127.0.0.1/32 scram-sha-256\n\
+         hostnossl replication tls_user 127.0.0.1/32 reject\n",
+    )
+    .unwrap();
+    c.start().unwrap();
+    c.psql(
+        "SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN REPLICATION PASSWORD 'md5pass';
+         SET password_encryption = 'scram-sha-256'; CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 'scram pass';
+         CREATE ROLE trust_user LOGIN REPLICATION; CREATE ROLE clear_user LOGIN REPLICATION PASSWORD 'clearpass';
+         CREATE ROLE tls_user LOGIN REPLICATION PASSWORD 'tlspass';",
+    )
+    .unwrap();
+    (c, certs)
+}
+
+async fn try_connect(conninfo: &str) -> Result<Connection, ClientError> {
+    let ci = ConnInfo::parse(conninfo).unwrap();
+    let mut conn = Connection::connect(&ci, true).await?;
+    conn.identify_system().await?;
+    Ok(conn)
+}
+
+#[test]
+fn auth_methods_and_tls_modes() {
+    let (c, certs) = setup();
+    let port = c.port;
+    let ca = certs.path().join("ca.crt");
+    let other = certs.path().join("otherca.crt");
+    let nocert = certs.path().join("absent.crt");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let base = format!("host=127.0.0.1 port={port} sslrootcert={}", nocert.display());
+        let ok = |s: String| async move { try_connect(&s).await.unwrap_or_else(|e| panic!("{s}: {e}")) };
+        ok(format!("{base} user=trust_user sslmode=disable")).await;
+        ok(format!("{base} user=md5_user password=md5pass sslmode=disable")).await;
+        ok(format!("{base} user=scram_user password='scram pass' sslmode=disable")).await;
+        ok(format!("{base} user=clear_user password=clearpass sslmode=disable")).await;
+        for (user, pw) in [("md5_user", "nope"), ("scram_user", "nope"), ("clear_user", "nope")] {
+            let e = try_connect(&format!("{base} user={user} password={pw} sslmode=disable")).await.err().expect("wrong password accepted");
+            assert!(matches!(e, ClientError::Auth(_)), "{user}: {e}");
+            assert!(e.to_string().contains("password authentication failed"), "{user}: {e}");
+        }
+        let e = try_connect(&format!("{base} user=scram_user sslmode=disable")).await.err().unwrap();
+        assert!(e.to_string().contains("no password") || e.to_string().contains("none is configured"), "{e}");
+
+        // TLS: the tls_user may only connect encrypted.
+        let conn = ok(format!("{base} user=tls_user password=tlspass sslmode=require")).await;
+        assert!(conn.encrypted);
+        let conn = ok(format!("{base} user=tls_user password=tlspass sslmode=prefer")).await;
+        assert!(conn.encrypted);
+        let e = try_connect(&format!("{base} user=tls_user password=tlspass sslmode=disable")).await.err().unwrap();
+        assert!(matches!(e, ClientError::Auth(_)), "{e}");
+        // verify-full: the certificate names localhost only.
+        ok(format!("host=localhost port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}", ca.display())).await;
+        let e = try_connect(&format!("host=127.0.0.1 port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}", ca.display())).await.err().unwrap();
+        assert!(matches!(e, ClientError::Tls(_)), "host name mismatch must fail verify-full: {e}");
+        ok(format!("host=127.0.0.1 port={port} user=tls_user password=tlspass sslmode=verify-ca sslrootcert={}", ca.display())).await;
+        let e = try_connect(&format!("host=localhost port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}", other.display())).await.err().unwrap();
+        assert!(matches!(e, ClientError::Tls(_)), "a certificate from another CA must fail: {e}");
+        let e = try_connect(&format!("host=localhost port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}", nocert.display())).await.err().unwrap();
+        assert!(e.to_string().contains("root certificate"), "{e}");
+
+        // .pgpass (via passfile; PGPASSFILE is honoured the same way).
+        let pass = certs.path().join("pgpass");
+        std::fs::write(&pass, format!("127.0.0.1:{port}:replication:scram_user:scram pass\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        ok(format!("{base} user=scram_user passfile={} sslmode=disable", pass.display())).await;
+    });
+}
+
+/// In the daemon: a server with a wrong password is reported in status, and another server in
+/// the same daemon streams undisturbed; PGPASSFILE is honoured by `pgark serve`.
+#[test]
+fn auth_failure_on_one_server_does_not_disturb_another() {
+    let (c, certs) = setup();
+    let pass = certs.path().join("pgpass");
+    std::fs::write(&pass, format!("*:{}:replication:scram_user:scram pass\n", c.port)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let good = format!("host=127.0.0.1 port={} user=scram_user sslmode=disable", c.port);
+    let bad = format!("host=127.0.0.1 port={} user=md5_user password=wrong sslmode=disable", c.port);
+    let yaml = server_yaml("good", &good, "synchronous: false") + &server_yaml("bad", &bad, "synchronous: false");
+    let p = Pgark::start_env(&yaml, &[("PGPASSFILE", pass.to_str().unwrap())]);
+    p.wait_streaming("good");
+    wait_until(std::time::Duration::from_secs(30), "the bad server's error in status", || {
+        p.server("bad").and_then(|s| s.last_error).is_some_and(|e| e.contains("password authentication failed"))
+    });
+    write_rows(&c, 100);
+    p.wait_flushed("good", current_flush_lsn(&c));
+    assert_eq!(p.server("good").unwrap().reconnects, 0, "the good server was disturbed");
+}

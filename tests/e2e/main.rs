@@ -1,0 +1,9 @@
+//! End-to-end tests against real PostgreSQL clusters and the real `pgark` binary.
+
+mod auth;
+mod cli;
+mod common;
+mod durability;
+mod malformed;
+mod streaming;
+mod timelines;

@@ -1,0 +1,78 @@
+//! Cascading replication and promotion: pgark streams from a standby, the standby is promoted,
+//! pgark stores the history file and follows it onto the new timeline with no gap.
+
+use crate::common::*;
+use pgark::pgcluster::{free_port, running_as_root, Cluster};
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn cascading_standby_promotion_follows_new_timeline() {
+    let bins = pg();
+    let primary = Cluster::init_with(&bins, &["wal_keep_size = 1GB"], &["--wal-segsize=1"]).unwrap();
+    primary.start().unwrap();
+    write_rows(&primary, 50);
+
+    let dir = tempfile::Builder::new().prefix("pgark-standby-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(bins.client("pg_basebackup"))
+        .arg("-h")
+        .arg(&primary.socket_dir)
+        .args(["-p", &primary.port.to_string(), "-U", &primary.superuser, "-X", "stream", "-R", "-c", "fast", "--no-sync", "-D"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+    let port = free_port();
+    let standby = Cluster::from_data_dir(&bins, dir, data, port).unwrap();
+    standby.append_conf(&format!("port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n", standby.socket_dir.display())).unwrap();
+    if running_as_root() {
+        assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(standby.base_dir()).status().unwrap().success());
+    }
+    standby.start().unwrap();
+
+    let mut p = Pgark::start(&server_yaml("replica", &standby.conninfo(&standby.superuser), "synchronous: false"));
+    p.wait_streaming("replica");
+    for _ in 0..3 {
+        write_rows(&primary, 200);
+        primary.psql("SELECT pg_switch_wal()").unwrap();
+    }
+    write_rows(&primary, 30);
+    let target = current_flush_lsn(&primary);
+    wait_until(Duration::from_secs(60), "standby to replay", || current_flush_lsn(&standby) >= target);
+    p.wait_flushed("replica", target);
+
+    standby.promote().unwrap();
+    primary.stop("fast").unwrap();
+    for _ in 0..3 {
+        write_rows(&standby, 200);
+        standby.psql("SELECT pg_switch_wal()").unwrap();
+    }
+    write_rows(&standby, 30);
+    let target = current_flush_lsn(&standby);
+    wait_until(Duration::from_secs(60), "pgark on timeline 2", || p.server("replica").and_then(|s| s.timeline).is_some_and(|t| t.0 == 2));
+    p.wait_flushed("replica", target);
+    assert_eq!(p.term(), 0);
+
+    let wal = p.wal_dir("replica");
+    let history = std::fs::read(wal.join("00000002.history")).expect("history file stored");
+    assert_eq!(history, std::fs::read(standby.pg_wal().join("00000002.history")).unwrap());
+    let seg = seg_size(&standby);
+    let compared = assert_byte_exact(&wal, &standby.pg_wal(), seg);
+    assert!(compared >= 5, "only {compared} segments compared");
+    assert_no_gap(&wal, seg);
+    let segs = completed_segments(&wal, seg);
+    assert!(segs.iter().any(|(_, w)| w.tli.0 == 1) && segs.iter().any(|(_, w)| w.tli.0 == 2), "{segs:?}");
+    // No gap across the switch: timeline 2 begins at the segment holding the switchpoint, and
+    // timeline 1 is complete up to it (its last segment kept as .partial, or complete).
+    let h = pgark::pg::TimelineHistory::parse(&history).unwrap();
+    let switch = h.switchpoint_of(pgark::pg::TimelineId(1)).unwrap();
+    let switch_seg = seg.segno(switch);
+    let first_tli2 = segs.iter().filter(|(_, w)| w.tli.0 == 2).map(|(_, w)| w.segno).min().unwrap();
+    assert_eq!(first_tli2, switch_seg, "timeline 2 does not start at the switchpoint's segment");
+    let last_tli1 = segs.iter().filter(|(_, w)| w.tli.0 == 1).map(|(_, w)| w.segno).max().unwrap();
+    let partial_tli1 = wal.join(format!("{}.partial", pgark::pg::WalFileName::new(pgark::pg::TimelineId(1), switch_seg).format(seg)));
+    assert!(last_tli1.0 + 1 == switch_seg.0 || (last_tli1 == switch_seg), "timeline 1 stops at {last_tli1:?}, switch in {switch_seg:?}");
+    assert!(partial_tli1.exists() || last_tli1 == switch_seg, "timeline 1's last segment was not kept");
+    assert!(p.log_text().contains("timeline switch"));
+}
