@@ -19,7 +19,11 @@ pub mod exit {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "pgark", version, about = "PostgreSQL backup service: streams WAL over the replication protocol into a catalog, with durable synchronous acknowledgement (RPO=0)")]
+#[command(
+    name = "pgark",
+    version,
+    about = "PostgreSQL backup service: streams WAL over the replication protocol into a catalog, with durable synchronous acknowledgement (RPO=0)"
+)]
 pub struct Cli {
     /// Log format: text (default) or json. The level comes from PGARK_LOG (e.g. debug, or pgark=debug).
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
@@ -31,7 +35,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the daemon: stream WAL from every configured server into the catalog.
-    #[command(after_help = "Examples:\n  pgark serve --config /etc/pgark.yaml\n  pgark serve --config /etc/pgark.yaml --check\n\nSignals: SIGTERM/SIGINT stop cleanly (exit 0), SIGHUP reloads the config.")]
+    #[command(
+        after_help = "Examples:\n  pgark serve --config /etc/pgark.yaml\n  pgark serve --config /etc/pgark.yaml --check\n\nSignals: SIGTERM/SIGINT stop cleanly (exit 0), SIGHUP reloads the config."
+    )]
     Serve {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
@@ -46,7 +52,9 @@ pub enum Cmd {
         config: PathBuf,
     },
     /// Show, per server, whether it is streaming, its timeline, LSNs, last segment and lag.
-    #[command(after_help = "Exit status: 0 when every server streams, 3 when one does not or the daemon is not running.\n\nExamples:\n  pgark status --config /etc/pgark.yaml\n  pgark status --config /etc/pgark.yaml --json | jq '.servers[].lag_bytes'")]
+    #[command(
+        after_help = "Exit status: 0 when every server streams, 3 when one does not or the daemon is not running.\n\nExamples:\n  pgark status --config /etc/pgark.yaml\n  pgark status --config /etc/pgark.yaml --json | jq '.servers[].lag_bytes'"
+    )]
     Status {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
@@ -55,7 +63,9 @@ pub enum Cmd {
         json: bool,
     },
     /// Start a throwaway PostgreSQL with pgark as its synchronous standby, write data, show what happens.
-    #[command(after_help = "Ctrl-C stops everything and removes the temporary files.\n\nExamples:\n  pgark demo\n  pgark demo --duration 30")]
+    #[command(
+        after_help = "Ctrl-C stops everything and removes the temporary files.\n\nExamples:\n  pgark demo\n  pgark demo --duration 30"
+    )]
     Demo {
         /// Stop by itself after this many seconds (default: run until Ctrl-C).
         #[arg(long, value_name = "SECONDS")]
@@ -70,7 +80,13 @@ pub enum Cmd {
 pub fn check_config(path: &std::path::Path) -> i32 {
     match Config::load(path).and_then(|c| c.check_catalog_writable().map(|_| c)) {
         Ok(c) => {
-            println!("{}: OK ({} server{}, catalog {})", path.display(), c.servers.len(), if c.servers.len() == 1 { "" } else { "s" }, c.catalog.display());
+            println!(
+                "{}: OK ({} server{}, catalog {})",
+                path.display(),
+                c.servers.len(),
+                if c.servers.len() == 1 { "" } else { "s" },
+                c.catalog.display()
+            );
             exit::OK
         }
         Err(e) => {
@@ -101,12 +117,18 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
         };
         if json {
             let servers: Vec<_> = config.servers.keys().map(|s| offline_json(&config, s)).collect();
-            println!("{}", serde_json::json!({ "daemon_running": false, "reason": why, "servers": servers }));
+            println!(
+                "{}",
+                serde_json::json!({ "daemon_running": false, "reason": why, "servers": servers })
+            );
         } else {
             println!("pgark serve is not running: {why}");
             for name in config.servers.keys() {
                 let v = offline_json(&config, name);
-                println!("  {name}: not streaming; last known timeline {} flushed {} (from the catalog)", v["timeline"], v["flushed_lsn"]);
+                println!(
+                    "  {name}: not streaming; last known timeline {} flushed {} (from the catalog)",
+                    v["timeline"], v["flushed_lsn"]
+                );
             }
         }
         return exit::NOT_STREAMING;
@@ -116,7 +138,10 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
         println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     } else {
         println!("pgark {} (pid {}), catalog {}", status.version, status.pid, status.catalog);
-        println!("{:<16} {:<10} {:>4} {:>14} {:>14} {:>12} {:<26} {}", "SERVER", "STATE", "TLI", "RECEIVED", "FLUSHED", "LAG", "LAST SEGMENT", "NOTE");
+        println!(
+            "{:<16} {:<10} {:>4} {:>14} {:>14} {:>12} {:<26} NOTE",
+            "SERVER", "STATE", "TLI", "RECEIVED", "FLUSHED", "LAG", "LAST SEGMENT"
+        );
         for s in &status.servers {
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             println!(
@@ -128,7 +153,11 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
                 opt(s.flushed_lsn.map(|l| l.to_string())),
                 opt(s.lag_bytes.map(|l| l.to_string())),
                 opt(s.last_segment.clone()),
-                if s.state == crate::status::ConnState::Streaming { String::new() } else { s.last_error.clone().unwrap_or_default() }
+                if s.state == crate::status::ConnState::Streaming {
+                    String::new()
+                } else {
+                    s.last_error.clone().unwrap_or_default()
+                }
             );
         }
     }
@@ -147,6 +176,8 @@ fn offline_json(config: &Config, server: &str) -> serde_json::Value {
             "system_identifier": st.system_identifier.to_string(),
         }),
         Ok(None) => serde_json::json!({ "server": server, "state": "stopped", "timeline": null, "flushed_lsn": null }),
-        Err(e) => serde_json::json!({ "server": server, "state": "stopped", "error": e.to_string(), "timeline": null, "flushed_lsn": null }),
+        Err(e) => {
+            serde_json::json!({ "server": server, "state": "stopped", "error": e.to_string(), "timeline": null, "flushed_lsn": null })
+        }
     }
 }

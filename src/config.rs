@@ -114,14 +114,20 @@ impl Config {
     /// Reads and validates a config file (without touching the catalog).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let err = |message: String| ConfigError { file: file.clone(), message };
+        let err = |message: String| ConfigError {
+            file: file.clone(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the config file: {e}")))?;
         Self::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let err = |message: String| ConfigError { file: file.clone(), message };
+        let err = |message: String| ConfigError {
+            file: file.clone(),
+            message,
+        };
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| err(describe_yaml_error(&e)))?;
         if raw.catalog.as_os_str().is_empty() {
             return Err(err("catalog: expected a directory path, got an empty string".into()));
@@ -133,9 +139,12 @@ impl Config {
         };
         let metrics_listen = match raw.metrics {
             Some(m) => {
-                m.listen
-                    .parse::<std::net::SocketAddr>()
-                    .map_err(|_| err(format!("metrics.listen: {:?} is not an address: expected IP:PORT, like 127.0.0.1:9187", m.listen)))?;
+                m.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                    err(format!(
+                        "metrics.listen: {:?} is not an address: expected IP:PORT, like 127.0.0.1:9187",
+                        m.listen
+                    ))
+                })?;
                 m.listen
             }
             None => DEFAULT_METRICS_LISTEN.to_string(),
@@ -150,8 +159,10 @@ impl Config {
             let conninfo = ConnInfo::parse(&s.conninfo).map_err(|m| err(format!("{}: {m}", key("conninfo"))))?;
             let slot = s.slot.unwrap_or_else(|| DEFAULT_SLOT.to_string());
             validate_slot_name(&slot).map_err(|m| err(format!("{}: {m}", key("slot"))))?;
-            let status_interval = parse_duration(s.status_interval.as_deref(), DEFAULT_STATUS_INTERVAL).map_err(|m| err(format!("{}: {m}", key("status_interval"))))?;
-            let receiver_timeout = parse_duration(s.receiver_timeout.as_deref(), DEFAULT_RECEIVER_TIMEOUT).map_err(|m| err(format!("{}: {m}", key("receiver_timeout"))))?;
+            let status_interval = parse_duration(s.status_interval.as_deref(), DEFAULT_STATUS_INTERVAL)
+                .map_err(|m| err(format!("{}: {m}", key("status_interval"))))?;
+            let receiver_timeout = parse_duration(s.receiver_timeout.as_deref(), DEFAULT_RECEIVER_TIMEOUT)
+                .map_err(|m| err(format!("{}: {m}", key("receiver_timeout"))))?;
             if status_interval.is_zero() || receiver_timeout <= status_interval {
                 return Err(err(format!(
                     "{}: must be above zero and below receiver_timeout ({}s)",
@@ -188,12 +199,20 @@ impl Config {
                 )));
             }
         }
-        Ok(Config { path: path.to_path_buf(), catalog, metrics_listen, servers })
+        Ok(Config {
+            path: path.to_path_buf(),
+            catalog,
+            metrics_listen,
+            servers,
+        })
     }
 
     /// Checks that the catalog directory exists (creating it) and is writable.
     pub fn check_catalog_writable(&self) -> Result<(), ConfigError> {
-        let err = |m: String| ConfigError { file: self.path.display().to_string(), message: m };
+        let err = |m: String| ConfigError {
+            file: self.path.display().to_string(),
+            message: m,
+        };
         std::fs::create_dir_all(&self.catalog).map_err(|e| err(format!("catalog: cannot create {}: {e}", self.catalog.display())))?;
         let probe = self.catalog.join(format!(".write-probe.{}.tmp", std::process::id()));
         std::fs::write(&probe, b"probe").map_err(|e| err(format!("catalog: {} is not writable: {e}", self.catalog.display())))?;
@@ -219,7 +238,9 @@ pub fn validate_server_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("server name {name:?}: expected 1 to 63 characters from A-Z, a-z, 0-9, _ and - (not starting with -)"))
+        Err(format!(
+            "server name {name:?}: expected 1 to 63 characters from A-Z, a-z, 0-9, _ and - (not starting with -)"
+        ))
     }
 }
 
@@ -270,19 +291,52 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let c = Config::parse(include_str!("../config.example.yaml"), Path::new("config.example.yaml")).unwrap();
+        let m = &c.servers["main"];
+        assert_eq!((m.synchronous, m.create_slot, m.compression), (true, true, Compression::Zstd(3)));
+        assert_eq!(m.status_interval, DEFAULT_STATUS_INTERVAL);
+        assert_eq!(m.receiver_timeout, DEFAULT_RECEIVER_TIMEOUT);
+    }
+
+    #[test]
     fn bad_configs_name_the_key() {
         let cases: &[(&str, &str)] = &[
             ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    slto: a\n", "slto"),
             ("catalog: /x\nservers:\n  main:\n    slot: a\n", "conninfo"),
             ("servers:\n  main:\n    conninfo: host=/tmp\n", "catalog"),
-            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    slot: Bad-Slot\n", "servers.main.slot"),
-            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    synchronous: maybe\n", "synchronous"),
-            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp application_name=\n", "servers.main.conninfo"),
-            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    compression: lz4\n", "servers.main.compression"),
-            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    status_interval: soon\n", "servers.main.status_interval"),
-            ("catalog: /x\nmetrics:\n  listen: nowhere\nservers:\n  main:\n    conninfo: host=/tmp\n", "metrics.listen"),
-            ("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n  main:\n    conninfo: host=/tmp\n", "duplicate"),
-            ("catalog: /x\nservers:\n  a:\n    conninfo: host=/tmp\n  b:\n    conninfo: host=/tmp\n", "servers.b"),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    slot: Bad-Slot\n",
+                "servers.main.slot",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    synchronous: maybe\n",
+                "synchronous",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp application_name=\n",
+                "servers.main.conninfo",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    compression: lz4\n",
+                "servers.main.compression",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    status_interval: soon\n",
+                "servers.main.status_interval",
+            ),
+            (
+                "catalog: /x\nmetrics:\n  listen: nowhere\nservers:\n  main:\n    conninfo: host=/tmp\n",
+                "metrics.listen",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n  main:\n    conninfo: host=/tmp\n",
+                "duplicate",
+            ),
+            (
+                "catalog: /x\nservers:\n  a:\n    conninfo: host=/tmp\n  b:\n    conninfo: host=/tmp\n",
+                "servers.b",
+            ),
             ("catalog: /x\nservers:\n  'bad/name':\n    conninfo: host=/tmp\n", "bad/name"),
             ("catalog: /x\nservers: {}\n", "servers"),
         ];

@@ -54,15 +54,35 @@ impl Daemon {
         let metrics = crate::metrics::install();
         let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
             .await
-            .map_err(|e| DaemonError::Listen { addr: config.metrics_listen.clone(), source: e })?;
-        let metrics_addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| config.metrics_listen.clone());
+            .map_err(|e| DaemonError::Listen {
+                addr: config.metrics_listen.clone(),
+                source: e,
+            })?;
+        let metrics_addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| config.metrics_listen.clone());
         let board = StatusBoard::default();
         let http_cancel = CancellationToken::new();
-        let state = HttpState { metrics, board: board.clone(), catalog: config.catalog.display().to_string(), started_at: unix_now() };
+        let state = HttpState {
+            metrics,
+            board: board.clone(),
+            catalog: config.catalog.display().to_string(),
+            started_at: unix_now(),
+        };
         let http_task = tokio::spawn(http::serve(listener, state, http_cancel.clone()));
         tracing::info!(catalog = %config.catalog.display(), metrics = %metrics_addr, servers = config.servers.len(), "pgark serve started");
         let layout = Layout::new(&config.catalog);
-        let mut d = Daemon { config: config.clone(), layout, board, servers: BTreeMap::new(), http_cancel, http_task, _lock: lock, metrics_addr };
+        let mut d = Daemon {
+            config: config.clone(),
+            layout,
+            board,
+            servers: BTreeMap::new(),
+            http_cancel,
+            http_task,
+            _lock: lock,
+            metrics_addr,
+        };
         for s in config.servers.values() {
             d.spawn_server(s.clone());
         }
@@ -73,7 +93,8 @@ impl Daemon {
         let cancel = CancellationToken::new();
         self.board.insert(ServerStatus::new(&cfg.name, cfg.synchronous));
         let span = tracing::info_span!("server", name = %cfg.name);
-        let task = tokio::spawn(crate::receiver::run(cfg.clone(), self.layout.clone(), self.board.clone(), cancel.clone()).instrument(span));
+        let task =
+            tokio::spawn(crate::receiver::run(cfg.clone(), self.layout.clone(), self.board.clone(), cancel.clone()).instrument(span));
         self.servers.insert(cfg.name.clone(), Running { config: cfg, cancel, task });
     }
 
@@ -164,7 +185,12 @@ pub async fn serve_with_signals(config_path: PathBuf) -> Result<(), DaemonError>
     let config = Config::load(&config_path)?;
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let listen = |kind| signal(kind).map_err(|e| DaemonError::Listen { addr: "signal handler".into(), source: e });
+    let listen = |kind| {
+        signal(kind).map_err(|e| DaemonError::Listen {
+            addr: "signal handler".into(),
+            source: e,
+        })
+    };
     let mut term = listen(SignalKind::terminate())?;
     let mut int = listen(SignalKind::interrupt())?;
     let mut hup = listen(SignalKind::hangup())?;

@@ -26,8 +26,16 @@ async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), St
         c.start()?;
         Ok::<_, String>(c)
     })?;
-    println!("== started a throwaway cluster: data {} port {} (socket dir {})", cluster.data.display(), cluster.port, cluster.socket_dir.display());
-    let work = tempfile::Builder::new().prefix("pgark-demo-").tempdir().map_err(|e| e.to_string())?;
+    println!(
+        "== started a throwaway cluster: data {} port {} (socket dir {})",
+        cluster.data.display(),
+        cluster.port,
+        cluster.socket_dir.display()
+    );
+    let work = tempfile::Builder::new()
+        .prefix("pgark-demo-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
     let catalog = work.path().join("catalog");
     let config_path = work.path().join("pgark.yaml");
     let yaml = format!(
@@ -39,7 +47,12 @@ async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), St
     println!("== config {}:\n{yaml}", config_path.display());
     let config = Config::load(&config_path).map_err(|e| e.to_string())?;
     let d = Daemon::start(config).await.map_err(|e| e.to_string())?;
-    println!("== pgark is streaming into {}; metrics: http://{}/metrics, status: http://{}/status", catalog.display(), d.metrics_addr, d.metrics_addr);
+    println!(
+        "== pgark is streaming into {}; metrics: http://{}/metrics, status: http://{}/status",
+        catalog.display(),
+        d.metrics_addr,
+        d.metrics_addr
+    );
     println!("== PostgreSQL waits for pgark's fsync before each COMMIT returns (synchronous_standby_names = 'pgark'). Ctrl-C to stop.\n");
 
     let stop = CancellationToken::new();
@@ -69,7 +82,10 @@ async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), St
             break;
         }
         let t = Instant::now();
-        let insert = client.execute("INSERT INTO demo_events (payload) SELECT md5(random()::text) FROM generate_series(1, 500)", &[]);
+        let insert = client.execute(
+            "INSERT INTO demo_events (payload) SELECT md5(random()::text) FROM generate_series(1, 500)",
+            &[],
+        );
         tokio::select! {
             r = insert => { r.map_err(|e| e.to_string())?; }
             _ = stop.cancelled() => break,
@@ -100,7 +116,10 @@ async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), St
     drop(client);
     d.shutdown().await;
     let files = std::fs::read_dir(catalog.join("demo/wal")).map(|r| r.count()).unwrap_or(0);
-    println!("== the catalog held {files} WAL files; removing {} and the cluster", work.path().display());
+    println!(
+        "== the catalog held {files} WAL files; removing {} and the cluster",
+        work.path().display()
+    );
     tokio::task::block_in_place(|| cluster.stop("fast"))?;
     Ok(())
 }

@@ -41,7 +41,13 @@ impl HttpState {
             .into_iter()
             .filter(|s| s.state != ConnState::Streaming)
             .filter(|s| now.saturating_sub(s.last_message_at.unwrap_or(self.started_at)) > limit)
-            .map(|s| format!("{}: not streaming for over {limit}s ({})", s.server, s.last_error.unwrap_or_else(|| format!("{:?}", s.state))))
+            .map(|s| {
+                format!(
+                    "{}: not streaming for over {limit}s ({})",
+                    s.server,
+                    s.last_error.unwrap_or_else(|| format!("{:?}", s.state))
+                )
+            })
             .collect()
     }
 }
@@ -82,7 +88,11 @@ async fn handle(mut sock: TcpStream, state: HttpState) -> std::io::Result<()> {
     let path = path.split('?').next().unwrap_or("");
     let (code, ctype, body) = match (method, path) {
         ("GET", "/metrics") => (200, "text/plain; version=0.0.4", state.metrics.render()),
-        ("GET", "/status") => (200, "application/json", serde_json::to_string_pretty(&state.status()).unwrap_or_default()),
+        ("GET", "/status") => (
+            200,
+            "application/json",
+            serde_json::to_string_pretty(&state.status()).unwrap_or_default(),
+        ),
         ("GET", "/healthz") => {
             let problems = state.health_problems();
             if problems.is_empty() {
@@ -100,7 +110,10 @@ async fn handle(mut sock: TcpStream, state: HttpState) -> std::io::Result<()> {
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };
-    let head = format!("HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     sock.write_all(head.as_bytes()).await?;
     sock.write_all(body.as_bytes()).await?;
     sock.shutdown().await
@@ -111,7 +124,8 @@ pub async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
     let mut resp = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut resp))
         .await

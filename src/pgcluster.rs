@@ -50,13 +50,19 @@ impl PgBinaries {
     }
 
     pub fn at(dir: &Path) -> Result<PgBinaries, String> {
-        let out = Command::new(dir.join("postgres")).arg("--version").output().map_err(|e| format!("{}/postgres --version: {e}", dir.display()))?;
+        let out = Command::new(dir.join("postgres"))
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("{}/postgres --version: {e}", dir.display()))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let major = text
             .split_whitespace()
             .find_map(|w| w.split('.').next()?.parse::<u32>().ok())
             .ok_or_else(|| format!("cannot read the version from {:?}", text.trim()))?;
-        Ok(PgBinaries { bindir: dir.to_path_buf(), major })
+        Ok(PgBinaries {
+            bindir: dir.to_path_buf(),
+            major,
+        })
     }
 
     pub fn bin(&self, name: &str) -> PathBuf {
@@ -88,7 +94,10 @@ pub fn running_as_root() -> bool {
 
 /// A free TCP port on 127.0.0.1 (racy by nature; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(54329)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(54329)
 }
 
 /// Runs a command as the cluster's OS user.
@@ -103,7 +112,11 @@ fn as_owner(cmd: &Path, root: bool) -> Command {
 }
 
 fn chown_postgres(path: &Path) -> Result<(), String> {
-    let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().map_err(|e| format!("chown: {e}"))?;
+    let st = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(path)
+        .status()
+        .map_err(|e| format!("chown: {e}"))?;
     if st.success() {
         Ok(())
     } else {
@@ -115,7 +128,12 @@ fn check(out: Output, what: &str) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!("{what} failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)))
+        Err(format!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ))
     }
 }
 
@@ -141,7 +159,10 @@ impl Cluster {
     /// Like `init`, with extra initdb arguments (e.g. `--wal-segsize=1`).
     pub fn init_with(bins: &PgBinaries, extra_conf: &[&str], initdb_args: &[&str]) -> Result<Cluster, String> {
         let root = running_as_root();
-        let dir = tempfile::Builder::new().prefix("pgark-pg-").tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("pgark-pg-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
         let data = dir.path().join("data");
         let socket_dir = dir.path().join("sock");
         std::fs::create_dir(&socket_dir).map_err(|e| format!("create {}: {e}", socket_dir.display()))?;
@@ -150,7 +171,11 @@ impl Cluster {
         if root {
             chown_postgres(dir.path())?;
         }
-        let superuser = if root { "postgres".to_string() } else { std::env::var("USER").unwrap_or_else(|_| "postgres".into()) };
+        let superuser = if root {
+            "postgres".to_string()
+        } else {
+            std::env::var("USER").unwrap_or_else(|_| "postgres".into())
+        };
         let out = as_owner(&bins.bin("initdb"), root)
             .arg("-D")
             .arg(&data)
@@ -169,9 +194,21 @@ impl Cluster {
             conf.push('\n');
         }
         append(&data.join("postgresql.conf"), &conf)?;
-        append(&data.join("pg_hba.conf"), "\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\n")?;
+        append(
+            &data.join("pg_hba.conf"),
+            "\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\n",
+        )?;
         let log = dir.path().join("server.log");
-        Ok(Cluster { bins: bins.clone(), data, socket_dir, port, superuser, root, _dir: dir, log })
+        Ok(Cluster {
+            bins: bins.clone(),
+            data,
+            socket_dir,
+            port,
+            superuser,
+            root,
+            _dir: dir,
+            log,
+        })
     }
 
     /// Wraps an existing data directory (e.g. a restored backup) in this harness's conventions.
@@ -182,9 +219,22 @@ impl Cluster {
         if root {
             chown_postgres(dir.path())?;
         }
-        let superuser = if root { "postgres".to_string() } else { std::env::var("USER").unwrap_or_else(|_| "postgres".into()) };
+        let superuser = if root {
+            "postgres".to_string()
+        } else {
+            std::env::var("USER").unwrap_or_else(|_| "postgres".into())
+        };
         let log = dir.path().join("server.log");
-        Ok(Cluster { bins: bins.clone(), data, socket_dir, port, superuser, root, _dir: dir, log })
+        Ok(Cluster {
+            bins: bins.clone(),
+            data,
+            socket_dir,
+            port,
+            superuser,
+            root,
+            _dir: dir,
+            log,
+        })
     }
 
     /// The temp dir this cluster lives in (for sibling files such as backups).
@@ -216,7 +266,9 @@ impl Cluster {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("pg_ctl start: {e}"))?;
-        check(out, "pg_ctl start").map(|_| ()).map_err(|e| format!("{e}\nserver log:\n{}", self.log_tail()))
+        check(out, "pg_ctl start")
+            .map(|_| ())
+            .map_err(|e| format!("{e}\nserver log:\n{}", self.log_tail()))
     }
 
     /// Stops the server: mode is smart, fast or immediate.
@@ -231,12 +283,22 @@ impl Cluster {
     }
 
     pub fn reload(&self) -> Result<(), String> {
-        let out = as_owner(&self.bins.bin("pg_ctl"), self.root).arg("-D").arg(&self.data).arg("reload").output().map_err(|e| e.to_string())?;
+        let out = as_owner(&self.bins.bin("pg_ctl"), self.root)
+            .arg("-D")
+            .arg(&self.data)
+            .arg("reload")
+            .output()
+            .map_err(|e| e.to_string())?;
         check(out, "pg_ctl reload").map(|_| ())
     }
 
     pub fn promote(&self) -> Result<(), String> {
-        let out = as_owner(&self.bins.bin("pg_ctl"), self.root).arg("-D").arg(&self.data).args(["-w", "promote"]).output().map_err(|e| e.to_string())?;
+        let out = as_owner(&self.bins.bin("pg_ctl"), self.root)
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "promote"])
+            .output()
+            .map_err(|e| e.to_string())?;
         check(out, "pg_ctl promote").map(|_| ())
     }
 
@@ -258,7 +320,13 @@ impl Cluster {
     }
 
     pub fn postmaster_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// A libpq connection string over the Unix socket.
@@ -303,6 +371,9 @@ impl Drop for Cluster {
 
 fn append(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
     f.write_all(text.as_bytes()).map_err(|e| format!("write {}: {e}", path.display()))
 }

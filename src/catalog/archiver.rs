@@ -35,7 +35,9 @@ pub struct Archiver {
 impl Archiver {
     /// Runs on its own thread until every sender of `rx` is gone and the queue is empty.
     pub fn spawn(self, rx: mpsc::Receiver<WalFileName>, backlog: Vec<WalFileName>) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new().name(format!("archiver-{}", self.server)).spawn(move || self.run(rx, backlog))
+        std::thread::Builder::new()
+            .name(format!("archiver-{}", self.server))
+            .spawn(move || self.run(rx, backlog))
     }
 
     fn run(self, rx: mpsc::Receiver<WalFileName>, backlog: Vec<WalFileName>) {
@@ -90,7 +92,12 @@ impl Archiver {
             Err(e) => return Err(super::fsutil::ctx("read", &plain)(e)),
         };
         if data.len() as u64 != self.seg.bytes() {
-            return Err(std::io::Error::other(format!("{} has {} bytes, expected {}", plain.display(), data.len(), self.seg.bytes())));
+            return Err(std::io::Error::other(format!(
+                "{} has {} bytes, expected {}",
+                plain.display(),
+                data.len(),
+                self.seg.bytes()
+            )));
         }
         match self.compression {
             Compression::Zstd(level) => {
@@ -109,7 +116,10 @@ impl Archiver {
             }
             Compression::None => {
                 let sum = SegmentChecksum::of(&data);
-                self.store.put(&format!("{}/{file_name}{SUM_SUFFIX}", self.key_prefix), sum.to_sum_text().as_bytes())?;
+                self.store.put(
+                    &format!("{}/{file_name}{SUM_SUFFIX}", self.key_prefix),
+                    sum.to_sum_text().as_bytes(),
+                )?;
                 crate::metrics::segment_archived(&self.server, data.len() as u64, data.len() as u64);
             }
         }

@@ -58,7 +58,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
     let tmp = tmp_path(path);
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(ctx("create", &tmp))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(ctx("create", &tmp))?;
         fill(&mut f).map_err(ctx("write", &tmp))?;
         f.sync_all().map_err(ctx("fsync", &tmp))?;
         drop(f);

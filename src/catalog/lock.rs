@@ -29,8 +29,17 @@ pub struct CatalogLock {
 impl CatalogLock {
     pub fn acquire(catalog: &Path) -> Result<CatalogLock, LockError> {
         let path = catalog.join(LOCK_FILE);
-        let io = |e| LockError::Io { path: path.clone(), source: e };
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let io = |e| LockError::Io {
+            path: path.clone(),
+            source: e,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
         let mut previous = String::new();
         let _ = file.read_to_string(&mut previous);
         let previous = previous.trim().to_string();
@@ -39,7 +48,10 @@ impl CatalogLock {
         if rc != 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(LockError::Held { path, pid: if previous.is_empty() { "unknown".into() } else { previous } });
+                return Err(LockError::Held {
+                    path,
+                    pid: if previous.is_empty() { "unknown".into() } else { previous },
+                });
             }
             return Err(io(err));
         }

@@ -24,7 +24,10 @@ pub struct SegmentChecksum {
 
 impl SegmentChecksum {
     pub fn of(data: &[u8]) -> Self {
-        SegmentChecksum { size: data.len() as u64, crc32c: crc32c::crc32c(data) }
+        SegmentChecksum {
+            size: data.len() as u64,
+            crc32c: crc32c::crc32c(data),
+        }
     }
 
     pub fn to_sum_text(self) -> String {
@@ -34,7 +37,10 @@ impl SegmentChecksum {
     pub fn from_sum_text(text: &str) -> Option<Self> {
         let mut f = text.split_whitespace();
         match (f.next(), f.next(), f.next(), f.next()) {
-            (Some("crc32c"), Some(c), Some("size"), Some(s)) => Some(SegmentChecksum { crc32c: u32::from_str_radix(c, 16).ok()?, size: s.parse().ok()? }),
+            (Some("crc32c"), Some(c), Some("size"), Some(s)) => Some(SegmentChecksum {
+                crc32c: u32::from_str_radix(c, 16).ok()?,
+                size: s.parse().ok()?,
+            }),
             _ => None,
         }
     }
@@ -49,7 +55,12 @@ pub enum SegmentFileError {
     #[error("decompression failed: {0}")]
     Decompress(io::Error),
     #[error("content does not match its recorded checksum (expected {expected_size} bytes crc32c {expected_crc:08x}, got {got_size} bytes crc32c {got_crc:08x})")]
-    Mismatch { expected_size: u64, expected_crc: u32, got_size: u64, got_crc: u32 },
+    Mismatch {
+        expected_size: u64,
+        expected_crc: u32,
+        got_size: u64,
+        got_crc: u32,
+    },
 }
 
 /// Compresses a segment into `out` with the header, returning its checksum.
@@ -104,7 +115,12 @@ pub fn decompress(stored: &[u8]) -> Result<Vec<u8>, SegmentFileError> {
 pub fn verify(data: &[u8], expected: SegmentChecksum) -> Result<(), SegmentFileError> {
     let got = SegmentChecksum::of(data);
     if got != expected {
-        return Err(SegmentFileError::Mismatch { expected_size: expected.size, expected_crc: expected.crc32c, got_size: got.size, got_crc: got.crc32c });
+        return Err(SegmentFileError::Mismatch {
+            expected_size: expected.size,
+            expected_crc: expected.crc32c,
+            got_size: got.size,
+            got_crc: got.crc32c,
+        });
     }
     Ok(())
 }
@@ -127,12 +143,18 @@ mod tests {
         let mid = bad.len() / 2;
         bad[mid] ^= 1;
         assert!(decompress(&bad).is_err());
-        assert!(matches!(decompress(b"not a segment file at all, no header"), Err(SegmentFileError::NoHeader)));
+        assert!(matches!(
+            decompress(b"not a segment file at all, no header"),
+            Err(SegmentFileError::NoHeader)
+        ));
     }
 
     #[test]
     fn sum_text() {
-        let s = SegmentChecksum { size: 16777216, crc32c: 0xdeadbeef };
+        let s = SegmentChecksum {
+            size: 16777216,
+            crc32c: 0xdeadbeef,
+        };
         assert_eq!(SegmentChecksum::from_sum_text(&s.to_sum_text()), Some(s));
         assert_eq!(SegmentChecksum::from_sum_text("crc32c zz size 1"), None);
     }

@@ -48,16 +48,23 @@ pub fn encode(state: &ServerState) -> Vec<u8> {
 }
 
 pub fn decode(key: &str, bytes: &[u8]) -> Result<ServerState, StateError> {
-    let corrupt = |what: String| StateError::Corrupt { key: key.to_string(), what };
+    let corrupt = |what: String| StateError::Corrupt {
+        key: key.to_string(),
+        what,
+    };
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(corrupt("it does not start with the pgark state header".into()));
     }
     let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let (version, crc, len) = (word(8), word(12), word(16) as usize);
     if version != FORMAT_VERSION {
-        return Err(corrupt(format!("format version {version}, this pgark reads version {FORMAT_VERSION}")));
+        return Err(corrupt(format!(
+            "format version {version}, this pgark reads version {FORMAT_VERSION}"
+        )));
     }
-    let payload = bytes.get(HEADER..HEADER + len).ok_or_else(|| corrupt(format!("payload is shorter than the {len} bytes announced")))?;
+    let payload = bytes
+        .get(HEADER..HEADER + len)
+        .ok_or_else(|| corrupt(format!("payload is shorter than the {len} bytes announced")))?;
     if crc32c::crc32c(payload) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }

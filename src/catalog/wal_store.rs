@@ -71,7 +71,12 @@ impl SparePool {
 pub fn create_zero_filled(path: &Path, size: u64) -> io::Result<()> {
     let tmp = fsutil::tmp_path(path);
     let result = (|| {
-        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(ctx("create", &tmp))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(ctx("create", &tmp))?;
         let zeros = vec![0u8; 1 << 20];
         let mut off = 0;
         while off < size {
@@ -153,7 +158,9 @@ pub fn scan(dir: &Path, seg: WalSegSize) -> io::Result<WalDirScan> {
     };
     for entry in entries {
         let entry = entry.map_err(ctx("list", dir))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
         let path = entry.path();
         if name.ends_with(fsutil::TMP_SUFFIX) {
             continue;
@@ -215,7 +222,15 @@ pub struct WalStore {
 impl WalStore {
     /// `completed_tx` receives every segment that reaches its final name (for the archiver).
     pub fn new(dir: PathBuf, seg: WalSegSize, spares: SparePool, completed_tx: mpsc::Sender<WalFileName>) -> Self {
-        WalStore { dir, seg, spares, open: None, write_pos: Lsn::INVALID, flush_pos: Lsn::INVALID, completed_tx }
+        WalStore {
+            dir,
+            seg,
+            spares,
+            open: None,
+            write_pos: Lsn::INVALID,
+            flush_pos: Lsn::INVALID,
+            completed_tx,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -286,11 +301,17 @@ impl WalStore {
         debug_assert_eq!(start, self.write_pos, "caller checks contiguity");
         let mut completed = Vec::new();
         while !data.is_empty() {
-            let open = self.open.as_ref().ok_or_else(|| io::Error::other("no open segment: begin() was not called"))?;
+            let open = self
+                .open
+                .as_ref()
+                .ok_or_else(|| io::Error::other("no open segment: begin() was not called"))?;
             let off = self.seg.offset(self.write_pos);
             let n = data.len().min((self.seg.bytes() - off) as usize);
             open.file.write_all_at(&data[..n], off).map_err(|e| {
-                io::Error::new(e.kind(), format!("write of {n} bytes at {} to {}: {e}", self.write_pos, open.path.display()))
+                io::Error::new(
+                    e.kind(),
+                    format!("write of {n} bytes at {} to {}: {e}", self.write_pos, open.path.display()),
+                )
             })?;
             self.write_pos = Lsn(self.write_pos.0 + n as u64);
             data = &data[n..];
@@ -321,7 +342,10 @@ impl WalStore {
         if !self.has_unflushed() {
             return Ok(None);
         }
-        let open = self.open.as_ref().ok_or_else(|| io::Error::other("unflushed data but no open segment"))?;
+        let open = self
+            .open
+            .as_ref()
+            .ok_or_else(|| io::Error::other("unflushed data but no open segment"))?;
         let t = Instant::now();
         let target = self.write_pos;
         fsutil::fdatasync(&open.file, &open.path)?;
@@ -367,7 +391,10 @@ mod tests {
 
     fn store(dir: &Path) -> (WalStore, mpsc::Receiver<WalFileName>) {
         let (tx, rx) = mpsc::channel();
-        (WalStore::new(dir.to_path_buf(), WalSegSize::new(SEG).unwrap(), SparePool::default(), tx), rx)
+        (
+            WalStore::new(dir.to_path_buf(), WalSegSize::new(SEG).unwrap(), SparePool::default(), tx),
+            rx,
+        )
     }
 
     #[test]

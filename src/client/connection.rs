@@ -73,7 +73,11 @@ pub struct QueryResult {
 impl QueryResult {
     /// The value at `row`, `col` as UTF-8 text (None for NULL or absent).
     pub fn text(&self, row: usize, col: usize) -> Option<String> {
-        self.rows.get(row)?.get(col)?.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+        self.rows
+            .get(row)?
+            .get(col)?
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
     }
 }
 
@@ -100,18 +104,23 @@ impl Connection {
         let (io, encrypted): (Box<dyn Io>, bool) = match &ci.host {
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", ci.port));
-                let s = UnixStream::connect(&path)
-                    .await
-                    .map_err(|e| ClientError::Io { context: format!("connecting to Unix socket {}", path.display()), source: e })?;
+                let s = UnixStream::connect(&path).await.map_err(|e| ClientError::Io {
+                    context: format!("connecting to Unix socket {}", path.display()),
+                    source: e,
+                })?;
                 if matches!(ci.sslmode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
-                    return Err(ClientError::Tls(format!("sslmode requires TLS but {} is a Unix socket, where TLS is not used", path.display())));
+                    return Err(ClientError::Tls(format!(
+                        "sslmode requires TLS but {} is a Unix socket, where TLS is not used",
+                        path.display()
+                    )));
                 }
                 (Box::new(s), false)
             }
             Host::Tcp(host) => {
-                let s = TcpStream::connect((host.as_str(), ci.port))
-                    .await
-                    .map_err(|e| ClientError::Io { context: format!("connecting to {host}:{}", ci.port), source: e })?;
+                let s = TcpStream::connect((host.as_str(), ci.port)).await.map_err(|e| ClientError::Io {
+                    context: format!("connecting to {host}:{}", ci.port),
+                    source: e,
+                })?;
                 let _ = s.set_nodelay(true);
                 if try_tls {
                     Self::negotiate_tls(s, ci, host).await?
@@ -135,9 +144,15 @@ impl Connection {
     async fn negotiate_tls(mut s: TcpStream, ci: &ConnInfo, host: &str) -> Result<(Box<dyn Io>, bool), ClientError> {
         let mut req = BytesMut::new();
         frontend::ssl_request(&mut req);
-        s.write_all(&req).await.map_err(|e| ClientError::Io { context: format!("sending SSLRequest to {ci}"), source: e })?;
+        s.write_all(&req).await.map_err(|e| ClientError::Io {
+            context: format!("sending SSLRequest to {ci}"),
+            source: e,
+        })?;
         // Exactly one byte: anything the server sends after it must come through TLS (CVE-2021-23222).
-        let answer = s.read_u8().await.map_err(|e| ClientError::Io { context: format!("reading SSLRequest answer from {ci}"), source: e })?;
+        let answer = s.read_u8().await.map_err(|e| ClientError::Io {
+            context: format!("reading SSLRequest answer from {ci}"),
+            source: e,
+        })?;
         match answer {
             b'S' => {
                 let config = tls::client_config(ci).map_err(ClientError::Tls)?;
@@ -149,7 +164,9 @@ impl Connection {
                 Ok((Box::new(stream), true))
             }
             b'N' if matches!(ci.sslmode, SslMode::Prefer | SslMode::Allow) => Ok((Box::new(s), false)),
-            b'N' => Err(ClientError::Tls(format!("the server {ci} does not support TLS, but sslmode requires it"))),
+            b'N' => Err(ClientError::Tls(format!(
+                "the server {ci} does not support TLS, but sslmode requires it"
+            ))),
             // An ErrorResponse here comes from a pre-7.0-style server or a proxy; its text is not shown (CVE-2024-10977).
             other => Err(ClientError::Tls(format!("unexpected answer 0x{other:02X} to SSLRequest from {ci}"))),
         }
@@ -162,10 +179,16 @@ impl Connection {
         } else if let Some(db) = &ci.dbname {
             params.push(("database", db));
         }
-        frontend::startup_message(params.iter().copied(), &mut self.wbuf)
-            .map_err(|e| ClientError::Io { context: "encoding startup message".into(), source: e })?;
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf).map_err(|e| ClientError::Io {
+            context: "encoding startup message".into(),
+            source: e,
+        })?;
         self.flush().await?;
-        let pass_db = if replication { "replication".to_string() } else { ci.dbname.clone().unwrap_or_else(|| ci.user.clone()) };
+        let pass_db = if replication {
+            "replication".to_string()
+        } else {
+            ci.dbname.clone().unwrap_or_else(|| ci.user.clone())
+        };
         let password = || {
             ci.resolve_password(&pass_db).ok_or_else(|| {
                 ClientError::Auth(format!(
@@ -190,7 +213,9 @@ impl Connection {
                     }
                     AuthRequest::Sasl { mechanisms } => {
                         if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
-                            return Err(ClientError::Auth(format!("the server offers only SASL mechanisms {mechanisms:?}; pgark speaks SCRAM-SHA-256")));
+                            return Err(ClientError::Auth(format!(
+                                "the server offers only SASL mechanisms {mechanisms:?}; pgark speaks SCRAM-SHA-256"
+                            )));
                         }
                         let mut client = ScramClient::new("", &password()?);
                         frontend::sasl_initial_response("SCRAM-SHA-256", &client.client_first(), &mut self.wbuf).map_err(encode_err)?;
@@ -198,7 +223,9 @@ impl Connection {
                         scram = Some(client);
                     }
                     AuthRequest::SaslContinue(data) => {
-                        let client = scram.as_mut().ok_or_else(|| ProtocolError::new("SASLContinue without SASL start"))?;
+                        let client = scram
+                            .as_mut()
+                            .ok_or_else(|| ProtocolError::new("SASLContinue without SASL start"))?;
                         let reply = client.client_final(&data).map_err(|e| ClientError::Auth(e.to_string()))?;
                         frontend::sasl_response(&reply, &mut self.wbuf).map_err(encode_err)?;
                         self.flush().await?;
@@ -208,7 +235,9 @@ impl Connection {
                         client.verify_server_final(&data).map_err(|e| ClientError::Auth(e.to_string()))?;
                     }
                     AuthRequest::Unsupported(code) => {
-                        return Err(ClientError::Auth(format!("the server asked for authentication method {code} (GSS/SSPI/Kerberos), which pgark does not support")));
+                        return Err(ClientError::Auth(format!(
+                            "the server asked for authentication method {code} (GSS/SSPI/Kerberos), which pgark does not support"
+                        )));
                     }
                 },
                 BackendMessage::Error(e) if e.code.starts_with("28") => return Err(ClientError::Auth(e.to_string())),
@@ -276,11 +305,10 @@ impl Connection {
                 return Ok(m);
             }
             self.rbuf.reserve(READ_CHUNK);
-            let n = self
-                .io
-                .read_buf(&mut self.rbuf)
-                .await
-                .map_err(|e| ClientError::Io { context: format!("reading from {}", self.describe), source: e })?;
+            let n = self.io.read_buf(&mut self.rbuf).await.map_err(|e| ClientError::Io {
+                context: format!("reading from {}", self.describe),
+                source: e,
+            })?;
             if n == 0 {
                 return Err(ClientError::Closed);
             }
@@ -318,13 +346,22 @@ impl Connection {
         }
         let res = self.io.write_all(&self.wbuf).await;
         self.wbuf.clear();
-        res.map_err(|e| ClientError::Io { context: format!("writing to {}", self.describe), source: e })?;
-        self.io.flush().await.map_err(|e| ClientError::Io { context: format!("flushing to {}", self.describe), source: e })
+        res.map_err(|e| ClientError::Io {
+            context: format!("writing to {}", self.describe),
+            source: e,
+        })?;
+        self.io.flush().await.map_err(|e| ClientError::Io {
+            context: format!("flushing to {}", self.describe),
+            source: e,
+        })
     }
 }
 
 fn encode_err(e: std::io::Error) -> ClientError {
-    ClientError::Io { context: "encoding a frontend message".into(), source: e }
+    ClientError::Io {
+        context: "encoding a frontend message".into(),
+        source: e,
+    }
 }
 
 /// `"15.18 (Debian 15.18-0+deb12u1)"` → 150018; `"9.6.24"` → 90624; `"18beta1"` → 180000.

@@ -12,8 +12,18 @@ use std::time::Duration;
 
 /// The keywords we accept; the order is the documentation order.
 pub const KEYWORDS: &[&str] = &[
-    "host", "port", "user", "password", "passfile", "dbname", "sslmode", "sslrootcert", "sslcert", "sslkey",
-    "application_name", "connect_timeout",
+    "host",
+    "port",
+    "user",
+    "password",
+    "passfile",
+    "dbname",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "application_name",
+    "connect_timeout",
 ];
 
 /// The application_name pgark sends unless the connection string names another; it is the name
@@ -39,7 +49,11 @@ impl SslMode {
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => return Err(format!("sslmode {other:?}: expected disable, allow, prefer, require, verify-ca or verify-full")),
+            other => {
+                return Err(format!(
+                    "sslmode {other:?}: expected disable, allow, prefer, require, verify-ca or verify-full"
+                ))
+            }
         })
     }
 }
@@ -113,11 +127,21 @@ impl ConnInfo {
         let get = |k: &str, env_name: &str| pairs.get(k).cloned().or_else(|| env(env_name));
         let host_text = get("host", "PGHOST").unwrap_or_else(default_host);
         if host_text.contains(',') {
-            return Err(format!("host {host_text:?}: several hosts in one connection string are not supported"));
+            return Err(format!(
+                "host {host_text:?}: several hosts in one connection string are not supported"
+            ));
         }
-        let host = if host_text.starts_with('/') { Host::Unix(PathBuf::from(&host_text)) } else { Host::Tcp(host_text) };
+        let host = if host_text.starts_with('/') {
+            Host::Unix(PathBuf::from(&host_text))
+        } else {
+            Host::Tcp(host_text)
+        };
         let port = match get("port", "PGPORT") {
-            Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(|| format!("port {p:?}: expected a number from 1 to 65535"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| format!("port {p:?}: expected a number from 1 to 65535"))?,
             None => 5432,
         };
         let user = get("user", "PGUSER").unwrap_or_else(current_os_user);
@@ -132,7 +156,10 @@ impl ConnInfo {
             }
             None => None,
         };
-        let application_name = pairs.get("application_name").cloned().unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_string());
+        let application_name = pairs
+            .get("application_name")
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_string());
         validate_application_name(&application_name)?;
         let home_file = |name: &str| home_dir().map(|h| h.join(".postgresql").join(name));
         Ok(ConnInfo {
@@ -143,8 +170,12 @@ impl ConnInfo {
             passfile: get("passfile", "PGPASSFILE").map(PathBuf::from),
             dbname: pairs.get("dbname").cloned(),
             sslmode,
-            sslrootcert: get("sslrootcert", "PGSSLROOTCERT").map(PathBuf::from).or_else(|| home_file("root.crt")),
-            sslcert: get("sslcert", "PGSSLCERT").map(PathBuf::from).or_else(|| home_file("postgresql.crt")),
+            sslrootcert: get("sslrootcert", "PGSSLROOTCERT")
+                .map(PathBuf::from)
+                .or_else(|| home_file("root.crt")),
+            sslcert: get("sslcert", "PGSSLCERT")
+                .map(PathBuf::from)
+                .or_else(|| home_file("postgresql.crt")),
             sslkey: get("sslkey", "PGSSLKEY").map(PathBuf::from).or_else(|| home_file("postgresql.key")),
             application_name,
             connect_timeout,
@@ -185,7 +216,10 @@ fn default_host() -> String {
 }
 
 fn current_os_user() -> String {
-    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "postgres".into())
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres".into())
 }
 
 fn home_dir() -> Option<PathBuf> {
@@ -251,7 +285,10 @@ fn parse_keyword_value(text: &str) -> Result<BTreeMap<String, String>, String> {
 }
 
 fn decode(s: &str) -> Result<String, String> {
-    percent_decode_str(s).decode_utf8().map(|c| c.into_owned()).map_err(|_| format!("{s:?} is not valid percent-encoded UTF-8"))
+    percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| format!("{s:?} is not valid percent-encoded UTF-8"))
 }
 
 fn parse_uri(text: &str) -> Result<BTreeMap<String, String>, String> {
@@ -358,7 +395,10 @@ mod tests {
 
     #[test]
     fn keyword_value_form() {
-        let c = ConnInfo::parse("host=db.example port=6543 user=rep password='a b\\'c' sslmode=verify-full application_name=pgark_x connect_timeout=5").unwrap();
+        let c = ConnInfo::parse(
+            "host=db.example port=6543 user=rep password='a b\\'c' sslmode=verify-full application_name=pgark_x connect_timeout=5",
+        )
+        .unwrap();
         assert_eq!(c.host, Host::Tcp("db.example".into()));
         assert_eq!(c.port, 6543);
         assert_eq!(c.user, "rep");
@@ -408,7 +448,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("pgpass");
-        std::fs::write(&f, "# comment\nother:*:*:*:no\nlocalhost:5432:replication:rep:pa\\:ss\n*:*:*:*:fallback:with:colons\n").unwrap();
+        std::fs::write(
+            &f,
+            "# comment\nother:*:*:*:no\nlocalhost:5432:replication:rep:pa\\:ss\n*:*:*:*:fallback:with:colons\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(pgpass_lookup(&f, "localhost", 5432, "replication", "rep").as_deref(), Some("pa:ss"));
         assert_eq!(pgpass_lookup(&f, "h2", 1, "d", "u").as_deref(), Some("fallback:with:colons"));

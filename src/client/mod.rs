@@ -1,10 +1,10 @@
 //! Sockets and sessions over `protocol`: connection strings, TLS, authentication, simple queries
 //! and the replication commands a physical WAL receiver issues.
 
-pub mod conninfo;
 pub mod connection;
+pub mod conninfo;
 pub mod replication;
 pub mod tls;
 
-pub use conninfo::{ConnInfo, SslMode};
 pub use connection::{ClientError, Connection};
+pub use conninfo::{ConnInfo, SslMode};

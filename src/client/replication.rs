@@ -41,8 +41,12 @@ fn one_row(results: &[QueryResult], command: &str) -> Result<QueryResult, Client
 }
 
 fn parse_field<T: std::str::FromStr>(r: &QueryResult, col: usize, command: &str, what: &str) -> Result<T, ClientError> {
-    let text = r.text(0, col).ok_or_else(|| ProtocolError::new(format!("{command}: {what} is missing")))?;
-    text.trim().parse().map_err(|_| ProtocolError::new(format!("{command}: {what} {text:?} is malformed")).into())
+    let text = r
+        .text(0, col)
+        .ok_or_else(|| ProtocolError::new(format!("{command}: {what} is missing")))?;
+    text.trim()
+        .parse()
+        .map_err(|_| ProtocolError::new(format!("{command}: {what} {text:?} is malformed")).into())
 }
 
 /// Slot names PostgreSQL accepts: 1 to 63 of `[a-z0-9_]`. Checked before we build a command.
@@ -70,7 +74,8 @@ impl Connection {
     /// `SHOW name` (the name is a fixed identifier chosen by us, never user input).
     pub async fn show(&mut self, name: &str) -> Result<String, ClientError> {
         let r = one_row(&self.simple_query(&format!("SHOW {name}")).await?, "SHOW")?;
-        r.text(0, 0).ok_or_else(|| ProtocolError::new(format!("SHOW {name} returned NULL")).into())
+        r.text(0, 0)
+            .ok_or_else(|| ProtocolError::new(format!("SHOW {name} returned NULL")).into())
     }
 
     pub async fn wal_segment_size(&mut self) -> Result<WalSegSize, ClientError> {
@@ -83,18 +88,27 @@ impl Connection {
     pub async fn timeline_history(&mut self, tli: TimelineId) -> Result<(String, Vec<u8>), ClientError> {
         let results = self.simple_query(&format!("TIMELINE_HISTORY {}", tli.0)).await?;
         let r = one_row(&results, "TIMELINE_HISTORY")?;
-        let name = r.text(0, 0).ok_or_else(|| ProtocolError::new("TIMELINE_HISTORY: filename is NULL"))?;
+        let name = r
+            .text(0, 0)
+            .ok_or_else(|| ProtocolError::new("TIMELINE_HISTORY: filename is NULL"))?;
         if name != tli.history_file_name() {
             return Err(ProtocolError::new(format!("TIMELINE_HISTORY {tli} returned file {name:?}")).into());
         }
-        let content = r.rows[0].get(1).cloned().flatten().ok_or_else(|| ProtocolError::new("TIMELINE_HISTORY: content is NULL"))?;
+        let content = r.rows[0]
+            .get(1)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| ProtocolError::new("TIMELINE_HISTORY: content is NULL"))?;
         Ok((name, content.to_vec()))
     }
 
     /// Creates a persistent physical slot with RESERVE_WAL. Returns false if it already existed.
     pub async fn create_physical_slot(&mut self, slot: &str) -> Result<bool, ClientError> {
         validate_slot_name(slot).map_err(ProtocolError::new)?;
-        match self.simple_query(&format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL")).await {
+        match self
+            .simple_query(&format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL"))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if e.sqlstate() == Some("42710") => Ok(false),
             Err(e) => Err(e),
@@ -105,14 +119,21 @@ impl Connection {
     /// None when it exists but has reserved no WAL yet.
     pub async fn read_replication_slot(&mut self, slot: &str) -> Result<Option<Option<(Lsn, TimelineId)>>, ClientError> {
         validate_slot_name(slot).map_err(ProtocolError::new)?;
-        let r = one_row(&self.simple_query(&format!("READ_REPLICATION_SLOT {slot}")).await?, "READ_REPLICATION_SLOT")?;
+        let r = one_row(
+            &self.simple_query(&format!("READ_REPLICATION_SLOT {slot}")).await?,
+            "READ_REPLICATION_SLOT",
+        )?;
         if r.text(0, 0).is_none() {
             return Ok(None);
         }
         match (r.text(0, 1), r.text(0, 2)) {
             (Some(lsn), Some(tli)) => {
-                let lsn: Lsn = lsn.parse().map_err(|_| ProtocolError::new(format!("READ_REPLICATION_SLOT: restart_lsn {lsn:?}")))?;
-                let tli: u32 = tli.parse().map_err(|_| ProtocolError::new(format!("READ_REPLICATION_SLOT: restart_tli {tli:?}")))?;
+                let lsn: Lsn = lsn
+                    .parse()
+                    .map_err(|_| ProtocolError::new(format!("READ_REPLICATION_SLOT: restart_lsn {lsn:?}")))?;
+                let tli: u32 = tli
+                    .parse()
+                    .map_err(|_| ProtocolError::new(format!("READ_REPLICATION_SLOT: restart_tli {tli:?}")))?;
                 Ok(Some(Some((lsn, TimelineId(tli)))))
             }
             _ => Ok(Some(None)),
@@ -130,8 +151,10 @@ impl Connection {
         };
         let sql = format!("START_REPLICATION {slot_clause}PHYSICAL {start} TIMELINE {}", tli.0);
         let mut q = bytes::BytesMut::new();
-        postgres_protocol::message::frontend::query(&sql, &mut q)
-            .map_err(|e| ClientError::Io { context: "encoding START_REPLICATION".into(), source: e })?;
+        postgres_protocol::message::frontend::query(&sql, &mut q).map_err(|e| ClientError::Io {
+            context: "encoding START_REPLICATION".into(),
+            source: e,
+        })?;
         self.send_raw(&q).await?;
         loop {
             match self.next_message().await? {
@@ -172,9 +195,16 @@ impl Connection {
                 BackendMessage::CopyData(_) => {} // WAL the server had queued before its CopyDone; already complete up to the switch
                 BackendMessage::DataRow(vals) => {
                     let text = |i: usize| vals.get(i).cloned().flatten().map(|b| String::from_utf8_lossy(&b).into_owned());
-                    let tli: u32 = text(0).and_then(|t| t.parse().ok()).ok_or_else(|| ProtocolError::new("end of timeline: next timeline id is malformed"))?;
-                    let lsn: Lsn = text(1).and_then(|t| t.parse().ok()).ok_or_else(|| ProtocolError::new("end of timeline: next start position is malformed"))?;
-                    end = Some(TimelineEnd { next_tli: TimelineId(tli), next_start: lsn });
+                    let tli: u32 = text(0)
+                        .and_then(|t| t.parse().ok())
+                        .ok_or_else(|| ProtocolError::new("end of timeline: next timeline id is malformed"))?;
+                    let lsn: Lsn = text(1)
+                        .and_then(|t| t.parse().ok())
+                        .ok_or_else(|| ProtocolError::new("end of timeline: next start position is malformed"))?;
+                    end = Some(TimelineEnd {
+                        next_tli: TimelineId(tli),
+                        next_start: lsn,
+                    });
                 }
                 BackendMessage::ReadyForQuery(_) => break,
                 BackendMessage::Error(e) => return Err(ClientError::Server(e)),

@@ -29,8 +29,15 @@ pub fn client_config(ci: &ConnInfo) -> Result<Arc<ClientConfig>, String> {
             let file = root_file.ok_or_else(|| {
                 format!(
                     "sslmode={} needs a root certificate: set sslrootcert (looked for {})",
-                    if ci.sslmode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" },
-                    ci.sslrootcert.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "~/.postgresql/root.crt".into())
+                    if ci.sslmode == SslMode::VerifyCa {
+                        "verify-ca"
+                    } else {
+                        "verify-full"
+                    },
+                    ci.sslrootcert
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "~/.postgresql/root.crt".into())
                 )
             })?;
             let webpki = webpki_verifier(file)?;
@@ -67,7 +74,9 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
 fn webpki_verifier(root_file: &Path) -> Result<Arc<dyn ServerCertVerifier>, String> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(root_file)? {
-        roots.add(cert).map_err(|e| format!("root certificate {}: {e}", root_file.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("root certificate {}: {e}", root_file.display()))?;
     }
     let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
@@ -108,10 +117,20 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     ) -> Result<ServerCertVerified, TlsError> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -138,10 +157,20 @@ impl ServerCertVerifier for IgnoreHostName {
             other => other,
         }
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         self.0.verify_tls12_signature(m, c, d)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         self.0.verify_tls13_signature(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -45,7 +45,13 @@ impl FromStr for Lsn {
 
     /// Parses `X/X` (each half 1 to 8 hex digits; PostgreSQL 19 pads the low half, so padding is accepted).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseError::new("LSN", s, "two hexadecimal numbers of up to 8 digits separated by '/', like 0/16B3748");
+        let err = || {
+            ParseError::new(
+                "LSN",
+                s,
+                "two hexadecimal numbers of up to 8 digits separated by '/', like 0/16B3748",
+            )
+        };
         let (hi, lo) = s.trim().split_once('/').ok_or_else(err)?;
         let half = |t: &str| {
             if t.is_empty() || t.len() > 8 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {

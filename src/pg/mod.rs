@@ -22,6 +22,10 @@ pub struct ParseError {
 
 impl ParseError {
     pub(crate) fn new(what: &'static str, text: &str, expected: &'static str) -> Self {
-        ParseError { what, text: text.to_string(), expected }
+        ParseError {
+            what,
+            text: text.to_string(),
+            expected,
+        }
     }
 }

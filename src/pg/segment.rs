@@ -14,7 +14,11 @@ impl WalSegSize {
         if bytes.is_power_of_two() && (1 << 20..=1 << 30).contains(&bytes) {
             Ok(WalSegSize(bytes))
         } else {
-            Err(ParseError::new("wal_segment_size", &bytes.to_string(), "a power of two from 1MB to 1GB"))
+            Err(ParseError::new(
+                "wal_segment_size",
+                &bytes.to_string(),
+                "a power of two from 1MB to 1GB",
+            ))
         }
     }
 
@@ -108,9 +112,16 @@ impl WalFileName {
         let (tli, hi, lo) = (part(0..8)?, part(8..16)?, part(16..24)?);
         let per = seg.segs_per_id();
         if tli == 0 || lo >= per {
-            return Err(ParseError::new("WAL file name", name, "a timeline above 0 and a segment number valid for the segment size"));
+            return Err(ParseError::new(
+                "WAL file name",
+                name,
+                "a timeline above 0 and a segment number valid for the segment size",
+            ));
         }
-        Ok(WalFileName { tli: TimelineId(tli as u32), segno: SegNo(hi * per + lo) })
+        Ok(WalFileName {
+            tli: TimelineId(tli as u32),
+            segno: SegNo(hi * per + lo),
+        })
     }
 
     pub fn start_lsn(self, seg: WalSegSize) -> Lsn {
@@ -157,7 +168,13 @@ mod tests {
     #[test]
     fn name_parse_rejects() {
         let seg = WalSegSize::DEFAULT;
-        for bad in ["", "00000001000000000000000", "000000010000000000000100", "00000000000000000000000A", "0000000100000000000000ag"] {
+        for bad in [
+            "",
+            "00000001000000000000000",
+            "000000010000000000000100",
+            "00000000000000000000000A",
+            "0000000100000000000000ag",
+        ] {
             assert!(WalFileName::parse(bad, seg).is_err(), "{bad}");
         }
     }

@@ -46,8 +46,7 @@ impl TimelineHistory {
     /// Parses a history file. Blank lines and `#` comments are skipped; only the first two
     /// tab-separated fields matter; parent timelines must increase.
     pub fn parse(content: &[u8]) -> Result<Self, ParseError> {
-        let text = std::str::from_utf8(content)
-            .map_err(|_| ParseError::new("timeline history", "<binary>", "UTF-8 text"))?;
+        let text = std::str::from_utf8(content).map_err(|_| ParseError::new("timeline history", "<binary>", "UTF-8 text"))?;
         let mut entries: Vec<HistoryEntry> = Vec::new();
         for line in text.lines() {
             let line = line.trim();
@@ -60,10 +59,17 @@ impl TimelineHistory {
             let switchpoint: Lsn = fields.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
             if let Some(prev) = entries.last() {
                 if parent <= prev.parent.0 || switchpoint < prev.switchpoint {
-                    return Err(ParseError::new("timeline history line", line, "timelines and switchpoints in increasing order"));
+                    return Err(ParseError::new(
+                        "timeline history line",
+                        line,
+                        "timelines and switchpoints in increasing order",
+                    ));
                 }
             }
-            entries.push(HistoryEntry { parent: TimelineId(parent), switchpoint });
+            entries.push(HistoryEntry {
+                parent: TimelineId(parent),
+                switchpoint,
+            });
         }
         Ok(TimelineHistory { entries })
     }

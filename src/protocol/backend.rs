@@ -16,8 +16,12 @@ pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 pub enum AuthRequest {
     Ok,
     CleartextPassword,
-    Md5Password { salt: [u8; 4] },
-    Sasl { mechanisms: Vec<String> },
+    Md5Password {
+        salt: [u8; 4],
+    },
+    Sasl {
+        mechanisms: Vec<String>,
+    },
     SaslContinue(Bytes),
     SaslFinal(Bytes),
     /// GSS, SSPI, Kerberos: methods we do not speak; the code is kept for the error message.
@@ -51,7 +55,10 @@ impl std::fmt::Display for ServerMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendMessage {
     Authentication(AuthRequest),
-    ParameterStatus { name: String, value: String },
+    ParameterStatus {
+        name: String,
+        value: String,
+    },
     BackendKeyData,
     ReadyForQuery(u8),
     RowDescription(Vec<String>),
@@ -78,10 +85,16 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<BackendMessage>, ProtocolError
     let tag = buf[0];
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if len < 4 {
-        return Err(ProtocolError::new(format!("message {:?} has length {len}, below the minimum of 4", tag as char)));
+        return Err(ProtocolError::new(format!(
+            "message {:?} has length {len}, below the minimum of 4",
+            tag as char
+        )));
     }
     if len > MAX_FRAME {
-        return Err(ProtocolError::new(format!("message {:?} claims {len} bytes, more than the {MAX_FRAME} accepted", tag as char)));
+        return Err(ProtocolError::new(format!(
+            "message {:?} claims {len} bytes, more than the {MAX_FRAME} accepted",
+            tag as char
+        )));
     }
     if buf.len() < len + 1 {
         buf.reserve(len + 1 - buf.len());
@@ -196,7 +209,10 @@ fn decode_fields(body: &mut Bytes) -> Result<ServerMessage, ProtocolError> {
 
 fn need(body: &Bytes, n: usize, what: &str) -> Result<(), ProtocolError> {
     if body.remaining() < n {
-        return Err(ProtocolError::new(format!("{what}: message ends after {} of {n} bytes", body.remaining())));
+        return Err(ProtocolError::new(format!(
+            "{what}: message ends after {} of {n} bytes",
+            body.remaining()
+        )));
     }
     Ok(())
 }
@@ -274,14 +290,14 @@ mod tests {
     #[test]
     fn malformed_frames_are_errors_not_panics() {
         let cases: Vec<Vec<u8>> = vec![
-            vec![b'Z', 0, 0, 0, 3],                                  // length below 4
-            vec![b'd', 0x7F, 0xFF, 0xFF, 0xFF],                       // absurd length
-            frame(b'?', b""),                                         // unknown type
-            frame(b'S', b"name-without-nul"),                         // unterminated string
-            frame(b'D', &[0, 1, 0, 0, 0, 9, b'x']),                   // value longer than message
-            frame(b'R', &[0, 0, 0, 5, 1]),                            // short MD5 salt
-            frame(b'T', &[0, 1, b'a', 0, 1, 2]),                      // truncated column
-            frame(b'Z', b""),                                         // missing status byte
+            vec![b'Z', 0, 0, 0, 3],                 // length below 4
+            vec![b'd', 0x7F, 0xFF, 0xFF, 0xFF],     // absurd length
+            frame(b'?', b""),                       // unknown type
+            frame(b'S', b"name-without-nul"),       // unterminated string
+            frame(b'D', &[0, 1, 0, 0, 0, 9, b'x']), // value longer than message
+            frame(b'R', &[0, 0, 0, 5, 1]),          // short MD5 salt
+            frame(b'T', &[0, 1, b'a', 0, 1, 2]),    // truncated column
+            frame(b'Z', b""),                       // missing status byte
         ];
         for c in cases {
             let mut buf = BytesMut::from(&c[..]);
@@ -299,6 +315,9 @@ mod tests {
             }))
         );
         let mut buf = BytesMut::from(&frame(b'R', b"\0\0\0\x05abcd")[..]);
-        assert_eq!(parse(&mut buf).unwrap(), Some(BackendMessage::Authentication(AuthRequest::Md5Password { salt: *b"abcd" })));
+        assert_eq!(
+            parse(&mut buf).unwrap(),
+            Some(BackendMessage::Authentication(AuthRequest::Md5Password { salt: *b"abcd" }))
+        );
     }
 }

@@ -23,11 +23,17 @@ pub enum ReplicationMessage {
 
 /// Decodes one CopyData payload received during START_REPLICATION.
 pub fn decode(mut payload: Bytes) -> Result<ReplicationMessage, ProtocolError> {
-    let kind = payload.first().copied().ok_or_else(|| ProtocolError::new("empty CopyData message during streaming"))?;
+    let kind = payload
+        .first()
+        .copied()
+        .ok_or_else(|| ProtocolError::new("empty CopyData message during streaming"))?;
     match kind {
         b'w' => {
             if payload.len() < 25 {
-                return Err(ProtocolError::new(format!("XLogData header is {} bytes, expected at least 25", payload.len())));
+                return Err(ProtocolError::new(format!(
+                    "XLogData header is {} bytes, expected at least 25",
+                    payload.len()
+                )));
             }
             payload.advance(1);
             let start = Lsn(payload.get_u64());
@@ -40,9 +46,15 @@ pub fn decode(mut payload: Bytes) -> Result<ReplicationMessage, ProtocolError> {
                 )));
             }
             if start.checked_add(payload.len() as u64).is_none() {
-                return Err(ProtocolError::new(format!("XLogData at {start} runs past the end of the LSN space")));
+                return Err(ProtocolError::new(format!(
+                    "XLogData at {start} runs past the end of the LSN space"
+                )));
             }
-            Ok(ReplicationMessage::XLogData { start, server_wal_end, data: payload })
+            Ok(ReplicationMessage::XLogData {
+                start,
+                server_wal_end,
+                data: payload,
+            })
         }
         b'k' => {
             if payload.len() != 18 {
@@ -52,7 +64,10 @@ pub fn decode(mut payload: Bytes) -> Result<ReplicationMessage, ProtocolError> {
             let server_wal_end = Lsn(payload.get_u64());
             let _send_time = payload.get_i64();
             let reply_requested = payload.get_u8() != 0;
-            Ok(ReplicationMessage::Keepalive { server_wal_end, reply_requested })
+            Ok(ReplicationMessage::Keepalive {
+                server_wal_end,
+                reply_requested,
+            })
         }
         other => Err(ProtocolError::new(format!("unknown streaming message type 0x{other:02X}"))),
     }
@@ -91,7 +106,11 @@ mod tests {
         p.put_i64(5);
         p.extend_from_slice(b"WAL!");
         match decode(p.freeze()).unwrap() {
-            ReplicationMessage::XLogData { start, server_wal_end, data } => {
+            ReplicationMessage::XLogData {
+                start,
+                server_wal_end,
+                data,
+            } => {
                 assert_eq!(start, Lsn(0x1000));
                 assert_eq!(server_wal_end, Lsn(0x2000));
                 assert_eq!(&data[..], b"WAL!");
@@ -109,7 +128,10 @@ mod tests {
         p.put_u8(1);
         assert_eq!(
             decode(p.freeze()).unwrap(),
-            ReplicationMessage::Keepalive { server_wal_end: Lsn(77), reply_requested: true }
+            ReplicationMessage::Keepalive {
+                server_wal_end: Lsn(77),
+                reply_requested: true
+            }
         );
     }
 

@@ -88,7 +88,12 @@ impl ScramClient {
             match attr.split_once('=') {
                 Some(("r", v)) => nonce = Some(v),
                 Some(("s", v)) => salt = Some(B64.decode(v).map_err(|_| ScramError::Malformed("salt is not base64".into()))?),
-                Some(("i", v)) => iterations = Some(v.parse::<u32>().map_err(|_| ScramError::Malformed(format!("iteration count {v:?}")))?),
+                Some(("i", v)) => {
+                    iterations = Some(
+                        v.parse::<u32>()
+                            .map_err(|_| ScramError::Malformed(format!("iteration count {v:?}")))?,
+                    )
+                }
                 Some(("m", _)) => return Err(ScramError::Malformed("mandatory extension not supported".into())),
                 _ => {}
             }
@@ -114,7 +119,9 @@ impl ScramClient {
             *p ^= s;
         }
         let server_key = hmac(&salted, b"Server Key");
-        self.state = State::SentClientFinal { expected_server_signature: hmac(&server_key, auth_message.as_bytes()) };
+        self.state = State::SentClientFinal {
+            expected_server_signature: hmac(&server_key, auth_message.as_bytes()),
+        };
         Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
     }
 
@@ -131,7 +138,9 @@ impl ScramClient {
             .split(',')
             .find_map(|a| a.strip_prefix("v="))
             .ok_or_else(|| ScramError::Malformed("server-final lacks v=".into()))?;
-        let sig = B64.decode(v).map_err(|_| ScramError::Malformed("server signature is not base64".into()))?;
+        let sig = B64
+            .decode(v)
+            .map_err(|_| ScramError::Malformed("server signature is not base64".into()))?;
         if sig != expected_server_signature {
             return Err(ScramError::BadServerSignature);
         }
@@ -184,7 +193,8 @@ mod tests {
     fn refuses_forged_server_signature_and_foreign_nonce() {
         let mut c = ScramClient::with_nonce("user", "pencil", "rOprNGfwEbeRWgbNEkqO");
         c.client_first();
-        c.client_final(b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096").unwrap();
+        c.client_final(b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+            .unwrap();
         assert_eq!(
             c.verify_server_final(b"v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="),
             Err(ScramError::BadServerSignature)

@@ -141,7 +141,10 @@ async fn session(
             });
         }
         if st.wal_segment_size != seg.bytes() {
-            return Err(ReceiverError::SegmentSizeMismatch { server: seg.bytes(), catalog: st.wal_segment_size });
+            return Err(ReceiverError::SegmentSizeMismatch {
+                server: seg.bytes(),
+                catalog: st.wal_segment_size,
+            });
         }
     }
     let mut st = known.unwrap_or(ServerState {
@@ -167,7 +170,10 @@ async fn session(
         Some(p) => p,
         None => {
             let from_slot = if conn.server_major() >= 15 {
-                conn.read_replication_slot(&cfg.slot).await.map_err(ReceiverError::Client)?.flatten()
+                conn.read_replication_slot(&cfg.slot)
+                    .await
+                    .map_err(ReceiverError::Client)?
+                    .flatten()
             } else {
                 None
             };
@@ -178,10 +184,18 @@ async fn session(
         }
     };
     if tli > sys.timeline {
-        return Err(ReceiverError::TimelineAhead { catalog: tli, server: sys.timeline });
+        return Err(ReceiverError::TimelineAhead {
+            catalog: tli,
+            server: sys.timeline,
+        });
     }
 
-    let opts = StreamOptions { server, synchronous: cfg.synchronous, status_interval: cfg.status_interval, receiver_timeout: cfg.receiver_timeout };
+    let opts = StreamOptions {
+        server,
+        synchronous: cfg.synchronous,
+        status_interval: cfg.status_interval,
+        receiver_timeout: cfg.receiver_timeout,
+    };
     loop {
         if tli.0 > 1 && !sp.store.has_history(tli) {
             let (name, content) = conn.timeline_history(tli).await.map_err(ReceiverError::Client)?;
@@ -199,7 +213,11 @@ async fn session(
             s.flushed_lsn = Some(start);
         });
         tracing::info!(timeline = %tli, start = %start, slot = %cfg.slot, synchronous = cfg.synchronous, "starting replication");
-        let end = match conn.start_replication(Some(&cfg.slot), start, tli).await.map_err(ReceiverError::Client)? {
+        let end = match conn
+            .start_replication(Some(&cfg.slot), start, tli)
+            .await
+            .map_err(ReceiverError::Client)?
+        {
             StartOutcome::TimelineEnded(end) => end,
             StartOutcome::Streaming => {
                 crate::metrics::set_up(server, true);
@@ -222,7 +240,11 @@ async fn session(
             }
         };
         if end.next_tli <= tli {
-            return Err(ProtocolError::new(format!("server switched from timeline {tli} to {} which is not newer", end.next_tli)).into());
+            return Err(ProtocolError::new(format!(
+                "server switched from timeline {tli} to {} which is not newer",
+                end.next_tli
+            ))
+            .into());
         }
         if end.next_start > sp.store.write_pos() {
             return Err(ProtocolError::new(format!(
@@ -250,7 +272,10 @@ fn open_spool<'a>(
 ) -> Result<&'a mut Spool, ReceiverError> {
     if let Some(sp) = spool.as_ref() {
         if sp.seg != seg {
-            return Err(ReceiverError::SegmentSizeMismatch { server: seg.bytes(), catalog: sp.seg.bytes() });
+            return Err(ReceiverError::SegmentSizeMismatch {
+                server: seg.bytes(),
+                catalog: sp.seg.bytes(),
+            });
         }
     }
     if spool.is_none() {
@@ -282,7 +307,11 @@ fn open_spool<'a>(
             spares: spares.clone(),
         };
         let handle = archiver.spawn(rx, backlog).map_err(ReceiverError::Store)?;
-        *spool = Some(Spool { store: WalStore::new(dir, seg, spares, tx), seg, archiver: Some(handle) });
+        *spool = Some(Spool {
+            store: WalStore::new(dir, seg, spares, tx),
+            seg,
+            archiver: Some(handle),
+        });
     }
     Ok(spool.as_mut().expect("set above"))
 }

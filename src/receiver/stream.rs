@@ -130,7 +130,17 @@ pub async fn stream(
 ) -> Result<StreamEnd, ReceiverError> {
     let seg = store.seg();
     let start = (store.write_pos(), store.flush_pos());
-    let mut lp = Loop { conn, store, opts, board, seg, last_reported: start, unacked_since: None, server_wal_end: start.0, out: BytesMut::with_capacity(64) };
+    let mut lp = Loop {
+        conn,
+        store,
+        opts,
+        board,
+        seg,
+        last_reported: start,
+        unacked_since: None,
+        server_wal_end: start.0,
+        out: BytesMut::with_capacity(64),
+    };
     let mut status_tick = tokio::time::interval(opts.status_interval);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     status_tick.tick().await;
@@ -182,11 +192,18 @@ pub async fn stream(
         pinged = false;
         match msg {
             BackendMessage::CopyData(payload) => match replication::decode(payload)? {
-                ReplicationMessage::XLogData { start, server_wal_end, data } => {
+                ReplicationMessage::XLogData {
+                    start,
+                    server_wal_end,
+                    data,
+                } => {
                     lp.server_wal_end = lp.server_wal_end.max(server_wal_end);
                     lp.on_wal(start, &data)?;
                 }
-                ReplicationMessage::Keepalive { server_wal_end, reply_requested } => {
+                ReplicationMessage::Keepalive {
+                    server_wal_end,
+                    reply_requested,
+                } => {
                     lp.server_wal_end = lp.server_wal_end.max(server_wal_end);
                     crate::metrics::server_wal_end(opts.server, lp.server_wal_end.0);
                     if reply_requested {

@@ -8,13 +8,37 @@ use std::path::Path;
 use std::process::Command;
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is needed for the TLS tests");
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is needed for the TLS tests");
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn make_ca(dir: &Path, name: &str) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"), "-days", "2", "-subj", &format!("/CN={name}"),
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
 }
 
 fn setup() -> (Cluster, tempfile::TempDir) {
@@ -23,16 +47,57 @@ fn setup() -> (Cluster, tempfile::TempDir) {
     let d = certs.path();
     make_ca(d, "ca");
     make_ca(d, "otherca");
-    openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
-    std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
-    openssl(d, &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf"]);
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
     let c = Cluster::init(&bins, &["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'"]).unwrap();
     for f in ["server.crt", "server.key"] {
         std::fs::copy(d.join(f), c.data.join(f)).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(c.data.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
         if running_as_root() {
-            Command::new("chown").args(["postgres:postgres"]).arg(c.data.join(f)).status().unwrap();
+            Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(c.data.join(f))
+                .status()
+                .unwrap();
         }
     }
     c.write_hba(
@@ -79,28 +144,63 @@ fn auth_methods_and_tls_modes() {
         ok(format!("{base} user=scram_user password='scram pass' sslmode=disable")).await;
         ok(format!("{base} user=clear_user password=clearpass sslmode=disable")).await;
         for (user, pw) in [("md5_user", "nope"), ("scram_user", "nope"), ("clear_user", "nope")] {
-            let e = try_connect(&format!("{base} user={user} password={pw} sslmode=disable")).await.err().expect("wrong password accepted");
+            let e = try_connect(&format!("{base} user={user} password={pw} sslmode=disable"))
+                .await
+                .err()
+                .expect("wrong password accepted");
             assert!(matches!(e, ClientError::Auth(_)), "{user}: {e}");
             assert!(e.to_string().contains("password authentication failed"), "{user}: {e}");
         }
         let e = try_connect(&format!("{base} user=scram_user sslmode=disable")).await.err().unwrap();
-        assert!(e.to_string().contains("no password") || e.to_string().contains("none is configured"), "{e}");
+        assert!(
+            e.to_string().contains("no password") || e.to_string().contains("none is configured"),
+            "{e}"
+        );
 
         // TLS: the tls_user may only connect encrypted.
         let conn = ok(format!("{base} user=tls_user password=tlspass sslmode=require")).await;
         assert!(conn.encrypted);
         let conn = ok(format!("{base} user=tls_user password=tlspass sslmode=prefer")).await;
         assert!(conn.encrypted);
-        let e = try_connect(&format!("{base} user=tls_user password=tlspass sslmode=disable")).await.err().unwrap();
+        let e = try_connect(&format!("{base} user=tls_user password=tlspass sslmode=disable"))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(e, ClientError::Auth(_)), "{e}");
         // verify-full: the certificate names localhost only.
-        ok(format!("host=localhost port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}", ca.display())).await;
-        let e = try_connect(&format!("host=127.0.0.1 port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}", ca.display())).await.err().unwrap();
+        ok(format!(
+            "host=localhost port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}",
+            ca.display()
+        ))
+        .await;
+        let e = try_connect(&format!(
+            "host=127.0.0.1 port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}",
+            ca.display()
+        ))
+        .await
+        .err()
+        .unwrap();
         assert!(matches!(e, ClientError::Tls(_)), "host name mismatch must fail verify-full: {e}");
-        ok(format!("host=127.0.0.1 port={port} user=tls_user password=tlspass sslmode=verify-ca sslrootcert={}", ca.display())).await;
-        let e = try_connect(&format!("host=localhost port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}", other.display())).await.err().unwrap();
+        ok(format!(
+            "host=127.0.0.1 port={port} user=tls_user password=tlspass sslmode=verify-ca sslrootcert={}",
+            ca.display()
+        ))
+        .await;
+        let e = try_connect(&format!(
+            "host=localhost port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}",
+            other.display()
+        ))
+        .await
+        .err()
+        .unwrap();
         assert!(matches!(e, ClientError::Tls(_)), "a certificate from another CA must fail: {e}");
-        let e = try_connect(&format!("host=localhost port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}", nocert.display())).await.err().unwrap();
+        let e = try_connect(&format!(
+            "host=localhost port={port} user=tls_user password=tlspass sslmode=verify-full sslrootcert={}",
+            nocert.display()
+        ))
+        .await
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("root certificate"), "{e}");
 
         // .pgpass (via passfile; PGPASSFILE is honoured the same way).
@@ -127,7 +227,9 @@ fn auth_failure_on_one_server_does_not_disturb_another() {
     let p = Pgark::start_env(&yaml, &[("PGPASSFILE", pass.to_str().unwrap())]);
     p.wait_streaming("good");
     wait_until(std::time::Duration::from_secs(30), "the bad server's error in status", || {
-        p.server("bad").and_then(|s| s.last_error).is_some_and(|e| e.contains("password authentication failed"))
+        p.server("bad")
+            .and_then(|s| s.last_error)
+            .is_some_and(|e| e.contains("password authentication failed"))
     });
     write_rows(&c, 100);
     p.wait_flushed("good", current_flush_lsn(&c));

@@ -8,7 +8,11 @@ use std::time::Duration;
 
 fn pgark(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pgark")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -16,19 +20,92 @@ fn bad_configs_exit_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cat = dir.path().join("cat");
     let cases: Vec<(&str, String, &str)> = vec![
-        ("unknown key", format!("catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n    slto: x\n", cat.display()), "slto"),
-        ("unknown top key", format!("catalog: {}\nserver:\n  a: {{}}\n", cat.display()), "server"),
-        ("wrong type", format!("catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n    synchronous: perhaps\n", cat.display()), "synchronous"),
-        ("missing conninfo", format!("catalog: {}\nservers:\n  a:\n    slot: x\n", cat.display()), "conninfo"),
-        ("missing catalog", "servers:\n  a:\n    conninfo: host=/tmp\n".to_string(), "catalog"),
-        ("bad slot", format!("catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n    slot: No-Good\n", cat.display()), "servers.a.slot"),
-        ("bad application_name", format!("catalog: {}\nservers:\n  a:\n    conninfo: \"host=/tmp application_name=''\"\n", cat.display()), "application_name"),
-        ("bad conninfo key", format!("catalog: {}\nservers:\n  a:\n    conninfo: hostt=/tmp\n", cat.display()), "hostt"),
-        ("duplicate server", format!("catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n  a:\n    conninfo: host=/x\n", cat.display()), "duplicate"),
-        ("same slot twice", format!("catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n  b:\n    conninfo: host=/tmp\n", cat.display()), "servers.b"),
-        ("bad compression", format!("catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n    compression: zstd:99\n", cat.display()), "compression"),
-        ("bad listen", format!("catalog: {}\nmetrics:\n  listen: everywhere\nservers:\n  a:\n    conninfo: host=/tmp\n", cat.display()), "metrics.listen"),
-        ("unwritable catalog", "catalog: /proc/pgark-cannot-exist\nservers:\n  a:\n    conninfo: host=/tmp\n".to_string(), "catalog"),
+        (
+            "unknown key",
+            format!("catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n    slto: x\n", cat.display()),
+            "slto",
+        ),
+        (
+            "unknown top key",
+            format!("catalog: {}\nserver:\n  a: {{}}\n", cat.display()),
+            "server",
+        ),
+        (
+            "wrong type",
+            format!(
+                "catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n    synchronous: perhaps\n",
+                cat.display()
+            ),
+            "synchronous",
+        ),
+        (
+            "missing conninfo",
+            format!("catalog: {}\nservers:\n  a:\n    slot: x\n", cat.display()),
+            "conninfo",
+        ),
+        (
+            "missing catalog",
+            "servers:\n  a:\n    conninfo: host=/tmp\n".to_string(),
+            "catalog",
+        ),
+        (
+            "bad slot",
+            format!(
+                "catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n    slot: No-Good\n",
+                cat.display()
+            ),
+            "servers.a.slot",
+        ),
+        (
+            "bad application_name",
+            format!(
+                "catalog: {}\nservers:\n  a:\n    conninfo: \"host=/tmp application_name=''\"\n",
+                cat.display()
+            ),
+            "application_name",
+        ),
+        (
+            "bad conninfo key",
+            format!("catalog: {}\nservers:\n  a:\n    conninfo: hostt=/tmp\n", cat.display()),
+            "hostt",
+        ),
+        (
+            "duplicate server",
+            format!(
+                "catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n  a:\n    conninfo: host=/x\n",
+                cat.display()
+            ),
+            "duplicate",
+        ),
+        (
+            "same slot twice",
+            format!(
+                "catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n  b:\n    conninfo: host=/tmp\n",
+                cat.display()
+            ),
+            "servers.b",
+        ),
+        (
+            "bad compression",
+            format!(
+                "catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n    compression: zstd:99\n",
+                cat.display()
+            ),
+            "compression",
+        ),
+        (
+            "bad listen",
+            format!(
+                "catalog: {}\nmetrics:\n  listen: everywhere\nservers:\n  a:\n    conninfo: host=/tmp\n",
+                cat.display()
+            ),
+            "metrics.listen",
+        ),
+        (
+            "unwritable catalog",
+            "catalog: /proc/pgark-cannot-exist\nservers:\n  a:\n    conninfo: host=/tmp\n".to_string(),
+            "catalog",
+        ),
         ("not yaml", "catalog: [unclosed\n".to_string(), "line"),
     ];
     for (what, text, needle) in cases {
@@ -76,7 +153,13 @@ fn lock_status_and_reload() {
     assert!(v["servers"][0]["flushed_lsn"].is_string());
     let (code, metrics) = p.http_get("/metrics");
     assert_eq!(code, 200);
-    for m in ["pgark_wal_received_bytes_total", "pgark_wal_flushed_lsn_bytes", "pgark_up", "pgark_fsync_duration_seconds_bucket", "pgark_build_info"] {
+    for m in [
+        "pgark_wal_received_bytes_total",
+        "pgark_wal_flushed_lsn_bytes",
+        "pgark_up",
+        "pgark_fsync_duration_seconds_bucket",
+        "pgark_build_info",
+    ] {
         assert!(metrics.contains(m), "{m} missing from /metrics");
     }
     assert_eq!(p.http_get("/healthz").0, 200);
@@ -124,10 +207,15 @@ fn refuses_a_different_cluster_in_the_same_catalog() {
     p.rewrite_servers(&server_yaml("main", &b.conninfo(&b.superuser), ""));
     p.spawn();
     wait_until(Duration::from_secs(30), "system identifier refusal", || {
-        p.server("main").and_then(|s| s.last_error).is_some_and(|e| e.contains("system identifier"))
+        p.server("main")
+            .and_then(|s| s.last_error)
+            .is_some_and(|e| e.contains("system identifier"))
     });
     let err = p.server("main").unwrap().last_error.unwrap();
     let sys_a = a.psql("SELECT system_identifier FROM pg_control_system()").unwrap();
     let sys_b = b.psql("SELECT system_identifier FROM pg_control_system()").unwrap();
-    assert!(err.contains(&sys_a) && err.contains(&sys_b), "both identifiers must be named: {err}");
+    assert!(
+        err.contains(&sys_a) && err.contains(&sys_b),
+        "both identifiers must be named: {err}"
+    );
 }

@@ -38,7 +38,10 @@ pub fn matrix() -> Vec<PgBinaries> {
     let majors: Vec<u32> = found.iter().map(|b| b.major).collect();
     if std::env::var("PGARK_REQUIRE_MATRIX").as_deref() == Ok("1") {
         for want in [13, 14, 16, 17, 18] {
-            assert!(majors.contains(&want), "PostgreSQL {want} binaries missing from the version matrix (found {majors:?}); run .ci/install-pg-matrix");
+            assert!(
+                majors.contains(&want),
+                "PostgreSQL {want} binaries missing from the version matrix (found {majors:?}); run .ci/install-pg-matrix"
+            );
         }
     } else if found.is_empty() {
         eprintln!("SKIP version matrix: no PostgreSQL 13/14/16/17/18 binaries (run .ci/install-pg-matrix to install them)");
@@ -55,7 +58,11 @@ pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 }
 
 pub fn current_flush_lsn(c: &Cluster) -> Lsn {
-    let q = if c.psql("SELECT pg_is_in_recovery()").unwrap() == "t" { "SELECT pg_last_wal_replay_lsn()" } else { "SELECT pg_current_wal_flush_lsn()" };
+    let q = if c.psql("SELECT pg_is_in_recovery()").unwrap() == "t" {
+        "SELECT pg_last_wal_replay_lsn()"
+    } else {
+        "SELECT pg_current_wal_flush_lsn()"
+    };
     c.psql(q).unwrap().parse().unwrap()
 }
 
@@ -81,7 +88,14 @@ impl Pgark {
         let catalog = dir.path().join("catalog");
         let metrics = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("pgark.yaml");
-        std::fs::write(&config, format!("catalog: {}\nmetrics:\n  listen: {metrics}\nservers:\n{servers_yaml}", catalog.display())).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "catalog: {}\nmetrics:\n  listen: {metrics}\nservers:\n{servers_yaml}",
+                catalog.display()
+            ),
+        )
+        .unwrap();
         let log = dir.path().join("pgark.log");
         let mut p = Pgark {
             child: None,
@@ -97,7 +111,15 @@ impl Pgark {
     }
 
     pub fn rewrite_servers(&self, servers_yaml: &str) {
-        std::fs::write(&self.config, format!("catalog: {}\nmetrics:\n  listen: {}\nservers:\n{servers_yaml}", self.catalog.display(), self.metrics)).unwrap();
+        std::fs::write(
+            &self.config,
+            format!(
+                "catalog: {}\nmetrics:\n  listen: {}\nservers:\n{servers_yaml}",
+                self.catalog.display(),
+                self.metrics
+            ),
+        )
+        .unwrap();
     }
 
     pub fn spawn(&mut self) {
@@ -113,7 +135,9 @@ impl Pgark {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        wait_until(Duration::from_secs(20), "pgark HTTP endpoint", || self.status().is_some() || self.exited());
+        wait_until(Duration::from_secs(20), "pgark HTTP endpoint", || {
+            self.status().is_some() || self.exited()
+        });
     }
 
     fn exited(&mut self) -> bool {
@@ -141,7 +165,11 @@ impl Pgark {
             if let Some(st) = c.try_wait().unwrap() {
                 return st.code().unwrap_or(-1);
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "pgark did not stop within 30s of SIGTERM\n{}", self.log_text());
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "pgark did not stop within 30s of SIGTERM\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -166,7 +194,8 @@ impl Pgark {
 
     pub fn http_get(&self, path: &str) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(&self.metrics).unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         let (head, body) = resp.split_once("\r\n\r\n").unwrap();
@@ -191,7 +220,11 @@ impl Pgark {
             if s.as_ref().and_then(|s| s.flushed_lsn).is_some_and(|f| f >= lsn) {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(90), "pgark did not flush {lsn} (status {s:?})\n{}", tail(&self.log_text()));
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "pgark did not flush {lsn} (status {s:?})\n{}",
+                tail(&self.log_text())
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

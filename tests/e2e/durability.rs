@@ -21,7 +21,8 @@ struct Writers {
 
 impl Writers {
     fn start(c: &Cluster, n: usize) -> Writers {
-        c.psql("CREATE TABLE IF NOT EXISTS acked (id bigint PRIMARY KEY, pad text)").unwrap();
+        c.psql("CREATE TABLE IF NOT EXISTS acked (id bigint PRIMARY KEY, pad text)")
+            .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
@@ -31,7 +32,14 @@ impl Writers {
             threads.push(std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(async move {
-                    let (client, conn) = match tokio_postgres::Config::new().host_path(&sock).port(port).user(&user).dbname("postgres").connect(tokio_postgres::NoTls).await {
+                    let (client, conn) = match tokio_postgres::Config::new()
+                        .host_path(&sock)
+                        .port(port)
+                        .user(&user)
+                        .dbname("postgres")
+                        .connect(tokio_postgres::NoTls)
+                        .await
+                    {
                         Ok(c) => c,
                         Err(e) => panic!("writer {w} cannot connect: {e}"),
                     };
@@ -41,7 +49,11 @@ impl Writers {
                     while !stop.load(Ordering::Relaxed) {
                         i += 1;
                         let id = base + i;
-                        let r = tokio::time::timeout(Duration::from_secs(120), client.execute("INSERT INTO acked VALUES ($1, repeat(md5(random()::text), 8))", &[&id])).await;
+                        let r = tokio::time::timeout(
+                            Duration::from_secs(120),
+                            client.execute("INSERT INTO acked VALUES ($1, repeat(md5(random()::text), 8))", &[&id]),
+                        )
+                        .await;
                         match r {
                             Ok(Ok(_)) => acked.lock().unwrap().push(id),
                             Ok(Err(e)) => {
@@ -74,12 +86,22 @@ impl Writers {
 }
 
 fn rand_base() -> i64 {
-    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 1000) as i64 * 1_000_000
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 1000) as i64
+        * 1_000_000
 }
 
 fn chown_postgres(path: &Path) {
     if running_as_root() {
-        assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().unwrap().success());
+        assert!(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success());
     }
 }
 
@@ -107,7 +129,11 @@ fn recover_from_catalog(bins: &PgBinaries, backup: &Path, wal_dir: &Path, seg: W
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
     let port = free_port();
     let r = Cluster::from_data_dir(bins, dir, data, port).unwrap();
-    r.append_conf(&format!("port = {port}\nunix_socket_directories = '{}'\nsynchronous_standby_names = ''\n", r.socket_dir.display())).unwrap();
+    r.append_conf(&format!(
+        "port = {port}\nunix_socket_directories = '{}'\nsynchronous_standby_names = ''\n",
+        r.socket_dir.display()
+    ))
+    .unwrap();
     chown_postgres(r.base_dir());
     r.start().unwrap();
     r
@@ -115,7 +141,12 @@ fn recover_from_catalog(bins: &PgBinaries, backup: &Path, wal_dir: &Path, seg: W
 
 fn rpo_round(kill_after: Duration) {
     let bins = pg();
-    let c = Cluster::init_with(&bins, &["synchronous_standby_names = 'pgark'", "synchronous_commit = on"], &["--wal-segsize=1"]).unwrap();
+    let c = Cluster::init_with(
+        &bins,
+        &["synchronous_standby_names = 'pgark'", "synchronous_commit = on"],
+        &["--wal-segsize=1"],
+    )
+    .unwrap();
     c.start().unwrap();
     let mut p = Pgark::start(&server_yaml("main", &c.conninfo(&c.superuser), "synchronous: true"));
     p.wait_streaming("main");
@@ -124,14 +155,28 @@ fn rpo_round(kill_after: Duration) {
     let out = Command::new(bins.client("pg_basebackup"))
         .arg("-h")
         .arg(&c.socket_dir)
-        .args(["-p", &c.port.to_string(), "-U", &c.superuser, "-X", "none", "-c", "fast", "--no-sync", "-D"])
+        .args([
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            &c.superuser,
+            "-X",
+            "none",
+            "-c",
+            "fast",
+            "--no-sync",
+            "-D",
+        ])
         .arg(&backup)
         .output()
         .unwrap();
     assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
     let writers = Writers::start(&c, 8);
     std::thread::sleep(kill_after);
-    eprintln!("rpo: killing the primary after {kill_after:?} ({} commits acknowledged so far)", writers.count());
+    eprintln!(
+        "rpo: killing the primary after {kill_after:?} ({} commits acknowledged so far)",
+        writers.count()
+    );
     c.kill9().unwrap();
     let acked = writers.finish();
     eprintln!("rpo: writers stopped with {} acknowledged commits", acked.len());
@@ -140,10 +185,24 @@ fn rpo_round(kill_after: Duration) {
     assert!(acked.len() > 20, "too few commits before the kill: {}", acked.len());
     let seg = seg_size_offline(&p);
     let r = recover_from_catalog(&bins, &backup, &p.wal_dir("main"), seg);
-    let present: HashSet<i64> = r.psql("SELECT id FROM acked").unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let present: HashSet<i64> = r
+        .psql("SELECT id FROM acked")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
     let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged commits lost after SIGKILL of the primary at {kill_after:?}: {:?}", lost.len(), acked.len(), &lost[..lost.len().min(10)]);
-    eprintln!("RPO=0 round (kill after {kill_after:?}): all {} acknowledged commits recovered from the catalog", acked.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged commits lost after SIGKILL of the primary at {kill_after:?}: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+    eprintln!(
+        "RPO=0 round (kill after {kill_after:?}): all {} acknowledged commits recovered from the catalog",
+        acked.len()
+    );
 }
 
 fn seg_size_offline(p: &Pgark) -> WalSegSize {
@@ -162,7 +221,12 @@ fn rpo_zero_sigkill_primary_several_kill_points() {
 #[test]
 fn sigkill_pgark_under_load_resumes_without_gap() {
     let bins = pg();
-    let c = Cluster::init_with(&bins, &["synchronous_standby_names = 'pgark'", "wal_keep_size = 1GB"], &["--wal-segsize=1"]).unwrap();
+    let c = Cluster::init_with(
+        &bins,
+        &["synchronous_standby_names = 'pgark'", "wal_keep_size = 1GB"],
+        &["--wal-segsize=1"],
+    )
+    .unwrap();
     c.start().unwrap();
     let mut p = Pgark::start(&server_yaml("main", &c.conninfo(&c.superuser), "synchronous: true"));
     p.wait_streaming("main");
@@ -182,8 +246,12 @@ fn sigkill_pgark_under_load_resumes_without_gap() {
                 start.elapsed() < Duration::from_secs(30),
                 "commits did not continue after pgark restarted ({} acked, {before} before the kill)\nreplication: {}\nwaiting: {}",
                 writers.count(),
-                c.psql("SELECT application_name, state, sent_lsn, flush_lsn, sync_state, pg_current_wal_flush_lsn() FROM pg_stat_replication").unwrap_or_default(),
-                c.psql("SELECT wait_event, left(query, 40) FROM pg_stat_activity WHERE backend_type = 'client backend'").unwrap_or_default()
+                c.psql(
+                    "SELECT application_name, state, sent_lsn, flush_lsn, sync_state, pg_current_wal_flush_lsn() FROM pg_stat_replication"
+                )
+                .unwrap_or_default(),
+                c.psql("SELECT wait_event, left(query, 40) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+                    .unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -197,7 +265,11 @@ fn sigkill_pgark_under_load_resumes_without_gap() {
     assert!(compared >= 3, "only {compared} segments compared");
     assert_no_gap(&p.wal_dir("main"), seg);
     // No duplicates: one final form per segment, at most one open partial per timeline.
-    let partials = std::fs::read_dir(p.wal_dir("main")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".partial")).count();
+    let partials = std::fs::read_dir(p.wal_dir("main"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .count();
     assert!(partials <= 1, "{partials} partial segments on one timeline");
     let count: usize = c.psql("SELECT count(*) FROM acked").unwrap().parse().unwrap();
     assert!(count >= acked.len());
@@ -217,8 +289,12 @@ impl Proxy {
         let c2 = conns.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
-                c2.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    continue;
+                };
+                c2.lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
                 let (mut a, mut b) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut a, &mut b);
@@ -257,7 +333,9 @@ fn connection_cut_and_server_restart_continue_without_gap() {
         c.psql("SELECT pg_switch_wal()").unwrap();
         p.wait_streaming("main");
     }
-    wait_until(Duration::from_secs(30), "reconnects to be counted", || p.server("main").is_some_and(|s| s.reconnects >= 2));
+    wait_until(Duration::from_secs(30), "reconnects to be counted", || {
+        p.server("main").is_some_and(|s| s.reconnects >= 2)
+    });
     write_rows(&c, 100);
     c.stop("fast").unwrap();
     c.start().unwrap();
@@ -272,4 +350,101 @@ fn connection_cut_and_server_restart_continue_without_gap() {
     assert!(compared >= 3, "only {compared} segments compared");
     assert_no_gap(&p.wal_dir("main"), seg);
     assert!(p.log_text().contains("replication session ended"), "disconnects were not logged");
+}
+
+/// A size-limited tmpfs for the catalog, unmounted on drop. None where mounting is not allowed.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> Option<SmallFs> {
+        let dir = tempfile::Builder::new().prefix("pgark-smallfs-").tempdir().ok()?;
+        let ok = running_as_root()
+            && Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+        ok.then_some(SmallFs { dir })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn disk_full_holds_back_acknowledgement_and_recovers() {
+    let Some(fs) = SmallFs::mount("24m") else {
+        eprintln!("SKIP disk_full_holds_back_acknowledgement_and_recovers: cannot mount a tmpfs here (needs root and mount permission)");
+        return;
+    };
+    let bins = pg();
+    let c = Cluster::init_with(
+        &bins,
+        &["synchronous_standby_names = 'pgark'", "wal_keep_size = 1GB"],
+        &["--wal-segsize=1"],
+    )
+    .unwrap();
+    c.start().unwrap();
+    let catalog = fs.dir.path().join("catalog");
+    let mut p = Pgark::start(&server_yaml("main", &c.conninfo(&c.superuser), "synchronous: true"));
+    // Point the daemon at the small filesystem.
+    p.term();
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let text = text.replace(
+        &format!("catalog: {}", p.catalog.display()),
+        &format!("catalog: {}", catalog.display()),
+    );
+    std::fs::write(&p.config, text).unwrap();
+    p.catalog = catalog.clone();
+    p.spawn();
+    p.wait_streaming("main");
+    let writers = Writers::start(&c, 2);
+    wait_until(Duration::from_secs(30), "some commits", || writers.count() > 50);
+    // Fill the filesystem: the next segment boundary cannot get a file.
+    let ballast = fs.dir.path().join("ballast");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=64"])
+        .arg(format!("of={}", ballast.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    wait_until(Duration::from_secs(60), "the disk-full error in status", || {
+        p.server("main")
+            .and_then(|s| s.last_error)
+            .is_some_and(|e| e.contains("No space left"))
+    });
+    let (_, metrics) = p.http_get("/metrics");
+    assert!(metrics.contains("pgark_wal_store_errors_total"), "store errors not in /metrics");
+    // While the catalog cannot store WAL, nothing more is acknowledged: commits stall.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stalled = writers.count();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        writers.count() <= stalled + 4,
+        "commits were acknowledged while the catalog was full ({stalled} -> {})",
+        writers.count()
+    );
+    // Space returns: pgark carries on by itself.
+    std::fs::remove_file(&ballast).unwrap();
+    wait_until(Duration::from_secs(60), "commits to resume after space returned", || {
+        writers.count() > stalled + 50
+    });
+    let acked = writers.finish();
+    p.wait_flushed("main", current_flush_lsn(&c));
+    assert_eq!(p.term(), 0);
+    let seg = seg_size(&c);
+    assert!(assert_byte_exact(&p.wal_dir("main"), &c.pg_wal(), seg) >= 1);
+    assert_no_gap(&p.wal_dir("main"), seg);
+    let leftovers: Vec<_> = std::fs::read_dir(p.wal_dir("main"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "half-written files left: {leftovers:?}");
+    let count: usize = c.psql("SELECT count(*) FROM acked").unwrap().parse().unwrap();
+    assert!(count >= acked.len());
 }

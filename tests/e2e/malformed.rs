@@ -81,11 +81,17 @@ fn serve(mut s: TcpStream, attempt: usize) {
         }
         let q = String::from_utf8_lossy(&body[..body.len() - 1]).to_string();
         let reply = if q == "IDENTIFY_SYSTEM" {
-            row(&["systemid", "timeline", "xlogpos", "dbname"], &[Some("4242"), Some("1"), Some("0/1000000"), None])
+            row(
+                &["systemid", "timeline", "xlogpos", "dbname"],
+                &[Some("4242"), Some("1"), Some("0/1000000"), None],
+            )
         } else if q.starts_with("SHOW wal_segment_size") {
             row(&["wal_segment_size"], &[Some("16MB")])
         } else if q.starts_with("CREATE_REPLICATION_SLOT") {
-            row(&["slot_name", "consistent_point", "snapshot_name", "output_plugin"], &[Some("pgark_fake"), Some("0/0"), None, None])
+            row(
+                &["slot_name", "consistent_point", "snapshot_name", "output_plugin"],
+                &[Some("pgark_fake"), Some("0/0"), None, None],
+            )
         } else if q.starts_with("READ_REPLICATION_SLOT") {
             row(&["slot_type", "restart_lsn", "restart_tli"], &[None, None, None])
         } else if q.starts_with("START_REPLICATION") {
@@ -123,14 +129,27 @@ fn malformed_stream_ends_the_connection_not_the_daemon() {
     let bins = pg();
     let real = pgark::pgcluster::Cluster::init(&bins, &[]).unwrap();
     real.start().unwrap();
-    let yaml = server_yaml("fake", &format!("host=127.0.0.1 port={port} user=x sslmode=prefer"), "synchronous: true")
-        + &server_yaml("real", &real.conninfo(&real.superuser), "");
+    let yaml = server_yaml(
+        "fake",
+        &format!("host=127.0.0.1 port={port} user=x sslmode=prefer"),
+        "synchronous: true",
+    ) + &server_yaml("real", &real.conninfo(&real.superuser), "");
     let mut p = Pgark::start(&yaml);
     p.wait_streaming("real");
-    wait_until(Duration::from_secs(30), "two fake sessions", || attempts.load(Ordering::SeqCst) >= 3);
+    wait_until(Duration::from_secs(30), "two fake sessions", || {
+        attempts.load(Ordering::SeqCst) >= 3
+    });
     let log = p.log_text();
-    assert!(log.contains("gap") && log.contains("0/1000100") && log.contains("0/1000064"), "gap not reported with both LSNs:\n{}", tail(&log));
-    assert!(log.contains("unknown message type byte 0xFF"), "garbage not reported:\n{}", tail(&log));
+    assert!(
+        log.contains("gap") && log.contains("0/1000100") && log.contains("0/1000064"),
+        "gap not reported with both LSNs:\n{}",
+        tail(&log)
+    );
+    assert!(
+        log.contains("unknown message type byte 0xFF"),
+        "garbage not reported:\n{}",
+        tail(&log)
+    );
     assert!(!log.contains("panicked"), "{}", tail(&log));
     let fake = p.server("fake").unwrap();
     assert!(fake.flushed_lsn.unwrap_or_default() <= pgark::pg::Lsn(0x1000000 + 100));

@@ -23,7 +23,11 @@ fn byte_exact_on(bins: &PgBinaries) {
     assert!(compared >= 5, "only {compared} segments compared on PostgreSQL {}", bins.major);
     assert_no_gap(&p.wal_dir("main"), seg);
     // Every archived segment carries a checksum that verifies (decompression checks it).
-    let zst = std::fs::read_dir(p.wal_dir("main")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".zst")).count();
+    let zst = std::fs::read_dir(p.wal_dir("main"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".zst"))
+        .count();
     assert!(zst >= 5, "segments were not compressed: {zst}");
 }
 
@@ -44,7 +48,11 @@ fn uncompressed_catalog_records_checksums() {
     let bins = pg();
     let c = Cluster::init_with(&bins, &["wal_keep_size = 1GB"], &["--wal-segsize=1"]).unwrap();
     c.start().unwrap();
-    let mut p = Pgark::start(&server_yaml("main", &c.conninfo(&c.superuser), "compression: none\nsynchronous: false"));
+    let mut p = Pgark::start(&server_yaml(
+        "main",
+        &c.conninfo(&c.superuser),
+        "compression: none\nsynchronous: false",
+    ));
     p.wait_streaming("main");
     for _ in 0..3 {
         write_rows(&c, 200);

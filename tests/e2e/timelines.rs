@@ -18,16 +18,38 @@ fn cascading_standby_promotion_follows_new_timeline() {
     let out = Command::new(bins.client("pg_basebackup"))
         .arg("-h")
         .arg(&primary.socket_dir)
-        .args(["-p", &primary.port.to_string(), "-U", &primary.superuser, "-X", "stream", "-R", "-c", "fast", "--no-sync", "-D"])
+        .args([
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            &primary.superuser,
+            "-X",
+            "stream",
+            "-R",
+            "-c",
+            "fast",
+            "--no-sync",
+            "-D",
+        ])
         .arg(&data)
         .output()
         .unwrap();
     assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
     let port = free_port();
     let standby = Cluster::from_data_dir(&bins, dir, data, port).unwrap();
-    standby.append_conf(&format!("port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n", standby.socket_dir.display())).unwrap();
+    standby
+        .append_conf(&format!(
+            "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            standby.socket_dir.display()
+        ))
+        .unwrap();
     if running_as_root() {
-        assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(standby.base_dir()).status().unwrap().success());
+        assert!(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(standby.base_dir())
+            .status()
+            .unwrap()
+            .success());
     }
     standby.start().unwrap();
 
@@ -39,7 +61,9 @@ fn cascading_standby_promotion_follows_new_timeline() {
     }
     write_rows(&primary, 30);
     let target = current_flush_lsn(&primary);
-    wait_until(Duration::from_secs(60), "standby to replay", || current_flush_lsn(&standby) >= target);
+    wait_until(Duration::from_secs(60), "standby to replay", || {
+        current_flush_lsn(&standby) >= target
+    });
     p.wait_flushed("replica", target);
 
     standby.promote().unwrap();
@@ -50,7 +74,9 @@ fn cascading_standby_promotion_follows_new_timeline() {
     }
     write_rows(&standby, 30);
     let target = current_flush_lsn(&standby);
-    wait_until(Duration::from_secs(60), "pgark on timeline 2", || p.server("replica").and_then(|s| s.timeline).is_some_and(|t| t.0 == 2));
+    wait_until(Duration::from_secs(60), "pgark on timeline 2", || {
+        p.server("replica").and_then(|s| s.timeline).is_some_and(|t| t.0 == 2)
+    });
     p.wait_flushed("replica", target);
     assert_eq!(p.term(), 0);
 
@@ -62,7 +88,10 @@ fn cascading_standby_promotion_follows_new_timeline() {
     assert!(compared >= 5, "only {compared} segments compared");
     assert_no_gap(&wal, seg);
     let segs = completed_segments(&wal, seg);
-    assert!(segs.iter().any(|(_, w)| w.tli.0 == 1) && segs.iter().any(|(_, w)| w.tli.0 == 2), "{segs:?}");
+    assert!(
+        segs.iter().any(|(_, w)| w.tli.0 == 1) && segs.iter().any(|(_, w)| w.tli.0 == 2),
+        "{segs:?}"
+    );
     // No gap across the switch: timeline 2 begins at the segment holding the switchpoint, and
     // timeline 1 is complete up to it (its last segment kept as .partial, or complete).
     let h = pgark::pg::TimelineHistory::parse(&history).unwrap();
@@ -71,8 +100,17 @@ fn cascading_standby_promotion_follows_new_timeline() {
     let first_tli2 = segs.iter().filter(|(_, w)| w.tli.0 == 2).map(|(_, w)| w.segno).min().unwrap();
     assert_eq!(first_tli2, switch_seg, "timeline 2 does not start at the switchpoint's segment");
     let last_tli1 = segs.iter().filter(|(_, w)| w.tli.0 == 1).map(|(_, w)| w.segno).max().unwrap();
-    let partial_tli1 = wal.join(format!("{}.partial", pgark::pg::WalFileName::new(pgark::pg::TimelineId(1), switch_seg).format(seg)));
-    assert!(last_tli1.0 + 1 == switch_seg.0 || (last_tli1 == switch_seg), "timeline 1 stops at {last_tli1:?}, switch in {switch_seg:?}");
-    assert!(partial_tli1.exists() || last_tli1 == switch_seg, "timeline 1's last segment was not kept");
+    let partial_tli1 = wal.join(format!(
+        "{}.partial",
+        pgark::pg::WalFileName::new(pgark::pg::TimelineId(1), switch_seg).format(seg)
+    ));
+    assert!(
+        last_tli1.0 + 1 == switch_seg.0 || (last_tli1 == switch_seg),
+        "timeline 1 stops at {last_tli1:?}, switch in {switch_seg:?}"
+    );
+    assert!(
+        partial_tli1.exists() || last_tli1 == switch_seg,
+        "timeline 1's last segment was not kept"
+    );
     assert!(p.log_text().contains("timeline switch"));
 }
