@@ -294,7 +294,10 @@ mod tests {
     fn shipped_example_is_valid() {
         let c = Config::parse(include_str!("../config.example.yaml"), Path::new("config.example.yaml")).unwrap();
         let m = &c.servers["main"];
-        assert_eq!((m.synchronous, m.create_slot, m.compression), (true, true, Compression::Zstd(3)));
+        assert_eq!(
+            (m.synchronous, m.create_slot, m.compression),
+            (true, true, Compression::Zstd(DEFAULT_ZSTD_LEVEL))
+        );
         assert_eq!(m.status_interval, DEFAULT_STATUS_INTERVAL);
         assert_eq!(m.receiver_timeout, DEFAULT_RECEIVER_TIMEOUT);
     }

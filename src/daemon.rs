@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -32,7 +31,7 @@ pub enum Control {
 struct Running {
     config: ServerConfig,
     cancel: CancellationToken,
-    task: JoinHandle<()>,
+    thread: Option<crate::receiver::ReceiverThread>,
 }
 
 /// A started daemon (lock held, HTTP bound, receivers running).
@@ -92,16 +91,31 @@ impl Daemon {
     fn spawn_server(&mut self, cfg: ServerConfig) {
         let cancel = CancellationToken::new();
         self.board.insert(ServerStatus::new(&cfg.name, cfg.synchronous));
-        let span = tracing::info_span!("server", name = %cfg.name);
-        let task =
-            tokio::spawn(crate::receiver::run(cfg.clone(), self.layout.clone(), self.board.clone(), cancel.clone()).instrument(span));
-        self.servers.insert(cfg.name.clone(), Running { config: cfg, cancel, task });
+        let thread = match crate::receiver::spawn_on_own_thread(cfg.clone(), self.layout.clone(), self.board.clone(), cancel.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(server = %cfg.name, error = %e, "cannot start a receiver thread");
+                self.board
+                    .update(&cfg.name, |s| s.last_error = Some(format!("cannot start a receiver thread: {e}")));
+                None
+            }
+        };
+        self.servers.insert(
+            cfg.name.clone(),
+            Running {
+                config: cfg,
+                cancel,
+                thread,
+            },
+        );
     }
 
     async fn stop_server(&mut self, name: &str) {
         if let Some(r) = self.servers.remove(name) {
             r.cancel.cancel();
-            let _ = r.task.await;
+            if let Some(t) = r.thread {
+                t.join().await;
+            }
             self.board.remove(name);
         }
     }

@@ -2,11 +2,11 @@
 //!
 //! For each segment that reached its final name: read it, record its CRC-32C, and either
 //! publish `<name>.zst` atomically (then recycle the plain file as a spare for the receiver) or,
-//! with compression off, publish `<name>.sum`. It also keeps one spare ready so that the receiver
-//! never has to zero-fill a segment at a boundary. Failures (a full disk) are logged and retried;
+//! with compression off, publish `<name>.sum`. When idle it also keeps one zero-filled spare ready
+//! so that the receiver, acknowledging at the tip, never has to zero-fill a segment at a boundary. Failures (a full disk) are logged and retried;
 //! the plain segment stays until its archived form is durable.
 
-use super::segment_file::{self, SegmentChecksum};
+use super::segment_file;
 use super::store::ObjectStore;
 use super::wal_store::{create_zero_filled, SparePool, SUM_SUFFIX, ZST_SUFFIX};
 use super::Compression;
@@ -44,7 +44,6 @@ impl Archiver {
         let mut queue: VecDeque<WalFileName> = backlog.into();
         let mut disconnected = false;
         loop {
-            self.ensure_spare();
             while let Ok(n) = rx.try_recv() {
                 queue.push_back(n);
             }
@@ -65,7 +64,9 @@ impl Archiver {
             }
             match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(n) => queue.push_back(n),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // A second without a completed segment: the receiver is at the tip, not catching
+                // up, so prepare a spare now rather than compete with a catch-up for the disk.
+                Err(mpsc::RecvTimeoutError::Timeout) => self.ensure_spare(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
             }
         }
@@ -83,47 +84,71 @@ impl Archiver {
     }
 
     /// Archives one segment; idempotent, so a crash at any point is repaired by doing it again.
+    /// Streams the file twice (checksum, then compression) so memory stays small.
     pub fn archive(&self, name: WalFileName) -> std::io::Result<()> {
+        use super::fsutil::ctx;
         let file_name = name.format(self.seg);
         let plain = self.dir.join(&file_name);
-        let data = match std::fs::read(&plain) {
-            Ok(d) => d,
+        let open = || std::fs::File::open(&plain).map_err(ctx("open", &plain));
+        let sum = match open() {
+            Ok(mut f) => segment_file::checksum_stream(&mut f).map_err(ctx("read", &plain))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(super::fsutil::ctx("read", &plain)(e)),
+            Err(e) => return Err(e),
         };
-        if data.len() as u64 != self.seg.bytes() {
+        if sum.size != self.seg.bytes() {
             return Err(std::io::Error::other(format!(
                 "{} has {} bytes, expected {}",
                 plain.display(),
-                data.len(),
+                sum.size,
                 self.seg.bytes()
             )));
         }
         match self.compression {
             Compression::Zstd(level) => {
-                let mut stored = Vec::with_capacity(data.len() / 4);
-                segment_file::compress_into(&data, level, &mut stored)?;
-                self.store.put(&format!("{}/{file_name}{ZST_SUFFIX}", self.key_prefix), &stored)?;
-                crate::metrics::segment_archived(&self.server, data.len() as u64, stored.len() as u64);
-                drop(data);
+                let mut counted = 0u64;
+                self.store
+                    .put_from(&format!("{}/{file_name}{ZST_SUFFIX}", self.key_prefix), &mut |w| {
+                        let mut input = std::io::BufReader::with_capacity(1 << 20, open()?);
+                        let mut out = CountingWriter { inner: w, count: 0 };
+                        let result = segment_file::compress_stream(&mut input, sum, level, &mut out);
+                        counted = out.count;
+                        result
+                    })?;
+                crate::metrics::segment_archived(&self.server, sum.size, counted);
                 if self.spares.len() < MAX_SPARES {
                     let spare = self.spares.new_name(&self.dir);
-                    std::fs::rename(&plain, &spare).map_err(super::fsutil::ctx("recycle", &plain))?;
+                    std::fs::rename(&plain, &spare).map_err(ctx("recycle", &plain))?;
                     self.spares.add(spare);
                 } else {
                     super::fsutil::durable_remove(&plain)?;
                 }
             }
             Compression::None => {
-                let sum = SegmentChecksum::of(&data);
                 self.store.put(
                     &format!("{}/{file_name}{SUM_SUFFIX}", self.key_prefix),
                     sum.to_sum_text().as_bytes(),
                 )?;
-                crate::metrics::segment_archived(&self.server, data.len() as u64, data.len() as u64);
+                crate::metrics::segment_archived(&self.server, sum.size, sum.size);
             }
         }
         tracing::debug!(server = %self.server, segment = %file_name, "segment archived");
         Ok(())
+    }
+}
+
+/// Counts the bytes written through it (the stored size, for the compression metrics).
+struct CountingWriter<'a> {
+    inner: &'a mut dyn std::io::Write,
+    count: u64,
+}
+
+impl std::io::Write for CountingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }

@@ -66,6 +66,27 @@ pub enum SegmentFileError {
 /// Compresses a segment into `out` with the header, returning its checksum.
 pub fn compress_into(data: &[u8], level: i32, out: &mut impl Write) -> io::Result<SegmentChecksum> {
     let sum = SegmentChecksum::of(data);
+    compress_stream(&mut &data[..], sum, level, out)?;
+    Ok(sum)
+}
+
+/// Checksums a segment by streaming through it (1 MiB at a time).
+pub fn checksum_stream(input: &mut impl Read) -> io::Result<SegmentChecksum> {
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut crc, mut size) = (0u32, 0u64);
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            return Ok(SegmentChecksum { size, crc32c: crc });
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        size += n as u64;
+    }
+}
+
+/// Writes the header for `sum`, then compresses `input` (whose checksum `sum` must be) into
+/// `out` without holding the segment in memory.
+pub fn compress_stream(input: &mut impl Read, sum: SegmentChecksum, level: i32, out: &mut impl Write) -> io::Result<()> {
     out.write_all(&SKIPPABLE_MAGIC.to_le_bytes())?;
     out.write_all(&(HEADER_PAYLOAD as u32).to_le_bytes())?;
     out.write_all(HEADER_MAGIC)?;
@@ -75,10 +96,10 @@ pub fn compress_into(data: &[u8], level: i32, out: &mut impl Write) -> io::Resul
     let mut enc = zstd::stream::Encoder::new(out, level)?;
     enc.include_checksum(true)?;
     enc.include_contentsize(true)?;
-    enc.set_pledged_src_size(Some(data.len() as u64))?;
-    enc.write_all(data)?;
+    enc.set_pledged_src_size(Some(sum.size))?;
+    io::copy(input, &mut enc)?;
     enc.finish()?;
-    Ok(sum)
+    Ok(())
 }
 
 /// Reads the header of a stored segment.
@@ -135,6 +156,7 @@ mod tests {
         let mut stored = Vec::new();
         let sum = compress_into(&data, 3, &mut stored).unwrap();
         assert_eq!(sum, SegmentChecksum::of(&data));
+        assert_eq!(checksum_stream(&mut &data[..]).unwrap(), sum);
         assert!(stored.len() < data.len());
         assert_eq!(decompress(&stored).unwrap(), data);
         // Plain zstd tooling can read it too: the header is a skippable frame.

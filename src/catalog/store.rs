@@ -8,12 +8,17 @@
 //! the receiver's local spool, written in place for speed (see `wal_store`).
 
 use super::fsutil;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 pub trait ObjectStore: Send + Sync + 'static {
+    /// Stores what `fill` writes under `key`, atomically and durably, replacing any previous
+    /// object. Streaming, so large objects never need to be held in memory.
+    fn put_from(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()>;
     /// Stores `data` under `key`, atomically and durably, replacing any previous object.
-    fn put(&self, key: &str, data: &[u8]) -> io::Result<()>;
+    fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+        self.put_from(key, &mut |w| w.write_all(data))
+    }
     /// The object's bytes, or `None` if there is none.
     fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>>;
     /// Keys directly under `prefix` (a "directory"), sorted.
@@ -46,12 +51,16 @@ impl LocalStore {
 }
 
 impl ObjectStore for LocalStore {
-    fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+    fn put_from(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
         let path = self.path(key);
         if let Some(dir) = path.parent() {
             fsutil::create_dir_durable(dir)?;
         }
-        fsutil::write_atomic(&path, data)
+        fsutil::write_atomic_with(&path, |f| {
+            let mut w = io::BufWriter::with_capacity(256 * 1024, f);
+            fill(&mut w)?;
+            w.flush()
+        })
     }
 
     fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {

@@ -217,6 +217,9 @@ pub struct WalStore {
     write_pos: Lsn,
     flush_pos: Lsn,
     completed_tx: mpsc::Sender<WalFileName>,
+    /// Whether a segment without a spare is zero-filled first (best for frequent small fdatasyncs)
+    /// or created full-size but unwritten (best for a catch-up: each byte written once).
+    zero_fill: bool,
 }
 
 impl WalStore {
@@ -230,7 +233,15 @@ impl WalStore {
             write_pos: Lsn::INVALID,
             flush_pos: Lsn::INVALID,
             completed_tx,
+            zero_fill: true,
         }
+    }
+
+    /// The receiver says whether it is acknowledging at the tip (zero-fill new segments so that
+    /// the many small fdatasyncs never touch metadata) or catching up (write each byte once; the
+    /// one fdatasync at the segment end pays for the allocation).
+    pub fn set_zero_fill(&mut self, zero_fill: bool) {
+        self.zero_fill = zero_fill;
     }
 
     pub fn dir(&self) -> &Path {
@@ -284,9 +295,18 @@ impl WalStore {
             let _ = std::fs::remove_file(&path);
             match self.spares.take() {
                 Some(spare) => std::fs::rename(&spare, &path).map_err(ctx("recycle spare into", &path))?,
-                None => {
+                None if self.zero_fill => {
                     tracing::debug!(file = %path.display(), "no spare segment ready; zero-filling a new one");
                     create_zero_filled(&path, self.seg.bytes())?;
+                }
+                None => {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&path)
+                        .map_err(ctx("create", &path))?;
+                    f.set_len(self.seg.bytes()).map_err(ctx("size", &path))?;
                 }
             }
         }

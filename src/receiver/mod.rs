@@ -3,6 +3,12 @@
 //! and reconnect with capped exponential backoff and jitter when anything goes wrong.
 //!
 //! A failure here never leaves this server's task: other servers are not disturbed.
+//!
+//! Threading: each receiver runs on its own OS thread with a current-thread tokio runtime
+//! (`spawn_on_own_thread`), like PostgreSQL's walreceiver process. File I/O and fsync block that
+//! thread directly, which is exactly what it is for: no cross-thread wake-ups on the
+//! acknowledgement path, and a slow disk or fsync stall on one server can never delay another's
+//! acknowledgements.
 
 pub mod backoff;
 pub mod stream;
@@ -56,6 +62,40 @@ struct Spool {
     archiver: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A receiver running on its own thread.
+pub struct ReceiverThread {
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl ReceiverThread {
+    /// Waits (without blocking the caller's runtime) until the receiver has stopped.
+    pub async fn join(self) {
+        let _ = tokio::task::spawn_blocking(move || self.handle.join()).await;
+    }
+}
+
+/// Starts `run` on a dedicated thread with its own current-thread runtime.
+pub fn spawn_on_own_thread(
+    cfg: ServerConfig,
+    layout: Layout,
+    board: StatusBoard,
+    cancel: CancellationToken,
+) -> std::io::Result<ReceiverThread> {
+    let name = format!("recv-{}", cfg.name);
+    let span = tracing::info_span!("server", name = %cfg.name);
+    let handle = std::thread::Builder::new().name(name).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(server = %cfg.name, error = %e, "cannot start the receiver's runtime");
+                return;
+            }
+        };
+        rt.block_on(tracing::Instrument::instrument(run(cfg, layout, board, cancel), span));
+    })?;
+    Ok(ReceiverThread { handle })
+}
+
 /// Runs the receiver for one server until `cancel` fires. The caller instruments it with the
 /// server's span, so every log line names the server.
 pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: CancellationToken) {
@@ -105,7 +145,7 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
     if let Some(sp) = spool.take() {
         drop(sp.store);
         if let Some(h) = sp.archiver {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            let _ = h.join();
         }
     }
     board.update(&server, |s| s.state = ConnState::Stopped);
@@ -165,7 +205,7 @@ async fn session(
     }
 
     let wal_dir = layout.wal_dir(server);
-    let scan = tokio::task::block_in_place(|| wal_store::scan(&wal_dir, seg)).map_err(ReceiverError::Store)?;
+    let scan = wal_store::scan(&wal_dir, seg).map_err(ReceiverError::Store)?;
     let (mut tli, mut start) = match scan.resume_point(seg) {
         Some(p) => p,
         None => {
@@ -200,10 +240,10 @@ async fn session(
         if tli.0 > 1 && !sp.store.has_history(tli) {
             let (name, content) = conn.timeline_history(tli).await.map_err(ReceiverError::Client)?;
             TimelineHistory::parse(&content).map_err(|e| ProtocolError::new(format!("history file {name}: {e}")))?;
-            tokio::task::block_in_place(|| sp.store.store_history(tli, &content)).map_err(ReceiverError::Store)?;
+            sp.store.store_history(tli, &content).map_err(ReceiverError::Store)?;
             tracing::info!(file = %name, "stored timeline history file");
         }
-        tokio::task::block_in_place(|| sp.store.begin(tli, start)).map_err(ReceiverError::Store)?;
+        sp.store.begin(tli, start).map_err(ReceiverError::Store)?;
         st.timeline = tli;
         state::save(store.as_ref(), server, &st)?;
         crate::metrics::timeline(server, tli.0);
@@ -254,7 +294,7 @@ async fn session(
             ))
             .into());
         }
-        tokio::task::block_in_place(|| sp.store.end_timeline()).map_err(ReceiverError::Store)?;
+        sp.store.end_timeline().map_err(ReceiverError::Store)?;
         tracing::info!(from = %tli, to = %end.next_tli, switchpoint = %end.next_start, "timeline switch");
         tli = end.next_tli;
         start = seg.align_down(end.next_start);
