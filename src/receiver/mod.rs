@@ -83,7 +83,7 @@ pub fn spawn_on_own_thread(
 ) -> std::io::Result<ReceiverThread> {
     let name = format!("recv-{}", cfg.name);
     let span = tracing::info_span!("server", name = %cfg.name);
-    let handle = std::thread::Builder::new().name(name).spawn(move || {
+    let handle = std::thread::Builder::new().name(name).spawn(move || loop {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -91,7 +91,25 @@ pub fn spawn_on_own_thread(
                 return;
             }
         };
-        rt.block_on(tracing::Instrument::instrument(run(cfg, layout, board, cancel), span));
+        let attempt = (cfg.clone(), layout.clone(), board.clone(), cancel.clone());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(tracing::Instrument::instrument(
+                run(attempt.0, attempt.1, attempt.2, attempt.3),
+                span.clone(),
+            ))
+        }));
+        drop(rt);
+        if result.is_ok() || cancel.is_cancelled() {
+            return;
+        }
+        // A bug, not an input problem: say so loudly, keep the other servers going, try again.
+        tracing::error!(server = %cfg.name, "the receiver panicked (a bug: please report it with this log); restarting it in 5s");
+        board.update(&cfg.name, |s| {
+            s.state = ConnState::Retrying;
+            s.last_error = Some("the receiver panicked; restarting".into());
+        });
+        crate::metrics::set_up(&cfg.name, false);
+        std::thread::sleep(Duration::from_secs(5));
     })?;
     Ok(ReceiverThread { handle })
 }
@@ -229,6 +247,9 @@ async fn session(
             server: sys.timeline,
         });
     }
+    if tli < sys.timeline {
+        (tli, start) = branch_point(&mut conn, tli, start, sys.timeline, seg).await?;
+    }
 
     let opts = StreamOptions {
         server,
@@ -299,6 +320,38 @@ async fn session(
         tli = end.next_tli;
         start = seg.align_down(end.next_start);
     }
+}
+
+/// The catalog is on an older timeline than the server. Streaming the old timeline from `start`
+/// works while `start` lies before the point where the server's history left it; if the catalog
+/// already holds WAL past that point (it followed a primary that was then abandoned by a failover
+/// to a standby that was behind), continue on the next timeline from the switchpoint instead, as
+/// PostgreSQL's walreceiver does. The abandoned WAL stays in the catalog under its own timeline.
+async fn branch_point(
+    conn: &mut Connection,
+    tli: TimelineId,
+    start: Lsn,
+    server_tli: TimelineId,
+    seg: WalSegSize,
+) -> Result<(TimelineId, Lsn), ReceiverError> {
+    let (name, content) = conn.timeline_history(server_tli).await.map_err(ReceiverError::Client)?;
+    let history = TimelineHistory::parse(&content).map_err(|e| ProtocolError::new(format!("history file {name}: {e}")))?;
+    let Some(idx) = history.entries.iter().position(|e| e.parent == tli) else {
+        return Err(ProtocolError::new(format!(
+            "the catalog is on timeline {tli}, which is not in the history of the server's timeline {server_tli}: \
+             this server did not descend from the one the catalog followed"
+        ))
+        .into());
+    };
+    let switchpoint = history.entries[idx].switchpoint;
+    if start <= switchpoint {
+        return Ok((tli, start));
+    }
+    let next = history.entries.get(idx + 1).map(|e| e.parent).unwrap_or(server_tli);
+    tracing::warn!(catalog_timeline = %tli, catalog_position = %start, %switchpoint, next_timeline = %next,
+        "the catalog holds WAL of timeline {tli} beyond the point where the server's history left it (a branch abandoned \
+         by a failover); continuing on timeline {next} from the switchpoint; the abandoned WAL stays in the catalog under timeline {tli}");
+    Ok((next, seg.align_down(switchpoint)))
 }
 
 /// Opens the spool on first contact (the segment size comes from the server) and starts the

@@ -114,3 +114,128 @@ fn cascading_standby_promotion_follows_new_timeline() {
     );
     assert!(p.log_text().contains("timeline switch"));
 }
+
+/// Failover to a standby that was behind: the catalog holds old-timeline WAL past the new
+/// timeline's switchpoint. pgark continues on the new timeline from the switchpoint.
+#[test]
+fn failover_to_a_lagging_standby_continues_from_the_switchpoint() {
+    let bins = pg();
+    let primary = Cluster::init_with(&bins, &["wal_keep_size = 1GB"], &["--wal-segsize=1"]).unwrap();
+    primary.start().unwrap();
+    write_rows(&primary, 50);
+    let dir = tempfile::Builder::new().prefix("pgark-standby-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(bins.client("pg_basebackup"))
+        .arg("-h")
+        .arg(&primary.socket_dir)
+        .args([
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            &primary.superuser,
+            "-X",
+            "stream",
+            "-R",
+            "-c",
+            "fast",
+            "--no-sync",
+            "-D",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+    let port = free_port();
+    let standby = Cluster::from_data_dir(&bins, dir, data, port).unwrap();
+    standby
+        .append_conf(&format!(
+            "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            standby.socket_dir.display()
+        ))
+        .unwrap();
+    if running_as_root() {
+        assert!(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(standby.base_dir())
+            .status()
+            .unwrap()
+            .success());
+    }
+    standby.start().unwrap();
+
+    let mut p = Pgark::start(&server_yaml("main", &primary.conninfo(&primary.superuser), "synchronous: false"));
+    p.wait_streaming("main");
+    write_rows(&primary, 200);
+    primary.psql("SELECT pg_switch_wal()").unwrap();
+    let replayed = current_flush_lsn(&primary);
+    wait_until(Duration::from_secs(60), "standby to replay", || {
+        current_flush_lsn(&standby) >= replayed
+    });
+    // The standby stops; the primary goes on and pgark stores WAL the standby never sees.
+    standby.stop("fast").unwrap();
+    for _ in 0..2 {
+        write_rows(&primary, 300);
+        primary.psql("SELECT pg_switch_wal()").unwrap();
+    }
+    let abandoned = current_flush_lsn(&primary);
+    p.wait_flushed("main", abandoned);
+    primary.stop("immediate").unwrap();
+    // Failover to the lagging standby, and point pgark at it.
+    standby.start().unwrap();
+    standby.promote().unwrap();
+    wait_until(Duration::from_secs(30), "promotion", || {
+        standby.psql("SELECT pg_is_in_recovery()").is_ok_and(|r| r == "f")
+    });
+    p.rewrite_servers(&server_yaml("main", &standby.conninfo(&standby.superuser), "synchronous: false"));
+    p.hup();
+    for _ in 0..2 {
+        write_rows(&standby, 200);
+        standby.psql("SELECT pg_switch_wal()").unwrap();
+    }
+    let target = current_flush_lsn(&standby);
+    wait_until(Duration::from_secs(60), "pgark on timeline 2", || {
+        p.server("main").and_then(|s| s.timeline).is_some_and(|t| t.0 == 2)
+    });
+    p.wait_flushed("main", target);
+    assert_eq!(p.term(), 0);
+    assert!(
+        p.log_text().contains("abandoned"),
+        "the branch was not reported:\n{}",
+        tail(&p.log_text())
+    );
+    let wal = p.wal_dir("main");
+    let history = std::fs::read(wal.join("00000002.history")).expect("history file stored");
+    let switch = pgark::pg::TimelineHistory::parse(&history)
+        .unwrap()
+        .switchpoint_of(pgark::pg::TimelineId(1))
+        .unwrap();
+    assert!(
+        switch < abandoned,
+        "the test did not create an abandoned branch ({switch} >= {abandoned})"
+    );
+    let seg = seg_size(&standby);
+    let segs = completed_segments(&wal, seg);
+    let first_tli2 = segs
+        .iter()
+        .filter(|(_, w)| w.tli.0 == 2)
+        .map(|(_, w)| w.segno)
+        .min()
+        .expect("timeline 2 segments");
+    assert_eq!(first_tli2, seg.segno(switch), "timeline 2 must start at the switchpoint's segment");
+    // Timeline 2 matches the new primary byte for byte; the abandoned timeline-1 WAL is kept.
+    let tli2_compared = segs
+        .iter()
+        .filter(|(_, w)| w.tli.0 == 2)
+        .filter(|(name, _)| {
+            let ours = stored_segment(&wal, name).unwrap();
+            std::fs::read(standby.pg_wal().join(name))
+                .map(|theirs| assert_eq!(ours, theirs, "{name} differs"))
+                .is_ok()
+        })
+        .count();
+    assert!(tli2_compared >= 1);
+    assert!(
+        segs.iter().any(|(_, w)| w.tli.0 == 1 && w.segno > seg.segno(switch)),
+        "abandoned WAL should stay in the catalog"
+    );
+}
