@@ -67,6 +67,18 @@ impl SparePool {
     }
 }
 
+/// Writes zeros over `[from, to)` of `file` (1 MiB at a time).
+fn write_zeros(file: &File, path: &Path, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = from;
+    while off < to {
+        let n = zeros.len().min((to - off) as usize);
+        file.write_all_at(&zeros[..n], off).map_err(ctx("zero-fill", path))?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
 /// Writes a zero-filled file of `size` bytes and fdatasyncs it: a spare ready for use.
 pub fn create_zero_filled(path: &Path, size: u64) -> io::Result<()> {
     let tmp = fsutil::tmp_path(path);
@@ -77,13 +89,7 @@ pub fn create_zero_filled(path: &Path, size: u64) -> io::Result<()> {
             .truncate(true)
             .open(&tmp)
             .map_err(ctx("create", &tmp))?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut off = 0;
-        while off < size {
-            let n = zeros.len().min((size - off) as usize);
-            f.write_all_at(&zeros[..n], off).map_err(ctx("zero-fill", &tmp))?;
-            off += n as u64;
-        }
+        write_zeros(&f, &tmp, 0, size)?;
         fsutil::fdatasync(&f, &tmp)?;
         std::fs::rename(&tmp, path).map_err(ctx("rename into place", path))
     })();
@@ -206,6 +212,8 @@ struct OpenSegment {
     name: WalFileName,
     path: PathBuf,
     file: File,
+    /// Created full-size but unwritten (during a catch-up): an fdatasync must allocate blocks.
+    sparse: bool,
 }
 
 /// The writer side of one server's WAL spool.
@@ -291,6 +299,7 @@ impl WalStore {
     fn open_partial(&mut self, name: WalFileName) -> io::Result<()> {
         let path = self.path_of(name, PARTIAL_SUFFIX);
         let size_ok = std::fs::metadata(&path).map(|m| m.len() == self.seg.bytes()).unwrap_or(false);
+        let mut sparse = false;
         if !size_ok {
             let _ = std::fs::remove_file(&path);
             match self.spares.take() {
@@ -307,11 +316,12 @@ impl WalStore {
                         .open(&path)
                         .map_err(ctx("create", &path))?;
                     f.set_len(self.seg.bytes()).map_err(ctx("size", &path))?;
+                    sparse = true;
                 }
             }
         }
         let file = OpenOptions::new().write(true).open(&path).map_err(ctx("open", &path))?;
-        self.open = Some(OpenSegment { name, path, file });
+        self.open = Some(OpenSegment { name, path, file, sparse });
         Ok(())
     }
 
@@ -354,6 +364,20 @@ impl WalStore {
         self.flush_pos = self.write_pos;
         let _ = self.completed_tx.send(open.name);
         Ok(open.name)
+    }
+
+    /// Before latency-critical fsyncs: if the open segment was created sparse during a catch-up,
+    /// zero-fill its unwritten rest once, so that the many small fdatasyncs that follow at the tip
+    /// never have to allocate blocks (the point of preallocation in the first place).
+    pub fn densify(&mut self) -> io::Result<()> {
+        let from = self.seg.offset(self.write_pos);
+        let size = self.seg.bytes();
+        let Some(open) = self.open.as_mut().filter(|o| o.sparse) else {
+            return Ok(());
+        };
+        write_zeros(&open.file, &open.path, from, size)?;
+        open.sparse = false;
+        Ok(())
     }
 
     /// Makes everything written durable (one fdatasync for all of it). Returns how long the
@@ -436,6 +460,25 @@ mod tests {
         let scan = scan(d.path(), seg).unwrap();
         assert_eq!(scan.resume_point(seg), Some((TimelineId(1), Lsn(3 * SEG))));
         assert_eq!(scan.partials.len(), 1);
+    }
+
+    #[test]
+    fn sparse_segment_is_densified_once_and_keeps_its_data() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _rx) = store(d.path());
+        s.set_zero_fill(false);
+        s.begin(TimelineId(1), Lsn(0)).unwrap();
+        s.write(Lsn(0), &[7u8; 100]).unwrap();
+        s.densify().unwrap();
+        s.sync().unwrap();
+        let path = d.path().join("000000010000000000000000.partial");
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.len(), SEG);
+        assert!(m.blocks() * 512 >= SEG, "still sparse: {} blocks", m.blocks());
+        let content = std::fs::read(&path).unwrap();
+        assert_eq!(&content[..100], &[7u8; 100]);
+        assert!(content[100..].iter().all(|&b| b == 0));
     }
 
     #[test]

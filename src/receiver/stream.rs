@@ -171,6 +171,7 @@ pub async fn stream(
             None => {
                 // Inbound data has paused: one fsync for everything received so far.
                 if opts.synchronous && lp.store.has_unflushed() && !lp.catching_up() {
+                    lp.store.densify().map_err(ReceiverError::Store)?;
                     lp.flush()?;
                     lp.report(false).await?;
                 } else if lp.store.flush_pos() > lp.last_reported.1 {

@@ -319,3 +319,42 @@ pub fn write_rows(c: &Cluster, n: u32) {
 pub fn seg_size(c: &Cluster) -> WalSegSize {
     WalSegSize::from_show(&c.psql("SHOW wal_segment_size").unwrap()).unwrap()
 }
+
+/// Runs pg_basebackup from `primary` into `dest` with extra arguments (e.g. `-X none`).
+pub fn pg_basebackup(primary: &Cluster, dest: &Path, extra: &[&str]) {
+    let out = std::process::Command::new(primary.bins.client("pg_basebackup"))
+        .arg("-h")
+        .arg(&primary.socket_dir)
+        .args(["-p", &primary.port.to_string(), "-U", &primary.superuser, "-c", "fast", "--no-sync"])
+        .args(extra)
+        .arg("-D")
+        .arg(dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A hot standby of `primary` (pg_basebackup -R), started.
+pub fn start_standby(primary: &Cluster) -> Cluster {
+    let dir = tempfile::Builder::new().prefix("pgark-standby-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    pg_basebackup(primary, &data, &["-X", "stream", "-R"]);
+    let port = free_port();
+    let standby = Cluster::from_data_dir(&primary.bins, dir, data, port).unwrap();
+    standby
+        .append_conf(&format!(
+            "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            standby.socket_dir.display()
+        ))
+        .unwrap();
+    if pgark::pgcluster::running_as_root() {
+        assert!(std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(standby.base_dir())
+            .status()
+            .unwrap()
+            .success());
+    }
+    standby.start().unwrap();
+    standby
+}

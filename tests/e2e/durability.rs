@@ -152,25 +152,7 @@ fn rpo_round(kill_after: Duration) {
     p.wait_streaming("main");
     c.psql("CREATE TABLE acked (id bigint PRIMARY KEY, pad text)").unwrap();
     let backup = c.base_dir().join("backup");
-    let out = Command::new(bins.client("pg_basebackup"))
-        .arg("-h")
-        .arg(&c.socket_dir)
-        .args([
-            "-p",
-            &c.port.to_string(),
-            "-U",
-            &c.superuser,
-            "-X",
-            "none",
-            "-c",
-            "fast",
-            "--no-sync",
-            "-D",
-        ])
-        .arg(&backup)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+    pg_basebackup(&c, &backup, &["-X", "none"]);
     let writers = Writers::start(&c, 8);
     std::thread::sleep(kill_after);
     eprintln!(

@@ -2,8 +2,7 @@
 //! pgark stores the history file and follows it onto the new timeline with no gap.
 
 use crate::common::*;
-use pgark::pgcluster::{free_port, running_as_root, Cluster};
-use std::process::Command;
+use pgark::pgcluster::Cluster;
 use std::time::Duration;
 
 #[test]
@@ -13,45 +12,7 @@ fn cascading_standby_promotion_follows_new_timeline() {
     primary.start().unwrap();
     write_rows(&primary, 50);
 
-    let dir = tempfile::Builder::new().prefix("pgark-standby-").tempdir().unwrap();
-    let data = dir.path().join("data");
-    let out = Command::new(bins.client("pg_basebackup"))
-        .arg("-h")
-        .arg(&primary.socket_dir)
-        .args([
-            "-p",
-            &primary.port.to_string(),
-            "-U",
-            &primary.superuser,
-            "-X",
-            "stream",
-            "-R",
-            "-c",
-            "fast",
-            "--no-sync",
-            "-D",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
-    let port = free_port();
-    let standby = Cluster::from_data_dir(&bins, dir, data, port).unwrap();
-    standby
-        .append_conf(&format!(
-            "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
-            standby.socket_dir.display()
-        ))
-        .unwrap();
-    if running_as_root() {
-        assert!(Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(standby.base_dir())
-            .status()
-            .unwrap()
-            .success());
-    }
-    standby.start().unwrap();
+    let standby = start_standby(&primary);
 
     let mut p = Pgark::start(&server_yaml("replica", &standby.conninfo(&standby.superuser), "synchronous: false"));
     p.wait_streaming("replica");
@@ -123,45 +84,7 @@ fn failover_to_a_lagging_standby_continues_from_the_switchpoint() {
     let primary = Cluster::init_with(&bins, &["wal_keep_size = 1GB"], &["--wal-segsize=1"]).unwrap();
     primary.start().unwrap();
     write_rows(&primary, 50);
-    let dir = tempfile::Builder::new().prefix("pgark-standby-").tempdir().unwrap();
-    let data = dir.path().join("data");
-    let out = Command::new(bins.client("pg_basebackup"))
-        .arg("-h")
-        .arg(&primary.socket_dir)
-        .args([
-            "-p",
-            &primary.port.to_string(),
-            "-U",
-            &primary.superuser,
-            "-X",
-            "stream",
-            "-R",
-            "-c",
-            "fast",
-            "--no-sync",
-            "-D",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
-    let port = free_port();
-    let standby = Cluster::from_data_dir(&bins, dir, data, port).unwrap();
-    standby
-        .append_conf(&format!(
-            "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
-            standby.socket_dir.display()
-        ))
-        .unwrap();
-    if running_as_root() {
-        assert!(Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(standby.base_dir())
-            .status()
-            .unwrap()
-            .success());
-    }
-    standby.start().unwrap();
+    let standby = start_standby(&primary);
 
     let mut p = Pgark::start(&server_yaml("main", &primary.conninfo(&primary.superuser), "synchronous: false"));
     p.wait_streaming("main");
