@@ -137,6 +137,15 @@ fn check(out: Output, what: &str) -> Result<String, String> {
     }
 }
 
+/// The bootstrap superuser initdb creates: `postgres` when we run servers as that OS user.
+fn bootstrap_superuser(root: bool) -> String {
+    if root {
+        "postgres".to_string()
+    } else {
+        std::env::var("USER").unwrap_or_else(|_| "postgres".into())
+    }
+}
+
 /// A running (or stopped) throwaway cluster. Dropping it stops the server and removes its files.
 pub struct Cluster {
     pub bins: PgBinaries,
@@ -171,11 +180,7 @@ impl Cluster {
         if root {
             chown_postgres(dir.path())?;
         }
-        let superuser = if root {
-            "postgres".to_string()
-        } else {
-            std::env::var("USER").unwrap_or_else(|_| "postgres".into())
-        };
+        let superuser = bootstrap_superuser(root);
         let out = as_owner(&bins.bin("initdb"), root)
             .arg("-D")
             .arg(&data)
@@ -198,17 +203,7 @@ impl Cluster {
             &data.join("pg_hba.conf"),
             "\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\n",
         )?;
-        let log = dir.path().join("server.log");
-        Ok(Cluster {
-            bins: bins.clone(),
-            data,
-            socket_dir,
-            port,
-            superuser,
-            root,
-            _dir: dir,
-            log,
-        })
+        Ok(Self::assemble(bins, dir, data, port))
     }
 
     /// Wraps an existing data directory (e.g. a restored backup) in this harness's conventions.
@@ -219,22 +214,21 @@ impl Cluster {
         if root {
             chown_postgres(dir.path())?;
         }
-        let superuser = if root {
-            "postgres".to_string()
-        } else {
-            std::env::var("USER").unwrap_or_else(|_| "postgres".into())
-        };
-        let log = dir.path().join("server.log");
-        Ok(Cluster {
+        Ok(Self::assemble(bins, dir, data, port))
+    }
+
+    fn assemble(bins: &PgBinaries, dir: tempfile::TempDir, data: PathBuf, port: u16) -> Cluster {
+        let root = running_as_root();
+        Cluster {
             bins: bins.clone(),
             data,
-            socket_dir,
+            socket_dir: dir.path().join("sock"),
             port,
-            superuser,
+            superuser: bootstrap_superuser(root),
             root,
+            log: dir.path().join("server.log"),
             _dir: dir,
-            log,
-        })
+        }
     }
 
     /// The temp dir this cluster lives in (for sibling files such as backups).

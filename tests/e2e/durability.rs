@@ -139,17 +139,20 @@ fn recover_from_catalog(bins: &PgBinaries, backup: &Path, wal_dir: &Path, seg: W
     r
 }
 
+/// A primary with pgark as its only synchronous standby (1 MiB segments), pgark streaming.
+fn sync_primary_with_pgark(extra_conf: &[&str]) -> (Cluster, Pgark) {
+    let mut conf = vec!["synchronous_standby_names = 'pgark'"];
+    conf.extend_from_slice(extra_conf);
+    let c = Cluster::init_with(&pg(), &conf, &["--wal-segsize=1"]).unwrap();
+    c.start().unwrap();
+    let p = Pgark::start(&server_yaml("main", &c.conninfo(&c.superuser), "synchronous: true"));
+    p.wait_streaming("main");
+    (c, p)
+}
+
 fn rpo_round(kill_after: Duration) {
     let bins = pg();
-    let c = Cluster::init_with(
-        &bins,
-        &["synchronous_standby_names = 'pgark'", "synchronous_commit = on"],
-        &["--wal-segsize=1"],
-    )
-    .unwrap();
-    c.start().unwrap();
-    let mut p = Pgark::start(&server_yaml("main", &c.conninfo(&c.superuser), "synchronous: true"));
-    p.wait_streaming("main");
+    let (c, mut p) = sync_primary_with_pgark(&["synchronous_commit = on"]);
     c.psql("CREATE TABLE acked (id bigint PRIMARY KEY, pad text)").unwrap();
     let backup = c.base_dir().join("backup");
     pg_basebackup(&c, &backup, &["-X", "none"]);
@@ -202,16 +205,7 @@ fn rpo_zero_sigkill_primary_several_kill_points() {
 
 #[test]
 fn sigkill_pgark_under_load_resumes_without_gap() {
-    let bins = pg();
-    let c = Cluster::init_with(
-        &bins,
-        &["synchronous_standby_names = 'pgark'", "wal_keep_size = 1GB"],
-        &["--wal-segsize=1"],
-    )
-    .unwrap();
-    c.start().unwrap();
-    let mut p = Pgark::start(&server_yaml("main", &c.conninfo(&c.superuser), "synchronous: true"));
-    p.wait_streaming("main");
+    let (c, mut p) = sync_primary_with_pgark(&["wal_keep_size = 1GB"]);
     let writers = Writers::start(&c, 4);
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(1200 + round * 700));
@@ -364,16 +358,8 @@ fn disk_full_holds_back_acknowledgement_and_recovers() {
         eprintln!("SKIP disk_full_holds_back_acknowledgement_and_recovers: cannot mount a tmpfs here (needs root and mount permission)");
         return;
     };
-    let bins = pg();
-    let c = Cluster::init_with(
-        &bins,
-        &["synchronous_standby_names = 'pgark'", "wal_keep_size = 1GB"],
-        &["--wal-segsize=1"],
-    )
-    .unwrap();
-    c.start().unwrap();
+    let (c, mut p) = sync_primary_with_pgark(&["wal_keep_size = 1GB"]);
     let catalog = fs.dir.path().join("catalog");
-    let mut p = Pgark::start(&server_yaml("main", &c.conninfo(&c.superuser), "synchronous: true"));
     // Point the daemon at the small filesystem.
     p.term();
     let text = std::fs::read_to_string(&p.config).unwrap();
