@@ -14,8 +14,13 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// `pgark status`: a server is not streaming, or the daemon is not running.
     pub const NOT_STREAMING: i32 = 3;
-    /// The catalog is locked by another running `pgark serve`.
+    /// The catalog is locked by another running `pgark serve`, or a backup of that server is
+    /// already running.
     pub const LOCKED: i32 = 4;
+    /// The backup id does not exist.
+    pub const NOT_FOUND: i32 = 5;
+    /// Refused to protect the catalog (deleting the only usable backup without --force).
+    pub const REFUSED: i32 = 6;
 }
 
 #[derive(Parser, Debug)]
@@ -61,6 +66,63 @@ pub enum Cmd {
         /// Print JSON (the same document as GET /status).
         #[arg(long)]
         json: bool,
+    },
+    /// Take a base backup of one server now (pgark serve may keep running on the same catalog).
+    #[command(
+        after_help = "The backup is published only when complete: every file checked against PostgreSQL's backup_manifest and the WAL from its start to its end durable in the catalog (streamed by pgark serve, or included in the backup when no receiver streams the server).\n\nExit status: 0 done, 1 failed (nothing kept), 2 bad usage or config, 4 another backup of this server is running.\n\nExamples:\n  pgark backup --config /etc/pgark.yaml main\n  pgark backup --config /etc/pgark.yaml main --label before-upgrade --checkpoint fast\n  pgark backup --config /etc/pgark.yaml main --max-rate 50000 --json"
+    )]
+    Backup {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The server's name in the config.
+        server: String,
+        /// A label stored with the backup (default: "pgark <id>").
+        #[arg(long)]
+        label: Option<String>,
+        /// fast: checkpoint immediately; spread: let the server spread it (the config's backup_checkpoint by default).
+        #[arg(long, value_parser = ["fast", "spread"])]
+        checkpoint: Option<String>,
+        /// Limit the server's send rate, in kB/s (32 to 1048576).
+        #[arg(long, value_name = "KB_PER_SEC", value_parser = clap::value_parser!(u32).range(32..=1048576))]
+        max_rate: Option<u32>,
+        /// Print the finished backup as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the backups in the catalog: id, status, times, LSNs, sizes.
+    #[command(
+        after_help = "STATUS is ok when the backup and all the WAL it needs are in the catalog, wal-missing otherwise.\n\nExamples:\n  pgark list-backups --config /etc/pgark.yaml\n  pgark list-backups --config /etc/pgark.yaml main --json | jq '.[] | select(.usable) | .id'"
+    )]
+    ListBackups {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Only this server.
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one backup in detail: WAL range and whether it is present, versions, sizes, tablespaces.
+    #[command(after_help = "Exit status: 0 shown, 5 no such backup.\n\nExample:\n  pgark show-backup --config /etc/pgark.yaml main 20261123T231500Z --json")]
+    ShowBackup {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        server: String,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one backup and the stored chunks no other backup uses.
+    #[command(
+        after_help = "Refuses (exit 6) to delete the only usable backup of a server unless --force.\n\nExample:\n  pgark delete-backup --config /etc/pgark.yaml main 20261123T231500Z"
+    )]
+    DeleteBackup {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        server: String,
+        id: String,
+        /// Delete even the only usable backup.
+        #[arg(long)]
+        force: bool,
     },
     /// Start a throwaway PostgreSQL with pgark as its synchronous standby, write data, show what happens.
     #[command(

@@ -15,6 +15,13 @@ pub const DEFAULT_SLOT: &str = "pgark";
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_RECEIVER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SYNCHRONOUS: bool = true;
+/// Base backups compress better per CPU second at level 3 than WAL does, and a backup is not on
+/// the commit path; pgBackRest's zst default is 3 too.
+pub const DEFAULT_BACKUP_ZSTD_LEVEL: i32 = 3;
+/// Space a backup leaves free on the catalog's filesystem, so WAL streaming (the RPO=0 path)
+/// never runs out because of a backup.
+pub const DEFAULT_BACKUP_MIN_FREE: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_BACKUP_WAL_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -72,6 +79,37 @@ struct RawServer {
     status_interval: Option<String>,
     receiver_timeout: Option<String>,
     compression: Option<serde_yaml::Value>,
+    backup_schedule: Option<String>,
+    backup_compression: Option<serde_yaml::Value>,
+    backup_workers: Option<usize>,
+    backup_checkpoint: Option<String>,
+    backup_min_free: Option<serde_yaml::Value>,
+    backup_wal_timeout: Option<String>,
+}
+
+/// How base backups of one server are taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupSettings {
+    pub schedule: Option<crate::basebackup::schedule::Schedule>,
+    pub compression: Compression,
+    /// Compression workers (default: the number of CPUs).
+    pub workers: usize,
+    pub fast_checkpoint: bool,
+    pub min_free: u64,
+    pub wal_timeout: Duration,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        BackupSettings {
+            schedule: None,
+            compression: Compression::Zstd(DEFAULT_BACKUP_ZSTD_LEVEL),
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            fast_checkpoint: false,
+            min_free: DEFAULT_BACKUP_MIN_FREE,
+            wal_timeout: DEFAULT_BACKUP_WAL_TIMEOUT,
+        }
+    }
 }
 
 /// One protected server.
@@ -87,6 +125,7 @@ pub struct ServerConfig {
     pub status_interval: Duration,
     pub receiver_timeout: Duration,
     pub compression: Compression,
+    pub backup: BackupSettings,
 }
 
 impl PartialEq for ServerConfig {
@@ -99,6 +138,7 @@ impl PartialEq for ServerConfig {
             && self.status_interval == o.status_interval
             && self.receiver_timeout == o.receiver_timeout
             && self.compression == o.compression
+            && self.backup == o.backup
     }
 }
 
@@ -171,6 +211,30 @@ impl Config {
                 )));
             }
             let compression = parse_compression(s.compression.as_ref()).map_err(|m| err(format!("{}: {m}", key("compression"))))?;
+            let mut backup = BackupSettings::default();
+            if let Some(t) = &s.backup_schedule {
+                backup.schedule =
+                    Some(crate::basebackup::schedule::Schedule::parse(t).map_err(|m| err(format!("{}: {m}", key("backup_schedule"))))?);
+            }
+            if s.backup_compression.is_some() {
+                backup.compression = parse_compression(s.backup_compression.as_ref()).map_err(|m| err(format!("{}: {m}", key("backup_compression"))))?;
+            }
+            if let Some(w) = s.backup_workers {
+                if !(1..=64).contains(&w) {
+                    return Err(err(format!("{}: {w}: expected 1 to 64", key("backup_workers"))));
+                }
+                backup.workers = w;
+            }
+            match s.backup_checkpoint.as_deref() {
+                None | Some("spread") => {}
+                Some("fast") => backup.fast_checkpoint = true,
+                Some(other) => return Err(err(format!("{}: {other:?}: expected fast or spread", key("backup_checkpoint")))),
+            }
+            if let Some(v) = &s.backup_min_free {
+                backup.min_free = parse_size(v).map_err(|m| err(format!("{}: {m}", key("backup_min_free"))))?;
+            }
+            backup.wal_timeout = parse_duration(s.backup_wal_timeout.as_deref(), DEFAULT_BACKUP_WAL_TIMEOUT)
+                .map_err(|m| err(format!("{}: {m}", key("backup_wal_timeout"))))?;
             servers.insert(
                 name.clone(),
                 ServerConfig {
@@ -183,6 +247,7 @@ impl Config {
                     status_interval,
                     receiver_timeout,
                     compression,
+                    backup,
                 },
             );
         }
@@ -251,6 +316,32 @@ fn parse_duration(text: Option<&str>, default: Duration) -> Result<Duration, Str
     }
 }
 
+/// `0`, `512MB`, `1GiB`, `256MiB`, or a plain number of bytes.
+pub fn parse_size(v: &serde_yaml::Value) -> Result<u64, String> {
+    let expected = "expected a size such as 256MiB, 1GiB, 500MB or a number of bytes";
+    let text = match v {
+        serde_yaml::Value::Number(n) => return n.as_u64().ok_or_else(|| format!("{n}: {expected}")),
+        serde_yaml::Value::String(s) => s.trim().to_string(),
+        other => return Err(format!("{}: {expected}", serde_yaml::to_string(other).unwrap_or_default().trim())),
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{text:?}: {expected}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" | "k" => 1024,
+        "mb" => 1000_000,
+        "mib" | "m" => 1024 * 1024,
+        "gb" => 1000_000_000,
+        "gib" | "g" => 1024 * 1024 * 1024,
+        "tb" => 1000_000_000_000,
+        "tib" | "t" => 1024u64.pow(4),
+        _ => return Err(format!("{text:?}: {expected}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{text:?}: too large"))
+}
+
 fn parse_compression(v: Option<&serde_yaml::Value>) -> Result<Compression, String> {
     use serde_yaml::Value;
     let expected = "expected none, zstd, or zstd:LEVEL with LEVEL from 1 to 19";
@@ -288,6 +379,11 @@ mod tests {
         assert_eq!(m.compression, Compression::Zstd(5));
         assert_eq!(m.status_interval, Duration::from_secs(5));
         assert!(m.create_slot && m.synchronous);
+        assert_eq!(m.backup, BackupSettings::default());
+        let b = parse("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    backup_schedule: 0 3 * * *\n    backup_min_free: 1GiB\n    backup_checkpoint: fast\n    backup_compression: none\n").unwrap();
+        let b = &b.servers["main"].backup;
+        assert_eq!((b.min_free, b.fast_checkpoint, b.compression), (1 << 30, true, Compression::None));
+        assert!(b.schedule.is_some());
     }
 
     #[test]
@@ -342,6 +438,18 @@ mod tests {
             ),
             ("catalog: /x\nservers:\n  'bad/name':\n    conninfo: host=/tmp\n", "bad/name"),
             ("catalog: /x\nservers: {}\n", "servers"),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    backup_schedule: sometimes\n",
+                "servers.main.backup_schedule",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    backup_min_free: lots\n",
+                "servers.main.backup_min_free",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    backup_checkpoint: now\n",
+                "servers.main.backup_checkpoint",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(text).unwrap_err().to_string();

@@ -32,6 +32,7 @@ struct Running {
     config: ServerConfig,
     cancel: CancellationToken,
     thread: Option<crate::receiver::ReceiverThread>,
+    backups: JoinHandle<()>,
 }
 
 /// A started daemon (lock held, HTTP bound, receivers running).
@@ -100,12 +101,22 @@ impl Daemon {
                 None
             }
         };
+        if let Err(e) = crate::basebackup::clean_interrupted(self.layout.root(), &cfg.name) {
+            tracing::warn!(server = %cfg.name, error = %e, "could not clean up after interrupted backups");
+        }
+        let backups = tokio::spawn(crate::basebackup::scheduler::run(
+            cfg.clone(),
+            self.layout.root().to_path_buf(),
+            self.board.clone(),
+            cancel.clone(),
+        ));
         self.servers.insert(
             cfg.name.clone(),
             Running {
                 config: cfg,
                 cancel,
                 thread,
+                backups,
             },
         );
     }
@@ -116,6 +127,7 @@ impl Daemon {
             if let Some(t) = r.thread {
                 t.join().await;
             }
+            let _ = r.backups.await;
             self.board.remove(name);
         }
     }

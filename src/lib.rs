@@ -5,6 +5,8 @@
 //! position only fsync advances; `receiver` supervises one stream per server and `daemon` wires
 //! them with the HTTP endpoint (`http`, `metrics`, `status`).
 
+pub mod backup_commands;
+pub mod basebackup;
 pub mod catalog;
 pub mod cli;
 pub mod client;

@@ -40,6 +40,17 @@ fn main() {
                 }
             },
             Cmd::Status { config, json } => pgark::cli::status(&config, json).await,
+            Cmd::Backup {
+                config,
+                server,
+                label,
+                checkpoint,
+                max_rate,
+                json,
+            } => pgark::backup_commands::backup(&config, &server, label, checkpoint, max_rate, json).await,
+            Cmd::ListBackups { config, server, json } => pgark::backup_commands::list_backups(&config, server.as_deref(), json),
+            Cmd::ShowBackup { config, server, id, json } => pgark::backup_commands::show_backup(&config, &server, &id, json),
+            Cmd::DeleteBackup { config, server, id, force } => pgark::backup_commands::delete_backup(&config, &server, &id, force),
             Cmd::Demo { duration, metrics_listen } => pgark::demo::run(duration, &metrics_listen).await,
         }
     });

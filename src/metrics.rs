@@ -79,3 +79,27 @@ pub fn store_error(server: &str) {
 pub fn synchronous_mode(server: &str, on: bool) {
     gauge!("pgark_synchronous_mode", "server" => server.to_string()).set(if on { 1.0 } else { 0.0 });
 }
+
+pub fn backup_succeeded(server: &str, end_unix: u64, duration: Duration, original: u64, stored_new: u64) {
+    backup_succeeded_gauges(server, end_unix, duration, original, stored_new);
+    counter!("pgark_backups_total", "server" => server.to_string()).increment(1);
+}
+
+/// The newest successful backup's facts (also refreshed from the catalog for backups other
+/// processes took).
+pub fn backup_succeeded_gauges(server: &str, end_unix: u64, duration: Duration, original: u64, stored_new: u64) {
+    let s = server.to_string();
+    gauge!("pgark_backup_last_success_timestamp_seconds", "server" => s.clone()).set(end_unix as f64);
+    gauge!("pgark_backup_last_duration_seconds", "server" => s.clone()).set(duration.as_secs_f64());
+    gauge!("pgark_backup_last_original_bytes", "server" => s.clone()).set(original as f64);
+    gauge!("pgark_backup_last_stored_bytes", "server" => s).set(stored_new as f64);
+}
+
+pub fn backup_failed(server: &str) {
+    counter!("pgark_backup_failures_total", "server" => server.to_string()).increment(1);
+}
+
+pub fn backups_in_catalog(server: &str, count: usize, stored_bytes: u64) {
+    gauge!("pgark_backups", "server" => server.to_string()).set(count as f64);
+    gauge!("pgark_backup_catalog_stored_bytes", "server" => server.to_string()).set(stored_bytes as f64);
+}

@@ -75,6 +75,48 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result
     result
 }
 
+/// Writes `path` under a temporary name and renames it into place, with no fsync: the name
+/// never shows half-written contents to a reader, but durability waits for `sync_filesystem`.
+/// Whoever publishes something that refers to such files must sync first.
+///
+/// The temporary name is unique per call, so concurrent writers of the same content-addressed
+/// name never trip over each other's temporary file (the last rename wins, with equal bytes).
+pub fn write_renamed_unsynced(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.{n}{TMP_SUFFIX}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(ctx("create", &tmp))?;
+        fill(&mut f).map_err(ctx("write", &tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| io::Error::new(e.kind(), format!("rename {} to {}: {e}", tmp.display(), path.display())))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Flushes every file and directory of the filesystem that holds `dir` (syncfs(2)): one call
+/// instead of an fsync per file after a bulk write.
+pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir).map_err(ctx("open", dir))?;
+    // SAFETY: syncfs takes a valid open descriptor, which `d` holds for the call's duration.
+    let rc = unsafe { libc::syncfs(d.as_raw_fd()) };
+    if rc != 0 {
+        return Err(ctx("syncfs of the filesystem holding", dir)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Removes a file and fsyncs its directory; a file already gone is fine.
 pub fn durable_remove(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {

@@ -1,4 +1,4 @@
-//! The catalog lock: one `pgark serve` per catalog.
+//! The catalog locks: one `pgark serve` per catalog, one backup per server.
 //!
 //! An exclusive `flock` on `<catalog>/serve.lock`, which holds the owner's pid. The kernel drops
 //! the lock when its process dies, so a lock left by a killed daemon is simply taken over (and
@@ -10,11 +10,14 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub const LOCK_FILE: &str = "serve.lock";
+pub const BACKUP_LOCK_FILE: &str = "backup.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("catalog {path} is in use by another pgark serve (pid {pid}); stop it first or use another catalog")]
     Held { path: PathBuf, pid: String },
+    #[error("a backup of server {server} is already running (pid {pid}, lock {path}); wait for it to finish")]
+    BackupRunning { server: String, path: PathBuf, pid: String },
     #[error("lock file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -28,7 +31,28 @@ pub struct CatalogLock {
 
 impl CatalogLock {
     pub fn acquire(catalog: &Path) -> Result<CatalogLock, LockError> {
-        let path = catalog.join(LOCK_FILE);
+        Self::acquire_file(catalog.join(LOCK_FILE))
+    }
+
+    /// The lock a backup of `server` holds (`<catalog>/<server>/backup.lock`), so a scheduled
+    /// backup and a `pgark backup` never build at once or collect each other's chunks.
+    pub fn acquire_backup(catalog: &Path, server: &str) -> Result<CatalogLock, LockError> {
+        let dir = catalog.join(server);
+        std::fs::create_dir_all(&dir).map_err(|e| LockError::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
+        Self::acquire_file(dir.join(BACKUP_LOCK_FILE)).map_err(|e| match e {
+            LockError::Held { path, pid } => LockError::BackupRunning {
+                server: server.to_string(),
+                path,
+                pid,
+            },
+            other => other,
+        })
+    }
+
+    fn acquire_file(path: PathBuf) -> Result<CatalogLock, LockError> {
         let io = |e| LockError::Io {
             path: path.clone(),
             source: e,

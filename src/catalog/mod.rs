@@ -9,6 +9,7 @@
 //! ```
 
 pub mod archiver;
+pub mod backup_store;
 pub mod fsutil;
 pub mod lock;
 pub mod segment_file;

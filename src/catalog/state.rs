@@ -84,6 +84,57 @@ pub fn save(store: &dyn ObjectStore, server: &str, state: &ServerState) -> Resul
     store.put(&k, &encode(state)).map_err(|e| StateError::Io { key: k, source: e })
 }
 
+/// The server is not the one this catalog belongs to.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("refusing server: its system identifier is {server} but catalog {catalog_dir} holds WAL of system {catalog}; catalogs are never mixed (use a new server name or catalog for a new cluster)")]
+    SystemIdMismatch { server: u64, catalog: u64, catalog_dir: String },
+    #[error("refusing server: its wal_segment_size is {server} bytes but the catalog holds {catalog}-byte segments")]
+    SegmentSizeMismatch { server: u64, catalog: u64 },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Checks a connected server against the catalog's record of it, recording it on first contact
+/// (catalogs are never mixed). Returns the state as saved, with the version updated.
+pub fn verify_or_record(
+    store: &dyn ObjectStore,
+    server: &str,
+    catalog_dir: &str,
+    system_identifier: u64,
+    wal_segment_size: u64,
+    server_version_num: u32,
+    timeline: TimelineId,
+) -> Result<ServerState, IdentityError> {
+    let known = load(store, server)?;
+    if let Some(st) = &known {
+        if st.system_identifier != system_identifier {
+            return Err(IdentityError::SystemIdMismatch {
+                server: system_identifier,
+                catalog: st.system_identifier,
+                catalog_dir: catalog_dir.to_string(),
+            });
+        }
+        if st.wal_segment_size != wal_segment_size {
+            return Err(IdentityError::SegmentSizeMismatch {
+                server: wal_segment_size,
+                catalog: st.wal_segment_size,
+            });
+        }
+    }
+    let mut st = known.unwrap_or(ServerState {
+        system_identifier,
+        wal_segment_size,
+        server_version_num,
+        timeline,
+        flushed_lsn: Lsn::INVALID,
+        updated_at: crate::status::unix_now(),
+    });
+    st.server_version_num = server_version_num;
+    save(store, server, &st)?;
+    Ok(st)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

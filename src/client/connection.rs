@@ -298,6 +298,13 @@ impl Connection {
         }
     }
 
+    /// Sends a simple-query message without waiting for the reply, for commands whose reply is
+    /// a stream the caller reads with `next_message` (BASE_BACKUP).
+    pub async fn send_query(&mut self, sql: &str) -> Result<(), ClientError> {
+        frontend::query(sql, &mut self.wbuf).map_err(encode_err)?;
+        self.flush().await
+    }
+
     /// Waits for the next message. Cancellation-safe.
     pub async fn next_message(&mut self) -> Result<BackendMessage, ClientError> {
         loop {

@@ -5,6 +5,7 @@
 //! with `postgres_protocol::message::frontend`, whose writers back-patch lengths.
 
 pub mod backend;
+pub mod basebackup;
 pub mod replication;
 pub mod scram;
 

@@ -14,7 +14,7 @@ pub mod backoff;
 pub mod stream;
 
 use crate::catalog::archiver::Archiver;
-use crate::catalog::state::{self, ServerState, StateError};
+use crate::catalog::state::{self, StateError};
 use crate::catalog::store::{LocalStore, ObjectStore};
 use crate::catalog::wal_store::{self, SparePool, WalStore};
 use crate::catalog::Layout;
@@ -39,10 +39,8 @@ pub enum ReceiverError {
     Store(std::io::Error),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("refusing server: its system identifier is {server} but catalog {catalog_dir} holds WAL of system {catalog}; catalogs are never mixed (use a new server name or catalog for a new cluster)")]
-    SystemIdMismatch { server: u64, catalog: u64, catalog_dir: String },
-    #[error("refusing server: its wal_segment_size is {server} bytes but the catalog holds {catalog}-byte segments")]
-    SegmentSizeMismatch { server: u64, catalog: u64 },
+    #[error(transparent)]
+    Identity(#[from] state::IdentityError),
     #[error("the catalog is on timeline {catalog} but the server is on timeline {server}; was the server restored from an older backup?")]
     TimelineAhead { catalog: TimelineId, server: TimelineId },
     #[error("no message from the server for {0:?}; treating the connection as dead")]
@@ -189,32 +187,15 @@ async fn session(
         system_identifier = sys.system_identifier, timeline = %sys.timeline, position = %sys.xlogpos, "connected");
 
     // Catalogs are never mixed: the system identifier is recorded on first contact.
-    let known = state::load(store.as_ref(), server)?;
-    if let Some(st) = &known {
-        if st.system_identifier != sys.system_identifier {
-            return Err(ReceiverError::SystemIdMismatch {
-                server: sys.system_identifier,
-                catalog: st.system_identifier,
-                catalog_dir: layout.server_dir(server).display().to_string(),
-            });
-        }
-        if st.wal_segment_size != seg.bytes() {
-            return Err(ReceiverError::SegmentSizeMismatch {
-                server: seg.bytes(),
-                catalog: st.wal_segment_size,
-            });
-        }
-    }
-    let mut st = known.unwrap_or(ServerState {
-        system_identifier: sys.system_identifier,
-        wal_segment_size: seg.bytes(),
-        server_version_num: conn.server_version_num,
-        timeline: sys.timeline,
-        flushed_lsn: Lsn::INVALID,
-        updated_at: unix_now(),
-    });
-    st.server_version_num = conn.server_version_num;
-    state::save(store.as_ref(), server, &st)?;
+    let mut st = state::verify_or_record(
+        store.as_ref(),
+        server,
+        &layout.server_dir(server).display().to_string(),
+        sys.system_identifier,
+        seg.bytes(),
+        conn.server_version_num,
+        sys.timeline,
+    )?;
 
     let sp = open_spool(cfg, layout, store, spool, seg)?;
 
@@ -365,10 +346,11 @@ fn open_spool<'a>(
 ) -> Result<&'a mut Spool, ReceiverError> {
     if let Some(sp) = spool.as_ref() {
         if sp.seg != seg {
-            return Err(ReceiverError::SegmentSizeMismatch {
+            return Err(state::IdentityError::SegmentSizeMismatch {
                 server: seg.bytes(),
                 catalog: sp.seg.bytes(),
-            });
+            }
+            .into());
         }
     }
     if spool.is_none() {

@@ -1,6 +1,7 @@
 //! End-to-end tests against real PostgreSQL clusters and the real `pgark` binary.
 
 mod auth;
+mod backup;
 mod cli;
 mod common;
 mod durability;

@@ -1,0 +1,181 @@
+//! PostgreSQL's backup_manifest: parsing, its own SHA-256 self-check, and comparing what we
+//! received against it.
+//!
+//! We ask for CRC-32C file checksums (the server's cheapest); the manifest writes them as the hex
+//! of the four CRC bytes in host order, which is little-endian on every platform PostgreSQL
+//! ships binaries for.
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestFile {
+    pub size: u64,
+    /// CRC-32C of the contents, when the manifest carries one.
+    pub crc32c: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub version: u64,
+    pub system_identifier: Option<u64>,
+    pub files: BTreeMap<String, ManifestFile>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("backup_manifest: {0}")]
+pub struct ManifestError(pub String);
+
+fn e(m: impl Into<String>) -> ManifestError {
+    ManifestError(m.into())
+}
+
+impl Manifest {
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        verify_self_checksum(bytes)?;
+        let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|x| e(format!("not valid JSON: {x}")))?;
+        let version = doc
+            .get("PostgreSQL-Backup-Manifest-Version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| e("PostgreSQL-Backup-Manifest-Version missing"))?;
+        if !(1..=2).contains(&version) {
+            return Err(e(format!("manifest version {version} is not supported (expected 1 or 2)")));
+        }
+        let system_identifier = doc.get("System-Identifier").and_then(|v| v.as_u64());
+        let mut files = BTreeMap::new();
+        for f in doc.get("Files").and_then(|v| v.as_array()).ok_or_else(|| e("Files missing"))? {
+            let path = match (f.get("Path").and_then(|v| v.as_str()), f.get("Encoded-Path").and_then(|v| v.as_str())) {
+                (Some(p), _) => p.to_string(),
+                (None, Some(hex)) => {
+                    let raw = decode_hex(hex).ok_or_else(|| e(format!("Encoded-Path {hex:?} is not hex")))?;
+                    String::from_utf8(raw).map_err(|_| e(format!("Encoded-Path {hex:?} is not UTF-8; pgark stores UTF-8 names only")))?
+                }
+                _ => return Err(e("a Files entry has neither Path nor Encoded-Path")),
+            };
+            let size = f.get("Size").and_then(|v| v.as_u64()).ok_or_else(|| e(format!("{path}: Size missing")))?;
+            let crc32c = match (f.get("Checksum-Algorithm").and_then(|v| v.as_str()), f.get("Checksum").and_then(|v| v.as_str())) {
+                (Some("CRC32C"), Some(hex)) => {
+                    let b = decode_hex(hex).filter(|b| b.len() == 4).ok_or_else(|| e(format!("{path}: CRC32C checksum {hex:?} is not 8 hex digits")))?;
+                    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                }
+                _ => None,
+            };
+            files.insert(path, ManifestFile { size, crc32c });
+        }
+        Ok(Manifest {
+            version,
+            system_identifier,
+            files,
+        })
+    }
+}
+
+/// The manifest ends with `"Manifest-Checksum": "<sha256 of every byte before that key>"`.
+fn verify_self_checksum(bytes: &[u8]) -> Result<(), ManifestError> {
+    const KEY: &[u8] = b"\"Manifest-Checksum\"";
+    let at = bytes
+        .windows(KEY.len())
+        .rposition(|w| w == KEY)
+        .ok_or_else(|| e("Manifest-Checksum missing (manifest truncated?)"))?;
+    let rest = std::str::from_utf8(&bytes[at + KEY.len()..]).map_err(|_| e("Manifest-Checksum is not text"))?;
+    let hex: String = rest
+        .trim_start_matches([' ', ':'])
+        .trim_start()
+        .trim_start_matches('"')
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit())
+        .collect();
+    let computed = hex_string(&Sha256::digest(&bytes[..at]));
+    if hex.to_ascii_lowercase() != computed {
+        return Err(e(format!("Manifest-Checksum {hex} does not match the manifest's contents ({computed}): corrupted in transit")));
+    }
+    Ok(())
+}
+
+pub fn hex_string(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// One received file, as the manifest check needs it.
+#[derive(Debug, Clone)]
+pub struct ReceivedFile<'a> {
+    pub path: &'a str,
+    pub size: u64,
+    pub crc32c: u32,
+}
+
+/// Compares what was received with the manifest: every manifest file must have arrived with the
+/// same size and checksum, and every received regular file must be listed (WAL segments the
+/// server appended with the WAL option are not listed and are skipped by the caller).
+pub fn check<'a>(manifest: &Manifest, received: impl IntoIterator<Item = ReceivedFile<'a>>) -> Result<usize, ManifestError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut problems = Vec::new();
+    for f in received {
+        match manifest.files.get(f.path) {
+            None => problems.push(format!("{}: received but not in the manifest", f.path)),
+            Some(m) if m.size != f.size => problems.push(format!("{}: size {} but the manifest says {}", f.path, f.size, m.size)),
+            Some(ManifestFile { crc32c: Some(c), .. }) if *c != f.crc32c => problems.push(format!(
+                "{}: CRC-32C {:08x} but the manifest says {:08x}",
+                f.path, f.crc32c, c
+            )),
+            Some(_) => {}
+        }
+        seen.insert(f.path.to_string());
+    }
+    for p in manifest.files.keys() {
+        if !seen.contains(p) {
+            problems.push(format!("{p}: in the manifest but not received"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(seen.len())
+    } else {
+        let n = problems.len();
+        problems.truncate(10);
+        Err(e(format!("{n} file(s) do not match the manifest: {}", problems.join("; "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(files: &str) -> Vec<u8> {
+        let head = format!("{{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [\n{files}\n],\n\"WAL-Ranges\": [\n],\n");
+        let sum = hex_string(&Sha256::digest(head.as_bytes()));
+        format!("{head}\"Manifest-Checksum\": \"{sum}\"}}\n").into_bytes()
+    }
+
+    #[test]
+    fn parses_and_checks() {
+        let crc = crc32c::crc32c(b"hello");
+        let hex = hex_string(&crc.to_le_bytes());
+        let m = build(&format!(
+            "{{ \"Path\": \"a\", \"Size\": 5, \"Last-Modified\": \"x\", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"{hex}\" }},\n{{ \"Encoded-Path\": \"62\", \"Size\": 0 }}"
+        ));
+        let man = Manifest::parse(&m).unwrap();
+        assert_eq!(man.files["a"], ManifestFile { size: 5, crc32c: Some(crc) });
+        assert!(man.files.contains_key("b"));
+        let ok = [ReceivedFile { path: "a", size: 5, crc32c: crc }, ReceivedFile { path: "b", size: 0, crc32c: 0 }];
+        assert_eq!(check(&man, ok.clone()).unwrap(), 2);
+        let bad = [ReceivedFile { path: "a", size: 5, crc32c: crc ^ 1 }];
+        let msg = check(&man, bad).unwrap_err().to_string();
+        assert!(msg.contains("a: CRC-32C") && msg.contains("b: in the manifest but not received"), "{msg}");
+    }
+
+    #[test]
+    fn detects_tampering() {
+        let mut m = build("{ \"Path\": \"a\", \"Size\": 5 }");
+        let at = m.iter().position(|&b| b == b'5').unwrap();
+        m[at] = b'6';
+        assert!(Manifest::parse(&m).unwrap_err().to_string().contains("does not match"));
+        assert!(Manifest::parse(b"{}").unwrap_err().to_string().contains("missing"));
+    }
+}

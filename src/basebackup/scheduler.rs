@@ -1,0 +1,96 @@
+//! The daemon's per-server backup task: publishes the newest backup's facts as metrics (also for
+//! backups taken by `pgark backup` in another process) and, when `backup_schedule` is set, takes
+//! backups when they are due.
+
+use super::progress::LogLines;
+use super::schedule::Schedule;
+use super::{BackupJob, WalWatch};
+use crate::catalog::backup_store;
+use crate::catalog::store::LocalStore;
+use crate::config::ServerConfig;
+use crate::status::{unix_now, StatusBoard};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the catalog is re-read for metrics and schedule decisions.
+const POLL: Duration = Duration::from_secs(15);
+/// After a failed scheduled backup, wait this long (or the interval, if shorter) before retrying.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
+
+/// Start of the newest published backup, after refreshing the metrics from the catalog.
+fn refresh(catalog: &std::path::Path, server: &str) -> Option<u64> {
+    let store = LocalStore::new(catalog);
+    match backup_store::load_all(&store, server) {
+        Ok(all) => {
+            let stored: u64 = all.iter().map(|b| b.stored_new_bytes).sum();
+            crate::metrics::backups_in_catalog(server, all.len(), stored);
+            let last = all.last()?;
+            crate::metrics::backup_succeeded_gauges(
+                server,
+                last.end_time,
+                Duration::from_secs(last.end_time.saturating_sub(last.start_time)),
+                last.original_bytes,
+                last.stored_new_bytes,
+            );
+            Some(last.start_time)
+        }
+        Err(e) => {
+            tracing::warn!(server, error = %e, "cannot read the server's backups for metrics");
+            None
+        }
+    }
+}
+
+pub async fn run(cfg: ServerConfig, catalog: PathBuf, board: StatusBoard, cancel: CancellationToken) {
+    let server = cfg.name.clone();
+    let mut retry_at: Option<u64> = None;
+    loop {
+        let last_start = refresh(&catalog, &server);
+        if let Some(schedule) = &cfg.backup.schedule {
+            let now = unix_now();
+            let due = schedule.next_due(last_start, now).max(retry_at.unwrap_or(0));
+            if due <= now {
+                tracing::info!(server = %server, "scheduled backup is due; starting it");
+                let job = BackupJob {
+                    server: cfg.clone(),
+                    catalog: catalog.clone(),
+                    label: Some(format!("scheduled {}", schedule_text(schedule))),
+                    fast_checkpoint: cfg.backup.fast_checkpoint,
+                    max_rate_kb: None,
+                    wal_watch: WalWatch::Board(board.clone()),
+                    cancel: cancel.child_token(),
+                };
+                let handle = super::spawn_on_own_thread(job, Box::new(LogLines::default()));
+                match handle.await {
+                    Ok(Ok(idx)) => {
+                        tracing::info!(server = %server, id = %idx.id, "scheduled backup complete");
+                        retry_at = None;
+                    }
+                    Ok(Err(super::BackupError::Cancelled)) => return,
+                    Ok(Err(e)) => {
+                        let wait = match schedule {
+                            Schedule::Every(d) => RETRY_AFTER_FAILURE.min(*d),
+                            Schedule::Cron { .. } => RETRY_AFTER_FAILURE,
+                        };
+                        tracing::error!(server = %server, error = %e, retry_in_seconds = wait.as_secs(), "scheduled backup failed");
+                        retry_at = Some(unix_now() + wait.as_secs());
+                    }
+                    Err(_) => tracing::error!(server = %server, "scheduled backup thread ended without a result"),
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+fn schedule_text(s: &Schedule) -> String {
+    match s {
+        Schedule::Every(d) => format!("every {}", humantime::format_duration(*d)),
+        Schedule::Cron { text, .. } => format!("cron {text}"),
+    }
+}

@@ -1,0 +1,401 @@
+//! Base backups in the catalog: content-addressed chunks, one index per backup, and the rules that
+//! make a backup either wholly visible or not there at all.
+//!
+//! ```text
+//! <server>/chunks/<ab>/<sha256>.zst    file contents, cut into chunks of up to CHUNK_SIZE bytes,
+//!                                      named by the SHA-256 of the raw bytes (.raw when stored
+//!                                      uncompressed); shared by every backup that has the bytes
+//! <server>/backups/<id>.running        intent record while a backup is being taken (pid, time)
+//! <server>/backups/<id>.manifest       PostgreSQL's backup_manifest, as received
+//! <server>/backups/<id>.json           the backup's index: written last, atomically. A backup
+//!                                      exists if and only if this object exists.
+//! <server>/backup.lock                 flock: one backup per server at a time
+//! ```
+//!
+//! Chunks are written without an fsync each (a backup has thousands); one `sync` of the store
+//! makes them all durable before the index is published. A chunk not referenced by a published
+//! index is never trusted for deduplication and is removed by `collect_garbage`, so a crash in
+//! the middle of a backup can leave nothing that a later backup or restore would read.
+
+use super::fsutil;
+use super::store::ObjectStore;
+use crate::basebackup::tar::EntryKind;
+use crate::pg::{Lsn, TimelineId, WalFileName, WalSegSize};
+use crate::protocol::basebackup::TablespaceInfo;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::Path;
+
+/// Files are cut into chunks this large: big enough that per-object overhead is small, small
+/// enough that one 1 GiB relation segment spreads over every compression worker and that a
+/// change to a few pages re-stores 4 MiB, not the whole segment.
+pub const CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
+pub const INDEX_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalSource {
+    /// The WAL is in the catalog's WAL directory, streamed by `pgark serve`.
+    Catalog,
+    /// The server appended the WAL to the backup itself (`pg_wal/` files in the backup).
+    Backup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// Object name under `<server>/chunks/`, e.g. `ab/ab12….zst`.
+    pub object: String,
+    /// Raw (uncompressed) bytes.
+    pub size: u64,
+    /// Bytes as stored.
+    pub stored: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFile {
+    /// Path relative to the data directory; tablespace files under `pg_tblspc/<oid>/`.
+    pub path: String,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub mtime: i64,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// The index of one published backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupIndex {
+    pub format: u32,
+    pub id: String,
+    pub server: String,
+    pub label: String,
+    /// Unix seconds.
+    pub start_time: u64,
+    pub end_time: u64,
+    pub start_lsn: Lsn,
+    pub end_lsn: Lsn,
+    pub start_timeline: TimelineId,
+    pub end_timeline: TimelineId,
+    /// `server_version_num`, e.g. 150018.
+    pub pg_version: u32,
+    /// As text: JSON consumers (jq) lose precision on integers above 2^53.
+    pub system_identifier: String,
+    pub wal_segment_size: u64,
+    pub from_standby: bool,
+    pub checkpoint: String,
+    pub wal_source: WalSource,
+    pub compression: String,
+    /// Sum of the files' sizes.
+    pub original_bytes: u64,
+    /// Bytes this backup added to the catalog (new chunks only).
+    pub stored_new_bytes: u64,
+    /// Bytes of every chunk it references (what it would cost alone).
+    pub stored_total_bytes: u64,
+    pub tablespaces: Vec<TablespaceInfo>,
+    pub files: Vec<StoredFile>,
+}
+
+impl BackupIndex {
+    pub fn file_count(&self) -> usize {
+        self.files.iter().filter(|f| f.kind == EntryKind::File).count()
+    }
+
+    /// WAL segments the backup needs to be consistent: start segment to end segment.
+    pub fn required_wal(&self) -> Vec<WalFileName> {
+        let Ok(seg) = WalSegSize::new(self.wal_segment_size) else {
+            return vec![];
+        };
+        let first = seg.segno(self.start_lsn).0;
+        let last = seg.segno(self.end_lsn).0;
+        (first..=last)
+            .map(|n| {
+                // Segments at and after the end segment are on the end timeline.
+                let tli = if n == last { self.end_timeline } else { self.start_timeline };
+                WalFileName::new(tli, crate::pg::SegNo(n))
+            })
+            .collect()
+    }
+}
+
+/// Whether the WAL a backup needs is in the catalog.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WalPresence {
+    pub first: String,
+    pub last: String,
+    pub present: bool,
+    /// Segments not found (empty when present).
+    pub missing: Vec<String>,
+}
+
+pub fn chunks_key(server: &str) -> String {
+    format!("{server}/chunks")
+}
+
+pub fn chunk_key(server: &str, object: &str) -> String {
+    format!("{server}/chunks/{object}")
+}
+
+pub fn backups_key(server: &str) -> String {
+    format!("{server}/backups")
+}
+
+pub fn index_key(server: &str, id: &str) -> String {
+    format!("{server}/backups/{id}.json")
+}
+
+pub fn manifest_key(server: &str, id: &str) -> String {
+    format!("{server}/backups/{id}.manifest")
+}
+
+pub fn running_key(server: &str, id: &str) -> String {
+    format!("{server}/backups/{id}.running")
+}
+
+/// The object name of a chunk with this SHA-256 (hex).
+pub fn chunk_object(hash_hex: &str, compressed: bool) -> String {
+    format!("{}/{hash_hex}.{}", &hash_hex[..2], if compressed { "zst" } else { "raw" })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupStoreError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("backup index {key}: {reason}")]
+    BadIndex { key: String, reason: String },
+    #[error("server {server} has no backup {id:?}; `pgark list-backups` shows the ids")]
+    NotFound { server: String, id: String },
+}
+
+/// Ids of the published backups of `server`, oldest first (ids sort by time).
+pub fn list_ids(store: &dyn ObjectStore, server: &str) -> io::Result<Vec<String>> {
+    Ok(store
+        .list(&backups_key(server))?
+        .into_iter()
+        .filter_map(|k| k.rsplit('/').next().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+        .collect())
+}
+
+pub fn load(store: &dyn ObjectStore, server: &str, id: &str) -> Result<BackupIndex, BackupStoreError> {
+    let key = index_key(server, id);
+    let bytes = store.get(&key)?.ok_or_else(|| BackupStoreError::NotFound {
+        server: server.to_string(),
+        id: id.to_string(),
+    })?;
+    let idx: BackupIndex = serde_json::from_slice(&bytes).map_err(|e| BackupStoreError::BadIndex {
+        key: key.clone(),
+        reason: format!("not a valid index: {e}"),
+    })?;
+    if idx.format != INDEX_FORMAT || idx.id != id {
+        return Err(BackupStoreError::BadIndex {
+            key,
+            reason: format!("format {} id {:?} (expected format {INDEX_FORMAT}, id {id:?})", idx.format, idx.id),
+        });
+    }
+    Ok(idx)
+}
+
+/// Every published backup of `server`, oldest first.
+pub fn load_all(store: &dyn ObjectStore, server: &str) -> Result<Vec<BackupIndex>, BackupStoreError> {
+    list_ids(store, server)?.iter().map(|id| load(store, server, id)).collect()
+}
+
+/// Publishes a backup: the manifest was stored earlier; the chunks must already be durable
+/// (`ObjectStore::sync`). Writing the index is the single atomic step that makes it exist.
+pub fn publish(store: &dyn ObjectStore, index: &BackupIndex) -> io::Result<()> {
+    let json = serde_json::to_vec_pretty(index).map_err(io::Error::other)?;
+    store.put(&index_key(&index.server, &index.id), &json)?;
+    store.delete(&running_key(&index.server, &index.id))
+}
+
+/// Removes a published backup: the index first (so it stops existing in one step), then its
+/// manifest; chunks no other backup uses are removed by `collect_garbage`.
+pub fn delete(store: &dyn ObjectStore, server: &str, id: &str) -> io::Result<()> {
+    store.delete(&index_key(server, id))?;
+    store.delete(&manifest_key(server, id))
+}
+
+/// What `collect_garbage` removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Garbage {
+    pub unfinished_backups: usize,
+    pub chunks: usize,
+    pub bytes: u64,
+}
+
+/// Removes what interrupted backups left (intent records, manifests without an index) and every
+/// chunk no published backup references. The caller holds the server's backup lock, so no
+/// backup is being built meanwhile.
+pub fn collect_garbage(store: &dyn ObjectStore, server: &str) -> Result<Garbage, BackupStoreError> {
+    let mut g = Garbage::default();
+    let ids: BTreeSet<String> = list_ids(store, server)?.into_iter().collect();
+    for key in store.list(&backups_key(server))? {
+        let name = key.rsplit('/').next().unwrap_or_default();
+        let orphan = match (name.strip_suffix(".running"), name.strip_suffix(".manifest")) {
+            (Some(_), _) => true,
+            (_, Some(id)) => !ids.contains(id),
+            _ => name.ends_with(fsutil::TMP_SUFFIX),
+        };
+        if orphan {
+            tracing::info!(server, object = %key, "removing what an interrupted backup left");
+            if name.ends_with(".running") {
+                g.unfinished_backups += 1;
+            }
+            store.delete(&key)?;
+        }
+    }
+    let mut referenced = BTreeSet::new();
+    for id in &ids {
+        for f in load(store, server, id)?.files {
+            referenced.extend(f.chunks.into_iter().map(|c| c.object));
+        }
+    }
+    for dir in store.list(&chunks_key(server))? {
+        for key in store.list(&dir)? {
+            let object = key.strip_prefix(&format!("{}/", chunks_key(server))).unwrap_or(&key).to_string();
+            if !referenced.contains(&object) {
+                g.chunks += 1;
+                g.bytes += store.size(&key)?.unwrap_or(0);
+                store.delete(&key)?;
+            }
+        }
+    }
+    Ok(g)
+}
+
+/// Chunks of the newest published backup, by SHA-256 hex: what a new backup may reuse.
+pub fn reusable_chunks(store: &dyn ObjectStore, server: &str) -> Result<BTreeMap<String, ChunkRef>, BackupStoreError> {
+    let mut out = BTreeMap::new();
+    if let Some(id) = list_ids(store, server)?.last() {
+        for f in load(store, server, id)?.files {
+            for c in f.chunks {
+                if let Some(hash) = c.object.rsplit('/').next().and_then(|n| n.split('.').next()) {
+                    out.insert(hash.to_string(), c);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the catalog's WAL directory for the segments a backup needs. Read-only (safe while
+/// `pgark serve` writes): a segment counts if it is complete (plain or `.zst`) or is the open
+/// `.partial` the receiver flushed past the backup's end before the backup was published.
+pub fn wal_presence(wal_dir: &Path, index: &BackupIndex) -> WalPresence {
+    let Ok(seg) = WalSegSize::new(index.wal_segment_size) else {
+        return WalPresence {
+            first: String::new(),
+            last: String::new(),
+            present: false,
+            missing: vec!["(invalid wal_segment_size in the index)".into()],
+        };
+    };
+    let names: Vec<String> = index.required_wal().iter().map(|n| n.format(seg)).collect();
+    if index.wal_source == WalSource::Backup {
+        return WalPresence {
+            first: names.first().cloned().unwrap_or_default(),
+            last: names.last().cloned().unwrap_or_default(),
+            present: true,
+            missing: vec![],
+        };
+    }
+    let missing: Vec<String> = names
+        .iter()
+        .filter(|n| ["", ".zst", ".partial"].iter().all(|ext| !wal_dir.join(format!("{n}{ext}")).exists()))
+        .cloned()
+        .collect();
+    WalPresence {
+        first: names.first().cloned().unwrap_or_default(),
+        last: names.last().cloned().unwrap_or_default(),
+        present: missing.is_empty(),
+        missing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::store::LocalStore;
+
+    pub fn index(id: &str, chunks: &[&str]) -> BackupIndex {
+        BackupIndex {
+            format: INDEX_FORMAT,
+            id: id.into(),
+            server: "main".into(),
+            label: "t".into(),
+            start_time: 1,
+            end_time: 2,
+            start_lsn: Lsn(0x2000028),
+            end_lsn: Lsn(0x3000100),
+            start_timeline: TimelineId(1),
+            end_timeline: TimelineId(1),
+            pg_version: 150000,
+            system_identifier: "1".into(),
+            wal_segment_size: 16 * 1024 * 1024,
+            from_standby: false,
+            checkpoint: "fast".into(),
+            wal_source: WalSource::Catalog,
+            compression: "zstd:1".into(),
+            original_bytes: 10,
+            stored_new_bytes: 5,
+            stored_total_bytes: 5,
+            tablespaces: vec![],
+            files: vec![StoredFile {
+                path: "f".into(),
+                kind: EntryKind::File,
+                mode: 0o600,
+                mtime: 0,
+                size: 10,
+                crc32c: Some(0),
+                link_target: None,
+                chunks: chunks
+                    .iter()
+                    .map(|c| ChunkRef {
+                        object: c.to_string(),
+                        size: 10,
+                        stored: 5,
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn publish_gc_and_delete() {
+        let d = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(d.path());
+        for obj in ["aa/aa1.zst", "bb/bb2.zst", "cc/cc3.zst"] {
+            store.put(&chunk_key("main", obj), b"x").unwrap();
+        }
+        store.put(&running_key("main", "B"), b"pid").unwrap();
+        store.put(&manifest_key("main", "B"), b"{}").unwrap();
+        store.put(&manifest_key("main", "A"), b"{}").unwrap();
+        publish(&store, &index("A", &["aa/aa1.zst"])).unwrap();
+        assert_eq!(list_ids(&store, "main").unwrap(), vec!["A"]);
+        let g = collect_garbage(&store, "main").unwrap();
+        assert_eq!((g.unfinished_backups, g.chunks), (1, 2));
+        assert!(store.get(&chunk_key("main", "aa/aa1.zst")).unwrap().is_some());
+        assert!(store.get(&manifest_key("main", "B")).unwrap().is_none());
+        assert!(reusable_chunks(&store, "main").unwrap().contains_key("aa1"));
+        delete(&store, "main", "A").unwrap();
+        assert!(matches!(load(&store, "main", "A"), Err(BackupStoreError::NotFound { .. })));
+        assert_eq!(collect_garbage(&store, "main").unwrap().chunks, 1);
+    }
+
+    #[test]
+    fn wal_presence_names_missing_segments() {
+        let d = tempfile::tempdir().unwrap();
+        let idx = index("A", &[]);
+        let p = wal_presence(d.path(), &idx);
+        assert_eq!(p.missing, vec!["000000010000000000000002", "000000010000000000000003"]);
+        std::fs::write(d.path().join("000000010000000000000002.zst"), b"").unwrap();
+        std::fs::write(d.path().join("000000010000000000000003.partial"), b"").unwrap();
+        assert!(wal_presence(d.path(), &idx).present);
+    }
+}
