@@ -104,7 +104,14 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// `pgark backup`.
-pub async fn backup(path: &Path, server: &str, label: Option<String>, checkpoint: Option<String>, max_rate_kb: Option<u32>, json: bool) -> i32 {
+pub async fn backup(
+    path: &Path,
+    server: &str,
+    label: Option<String>,
+    checkpoint: Option<String>,
+    max_rate_kb: Option<u32>,
+    json: bool,
+) -> i32 {
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -153,7 +160,9 @@ pub async fn backup(path: &Path, server: &str, label: Option<String>, checkpoint
             }
         }
     });
-    let result = handle.await.unwrap_or_else(|e| Err(BackupError::Io(std::io::Error::other(format!("backup thread: {e}")))));
+    let result = handle
+        .await
+        .unwrap_or_else(|e| Err(BackupError::Io(std::io::Error::other(format!("backup thread: {e}")))));
     signals.abort();
     term_task.abort();
     match result {
@@ -354,7 +363,11 @@ pub fn delete_backup(path: &Path, server: &str, id: &str, force: bool) -> i32 {
     }
     match backup_store::collect_garbage(&store, server) {
         Ok(g) => {
-            println!("deleted backup {id} of {server}; freed {} in {} chunks", human_bytes(g.bytes), g.chunks);
+            println!(
+                "deleted backup {id} of {server}; freed {} in {} chunks",
+                human_bytes(g.bytes),
+                g.chunks
+            );
             exit::OK
         }
         Err(e) => {

@@ -102,7 +102,9 @@ pub enum Cmd {
         json: bool,
     },
     /// Show one backup in detail: WAL range and whether it is present, versions, sizes, tablespaces.
-    #[command(after_help = "Exit status: 0 shown, 5 no such backup.\n\nExample:\n  pgark show-backup --config /etc/pgark.yaml main 20261123T231500Z --json")]
+    #[command(
+        after_help = "Exit status: 0 shown, 5 no such backup.\n\nExample:\n  pgark show-backup --config /etc/pgark.yaml main 20261123T231500Z --json"
+    )]
     ShowBackup {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,

@@ -217,7 +217,8 @@ impl Config {
                     Some(crate::basebackup::schedule::Schedule::parse(t).map_err(|m| err(format!("{}: {m}", key("backup_schedule"))))?);
             }
             if s.backup_compression.is_some() {
-                backup.compression = parse_compression(s.backup_compression.as_ref()).map_err(|m| err(format!("{}: {m}", key("backup_compression"))))?;
+                backup.compression =
+                    parse_compression(s.backup_compression.as_ref()).map_err(|m| err(format!("{}: {m}", key("backup_compression"))))?;
             }
             if let Some(w) = s.backup_workers {
                 if !(1..=64).contains(&w) {
@@ -331,11 +332,11 @@ pub fn parse_size(v: &serde_yaml::Value) -> Result<u64, String> {
         "" | "b" => 1,
         "kb" => 1000,
         "kib" | "k" => 1024,
-        "mb" => 1000_000,
+        "mb" => 1_000_000,
         "mib" | "m" => 1024 * 1024,
-        "gb" => 1000_000_000,
+        "gb" => 1_000_000_000,
         "gib" | "g" => 1024 * 1024 * 1024,
-        "tb" => 1000_000_000_000,
+        "tb" => 1_000_000_000_000,
         "tib" | "t" => 1024u64.pow(4),
         _ => return Err(format!("{text:?}: {expected}")),
     };

@@ -44,7 +44,10 @@ impl Manifest {
         let system_identifier = doc.get("System-Identifier").and_then(|v| v.as_u64());
         let mut files = BTreeMap::new();
         for f in doc.get("Files").and_then(|v| v.as_array()).ok_or_else(|| e("Files missing"))? {
-            let path = match (f.get("Path").and_then(|v| v.as_str()), f.get("Encoded-Path").and_then(|v| v.as_str())) {
+            let path = match (
+                f.get("Path").and_then(|v| v.as_str()),
+                f.get("Encoded-Path").and_then(|v| v.as_str()),
+            ) {
                 (Some(p), _) => p.to_string(),
                 (None, Some(hex)) => {
                     let raw = decode_hex(hex).ok_or_else(|| e(format!("Encoded-Path {hex:?} is not hex")))?;
@@ -52,10 +55,18 @@ impl Manifest {
                 }
                 _ => return Err(e("a Files entry has neither Path nor Encoded-Path")),
             };
-            let size = f.get("Size").and_then(|v| v.as_u64()).ok_or_else(|| e(format!("{path}: Size missing")))?;
-            let crc32c = match (f.get("Checksum-Algorithm").and_then(|v| v.as_str()), f.get("Checksum").and_then(|v| v.as_str())) {
+            let size = f
+                .get("Size")
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| e(format!("{path}: Size missing")))?;
+            let crc32c = match (
+                f.get("Checksum-Algorithm").and_then(|v| v.as_str()),
+                f.get("Checksum").and_then(|v| v.as_str()),
+            ) {
                 (Some("CRC32C"), Some(hex)) => {
-                    let b = decode_hex(hex).filter(|b| b.len() == 4).ok_or_else(|| e(format!("{path}: CRC32C checksum {hex:?} is not 8 hex digits")))?;
+                    let b = decode_hex(hex)
+                        .filter(|b| b.len() == 4)
+                        .ok_or_else(|| e(format!("{path}: CRC32C checksum {hex:?} is not 8 hex digits")))?;
                     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 }
                 _ => None,
@@ -87,7 +98,9 @@ fn verify_self_checksum(bytes: &[u8]) -> Result<(), ManifestError> {
         .collect();
     let computed = hex_string(&Sha256::digest(&bytes[..at]));
     if hex.to_ascii_lowercase() != computed {
-        return Err(e(format!("Manifest-Checksum {hex} does not match the manifest's contents ({computed}): corrupted in transit")));
+        return Err(e(format!(
+            "Manifest-Checksum {hex} does not match the manifest's contents ({computed}): corrupted in transit"
+        )));
     }
     Ok(())
 }
@@ -100,7 +113,10 @@ pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// One received file, as the manifest check needs it.
@@ -121,10 +137,9 @@ pub fn check<'a>(manifest: &Manifest, received: impl IntoIterator<Item = Receive
         match manifest.files.get(f.path) {
             None => problems.push(format!("{}: received but not in the manifest", f.path)),
             Some(m) if m.size != f.size => problems.push(format!("{}: size {} but the manifest says {}", f.path, f.size, m.size)),
-            Some(ManifestFile { crc32c: Some(c), .. }) if *c != f.crc32c => problems.push(format!(
-                "{}: CRC-32C {:08x} but the manifest says {:08x}",
-                f.path, f.crc32c, c
-            )),
+            Some(ManifestFile { crc32c: Some(c), .. }) if *c != f.crc32c => {
+                problems.push(format!("{}: CRC-32C {:08x} but the manifest says {:08x}", f.path, f.crc32c, c))
+            }
             Some(_) => {}
         }
         seen.insert(f.path.to_string());
@@ -161,13 +176,37 @@ mod tests {
             "{{ \"Path\": \"a\", \"Size\": 5, \"Last-Modified\": \"x\", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"{hex}\" }},\n{{ \"Encoded-Path\": \"62\", \"Size\": 0 }}"
         ));
         let man = Manifest::parse(&m).unwrap();
-        assert_eq!(man.files["a"], ManifestFile { size: 5, crc32c: Some(crc) });
+        assert_eq!(
+            man.files["a"],
+            ManifestFile {
+                size: 5,
+                crc32c: Some(crc)
+            }
+        );
         assert!(man.files.contains_key("b"));
-        let ok = [ReceivedFile { path: "a", size: 5, crc32c: crc }, ReceivedFile { path: "b", size: 0, crc32c: 0 }];
+        let ok = [
+            ReceivedFile {
+                path: "a",
+                size: 5,
+                crc32c: crc,
+            },
+            ReceivedFile {
+                path: "b",
+                size: 0,
+                crc32c: 0,
+            },
+        ];
         assert_eq!(check(&man, ok.clone()).unwrap(), 2);
-        let bad = [ReceivedFile { path: "a", size: 5, crc32c: crc ^ 1 }];
+        let bad = [ReceivedFile {
+            path: "a",
+            size: 5,
+            crc32c: crc ^ 1,
+        }];
         let msg = check(&man, bad).unwrap_err().to_string();
-        assert!(msg.contains("a: CRC-32C") && msg.contains("b: in the manifest but not received"), "{msg}");
+        assert!(
+            msg.contains("a: CRC-32C") && msg.contains("b: in the manifest but not received"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -64,11 +64,11 @@ pub enum BackupError {
     #[error(transparent)]
     Locked(#[from] LockError),
     #[error("connecting to {server}: {source}")]
-    Connect { server: String, source: ClientError },
+    Connect { server: String, source: Box<ClientError> },
     #[error("{server}: {source}")]
-    Client { server: String, source: ClientError },
+    Client { server: String, source: Box<ClientError> },
     #[error("{server}: BASE_BACKUP failed: {source}")]
-    Reply { server: String, source: BackupReplyError },
+    Reply { server: String, source: Box<BackupReplyError> },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error("{0}")]
@@ -98,7 +98,7 @@ pub enum BackupError {
         waited: Duration,
         flushed: String,
     },
-    #[error("{server}: the server did not include WAL segment {segment} that the backup needs")]
+    #[error("{server}: WAL segment {segment}, which the backup needs, is neither in the catalog nor in the backup")]
     WalMissing { server: String, segment: String },
     #[error("backup cancelled")]
     Cancelled,
@@ -118,7 +118,11 @@ impl BackupError {
 fn new_id(store: &dyn ObjectStore, server: &str) -> std::io::Result<String> {
     let base = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let taken: Vec<String> = store.list(&backup_store::backups_key(server))?;
-    let exists = |id: &str| taken.iter().any(|k| k.rsplit('/').next().is_some_and(|n| n.split('.').next() == Some(id)));
+    let exists = |id: &str| {
+        taken
+            .iter()
+            .any(|k| k.rsplit('/').next().is_some_and(|n| n.split('.').next() == Some(id)))
+    };
     let mut id = base.clone();
     let mut n = 1;
     while exists(&id) {
@@ -139,8 +143,13 @@ pub fn clean_interrupted(catalog: &std::path::Path, server: &str) -> Result<(), 
     let store = LocalStore::new(catalog);
     let g = backup_store::collect_garbage(&store, server)?;
     if g != backup_store::Garbage::default() {
-        tracing::info!(server, unfinished_backups = g.unfinished_backups, chunks = g.chunks, bytes = g.bytes,
-            "removed what interrupted backups left");
+        tracing::info!(
+            server,
+            unfinished_backups = g.unfinished_backups,
+            chunks = g.chunks,
+            bytes = g.bytes,
+            "removed what interrupted backups left"
+        );
     }
     drop(lock);
     Ok(())
@@ -149,7 +158,10 @@ pub fn clean_interrupted(catalog: &std::path::Path, server: &str) -> Result<(), 
 /// Runs `take_backup` on its own OS thread with a current-thread runtime (like a receiver): the
 /// network read blocks on the storage workers for backpressure, which must never stall a shared
 /// runtime. The returned handle resolves when the backup ends.
-pub fn spawn_on_own_thread(job: BackupJob, mut progress: Box<dyn Progress>) -> tokio::sync::oneshot::Receiver<Result<BackupIndex, BackupError>> {
+pub fn spawn_on_own_thread(
+    job: BackupJob,
+    mut progress: Box<dyn Progress>,
+) -> tokio::sync::oneshot::Receiver<Result<BackupIndex, BackupError>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let name = format!("pgark-backup-{}", job.server.name);
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
@@ -262,7 +274,10 @@ impl Receive {
         let n = self.files[file].chunk_count;
         self.files[file].chunk_count += 1;
         if !pipeline.submit(file, n, data) {
-            return Err(BackupError::Io(std::io::Error::other(format!("{}: the storage workers stopped", self.server))));
+            return Err(BackupError::Io(std::io::Error::other(format!(
+                "{}: the storage workers stopped",
+                self.server
+            ))));
         }
         Ok(())
     }
@@ -284,11 +299,11 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
     let start_time = unix_now();
     let client = |source| BackupError::Client {
         server: server.clone(),
-        source,
+        source: Box::new(source),
     };
     let mut conn = tokio::select! {
         _ = job.cancel.cancelled() => return Err(BackupError::Cancelled),
-        c = Connection::connect(&cfg.conninfo, true) => c.map_err(|source| BackupError::Connect { server: server.clone(), source })?,
+        c = Connection::connect(&cfg.conninfo, true) => c.map_err(|source| BackupError::Connect { server: server.clone(), source: Box::new(source) })?,
     };
     let sys = conn.identify_system().await.map_err(client)?;
     let seg = conn.wal_segment_size().await.map_err(client)?;
@@ -351,7 +366,7 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
         };
         let events = reader.on_message(msg).map_err(|source| BackupError::Reply {
             server: server.clone(),
-            source,
+            source: Box::new(source),
         })?;
         for ev in events {
             match ev {
@@ -449,7 +464,9 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
                 .into_iter()
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| tar_err(&server, &format!("{}: a chunk was lost in the pipeline", sf.path)))?;
-            sf.crc32c = Some(pipeline::combine_crc(&chunks.iter().map(|c| (c.crc32c, c.chunk_ref.size)).collect::<Vec<_>>()));
+            sf.crc32c = Some(pipeline::combine_crc(
+                &chunks.iter().map(|c| (c.crc32c, c.chunk_ref.size)).collect::<Vec<_>>(),
+            ));
             stored_total += chunks.iter().map(|c| c.chunk_ref.stored).sum::<u64>();
             sf.chunks = chunks.into_iter().map(|c| c.chunk_ref).collect();
         }
@@ -481,6 +498,14 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
     let wal_source = if streaming {
         progress.phase(&format!("{server}: waiting for pgark serve to flush WAL up to {end_lsn}"));
         wait_for_wal(job, &server, end_lsn, end_tli).await?;
+        // The receiver may have started after this backup's start (a new catalog): every
+        // segment from the start must be there, not just the end.
+        let wal_dir = layout.wal_dir(&server);
+        for name in required_segments(seg, start_lsn, start_tli, end_lsn, end_tli) {
+            if ["", ".zst", ".partial"].iter().all(|ext| !wal_dir.join(format!("{name}{ext}")).exists()) {
+                return Err(BackupError::WalMissing { server, segment: name });
+            }
+        }
         WalSource::Catalog
     } else {
         for name in required_segments(seg, start_lsn, start_tli, end_lsn, end_tli) {
@@ -553,9 +578,11 @@ pub fn compression_name(c: Compression) -> String {
     }
 }
 
-/// Segment names from the start LSN's segment to the end LSN's.
+/// Segment names from the start LSN's segment to the one holding the byte before the end LSN
+/// (an end exactly on a segment boundary needs nothing of the next segment; PostgreSQL's
+/// `XLByteToPrevSeg`).
 fn required_segments(seg: WalSegSize, start: Lsn, start_tli: TimelineId, end: Lsn, end_tli: TimelineId) -> Vec<String> {
-    let (first, last) = (seg.segno(start).0, seg.segno(end).0);
+    let (first, last) = backup_store::segment_range(seg, start, end);
     (first..=last)
         .map(|n| {
             let tli = if n == last { end_tli } else { start_tli };
@@ -592,7 +619,11 @@ async fn receiver_streams(watch: &WalWatch, server: &str, catalog: &std::path::P
     matches!(receiver_position(watch, server, catalog).await, Some((ConnState::Streaming, _, _)))
 }
 
-async fn receiver_position(watch: &WalWatch, server: &str, catalog: &std::path::Path) -> Option<(ConnState, Option<TimelineId>, Option<Lsn>)> {
+async fn receiver_position(
+    watch: &WalWatch,
+    server: &str,
+    catalog: &std::path::Path,
+) -> Option<(ConnState, Option<TimelineId>, Option<Lsn>)> {
     let servers = match watch {
         WalWatch::Board(b) => b.snapshot(),
         WalWatch::Http { addr, .. } => {
@@ -607,7 +638,10 @@ async fn receiver_position(watch: &WalWatch, server: &str, catalog: &std::path::
             st.servers
         }
     };
-    servers.into_iter().find(|s| s.server == server).map(|s| (s.state, s.timeline, s.flushed_lsn))
+    servers
+        .into_iter()
+        .find(|s| s.server == server)
+        .map(|s| (s.state, s.timeline, s.flushed_lsn))
 }
 
 async fn wait_for_wal(job: &BackupJob, server: &str, end_lsn: Lsn, end_tli: TimelineId) -> Result<(), BackupError> {
@@ -636,4 +670,3 @@ async fn wait_for_wal(job: &BackupJob, server: &str, end_lsn: Lsn, end_tli: Time
         }
     }
 }
-

@@ -238,7 +238,7 @@ fn store_chunk(shared: &Shared, job: Job) -> Result<ChunkDone, PipelineError> {
         Compression::Zstd(l) => Some(l),
         Compression::None => None,
     };
-    shared.store.put_from_deferred(&key, &mut |w| {
+    let put = shared.store.put_from_deferred(&key, &mut |w| {
         let mut counter = CountingWriter { inner: w, n: 0 };
         match level {
             Some(l) => {
@@ -248,7 +248,21 @@ fn store_chunk(shared: &Shared, job: Job) -> Result<ChunkDone, PipelineError> {
         }
         stored = counter.n;
         Ok(())
-    })?;
+    });
+    if let Err(e) = put {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull {
+            let written = shared.stored_bytes.load(Ordering::Relaxed);
+            let raw = shared.raw_bytes.load(Ordering::Relaxed);
+            return Err(PipelineError::NoSpace {
+                path: shared.cfg.catalog_root.clone(),
+                free: free_space(&shared.cfg.catalog_root).unwrap_or(0),
+                reserve: shared.cfg.min_free,
+                written,
+                needed: estimate_remaining(shared.cfg.estimated_total, raw, written),
+            });
+        }
+        return Err(e.into());
+    }
     shared.stored_bytes.fetch_add(stored, Ordering::Relaxed);
     let c = ChunkRef {
         object,
@@ -304,7 +318,9 @@ impl io::Write for CountingWriter<'_> {
 
 /// A file's CRC-32C from its chunks' CRCs, in order.
 pub fn combine_crc(chunks: &[(u32, u64)]) -> u32 {
-    chunks.iter().fold(0u32, |acc, &(crc, len)| crc32c::crc32c_combine(acc, crc, len as usize))
+    chunks
+        .iter()
+        .fold(0u32, |acc, &(crc, len)| crc32c::crc32c_combine(acc, crc, len as usize))
 }
 
 #[cfg(test)]
@@ -338,11 +354,17 @@ mod tests {
         let whole: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
         assert_eq!(combine_crc(&[(res[0].crc32c, 1000), (res[1].crc32c, 3000)]), crc32c::crc32c(&whole));
         assert_eq!(combine_crc(&[]), crc32c::crc32c(b""));
-        let stored = store.get(&backup_store::chunk_key("main", &res[1].chunk_ref.object)).unwrap().unwrap();
+        let stored = store
+            .get(&backup_store::chunk_key("main", &res[1].chunk_ref.object))
+            .unwrap()
+            .unwrap();
         assert_eq!(segment_file::decompress(&stored).unwrap(), b);
         // A second run with the first one's chunks as reusable stores nothing new.
         let mut c = cfg();
-        c.reusable = res.iter().map(|r| (r.chunk_ref.object[3..67].to_string(), r.chunk_ref.clone())).collect();
+        c.reusable = res
+            .iter()
+            .map(|r| (r.chunk_ref.object[3..67].to_string(), r.chunk_ref.clone()))
+            .collect();
         let p = Pipeline::start(c, store);
         assert!(p.submit(0, 0, b));
         let again = p.finish().unwrap();

@@ -31,8 +31,10 @@ struct Bar {
 impl Progress for Bar {
     fn begin(&mut self, total: Option<u64>) {
         let bar = ProgressBar::new(total.unwrap_or(0));
-        let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style = ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.enable_steady_tick(Duration::from_millis(200));
         self.bar = Some(bar);
@@ -80,8 +82,17 @@ impl Progress for LogLines {
         }
         self.last = Some(now);
         let secs = self.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0).max(0.001);
-        let pct = self.total.filter(|t| *t > 0).map(|t| format!(" ({:.0}%)", received as f64 * 100.0 / t as f64));
-        tracing::info!("backup progress: {} received{}, {} stored, {:.1} MB/s", received, pct.unwrap_or_default(), stored, received as f64 / secs / 1e6);
+        let pct = self
+            .total
+            .filter(|t| *t > 0)
+            .map(|t| format!(" ({:.0}%)", received as f64 * 100.0 / t as f64));
+        tracing::info!(
+            "backup progress: {} received{}, {} stored, {:.1} MB/s",
+            received,
+            pct.unwrap_or_default(),
+            stored,
+            received as f64 / secs / 1e6
+        );
     }
     fn phase(&mut self, message: &str) {
         tracing::info!("{message}");

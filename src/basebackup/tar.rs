@@ -229,7 +229,11 @@ fn parse_header(block: &[u8]) -> Result<TarEntry, String> {
     if path.is_empty() || path.starts_with('/') || path.split('/').any(|c| c == ".." || c.is_empty()) {
         return Err(format!("entry name {path:?} is not a plain relative path"));
     }
-    let link_target = if kind == EntryKind::Symlink { Some(field_str(block, 157, 100)?) } else { None };
+    let link_target = if kind == EntryKind::Symlink {
+        Some(field_str(block, 157, 100)?)
+    } else {
+        None
+    };
     Ok(TarEntry {
         path,
         kind,

@@ -112,8 +112,7 @@ impl BackupIndex {
         let Ok(seg) = WalSegSize::new(self.wal_segment_size) else {
             return vec![];
         };
-        let first = seg.segno(self.start_lsn).0;
-        let last = seg.segno(self.end_lsn).0;
+        let (first, last) = segment_range(seg, self.start_lsn, self.end_lsn);
         (first..=last)
             .map(|n| {
                 // Segments at and after the end segment are on the end timeline.
@@ -122,6 +121,13 @@ impl BackupIndex {
             })
             .collect()
     }
+}
+
+/// First and last segment numbers of the WAL from `start` up to (not including) `end`.
+pub fn segment_range(seg: WalSegSize, start: Lsn, end: Lsn) -> (u64, u64) {
+    let first = seg.segno(start).0;
+    let last = if end.0 > start.0 { seg.segno(Lsn(end.0 - 1)).0 } else { first };
+    (first, last.max(first))
 }
 
 /// Whether the WAL a backup needs is in the catalog.
@@ -307,7 +313,11 @@ pub fn wal_presence(wal_dir: &Path, index: &BackupIndex) -> WalPresence {
     }
     let missing: Vec<String> = names
         .iter()
-        .filter(|n| ["", ".zst", ".partial"].iter().all(|ext| !wal_dir.join(format!("{n}{ext}")).exists()))
+        .filter(|n| {
+            ["", ".zst", ".partial"]
+                .iter()
+                .all(|ext| !wal_dir.join(format!("{n}{ext}")).exists())
+        })
         .cloned()
         .collect();
     WalPresence {

@@ -75,16 +75,24 @@ pub struct TablespaceInfo {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum BackupEvent {
-    Start { lsn: Lsn, timeline: TimelineId },
+    Start {
+        lsn: Lsn,
+        timeline: TimelineId,
+    },
     Tablespaces(Vec<TablespaceInfo>),
     /// A new archive begins; `tablespace` indexes the list sent in `Tablespaces`.
-    ArchiveBegin { tablespace: usize },
+    ArchiveBegin {
+        tablespace: usize,
+    },
     ArchiveData(Bytes),
     ArchiveEnd,
     /// Bytes done so far over the whole backup (15+ only).
     Progress(u64),
     ManifestData(Bytes),
-    End { lsn: Lsn, timeline: TimelineId },
+    End {
+        lsn: Lsn,
+        timeline: TimelineId,
+    },
     Warning(ServerMessage),
     /// The final CommandComplete: the backup succeeded on the server.
     Done,
@@ -100,7 +108,10 @@ enum Phase {
     LegacyArchive(usize),
     LegacyManifest,
     /// Inside the 15+ CopyOut; `in_manifest` after an `m` message.
-    Modern { in_archive: bool, in_manifest: bool },
+    Modern {
+        in_archive: bool,
+        in_manifest: bool,
+    },
     EndRow,
     Complete,
     Finished,
@@ -127,7 +138,9 @@ fn position_row(row: &[Option<Bytes>]) -> Result<(Lsn, TimelineId), ProtocolErro
     let lsn_text = row.first().and_then(text).ok_or_else(|| perr("position row without an LSN"))?;
     let lsn: Lsn = lsn_text.parse().map_err(|_| perr(format!("position {lsn_text:?} is not an LSN")))?;
     let tli_text = row.get(1).and_then(text).ok_or_else(|| perr("position row without a timeline"))?;
-    let tli: u32 = tli_text.parse().map_err(|_| perr(format!("timeline {tli_text:?} is not a number")))?;
+    let tli: u32 = tli_text
+        .parse()
+        .map_err(|_| perr(format!("timeline {tli_text:?} is not a number")))?;
     Ok((lsn, TimelineId(tli)))
 }
 
@@ -167,10 +180,15 @@ impl BaseBackupReader {
             (Phase::Tablespaces, M::DataRow(row)) => {
                 let oid = match text(row.first().unwrap_or(&None)) {
                     None => None,
-                    Some(t) => Some(t.parse::<u32>().map_err(|_| perr(format!("tablespace oid {t:?} is not a number")))?),
+                    Some(t) => Some(
+                        t.parse::<u32>()
+                            .map_err(|_| perr(format!("tablespace oid {t:?} is not a number")))?,
+                    ),
                 };
                 let location = text(row.get(1).unwrap_or(&None));
-                let estimated_bytes = text(row.get(2).unwrap_or(&None)).and_then(|t| t.parse::<u64>().ok()).map(|kb| kb * 1024);
+                let estimated_bytes = text(row.get(2).unwrap_or(&None))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .map(|kb| kb * 1024);
                 self.tablespaces.push(TablespaceInfo {
                     oid,
                     location,
@@ -271,7 +289,12 @@ impl BaseBackupReader {
             (Phase::EndRow, M::CommandComplete(_)) if self.end.is_some() => self.phase = Phase::Complete,
             (Phase::Complete, M::CommandComplete(_)) => {
                 if self.next_archive != self.tablespaces.len() {
-                    return Err(perr(format!("{} archives received for {} tablespaces", self.next_archive, self.tablespaces.len())).into());
+                    return Err(perr(format!(
+                        "{} archives received for {} tablespaces",
+                        self.next_archive,
+                        self.tablespaces.len()
+                    ))
+                    .into());
                 }
                 out.push(BackupEvent::Done);
             }
@@ -358,9 +381,16 @@ mod tests {
             max_rate_kb: Some(64),
         };
         let old = r.command(140011);
-        assert!(old.starts_with("BASE_BACKUP LABEL 'it''s' PROGRESS NOWAIT MANIFEST 'yes'") && old.contains(" FAST") && old.contains("MAX_RATE 64"));
+        assert!(
+            old.starts_with("BASE_BACKUP LABEL 'it''s' PROGRESS NOWAIT MANIFEST 'yes'")
+                && old.contains(" FAST")
+                && old.contains("MAX_RATE 64")
+        );
         let new = r.command(170000);
-        assert!(new.starts_with("BASE_BACKUP (LABEL 'it''s', PROGRESS, CHECKPOINT 'fast', WAIT false"), "{new}");
+        assert!(
+            new.starts_with("BASE_BACKUP (LABEL 'it''s', PROGRESS, CHECKPOINT 'fast', WAIT false"),
+            "{new}"
+        );
     }
 
     #[test]
@@ -373,12 +403,21 @@ mod tests {
         let mut modern = head();
         modern.push(M::CopyOutResponse);
         modern.extend([cd(b'n', b"16394.tar\0/ts\0"), cd(b'd', b"ts"), cd(b'p', &7u64.to_be_bytes())]);
-        modern.extend([cd(b'n', b"base.tar\0\0"), cd(b'd', b"base"), cd(b'm', b""), cd(b'd', b"{}"), M::CopyDone]);
+        modern.extend([
+            cd(b'n', b"base.tar\0\0"),
+            cd(b'd', b"base"),
+            cd(b'm', b""),
+            cd(b'd', b"{}"),
+            M::CopyDone,
+        ]);
         modern.extend(tail());
         let mut a = BaseBackupReader::new(140000);
         let ea = summarize(&feed(&mut a, legacy));
         let mut b = BaseBackupReader::new(150000);
-        let eb: Vec<String> = summarize(&feed(&mut b, modern)).into_iter().filter(|s| !s.starts_with("Progress")).collect();
+        let eb: Vec<String> = summarize(&feed(&mut b, modern))
+            .into_iter()
+            .filter(|s| !s.starts_with("Progress"))
+            .collect();
         assert_eq!(ea, eb);
         assert!(a.is_finished() && b.is_finished());
         assert_eq!(ea.last().unwrap(), "Done");

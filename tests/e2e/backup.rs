@@ -32,7 +32,11 @@ impl Catalog {
             ),
         )
         .unwrap();
-        Catalog { _dir: dir, config, catalog }
+        Catalog {
+            _dir: dir,
+            config,
+            catalog,
+        }
     }
 }
 
@@ -155,7 +159,12 @@ fn unpack(catalog: &Path, server: &str, id: &str, dest: &Path) {
     if running_as_root() {
         for p in [dest.to_path_buf(), ts_root] {
             if p.exists() {
-                assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&p).status().unwrap().success());
+                assert!(Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&p)
+                    .status()
+                    .unwrap()
+                    .success());
             }
         }
     }
@@ -188,9 +197,15 @@ fn start_restored(bins: &PgBinaries, tmp: tempfile::TempDir, data: PathBuf, rest
     }
     c.append_conf(&conf).unwrap();
     if running_as_root() {
-        assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(c.base_dir()).status().unwrap().success());
+        assert!(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(c.base_dir())
+            .status()
+            .unwrap()
+            .success());
     }
-    c.start().unwrap_or_else(|e| panic!("restored cluster did not start: {e}\n{}", c.log_tail()));
+    c.start()
+        .unwrap_or_else(|e| panic!("restored cluster did not start: {e}\n{}", c.log_tail()));
     wait_until(Duration::from_secs(120), "the restored cluster to finish recovery", || {
         c.psql("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f")
     });
@@ -238,7 +253,12 @@ fn make_tablespace(c: &Cluster, name: &str) -> PathBuf {
     let dir = c.base_dir().join(format!("ts_{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     if running_as_root() {
-        assert!(Command::new("chown").args(["postgres:postgres"]).arg(&dir).status().unwrap().success());
+        assert!(Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success());
     }
     c.psql(&format!("CREATE TABLESPACE {name} LOCATION '{}'", dir.display())).unwrap();
     dir
@@ -279,20 +299,32 @@ fn backup_under_load_restores_with_tablespace() {
     p.wait_flushed("main", current_flush_lsn(&c));
     c.psql("SELECT pg_switch_wal()").unwrap();
     p.wait_flushed("main", current_flush_lsn(&c));
-    let expect: Vec<String> = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "in_ts"]
-        .iter()
-        .map(|t| table_sum(&c, t))
-        .collect();
+    let expect: Vec<String> = [
+        "pgbench_accounts",
+        "pgbench_branches",
+        "pgbench_tellers",
+        "pgbench_history",
+        "in_ts",
+    ]
+    .iter()
+    .map(|t| table_sum(&c, t))
+    .collect();
 
     let tmp = tempfile::Builder::new().prefix("pgark-restore-").tempdir().unwrap();
     let data = tmp.path().join("data");
     unpack(&p.catalog, "main", &id, &data);
     open_for_postgres(&p.catalog);
     let restored = start_restored(&c.bins, tmp, data, Some(&p.wal_dir("main")));
-    let got: Vec<String> = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "in_ts"]
-        .iter()
-        .map(|t| table_sum(&restored, t))
-        .collect();
+    let got: Vec<String> = [
+        "pgbench_accounts",
+        "pgbench_branches",
+        "pgbench_tellers",
+        "pgbench_history",
+        "in_ts",
+    ]
+    .iter()
+    .map(|t| table_sum(&restored, t))
+    .collect();
     assert_eq!(got, expect, "restored tables differ from the primary");
     let loc = restored
         .psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'")
@@ -308,8 +340,9 @@ fn scheduled_backup_then_dedup_and_delete() {
     let c = Cluster::init(&pg(), &[]).unwrap();
     c.start().unwrap();
     pgbench_init(&c, 10);
-    c.psql("CREATE TABLE rnd AS SELECT g, md5(random()::text) || md5(random()::text) AS t FROM generate_series(1, 200000) g; VACUUM FREEZE; CHECKPOINT")
+    c.psql("CREATE TABLE rnd AS SELECT g, md5(random()::text) || md5(random()::text) AS t FROM generate_series(1, 200000) g")
         .unwrap();
+    c.psql("VACUUM FREEZE").unwrap();
     let p = Pgark::start(&server_yaml(
         "main",
         &c.conninfo("postgres"),
@@ -324,10 +357,16 @@ fn scheduled_backup_then_dedup_and_delete() {
     assert!(first["label"].as_str().unwrap().starts_with("scheduled every 1h"), "{first}");
     let (code, metrics) = p.http_get("/metrics");
     assert_eq!(code, 200);
-    assert!(metrics.contains("pgark_backup_last_success_timestamp_seconds{server=\"main\"}"), "{metrics}");
+    assert!(
+        metrics.contains("pgark_backup_last_success_timestamp_seconds{server=\"main\"}"),
+        "{metrics}"
+    );
 
     let second = backup(&p.config, "main", &[]);
-    let (a, b) = (first["stored_new_bytes"].as_u64().unwrap(), second["stored_new_bytes"].as_u64().unwrap());
+    let (a, b) = (
+        first["stored_new_bytes"].as_u64().unwrap(),
+        second["stored_new_bytes"].as_u64().unwrap(),
+    );
     assert!(b * 20 < a, "second backup stored {b} bytes, not under 5% of the first's {a}");
     assert_matches_manifest(&p.catalog, "main", second["id"].as_str().unwrap());
 
@@ -392,7 +431,8 @@ fn assert_server_not_in_backup(c: &Cluster) {
 fn interrupted_backups_leave_nothing_visible() {
     let c = Cluster::init(&pg(), &[]).unwrap();
     c.start().unwrap();
-    c.psql("CREATE TABLE big AS SELECT g, md5(g::text) || md5((g+1)::text) AS t FROM generate_series(1, 400000) g").unwrap();
+    c.psql("CREATE TABLE big AS SELECT g, md5(g::text) || md5((g+1)::text) AS t FROM generate_series(1, 400000) g")
+        .unwrap();
     let cat = Catalog::new(&server_yaml("main", &c.conninfo("postgres"), ""));
     let spawn_backup = || {
         Command::new(env!("CARGO_BIN_EXE_pgark"))
@@ -413,14 +453,21 @@ fn interrupted_backups_leave_nothing_visible() {
     let _ = child.wait();
     assert_nothing_visible(&cat);
     let running = walk_files(&cat.catalog.join("main/backups"));
-    assert!(running.iter().any(|p| p.to_string_lossy().ends_with(".running")), "intent record expected: {running:?}");
-    assert!(!walk_files(&cat.catalog.join("main/chunks")).is_empty(), "the killed backup should have stored chunks");
+    assert!(
+        running.iter().any(|p| p.to_string_lossy().ends_with(".running")),
+        "intent record expected: {running:?}"
+    );
+    assert!(
+        !walk_files(&cat.catalog.join("main/chunks")).is_empty(),
+        "the killed backup should have stored chunks"
+    );
     assert_server_not_in_backup(&c);
 
     // 2. The connection dropped (the walsender terminated).
     let child = spawn_backup();
     wait_backup_running(&c);
-    c.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'walsender'").unwrap();
+    c.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'walsender'")
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert_nothing_visible(&cat);
@@ -457,7 +504,11 @@ fn full_catalog_disk_ends_the_backup_cleanly() {
     c.start().unwrap();
     c.psql("CREATE TABLE rnd AS SELECT g, md5(random()::text) || md5(random()::text) || md5(random()::text) AS t FROM generate_series(1, 300000) g")
         .unwrap();
-    let cat = Catalog::new(&server_yaml("main", &c.conninfo("postgres"), "backup_min_free: 1MiB\nbackup_compression: none"));
+    let cat = Catalog::new(&server_yaml(
+        "main",
+        &c.conninfo("postgres"),
+        "backup_min_free: 1MiB\nbackup_compression: none",
+    ));
     std::fs::create_dir_all(&cat.catalog).unwrap();
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
@@ -477,7 +528,10 @@ fn full_catalog_disk_ends_the_backup_cleanly() {
     let t = text(&o);
     assert!(t.contains("free") && t.contains("need"), "{t}");
     assert!(list(&cat.config).is_empty());
-    assert!(walk_files(&cat.catalog.join("main/chunks")).is_empty(), "chunks left after a failed backup");
+    assert!(
+        walk_files(&cat.catalog.join("main/chunks")).is_empty(),
+        "chunks left after a failed backup"
+    );
     assert_server_not_in_backup(&c);
 }
 
@@ -490,10 +544,11 @@ fn backup_version_matrix() {
     for bins in versions {
         let major = bins.major;
         let c = Cluster::init(&bins, &[]).unwrap();
-    c.start().unwrap();
+        c.start().unwrap();
         c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 12345) g").unwrap();
         make_tablespace(&c, "tsv");
-        c.psql("CREATE TABLE t2 TABLESPACE tsv AS SELECT g FROM generate_series(1, 777) g").unwrap();
+        c.psql("CREATE TABLE t2 TABLESPACE tsv AS SELECT g FROM generate_series(1, 777) g")
+            .unwrap();
         let cat = Catalog::new(&server_yaml("main", &c.conninfo("postgres"), ""));
         let b = backup(&cat.config, "main", &[]);
         assert_eq!(b["pg_version"].as_u64().unwrap() / 10000, major as u64, "{b}");
@@ -568,6 +623,10 @@ fn backup_commands_reject_bad_input() {
         let _ = Command::new("umount").arg(&cat.catalog).status();
         assert_eq!(o.status.code(), Some(1), "{}", text(&o));
         assert!(text(&o).contains(&cat.catalog.display().to_string()), "{}", text(&o));
-        assert!(text(&o).to_lowercase().contains("read-only") || text(&o).contains("not writable"), "{}", text(&o));
+        assert!(
+            text(&o).to_lowercase().contains("read-only") || text(&o).contains("not writable"),
+            "{}",
+            text(&o)
+        );
     }
 }

@@ -236,7 +236,8 @@ fn sigkill_pgark_under_load_resumes_without_gap() {
     // A slow machine may write less than three segments during the rounds; make sure the
     // comparison below always spans segment boundaries crossed after the restarts.
     for _ in 0..2 {
-        c.psql("CREATE TABLE IF NOT EXISTS switch_marker (i int); INSERT INTO switch_marker VALUES (1); SELECT pg_switch_wal()").unwrap();
+        c.psql("CREATE TABLE IF NOT EXISTS switch_marker (i int); INSERT INTO switch_marker VALUES (1); SELECT pg_switch_wal()")
+            .unwrap();
     }
     let target = current_flush_lsn(&c);
     p.wait_flushed("main", target);
