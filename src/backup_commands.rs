@@ -4,8 +4,7 @@
 use crate::basebackup::{self, progress, BackupError, BackupJob, WalWatch};
 use crate::catalog::backup_store::{self, BackupIndex, WalPresence};
 use crate::catalog::lock::CatalogLock;
-use crate::catalog::store::LocalStore;
-use crate::catalog::Layout;
+use crate::catalog::store::{LocalStore, ObjectStore};
 use crate::cli::exit;
 use crate::config::Config;
 use serde::Serialize;
@@ -49,8 +48,8 @@ fn time_text(unix: u64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-pub fn summarize(layout: &Layout, idx: &BackupIndex) -> BackupSummary {
-    let wal = backup_store::wal_presence(&layout.wal_dir(&idx.server), idx);
+pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex) -> BackupSummary {
+    let wal = backup_store::wal_presence(store, idx);
     BackupSummary {
         server: idx.server.clone(),
         id: idx.id.clone(),
@@ -167,7 +166,7 @@ pub async fn backup(
     term_task.abort();
     match result {
         Ok(idx) => {
-            let s = summarize(&Layout::new(&config.catalog), &idx);
+            let s = summarize(&LocalStore::new(&config.catalog), &idx);
             if json {
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             } else {
@@ -211,11 +210,10 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
         Err(code) => return code,
     };
     let store = LocalStore::new(&config.catalog);
-    let layout = Layout::new(&config.catalog);
     let mut all = Vec::new();
     for s in servers {
         match backup_store::load_all(&store, s) {
-            Ok(list) => all.extend(list.iter().map(|i| summarize(&layout, i))),
+            Ok(list) => all.extend(list.iter().map(|i| summarize(&store, i))),
             Err(e) => {
                 eprintln!("error: {s}: {e}");
                 return exit::FAILURE;
@@ -275,7 +273,7 @@ pub fn show_backup(path: &Path, server: &str, id: &str, json: bool) -> i32 {
         Ok(i) => i,
         Err(code) => return code,
     };
-    let s = summarize(&Layout::new(&config.catalog), &idx);
+    let s = summarize(&LocalStore::new(&config.catalog), &idx);
     if json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return exit::OK;
@@ -337,7 +335,6 @@ pub fn delete_backup(path: &Path, server: &str, id: &str, force: bool) -> i32 {
         Ok(i) => i,
         Err(code) => return code,
     };
-    let layout = Layout::new(&config.catalog);
     let store = LocalStore::new(&config.catalog);
     let _lock = match CatalogLock::acquire_backup(&config.catalog, server) {
         Ok(l) => l,
@@ -347,13 +344,13 @@ pub fn delete_backup(path: &Path, server: &str, id: &str, force: bool) -> i32 {
         }
     };
     let others_usable = match backup_store::load_all(&store, server) {
-        Ok(all) => all.iter().filter(|b| b.id != id).any(|b| summarize(&layout, b).usable),
+        Ok(all) => all.iter().filter(|b| b.id != id).any(|b| summarize(&store, b).usable),
         Err(e) => {
             eprintln!("error: {e}");
             return exit::FAILURE;
         }
     };
-    if summarize(&layout, &idx).usable && !others_usable && !force {
+    if summarize(&store, &idx).usable && !others_usable && !force {
         eprintln!("error: {id} is the only usable backup of {server}; deleting it leaves nothing to restore from. Take a new backup first, or pass --force.");
         return exit::REFUSED;
     }

@@ -46,6 +46,7 @@ async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), St
     std::fs::write(&config_path, &yaml).map_err(|e| e.to_string())?;
     println!("== config {}:\n{yaml}", config_path.display());
     let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+    let server_cfg = config.servers.get("demo").cloned().ok_or("demo server missing from the config")?;
     let d = Daemon::start(config).await.map_err(|e| e.to_string())?;
     println!(
         "== pgark is streaming into {}; metrics: http://{}/metrics, status: http://{}/status",
@@ -75,6 +76,8 @@ async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), St
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
+    let mut backup: Option<tokio::sync::oneshot::Receiver<_>> = None;
+    let mut backup_started = false;
     let mut committed = 0u64;
     let mut last_report = Instant::now();
     loop {
@@ -95,6 +98,42 @@ async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), St
         if committed % 50_000 == 0 {
             let _ = client.execute("SELECT pg_switch_wal()", &[]).await;
         }
+        if !backup_started && started.elapsed() >= Duration::from_secs(5) {
+            backup_started = true;
+            println!(
+                "== taking a base backup while the load goes on (what `pgark backup --config {} demo` does)",
+                config_path.display()
+            );
+            backup = Some(crate::basebackup::spawn_on_own_thread(
+                crate::basebackup::BackupJob {
+                    server: server_cfg.clone(),
+                    catalog: catalog.clone(),
+                    label: Some("demo".into()),
+                    fast_checkpoint: true,
+                    max_rate_kb: None,
+                    wal_watch: crate::basebackup::WalWatch::Board(d.board().clone()),
+                    cancel: stop.child_token(),
+                },
+                Box::new(crate::basebackup::progress::LogLines::default()),
+            ));
+        }
+        if let Some(rx) = backup.as_mut() {
+            if let Ok(result) = rx.try_recv() {
+                backup = None;
+                match result {
+                    Ok(b) => println!(
+                        "== base backup {} done: {} to {}, {} files, {} read, {} stored (zstd, deduplicated); its WAL is durable in the catalog",
+                        b.id,
+                        b.start_lsn,
+                        b.end_lsn,
+                        b.file_count(),
+                        crate::backup_commands::human_bytes(b.original_bytes),
+                        crate::backup_commands::human_bytes(b.stored_new_bytes),
+                    ),
+                    Err(e) => println!("== base backup failed: {e}"),
+                }
+            }
+        }
         if last_report.elapsed() >= Duration::from_secs(2) {
             last_report = Instant::now();
             for s in d.board().snapshot() {
@@ -111,6 +150,9 @@ async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), St
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(rx) = backup.take() {
+        let _ = rx.await;
     }
     println!("\n== stopping: pgark fsyncs and sends a last status update, then the cluster is stopped");
     drop(client);

@@ -231,6 +231,7 @@ impl Receive {
                         mtime: e.mtime,
                         size: e.size,
                         crc32c: None,
+                        stored_bytes: 0,
                         link_target: e.link_target,
                         chunks: vec![],
                     },
@@ -467,7 +468,8 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
             sf.crc32c = Some(pipeline::combine_crc(
                 &chunks.iter().map(|c| (c.crc32c, c.chunk_ref.size)).collect::<Vec<_>>(),
             ));
-            stored_total += chunks.iter().map(|c| c.chunk_ref.stored).sum::<u64>();
+            sf.stored_bytes = chunks.iter().map(|c| c.chunk_ref.stored).sum::<u64>();
+            stored_total += sf.stored_bytes;
             sf.chunks = chunks.into_iter().map(|c| c.chunk_ref).collect();
         }
         files.push(sf);
@@ -500,9 +502,8 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
         wait_for_wal(job, &server, end_lsn, end_tli).await?;
         // The receiver may have started after this backup's start (a new catalog): every
         // segment from the start must be there, not just the end.
-        let wal_dir = layout.wal_dir(&server);
         for name in required_segments(seg, start_lsn, start_tli, end_lsn, end_tli) {
-            if ["", ".zst", ".partial"].iter().all(|ext| !wal_dir.join(format!("{name}{ext}")).exists()) {
+            if !backup_store::wal_segment_stored(store.as_ref(), &server, &name) {
                 return Err(BackupError::WalMissing { server, segment: name });
             }
         }

@@ -250,6 +250,7 @@ fn store_chunk(shared: &Shared, job: Job) -> Result<ChunkDone, PipelineError> {
         Ok(())
     });
     if let Err(e) = put {
+        // Errors carry path context (so no raw errno); the kind survives.
         if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull {
             let written = shared.stored_bytes.load(Ordering::Relaxed);
             let raw = shared.raw_bytes.load(Ordering::Relaxed);

@@ -25,7 +25,6 @@ use crate::protocol::basebackup::TablespaceInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::path::Path;
 
 /// Files are cut into chunks this large: big enough that per-object overhead is small, small
 /// enough that one 1 GiB relation segment spreads over every compression worker and that a
@@ -61,8 +60,12 @@ pub struct StoredFile {
     pub mode: u32,
     pub mtime: i64,
     pub size: u64,
+    /// CRC-32C of the contents (what the backup_manifest check compared).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crc32c: Option<u32>,
+    /// Bytes its chunks take in the catalog (shared chunks counted in full).
+    #[serde(default)]
+    pub stored_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -290,10 +293,18 @@ pub fn reusable_chunks(store: &dyn ObjectStore, server: &str) -> Result<BTreeMap
     Ok(out)
 }
 
+/// Whether the catalog holds WAL segment `name` of `server`: complete (plain or `.zst`) or as the
+/// open `.partial`.
+pub fn wal_segment_stored(store: &dyn ObjectStore, server: &str, name: &str) -> bool {
+    ["", ".zst", ".partial"]
+        .iter()
+        .any(|ext| matches!(store.size(&format!("{}/{name}{ext}", super::Layout::wal_key(server))), Ok(Some(_))))
+}
+
 /// Checks the catalog's WAL directory for the segments a backup needs. Read-only (safe while
 /// `pgark serve` writes): a segment counts if it is complete (plain or `.zst`) or is the open
 /// `.partial` the receiver flushed past the backup's end before the backup was published.
-pub fn wal_presence(wal_dir: &Path, index: &BackupIndex) -> WalPresence {
+pub fn wal_presence(store: &dyn ObjectStore, index: &BackupIndex) -> WalPresence {
     let Ok(seg) = WalSegSize::new(index.wal_segment_size) else {
         return WalPresence {
             first: String::new(),
@@ -313,11 +324,7 @@ pub fn wal_presence(wal_dir: &Path, index: &BackupIndex) -> WalPresence {
     }
     let missing: Vec<String> = names
         .iter()
-        .filter(|n| {
-            ["", ".zst", ".partial"]
-                .iter()
-                .all(|ext| !wal_dir.join(format!("{n}{ext}")).exists())
-        })
+        .filter(|n| !wal_segment_stored(store, &index.server, n))
         .cloned()
         .collect();
     WalPresence {
@@ -363,6 +370,7 @@ mod tests {
                 mtime: 0,
                 size: 10,
                 crc32c: Some(0),
+                stored_bytes: 5,
                 link_target: None,
                 chunks: chunks
                     .iter()
@@ -401,11 +409,12 @@ mod tests {
     #[test]
     fn wal_presence_names_missing_segments() {
         let d = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(d.path());
         let idx = index("A", &[]);
-        let p = wal_presence(d.path(), &idx);
+        let p = wal_presence(&store, &idx);
         assert_eq!(p.missing, vec!["000000010000000000000002", "000000010000000000000003"]);
-        std::fs::write(d.path().join("000000010000000000000002.zst"), b"").unwrap();
-        std::fs::write(d.path().join("000000010000000000000003.partial"), b"").unwrap();
-        assert!(wal_presence(d.path(), &idx).present);
+        store.put("main/wal/000000010000000000000002.zst", b"").unwrap();
+        store.put("main/wal/000000010000000000000003.partial", b"").unwrap();
+        assert!(wal_presence(&store, &idx).present);
     }
 }

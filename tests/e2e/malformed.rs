@@ -54,7 +54,7 @@ fn xlogdata(start: u64, n: usize) -> Vec<u8> {
     p.extend_from_slice(&start.to_be_bytes());
     p.extend_from_slice(&(start + n as u64).to_be_bytes());
     p.extend_from_slice(&0i64.to_be_bytes());
-    p.extend(std::iter::repeat(0u8).take(n));
+    p.extend(std::iter::repeat_n(0u8, n));
     msg(b'd', &p)
 }
 
