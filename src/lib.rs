@@ -19,4 +19,6 @@ pub mod pg;
 pub mod pgcluster;
 pub mod protocol;
 pub mod receiver;
+pub mod restore;
+pub mod restore_commands;
 pub mod status;

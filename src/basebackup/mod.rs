@@ -322,6 +322,7 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
     let intent = serde_json::json!({ "id": id, "pid": std::process::id(), "started": start_time, "label": job.label });
     store.put(&backup_store::running_key(&server, id), intent.to_string().as_bytes())?;
 
+    let names = tablespace_names(cfg).await;
     let streaming = receiver_streams(&job.wal_watch, &server, &job.catalog).await;
     if streaming {
         tracing::info!(server = %server, id, "pgark serve streams this server: the backup will use the catalog's WAL");
@@ -392,6 +393,9 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
                         Arc::clone(store),
                     ));
                     tablespaces = ts;
+                    for t in tablespaces.iter_mut() {
+                        t.name = t.oid.and_then(|o| names.get(&o).cloned());
+                    }
                 }
                 BackupEvent::ArchiveBegin { tablespace } => {
                     rx.prefix = match tablespaces.get(tablespace).and_then(|t| t.oid) {
@@ -613,6 +617,37 @@ fn check_free_space(catalog: &std::path::Path, estimate: u64, previous: Option<&
         });
     }
     Ok(())
+}
+
+/// Tablespace names by oid, read over an ordinary connection (BASE_BACKUP sends only oids), so
+/// that a restore can remap tablespaces by name. Best effort: a role or pg_hba.conf that allows
+/// only replication connections just means names are not recorded.
+async fn tablespace_names(cfg: &ServerConfig) -> std::collections::BTreeMap<u32, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut ci = cfg.conninfo.clone();
+    if ci.dbname.is_none() {
+        ci.dbname = Some("postgres".into());
+    }
+    let attempt = async {
+        let mut c = Connection::connect(&ci, false).await?;
+        let r = c.simple_query("SELECT oid, spcname FROM pg_catalog.pg_tablespace").await;
+        c.terminate().await;
+        r
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(results)) => {
+            for r in results {
+                for i in 0..r.rows.len() {
+                    if let (Some(oid), Some(name)) = (r.text(i, 0).and_then(|o| o.parse().ok()), r.text(i, 1)) {
+                        out.insert(oid, name);
+                    }
+                }
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(server = %cfg.name, error = %e, "tablespace names not recorded"),
+        Err(_) => tracing::debug!(server = %cfg.name, "tablespace names not recorded: timed out"),
+    }
+    out
 }
 
 /// Whether a `pgark serve` on this catalog is streaming `server` right now.

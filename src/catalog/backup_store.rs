@@ -336,7 +336,7 @@ pub fn wal_presence(store: &dyn ObjectStore, index: &BackupIndex) -> WalPresence
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::catalog::store::LocalStore;
 

@@ -71,6 +71,9 @@ pub struct TablespaceInfo {
     pub location: Option<String>,
     /// The server's size estimate in bytes (from kB), if it sent one.
     pub estimated_bytes: Option<u64>,
+    /// The tablespace's name, when pgark could read pg_tablespace (not part of BASE_BACKUP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -193,6 +196,7 @@ impl BaseBackupReader {
                     oid,
                     location,
                     estimated_bytes,
+                    name: None,
                 });
             }
             (Phase::Tablespaces, M::CommandComplete(_)) => {

@@ -1,0 +1,298 @@
+//! `pgark restore`: plan (which backup, where every tablespace goes, which settings), then
+//! extract the files, write the recovery settings, and make the directory startable.
+//!
+//! `plan` is pure over what it reads from the catalog; `--print-only` shows it without writing.
+
+pub mod extract;
+pub mod plan;
+pub mod recovery;
+pub mod target;
+pub mod wal_get;
+
+use crate::basebackup::progress::Progress;
+use crate::catalog::backup_store::{self, BackupIndex};
+use crate::catalog::store::{LocalStore, ObjectStore};
+use crate::catalog::Layout;
+use crate::config::Config;
+use crate::pg::{Lsn, SegNo, TimelineHistory, TimelineId, WalFileName, WalSegSize};
+use extract::{ExtractOptions, ExtractStats};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use target::RecoveryTarget;
+
+pub struct RestoreRequest {
+    pub config: Config,
+    pub server: String,
+    pub backup: Option<String>,
+    pub target_dir: PathBuf,
+    pub target: RecoveryTarget,
+    /// `--tablespace NAME|OID|OLD_PATH=DIR`.
+    pub tablespace_maps: Vec<(String, PathBuf)>,
+    pub delta: bool,
+    pub jobs: usize,
+    pub standby: bool,
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TablespacePlan {
+    pub oid: u32,
+    pub name: Option<String>,
+    pub original: String,
+    pub location: PathBuf,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestorePlan {
+    pub server: String,
+    pub backup_id: String,
+    pub why: String,
+    pub target_dir: PathBuf,
+    pub tablespaces: Vec<TablespacePlan>,
+    pub settings: Vec<(String, String)>,
+    pub signal_file: String,
+    pub delta: bool,
+    #[serde(skip)]
+    pub index: BackupIndex,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// Bad input: options, target directory, tablespace mapping (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Target(#[from] target::TargetError),
+    #[error("{0}")]
+    Plan(#[from] plan::PlanError),
+    #[error("{0}")]
+    Store(#[from] backup_store::BackupStoreError),
+    #[error(transparent)]
+    Extract(#[from] extract::ExtractError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl RestoreError {
+    pub fn exit_code(&self) -> i32 {
+        use crate::cli::exit;
+        match self {
+            RestoreError::Usage(_) | RestoreError::Target(_) => exit::USAGE,
+            RestoreError::Plan(plan::PlanError::UnknownBackup(_)) => exit::NOT_FOUND,
+            RestoreError::Plan(_) => exit::UNREACHABLE,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+/// Upper bound of the WAL in the catalog: the end of the newest timeline's newest segment
+/// (complete or open).
+/// The newest WAL position in the catalog, and the parsed history files.
+type WalFacts = (Option<(TimelineId, Lsn)>, BTreeMap<TimelineId, TimelineHistory>);
+
+fn wal_end(store: &dyn ObjectStore, server: &str, seg: WalSegSize) -> std::io::Result<WalFacts> {
+    let mut newest: Option<WalFileName> = None;
+    let mut histories = BTreeMap::new();
+    for key in store.list(&Layout::wal_key(server))? {
+        let name = key.rsplit('/').next().unwrap_or_default();
+        if let Some(tli) = TimelineId::from_history_file_name(name) {
+            if let Ok(Some(bytes)) = store.get(&key) {
+                if let Ok(h) = TimelineHistory::parse(&bytes) {
+                    histories.insert(tli, h);
+                }
+            }
+            continue;
+        }
+        let base = name.split('.').next().unwrap_or_default();
+        let ext = name.strip_prefix(base).unwrap_or_default();
+        if !matches!(ext, "" | ".zst" | ".partial") {
+            continue;
+        }
+        if let Ok(w) = WalFileName::parse(base, seg) {
+            if newest.is_none_or(|n| (w.tli, w.segno) > (n.tli, n.segno)) {
+                newest = Some(w);
+            }
+        }
+    }
+    Ok((newest.map(|n| (n.tli, seg.segment_start(SegNo(n.segno.0 + 1)))), histories))
+}
+
+fn dir_is_empty(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+fn postmaster_running(data: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Decides everything without writing.
+pub fn plan(req: &RestoreRequest) -> Result<RestorePlan, RestoreError> {
+    let store = LocalStore::new(&req.config.catalog);
+    let all = backup_store::load_all(&store, &req.server)?;
+    let usable: Vec<BackupIndex> = all
+        .iter()
+        .filter(|b| backup_store::wal_presence(&store, b).present)
+        .cloned()
+        .collect();
+    let seg_size = all
+        .first()
+        .and_then(|b| WalSegSize::new(b.wal_segment_size).ok())
+        .unwrap_or_else(|| WalSegSize::new(16 * 1024 * 1024).expect("16 MiB is a valid segment size"));
+    let (wal_end, histories) = wal_end(&store, &req.server, seg_size)?;
+    if let Some(id) = req.backup.as_deref().filter(|i| *i != "latest") {
+        if all.iter().any(|b| b.id == id) && !usable.iter().any(|b| b.id == id) {
+            return Err(plan::PlanError::NotUsable {
+                id: id.to_string(),
+                why: "WAL it needs is missing from the catalog (see pgark show-backup)".into(),
+            }
+            .into());
+        }
+    }
+    let choice = plan::choose(
+        &req.server,
+        &plan::Catalog {
+            backups: &usable,
+            wal_end,
+            histories: &histories,
+        },
+        req.backup.as_deref(),
+        &req.target,
+    )?;
+    let index = usable
+        .iter()
+        .find(|b| b.id == choice.backup_id)
+        .cloned()
+        .ok_or_else(|| plan::PlanError::UnknownBackup(choice.backup_id.clone()))?;
+
+    let target_dir = absolute(&req.target_dir);
+    if let Some(pid) = postmaster_running(&target_dir) {
+        return Err(RestoreError::Usage(format!(
+            "{} belongs to a running PostgreSQL (postmaster pid {pid}); stop it first",
+            target_dir.display()
+        )));
+    }
+    if !req.delta && !dir_is_empty(&target_dir) {
+        return Err(RestoreError::Usage(format!(
+            "target directory {} is not empty; choose an empty directory, or pass --delta to update an older copy of this cluster in place",
+            target_dir.display()
+        )));
+    }
+
+    // Tablespaces: the mapping given, else back where they were (if that place is free).
+    let mut maps: BTreeMap<u32, PathBuf> = BTreeMap::new();
+    for (key, dir) in &req.tablespace_maps {
+        let t = index.tablespaces.iter().filter(|t| t.oid.is_some()).find(|t| {
+            t.oid.map(|o| o.to_string()).as_deref() == Some(key.as_str())
+                || t.name.as_deref() == Some(key.as_str())
+                || t.location.as_deref() == Some(key.as_str())
+        });
+        let Some(t) = t else {
+            let known: Vec<String> = index
+                .tablespaces
+                .iter()
+                .filter_map(|t| {
+                    Some(format!(
+                        "{} (oid {}, {})",
+                        t.name.clone().unwrap_or_else(|| "?".into()),
+                        t.oid?,
+                        t.location.clone().unwrap_or_default()
+                    ))
+                })
+                .collect();
+            return Err(RestoreError::Usage(format!(
+                "--tablespace {key}=...: the backup has no tablespace named {key:?}; it has: {}",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )));
+        };
+        maps.insert(t.oid.unwrap_or_default(), absolute(dir));
+    }
+    let mut tablespaces = Vec::new();
+    for t in &index.tablespaces {
+        let (Some(oid), Some(orig)) = (t.oid, t.location.clone()) else {
+            continue;
+        };
+        let location = maps.get(&oid).cloned().unwrap_or_else(|| PathBuf::from(&orig));
+        if !req.delta && !dir_is_empty(&location) {
+            return Err(RestoreError::Usage(format!(
+                "tablespace {} (oid {oid}) would be restored to {}, which is not empty; map it elsewhere with --tablespace {}=DIR",
+                t.name.clone().unwrap_or_default(),
+                location.display(),
+                t.name.clone().unwrap_or_else(|| oid.to_string())
+            )));
+        }
+        tablespaces.push(TablespacePlan {
+            oid,
+            name: t.name.clone(),
+            original: orig,
+            location,
+        });
+    }
+
+    let pgark =
+        std::env::current_exe().map_err(|e| RestoreError::Io(std::io::Error::new(e.kind(), format!("locating the pgark binary: {e}"))))?;
+    let config_path = std::fs::canonicalize(&req.config.path).unwrap_or_else(|_| absolute(&req.config.path));
+    let cmd = recovery::restore_command(&pgark, &config_path, &req.server);
+    let settings = if req.standby {
+        vec![
+            ("restore_command".to_string(), cmd),
+            ("recovery_target_timeline".to_string(), "latest".to_string()),
+        ]
+    } else {
+        recovery::settings(&cmd, &req.target)
+    };
+    Ok(RestorePlan {
+        server: req.server.clone(),
+        backup_id: choice.backup_id,
+        why: choice.why,
+        target_dir,
+        tablespaces,
+        settings,
+        signal_file: if req.standby { "standby.signal" } else { "recovery.signal" }.into(),
+        delta: req.delta,
+        index,
+    })
+}
+
+/// uid and gid of a user name.
+pub fn lookup_user(name: &str) -> Result<(u32, u32), RestoreError> {
+    let c = std::ffi::CString::new(name).map_err(|_| RestoreError::Usage(format!("--owner {name:?}: not a user name")))?;
+    // SAFETY: getpwnam returns a pointer to static storage or null; we read two integers at once.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(RestoreError::Usage(format!("--owner {name:?}: no such user")));
+    }
+    // SAFETY: pw is non-null and points to a valid passwd record.
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+/// Carries out a plan.
+pub fn execute(req: &RestoreRequest, plan: &RestorePlan, progress: &mut dyn Progress) -> Result<ExtractStats, RestoreError> {
+    let owner = match &req.owner {
+        Some(name) => Some(lookup_user(name)?),
+        None => None,
+    };
+    let opts = ExtractOptions {
+        target_dir: plan.target_dir.clone(),
+        tablespaces: plan.tablespaces.iter().map(|t| (t.oid, t.location.clone())).collect(),
+        delta: plan.delta,
+        jobs: req.jobs.max(1),
+        owner,
+    };
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&req.config.catalog));
+    let stats = extract::extract(store, &plan.index, &opts, progress)?;
+    recovery::write(&plan.target_dir, &plan.settings, req.standby)?;
+    extract::finish(&opts)?;
+    Ok(stats)
+}

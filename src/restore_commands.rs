@@ -1,0 +1,194 @@
+//! The restore commands of the CLI: `restore` and `wal-get` (PostgreSQL's restore_command).
+
+use crate::basebackup::progress;
+use crate::catalog::store::LocalStore;
+use crate::cli::exit;
+use crate::config::Config;
+use crate::restore::target::{RecoveryTarget, TargetOptions};
+use crate::restore::{self, wal_get, RestoreRequest};
+use std::path::{Path, PathBuf};
+
+/// The restore options as given on the command line.
+pub struct RestoreArgs {
+    pub server: String,
+    pub backup: Option<String>,
+    pub target_dir: PathBuf,
+    pub target_time: Option<String>,
+    pub target_lsn: Option<String>,
+    pub target_xid: Option<String>,
+    pub target_name: Option<String>,
+    pub target_immediate: bool,
+    pub target_timeline: Option<String>,
+    pub target_inclusive: Option<String>,
+    pub target_action: Option<String>,
+    pub tablespaces: Vec<String>,
+    pub delta: bool,
+    pub jobs: Option<usize>,
+    pub standby: bool,
+    pub owner: Option<String>,
+    pub print_only: bool,
+    pub json: bool,
+}
+
+fn fail(e: impl std::fmt::Display, code: i32) -> i32 {
+    eprintln!("error: {e}");
+    code
+}
+
+/// `pgark restore`.
+pub fn restore(config_path: &Path, a: RestoreArgs) -> i32 {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => return fail(e, exit::USAGE),
+    };
+    if !config.servers.contains_key(&a.server) {
+        let known: Vec<&str> = config.servers.keys().map(String::as_str).collect();
+        return fail(
+            format!(
+                "{}: no server named {:?}; the config defines: {}",
+                config.path.display(),
+                a.server,
+                known.join(", ")
+            ),
+            exit::USAGE,
+        );
+    }
+    let target = match RecoveryTarget::from_options(TargetOptions {
+        time: a.target_time.as_deref(),
+        lsn: a.target_lsn.as_deref(),
+        xid: a.target_xid.as_deref(),
+        name: a.target_name.as_deref(),
+        immediate: a.target_immediate,
+        timeline: a.target_timeline.as_deref(),
+        inclusive: a.target_inclusive.as_deref(),
+        action: a.target_action.as_deref(),
+    }) {
+        Ok(t) => t,
+        Err(e) => return fail(e, exit::USAGE),
+    };
+    if a.standby && target.kind != restore::target::TargetKind::End {
+        return fail(
+            "--standby builds a replica that follows the WAL; it takes no recovery target",
+            exit::USAGE,
+        );
+    }
+    let mut maps = Vec::new();
+    for m in &a.tablespaces {
+        match m.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !v.is_empty() => maps.push((k.to_string(), PathBuf::from(v))),
+            _ => {
+                return fail(
+                    format!("--tablespace {m:?}: expected NAME=DIR (NAME: tablespace name, oid or original location)"),
+                    exit::USAGE,
+                )
+            }
+        }
+    }
+    if a.owner.is_none() && crate::pgcluster::running_as_root() && !a.print_only {
+        tracing::warn!("running as root without --owner: the restored files belong to root, and PostgreSQL must run as their owner (use --owner postgres)");
+    }
+    let req = RestoreRequest {
+        config,
+        server: a.server.clone(),
+        backup: a.backup.clone(),
+        target_dir: a.target_dir.clone(),
+        target,
+        tablespace_maps: maps,
+        delta: a.delta,
+        jobs: a
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        standby: a.standby,
+        owner: a.owner.clone(),
+    };
+    let plan = match restore::plan(&req) {
+        Ok(p) => p,
+        Err(e) => {
+            let code = e.exit_code();
+            return fail(e, code);
+        }
+    };
+    if !a.json {
+        println!("restoring backup {} of {} ({})", plan.backup_id, plan.server, plan.why);
+        println!("  into {}{}", plan.target_dir.display(), if plan.delta { " (delta)" } else { "" });
+        for t in &plan.tablespaces {
+            println!(
+                "  tablespace {} (oid {}): {} -> {}",
+                t.name.clone().unwrap_or_default(),
+                t.oid,
+                t.original,
+                t.location.display()
+            );
+        }
+        for (k, v) in &plan.settings {
+            println!("  {k} = {}", restore::recovery::quote(v));
+        }
+        println!("  and {}", plan.signal_file);
+    }
+    if a.print_only {
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+        }
+        return exit::OK;
+    }
+    let started = std::time::Instant::now();
+    let mut progress = progress::for_terminal();
+    match restore::execute(&req, &plan, progress.as_mut()) {
+        Ok(stats) => {
+            let secs = started.elapsed().as_secs_f64();
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "stats": stats, "seconds": secs })).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "restored in {secs:.1}s: {} files written ({}), {} unchanged, {} removed. Start PostgreSQL on {} to recover{}.",
+                    stats.files_written,
+                    crate::backup_commands::human_bytes(stats.bytes_written),
+                    stats.files_unchanged,
+                    stats.files_removed,
+                    plan.target_dir.display(),
+                    if a.standby { " and follow as a standby" } else { "" }
+                );
+            }
+            exit::OK
+        }
+        Err(e) => {
+            let code = e.exit_code();
+            eprintln!(
+                "error: restore into {} failed: {e}\nThe directory is incomplete (marker file {}; no global/pg_control), so PostgreSQL will not start on it. Fix the cause and run the restore again (with --delta to reuse what was written).",
+                plan.target_dir.display(),
+                restore::extract::MARKER
+            );
+            code
+        }
+    }
+}
+
+/// `pgark wal-get`: exit 0 served, 1 absent, 126 damaged (PostgreSQL then stops recovery).
+pub fn wal_get(config_path: &Path, server: &str, name: &str, dest: &Path) -> i32 {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => return fail(e, wal_get::DAMAGED),
+    };
+    if !config.servers.contains_key(server) {
+        return fail(format!("{}: no server named {server:?}", config.path.display()), wal_get::DAMAGED);
+    }
+    let store = LocalStore::new(&config.catalog);
+    match wal_get::wal_get(&store, server, name, dest) {
+        Ok(n) => {
+            tracing::debug!(file = name, bytes = n, "served");
+            wal_get::SERVED
+        }
+        Err(e) => {
+            let code = e.exit_code();
+            if code == wal_get::ABSENT {
+                tracing::info!("{e}");
+            } else {
+                tracing::error!("{e}");
+            }
+            code
+        }
+    }
+}
