@@ -150,7 +150,13 @@ pub fn plan(req: &RestoreRequest) -> Result<RestorePlan, RestoreError> {
         .first()
         .and_then(|b| WalSegSize::new(b.wal_segment_size).ok())
         .unwrap_or_else(|| WalSegSize::new(16 * 1024 * 1024).expect("16 MiB is a valid segment size"));
-    let (wal_end, histories) = wal_end(&store, &req.server, seg_size)?;
+    let (mut wal_end, histories) = wal_end(&store, &req.server, seg_size)?;
+    // A backup that carries its own WAL reaches at least its end.
+    for b in usable.iter().filter(|b| b.wal_source == backup_store::WalSource::Backup) {
+        if wal_end.is_none_or(|(t, l)| (b.end_timeline, b.end_lsn) > (t, l)) {
+            wal_end = Some((b.end_timeline, b.end_lsn));
+        }
+    }
     if let Some(id) = req.backup.as_deref().filter(|i| *i != "latest") {
         if all.iter().any(|b| b.id == id) && !usable.iter().any(|b| b.id == id) {
             return Err(plan::PlanError::NotUsable {

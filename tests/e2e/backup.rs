@@ -53,7 +53,7 @@ pub fn pgark(config: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
@@ -66,18 +66,18 @@ pub fn backup(config: &Path, server: &str, extra: &[&str]) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("backup --json output: {e}: {}", text(&o)))
 }
 
-fn list(config: &Path) -> Vec<Value> {
+pub fn list(config: &Path) -> Vec<Value> {
     let o = pgark(config, &["list-backups", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap()
 }
 
-fn index(catalog: &Path, server: &str, id: &str) -> Value {
+pub fn index(catalog: &Path, server: &str, id: &str) -> Value {
     serde_json::from_slice(&std::fs::read(catalog.join(format!("{server}/backups/{id}.json"))).unwrap()).unwrap()
 }
 
 /// The bytes of one stored file, read from its chunks with plain zstd (not pgark's code).
-fn file_bytes(catalog: &Path, server: &str, f: &Value) -> Vec<u8> {
+pub fn file_bytes(catalog: &Path, server: &str, f: &Value) -> Vec<u8> {
     let mut out = Vec::new();
     for c in f["chunks"].as_array().into_iter().flatten() {
         let obj = c["object"].as_str().unwrap();
@@ -93,7 +93,7 @@ fn file_bytes(catalog: &Path, server: &str, f: &Value) -> Vec<u8> {
 
 /// Test 1: every stored file decompresses to bytes whose size and CRC-32C match PostgreSQL's own
 /// backup_manifest (parsed here, independently of pgark's parser).
-fn assert_matches_manifest(catalog: &Path, server: &str, id: &str) -> usize {
+pub fn assert_matches_manifest(catalog: &Path, server: &str, id: &str) -> usize {
     let idx = index(catalog, server, id);
     let manifest: Value = serde_json::from_slice(&std::fs::read(catalog.join(format!("{server}/backups/{id}.manifest"))).unwrap()).unwrap();
     let mut expected: BTreeMap<String, (u64, String)> = BTreeMap::new();
@@ -125,7 +125,7 @@ fn assert_matches_manifest(catalog: &Path, server: &str, id: &str) -> usize {
 
 /// Test 2: unpacks a backup into `dest` with nothing but the index and zstd; tablespaces go to
 /// `<dest>.ts/<oid>` and the pg_tblspc links point there.
-fn unpack(catalog: &Path, server: &str, id: &str, dest: &Path) {
+pub fn unpack(catalog: &Path, server: &str, id: &str, dest: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let idx = index(catalog, server, id);
     let ts_root = PathBuf::from(format!("{}.ts", dest.display()));
@@ -172,7 +172,7 @@ fn unpack(catalog: &Path, server: &str, id: &str, dest: &Path) {
 
 /// Starts a restored data directory as a new cluster (recovering from the catalog's WAL when
 /// `restore_from` is given) and waits until it accepts connections and has left recovery.
-fn start_restored(bins: &PgBinaries, tmp: tempfile::TempDir, data: PathBuf, restore_from: Option<&Path>) -> Cluster {
+pub fn start_restored(bins: &PgBinaries, tmp: tempfile::TempDir, data: PathBuf, restore_from: Option<&Path>) -> Cluster {
     let port = free_port();
     let c = Cluster::from_data_dir(bins, tmp, data.clone(), port).unwrap();
     let mut conf = format!(
@@ -213,7 +213,7 @@ fn start_restored(bins: &PgBinaries, tmp: tempfile::TempDir, data: PathBuf, rest
 }
 
 /// Lets the `postgres` user read the catalog (restore_command runs as that user).
-fn open_for_postgres(path: &Path) {
+pub fn open_for_postgres(path: &Path) {
     if running_as_root() {
         let mut p = path.to_path_buf();
         assert!(Command::new("chmod").args(["-R", "a+rX"]).arg(&p).status().unwrap().success());
@@ -226,11 +226,11 @@ fn open_for_postgres(path: &Path) {
 
 const CHECKSUM_SQL: &str = "SELECT md5(string_agg(md5(t::text), '' ORDER BY t::text)) FROM ";
 
-fn table_sum(c: &Cluster, table: &str) -> String {
+pub fn table_sum(c: &Cluster, table: &str) -> String {
     c.psql(&format!("{CHECKSUM_SQL} {table} t")).unwrap()
 }
 
-fn pgbench(c: &Cluster, args: &[&str]) -> std::process::Child {
+pub fn pgbench(c: &Cluster, args: &[&str]) -> std::process::Child {
     Command::new(c.bins.client("pgbench"))
         .arg("-h")
         .arg(&c.socket_dir)
@@ -243,13 +243,13 @@ fn pgbench(c: &Cluster, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
-fn pgbench_init(c: &Cluster, scale: u32) {
+pub fn pgbench_init(c: &Cluster, scale: u32) {
     let o = pgbench(c, &["-i", "-q", "-s", &scale.to_string()]).wait_with_output().unwrap();
     assert!(o.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// A tablespace directory the server can own.
-fn make_tablespace(c: &Cluster, name: &str) -> PathBuf {
+pub fn make_tablespace(c: &Cluster, name: &str) -> PathBuf {
     let dir = c.base_dir().join(format!("ts_{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     if running_as_root() {
@@ -387,7 +387,7 @@ fn scheduled_backup_then_dedup_and_delete() {
     assert!(chunks.is_empty(), "chunks left after deleting every backup: {chunks:?}");
 }
 
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();

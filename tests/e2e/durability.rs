@@ -13,14 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Concurrent writers recording every id whose COMMIT returned success.
-struct Writers {
+pub struct Writers {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<i64>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Writers {
-    fn start(c: &Cluster, n: usize) -> Writers {
+    pub fn start(c: &Cluster, n: usize) -> Writers {
         c.psql("CREATE TABLE IF NOT EXISTS acked (id bigint PRIMARY KEY, pad text)")
             .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -71,11 +71,11 @@ impl Writers {
         Writers { stop, acked, threads }
     }
 
-    fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.acked.lock().unwrap().len()
     }
 
-    fn finish(self) -> Vec<i64> {
+    pub fn finish(self) -> Vec<i64> {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
@@ -140,7 +140,7 @@ fn recover_from_catalog(bins: &PgBinaries, backup: &Path, wal_dir: &Path, seg: W
 }
 
 /// A primary with pgark as its only synchronous standby (1 MiB segments), pgark streaming.
-fn sync_primary_with_pgark(extra_conf: &[&str]) -> (Cluster, Pgark) {
+pub fn sync_primary_with_pgark(extra_conf: &[&str]) -> (Cluster, Pgark) {
     let mut conf = vec!["synchronous_standby_names = 'pgark'"];
     conf.extend_from_slice(extra_conf);
     let c = Cluster::init_with(&pg(), &conf, &["--wal-segsize=1"]).unwrap();

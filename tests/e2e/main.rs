@@ -6,5 +6,6 @@ mod cli;
 mod common;
 mod durability;
 mod malformed;
+mod restore;
 mod streaming;
 mod timelines;

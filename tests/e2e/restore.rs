@@ -1,0 +1,322 @@
+//! Restore and point-in-time recovery with `pgark restore` and `pgark wal-get` against real
+//! PostgreSQL: targets, RPO=0 end to end, timelines, tablespaces, delta, corruption, bad input.
+
+use crate::backup::{backup, make_tablespace, open_for_postgres, text, walk_files, Catalog};
+use crate::common::*;
+use crate::durability::{sync_primary_with_pgark, Writers};
+use pgark::pgcluster::{free_port, running_as_root, Cluster, PgBinaries};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// A copy of the pgark binary that the `postgres` user can execute (the build directory may sit
+/// under a private temporary directory): restore_command runs as the server's user.
+pub struct Binary {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Binary {
+    pub fn new() -> Binary {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new().prefix("pgark-bin-").tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("pgark");
+        std::fs::copy(env!("CARGO_BIN_EXE_pgark"), &path).unwrap();
+        Binary { _dir: dir, path }
+    }
+
+    pub fn run(&self, config: &Path, args: &[&str]) -> Output {
+        let (cmd, rest) = args.split_first().unwrap();
+        Command::new(&self.path)
+            .arg(cmd)
+            .arg("--config")
+            .arg(config)
+            .args(rest)
+            .env("PGARK_LOG", "info")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+/// Runs `pgark restore ... --json` into a new directory; returns (data dir, its tempdir, output).
+pub fn restore(bin: &Binary, config: &Path, server: &str, extra: &[&str]) -> (PathBuf, tempfile::TempDir, Value) {
+    let tmp = tempfile::Builder::new().prefix("pgark-restore-").tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut args = vec!["restore", server, "--target-dir", data.to_str().unwrap(), "--json"];
+    if running_as_root() {
+        args.extend(["--owner", "postgres"]);
+    }
+    args.extend_from_slice(extra);
+    let o = bin.run(config, &args);
+    assert!(o.status.success(), "pgark restore failed: {}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("restore --json: {e}: {}", text(&o)));
+    (data, tmp, v)
+}
+
+/// Starts a restored data directory on a new port; waits until it has left recovery.
+pub fn start(bins: &PgBinaries, tmp: tempfile::TempDir, data: PathBuf) -> Cluster {
+    let port = free_port();
+    let c = Cluster::from_data_dir(bins, tmp, data, port).unwrap();
+    c.append_conf(&format!(
+        "port = {port}\nunix_socket_directories = '{}'\nsynchronous_standby_names = ''\narchive_mode = off\n",
+        c.socket_dir.display()
+    ))
+    .unwrap();
+    if running_as_root() {
+        assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(c.base_dir()).status().unwrap().success());
+    }
+    c.start().unwrap_or_else(|e| panic!("restored cluster did not start: {e}\n{}", c.log_tail()));
+    wait_until(Duration::from_secs(120), "recovery to end", || c.psql("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f"));
+    c
+}
+
+fn ids(c: &Cluster) -> String {
+    c.psql("SELECT coalesce(min(id), 0) || '-' || coalesce(max(id), 0) || '/' || count(*) FROM t").unwrap()
+}
+
+fn insert(c: &Cluster, from: i32, to: i32) -> String {
+    // Returns the transaction id that inserted the batch.
+    c.psql(&format!("BEGIN; INSERT INTO t SELECT g FROM generate_series({from}, {to}) g; SELECT txid_current(); COMMIT"))
+        .unwrap()
+}
+
+fn flush_all(c: &Cluster, p: &Pgark) {
+    c.psql("SELECT pg_switch_wal()").unwrap();
+    p.wait_flushed("main", current_flush_lsn(c));
+}
+
+/// Test 1: time, LSN, xid (exclusive) and restore point targets recover exactly the rows
+/// committed up to the target.
+#[test]
+fn pitr_to_time_lsn_xid_and_name() {
+    let bin = Binary::new();
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    c.psql("CREATE TABLE t (id int)").unwrap();
+    let p = Pgark::start(&server_yaml("main", &c.conninfo("postgres"), "synchronous: false"));
+    p.wait_streaming("main");
+    backup(&p.config, "main", &[]);
+    insert(&c, 1, 100);
+    std::thread::sleep(Duration::from_millis(1100));
+    let time_a = c.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    insert(&c, 101, 200);
+    let lsn_b = c.psql("SELECT pg_current_wal_insert_lsn()").unwrap();
+    let xid_c = insert(&c, 201, 300);
+    c.psql("SELECT pg_create_restore_point('before_d')").unwrap();
+    insert(&c, 301, 400);
+    flush_all(&c, &p);
+    open_for_postgres(p.dir.path());
+
+    let cases: [(&[&str], &str); 4] = [
+        (&["--target-time", &time_a, "--target-action", "promote"], "1-100/100"),
+        (&["--target-lsn", &lsn_b, "--target-action", "promote"], "1-200/200"),
+        (&["--target-xid", &xid_c, "--target-inclusive", "false", "--target-action", "promote"], "1-200/200"),
+        (&["--target-name", "before_d", "--target-action", "promote"], "1-300/300"),
+    ];
+    for (args, want) in cases {
+        let (data, tmp, out) = restore(&bin, &p.config, "main", args);
+        assert!(out["plan"]["why"].as_str().unwrap().contains("backup"), "{out}");
+        let r = start(&c.bins, tmp, data);
+        assert_eq!(ids(&r), want, "restore with {args:?}");
+    }
+}
+
+/// Test 2: the RPO=0 proof with pgark only: pgark is the synchronous standby, writers record
+/// every acknowledged id, the primary is SIGKILLed; `pgark restore` and a plain start bring back
+/// every acknowledged id (wal-get serves the open partial segment).
+#[test]
+fn rpo_zero_with_pgark_restore_only() {
+    let bin = Binary::new();
+    let (c, p) = sync_primary_with_pgark(&["synchronous_commit = on"]);
+    c.psql("CREATE TABLE acked (id bigint PRIMARY KEY, pad text)").unwrap();
+    backup(&p.config, "main", &[]);
+    let writers = Writers::start(&c, 8);
+    std::thread::sleep(Duration::from_millis(2500));
+    c.kill9().unwrap();
+    let acked = writers.finish();
+    assert!(acked.len() > 100, "only {} commits before the kill", acked.len());
+    open_for_postgres(p.dir.path());
+    let (data, tmp, out) = restore(&bin, &p.config, "main", &[]);
+    assert_eq!(out["stats"]["files_unchanged"], 0);
+    let r = start(&c.bins, tmp, data);
+    let present: HashSet<i64> = r
+        .psql("SELECT id FROM acked")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged commits lost, e.g. {:?}", lost.len(), acked.len(), &lost[..lost.len().min(5)]);
+}
+
+/// Test 3: a backup taken on timeline 1 restored with --target-timeline latest follows the
+/// promotion onto timeline 2 and has the rows written after it.
+#[test]
+fn restore_across_a_timeline_switch() {
+    let bin = Binary::new();
+    let primary = Cluster::init(&pg(), &[]).unwrap();
+    primary.start().unwrap();
+    primary.psql("CREATE TABLE t (id int)").unwrap();
+    insert(&primary, 1, 10);
+    let standby = start_standby(&primary);
+    let p = Pgark::start(&server_yaml("main", &standby.conninfo("postgres"), "synchronous: false"));
+    p.wait_streaming("main");
+    wait_until(Duration::from_secs(30), "the standby to replay", || standby.psql("SELECT count(*) FROM t").ok().as_deref() == Some("10"));
+    backup(&p.config, "main", &[]);
+    insert(&primary, 11, 20);
+    wait_until(Duration::from_secs(30), "the standby to replay", || standby.psql("SELECT count(*) FROM t").ok().as_deref() == Some("20"));
+    primary.stop("fast").unwrap();
+    standby.promote().unwrap();
+    wait_until(Duration::from_secs(30), "promotion", || standby.psql("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f"));
+    insert(&standby, 21, 30);
+    wait_until(Duration::from_secs(60), "pgark on timeline 2", || p.server("main").and_then(|s| s.timeline).map(|t| t.0) == Some(2));
+    standby.psql("SELECT pg_switch_wal()").unwrap();
+    p.wait_flushed("main", current_flush_lsn(&standby));
+    open_for_postgres(p.dir.path());
+    let (data, tmp, _) = restore(&bin, &p.config, "main", &["--target-timeline", "latest"]);
+    let r = start(&standby.bins, tmp, data);
+    assert_eq!(ids(&r), "1-30/30");
+    let wal = r.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").unwrap();
+    assert!(wal.starts_with("00000003"), "the restored cluster should have promoted onto timeline 3, writes {wal}");
+}
+
+/// Test 4 and 5: tablespace remapping, and a delta restore that rewrites only what changed and
+/// ends up identical to a full restore.
+#[test]
+fn tablespace_remap_and_delta_restore() {
+    let bin = Binary::new();
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    make_tablespace(&c, "ts1");
+    c.psql("CREATE TABLE t (id int) TABLESPACE ts1").unwrap();
+    c.psql("CREATE TABLE big AS SELECT g, md5(g::text) AS m FROM generate_series(1, 200000) g").unwrap();
+    insert(&c, 1, 1000);
+    let cat = Catalog::new(&server_yaml("main", &c.conninfo("postgres"), ""));
+    let b1 = backup(&cat.config, "main", &[]);
+    let b1 = b1["id"].as_str().unwrap().to_string();
+    open_for_postgres(&cat.catalog);
+    open_for_postgres(&cat.config);
+
+    // Full restore of backup 1 with the tablespace moved.
+    let tsdir = tempfile::Builder::new().prefix("pgark-ts-").tempdir().unwrap();
+    let newloc = tsdir.path().join("ts1");
+    let map = format!("ts1={}", newloc.display());
+    let (data_a, tmp_a, _) = restore(&bin, &cat.config, "main", &[&b1, "--tablespace", &map]);
+    if running_as_root() {
+        Command::new("chown").args(["-R", "postgres:postgres"]).arg(tsdir.path()).status().unwrap();
+    }
+    let a = start(&c.bins, tmp_a, data_a.clone());
+    assert_eq!(a.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'").unwrap(), newloc.display().to_string());
+    assert_eq!(ids(&a), "1-1000/1000");
+    a.stop("fast").unwrap();
+
+    // A small change, a second backup, and a delta restore onto the stopped copy.
+    c.psql("UPDATE big SET m = 'changed' WHERE g <= 100").unwrap();
+    insert(&c, 1001, 1010);
+    let b2 = backup(&cat.config, "main", &[]);
+    let b2 = b2["id"].as_str().unwrap().to_string();
+    let mut args = vec!["restore", "main", &b2, "--target-dir", data_a.to_str().unwrap(), "--tablespace", &map, "--delta", "--json"];
+    if running_as_root() {
+        args.extend(["--owner", "postgres"]);
+    }
+    let o = bin.run(&cat.config, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let delta: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let st = &delta["stats"];
+    let (written, unchanged) = (st["files_written"].as_u64().unwrap(), st["files_unchanged"].as_u64().unwrap());
+    assert!(unchanged > 500 && written * 5 < unchanged, "delta rewrote {written} files, kept {unchanged}: {st}");
+
+    let (data_b, _tmp_b, _) = restore(&bin, &cat.config, "main", &[&b2, "--tablespace", &format!("ts1={}", tsdir.path().join("ts1b").display())]);
+    let tree = |root: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = walk_files(root)
+            .into_iter()
+            .filter(|p| !p.starts_with(root.join("pg_tblspc")))
+            .map(|p| (p.strip_prefix(root).unwrap().display().to_string(), std::fs::read(&p).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let (ta, tb) = (tree(&data_a), tree(&data_b));
+    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&ta), names(&tb), "delta and full restore hold different files");
+    for ((n, x), (_, y)) in ta.iter().zip(tb.iter()) {
+        if n != "postgresql.auto.conf" {
+            assert!(x == y, "{n} differs between the delta and the full restore");
+        }
+    }
+    assert_eq!(tree(&newloc), tree(&tsdir.path().join("ts1b")), "tablespace contents differ");
+}
+
+/// Test 6 and 7: a damaged chunk stops the restore naming the file; wal-get of a missing segment
+/// writes nothing; unknown backup, unreachable target, malformed input, non-empty target.
+#[test]
+fn restore_refuses_damage_and_bad_input() {
+    let bin = Binary::new();
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    c.psql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 50000) g").unwrap();
+    let cat = Catalog::new(&server_yaml("main", &c.conninfo("postgres"), ""));
+    let b = backup(&cat.config, "main", &[]);
+    let id = b["id"].as_str().unwrap().to_string();
+    let dir = tempfile::Builder::new().prefix("pgark-bad-").tempdir().unwrap();
+    let target = dir.path().join("data");
+    let t = target.to_str().unwrap();
+    let code = |args: &[&str]| {
+        let o = bin.run(&cat.config, args);
+        (o.status.code(), text(&o))
+    };
+
+    let (c5, m) = code(&["restore", "main", "20990101T000000Z", "--target-dir", t]);
+    assert_eq!(c5, Some(5), "{m}");
+    let (c7, m) = code(&["restore", "main", "--target-dir", t, "--target-time", "2001-01-01 00:00:00+00"]);
+    assert_eq!(c7, Some(7), "{m}");
+    assert!(m.contains("Reachable"), "{m}");
+    let (c7, m) = code(&["restore", "main", "--target-dir", t, "--target-lsn", "FF/0"]);
+    assert_eq!(c7, Some(7), "{m}");
+    let (c2, m) = code(&["restore", "main", "--target-dir", t, "--target-time", "next tuesday"]);
+    assert_eq!(c2, Some(2), "{m}");
+    assert!(m.contains("--target-time"), "{m}");
+    let (c2, m) = code(&["restore", "main", "--target-dir", t, "--target-lsn", "0/XYZ"]);
+    assert_eq!(c2, Some(2), "{m}");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("something"), b"x").unwrap();
+    let (c2, m) = code(&["restore", "main", "--target-dir", t]);
+    assert_eq!(c2, Some(2), "{m}");
+    assert!(m.contains("not empty") && m.contains("--delta"), "{m}");
+    std::fs::remove_file(target.join("something")).unwrap();
+
+    // wal-get: absent -> 1 and nothing written.
+    let dest = dir.path().join("seg");
+    let (c1, m) = code(&["wal-get", "main", "0000000100000000000000FF", dest.to_str().unwrap()]);
+    assert_eq!(c1, Some(1), "{m}");
+    assert!(!dest.exists());
+
+    // Damage the largest chunk of the relation: the restore stops and names the file.
+    let idx: Value = serde_json::from_slice(&std::fs::read(cat.catalog.join(format!("main/backups/{id}.json"))).unwrap()).unwrap();
+    let rel = idx["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "file")
+        .max_by_key(|f| f["size"].as_u64().unwrap())
+        .unwrap();
+    let victim = rel["path"].as_str().unwrap().to_string();
+    let obj = rel["chunks"][0]["object"].as_str().unwrap();
+    let chunk = cat.catalog.join(format!("main/chunks/{obj}"));
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x55;
+    std::fs::write(&chunk, &bytes).unwrap();
+    let (c1, m) = code(&["restore", "main", "--target-dir", t]);
+    assert_eq!(c1, Some(1), "{m}");
+    assert!(m.contains(&victim), "the message should name {victim}: {m}");
+    assert!(target.join("pgark_restore_incomplete").exists(), "marker expected");
+    assert!(!target.join("global/pg_control").exists(), "pg_control must not be there after a failed restore");
+    let listed = walk_files(&target);
+    assert!(!listed.is_empty());
+}
