@@ -1,6 +1,8 @@
 //! `pgark wal-get`: PostgreSQL's restore_command. Serves one WAL segment or history file from the
 //! catalog into the path recovery asks for: decompressed and verified, written under a temporary
-//! name, fsynced and renamed, so recovery never reads a half-written file.
+//! name and renamed, so recovery never reads a half-written file. No fsync: the file is a
+//! working copy that recovery reads at once and deletes (it fetches it again after a crash), as
+//! with PostgreSQL's own `cp` examples.
 //!
 //! The open `.partial` segment is served under its full name when recovery asks for it: it is
 //! full-size (preallocated, zeros after the last flushed byte), so recovery replays up to the last
@@ -81,10 +83,10 @@ pub fn fetch(store: &dyn ObjectStore, server: &str, name: &str) -> Result<Vec<u8
     })
 }
 
-/// Serves `name` into `dest` (temp name, fsync, rename). Nothing is written when it is absent.
+/// Serves `name` into `dest` (temp name, rename). Nothing is written when it is absent.
 pub fn wal_get(store: &dyn ObjectStore, server: &str, name: &str, dest: &Path) -> Result<u64, WalGetError> {
     let data = fetch(store, server, name)?;
-    fsutil::write_atomic(dest, &data)?;
+    fsutil::write_renamed_unsynced(dest, |f| std::io::Write::write_all(f, &data))?;
     Ok(data.len() as u64)
 }
 
