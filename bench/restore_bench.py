@@ -3,11 +3,12 @@
 
 1. Restore the same 1.5 GB database (pgbench -i -s 100) with `pgark restore`, `pgbackrest restore`
    (process-max=2) and by extracting a `pg_basebackup -Ft -z` archive with tar. Rounds interleaved.
-2. WAL: about 1 GB of WAL written after the backups (md5 text rows, ~2x compressible) is fetched
-   segment by segment through each tool's restore_command (`pgark wal-get`, `pgbackrest
+2. Delta: after changing about 1% of the database (a contiguous 1% of pgbench_accounts) and taking
+   new backups, `pgark restore --delta` onto the earlier (never started) pgark restore, against a
+   full `pgark restore` of the new backup into an empty directory.
+3. WAL: about 1 GB of WAL written after the new backups (md5 text rows, ~2x compressible) is
+   fetched segment by segment through each tool's restore_command (`pgark wal-get`, `pgbackrest
    archive-get`), and replayed end to end by PostgreSQL started on each tool's restore.
-3. Delta: after changing about 1% of the database and taking new backups, `pgark restore --delta`
-   onto the stopped earlier restore against a full `pgark restore` into an empty directory.
 
 Usage: python3 bench/restore_bench.py [--quick] [--scale 100] [--rounds 2]
 Needs: PostgreSQL 15, pgbackrest, cargo build --release. Results go into BENCHMARKS.md between the
@@ -142,10 +143,6 @@ def run(base, args):
         fresh_dir(tgz)
         wb.run([f"{wb.BIN}/pg_basebackup", "-h", c.sock, "-p", str(c.port), "-U", c.user, "-D", tgz, "-Ft", "-z", "-X", "fetch", "-c", "fast"])
         print("backups taken", flush=True)
-        wal_start, wal_end = make_wal(c, args.wal_gb)
-        wait_pgark_flushed(metrics, wal_end)
-        wait_archived(c)
-        print(f"WAL written: {(wal_end - wal_start) / 1e9:.2f} GB", flush=True)
 
         # 1. Restores, interleaved.
         for r in range(args.rounds):
@@ -161,9 +158,29 @@ def run(base, args):
                 results[tool].append({"seconds": secs, "mb_s": size / 1e6 / secs, "rss": rss, "cpu": cpu})
                 print(f"restore round {r + 1} {tool:>10}: {secs:6.1f}s {size / 1e6 / secs:6.0f} MB/s rss {rss / 1e6:6.1f} MB cpu {cpu:5.1f}s", flush=True)
 
-        # 2a. Fetch every WAL segment through each restore_command.
-        names = sorted(n for n in os.listdir(os.path.join(d, "catalog", "bench", "wal")) if len(n.split(".")[0]) == 24 and not n.endswith(".partial"))
-        names = sorted({n.split(".")[0] for n in names})
+        # 2. Delta after ~1% change: the pgark restore of the first backup (never started) updated
+        # in place to a new backup, against a full restore of that backup.
+        c.psql(f"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {args.scale * 1000}")
+        c.psql("CHECKPOINT")
+        wb.run(pgark_cmd(conf, "backup", "bench", "--checkpoint", "fast"))
+        wb.run(rest.cmd("--type=full", "backup"))
+        target = os.path.join(base, "restore_pgark")
+        secs_delta, _, _, out = bb.timed(pgark_cmd(conf, "restore", "bench", "--target-dir", target, "--delta", "--jobs", "2", "--json", *owner_args()))
+        stats = json.loads(out)["stats"]
+        full = os.path.join(base, "restore_full")
+        fresh_dir(full)
+        secs_full, _, _, _ = bb.timed(pgark_cmd(conf, "restore", "bench", "--target-dir", full, "--jobs", "2", *owner_args()))
+        print(f"delta {secs_delta:.1f}s ({stats}) vs full {secs_full:.1f}s", flush=True)
+        replay_rest = os.path.join(base, "restore_pgbackrest_b")
+        fresh_dir(replay_rest)
+        wb.run(rest.cmd(f"--pg1-path={replay_rest}", "--process-max=2", "restore"))
+
+        # 3. WAL after the second backups, fetched and replayed through each restore_command.
+        wal_start, wal_end = make_wal(c, args.wal_gb)
+        wait_pgark_flushed(metrics, wal_end)
+        wait_archived(c)
+        print(f"WAL written: {(wal_end - wal_start) / 1e9:.2f} GB", flush=True)
+        names = sorted({n.split(".")[0] for n in os.listdir(os.path.join(d, "catalog", "bench", "wal")) if len(n.split(".")[0]) == 24 and not n.endswith(".partial")})
         first = "%08X%08X%08X" % (1, wal_start >> 32, (wal_start & 0xFFFFFFFF) >> 24)
         names = [n for n in names if n[8:] >= first[8:]]
         spool = os.path.join(base, "fetch")
@@ -181,31 +198,14 @@ def run(base, args):
                 os.remove(dest)
             fetch[tool] = time.monotonic() - t0
             print(f"fetch {len(names)} segments via {tool}: {fetch[tool]:.1f}s", flush=True)
-
-        # 2b. Replay end to end on each tool's last restore.
         if wb.IS_ROOT:
             wb.run(["chmod", "-R", "a+rX", d])
         replay = {}
-        started = {}
-        for tool in ("pgark", "pgbackrest"):
-            secs, cl = start_and_recover(base, f"pg_{tool}", os.path.join(base, f"restore_{tool}"))
+        for tool, data in (("pgark", full), ("pgbackrest", replay_rest)):
+            secs, cl = start_and_recover(base, f"pg_{tool}", data)
             replay[tool] = secs
-            started[tool] = cl
-            print(f"replay via {tool}: {secs:.1f}s", flush=True)
-        for cl in started.values():
             cl.stop()
-
-        # 3. Delta after ~1% change: pgark's restored (and recovered, stopped) copy updated in place.
-        c.psql(f"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {args.scale * 1000}")
-        c.psql("CHECKPOINT")
-        wb.run(pgark_cmd(conf, "backup", "bench", "--checkpoint", "fast"))
-        target = os.path.join(base, "restore_pgark")
-        secs_delta, _, _, out = bb.timed(pgark_cmd(conf, "restore", "bench", "--target-dir", target, "--delta", "--jobs", "2", "--json", *owner_args()))
-        stats = json.loads(out)["stats"]
-        full = os.path.join(base, "restore_full")
-        fresh_dir(full)
-        secs_full, _, _, _ = bb.timed(pgark_cmd(conf, "restore", "bench", "--target-dir", full, "--jobs", "2", *owner_args()))
-        print(f"delta {secs_delta:.1f}s ({stats}) vs full {secs_full:.1f}s", flush=True)
+            print(f"replay via {tool}: {secs:.1f}s", flush=True)
     finally:
         serve.terminate()
         serve.wait(timeout=60)

@@ -124,10 +124,15 @@ pub fn read_header(stored: &[u8]) -> Result<SegmentChecksum, SegmentFileError> {
 /// Decompresses a stored segment and verifies it against its header.
 pub fn decompress(stored: &[u8]) -> Result<Vec<u8>, SegmentFileError> {
     let expected = read_header(stored)?;
-    let mut out = Vec::with_capacity(expected.size.min(1 << 30) as usize);
-    zstd::stream::Decoder::new(&stored[8 + HEADER_PAYLOAD..])
-        .and_then(|mut d| d.read_to_end(&mut out))
-        .map_err(SegmentFileError::Decompress)?;
+    // One-shot decompression into a buffer of the recorded size: no intermediate copies. A
+    // header claiming more than 1 GiB is refused rather than allocated.
+    if expected.size > 1 << 30 {
+        return Err(SegmentFileError::Decompress(io::Error::other(format!(
+            "header claims {} bytes, more than any segment or chunk",
+            expected.size
+        ))));
+    }
+    let out = zstd::bulk::decompress(&stored[8 + HEADER_PAYLOAD..], expected.size as usize).map_err(SegmentFileError::Decompress)?;
     verify(&out, expected)?;
     Ok(out)
 }

@@ -9,11 +9,12 @@
 
 use crate::basebackup::progress::Progress;
 use crate::basebackup::tar::EntryKind;
-use crate::catalog::backup_store::{self, BackupIndex, StoredFile};
+use crate::catalog::backup_store::{self, BackupIndex, ChunkRef, StoredFile};
 use crate::catalog::store::ObjectStore;
 use crate::catalog::{fsutil, segment_file};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -95,94 +96,111 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads a stored file's bytes chunk by chunk, verifying each compressed chunk's own checksum.
-fn read_chunks(
-    store: &dyn ObjectStore,
-    server: &str,
-    f: &StoredFile,
-    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
-) -> Result<(), ExtractError> {
-    for c in &f.chunks {
-        let key = backup_store::chunk_key(server, &c.object);
-        let stored = store
-            .get(&key)
-            .map_err(|e| ExtractError::Io {
-                path: PathBuf::from(&key),
-                source: e,
-            })?
-            .ok_or_else(|| ExtractError::Corrupt {
-                file: f.path.clone(),
-                reason: format!("chunk {key} is missing from the catalog"),
-            })?;
-        let data = if c.object.ends_with(".zst") {
-            segment_file::decompress(&stored).map_err(|e| ExtractError::Corrupt {
-                file: f.path.clone(),
-                reason: format!("chunk {key}: {e}"),
-            })?
-        } else {
-            stored
-        };
-        if data.len() as u64 != c.size {
-            return Err(ExtractError::Corrupt {
-                file: f.path.clone(),
-                reason: format!("chunk {key} holds {} bytes, {} expected", data.len(), c.size),
-            });
-        }
-        sink(&data).map_err(|e| ExtractError::Io {
-            path: PathBuf::from(&f.path),
+/// Reads one stored chunk, decompressed and checked against its recorded size (a compressed
+/// chunk also carries its own size and CRC-32C, which decompression verifies).
+fn load_chunk(store: &dyn ObjectStore, server: &str, file: &str, c: &ChunkRef) -> Result<Vec<u8>, ExtractError> {
+    let key = backup_store::chunk_key(server, &c.object);
+    let stored = store
+        .get(&key)
+        .map_err(|e| ExtractError::Io {
+            path: PathBuf::from(&key),
             source: e,
+        })?
+        .ok_or_else(|| ExtractError::Corrupt {
+            file: file.to_string(),
+            reason: format!("chunk {key} is missing from the catalog"),
         })?;
-    }
-    Ok(())
-}
-
-/// CRC-32C and size of an existing file (for `--delta`).
-fn file_crc(path: &Path) -> io::Result<(u32, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut crc, mut n) = (0u32, 0u64);
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            return Ok((crc, n));
-        }
-        crc = crc32c::crc32c_append(crc, &buf[..k]);
-        n += k as u64;
-    }
-}
-
-fn write_file(store: &dyn ObjectStore, server: &str, f: &StoredFile, dest: &Path) -> Result<u64, ExtractError> {
-    let _ = std::fs::remove_file(dest); // replaces a file or a stale symlink, never writes through it
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dest)
-        .map_err(io_err(dest))?;
-    let mut w = io::BufWriter::with_capacity(1 << 20, file);
-    let mut crc = 0u32;
-    let mut n = 0u64;
-    read_chunks(store, server, f, |d| {
-        crc = crc32c::crc32c_append(crc, d);
-        n += d.len() as u64;
-        w.write_all(d)
-    })?;
-    let file = w.into_inner().map_err(|e| ExtractError::Io {
-        path: dest.to_path_buf(),
-        source: e.into_error(),
-    })?;
-    if n != f.size || f.crc32c.is_some_and(|c| c != crc) {
+    let data = if c.object.ends_with(".zst") {
+        segment_file::decompress(&stored).map_err(|e| ExtractError::Corrupt {
+            file: file.to_string(),
+            reason: format!("chunk {key}: {e}"),
+        })?
+    } else {
+        stored
+    };
+    if data.len() as u64 != c.size {
         return Err(ExtractError::Corrupt {
-            file: f.path.clone(),
-            reason: format!(
-                "{n} bytes with CRC-32C {crc:08x}, the backup recorded {} bytes with {:08x}",
-                f.size,
-                f.crc32c.unwrap_or(0)
-            ),
+            file: file.to_string(),
+            reason: format!("chunk {key} holds {} bytes, {} expected", data.len(), c.size),
         });
     }
+    Ok(data)
+}
+
+/// The SHA-256 a chunk is named by (`ab/<hex>.zst`).
+fn chunk_hash(c: &ChunkRef) -> Option<&str> {
+    c.object.rsplit('/').next()?.split('.').next()
+}
+
+/// One unit of parallel work: a chunk of a file, at its offset.
+struct Task {
+    file: usize,
+    chunk: usize,
+    offset: u64,
+}
+
+/// Per-file state shared by the tasks of that file.
+struct FileState<'a> {
+    f: &'a StoredFile,
+    dest: PathBuf,
+    /// The file existed before (delta); unchanged chunks are verified, not rewritten.
+    existed: bool,
+    crcs: Mutex<Vec<Option<u32>>>,
+    wrote: AtomicBool,
+}
+
+/// Restores (or, with delta, checks and patches) one chunk.
+fn restore_chunk(store: &dyn ObjectStore, server: &str, st: &FileState<'_>, t: &Task, delta: bool) -> Result<u64, ExtractError> {
+    use std::os::unix::fs::FileExt;
+    let c = &st.f.chunks[t.chunk];
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&st.dest)
+        .map_err(io_err(&st.dest))?;
+    if delta && st.existed {
+        let mut have = vec![0u8; c.size as usize];
+        if file.read_exact_at(&mut have, t.offset).is_ok() {
+            let hash = crate::basebackup::manifest::hex_string(&Sha256::digest(&have));
+            if Some(hash.as_str()) == chunk_hash(c) {
+                record(st, t.chunk, crc32c::crc32c(&have));
+                return Ok(0);
+            }
+        }
+    }
+    let data = load_chunk(store, server, &st.f.path, c)?;
+    file.write_all_at(&data, t.offset).map_err(io_err(&st.dest))?;
+    record(st, t.chunk, crc32c::crc32c(&data));
+    st.wrote.store(true, Ordering::Relaxed);
+    Ok(data.len() as u64)
+}
+
+fn record(st: &FileState<'_>, chunk: usize, crc: u32) {
+    if let Ok(mut v) = st.crcs.lock() {
+        v[chunk] = Some(crc);
+    }
+}
+
+/// Creates (or, with delta, resizes) every file before the parallel work, so that tasks only
+/// write at offsets: a 1 GiB relation segment spreads over every job.
+fn prepare_file(f: &StoredFile, dest: &Path, delta: bool) -> Result<bool, ExtractError> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let existed = delta && std::fs::symlink_metadata(dest).map(|m| m.is_file()).unwrap_or(false);
+    if !existed {
+        let _ = std::fs::remove_file(dest); // a stale symlink or special file: never write through it
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(!existed)
+        .open(dest)
+        .map_err(io_err(dest))?;
+    file.set_len(f.size).map_err(io_err(dest))?;
     file.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o7777))
         .map_err(io_err(dest))?;
-    Ok(n)
+    Ok(existed)
 }
 
 /// Restores the files. The caller then writes the recovery settings and calls `finish`.
@@ -242,63 +260,77 @@ pub fn extract(
         }
     }
 
-    // Files, on `jobs` threads.
-    let files: Vec<&StoredFile> = idx.files.iter().filter(|f| f.kind == EntryKind::File).collect();
+    // Files: created (or resized) here, then their chunks restored on `jobs` threads, biggest
+    // files first.
+    let mut states: Vec<FileState<'_>> = Vec::new();
+    for f in idx.files.iter().filter(|f| f.kind == EntryKind::File) {
+        let dest = if f.path == PG_CONTROL {
+            target.join(PG_CONTROL_TMP)
+        } else {
+            destination(opts, &f.path)?
+        };
+        let existed = prepare_file(f, &dest, opts.delta)?;
+        states.push(FileState {
+            f,
+            dest,
+            existed,
+            crcs: Mutex::new(vec![None; f.chunks.len()]),
+            wrote: AtomicBool::new(!existed),
+        });
+    }
+    let mut order: Vec<usize> = (0..states.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(states[i].f.size));
+    let mut tasks = Vec::new();
+    for i in order {
+        let mut offset = 0u64;
+        for (j, c) in states[i].f.chunks.iter().enumerate() {
+            tasks.push(Task { file: i, chunk: j, offset });
+            offset += c.size;
+        }
+    }
     let next = Mutex::new(0usize);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<ExtractError>> = Mutex::new(None);
-    let written = AtomicU64::new(0);
-    let unchanged = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let done_bytes = AtomicU64::new(0);
+    let finished = AtomicU64::new(0);
+    let jobs = opts.jobs.max(1);
     progress.begin(Some(idx.original_bytes));
     std::thread::scope(|scope| {
-        for _ in 0..opts.jobs.max(1) {
-            scope.spawn(|| loop {
-                if failed.load(Ordering::Relaxed) {
-                    return;
-                }
-                let i = {
-                    let Ok(mut n) = next.lock() else { return };
-                    let i = *n;
-                    *n += 1;
-                    i
-                };
-                let Some(f) = files.get(i) else { return };
-                let result = (|| -> Result<(), ExtractError> {
-                    let mut dest = destination(opts, &f.path)?;
-                    if f.path == PG_CONTROL {
-                        dest = target.join(PG_CONTROL_TMP);
-                    } else if opts.delta && f.crc32c.is_some() {
-                        if let Ok((crc, size)) = file_crc(&dest) {
-                            if size == f.size && Some(crc) == f.crc32c {
-                                let mode = f.mode & 0o7777;
-                                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode)).map_err(io_err(&dest))?;
-                                unchanged.fetch_add(1, Ordering::Relaxed);
-                                return Ok(());
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    if failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let i = match next.lock() {
+                        Ok(mut n) => {
+                            *n += 1;
+                            *n - 1
+                        }
+                        Err(_) => break,
+                    };
+                    let Some(t) = tasks.get(i) else { break };
+                    let st = &states[t.file];
+                    match restore_chunk(store.as_ref(), &idx.server, st, t, opts.delta) {
+                        Ok(n) => {
+                            bytes.fetch_add(n, Ordering::Relaxed);
+                            done_bytes.fetch_add(st.f.chunks[t.chunk].size, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            if let Ok(mut slot) = first_error.lock() {
+                                slot.get_or_insert(e);
                             }
+                            break;
                         }
                     }
-                    if let Some(parent) = dest.parent() {
-                        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-                    }
-                    let n = write_file(store.as_ref(), &idx.server, f, &dest)?;
-                    written.fetch_add(1, Ordering::Relaxed);
-                    bytes.fetch_add(n, Ordering::Relaxed);
-                    Ok(())
-                })();
-                done_bytes.fetch_add(f.size, Ordering::Relaxed);
-                if let Err(e) = result {
-                    failed.store(true, Ordering::Relaxed);
-                    if let Ok(mut slot) = first_error.lock() {
-                        slot.get_or_insert(e);
-                    }
-                    return;
                 }
+                finished.fetch_add(1, Ordering::Relaxed);
             });
         }
         // This thread reports progress while the workers run.
-        while !failed.load(Ordering::Relaxed) && next.lock().map(|n| *n < files.len() + opts.jobs.max(1)).unwrap_or(false) {
+        while finished.load(Ordering::Relaxed) < jobs as u64 {
             progress.update(done_bytes.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -307,6 +339,29 @@ pub fn extract(
         return Err(e);
     }
     progress.update(idx.original_bytes, bytes.load(Ordering::Relaxed));
+
+    // Every file against the CRC-32C recorded at backup time.
+    let (mut written, mut unchanged) = (0u64, 0u64);
+    for st in &states {
+        let crcs = st.crcs.lock().map(|v| v.clone()).unwrap_or_default();
+        let parts: Option<Vec<(u32, u64)>> = crcs.iter().zip(&st.f.chunks).map(|(c, ch)| c.map(|c| (c, ch.size))).collect();
+        let crc = parts.map(|p| crate::basebackup::pipeline::combine_crc(&p));
+        if st.f.crc32c.is_some() && crc != st.f.crc32c {
+            return Err(ExtractError::Corrupt {
+                file: st.f.path.clone(),
+                reason: format!(
+                    "its contents have CRC-32C {}, the backup recorded {:08x}",
+                    crc.map(|c| format!("{c:08x}")).unwrap_or_else(|| "(incomplete)".into()),
+                    st.f.crc32c.unwrap_or(0)
+                ),
+            });
+        }
+        if st.wrote.load(Ordering::Relaxed) {
+            written += 1;
+        } else {
+            unchanged += 1;
+        }
+    }
 
     // Delta: remove what the backup does not have.
     let mut removed = 0u64;
@@ -326,8 +381,8 @@ pub fn extract(
     }
     progress.end();
     Ok(ExtractStats {
-        files_written: written.into_inner(),
-        files_unchanged: unchanged.into_inner(),
+        files_written: written,
+        files_unchanged: unchanged,
         files_removed: removed,
         bytes_written: bytes.into_inner(),
     })

@@ -57,7 +57,11 @@ pub fn parse_time(text: &str) -> Result<i64, TargetError> {
         return Ok(dt.timestamp_micros());
     }
     // ISO 8601's `T` between date and time (only there: `UTC` has one too).
-    let norm = if t.len() > 10 && t.as_bytes()[10] == b'T' { format!("{} {}", &t[..10], &t[11..]) } else { t.to_string() };
+    let norm = if t.len() > 10 && t.as_bytes()[10] == b'T' {
+        format!("{} {}", &t[..10], &t[11..])
+    } else {
+        t.to_string()
+    };
     // Offsets as PostgreSQL prints them: +01, +0100, +01:00, or Z / UTC.
     let (body, zone) = split_zone(&norm);
     let naive = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]

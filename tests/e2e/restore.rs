@@ -67,21 +67,32 @@ pub fn start(bins: &PgBinaries, tmp: tempfile::TempDir, data: PathBuf) -> Cluste
     ))
     .unwrap();
     if running_as_root() {
-        assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(c.base_dir()).status().unwrap().success());
+        assert!(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(c.base_dir())
+            .status()
+            .unwrap()
+            .success());
     }
-    c.start().unwrap_or_else(|e| panic!("restored cluster did not start: {e}\n{}", c.log_tail()));
-    wait_until(Duration::from_secs(120), "recovery to end", || c.psql("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f"));
+    c.start()
+        .unwrap_or_else(|e| panic!("restored cluster did not start: {e}\n{}", c.log_tail()));
+    wait_until(Duration::from_secs(120), "recovery to end", || {
+        c.psql("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f")
+    });
     c
 }
 
 fn ids(c: &Cluster) -> String {
-    c.psql("SELECT coalesce(min(id), 0) || '-' || coalesce(max(id), 0) || '/' || count(*) FROM t").unwrap()
+    c.psql("SELECT coalesce(min(id), 0) || '-' || coalesce(max(id), 0) || '/' || count(*) FROM t")
+        .unwrap()
 }
 
 fn insert(c: &Cluster, from: i32, to: i32) -> String {
     // Returns the transaction id that inserted the batch.
-    c.psql(&format!("BEGIN; INSERT INTO t SELECT g FROM generate_series({from}, {to}) g; SELECT txid_current(); COMMIT"))
-        .unwrap()
+    c.psql(&format!(
+        "BEGIN; INSERT INTO t SELECT g FROM generate_series({from}, {to}) g; SELECT txid_current(); COMMIT"
+    ))
+    .unwrap()
 }
 
 fn flush_all(c: &Cluster, p: &Pgark) {
@@ -102,7 +113,9 @@ fn pitr_to_time_lsn_xid_and_name() {
     backup(&p.config, "main", &[]);
     insert(&c, 1, 100);
     std::thread::sleep(Duration::from_millis(1100));
-    let time_a = c.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'").unwrap();
+    let time_a = c
+        .psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1100));
     insert(&c, 101, 200);
     let lsn_b = c.psql("SELECT pg_current_wal_insert_lsn()").unwrap();
@@ -115,7 +128,10 @@ fn pitr_to_time_lsn_xid_and_name() {
     let cases: [(&[&str], &str); 4] = [
         (&["--target-time", &time_a, "--target-action", "promote"], "1-100/100"),
         (&["--target-lsn", &lsn_b, "--target-action", "promote"], "1-200/200"),
-        (&["--target-xid", &xid_c, "--target-inclusive", "false", "--target-action", "promote"], "1-200/200"),
+        (
+            &["--target-xid", &xid_c, "--target-inclusive", "false", "--target-action", "promote"],
+            "1-200/200",
+        ),
         (&["--target-name", "before_d", "--target-action", "promote"], "1-300/300"),
     ];
     for (args, want) in cases {
@@ -151,7 +167,13 @@ fn rpo_zero_with_pgark_restore_only() {
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged commits lost, e.g. {:?}", lost.len(), acked.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged commits lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
 }
 
 /// Test 3: a backup taken on timeline 1 restored with --target-timeline latest follows the
@@ -166,15 +188,23 @@ fn restore_across_a_timeline_switch() {
     let standby = start_standby(&primary);
     let p = Pgark::start(&server_yaml("main", &standby.conninfo("postgres"), "synchronous: false"));
     p.wait_streaming("main");
-    wait_until(Duration::from_secs(30), "the standby to replay", || standby.psql("SELECT count(*) FROM t").ok().as_deref() == Some("10"));
+    wait_until(Duration::from_secs(30), "the standby to replay", || {
+        standby.psql("SELECT count(*) FROM t").ok().as_deref() == Some("10")
+    });
     backup(&p.config, "main", &[]);
     insert(&primary, 11, 20);
-    wait_until(Duration::from_secs(30), "the standby to replay", || standby.psql("SELECT count(*) FROM t").ok().as_deref() == Some("20"));
+    wait_until(Duration::from_secs(30), "the standby to replay", || {
+        standby.psql("SELECT count(*) FROM t").ok().as_deref() == Some("20")
+    });
     primary.stop("fast").unwrap();
     standby.promote().unwrap();
-    wait_until(Duration::from_secs(30), "promotion", || standby.psql("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f"));
+    wait_until(Duration::from_secs(30), "promotion", || {
+        standby.psql("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f")
+    });
     insert(&standby, 21, 30);
-    wait_until(Duration::from_secs(60), "pgark on timeline 2", || p.server("main").and_then(|s| s.timeline).map(|t| t.0) == Some(2));
+    wait_until(Duration::from_secs(60), "pgark on timeline 2", || {
+        p.server("main").and_then(|s| s.timeline).map(|t| t.0) == Some(2)
+    });
     standby.psql("SELECT pg_switch_wal()").unwrap();
     p.wait_flushed("main", current_flush_lsn(&standby));
     open_for_postgres(p.dir.path());
@@ -182,7 +212,10 @@ fn restore_across_a_timeline_switch() {
     let r = start(&standby.bins, tmp, data);
     assert_eq!(ids(&r), "1-30/30");
     let wal = r.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").unwrap();
-    assert!(wal.starts_with("00000003"), "the restored cluster should have promoted onto timeline 3, writes {wal}");
+    assert!(
+        wal.starts_with("00000003"),
+        "the restored cluster should have promoted onto timeline 3, writes {wal}"
+    );
 }
 
 /// Test 4 and 5: tablespace remapping, and a delta restore that rewrites only what changed and
@@ -194,7 +227,8 @@ fn tablespace_remap_and_delta_restore() {
     c.start().unwrap();
     make_tablespace(&c, "ts1");
     c.psql("CREATE TABLE t (id int) TABLESPACE ts1").unwrap();
-    c.psql("CREATE TABLE big AS SELECT g, md5(g::text) AS m FROM generate_series(1, 200000) g").unwrap();
+    c.psql("CREATE TABLE big AS SELECT g, md5(g::text) AS m FROM generate_series(1, 200000) g")
+        .unwrap();
     insert(&c, 1, 1000);
     let cat = Catalog::new(&server_yaml("main", &c.conninfo("postgres"), ""));
     let b1 = backup(&cat.config, "main", &[]);
@@ -208,10 +242,18 @@ fn tablespace_remap_and_delta_restore() {
     let map = format!("ts1={}", newloc.display());
     let (data_a, tmp_a, _) = restore(&bin, &cat.config, "main", &[&b1, "--tablespace", &map]);
     if running_as_root() {
-        Command::new("chown").args(["-R", "postgres:postgres"]).arg(tsdir.path()).status().unwrap();
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(tsdir.path())
+            .status()
+            .unwrap();
     }
     let a = start(&c.bins, tmp_a, data_a.clone());
-    assert_eq!(a.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'").unwrap(), newloc.display().to_string());
+    assert_eq!(
+        a.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'")
+            .unwrap(),
+        newloc.display().to_string()
+    );
     assert_eq!(ids(&a), "1-1000/1000");
     a.stop("fast").unwrap();
 
@@ -220,7 +262,17 @@ fn tablespace_remap_and_delta_restore() {
     insert(&c, 1001, 1010);
     let b2 = backup(&cat.config, "main", &[]);
     let b2 = b2["id"].as_str().unwrap().to_string();
-    let mut args = vec!["restore", "main", &b2, "--target-dir", data_a.to_str().unwrap(), "--tablespace", &map, "--delta", "--json"];
+    let mut args = vec![
+        "restore",
+        "main",
+        &b2,
+        "--target-dir",
+        data_a.to_str().unwrap(),
+        "--tablespace",
+        &map,
+        "--delta",
+        "--json",
+    ];
     if running_as_root() {
         args.extend(["--owner", "postgres"]);
     }
@@ -229,9 +281,17 @@ fn tablespace_remap_and_delta_restore() {
     let delta: Value = serde_json::from_slice(&o.stdout).unwrap();
     let st = &delta["stats"];
     let (written, unchanged) = (st["files_written"].as_u64().unwrap(), st["files_unchanged"].as_u64().unwrap());
-    assert!(unchanged > 500 && written * 5 < unchanged, "delta rewrote {written} files, kept {unchanged}: {st}");
+    assert!(
+        unchanged > 500 && written * 5 < unchanged,
+        "delta rewrote {written} files, kept {unchanged}: {st}"
+    );
 
-    let (data_b, _tmp_b, _) = restore(&bin, &cat.config, "main", &[&b2, "--tablespace", &format!("ts1={}", tsdir.path().join("ts1b").display())]);
+    let (data_b, _tmp_b, _) = restore(
+        &bin,
+        &cat.config,
+        "main",
+        &[&b2, "--tablespace", &format!("ts1={}", tsdir.path().join("ts1b").display())],
+    );
     let tree = |root: &Path| -> Vec<(String, Vec<u8>)> {
         let mut v: Vec<(String, Vec<u8>)> = walk_files(root)
             .into_iter()
@@ -316,7 +376,10 @@ fn restore_refuses_damage_and_bad_input() {
     assert_eq!(c1, Some(1), "{m}");
     assert!(m.contains(&victim), "the message should name {victim}: {m}");
     assert!(target.join("pgark_restore_incomplete").exists(), "marker expected");
-    assert!(!target.join("global/pg_control").exists(), "pg_control must not be there after a failed restore");
+    assert!(
+        !target.join("global/pg_control").exists(),
+        "pg_control must not be there after a failed restore"
+    );
     let listed = walk_files(&target);
     assert!(!listed.is_empty());
 }
