@@ -199,6 +199,16 @@ pub enum Cmd {
         /// Where to put it (%p).
         dest: PathBuf,
     },
+    /// Internal: started by wal-get to decompress the next segments ahead of recovery.
+    #[command(hide = true)]
+    WalPrefetch {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        server: String,
+        after: String,
+        spool: PathBuf,
+        segment_size: u64,
+    },
     /// Start a throwaway PostgreSQL with pgark as its synchronous standby, write data, show what happens.
     #[command(
         after_help = "Ctrl-C stops everything and removes the temporary files.\n\nExamples:\n  pgark demo\n  pgark demo --duration 30"

@@ -102,6 +102,13 @@ fn main() {
                 walfile,
                 dest,
             } => pgark::restore_commands::wal_get(&config, &server, &walfile, &dest),
+            Cmd::WalPrefetch {
+                config,
+                server,
+                after,
+                spool,
+                segment_size,
+            } => pgark::restore_commands::wal_prefetch(&config, &server, &after, &spool, segment_size),
             Cmd::Demo { duration, metrics_listen } => pgark::demo::run(duration, &metrics_listen).await,
         }
     });

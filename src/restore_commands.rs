@@ -176,7 +176,32 @@ pub fn wal_get(config_path: &Path, server: &str, name: &str, dest: &Path) -> i32
         return fail(format!("{}: no server named {server:?}", config.path.display()), wal_get::DAMAGED);
     }
     let store = LocalStore::new(&config.catalog);
-    match wal_get::wal_get(&store, server, name, dest) {
+    let seg_size = crate::catalog::state::load(&store, server)
+        .ok()
+        .flatten()
+        .map(|s| s.wal_segment_size);
+    let config_path = config.path.clone();
+    let spawn = |spool: &Path, after: &str| {
+        let Some(seg) = seg_size else { return };
+        let Ok(exe) = std::env::current_exe() else { return };
+        use std::os::unix::process::CommandExt;
+        let spawned = std::process::Command::new(exe)
+            .arg("wal-prefetch")
+            .arg("--config")
+            .arg(&config_path)
+            .args([server, after])
+            .arg(spool)
+            .arg(seg.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn();
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "prefetch not started");
+        }
+    };
+    match wal_get::serve(&store, server, name, dest, &spawn) {
         Ok(n) => {
             tracing::debug!(file = name, bytes = n, "served");
             wal_get::SERVED
@@ -190,5 +215,17 @@ pub fn wal_get(config_path: &Path, server: &str, name: &str, dest: &Path) -> i32
             }
             code
         }
+    }
+}
+
+/// `pgark wal-prefetch` (internal, started by wal-get): fills the prefetch spool.
+pub fn wal_prefetch(config_path: &Path, server: &str, after: &str, spool: &Path, seg_size: u64) -> i32 {
+    let Ok(config) = Config::load(config_path) else {
+        return exit::USAGE;
+    };
+    let store = LocalStore::new(&config.catalog);
+    match wal_get::prefetch(&store, server, after, spool, seg_size) {
+        Ok(_) => exit::OK,
+        Err(_) => exit::FAILURE,
     }
 }

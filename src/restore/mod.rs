@@ -299,6 +299,6 @@ pub fn execute(req: &RestoreRequest, plan: &RestorePlan, progress: &mut dyn Prog
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&req.config.catalog));
     let stats = extract::extract(store, &plan.index, &opts, progress)?;
     recovery::write(&plan.target_dir, &plan.settings, req.standby)?;
-    extract::finish(&opts)?;
+    extract::finish(&opts, &stats, &[])?;
     Ok(stats)
 }

@@ -8,6 +8,13 @@
 //! full-size (preallocated, zeros after the last flushed byte), so recovery replays up to the last
 //! acknowledged commit and then finds the end of WAL, exactly as with a standby's own pg_wal.
 //!
+//! Prefetch: after serving segment N, a detached `pgark wal-prefetch` process decompresses the next
+//! `PREFETCH_AHEAD` complete segments into `pg_wal/pgark_prefetch/` (beside the path recovery asks
+//! for, so handing one over is a rename), while PostgreSQL replays N. WAL fetch is where restores
+//! are usually slow; this keeps it off the replay's critical path. Only complete, immutable
+//! segments are prefetched (never the open `.partial`); the spool is emptied when recovery asks
+//! for a segment the catalog does not have (the end of the archive).
+//!
 //! Exit status follows PostgreSQL's rules: 0 served; 1 not in the catalog (recovery treats that
 //! as "end of archive" and moves on); 126 when the file exists but is damaged or cannot be read,
 //! which PostgreSQL treats like a failed command and stops recovery, rather than ending it early
@@ -90,6 +97,115 @@ pub fn wal_get(store: &dyn ObjectStore, server: &str, name: &str, dest: &Path) -
     Ok(data.len() as u64)
 }
 
+/// Segments decompressed ahead of recovery.
+pub const PREFETCH_AHEAD: u64 = 8;
+/// Spool directory, inside the directory recovery restores into (pg_wal).
+pub const PREFETCH_DIR: &str = "pgark_prefetch";
+
+fn is_segment(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The segment after `name` on the same timeline (24 hex digits: timeline, log, seg; the
+/// segment-number split depends on the segment size, so the caller passes it).
+pub fn next_segment(name: &str, seg_size: u64) -> Option<String> {
+    if !is_segment(name) || seg_size == 0 {
+        return None;
+    }
+    let per_log = 0x1_0000_0000u64 / seg_size;
+    let tli = &name[..8];
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    let n = log * per_log + seg + 1;
+    Some(format!("{tli}{:08X}{:08X}", n / per_log, n % per_log))
+}
+
+/// Serves `name` as restore_command, using and refilling the prefetch spool beside `dest`.
+/// `spawn_prefetch` starts the background filler (a detached process in production).
+pub fn serve(
+    store: &dyn ObjectStore,
+    server: &str,
+    name: &str,
+    dest: &Path,
+    spawn_prefetch: &dyn Fn(&Path, &str),
+) -> Result<u64, WalGetError> {
+    let spool = dest.parent().map(|p| p.join(PREFETCH_DIR));
+    if let (Some(spool), true) = (&spool, is_segment(name)) {
+        let ready = spool.join(name);
+        if let Ok(meta) = std::fs::metadata(&ready) {
+            if std::fs::rename(&ready, dest).is_ok() {
+                trim_spool(spool, name);
+                spawn_prefetch(spool, name);
+                return Ok(meta.len());
+            }
+        }
+    }
+    match wal_get(store, server, name, dest) {
+        Ok(n) => {
+            if let (Some(spool), true) = (&spool, is_segment(name)) {
+                trim_spool(spool, name);
+                spawn_prefetch(spool, name);
+            }
+            Ok(n)
+        }
+        Err(e) => {
+            if let (Some(spool), WalGetError::Absent { .. }, true) = (&spool, &e, is_segment(name)) {
+                // The end of the archive: nothing more to prefetch.
+                let _ = std::fs::remove_dir_all(spool);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Removes spooled segments recovery has passed.
+fn trim_spool(spool: &Path, current: &str) {
+    if let Ok(entries) = std::fs::read_dir(spool) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if is_segment(&n) && n.as_str() < current {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The prefetcher: fills `spool` with the complete segments after `after`, up to
+/// `PREFETCH_AHEAD`, one process at a time (flock on the spool), each file under a temporary
+/// name and renamed. Stops at the first segment the catalog does not hold complete.
+pub fn prefetch(store: &dyn ObjectStore, server: &str, after: &str, spool: &Path, seg_size: u64) -> Result<usize, WalGetError> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(spool)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(spool.join(".lock"))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(0); // another prefetcher is at work
+    }
+    let dir = Layout::wal_key(server);
+    let mut name = after.to_string();
+    let mut fetched = 0;
+    for _ in 0..PREFETCH_AHEAD {
+        let Some(next) = next_segment(&name, seg_size) else { break };
+        name = next;
+        let out = spool.join(&name);
+        if out.exists() {
+            continue;
+        }
+        let complete = store.size(&format!("{dir}/{name}.zst"))?.is_some() || store.size(&format!("{dir}/{name}"))?.is_some();
+        if !complete {
+            break;
+        }
+        let data = fetch(store, server, &name)?;
+        fsutil::write_renamed_unsynced(&out, |f| std::io::Write::write_all(f, &data))?;
+        fetched += 1;
+    }
+    Ok(fetched)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +242,47 @@ mod tests {
         let e = fetch(&store, "main", "000000010000000000000002").unwrap_err();
         assert_eq!(e.exit_code(), DAMAGED, "{e}");
         assert_eq!(fetch(&store, "main", "../../etc/passwd").unwrap_err().exit_code(), ABSENT);
+    }
+
+    #[test]
+    fn next_segment_names() {
+        let s16 = 16 * 1024 * 1024;
+        assert_eq!(next_segment("000000010000000000000002", s16).unwrap(), "000000010000000000000003");
+        assert_eq!(next_segment("0000000100000000000000FF", s16).unwrap(), "000000010000000100000000");
+        assert_eq!(
+            next_segment("000000020000000A0000003F", 64 * 1024 * 1024).unwrap(),
+            "000000020000000B00000000"
+        );
+        assert!(next_segment("00000002.history", s16).is_none());
+    }
+
+    #[test]
+    fn prefetch_fills_the_spool_and_serve_uses_it() {
+        let d = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(d.path().join("cat"));
+        let s16 = 16 * 1024 * 1024;
+        for n in 2..6u8 {
+            let mut z = Vec::new();
+            segment_file::compress_into(&[n; 1000], 1, &mut z).unwrap();
+            store.put(&format!("main/wal/0000000100000000000000{n:02X}.zst"), &z).unwrap();
+        }
+        store.put("main/wal/000000010000000000000006.partial", b"open").unwrap();
+        let pg_wal = d.path().join("pg_wal");
+        std::fs::create_dir_all(&pg_wal).unwrap();
+        let spool = pg_wal.join(PREFETCH_DIR);
+        assert_eq!(
+            prefetch(&store, "main", "000000010000000000000002", &spool, s16).unwrap(),
+            3,
+            "3, 4, 5; never the partial"
+        );
+        let dest = pg_wal.join("RECOVERYXLOG");
+        let spawned = std::cell::Cell::new(0);
+        let spawn = |_: &Path, _: &str| spawned.set(spawned.get() + 1);
+        serve(&store, "main", "000000010000000000000003", &dest, &spawn).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), vec![3u8; 1000]);
+        assert!(!spool.join("000000010000000000000003").exists(), "handed over by rename");
+        assert_eq!(spawned.get(), 1);
+        assert!(serve(&store, "main", "000000010000000000000009", &dest, &spawn).is_err());
+        assert!(!spool.exists(), "the spool goes at the end of the archive");
     }
 }
