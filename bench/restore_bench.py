@@ -149,6 +149,7 @@ def run(base, args):
             for tool in results:
                 target = os.path.join(base, f"restore_{tool}")
                 fresh_dir(target)
+                subprocess.run(["sync"])  # start each tool with no one else's dirty data to flush
                 if tool == "pgark":
                     secs, rss, cpu, _ = bb.timed(pgark_cmd(conf, "restore", "bench", "--target-dir", target, "--jobs", "2", *owner_args()))
                 elif tool == "pgbackrest":

@@ -213,9 +213,12 @@ fn store_chunk(shared: &Shared, job: Job) -> Result<ChunkDone, PipelineError> {
     shared.raw_bytes.fetch_add(job.data.len() as u64, Ordering::Relaxed);
     let compressed = matches!(shared.cfg.compression, Compression::Zstd(_));
     let object = backup_store::chunk_object(&hash, compressed);
+    let blake = blake3::hash(&job.data).to_hex().to_string();
     let reuse = |c: &ChunkRef| c.object == object && c.size == job.data.len() as u64;
     if let Some(c) = shared.cfg.reusable.get(&hash).filter(|c| reuse(c)) {
-        return Ok(done(&job, crc, c.clone(), false));
+        let mut c = c.clone();
+        c.blake3 = Some(blake);
+        return Ok(done(&job, crc, c, false));
     }
     if let Some(c) = shared.stored_now.lock().ok().and_then(|m| m.get(&hash).cloned()) {
         return Ok(done(&job, crc, c, false));
@@ -269,6 +272,7 @@ fn store_chunk(shared: &Shared, job: Job) -> Result<ChunkDone, PipelineError> {
         object,
         size: job.data.len() as u64,
         stored,
+        blake3: Some(blake),
     };
     if let Ok(mut m) = shared.stored_now.lock() {
         m.insert(hash, c.clone());

@@ -137,6 +137,18 @@ fn chunk_hash(c: &ChunkRef) -> Option<&str> {
     c.object.rsplit('/').next()?.split('.').next()
 }
 
+/// Whether `have` holds exactly the chunk's bytes: BLAKE3 when the backup recorded it, else the
+/// SHA-256 the chunk is named by. Both are 256-bit: a stale copy is never taken for current.
+fn same_content(c: &ChunkRef, have: &[u8]) -> bool {
+    if have.len() as u64 != c.size {
+        return false;
+    }
+    match &c.blake3 {
+        Some(b) => blake3::hash(have).to_hex().as_str() == b.as_str(),
+        None => Some(crate::basebackup::manifest::hex_string(&Sha256::digest(have)).as_str()) == chunk_hash(c),
+    }
+}
+
 /// One unit of parallel work: a chunk of a file, at its offset.
 struct Task {
     file: usize,
@@ -171,8 +183,7 @@ fn restore_chunk(store: &dyn ObjectStore, server: &str, st: &FileState<'_>, t: &
     if delta && st.existed {
         let mut have = vec![0u8; c.size as usize];
         if file.read_exact_at(&mut have, t.offset).is_ok() {
-            let hash = crate::basebackup::manifest::hex_string(&Sha256::digest(&have));
-            if Some(hash.as_str()) == chunk_hash(c) {
+            if same_content(c, &have) {
                 record(st, t.chunk, crc32c::crc32c(&have));
                 return Ok(0);
             }
@@ -220,7 +231,7 @@ fn restore_whole(store: &dyn ObjectStore, server: &str, st: &FileState<'_>, delt
     if delta {
         let mut have = Vec::with_capacity(c.size as usize + 1);
         (&mut file).take(c.size + 1).read_to_end(&mut have).map_err(io_err(&st.dest))?;
-        if have.len() as u64 == c.size && Some(crate::basebackup::manifest::hex_string(&Sha256::digest(&have)).as_str()) == chunk_hash(c) {
+        if same_content(c, &have) {
             file.set_permissions(std::fs::Permissions::from_mode(st.f.mode & 0o7777))
                 .map_err(io_err(&st.dest))?;
             record(st, 0, crc32c::crc32c(&have));
