@@ -182,11 +182,9 @@ fn restore_chunk(store: &dyn ObjectStore, server: &str, st: &FileState<'_>, t: &
         .map_err(io_err(&st.dest))?;
     if delta && st.existed {
         let mut have = vec![0u8; c.size as usize];
-        if file.read_exact_at(&mut have, t.offset).is_ok() {
-            if same_content(c, &have) {
-                record(st, t.chunk, crc32c::crc32c(&have));
-                return Ok(0);
-            }
+        if file.read_exact_at(&mut have, t.offset).is_ok() && same_content(c, &have) {
+            record(st, t.chunk, crc32c::crc32c(&have));
+            return Ok(0);
         }
     }
     let data = load_chunk(store, server, &st.f.path, c)?;
