@@ -85,6 +85,7 @@ struct RawServer {
     backup_checkpoint: Option<String>,
     backup_min_free: Option<serde_yaml::Value>,
     backup_wal_timeout: Option<String>,
+    monitor_interval: Option<String>,
 }
 
 /// How base backups of one server are taken.
@@ -126,6 +127,8 @@ pub struct ServerConfig {
     pub receiver_timeout: Duration,
     pub compression: Compression,
     pub backup: BackupSettings,
+    /// How often server-side facts are read over an ordinary connection.
+    pub monitor_interval: Duration,
 }
 
 impl PartialEq for ServerConfig {
@@ -139,6 +142,7 @@ impl PartialEq for ServerConfig {
             && self.receiver_timeout == o.receiver_timeout
             && self.compression == o.compression
             && self.backup == o.backup
+            && self.monitor_interval == o.monitor_interval
     }
 }
 
@@ -234,6 +238,11 @@ impl Config {
             if let Some(v) = &s.backup_min_free {
                 backup.min_free = parse_size(v).map_err(|m| err(format!("{}: {m}", key("backup_min_free"))))?;
             }
+            let monitor_interval = parse_duration(s.monitor_interval.as_deref(), crate::monitor::DEFAULT_MONITOR_INTERVAL)
+                .map_err(|m| err(format!("{}: {m}", key("monitor_interval"))))?;
+            if monitor_interval < Duration::from_secs(1) {
+                return Err(err(format!("{}: must be at least 1s", key("monitor_interval"))));
+            }
             backup.wal_timeout = parse_duration(s.backup_wal_timeout.as_deref(), DEFAULT_BACKUP_WAL_TIMEOUT)
                 .map_err(|m| err(format!("{}: {m}", key("backup_wal_timeout"))))?;
             servers.insert(
@@ -249,6 +258,7 @@ impl Config {
                     receiver_timeout,
                     compression,
                     backup,
+                    monitor_interval,
                 },
             );
         }

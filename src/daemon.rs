@@ -104,6 +104,7 @@ impl Daemon {
         if let Err(e) = crate::basebackup::clean_interrupted(self.layout.root(), &cfg.name) {
             tracing::warn!(server = %cfg.name, error = %e, "could not clean up after interrupted backups");
         }
+        tokio::spawn(crate::monitor::run(cfg.clone(), self.board.clone(), cancel.clone()));
         let backups = tokio::spawn(crate::basebackup::scheduler::run(
             cfg.clone(),
             self.layout.root().to_path_buf(),

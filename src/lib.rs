@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 pub mod http;
 pub mod metrics;
+pub mod monitor;
 pub mod pg;
 pub mod pgcluster;
 pub mod protocol;

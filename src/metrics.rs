@@ -103,3 +103,39 @@ pub fn backups_in_catalog(server: &str, count: usize, stored_bytes: u64) {
     gauge!("pgark_backups", "server" => server.to_string()).set(count as f64);
     gauge!("pgark_backup_catalog_stored_bytes", "server" => server.to_string()).set(stored_bytes as f64);
 }
+
+/// The server-side facts of one monitoring round (see `monitor`). `flushed` is pgark's own flush
+/// position, for the replication lag.
+pub fn server_facts(server: &str, f: &crate::monitor::ServerFacts, flushed: Option<crate::pg::Lsn>) {
+    let s = || server.to_string();
+    if let Some(c) = f.current_lsn {
+        gauge!("pgark_server_current_lsn_bytes", "server" => s()).set(c.0 as f64);
+        if let Some(fl) = flushed {
+            gauge!("pgark_replication_lag_bytes", "server" => s()).set(c.saturating_sub(fl) as f64);
+        }
+    }
+    if let Some(r) = f.slot_retained_bytes {
+        gauge!("pgark_slot_retained_bytes", "server" => s()).set(r as f64);
+    }
+    if let Some(v) = f.slot_safe_wal_size_bytes {
+        gauge!("pgark_slot_safe_wal_size_bytes", "server" => s()).set(v as f64);
+    }
+    gauge!("pgark_slot_exists", "server" => s()).set(if f.slot_exists { 1.0 } else { 0.0 });
+    gauge!("pgark_slot_active", "server" => s()).set(if f.slot_active == Some(true) { 1.0 } else { 0.0 });
+    for state in ["reserved", "extended", "unreserved", "lost"] {
+        let on = f.slot_wal_status.as_deref() == Some(state);
+        gauge!("pgark_slot_wal_status", "server" => s(), "state" => state).set(if on { 1.0 } else { 0.0 });
+    }
+    if let Some(b) = f.pg_wal_bytes {
+        gauge!("pgark_server_pg_wal_bytes", "server" => s()).set(b as f64);
+    }
+    let sync = matches!(f.sync_state.as_deref(), Some("sync") | Some("quorum"));
+    gauge!("pgark_sync_standby", "server" => s()).set(if sync { 1.0 } else { 0.0 });
+    gauge!("pgark_sync_standby_named", "server" => s()).set(if f.named_in_synchronous_standby_names { 1.0 } else { 0.0 });
+    gauge!("pgark_monitor_up", "server" => s()).set(1.0);
+}
+
+pub fn monitor_failed(server: &str) {
+    gauge!("pgark_monitor_up", "server" => server.to_string()).set(0.0);
+    counter!("pgark_monitor_errors_total", "server" => server.to_string()).increment(1);
+}

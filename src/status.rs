@@ -35,6 +35,11 @@ pub struct ServerStatus {
     /// Unix seconds when streaming last started, and of the last message received.
     pub streaming_since: Option<u64>,
     pub last_message_at: Option<u64>,
+    /// The server's side, from the monitoring connection (see `monitor`).
+    #[serde(default)]
+    pub monitor: Option<crate::monitor::ServerFacts>,
+    #[serde(default)]
+    pub monitor_error: Option<String>,
 }
 
 impl ServerStatus {
@@ -53,6 +58,8 @@ impl ServerStatus {
             reconnects: 0,
             streaming_since: None,
             last_message_at: None,
+            monitor: None,
+            monitor_error: None,
         }
     }
 }

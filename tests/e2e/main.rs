@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod durability;
 mod malformed;
+mod monitoring;
 mod restore;
 mod streaming;
 mod timelines;

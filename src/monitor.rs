@@ -1,0 +1,222 @@
+//! Server-side facts, read over an ordinary SQL connection on an interval: the server's WAL
+//! position, what pgark's slot holds back (`restart_lsn`, `wal_status`, `safe_wal_size`), whether
+//! the server treats pgark as a synchronous standby (`pg_stat_replication.sync_state`, and whether
+//! `synchronous_standby_names` names it at all), and the size of `pg_wal`.
+//!
+//! This is what answers "is my RPO at risk, and is my primary about to fill pg_wal because of
+//! this slot?". A failing monitoring connection is reported (metric, status, log) and never
+//! touches streaming. The connection uses pgark's own client, so TLS, `.pgpass` and SCRAM behave
+//! exactly as for the replication connection; a role with `pg_monitor` is enough.
+
+use crate::client::conninfo::ConnInfo;
+use crate::client::Connection;
+use crate::config::ServerConfig;
+use crate::pg::Lsn;
+use crate::status::StatusBoard;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the server is asked.
+pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(15);
+
+/// What the last successful round found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerFacts {
+    /// `pg_current_wal_lsn()` (on a standby: the last replayed LSN).
+    pub current_lsn: Option<Lsn>,
+    pub in_recovery: bool,
+    pub slot_exists: bool,
+    pub slot_active: Option<bool>,
+    pub slot_restart_lsn: Option<Lsn>,
+    /// `current_lsn - restart_lsn`: the WAL the slot keeps on the server.
+    pub slot_retained_bytes: Option<u64>,
+    /// reserved, extended, unreserved or lost.
+    pub slot_wal_status: Option<String>,
+    pub slot_safe_wal_size_bytes: Option<i64>,
+    /// `pg_stat_replication.sync_state` for pgark's application_name (async, potential, sync, quorum).
+    pub sync_state: Option<String>,
+    /// Whether `synchronous_standby_names` names pgark's application_name (or is `*`).
+    pub named_in_synchronous_standby_names: bool,
+    pub synchronous_standby_names: String,
+    pub pg_wal_bytes: Option<u64>,
+    pub max_slot_wal_keep_size: Option<String>,
+    /// Unix seconds of this round.
+    pub at: u64,
+}
+
+/// Whether `synchronous_standby_names` lists `app` (or `*`), in any of its forms:
+/// `a, b`, `FIRST 2 (a, b)`, `2 (a, b)`, `ANY 1 (a, "B")`. Unquoted names compare
+/// case-insensitively, double-quoted ones exactly, as PostgreSQL does.
+pub fn names_standby(setting: &str, app: &str) -> bool {
+    let s = setting.trim();
+    if s.is_empty() {
+        return false;
+    }
+    let list = match (s.find('('), s.rfind(')')) {
+        (Some(a), Some(b)) if b > a => &s[a + 1..b],
+        _ => s,
+    };
+    list.split(',').map(str::trim).filter(|n| !n.is_empty()).any(|n| {
+        if n == "*" {
+            true
+        } else if let Some(q) = n.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            q.replace("\"\"", "\"") == app
+        } else {
+            n.eq_ignore_ascii_case(app)
+        }
+    })
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The one query of a round: a single row, so one round trip.
+pub fn query(slot: &str, app: &str) -> String {
+    format!(
+        "SELECT pg_is_in_recovery(), \
+         CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
+         s.restart_lsn, s.active, s.wal_status, s.safe_wal_size, \
+         (SELECT sync_state FROM pg_stat_replication WHERE application_name = {app_lit} ORDER BY sync_priority LIMIT 1), \
+         current_setting('synchronous_standby_names'), current_setting('max_slot_wal_keep_size') \
+         FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = {slot_lit}",
+        app_lit = quote_literal(app),
+        slot_lit = quote_literal(slot)
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("monitoring connection: {0}")]
+    Client(#[from] crate::client::ClientError),
+    #[error("monitoring query returned no row")]
+    NoRow,
+}
+
+/// One round: connect, ask, disconnect (a connection per round costs little at this interval and
+/// never holds a backend slot idle).
+pub async fn round(ci: &ConnInfo, slot: &str) -> Result<ServerFacts, MonitorError> {
+    let mut conn = Connection::connect(ci, false).await?;
+    let results = conn.simple_query(&query(slot, &ci.application_name)).await;
+    // pg_ls_waldir() needs pg_monitor: asked apart, so that without it the other facts still come.
+    let waldir = match &results {
+        Ok(_) => conn.simple_query("SELECT sum(size) FROM pg_ls_waldir()").await.ok(),
+        Err(_) => None,
+    };
+    conn.terminate().await;
+    let pg_wal_bytes = waldir
+        .and_then(|r| r.first().and_then(|r| r.text(0, 0)))
+        .and_then(|v| v.parse().ok());
+    let r = results?.into_iter().next().ok_or(MonitorError::NoRow)?;
+    if r.rows.is_empty() {
+        return Err(MonitorError::NoRow);
+    }
+    let t = |c: usize| r.text(0, c);
+    let lsn = |c: usize| t(c).and_then(|v| v.parse::<Lsn>().ok());
+    let current = lsn(1);
+    let restart = lsn(2);
+    let ssn = t(7).unwrap_or_default();
+    Ok(ServerFacts {
+        in_recovery: t(0).as_deref() == Some("t"),
+        current_lsn: current,
+        slot_exists: t(3).is_some(),
+        slot_active: t(3).map(|v| v == "t"),
+        slot_restart_lsn: restart,
+        slot_retained_bytes: match (current, restart) {
+            (Some(c), Some(r)) => Some(c.saturating_sub(r)),
+            _ => None,
+        },
+        slot_wal_status: t(4),
+        slot_safe_wal_size_bytes: t(5).and_then(|v| v.parse().ok()),
+        sync_state: t(6),
+        named_in_synchronous_standby_names: names_standby(&ssn, &ci.application_name),
+        synchronous_standby_names: ssn,
+        max_slot_wal_keep_size: t(8),
+        pg_wal_bytes,
+        at: crate::status::unix_now(),
+    })
+}
+
+/// Settings for a server's monitoring connection: the replication connection string without
+/// `replication`, to the `postgres` database unless it names one.
+fn monitoring_conninfo(cfg: &ServerConfig) -> ConnInfo {
+    let mut ci = cfg.conninfo.clone();
+    if ci.dbname.is_none() {
+        ci.dbname = Some("postgres".into());
+    }
+    ci
+}
+
+/// The per-server monitoring task of the daemon.
+pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToken) {
+    let ci = monitoring_conninfo(&cfg);
+    let server = cfg.name.clone();
+    let mut failing = false;
+    loop {
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::time::timeout(Duration::from_secs(30), round(&ci, &cfg.slot)) => r,
+        };
+        match outcome {
+            Ok(Ok(facts)) => {
+                if failing {
+                    tracing::info!(server = %server, "monitoring connection works again");
+                    failing = false;
+                }
+                let flushed = board
+                    .snapshot()
+                    .into_iter()
+                    .find(|s| s.server == server)
+                    .and_then(|s| s.flushed_lsn);
+                crate::metrics::server_facts(&server, &facts, flushed);
+                board.update(&server, |s| {
+                    s.monitor = Some(facts);
+                    s.monitor_error = None;
+                });
+            }
+            Ok(Err(e)) => {
+                report_failure(&server, &board, &mut failing, e.to_string());
+            }
+            Err(_) => report_failure(&server, &board, &mut failing, "timed out after 30s".into()),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(cfg.monitor_interval) => {}
+        }
+    }
+}
+
+fn report_failure(server: &str, board: &StatusBoard, failing: &mut bool, e: String) {
+    if !*failing {
+        tracing::warn!(server, error = %e, "monitoring query failed (streaming is not affected); grant pg_monitor to pgark's role for slot and pg_wal facts");
+        *failing = true;
+    }
+    crate::metrics::monitor_failed(server);
+    board.update(server, |s| s.monitor_error = Some(e));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synchronous_standby_names_forms() {
+        assert!(names_standby("pgark", "pgark"));
+        assert!(names_standby("PGARK", "pgark"));
+        assert!(names_standby("FIRST 1 (s1, pgark)", "pgark"));
+        assert!(names_standby("2 (s1, pgark)", "pgark"));
+        assert!(names_standby("ANY 1 (s1, \"pgark\")", "pgark"));
+        assert!(!names_standby("ANY 1 (s1, \"PGARK\")", "pgark"));
+        assert!(names_standby("*", "pgark"));
+        assert!(!names_standby("", "pgark"));
+        assert!(!names_standby("s1, s2", "pgark"));
+        assert!(!names_standby("FIRST 1 (pgark_other)", "pgark"));
+    }
+
+    #[test]
+    fn query_quotes_names() {
+        let q = query("pg'ark", "a'b");
+        assert!(q.contains("'pg''ark'") && q.contains("'a''b'"));
+    }
+}
