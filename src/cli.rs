@@ -134,58 +134,7 @@ pub enum Cmd {
     #[command(
         after_help = "Without a backup id pgark picks the newest backup that can reach the target and says which.\nAfterwards, starting PostgreSQL on the directory is all that is left: restore_command (pgark wal-get),\nthe target settings and recovery.signal (or standby.signal) are written.\n\nExit status: 0 restored, 1 failed (the directory is left unstartable), 2 bad input (options, non-empty\ntarget without --delta, running postmaster), 5 no such backup, 7 the target cannot be reached.\n\nExamples:\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/restored\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/restored --target-time '2026-11-23 14:05:00+00'\n  pgark restore --config /etc/pgark.yaml main 20261123T231500Z --target-dir /srv/pg/restored --target-lsn 0/5000060 --target-action promote\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/data --delta --owner postgres\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/replica --standby --tablespace ts1=/srv/pg/ts1"
     )]
-    Restore {
-        #[arg(long, short, value_name = "FILE")]
-        config: PathBuf,
-        server: String,
-        /// Backup id, or latest (default: chosen from the target).
-        backup: Option<String>,
-        /// Where to restore; must be empty unless --delta.
-        #[arg(long, value_name = "DIR")]
-        target_dir: PathBuf,
-        /// Recover up to this time ('2026-11-23 14:05:00+00'; without a zone: this machine's local time).
-        #[arg(long, value_name = "TIMESTAMP")]
-        target_time: Option<String>,
-        #[arg(long, value_name = "LSN")]
-        target_lsn: Option<String>,
-        #[arg(long, value_name = "XID")]
-        target_xid: Option<String>,
-        /// A restore point created with pg_create_restore_point().
-        #[arg(long, value_name = "NAME")]
-        target_name: Option<String>,
-        /// Stop as soon as the backup is consistent.
-        #[arg(long)]
-        target_immediate: bool,
-        /// latest (default), current, or a timeline number.
-        #[arg(long, value_name = "TIMELINE")]
-        target_timeline: Option<String>,
-        /// Whether to stop just after (true, default) or just before the target.
-        #[arg(long, value_name = "BOOL")]
-        target_inclusive: Option<String>,
-        /// What PostgreSQL does at the target: pause (default), promote or shutdown.
-        #[arg(long, value_name = "ACTION")]
-        target_action: Option<String>,
-        /// Put a tablespace elsewhere: NAME=DIR, where NAME is its name, oid or original location. Repeatable.
-        #[arg(long = "tablespace", value_name = "NAME=DIR")]
-        tablespaces: Vec<String>,
-        /// Update an older copy of the cluster in place: rewrite only files whose checksum differs, remove extra files.
-        #[arg(long)]
-        delta: bool,
-        /// Parallel decompression and writes (default: the number of CPUs).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
-        jobs: Option<u32>,
-        /// Write standby.signal instead of recovery.signal (build a replica).
-        #[arg(long)]
-        standby: bool,
-        /// Owner of the restored files (when run as root), e.g. postgres.
-        #[arg(long, value_name = "USER")]
-        owner: Option<String>,
-        /// Show the plan (backup, tablespaces, settings) and write nothing.
-        #[arg(long)]
-        print_only: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Restore(crate::restore_commands::RestoreArgs),
     /// PostgreSQL's restore_command: copy one WAL segment or history file from the catalog into DEST.
     #[command(
         after_help = "Exit status: 0 served, 1 not in the catalog, 126 damaged or unreadable (PostgreSQL then stops recovery\ninstead of ending it early).\n\nExample (postgresql.conf; pgark restore writes this for you):\n  restore_command = 'pgark wal-get --config /etc/pgark.yaml main \"%f\" \"%p\"'"

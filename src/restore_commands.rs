@@ -9,24 +9,60 @@ use crate::restore::{self, wal_get, RestoreRequest};
 use std::path::{Path, PathBuf};
 
 /// The restore options as given on the command line.
+#[derive(clap::Args, Debug)]
 pub struct RestoreArgs {
+    #[arg(long, short, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The server's name in the config.
     pub server: String,
+    /// Backup id, or latest (default: chosen from the target).
     pub backup: Option<String>,
+    /// Where to restore; must be empty unless --delta.
+    #[arg(long, value_name = "DIR")]
     pub target_dir: PathBuf,
+    /// Recover up to this time ('2026-11-23 14:05:00+00'; without a zone: this machine's local time).
+    #[arg(long, value_name = "TIMESTAMP")]
     pub target_time: Option<String>,
+    /// Recover up to this WAL position, e.g. 0/5000060.
+    #[arg(long, value_name = "LSN")]
     pub target_lsn: Option<String>,
+    /// Recover up to this transaction id (its commit included unless --target-inclusive false).
+    #[arg(long, value_name = "XID")]
     pub target_xid: Option<String>,
+    /// A restore point created with pg_create_restore_point().
+    #[arg(long, value_name = "NAME")]
     pub target_name: Option<String>,
+    /// Stop as soon as the backup is consistent.
+    #[arg(long)]
     pub target_immediate: bool,
+    /// latest (default), current, or a timeline number.
+    #[arg(long, value_name = "TIMELINE")]
     pub target_timeline: Option<String>,
+    /// Whether to stop just after (true, default) or just before the target.
+    #[arg(long, value_name = "BOOL")]
     pub target_inclusive: Option<String>,
+    /// What PostgreSQL does at the target: pause (default), promote or shutdown.
+    #[arg(long, value_name = "ACTION")]
     pub target_action: Option<String>,
+    /// Put a tablespace elsewhere: NAME=DIR, where NAME is its name, oid or original location. Repeatable.
+    #[arg(long = "tablespace", value_name = "NAME=DIR")]
     pub tablespaces: Vec<String>,
+    /// Update an older, stopped copy of the cluster in place: rewrite only the 4 MiB chunks whose contents differ, remove extra files.
+    #[arg(long)]
     pub delta: bool,
-    pub jobs: Option<usize>,
+    /// Parallel decompression and writes (default: the number of CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: Option<u32>,
+    /// Write standby.signal instead of recovery.signal (build a replica).
+    #[arg(long)]
     pub standby: bool,
+    /// Owner of the restored files (when run as root), e.g. postgres.
+    #[arg(long, value_name = "USER")]
     pub owner: Option<String>,
+    /// Show the plan (backup, tablespaces, settings) and write nothing.
+    #[arg(long)]
     pub print_only: bool,
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -36,8 +72,8 @@ fn fail(e: impl std::fmt::Display, code: i32) -> i32 {
 }
 
 /// `pgark restore`.
-pub fn restore(config_path: &Path, a: RestoreArgs) -> i32 {
-    let config = match Config::load(config_path) {
+pub fn restore(a: RestoreArgs) -> i32 {
+    let config = match Config::load(&a.config) {
         Ok(c) => c,
         Err(e) => return fail(e, exit::USAGE),
     };
@@ -97,6 +133,7 @@ pub fn restore(config_path: &Path, a: RestoreArgs) -> i32 {
         delta: a.delta,
         jobs: a
             .jobs
+            .map(|j| j as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
         standby: a.standby,
         owner: a.owner.clone(),

@@ -56,21 +56,32 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 /// Like `write_atomic`, with the contents produced by `fill` (for streaming writers such as a
 /// compressor). On any error the temporary file is removed.
 pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
-    let tmp = tmp_path(path);
+    write_via_temp(&tmp_path(path), path, fill, true)
+}
+
+/// The shared sequence: create `tmp`, fill it, optionally fsync it, rename it to `path` (then
+/// fsync the directory when durable); on any error `tmp` is removed.
+fn write_via_temp(tmp: &Path, path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>, durable: bool) -> io::Result<()> {
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&tmp)
-            .map_err(ctx("create", &tmp))?;
-        fill(&mut f).map_err(ctx("write", &tmp))?;
-        f.sync_all().map_err(ctx("fsync", &tmp))?;
+            .open(tmp)
+            .map_err(ctx("create", tmp))?;
+        fill(&mut f).map_err(ctx("write", tmp))?;
+        if durable {
+            f.sync_all().map_err(ctx("fsync", tmp))?;
+        }
         drop(f);
-        durable_rename(&tmp, path)
+        if durable {
+            durable_rename(tmp, path)
+        } else {
+            std::fs::rename(tmp, path).map_err(|e| io::Error::new(e.kind(), format!("rename {} to {}: {e}", tmp.display(), path.display())))
+        }
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
     }
     result
 }
@@ -86,22 +97,7 @@ pub fn write_renamed_unsynced(path: &Path, fill: impl FnOnce(&mut File) -> io::R
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.{n}{TMP_SUFFIX}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(ctx("create", &tmp))?;
-        fill(&mut f).map_err(ctx("write", &tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| io::Error::new(e.kind(), format!("rename {} to {}: {e}", tmp.display(), path.display())))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    write_via_temp(&PathBuf::from(tmp), path, fill, false)
 }
 
 /// Flushes every file and directory of the filesystem that holds `dir` (syncfs(2)): one call

@@ -140,6 +140,24 @@ fn recover_from_catalog(bins: &PgBinaries, backup: &Path, wal_dir: &Path, seg: W
 }
 
 /// A primary with pgark as its only synchronous standby (1 MiB segments), pgark streaming.
+/// Asserts that every acknowledged id is in the `acked` table of the recovered cluster `r`.
+pub fn assert_all_acked_present(r: &Cluster, acked: &[i64], when: &str) {
+    let present: HashSet<i64> = r
+        .psql("SELECT id FROM acked")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged commits lost {when}: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
 pub fn sync_primary_with_pgark(extra_conf: &[&str]) -> (Cluster, Pgark) {
     let mut conf = vec!["synchronous_standby_names = 'pgark'"];
     conf.extend_from_slice(extra_conf);
@@ -170,20 +188,7 @@ fn rpo_round(kill_after: Duration) {
     assert!(acked.len() > 20, "too few commits before the kill: {}", acked.len());
     let seg = seg_size_offline(&p);
     let r = recover_from_catalog(&bins, &backup, &p.wal_dir("main"), seg);
-    let present: HashSet<i64> = r
-        .psql("SELECT id FROM acked")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged commits lost after SIGKILL of the primary at {kill_after:?}: {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(10)]
-    );
+    assert_all_acked_present(&r, &acked, &format!("after SIGKILL of the primary at {kill_after:?}"));
     eprintln!(
         "RPO=0 round (kill after {kill_after:?}): all {} acknowledged commits recovered from the catalog",
         acked.len()

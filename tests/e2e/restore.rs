@@ -1,12 +1,11 @@
 //! Restore and point-in-time recovery with `pgark restore` and `pgark wal-get` against real
 //! PostgreSQL: targets, RPO=0 end to end, timelines, tablespaces, delta, corruption, bad input.
 
-use crate::backup::{backup, make_tablespace, open_for_postgres, text, walk_files, Catalog};
+use crate::backup::{backup, make_tablespace, open_for_postgres, start_restored, text, walk_files, Catalog};
 use crate::common::*;
-use crate::durability::{sync_primary_with_pgark, Writers};
-use pgark::pgcluster::{free_port, running_as_root, Cluster, PgBinaries};
+use crate::durability::{assert_all_acked_present, sync_primary_with_pgark, Writers};
+use pgark::pgcluster::{running_as_root, Cluster, PgBinaries};
 use serde_json::Value;
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -59,27 +58,7 @@ pub fn restore(bin: &Binary, config: &Path, server: &str, extra: &[&str]) -> (Pa
 
 /// Starts a restored data directory on a new port; waits until it has left recovery.
 pub fn start(bins: &PgBinaries, tmp: tempfile::TempDir, data: PathBuf) -> Cluster {
-    let port = free_port();
-    let c = Cluster::from_data_dir(bins, tmp, data, port).unwrap();
-    c.append_conf(&format!(
-        "port = {port}\nunix_socket_directories = '{}'\nsynchronous_standby_names = ''\narchive_mode = off\n",
-        c.socket_dir.display()
-    ))
-    .unwrap();
-    if running_as_root() {
-        assert!(Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(c.base_dir())
-            .status()
-            .unwrap()
-            .success());
-    }
-    c.start()
-        .unwrap_or_else(|e| panic!("restored cluster did not start: {e}\n{}", c.log_tail()));
-    wait_until(Duration::from_secs(120), "recovery to end", || {
-        c.psql("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f")
-    });
-    c
+    start_restored(bins, tmp, data, None)
 }
 
 fn ids(c: &Cluster) -> String {
@@ -160,20 +139,7 @@ fn rpo_zero_with_pgark_restore_only() {
     let (data, tmp, out) = restore(&bin, &p.config, "main", &[]);
     assert_eq!(out["stats"]["files_unchanged"], 0);
     let r = start(&c.bins, tmp, data);
-    let present: HashSet<i64> = r
-        .psql("SELECT id FROM acked")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged commits lost, e.g. {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_all_acked_present(&r, &acked, "after SIGKILL of the primary and pgark restore");
 }
 
 /// Test 3: a backup taken on timeline 1 restored with --target-timeline latest follows the
