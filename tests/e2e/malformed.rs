@@ -58,8 +58,10 @@ fn xlogdata(start: u64, n: usize) -> Vec<u8> {
     msg(b'd', &p)
 }
 
-/// Serves one connection: startup, then the replication commands, then `misbehave`.
-fn serve(mut s: TcpStream, attempt: usize) {
+/// Serves one connection: startup, then the replication commands, then `misbehave`. Only
+/// replication connections count as attempts (pgark's monitoring connection also comes here and
+/// gets an error for its query).
+fn serve(mut s: TcpStream, attempts: Arc<AtomicUsize>) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut len = [0u8; 4];
     s.read_exact(&mut len).unwrap();
@@ -68,9 +70,15 @@ fn serve(mut s: TcpStream, attempt: usize) {
     if rest[..4] == 80877103u32.to_be_bytes() {
         s.write_all(b"N").unwrap();
         s.read_exact(&mut len).unwrap();
-        let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+        rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
         s.read_exact(&mut rest).unwrap();
     }
+    let replication = rest.windows(17).any(|w| w == b"replication\0true\0");
+    let attempt = if replication {
+        attempts.fetch_add(1, Ordering::SeqCst)
+    } else {
+        usize::MAX
+    };
     let mut hello = msg(b'R', &0u32.to_be_bytes());
     hello.extend(msg(b'S', &[cstr("server_version"), cstr("15.0")].concat()));
     hello.extend(msg(b'Z', b"I"));
@@ -122,8 +130,8 @@ fn malformed_stream_ends_the_connection_not_the_daemon() {
     let a2 = attempts.clone();
     std::thread::spawn(move || {
         for s in listener.incoming().flatten() {
-            let n = a2.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || serve(s, n));
+            let a = a2.clone();
+            std::thread::spawn(move || serve(s, a));
         }
     });
     let bins = pg();
