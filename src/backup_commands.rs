@@ -139,6 +139,7 @@ pub async fn backup(
             addr: config.metrics_listen.clone(),
             catalog: config.catalog.clone(),
         },
+        disk_pressure: config.disk_pressure,
         cancel: cancel.clone(),
     };
     let handle = basebackup::spawn_on_own_thread(job, progress::for_terminal());

@@ -23,6 +23,9 @@ pub mod exit {
     pub const REFUSED: i32 = 6;
     /// `restore`: no backup and WAL in the catalog can reach the recovery target.
     pub const UNREACHABLE: i32 = 7;
+    /// `backup`: not started because the catalog's free space is below
+    /// `disk_pressure.catalog_free_critical`.
+    pub const DISK_PRESSURE: i32 = 8;
 }
 
 #[derive(Parser, Debug)]
@@ -256,11 +259,57 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
                 }
             );
         }
+        print_details(&status);
     }
     if all_streaming {
         exit::OK
     } else {
         exit::NOT_STREAMING
+    }
+}
+
+/// The lines under the table: catalog space, each server's recovery window and warnings.
+fn print_details(status: &crate::status::DaemonStatus) {
+    use crate::backup_commands::human_bytes;
+    let time = |t: Option<u64>| {
+        t.and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0))
+            .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    if let Some(c) = &status.catalog_space {
+        let eta = match c.full_eta_seconds {
+            Some(s) => format!(
+                ", full in about {} at the current WAL rate",
+                humantime::format_duration(std::time::Duration::from_secs(s as u64))
+            ),
+            None => String::new(),
+        };
+        println!(
+            "catalog: {} free of {} ({:?}){eta}",
+            human_bytes(c.free_bytes),
+            human_bytes(c.total_bytes),
+            c.pressure
+        );
+    }
+    for s in &status.servers {
+        println!(
+            "{}: recoverable from {} to {}",
+            s.server,
+            time(s.oldest_backup_start),
+            time(s.wal_durable_at)
+        );
+        if let Some(m) = &s.monitor {
+            println!(
+                "  server: sync_state {}, slot {} retaining {}, pg_wal {}",
+                m.sync_state.as_deref().unwrap_or("-"),
+                m.slot_wal_status.as_deref().unwrap_or("missing"),
+                m.slot_retained_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
+                m.pg_wal_bytes.map(human_bytes).unwrap_or_else(|| "-".into())
+            );
+        }
+        for w in s.slot_warning.iter().chain(s.monitor_error.iter()) {
+            println!("  warning: {w}");
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::catalog::{Compression, DEFAULT_ZSTD_LEVEL};
 use crate::client::conninfo::{ConnInfo, Host};
 use crate::client::replication::validate_slot_name;
+use crate::pressure::{DiskThresholds, Threshold};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub const DEFAULT_BACKUP_ZSTD_LEVEL: i32 = 3;
 /// Space a backup leaves free on the catalog's filesystem, so WAL streaming (the RPO=0 path)
 /// never runs out because of a backup.
 pub const DEFAULT_BACKUP_MIN_FREE: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_HEALTHZ_STREAM_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_BACKUP_WAL_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,8 @@ struct RawConfig {
     catalog: PathBuf,
     #[serde(default)]
     metrics: Option<RawMetrics>,
+    #[serde(default)]
+    disk_pressure: Option<RawDiskPressure>,
     #[serde(deserialize_with = "unique_servers")]
     servers: BTreeMap<String, RawServer>,
 }
@@ -66,7 +70,15 @@ fn unique_servers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<Str
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
-    listen: String,
+    listen: Option<String>,
+    healthz_stream_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiskPressure {
+    catalog_free_warning: Option<serde_yaml::Value>,
+    catalog_free_critical: Option<serde_yaml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +98,8 @@ struct RawServer {
     backup_min_free: Option<serde_yaml::Value>,
     backup_wal_timeout: Option<String>,
     monitor_interval: Option<String>,
+    monitor_conninfo: Option<String>,
+    slot_retained_limit: Option<serde_yaml::Value>,
 }
 
 /// How base backups of one server are taken.
@@ -129,6 +143,10 @@ pub struct ServerConfig {
     pub backup: BackupSettings,
     /// How often server-side facts are read over an ordinary connection.
     pub monitor_interval: Duration,
+    /// The monitoring connection, when it differs from `conninfo` (as written, and parsed).
+    pub monitor_conninfo: Option<(String, ConnInfo)>,
+    /// WAL the slot may hold back on the server before pgark warns.
+    pub slot_retained_limit: Option<u64>,
 }
 
 impl PartialEq for ServerConfig {
@@ -143,6 +161,8 @@ impl PartialEq for ServerConfig {
             && self.compression == o.compression
             && self.backup == o.backup
             && self.monitor_interval == o.monitor_interval
+            && self.monitor_conninfo.as_ref().map(|m| &m.0) == o.monitor_conninfo.as_ref().map(|m| &m.0)
+            && self.slot_retained_limit == o.slot_retained_limit
     }
 }
 
@@ -151,6 +171,9 @@ pub struct Config {
     pub path: PathBuf,
     pub catalog: PathBuf,
     pub metrics_listen: String,
+    /// `/healthz` answers 503 when a server has not streamed for longer than this.
+    pub healthz_stream_timeout: Duration,
+    pub disk_pressure: DiskThresholds,
     pub servers: BTreeMap<String, ServerConfig>,
 }
 
@@ -181,18 +204,50 @@ impl Config {
         } else {
             raw.catalog.clone()
         };
-        let metrics_listen = match raw.metrics {
-            Some(m) => {
-                m.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+        let (listen, healthz) = raw.metrics.map(|m| (m.listen, m.healthz_stream_timeout)).unwrap_or_default();
+        let metrics_listen = match listen {
+            Some(l) => {
+                l.parse::<std::net::SocketAddr>().map_err(|_| {
                     err(format!(
-                        "metrics.listen: {:?} is not an address: expected IP:PORT, like 127.0.0.1:9187",
-                        m.listen
+                        "metrics.listen: {l:?} is not an address: expected IP:PORT, like 127.0.0.1:9187"
                     ))
                 })?;
-                m.listen
+                l
             }
             None => DEFAULT_METRICS_LISTEN.to_string(),
         };
+        let healthz_stream_timeout = parse_duration(healthz.as_deref(), DEFAULT_HEALTHZ_STREAM_TIMEOUT)
+            .map_err(|m| err(format!("metrics.healthz_stream_timeout: {m}")))?;
+        if healthz_stream_timeout < Duration::from_secs(1) {
+            return Err(err("metrics.healthz_stream_timeout: must be at least 1s".into()));
+        }
+        let mut disk_pressure = DiskThresholds::default();
+        if let Some(d) = raw.disk_pressure {
+            if let Some(v) = &d.catalog_free_warning {
+                disk_pressure.catalog_free_warning =
+                    Threshold::parse(v).map_err(|m| err(format!("disk_pressure.catalog_free_warning: {m}")))?;
+            }
+            if let Some(v) = &d.catalog_free_critical {
+                disk_pressure.catalog_free_critical =
+                    Threshold::parse(v).map_err(|m| err(format!("disk_pressure.catalog_free_critical: {m}")))?;
+            }
+            if let (Threshold::Percent(w), Threshold::Percent(c)) =
+                (disk_pressure.catalog_free_warning, disk_pressure.catalog_free_critical)
+            {
+                if c > w {
+                    return Err(err(format!(
+                        "disk_pressure.catalog_free_critical: {c}% is above catalog_free_warning ({w}%); expected critical <= warning"
+                    )));
+                }
+            }
+            if let (Threshold::Bytes(w), Threshold::Bytes(c)) = (disk_pressure.catalog_free_warning, disk_pressure.catalog_free_critical) {
+                if c > w {
+                    return Err(err(format!(
+                        "disk_pressure.catalog_free_critical: {c} bytes is above catalog_free_warning ({w} bytes); expected critical <= warning"
+                    )));
+                }
+            }
+        }
         if raw.servers.is_empty() {
             return Err(err("servers: expected at least one server".into()));
         }
@@ -243,6 +298,17 @@ impl Config {
             if monitor_interval < Duration::from_secs(1) {
                 return Err(err(format!("{}: must be at least 1s", key("monitor_interval"))));
             }
+            let monitor_conninfo = match s.monitor_conninfo {
+                Some(t) => {
+                    let ci = ConnInfo::parse(&t).map_err(|m| err(format!("{}: {m}", key("monitor_conninfo"))))?;
+                    Some((t, ci))
+                }
+                None => None,
+            };
+            let slot_retained_limit = match &s.slot_retained_limit {
+                Some(v) => Some(parse_size(v).map_err(|m| err(format!("{}: {m}", key("slot_retained_limit"))))?),
+                None => None,
+            };
             backup.wal_timeout = parse_duration(s.backup_wal_timeout.as_deref(), DEFAULT_BACKUP_WAL_TIMEOUT)
                 .map_err(|m| err(format!("{}: {m}", key("backup_wal_timeout"))))?;
             servers.insert(
@@ -259,6 +325,8 @@ impl Config {
                     compression,
                     backup,
                     monitor_interval,
+                    monitor_conninfo,
+                    slot_retained_limit,
                 },
             );
         }
@@ -279,6 +347,8 @@ impl Config {
             path: path.to_path_buf(),
             catalog,
             metrics_listen,
+            healthz_stream_timeout,
+            disk_pressure,
             servers,
         })
     }
@@ -407,6 +477,20 @@ mod tests {
         );
         assert_eq!(m.status_interval, DEFAULT_STATUS_INTERVAL);
         assert_eq!(m.receiver_timeout, DEFAULT_RECEIVER_TIMEOUT);
+        assert_eq!(c.disk_pressure, DiskThresholds::default());
+        assert_eq!(c.healthz_stream_timeout, DEFAULT_HEALTHZ_STREAM_TIMEOUT);
+    }
+
+    #[test]
+    fn monitoring_keys() {
+        let c = parse("catalog: /x\nmetrics:\n  healthz_stream_timeout: 30s\ndisk_pressure:\n  catalog_free_warning: 20GiB\n  catalog_free_critical: 2%\nservers:\n  main:\n    conninfo: host=/tmp\n    slot_retained_limit: 10GiB\n    monitor_conninfo: host=/tmp user=mon\n").unwrap();
+        assert_eq!(c.metrics_listen, DEFAULT_METRICS_LISTEN);
+        assert_eq!(c.healthz_stream_timeout, Duration::from_secs(30));
+        assert_eq!(c.disk_pressure.catalog_free_warning, Threshold::Bytes(20 << 30));
+        assert_eq!(c.disk_pressure.catalog_free_critical, Threshold::Percent(2.0));
+        let m = &c.servers["main"];
+        assert_eq!(m.slot_retained_limit, Some(10 << 30));
+        assert_eq!(m.monitor_conninfo.as_ref().map(|(_, ci)| ci.user.as_str()), Some("mon"));
     }
 
     #[test]
@@ -460,6 +544,26 @@ mod tests {
             (
                 "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    backup_checkpoint: now\n",
                 "servers.main.backup_checkpoint",
+            ),
+            (
+                "catalog: /x\ndisk_pressure:\n  catalog_free_warning: 5%\n  catalog_free_critical: 10%\nservers:\n  main:\n    conninfo: host=/tmp\n",
+                "disk_pressure.catalog_free_critical",
+            ),
+            (
+                "catalog: /x\ndisk_pressure:\n  catalog_free_warning: plenty\nservers:\n  main:\n    conninfo: host=/tmp\n",
+                "disk_pressure.catalog_free_warning",
+            ),
+            (
+                "catalog: /x\nmetrics:\n  healthz_stream_timeout: never\nservers:\n  main:\n    conninfo: host=/tmp\n",
+                "metrics.healthz_stream_timeout",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    slot_retained_limit: big\n",
+                "servers.main.slot_retained_limit",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    monitor_conninfo: sslmode=sometimes\n",
+                "servers.main.monitor_conninfo",
             ),
         ];
         for (text, needle) in cases {

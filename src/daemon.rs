@@ -6,9 +6,12 @@ use crate::catalog::lock::{CatalogLock, LockError};
 use crate::catalog::Layout;
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::http::{self, HttpState};
+use crate::pressure::DiskThresholds;
 use crate::status::{unix_now, ServerStatus, StatusBoard};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +46,11 @@ pub struct Daemon {
     servers: BTreeMap<String, Running>,
     http_cancel: CancellationToken,
     http_task: JoinHandle<()>,
+    healthz_stream_timeout: Arc<AtomicU64>,
+    watch_cancel: CancellationToken,
+    /// The disk-pressure thresholds, updated on reload, read by the catalog watch and the
+    /// backup schedulers.
+    disk_pressure: tokio::sync::watch::Sender<DiskThresholds>,
     _lock: CatalogLock,
     pub metrics_addr: String,
 }
@@ -52,6 +60,7 @@ impl Daemon {
         config.check_catalog_writable()?;
         let lock = CatalogLock::acquire(&config.catalog)?;
         let metrics = crate::metrics::install();
+        crate::metrics::register_daemon();
         let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
             .await
             .map_err(|e| DaemonError::Listen {
@@ -64,11 +73,13 @@ impl Daemon {
             .unwrap_or_else(|_| config.metrics_listen.clone());
         let board = StatusBoard::default();
         let http_cancel = CancellationToken::new();
+        let healthz_stream_timeout = Arc::new(AtomicU64::new(config.healthz_stream_timeout.as_secs()));
         let state = HttpState {
             metrics,
             board: board.clone(),
             catalog: config.catalog.display().to_string(),
             started_at: unix_now(),
+            stream_timeout_secs: healthz_stream_timeout.clone(),
         };
         let http_task = tokio::spawn(http::serve(listener, state, http_cancel.clone()));
         tracing::info!(catalog = %config.catalog.display(), metrics = %metrics_addr, servers = config.servers.len(), "pgark serve started");
@@ -80,9 +91,18 @@ impl Daemon {
             servers: BTreeMap::new(),
             http_cancel,
             http_task,
+            healthz_stream_timeout,
+            watch_cancel: CancellationToken::new(),
+            disk_pressure: tokio::sync::watch::channel(config.disk_pressure).0,
             _lock: lock,
             metrics_addr,
         };
+        tokio::spawn(crate::catalog_watch::run(
+            d.layout.clone(),
+            d.disk_pressure.subscribe(),
+            d.board.clone(),
+            d.watch_cancel.clone(),
+        ));
         for s in config.servers.values() {
             d.spawn_server(s.clone());
         }
@@ -92,6 +112,7 @@ impl Daemon {
     fn spawn_server(&mut self, cfg: ServerConfig) {
         let cancel = CancellationToken::new();
         self.board.insert(ServerStatus::new(&cfg.name, cfg.synchronous));
+        crate::metrics::register_server(&cfg.name);
         let thread = match crate::receiver::spawn_on_own_thread(cfg.clone(), self.layout.clone(), self.board.clone(), cancel.clone()) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -108,6 +129,7 @@ impl Daemon {
         let backups = tokio::spawn(crate::basebackup::scheduler::run(
             cfg.clone(),
             self.layout.root().to_path_buf(),
+            self.disk_pressure.subscribe(),
             self.board.clone(),
             cancel.clone(),
         ));
@@ -171,8 +193,15 @@ impl Daemon {
             }
         }
         let keep = (self.config.catalog.clone(), self.config.metrics_listen.clone());
+        let pressure_changed = new.disk_pressure != self.config.disk_pressure;
+        self.healthz_stream_timeout
+            .store(new.healthz_stream_timeout.as_secs(), Ordering::Relaxed);
         self.config = new;
         (self.config.catalog, self.config.metrics_listen) = keep;
+        if pressure_changed {
+            tracing::info!("disk_pressure thresholds changed; applying them");
+            self.disk_pressure.send_replace(self.config.disk_pressure);
+        }
     }
 
     /// Stops every receiver (each fsyncs and sends a last status update) and the HTTP endpoint.
@@ -184,6 +213,7 @@ impl Daemon {
         for name in names {
             self.stop_server(&name).await;
         }
+        self.watch_cancel.cancel();
         self.http_cancel.cancel();
         let _ = (&mut self.http_task).await;
         tracing::info!("pgark serve stopped");

@@ -112,6 +112,7 @@ async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), St
                     fast_checkpoint: true,
                     max_rate_kb: None,
                     wal_watch: crate::basebackup::WalWatch::Board(d.board().clone()),
+                    disk_pressure: crate::pressure::DiskThresholds::default(),
                     cancel: stop.child_token(),
                 },
                 Box::new(crate::basebackup::progress::LogLines::default()),

@@ -10,8 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// `/healthz` answers 503 when a server has not been streaming for longer than this.
-pub const HEALTHZ_MAX_NOT_STREAMING: Duration = Duration::from_secs(120);
 const MAX_REQUEST: usize = 8192;
 
 #[derive(Clone)]
@@ -20,6 +18,8 @@ pub struct HttpState {
     pub board: StatusBoard,
     pub catalog: String,
     pub started_at: u64,
+    /// `metrics.healthz_stream_timeout` in seconds (updated on reload).
+    pub stream_timeout_secs: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl HttpState {
@@ -28,6 +28,7 @@ impl HttpState {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             catalog: self.catalog.clone(),
+            catalog_space: self.board.catalog_space(),
             servers: self.board.snapshot(),
         }
     }
@@ -35,7 +36,7 @@ impl HttpState {
     /// Reasons the daemon is unhealthy; empty when healthy.
     pub fn health_problems(&self) -> Vec<String> {
         let now = unix_now();
-        let limit = HEALTHZ_MAX_NOT_STREAMING.as_secs();
+        let limit = self.stream_timeout_secs.load(std::sync::atomic::Ordering::Relaxed);
         self.board
             .snapshot()
             .into_iter()

@@ -8,6 +8,7 @@
 pub mod backup_commands;
 pub mod basebackup;
 pub mod catalog;
+pub mod catalog_watch;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod pg;
 pub mod pgcluster;
+pub mod pressure;
 pub mod protocol;
 pub mod receiver;
 pub mod restore;

@@ -29,6 +29,23 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Creates a server's counters at zero, so that `increase()` and `rate()` have a series to work on
+/// before the first event (Prometheus sees no series for a counter never incremented).
+pub fn register_server(server: &str) {
+    for name in [
+        "pgark_wal_received_bytes_total",
+        "pgark_reconnects_total",
+        "pgark_wal_segments_completed_total",
+        "pgark_wal_segments_archived_total",
+        "pgark_wal_store_errors_total",
+        "pgark_backups_total",
+        "pgark_backup_failures_total",
+        "pgark_monitor_errors_total",
+    ] {
+        counter!(name, "server" => server.to_string()).increment(0);
+    }
+}
+
 pub fn set_up(server: &str, up: bool) {
     gauge!("pgark_up", "server" => server.to_string()).set(if up { 1.0 } else { 0.0 });
 }
@@ -89,8 +106,8 @@ pub fn backup_succeeded(server: &str, end_unix: u64, duration: Duration, origina
 /// processes took).
 pub fn backup_succeeded_gauges(server: &str, end_unix: u64, duration: Duration, original: u64, stored_new: u64) {
     let s = server.to_string();
-    gauge!("pgark_backup_last_success_timestamp_seconds", "server" => s.clone()).set(end_unix as f64);
-    gauge!("pgark_backup_last_duration_seconds", "server" => s.clone()).set(duration.as_secs_f64());
+    gauge!("pgark_last_backup_success_timestamp_seconds", "server" => s.clone()).set(end_unix as f64);
+    gauge!("pgark_backup_duration_seconds", "server" => s.clone()).set(duration.as_secs_f64());
     gauge!("pgark_backup_last_original_bytes", "server" => s.clone()).set(original as f64);
     gauge!("pgark_backup_last_stored_bytes", "server" => s).set(stored_new as f64);
 }
@@ -129,6 +146,16 @@ pub fn server_facts(server: &str, f: &crate::monitor::ServerFacts, flushed: Opti
     if let Some(b) = f.pg_wal_bytes {
         gauge!("pgark_server_pg_wal_bytes", "server" => s()).set(b as f64);
     }
+    for (name, v) in [
+        ("pgark_server_write_lag_seconds", f.write_lag_seconds),
+        ("pgark_server_flush_lag_seconds", f.flush_lag_seconds),
+        ("pgark_server_replay_lag_seconds", f.replay_lag_seconds),
+    ] {
+        if let Some(v) = v {
+            gauge!(name, "server" => s()).set(v);
+        }
+    }
+    gauge!("pgark_sync_priority", "server" => s()).set(f.sync_priority.unwrap_or(0) as f64);
     let sync = matches!(f.sync_state.as_deref(), Some("sync") | Some("quorum"));
     gauge!("pgark_sync_standby", "server" => s()).set(if sync { 1.0 } else { 0.0 });
     gauge!("pgark_sync_standby_named", "server" => s()).set(if f.named_in_synchronous_standby_names { 1.0 } else { 0.0 });
@@ -138,4 +165,54 @@ pub fn server_facts(server: &str, f: &crate::monitor::ServerFacts, flushed: Opti
 pub fn monitor_failed(server: &str) {
     gauge!("pgark_monitor_up", "server" => server.to_string()).set(0.0);
     counter!("pgark_monitor_errors_total", "server" => server.to_string()).increment(1);
+}
+
+/// The configured `slot_retained_limit` (absent when none is set) and whether it is exceeded.
+pub fn slot_retained_limit(server: &str, limit: Option<u64>) {
+    if let Some(l) = limit {
+        gauge!("pgark_slot_retained_limit_bytes", "server" => server.to_string()).set(l as f64);
+    }
+    slot_over_limit(server, false);
+}
+
+pub fn slot_over_limit(server: &str, over: bool) {
+    gauge!("pgark_slot_retained_over_limit", "server" => server.to_string()).set(if over { 1.0 } else { 0.0 });
+}
+
+/// The catalog's filesystem, the disk-pressure levels in bytes, the current level (0 ok,
+/// 1 warning, 2 critical) and the projected seconds to full (+Inf when not filling).
+pub fn catalog_space(space: &crate::status::CatalogSpace, warning_bytes: u64, critical_bytes: u64) {
+    gauge!("pgark_catalog_free_bytes").set(space.free_bytes as f64);
+    gauge!("pgark_catalog_total_bytes").set(space.total_bytes as f64);
+    gauge!("pgark_catalog_free_warning_bytes").set(warning_bytes as f64);
+    gauge!("pgark_catalog_free_critical_bytes").set(critical_bytes as f64);
+    gauge!("pgark_catalog_pressure").set(space.pressure.as_number());
+    gauge!("pgark_catalog_full_eta_seconds").set(space.full_eta_seconds.unwrap_or(f64::INFINITY));
+}
+
+pub fn catalog_checks_failed() {
+    counter!("pgark_catalog_check_errors_total").increment(1);
+}
+
+/// Creates the daemon-wide counters at zero.
+pub fn register_daemon() {
+    counter!("pgark_catalog_check_errors_total").increment(0);
+}
+
+/// One server's share of the catalog (`kind`: wal or backups) and its WAL ingest rate.
+pub fn server_catalog(server: &str, c: &crate::status::ServerCatalog) {
+    let s = || server.to_string();
+    gauge!("pgark_catalog_size_bytes", "server" => s(), "kind" => "wal").set(c.wal_bytes as f64);
+    gauge!("pgark_catalog_size_bytes", "server" => s(), "kind" => "backups").set(c.backup_bytes as f64);
+    gauge!("pgark_wal_ingest_bytes_per_second", "server" => s()).set(c.wal_ingest_bytes_per_second);
+}
+
+/// Start of the recovery window: the oldest backup's start (NaN when there is no backup).
+pub fn recovery_window_start(server: &str, start_unix: Option<u64>) {
+    gauge!("pgark_recovery_window_start_seconds", "server" => server.to_string()).set(start_unix.map_or(f64::NAN, |t| t as f64));
+}
+
+/// End of the recovery window: the time up to which pgark holds all the server's WAL durably.
+pub fn recovery_window_end(server: &str, unix: u64) {
+    gauge!("pgark_recovery_window_end_seconds", "server" => server.to_string()).set(unix as f64);
 }

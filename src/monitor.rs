@@ -36,6 +36,17 @@ pub struct ServerFacts {
     pub slot_safe_wal_size_bytes: Option<i64>,
     /// `pg_stat_replication.sync_state` for pgark's application_name (async, potential, sync, quorum).
     pub sync_state: Option<String>,
+    /// `pg_stat_replication.sync_priority` (0 for an asynchronous standby).
+    #[serde(default)]
+    pub sync_priority: Option<i64>,
+    /// `pg_stat_replication` write/flush/replay lag in seconds, as the server measures it (0 when
+    /// the server has cleared it after an idle period).
+    #[serde(default)]
+    pub write_lag_seconds: Option<f64>,
+    #[serde(default)]
+    pub flush_lag_seconds: Option<f64>,
+    #[serde(default)]
+    pub replay_lag_seconds: Option<f64>,
     /// Whether `synchronous_standby_names` names pgark's application_name (or is `*`).
     pub named_in_synchronous_standby_names: bool,
     pub synchronous_standby_names: String,
@@ -72,15 +83,20 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// The one query of a round: a single row, so one round trip.
+/// The one query of a round: a single row, so one round trip. Among walsenders with pgark's
+/// application_name (a base backup has one too) the streaming one is taken.
 pub fn query(slot: &str, app: &str) -> String {
     format!(
         "SELECT pg_is_in_recovery(), \
          CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
          s.restart_lsn, s.active, s.wal_status, s.safe_wal_size, \
-         (SELECT sync_state FROM pg_stat_replication WHERE application_name = {app_lit} ORDER BY sync_priority LIMIT 1), \
+         r.sync_state, r.sync_priority, \
+         extract(epoch FROM r.write_lag), extract(epoch FROM r.flush_lag), extract(epoch FROM r.replay_lag), \
          current_setting('synchronous_standby_names'), current_setting('max_slot_wal_keep_size') \
-         FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = {slot_lit}",
+         FROM (SELECT 1) one \
+         LEFT JOIN pg_replication_slots s ON s.slot_name = {slot_lit} \
+         LEFT JOIN LATERAL (SELECT * FROM pg_stat_replication WHERE application_name = {app_lit} \
+           ORDER BY (state = 'streaming') DESC, sync_priority DESC LIMIT 1) r ON true",
         app_lit = quote_literal(app),
         slot_lit = quote_literal(slot)
     )
@@ -116,7 +132,13 @@ pub async fn round(ci: &ConnInfo, slot: &str) -> Result<ServerFacts, MonitorErro
     let lsn = |c: usize| t(c).and_then(|v| v.parse::<Lsn>().ok());
     let current = lsn(1);
     let restart = lsn(2);
-    let ssn = t(7).unwrap_or_default();
+    let ssn = t(11).unwrap_or_default();
+    let has_walsender = t(6).is_some();
+    let lag = |c: usize| match t(c).and_then(|v| v.parse::<f64>().ok()) {
+        Some(v) => Some(v),
+        None if has_walsender => Some(0.0),
+        None => None,
+    };
     Ok(ServerFacts {
         in_recovery: t(0).as_deref() == Some("t"),
         current_lsn: current,
@@ -130,18 +152,27 @@ pub async fn round(ci: &ConnInfo, slot: &str) -> Result<ServerFacts, MonitorErro
         slot_wal_status: t(4),
         slot_safe_wal_size_bytes: t(5).and_then(|v| v.parse().ok()),
         sync_state: t(6),
+        sync_priority: t(7).and_then(|v| v.parse().ok()),
+        write_lag_seconds: lag(8),
+        flush_lag_seconds: lag(9),
+        replay_lag_seconds: lag(10),
         named_in_synchronous_standby_names: names_standby(&ssn, &ci.application_name),
         synchronous_standby_names: ssn,
-        max_slot_wal_keep_size: t(8),
+        max_slot_wal_keep_size: t(12),
         pg_wal_bytes,
         at: crate::status::unix_now(),
     })
 }
 
-/// Settings for a server's monitoring connection: the replication connection string without
-/// `replication`, to the `postgres` database unless it names one.
+/// Settings for a server's monitoring connection: `monitor_conninfo` if set, else the replication
+/// connection string (used without `replication`); to the `postgres` database unless it names one.
 fn monitoring_conninfo(cfg: &ServerConfig) -> ConnInfo {
-    let mut ci = cfg.conninfo.clone();
+    let mut ci = match &cfg.monitor_conninfo {
+        Some((_, ci)) => ci.clone(),
+        None => cfg.conninfo.clone(),
+    };
+    // pg_stat_replication is searched for the replication connection's name.
+    ci.application_name = cfg.conninfo.application_name.clone();
     if ci.dbname.is_none() {
         ci.dbname = Some("postgres".into());
     }
@@ -153,6 +184,8 @@ pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToke
     let ci = monitoring_conninfo(&cfg);
     let server = cfg.name.clone();
     let mut failing = false;
+    let mut over_limit = false;
+    crate::metrics::slot_retained_limit(&server, cfg.slot_retained_limit);
     loop {
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -170,9 +203,19 @@ pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToke
                     .find(|s| s.server == server)
                     .and_then(|s| s.flushed_lsn);
                 crate::metrics::server_facts(&server, &facts, flushed);
+                let warning = slot_limit_warning(&facts, cfg.slot_retained_limit);
+                if warning.is_some() != over_limit {
+                    over_limit = warning.is_some();
+                    match &warning {
+                        Some(w) => tracing::warn!(server = %server, "{w}"),
+                        None => tracing::info!(server = %server, "the slot's retained WAL is back under slot_retained_limit"),
+                    }
+                    crate::metrics::slot_over_limit(&server, over_limit);
+                }
                 board.update(&server, |s| {
                     s.monitor = Some(facts);
                     s.monitor_error = None;
+                    s.slot_warning = warning;
                 });
             }
             Ok(Err(e)) => {
@@ -185,6 +228,19 @@ pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToke
             _ = tokio::time::sleep(cfg.monitor_interval) => {}
         }
     }
+}
+
+/// The warning to show while the slot holds back more WAL on the server than `limit`.
+pub fn slot_limit_warning(facts: &ServerFacts, limit: Option<u64>) -> Option<String> {
+    let (retained, limit) = (facts.slot_retained_bytes?, limit?);
+    (retained > limit).then(|| {
+        format!(
+            "the slot holds {} of WAL on the server, over slot_retained_limit ({}): pgark is behind or was away; \
+             check that it streams, and the server's pg_wal space",
+            crate::backup_commands::human_bytes(retained),
+            crate::backup_commands::human_bytes(limit)
+        )
+    })
 }
 
 fn report_failure(server: &str, board: &StatusBoard, failing: &mut bool, e: String) {
@@ -212,6 +268,17 @@ mod tests {
         assert!(!names_standby("", "pgark"));
         assert!(!names_standby("s1, s2", "pgark"));
         assert!(!names_standby("FIRST 1 (pgark_other)", "pgark"));
+    }
+
+    #[test]
+    fn slot_limit() {
+        let facts = ServerFacts {
+            slot_retained_bytes: Some(2000),
+            ..Default::default()
+        };
+        assert!(slot_limit_warning(&facts, None).is_none());
+        assert!(slot_limit_warning(&facts, Some(5000)).is_none());
+        assert!(slot_limit_warning(&facts, Some(1000)).unwrap().contains("slot_retained_limit"));
     }
 
     #[test]

@@ -40,6 +40,43 @@ pub struct ServerStatus {
     pub monitor: Option<crate::monitor::ServerFacts>,
     #[serde(default)]
     pub monitor_error: Option<String>,
+    /// Set while the slot holds back more WAL than `slot_retained_limit`.
+    #[serde(default)]
+    pub slot_warning: Option<String>,
+    /// Unix seconds up to which pgark holds, durably, all WAL the server had sent: the end of
+    /// the recovery window.
+    #[serde(default)]
+    pub wal_durable_at: Option<u64>,
+    /// This server's share of the catalog and its WAL ingest rate (see `catalog_watch`).
+    #[serde(default)]
+    pub catalog: Option<ServerCatalog>,
+    /// Start of the newest and of the oldest published base backup (Unix seconds): the oldest
+    /// one starts the recovery window.
+    #[serde(default)]
+    pub oldest_backup_start: Option<u64>,
+    #[serde(default)]
+    pub newest_backup_end: Option<u64>,
+}
+
+/// One server's share of the catalog.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerCatalog {
+    pub wal_bytes: u64,
+    pub backup_bytes: u64,
+    /// Stored WAL bytes per second over the last minutes (WAL rate times its stored ratio).
+    pub wal_ingest_bytes_per_second: f64,
+}
+
+/// The catalog's filesystem (see `catalog_watch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogSpace {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    pub pressure: crate::pressure::Level,
+    /// Seconds until the filesystem is full at the current WAL ingest rate (`None`: not filling).
+    pub full_eta_seconds: Option<f64>,
+    /// Unix seconds of the measurement.
+    pub at: u64,
 }
 
 impl ServerStatus {
@@ -60,6 +97,11 @@ impl ServerStatus {
             last_message_at: None,
             monitor: None,
             monitor_error: None,
+            slot_warning: None,
+            wal_durable_at: None,
+            catalog: None,
+            oldest_backup_start: None,
+            newest_backup_end: None,
         }
     }
 }
@@ -69,16 +111,29 @@ pub struct DaemonStatus {
     pub version: String,
     pub pid: u32,
     pub catalog: String,
+    #[serde(default)]
+    pub catalog_space: Option<CatalogSpace>,
     pub servers: Vec<ServerStatus>,
 }
 
-/// Shared map from server name to status.
+/// Shared map from server name to status, and the catalog's space.
 #[derive(Clone, Default)]
 pub struct StatusBoard {
     inner: Arc<Mutex<BTreeMap<String, ServerStatus>>>,
+    catalog: Arc<Mutex<Option<CatalogSpace>>>,
 }
 
 impl StatusBoard {
+    pub fn set_catalog_space(&self, space: CatalogSpace) {
+        if let Ok(mut c) = self.catalog.lock() {
+            *c = Some(space);
+        }
+    }
+
+    pub fn catalog_space(&self) -> Option<CatalogSpace> {
+        self.catalog.lock().ok().and_then(|c| c.clone())
+    }
+
     pub fn update(&self, server: &str, f: impl FnOnce(&mut ServerStatus)) {
         if let Ok(mut m) = self.inner.lock() {
             if let Some(s) = m.get_mut(server) {

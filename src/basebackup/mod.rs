@@ -56,6 +56,8 @@ pub struct BackupJob {
     pub fast_checkpoint: bool,
     pub max_rate_kb: Option<u32>,
     pub wal_watch: WalWatch,
+    /// Refuse to start while the catalog's free space is at the critical level.
+    pub disk_pressure: crate::pressure::DiskThresholds,
     pub cancel: CancellationToken,
 }
 
@@ -102,6 +104,8 @@ pub enum BackupError {
     WalMissing { server: String, segment: String },
     #[error("backup cancelled")]
     Cancelled,
+    #[error("{server}: backup not started: {reason}")]
+    DiskPressure { server: String, reason: String },
 }
 
 impl BackupError {
@@ -109,6 +113,7 @@ impl BackupError {
     pub fn exit_code(&self) -> i32 {
         match self {
             BackupError::Locked(_) => crate::cli::exit::LOCKED,
+            BackupError::DiskPressure { .. } => crate::cli::exit::DISK_PRESSURE,
             _ => crate::cli::exit::FAILURE,
         }
     }
@@ -180,8 +185,16 @@ pub fn spawn_on_own_thread(
 /// Takes one backup; see the module docs for the steps.
 pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result<BackupIndex, BackupError> {
     let server = job.server.name.clone();
-    let _lock = CatalogLock::acquire_backup(&job.catalog, &server)?;
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&job.catalog));
+    if let Some(cap) = store.capacity()? {
+        job.disk_pressure
+            .check_backup_allowed(cap)
+            .map_err(|reason| BackupError::DiskPressure {
+                server: server.clone(),
+                reason,
+            })?;
+    }
+    let _lock = CatalogLock::acquire_backup(&job.catalog, &server)?;
     let g = backup_store::collect_garbage(store.as_ref(), &server)?;
     if g.unfinished_backups > 0 || g.chunks > 0 {
         tracing::info!(server = %server, unfinished_backups = g.unfinished_backups, chunks = g.chunks, bytes = g.bytes,

@@ -84,18 +84,7 @@ pub struct Pipeline {
 
 /// Free bytes for an unprivileged writer on the filesystem holding `path`.
 pub fn free_space(path: &std::path::Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(io::Error::new(
-            io::Error::last_os_error().kind(),
-            format!("statvfs {}: {}", path.display(), io::Error::last_os_error()),
-        ));
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    crate::catalog::store::filesystem_capacity(path).map(|c| c.free)
 }
 
 impl Pipeline {

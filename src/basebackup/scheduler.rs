@@ -8,6 +8,7 @@ use super::{BackupJob, WalWatch};
 use crate::catalog::backup_store;
 use crate::catalog::store::LocalStore;
 use crate::config::ServerConfig;
+use crate::pressure::DiskThresholds;
 use crate::status::{unix_now, StatusBoard};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,13 +19,20 @@ const POLL: Duration = Duration::from_secs(15);
 /// After a failed scheduled backup, wait this long (or the interval, if shorter) before retrying.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
 
-/// Start of the newest published backup, after refreshing the metrics from the catalog.
-fn refresh(catalog: &std::path::Path, server: &str) -> Option<u64> {
+/// Start of the newest published backup, after refreshing the metrics and the status board
+/// (recovery window start, newest backup) from the catalog.
+fn refresh(catalog: &std::path::Path, server: &str, board: &StatusBoard) -> Option<u64> {
     let store = LocalStore::new(catalog);
     match backup_store::load_all(&store, server) {
         Ok(all) => {
             let stored: u64 = all.iter().map(|b| b.stored_new_bytes).sum();
             crate::metrics::backups_in_catalog(server, all.len(), stored);
+            let oldest_start = all.iter().map(|b| b.start_time).min();
+            crate::metrics::recovery_window_start(server, oldest_start);
+            board.update(server, |s| {
+                s.oldest_backup_start = oldest_start;
+                s.newest_backup_end = all.last().map(|b| b.end_time);
+            });
             let last = all.last()?;
             crate::metrics::backup_succeeded_gauges(
                 server,
@@ -42,15 +50,34 @@ fn refresh(catalog: &std::path::Path, server: &str) -> Option<u64> {
     }
 }
 
-pub async fn run(cfg: ServerConfig, catalog: PathBuf, board: StatusBoard, cancel: CancellationToken) {
+pub async fn run(
+    cfg: ServerConfig,
+    catalog: PathBuf,
+    disk_pressure: tokio::sync::watch::Receiver<DiskThresholds>,
+    board: StatusBoard,
+    cancel: CancellationToken,
+) {
     let server = cfg.name.clone();
     let mut retry_at: Option<u64> = None;
+    let mut held_back = false;
     loop {
-        let last_start = refresh(&catalog, &server);
+        let last_start = refresh(&catalog, &server, &board);
         if let Some(schedule) = &cfg.backup.schedule {
             let now = unix_now();
             let due = schedule.next_due(last_start, now).max(retry_at.unwrap_or(0));
-            if due <= now {
+            let thresholds = *disk_pressure.borrow();
+            let refused = match crate::catalog::store::filesystem_capacity(&catalog) {
+                Ok(cap) => thresholds.check_backup_allowed(cap).err(),
+                Err(_) => None,
+            };
+            if due <= now && refused.is_some() != held_back {
+                held_back = refused.is_some();
+                match &refused {
+                    Some(reason) => tracing::warn!(server = %server, "scheduled backup is due but held back: {reason}"),
+                    None => tracing::info!(server = %server, "catalog space is back above the critical level; scheduled backups resume"),
+                }
+            }
+            if due <= now && refused.is_none() {
                 tracing::info!(server = %server, "scheduled backup is due; starting it");
                 let job = BackupJob {
                     server: cfg.clone(),
@@ -59,6 +86,7 @@ pub async fn run(cfg: ServerConfig, catalog: PathBuf, board: StatusBoard, cancel
                     fast_checkpoint: cfg.backup.fast_checkpoint,
                     max_rate_kb: None,
                     wal_watch: WalWatch::Board(board.clone()),
+                    disk_pressure: thresholds,
                     cancel: cancel.child_token(),
                 };
                 let handle = super::spawn_on_own_thread(job, Box::new(LogLines::default()));

@@ -15,6 +15,7 @@ pub mod lock;
 pub mod segment_file;
 pub mod state;
 pub mod store;
+pub mod usage;
 pub mod wal_store;
 
 use std::path::{Path, PathBuf};

@@ -33,6 +33,45 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
     /// Removes the object; removing a missing object succeeds.
     fn delete(&self, key: &str) -> io::Result<()>;
+    /// How many objects, and how many bytes, live under `prefix` at any depth.
+    fn usage(&self, prefix: &str) -> io::Result<Usage>;
+    /// Free and total bytes of the space objects are stored in, when the backend has a limit
+    /// (a filesystem does; an object store bucket would answer `None`).
+    fn capacity(&self) -> io::Result<Option<Capacity>>;
+}
+
+/// Objects and bytes under a prefix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Room left where the catalog is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Capacity {
+    /// Bytes an unprivileged writer can still use.
+    pub free: u64,
+    pub total: u64,
+}
+
+/// Free and total bytes of the filesystem holding `path` (statvfs; `free` is what an
+/// unprivileged writer can use, as `df` reports it).
+pub fn filesystem_capacity(path: &Path) -> io::Result<Capacity> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("statvfs {}: {e}", path.display())));
+    }
+    let unit = st.f_frsize as u64;
+    Ok(Capacity {
+        free: (st.f_bavail as u64).saturating_mul(unit),
+        total: (st.f_blocks as u64).saturating_mul(unit),
+    })
 }
 
 /// Objects as files under a root directory.
@@ -125,5 +164,39 @@ impl ObjectStore for LocalStore {
 
     fn delete(&self, key: &str) -> io::Result<()> {
         fsutil::durable_remove(&self.path(key))
+    }
+
+    fn usage(&self, prefix: &str) -> io::Result<Usage> {
+        let mut total = Usage::default();
+        let mut dirs = vec![self.path(prefix)];
+        while let Some(dir) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(fsutil::ctx("list", &dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(fsutil::ctx("list", &dir))?;
+                // A file removed between readdir and stat (compression, garbage collection) is
+                // simply no longer there.
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(fsutil::ctx("stat", &entry.path())(e)),
+                };
+                if meta.is_dir() {
+                    dirs.push(entry.path());
+                } else if meta.is_file() {
+                    total.objects += 1;
+                    // Allocated blocks, not the apparent length: what the filesystem really gives.
+                    total.bytes += std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    fn capacity(&self) -> io::Result<Option<Capacity>> {
+        filesystem_capacity(&self.root).map(Some)
     }
 }

@@ -60,14 +60,58 @@ struct Loop<'a> {
     /// When the oldest not-yet-acknowledged WAL arrived (for the ack latency metric).
     unacked_since: Option<Instant>,
     server_wal_end: Lsn,
+    /// (server WAL end, Unix seconds) as messages told them, oldest first: once the flush
+    /// position passes a mark, pgark holds everything the server had sent by then.
+    marks: std::collections::VecDeque<(Lsn, u64)>,
+    /// The newest such time: the end of the recovery window.
+    durable_at: Option<u64>,
     out: BytesMut,
 }
+
+/// Marks kept while the flush position is behind (older ones are dropped: only precision on a
+/// long catch-up is lost, never correctness).
+const MAX_MARKS: usize = 256;
 
 impl Loop<'_> {
     /// Whether the server has so much more WAL than we wrote that fsyncing on every pause would
     /// cost more throughput than the few milliseconds of acknowledgement it could save.
     fn catching_up(&self) -> bool {
         self.server_wal_end.saturating_sub(self.store.write_pos()) > CATCHUP_DEFER_BYTES
+    }
+
+    /// Notes that the server's WAL ended at `end` now.
+    fn mark(&mut self, end: Lsn) {
+        let now = unix_now();
+        match self.marks.back_mut() {
+            Some(last) if last.0 == end => last.1 = now,
+            Some(last) if last.0 > end => {}
+            _ => {
+                if self.marks.len() == MAX_MARKS {
+                    self.marks.pop_front();
+                }
+                self.marks.push_back((end, now));
+            }
+        }
+    }
+
+    /// Moves the end of the recovery window to the newest mark the flush position covers.
+    fn advance_durable(&mut self) {
+        let flush = self.store.flush_pos();
+        let mut newest = None;
+        while let Some(&(end, at)) = self.marks.front() {
+            if end > flush {
+                break;
+            }
+            newest = Some(at);
+            self.marks.pop_front();
+        }
+        if let Some(at) = newest {
+            if self.durable_at.is_none_or(|d| at > d) {
+                self.durable_at = Some(at);
+                crate::metrics::recovery_window_end(self.opts.server, at);
+                self.board.update(self.opts.server, |s| s.wal_durable_at = Some(at));
+            }
+        }
     }
 
     /// fdatasync what was written (blocking this receiver's own thread) and record how long it took.
@@ -93,6 +137,7 @@ impl Loop<'_> {
             }
         }
         self.last_reported = (write, flush);
+        self.advance_durable();
         crate::metrics::wal_positions(self.opts.server, write.0, flush.0);
         let lag = self.server_wal_end.saturating_sub(flush);
         self.board.update(self.opts.server, |s| {
@@ -150,6 +195,8 @@ pub async fn stream(
         last_reported: start,
         unacked_since: None,
         server_wal_end: start.0,
+        marks: Default::default(),
+        durable_at: None,
         out: BytesMut::with_capacity(64),
     };
     let mut status_tick = tokio::time::interval(opts.status_interval);
@@ -189,7 +236,9 @@ pub async fn stream(
                     }
                     _ = status_tick.tick() => {
                         lp.flush()?;
-                        lp.report(false).await?;
+                        // Ask for a reply: the server's keepalive then tells its WAL end, which
+                        // moves the recovery window's end forward on an idle server too.
+                        lp.report(true).await?;
                         continue;
                     }
                     _ = tokio::time::sleep_until(ping_at.into()), if !pinged => {
@@ -215,6 +264,7 @@ pub async fn stream(
                 } => {
                     lp.server_wal_end = lp.server_wal_end.max(server_wal_end);
                     lp.on_wal(start, &data)?;
+                    lp.mark(Lsn(start.0.saturating_add(data.len() as u64)));
                 }
                 ReplicationMessage::Keepalive {
                     server_wal_end,
@@ -222,6 +272,8 @@ pub async fn stream(
                 } => {
                     lp.server_wal_end = lp.server_wal_end.max(server_wal_end);
                     crate::metrics::server_wal_end(opts.server, lp.server_wal_end.0);
+                    lp.mark(server_wal_end);
+                    lp.advance_durable();
                     if reply_requested {
                         if opts.synchronous {
                             lp.flush()?;

@@ -358,7 +358,7 @@ fn scheduled_backup_then_dedup_and_delete() {
     let (code, metrics) = p.http_get("/metrics");
     assert_eq!(code, 200);
     assert!(
-        metrics.contains("pgark_backup_last_success_timestamp_seconds{server=\"main\"}"),
+        metrics.contains("pgark_last_backup_success_timestamp_seconds{server=\"main\"}"),
         "{metrics}"
     );
 

@@ -75,6 +75,9 @@ pub struct Pgark {
     pub metrics: String,
     pub log: PathBuf,
     extra_env: Vec<(String, String)>,
+    /// Extra keys under `metrics:` (each line indented by 2), and extra top-level YAML.
+    metrics_extra: String,
+    top: String,
 }
 
 impl Pgark {
@@ -84,18 +87,16 @@ impl Pgark {
     }
 
     pub fn start_env(servers_yaml: &str, env: &[(&str, &str)]) -> Pgark {
+        Self::start_full("", "", servers_yaml, env)
+    }
+
+    /// `metrics_extra`: lines under `metrics:` besides `listen` (indented by 2); `top`: other
+    /// top-level YAML (`disk_pressure:` ...).
+    pub fn start_full(metrics_extra: &str, top: &str, servers_yaml: &str, env: &[(&str, &str)]) -> Pgark {
         let dir = tempfile::Builder::new().prefix("pgark-test-").tempdir().unwrap();
         let catalog = dir.path().join("catalog");
         let metrics = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("pgark.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "catalog: {}\nmetrics:\n  listen: {metrics}\nservers:\n{servers_yaml}",
-                catalog.display()
-            ),
-        )
-        .unwrap();
         let log = dir.path().join("pgark.log");
         let mut p = Pgark {
             child: None,
@@ -105,21 +106,32 @@ impl Pgark {
             metrics,
             log,
             extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            metrics_extra: metrics_extra.to_string(),
+            top: top.to_string(),
         };
+        p.rewrite_servers(servers_yaml);
         p.spawn();
         p
     }
 
     pub fn rewrite_servers(&self, servers_yaml: &str) {
+        let lines = |t: &str| t.lines().map(|l| format!("{l}\n")).collect::<String>();
         std::fs::write(
             &self.config,
             format!(
-                "catalog: {}\nmetrics:\n  listen: {}\nservers:\n{servers_yaml}",
+                "catalog: {}\nmetrics:\n  listen: {}\n{}{}servers:\n{servers_yaml}",
                 self.catalog.display(),
-                self.metrics
+                self.metrics,
+                lines(&self.metrics_extra),
+                lines(&self.top),
             ),
         )
         .unwrap();
+    }
+
+    /// Replaces the extra top-level YAML (then `rewrite_servers` and `hup` to apply it).
+    pub fn set_top(&mut self, top: &str) {
+        self.top = top.to_string();
     }
 
     pub fn spawn(&mut self) {

@@ -7,6 +7,7 @@ mod common;
 mod durability;
 mod malformed;
 mod monitoring;
+mod prometheus;
 mod restore;
 mod streaming;
 mod timelines;

@@ -71,3 +71,95 @@ fn slot_lag_and_sync_state_metrics() {
         v < retained / 2.0
     });
 }
+
+fn metric_line(p: &Pgark, series: &str) -> Option<f64> {
+    let (_, text) = p.http_get("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Disk pressure: at the critical level `pgark backup` is refused (exit 8) and scheduled backups
+/// are held back while WAL streaming goes on; a reload with lower thresholds lets backups run
+/// again. Also: the catalog metrics, the recovery window's end on an idle server, and the
+/// configurable /healthz limit.
+#[test]
+fn disk_pressure_holds_back_backups_not_streaming() {
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    let servers = server_yaml(
+        "main",
+        &c.conninfo(&c.superuser),
+        "synchronous: false\nbackup_schedule: 1m\nbackup_checkpoint: fast\nmonitor_interval: 1s",
+    );
+    // Larger than any disk: always critical.
+    let mut p = Pgark::start_full(
+        "  healthz_stream_timeout: 3s",
+        "disk_pressure:\n  catalog_free_warning: 2000TB\n  catalog_free_critical: 1000TB",
+        &servers,
+        &[],
+    );
+    p.wait_streaming("main");
+    wait_until(Duration::from_secs(40), "the critical level in /status", || {
+        p.status()
+            .and_then(|s| s.catalog_space)
+            .is_some_and(|c| c.pressure == pgark::pressure::Level::Critical)
+    });
+    assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(2.0));
+    assert!(metric_line(&p, "pgark_catalog_free_bytes").unwrap() > 0.0);
+    assert_eq!(metric_line(&p, "pgark_catalog_free_critical_bytes"), Some(1e15));
+
+    // Streaming goes on.
+    write_rows(&c, 2000);
+    let target = current_flush_lsn(&c);
+    p.wait_flushed("main", target);
+    wait_until(Duration::from_secs(40), "the catalog's WAL size metric", || {
+        metric_line(&p, "pgark_catalog_size_bytes{server=\"main\",kind=\"wal\"}").is_some_and(|v| v > 1e6)
+    });
+
+    // Backups are not: the CLI exits 8 naming the setting; the scheduler holds back, once logged.
+    let o = crate::backup::pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
+    assert_eq!(o.status.code(), Some(8), "{}", crate::backup::text(&o));
+    assert!(
+        crate::backup::text(&o).contains("catalog_free_critical"),
+        "{}",
+        crate::backup::text(&o)
+    );
+    wait_until(Duration::from_secs(40), "the held-back log line", || {
+        p.log_text().contains("held back")
+    });
+    assert!(p.log_text().contains("CRITICAL"));
+    assert!(
+        crate::backup::list(&p.config).is_empty(),
+        "no backup may be taken at the critical level"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(p.log_text().matches("held back").count(), 1, "logged once per change");
+
+    // The recovery window's end follows the clock on an idle server (keepalive replies).
+    let now = pgark::status::unix_now() as f64;
+    wait_until(Duration::from_secs(20), "the recovery window end near now", || {
+        metric_line(&p, "pgark_recovery_window_end_seconds{server=\"main\"}").is_some_and(|v| v >= now)
+    });
+
+    // Lower thresholds on reload: back to ok, and the scheduled backup runs.
+    p.set_top("disk_pressure:\n  catalog_free_warning: 2MB\n  catalog_free_critical: 1MB");
+    p.rewrite_servers(&servers);
+    p.hup();
+    wait_until(Duration::from_secs(40), "level ok after the reload", || {
+        metric_line(&p, "pgark_catalog_pressure") == Some(0.0)
+    });
+    wait_until(Duration::from_secs(90), "the scheduled backup after the reload", || {
+        !crate::backup::list(&p.config).is_empty()
+    });
+    wait_until(Duration::from_secs(40), "the recovery window start", || {
+        metric_line(&p, "pgark_recovery_window_start_seconds{server=\"main\"}").is_some_and(|v| v > 0.0)
+    });
+
+    // /healthz turns 503 once the server has been away for longer than healthz_stream_timeout.
+    assert_eq!(p.http_get("/healthz").0, 200);
+    c.stop("fast").unwrap();
+    wait_until(Duration::from_secs(30), "/healthz 503", || p.http_get("/healthz").0 == 503);
+    let (_, body) = p.http_get("/healthz");
+    assert!(body.contains("main"), "{body}");
+}

@@ -1,0 +1,178 @@
+//! The daemon's catalog watch: every `INTERVAL`, the free space of the catalog's filesystem
+//! against the disk-pressure thresholds (logged once per change of level), each server's share
+//! of the catalog, its WAL ingest rate, and the projected time until the filesystem is full.
+//!
+//! Ingest rate: how fast each server's flushed LSN advanced over the last `RATE_WINDOW`, times
+//! the stored/original ratio of its compressed segments. The LSN is monotonic and exact, so the
+//! rate is smooth even when segments are rare; the ratio turns raw WAL into catalog bytes. The
+//! projection counts WAL only: base backups are periodic, bounded by `backup_min_free`, and
+//! stopped at the critical level.
+
+use crate::catalog::store::{LocalStore, ObjectStore};
+use crate::catalog::usage;
+use crate::catalog::Layout;
+use crate::pressure::{DiskThresholds, Level};
+use crate::status::{unix_now, CatalogSpace, ServerCatalog, StatusBoard};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub const INTERVAL: Duration = Duration::from_secs(15);
+/// How far back the ingest rate looks.
+pub const RATE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Flushed-LSN samples of one server, oldest first, spanning at most `RATE_WINDOW`.
+#[derive(Default)]
+pub struct RateWindow {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl RateWindow {
+    /// Records `lsn` at `at`; a position that went backwards (a new catalog, a restored
+    /// server) starts the window over.
+    pub fn record(&mut self, at: Instant, lsn: u64) {
+        if self.samples.back().is_some_and(|&(_, l)| lsn < l) {
+            self.samples.clear();
+        }
+        self.samples.push_back((at, lsn));
+        while self.samples.len() > 2 && at.duration_since(self.samples[1].0) >= RATE_WINDOW {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Bytes per second over the window (0 with fewer than two samples).
+    pub fn rate(&self) -> f64 {
+        match (self.samples.front(), self.samples.back()) {
+            (Some(&(t0, l0)), Some(&(t1, l1))) if t1 > t0 => (l1 - l0) as f64 / t1.duration_since(t0).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// Seconds until `free` bytes are used up at `rate` bytes per second (`None` when not filling).
+pub fn full_eta(free: u64, rate: f64) -> Option<f64> {
+    (rate > 0.0).then(|| free as f64 / rate)
+}
+
+pub async fn run(layout: Layout, thresholds: tokio::sync::watch::Receiver<DiskThresholds>, board: StatusBoard, cancel: CancellationToken) {
+    let mut windows: BTreeMap<String, RateWindow> = BTreeMap::new();
+    let mut level = Level::Ok;
+    let mut failing = false;
+    loop {
+        let thresholds = *thresholds.borrow();
+        let servers = board.snapshot();
+        let now = Instant::now();
+        for s in &servers {
+            if let Some(l) = s.flushed_lsn {
+                windows.entry(s.server.clone()).or_default().record(now, l.0);
+            }
+        }
+        windows.retain(|name, _| servers.iter().any(|s| &s.server == name));
+        let names: Vec<String> = servers.iter().map(|s| s.server.clone()).collect();
+        let root = layout.root().to_path_buf();
+        let measured = tokio::task::spawn_blocking(move || {
+            let store = LocalStore::new(&root);
+            let cap = store.capacity()?;
+            let per_server = names
+                .into_iter()
+                .map(|n| usage::server_usage(&store, &n).map(|u| (n, u)))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            Ok::<_, std::io::Error>((cap, per_server))
+        })
+        .await;
+        match measured {
+            Ok(Ok((cap, per_server))) => {
+                failing = false;
+                let mut total_rate = 0.0;
+                for (name, u) in per_server {
+                    let raw_rate = windows.get(&name).map(RateWindow::rate).unwrap_or(0.0);
+                    let c = ServerCatalog {
+                        wal_bytes: u.wal.bytes,
+                        backup_bytes: u.backups.bytes,
+                        wal_ingest_bytes_per_second: raw_rate * u.wal_stored_ratio.unwrap_or(1.0),
+                    };
+                    total_rate += c.wal_ingest_bytes_per_second;
+                    crate::metrics::server_catalog(&name, &c);
+                    board.update(&name, |s| s.catalog = Some(c));
+                }
+                if let Some(cap) = cap {
+                    let new_level = thresholds.level(cap);
+                    if new_level != level {
+                        log_level_change(level, new_level, cap.free, &thresholds);
+                        level = new_level;
+                    }
+                    let space = CatalogSpace {
+                        free_bytes: cap.free,
+                        total_bytes: cap.total,
+                        pressure: new_level,
+                        full_eta_seconds: full_eta(cap.free, total_rate),
+                        at: unix_now(),
+                    };
+                    crate::metrics::catalog_space(
+                        &space,
+                        thresholds.catalog_free_warning.bytes(cap.total),
+                        thresholds.catalog_free_critical.bytes(cap.total),
+                    );
+                    board.set_catalog_space(space);
+                }
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(catalog = %layout.root().display(), error = %e, "cannot measure the catalog's space and usage");
+                    failing = true;
+                }
+                crate::metrics::catalog_checks_failed();
+            }
+            Err(e) => tracing::error!(error = %e, "catalog measurement task failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(INTERVAL) => {}
+        }
+    }
+}
+
+fn log_level_change(old: Level, new: Level, free: u64, t: &DiskThresholds) {
+    let free = crate::backup_commands::human_bytes(free);
+    match new {
+        Level::Critical => tracing::error!(
+            free = %free, critical = %t.catalog_free_critical,
+            "catalog free space is CRITICAL: new base backups are not started; WAL streaming continues while space lasts. Free space in the catalog now"
+        ),
+        Level::Warning if old < Level::Warning => tracing::warn!(
+            free = %free, warning = %t.catalog_free_warning,
+            "catalog free space is low (warning level); plan more space or fewer backups"
+        ),
+        _ => tracing::info!(free = %free, level = ?new, "catalog free space improved"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_over_window() {
+        let t0 = Instant::now();
+        let mut w = RateWindow::default();
+        assert_eq!(w.rate(), 0.0);
+        w.record(t0, 1000);
+        assert_eq!(w.rate(), 0.0);
+        w.record(t0 + Duration::from_secs(10), 11_000);
+        assert!((w.rate() - 1000.0).abs() < 1e-6);
+        // Old samples leave the window; the rate follows the recent slope.
+        for i in 1..=100u64 {
+            w.record(t0 + Duration::from_secs(10 + i * 15), 11_000 + i * 15 * 10);
+        }
+        assert!((w.rate() - 10.0).abs() < 1e-6, "{}", w.rate());
+        // Going backwards restarts.
+        w.record(t0 + Duration::from_secs(5000), 5);
+        assert_eq!(w.rate(), 0.0);
+    }
+
+    #[test]
+    fn eta() {
+        assert_eq!(full_eta(1000, 0.0), None);
+        assert_eq!(full_eta(1000, 10.0), Some(100.0));
+    }
+}
