@@ -44,6 +44,42 @@ pub fn register_server(server: &str) {
     ] {
         counter!(name, "server" => server.to_string()).increment(0);
     }
+    for reason in DISCONNECT_REASONS {
+        counter!("pgark_disconnects_total", "server" => server.to_string(), "reason" => *reason).increment(0);
+    }
+    connection_state(server, crate::status::ConnState::Starting);
+}
+
+/// Every value of `pgark_disconnects_total`'s `reason` label.
+pub const DISCONNECT_REASONS: &[&str] = &[
+    "server_shutdown",
+    "network",
+    "timeout",
+    "tls",
+    "auth",
+    "server_error",
+    "protocol",
+    "catalog",
+    "identity",
+];
+
+/// A session ended; `reason` is one of `DISCONNECT_REASONS`.
+pub fn disconnected(server: &str, reason: &'static str) {
+    counter!("pgark_disconnects_total", "server" => server.to_string(), "reason" => reason).increment(1);
+}
+
+/// The receiver's connection state: one series per state, 1 for the current one.
+pub fn connection_state(server: &str, state: crate::status::ConnState) {
+    use crate::status::ConnState::*;
+    for (name, st) in [
+        ("starting", Starting),
+        ("connecting", Connecting),
+        ("streaming", Streaming),
+        ("retrying", Retrying),
+        ("stopped", Stopped),
+    ] {
+        gauge!("pgark_connection_state", "server" => server.to_string(), "state" => name).set(if st == state { 1.0 } else { 0.0 });
+    }
 }
 
 pub fn set_up(server: &str, up: bool) {

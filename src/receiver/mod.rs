@@ -47,6 +47,22 @@ pub enum ReceiverError {
     Timeout(Duration),
 }
 
+impl ReceiverError {
+    /// A short, bounded class of the error: the `reason` label of `pgark_disconnects_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReceiverError::Client(ClientError::Io { .. }) | ReceiverError::Client(ClientError::Closed) => "network",
+            ReceiverError::Client(ClientError::Timeout(_)) | ReceiverError::Timeout(_) => "timeout",
+            ReceiverError::Client(ClientError::Tls(_)) => "tls",
+            ReceiverError::Client(ClientError::Auth(_)) => "auth",
+            ReceiverError::Client(ClientError::Server(_)) => "server_error",
+            ReceiverError::Client(ClientError::Protocol(_)) | ReceiverError::Protocol(_) => "protocol",
+            ReceiverError::Store(_) | ReceiverError::State(_) => "catalog",
+            ReceiverError::Identity(_) | ReceiverError::TimelineAhead { .. } => "identity",
+        }
+    }
+}
+
 /// A session ended without error.
 enum SessionEnd {
     Cancelled,
@@ -106,6 +122,7 @@ pub fn spawn_on_own_thread(
             s.state = ConnState::Retrying;
             s.last_error = Some("the receiver panicked; restarting".into());
         });
+        crate::metrics::connection_state(&cfg.name, ConnState::Retrying);
         crate::metrics::set_up(&cfg.name, false);
         std::thread::sleep(Duration::from_secs(5));
     })?;
@@ -123,6 +140,7 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
     crate::metrics::set_up(&server, false);
     loop {
         board.update(&server, |s| s.state = ConnState::Connecting);
+        crate::metrics::connection_state(&server, ConnState::Connecting);
         let started = Instant::now();
         let result = session(&cfg, &layout, &store, &mut spool, &board, &cancel).await;
         crate::metrics::set_up(&server, false);
@@ -130,6 +148,7 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
         match result {
             Ok(SessionEnd::Cancelled) => break,
             Ok(SessionEnd::ServerShutdown) => {
+                crate::metrics::disconnected(&server, "server_shutdown");
                 tracing::info!("server is shutting down; will reconnect");
                 board.update(&server, |s| s.last_error = Some("server shut down".into()));
             }
@@ -137,6 +156,7 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
                 if matches!(e, ReceiverError::Store(_)) {
                     crate::metrics::store_error(&server);
                 }
+                crate::metrics::disconnected(&server, e.reason());
                 tracing::warn!(error = %e, "replication session ended");
                 board.update(&server, |s| s.last_error = Some(e.to_string()));
             }
@@ -146,6 +166,7 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
         }
         let delay = backoff.next_delay();
         crate::metrics::reconnect(&server);
+        crate::metrics::connection_state(&server, ConnState::Retrying);
         board.update(&server, |s| {
             s.state = ConnState::Retrying;
             s.reconnects += 1;
@@ -165,6 +186,7 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
         }
     }
     board.update(&server, |s| s.state = ConnState::Stopped);
+    crate::metrics::connection_state(&server, ConnState::Stopped);
     tracing::info!("receiver stopped");
 }
 
@@ -263,6 +285,7 @@ async fn session(
             StartOutcome::TimelineEnded(end) => end,
             StartOutcome::Streaming => {
                 crate::metrics::set_up(server, true);
+                crate::metrics::connection_state(server, ConnState::Streaming);
                 board.update(server, |s| {
                     s.state = ConnState::Streaming;
                     s.streaming_since = Some(unix_now());

@@ -331,6 +331,22 @@ fn connection_cut_and_server_restart_continue_without_gap() {
     write_rows(&c, 50);
     p.wait_streaming("main");
     p.wait_flushed("main", current_flush_lsn(&c));
+    // The disconnects are counted by reason: the cuts as network, the restart as a shutdown.
+    let (_, metrics) = p.http_get("/metrics");
+    let count = |reason: &str| -> f64 {
+        let prefix = format!("pgark_disconnects_total{{server=\"main\",reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("network") + count("timeout") >= 2.0, "cuts not counted:\n{metrics}");
+    assert!(count("server_shutdown") >= 1.0, "the restart not counted:\n{metrics}");
+    assert!(
+        metrics.contains("pgark_connection_state{server=\"main\",state=\"streaming\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(p.term(), 0);
     let seg = seg_size(&c);
     let compared = assert_byte_exact(&p.wal_dir("main"), &c.pg_wal(), seg);
