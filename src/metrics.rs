@@ -252,3 +252,26 @@ pub fn recovery_window_start(server: &str, start_unix: Option<u64>) {
 pub fn recovery_window_end(server: &str, unix: u64) {
     gauge!("pgark_recovery_window_end_seconds", "server" => server.to_string()).set(unix as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every metric name in this file is documented in the README's metric tables.
+    #[test]
+    fn every_metric_is_in_the_readme() {
+        let readme = include_str!("../README.md");
+        let source = include_str!("metrics.rs");
+        let mut names: Vec<&str> = source
+            .split('"')
+            .filter(|s| s.starts_with("pgark_") && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .collect();
+        names.sort();
+        names.dedup();
+        assert!(names.len() > 40, "found only {names:?}");
+        for n in names {
+            assert!(
+                readme.contains(&format!("`{n}{{")) || readme.contains(&format!("`{n}`")),
+                "{n} is not in the README's metric tables"
+            );
+        }
+    }
+}
