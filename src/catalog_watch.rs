@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub const INTERVAL: Duration = Duration::from_secs(15);
+/// The per-server usage walks every object of the catalog (hundreds of thousands of chunks in a
+/// large one), so it runs every this many rounds; free space (one statvfs) every round.
+const USAGE_EVERY_ROUNDS: u64 = 4;
 /// How far back the ingest rate looks.
 pub const RATE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
@@ -58,6 +61,8 @@ pub async fn run(layout: Layout, thresholds: tokio::sync::watch::Receiver<DiskTh
     let mut windows: BTreeMap<String, RateWindow> = BTreeMap::new();
     let mut level = Level::Ok;
     let mut failing = false;
+    let mut usage_cache: Vec<(String, usage::ServerUsage)> = Vec::new();
+    let mut round: u64 = 0;
     loop {
         let thresholds = *thresholds.borrow();
         let servers = board.snapshot();
@@ -69,20 +74,33 @@ pub async fn run(layout: Layout, thresholds: tokio::sync::watch::Receiver<DiskTh
         }
         windows.retain(|name, _| servers.iter().any(|s| &s.server == name));
         let names: Vec<String> = servers.iter().map(|s| s.server.clone()).collect();
+        let same_servers = usage_cache.len() == names.len() && usage_cache.iter().zip(&names).all(|((a, _), b)| a == b);
+        let walk = round % USAGE_EVERY_ROUNDS == 0 || !same_servers;
+        round += 1;
         let root = layout.root().to_path_buf();
         let measured = tokio::task::spawn_blocking(move || {
             let store = LocalStore::new(&root);
             let cap = store.capacity()?;
-            let per_server = names
-                .into_iter()
-                .map(|n| usage::server_usage(&store, &n).map(|u| (n, u)))
-                .collect::<std::io::Result<Vec<_>>>()?;
+            let per_server = if walk {
+                Some(
+                    names
+                        .into_iter()
+                        .map(|n| usage::server_usage(&store, &n).map(|u| (n, u)))
+                        .collect::<std::io::Result<Vec<_>>>()?,
+                )
+            } else {
+                None
+            };
             Ok::<_, std::io::Error>((cap, per_server))
         })
         .await;
         match measured {
             Ok(Ok((cap, per_server))) => {
                 failing = false;
+                if let Some(p) = per_server {
+                    usage_cache = p;
+                }
+                let per_server = usage_cache.clone();
                 let mut total_rate = 0.0;
                 for (name, u) in per_server {
                     let raw_rate = windows.get(&name).map(RateWindow::rate).unwrap_or(0.0);

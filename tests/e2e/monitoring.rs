@@ -113,9 +113,11 @@ fn disk_pressure_holds_back_backups_not_streaming() {
     write_rows(&c, 2000);
     let target = current_flush_lsn(&c);
     p.wait_flushed("main", target);
-    wait_until(Duration::from_secs(40), "the catalog's WAL size metric", || {
-        metric_line(&p, "pgark_catalog_size_bytes{server=\"main\",kind=\"wal\"}").is_some_and(|v| v > 1e6)
-    });
+    wait_until(
+        Duration::from_secs(90),
+        "the catalog's WAL size metric (walked every minute)",
+        || metric_line(&p, "pgark_catalog_size_bytes{server=\"main\",kind=\"wal\"}").is_some_and(|v| v > 1e6),
+    );
 
     // Backups are not: the CLI exits 8 naming the setting; the scheduler holds back, once logged.
     let o = crate::backup::pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
