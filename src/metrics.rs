@@ -23,6 +23,7 @@ pub fn install() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             let _ = metrics::set_global_recorder(recorder);
+            describe_from_readme();
             gauge!("pgark_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
@@ -79,6 +80,38 @@ pub fn connection_state(server: &str, state: crate::status::ConnState) {
         ("stopped", Stopped),
     ] {
         gauge!("pgark_connection_state", "server" => server.to_string(), "state" => name).set(if st == state { 1.0 } else { 0.0 });
+    }
+}
+
+/// The README's metric tables (`| `name{labels}` | type | meaning |`), the single source of each
+/// metric's HELP text.
+const README: &str = include_str!("../README.md");
+
+/// (name, type, meaning) for every metric row of the README.
+pub fn documented_metrics() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for line in README.lines() {
+        let cells: Vec<&str> = line.split(" | ").map(|c| c.trim_matches(|c: char| c == '|' || c == ' ')).collect();
+        if cells.len() != 3 || !cells[0].starts_with("`pgark_") {
+            continue;
+        }
+        let meaning = cells[2].replace('`', "");
+        for name in cells[0].split(", ") {
+            let name = name.trim_matches('`');
+            let name = name.split('{').next().unwrap_or(name);
+            out.push((name.to_string(), cells[1].to_string(), meaning.clone()));
+        }
+    }
+    out
+}
+
+fn describe_from_readme() {
+    for (name, kind, help) in documented_metrics() {
+        match kind.as_str() {
+            "counter" => metrics::describe_counter!(name, help),
+            "histogram" => metrics::describe_histogram!(name, help),
+            _ => metrics::describe_gauge!(name, help),
+        }
     }
 }
 
@@ -258,7 +291,6 @@ mod tests {
     /// Every metric name in this file is documented in the README's metric tables.
     #[test]
     fn every_metric_is_in_the_readme() {
-        let readme = include_str!("../README.md");
         let source = include_str!("metrics.rs");
         let mut names: Vec<&str> = source
             .split('"')
@@ -267,10 +299,19 @@ mod tests {
         names.sort();
         names.dedup();
         assert!(names.len() > 40, "found only {names:?}");
-        for n in names {
+        let documented = super::documented_metrics();
+        for n in names.iter().filter(|n| **n != "pgark_") {
             assert!(
-                readme.contains(&format!("`{n}{{")) || readme.contains(&format!("`{n}`")),
+                documented.iter().any(|(d, _, _)| d == n),
                 "{n} is not in the README's metric tables"
+            );
+        }
+        for (name, kind, _) in &documented {
+            assert!(["counter", "gauge", "histogram"].contains(&kind.as_str()), "{name}: type {kind:?}");
+            assert_eq!(
+                kind == "counter",
+                name.ends_with("_total"),
+                "{name}: counters and only counters end in _total"
             );
         }
     }

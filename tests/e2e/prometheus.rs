@@ -194,6 +194,24 @@ fn prometheus_scrapes_pgark_and_every_dashboard_and_rule_expression_works() {
     // A backup, so the backup and recovery-window panels have data.
     backup(&p.config, "main", &[]);
 
+    // The exposition passes promtool's linter (HELP and TYPE for every metric, naming rules).
+    let mut lint = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exposition = p.http_get("/metrics").1;
+    lint.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let prom = Prometheus::start(&prometheus, &p.metrics);
     wait_until(Duration::from_secs(60), "Prometheus to scrape pgark", || {
         prom.query("up{job=\"pgark\"} == 1").len() == 1
