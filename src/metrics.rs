@@ -115,33 +115,65 @@ fn describe_from_readme() {
     }
 }
 
+/// One server's hot-path metric handles, looked up once per streaming session instead of once
+/// per commit (each lookup allocates the label and hashes the key).
+pub struct StreamMetrics {
+    received: metrics::Counter,
+    fsync: metrics::Histogram,
+    ack: metrics::Histogram,
+    received_lsn: metrics::Gauge,
+    flushed_lsn: metrics::Gauge,
+    server_sent_lsn: metrics::Gauge,
+    recovery_window_end: metrics::Gauge,
+}
+
+impl StreamMetrics {
+    pub fn new(server: &str) -> Self {
+        let s = || server.to_string();
+        StreamMetrics {
+            received: counter!("pgark_wal_received_bytes_total", "server" => s()),
+            fsync: histogram!("pgark_fsync_duration_seconds", "server" => s()),
+            ack: histogram!("pgark_ack_latency_seconds", "server" => s()),
+            received_lsn: gauge!("pgark_wal_received_lsn_bytes", "server" => s()),
+            flushed_lsn: gauge!("pgark_wal_flushed_lsn_bytes", "server" => s()),
+            server_sent_lsn: gauge!("pgark_server_sent_lsn_bytes", "server" => s()),
+            recovery_window_end: gauge!("pgark_recovery_window_end_seconds", "server" => s()),
+        }
+    }
+
+    pub fn wal_received(&self, bytes: u64) {
+        self.received.increment(bytes);
+    }
+
+    pub fn fsync_duration(&self, d: Duration) {
+        self.fsync.record(d.as_secs_f64());
+    }
+
+    pub fn ack_latency(&self, d: Duration) {
+        self.ack.record(d.as_secs_f64());
+    }
+
+    pub fn wal_positions(&self, received: u64, flushed: u64) {
+        self.received_lsn.set(received as f64);
+        self.flushed_lsn.set(flushed as f64);
+    }
+
+    pub fn server_wal_end(&self, lsn: u64) {
+        self.server_sent_lsn.set(lsn as f64);
+    }
+
+    /// End of the recovery window: the time up to which pgark holds all the server's WAL durably.
+    pub fn recovery_window_end(&self, unix: u64) {
+        self.recovery_window_end.set(unix as f64);
+    }
+}
+
 pub fn set_up(server: &str, up: bool) {
     gauge!("pgark_up", "server" => server.to_string()).set(if up { 1.0 } else { 0.0 });
 }
 
-pub fn wal_received(server: &str, bytes: u64) {
-    counter!("pgark_wal_received_bytes_total", "server" => server.to_string()).increment(bytes);
-}
-
-pub fn wal_positions(server: &str, received: u64, flushed: u64) {
-    gauge!("pgark_wal_received_lsn_bytes", "server" => server.to_string()).set(received as f64);
-    gauge!("pgark_wal_flushed_lsn_bytes", "server" => server.to_string()).set(flushed as f64);
-}
-
-pub fn server_wal_end(server: &str, lsn: u64) {
-    gauge!("pgark_server_sent_lsn_bytes", "server" => server.to_string()).set(lsn as f64);
-}
-
 pub fn timeline(server: &str, tli: u32) {
     gauge!("pgark_timeline", "server" => server.to_string()).set(tli as f64);
-}
-
-pub fn fsync_duration(server: &str, d: Duration) {
-    histogram!("pgark_fsync_duration_seconds", "server" => server.to_string()).record(d.as_secs_f64());
-}
-
-pub fn ack_latency(server: &str, d: Duration) {
-    histogram!("pgark_ack_latency_seconds", "server" => server.to_string()).record(d.as_secs_f64());
 }
 
 pub fn reconnect(server: &str) {
@@ -279,11 +311,6 @@ pub fn server_catalog(server: &str, c: &crate::status::ServerCatalog) {
 /// Start of the recovery window: the oldest backup's start (NaN when there is no backup).
 pub fn recovery_window_start(server: &str, start_unix: Option<u64>) {
     gauge!("pgark_recovery_window_start_seconds", "server" => server.to_string()).set(start_unix.map_or(f64::NAN, |t| t as f64));
-}
-
-/// End of the recovery window: the time up to which pgark holds all the server's WAL durably.
-pub fn recovery_window_end(server: &str, unix: u64) {
-    gauge!("pgark_recovery_window_end_seconds", "server" => server.to_string()).set(unix as f64);
 }
 
 #[cfg(test)]

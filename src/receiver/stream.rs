@@ -65,6 +65,7 @@ struct Loop<'a> {
     marks: std::collections::VecDeque<(Lsn, u64)>,
     /// The newest such time: the end of the recovery window.
     durable_at: Option<u64>,
+    metrics: crate::metrics::StreamMetrics,
     out: BytesMut,
 }
 
@@ -108,7 +109,7 @@ impl Loop<'_> {
         if let Some(at) = newest {
             if self.durable_at.is_none_or(|d| at > d) {
                 self.durable_at = Some(at);
-                crate::metrics::recovery_window_end(self.opts.server, at);
+                self.metrics.recovery_window_end(at);
                 self.board.update(self.opts.server, |s| s.wal_durable_at = Some(at));
             }
         }
@@ -118,7 +119,7 @@ impl Loop<'_> {
     fn flush(&mut self) -> Result<(), ReceiverError> {
         let took = self.store.sync().map_err(ReceiverError::Store)?;
         if let Some(d) = took {
-            crate::metrics::fsync_duration(self.opts.server, d);
+            self.metrics.fsync_duration(d);
         }
         Ok(())
     }
@@ -130,7 +131,7 @@ impl Loop<'_> {
         self.conn.send_raw(&self.out).await.map_err(ReceiverError::Client)?;
         if flush > self.last_reported.1 {
             if let Some(t) = self.unacked_since.take() {
-                crate::metrics::ack_latency(self.opts.server, t.elapsed());
+                self.metrics.ack_latency(t.elapsed());
             }
             if self.store.has_unflushed() {
                 self.unacked_since = Some(Instant::now());
@@ -138,7 +139,7 @@ impl Loop<'_> {
         }
         self.last_reported = (write, flush);
         self.advance_durable();
-        crate::metrics::wal_positions(self.opts.server, write.0, flush.0);
+        self.metrics.wal_positions(write.0, flush.0);
         let lag = self.server_wal_end.saturating_sub(flush);
         self.board.update(self.opts.server, |s| {
             s.received_lsn = Some(write);
@@ -165,7 +166,7 @@ impl Loop<'_> {
         let catching_up = self.catching_up();
         self.store.set_zero_fill(!catching_up);
         let completed = self.store.write(start, data).map_err(ReceiverError::Store)?;
-        crate::metrics::wal_received(self.opts.server, data.len() as u64);
+        self.metrics.wal_received(data.len() as u64);
         for name in completed {
             let file = name.format(self.seg);
             tracing::info!(segment = %file, "segment complete");
@@ -197,6 +198,7 @@ pub async fn stream(
         server_wal_end: start.0,
         marks: Default::default(),
         durable_at: None,
+        metrics: crate::metrics::StreamMetrics::new(opts.server),
         out: BytesMut::with_capacity(64),
     };
     let mut status_tick = tokio::time::interval(opts.status_interval);
@@ -271,7 +273,7 @@ pub async fn stream(
                     reply_requested,
                 } => {
                     lp.server_wal_end = lp.server_wal_end.max(server_wal_end);
-                    crate::metrics::server_wal_end(opts.server, lp.server_wal_end.0);
+                    lp.metrics.server_wal_end(lp.server_wal_end.0);
                     lp.mark(server_wal_end);
                     lp.advance_durable();
                     if reply_requested {

@@ -219,3 +219,23 @@ fn refuses_a_different_cluster_in_the_same_catalog() {
         "both identifiers must be named: {err}"
     );
 }
+
+/// A metrics port another process holds: `pgark serve` exits 1 naming the address and the key.
+#[test]
+fn metrics_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pgark.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "catalog: {}\nmetrics:\n  listen: {addr}\nservers:\n  main:\n    conninfo: host=/nonexistent\n",
+            dir.path().join("catalog").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = pgark(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&addr) && err.contains("metrics.listen"), "{err}");
+}
