@@ -58,10 +58,25 @@ fn is_wal_name(name: &str) -> bool {
 }
 
 /// The bytes of `name` from the catalog, verified.
+///
+/// A running `pgark serve` moves a segment forward while we look (`.partial` renamed to its full
+/// name, then compressed to `.zst` and the plain file removed), so a single pass over the three
+/// forms can miss a segment that exists. Moves only go forward, so another pass finds it; only a
+/// segment absent in several passes is reported absent (which ends recovery's archive).
 pub fn fetch(store: &dyn ObjectStore, server: &str, name: &str) -> Result<Vec<u8>, WalGetError> {
     if !is_wal_name(name) || name.contains('/') {
         return Err(WalGetError::BadName(name.to_string()));
     }
+    let mut passes = 0;
+    loop {
+        match fetch_once(store, server, name) {
+            Err(WalGetError::Absent { .. }) if passes < 2 => passes += 1,
+            other => return other,
+        }
+    }
+}
+
+fn fetch_once(store: &dyn ObjectStore, server: &str, name: &str) -> Result<Vec<u8>, WalGetError> {
     let dir = Layout::wal_key(server);
     let damaged = |reason: String| WalGetError::Damaged {
         name: name.to_string(),
