@@ -359,6 +359,11 @@ pub fn extract(
         let dest = destination(opts, &f.path)?;
         match f.kind {
             EntryKind::Directory => {
+                // Delta: a symlink (or file) where a directory goes is replaced, never followed,
+                // so nothing is written outside the target (a pg_wal link becomes a directory).
+                if std::fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_dir()) {
+                    std::fs::remove_file(&dest).map_err(io_err(&dest))?;
+                }
                 std::fs::create_dir_all(&dest).map_err(io_err(&dest))?;
                 std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(f.mode & 0o7777 | 0o700)).map_err(io_err(&dest))?;
             }

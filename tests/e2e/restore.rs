@@ -228,6 +228,16 @@ fn tablespace_remap_and_delta_restore() {
     insert(&c, 1001, 1010);
     let b2 = backup(&cat.config, "main", &[]);
     let b2 = b2["id"].as_str().unwrap().to_string();
+    // A directory of the old copy replaced by a symlink to elsewhere: the delta restore must
+    // replace the link with a directory and never write through it.
+    let elsewhere = tempfile::Builder::new().prefix("pgark-elsewhere-").tempdir().unwrap();
+    let moved = elsewhere.path().join("pg_xact");
+    std::fs::rename(data_a.join("pg_xact"), &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, data_a.join("pg_xact")).unwrap();
+    let outside_before = walk_files(elsewhere.path())
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect::<Vec<_>>();
     let mut args = vec![
         "restore",
         "main",
@@ -245,6 +255,15 @@ fn tablespace_remap_and_delta_restore() {
     let o = bin.run(&cat.config, &args);
     assert!(o.status.success(), "{}", text(&o));
     let delta: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        std::fs::symlink_metadata(data_a.join("pg_xact")).unwrap().is_dir(),
+        "the planted link was kept"
+    );
+    let outside_after = walk_files(elsewhere.path())
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect::<Vec<_>>();
+    assert_eq!(outside_before, outside_after, "the delta restore wrote through a symlink");
     let st = &delta["stats"];
     let (written, unchanged) = (st["files_written"].as_u64().unwrap(), st["files_unchanged"].as_u64().unwrap());
     assert!(
