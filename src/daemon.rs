@@ -177,6 +177,7 @@ impl Daemon {
                 None => {
                     tracing::info!(server = %name, "server removed from the config; stopping its receiver");
                     self.stop_server(&name).await;
+                    crate::metrics::retire_server(&name);
                 }
                 Some(c) if *c != self.servers[&name].config => {
                     tracing::info!(server = %name, "server settings changed; restarting its receiver");

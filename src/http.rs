@@ -88,7 +88,7 @@ async fn handle(mut sock: TcpStream, state: HttpState) -> std::io::Result<()> {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (code, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", state.metrics.render()),
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", crate::metrics::render(&state.metrics)),
         ("GET", "/status") => (
             200,
             "application/json",

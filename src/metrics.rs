@@ -3,10 +3,87 @@
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Series that no longer mean anything (a server removed by a reload, a limit no longer
+/// configured). The `metrics` crate cannot delete a series, so `render` leaves them out.
+static RETIRED: Mutex<Vec<Retired>> = Mutex::new(Vec::new());
+
+/// One retired series family: every metric of `server`, or only `metric` of it.
+#[derive(Clone, PartialEq, Debug)]
+struct Retired {
+    metric: Option<&'static str>,
+    server: String,
+}
+
+fn retired() -> std::sync::MutexGuard<'static, Vec<Retired>> {
+    RETIRED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Hides every series of `server` from `/metrics` (it was removed from the config).
+pub fn retire_server(server: &str) {
+    let mut r = retired();
+    r.retain(|x| x.server != server);
+    r.push(Retired {
+        metric: None,
+        server: server.to_string(),
+    });
+}
+
+/// Hides one metric of `server` until it is set again.
+fn retire(metric: &'static str, server: &str) {
+    let entry = Retired {
+        metric: Some(metric),
+        server: server.to_string(),
+    };
+    let mut r = retired();
+    if !r.contains(&entry) {
+        r.push(entry);
+    }
+}
+
+fn revive(metric: Option<&'static str>, server: &str) {
+    retired().retain(|x| !(x.server == server && (metric.is_none() || x.metric == metric)));
+}
+
+/// The Prometheus text exposition, without retired series.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let text = handle.render();
+    let r = retired().clone();
+    if r.is_empty() {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if !line.starts_with('#') && r.iter().any(|x| sample_matches(line, x)) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether a sample line (`name{labels} value`) belongs to a retired family. Histogram lines
+/// (`_bucket`, `_sum`, `_count`) belong to their histogram.
+fn sample_matches(line: &str, r: &Retired) -> bool {
+    let Some((name, rest)) = line.split_once('{') else {
+        return false;
+    };
+    let labels = rest.split_once('}').map_or("", |(l, _)| l);
+    let server_label = format!("server=\"{}\"", r.server);
+    let has_server = labels.split(',').any(|l| l == server_label);
+    has_server
+        && r.metric.is_none_or(|m| {
+            name == m
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name.strip_suffix(suffix) == Some(m))
+        })
+}
 
 /// Buckets for fsync and acknowledgement latency, in seconds: 50µs to 5s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -33,6 +110,7 @@ pub fn install() -> PrometheusHandle {
 /// Creates a server's counters at zero, so that `increase()` and `rate()` have a series to work on
 /// before the first event (Prometheus sees no series for a counter never incremented).
 pub fn register_server(server: &str) {
+    revive(None, server);
     for name in [
         "pgark_wal_received_bytes_total",
         "pgark_reconnects_total",
@@ -268,10 +346,16 @@ pub fn monitor_failed(server: &str) {
     counter!("pgark_monitor_errors_total", "server" => server.to_string()).increment(1);
 }
 
-/// The configured `slot_retained_limit` (absent when none is set) and whether it is exceeded.
+/// The configured `slot_retained_limit` (absent when none is set, also after a reload removed
+/// it) and whether it is exceeded.
 pub fn slot_retained_limit(server: &str, limit: Option<u64>) {
-    if let Some(l) = limit {
-        gauge!("pgark_slot_retained_limit_bytes", "server" => server.to_string()).set(l as f64);
+    const NAME: &str = "pgark_slot_retained_limit_bytes";
+    match limit {
+        Some(l) => {
+            revive(Some(NAME), server);
+            gauge!(NAME, "server" => server.to_string()).set(l as f64);
+        }
+        None => retire(NAME, server),
     }
     slot_over_limit(server, false);
 }
@@ -308,13 +392,44 @@ pub fn server_catalog(server: &str, c: &crate::status::ServerCatalog) {
     gauge!("pgark_wal_ingest_bytes_per_second", "server" => s()).set(c.wal_ingest_bytes_per_second);
 }
 
-/// Start of the recovery window: the oldest backup's start (NaN when there is no backup).
+/// Start of the recovery window: the oldest backup's start (absent when there is no backup:
+/// nothing can be restored, and a NaN would draw as a bogus point in Grafana).
 pub fn recovery_window_start(server: &str, start_unix: Option<u64>) {
-    gauge!("pgark_recovery_window_start_seconds", "server" => server.to_string()).set(start_unix.map_or(f64::NAN, |t| t as f64));
+    const NAME: &str = "pgark_recovery_window_start_seconds";
+    match start_unix {
+        Some(t) => {
+            revive(Some(NAME), server);
+            gauge!(NAME, "server" => server.to_string()).set(t as f64);
+        }
+        None => retire(NAME, server),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn retired_series_are_left_out_by_name_and_server() {
+        use super::{sample_matches, Retired};
+        let all = Retired {
+            metric: None,
+            server: "a".into(),
+        };
+        let one = Retired {
+            metric: Some("pgark_fsync_duration_seconds"),
+            server: "a".into(),
+        };
+        assert!(sample_matches("pgark_up{server=\"a\"} 1", &all));
+        assert!(!sample_matches("pgark_up{server=\"ab\"} 1", &all));
+        assert!(!sample_matches("pgark_catalog_free_bytes 10", &all));
+        assert!(sample_matches(
+            "pgark_fsync_duration_seconds_bucket{server=\"a\",le=\"0.5\"} 3",
+            &one
+        ));
+        assert!(sample_matches("pgark_fsync_duration_seconds_count{server=\"a\"} 3", &one));
+        assert!(!sample_matches("pgark_fsync_duration_seconds_count{server=\"b\"} 3", &one));
+        assert!(!sample_matches("pgark_up{server=\"a\"} 1", &one));
+    }
+
     /// Every metric name in this file is documented in the README's metric tables.
     #[test]
     fn every_metric_is_in_the_readme() {

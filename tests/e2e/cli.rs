@@ -182,6 +182,10 @@ fn lock_status_and_reload() {
     p.rewrite_servers(&server_yaml("two", &c2.conninfo(&c2.superuser), ""));
     p.hup();
     wait_until(Duration::from_secs(20), "server one to be removed", || p.server("one").is_none());
+    // Its series leave /metrics with it; the other server's stay.
+    let (_, metrics) = p.http_get("/metrics");
+    assert!(!metrics.contains("server=\"one\""), "a removed server's series remain:\n{metrics}");
+    assert!(metrics.contains("pgark_up{server=\"two\"} 1"), "{metrics}");
 
     // SIGKILL leaves a stale lock: the next start takes it over.
     p.kill9();

@@ -137,6 +137,10 @@ fn disk_pressure_holds_back_backups_not_streaming() {
     );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(p.log_text().matches("held back").count(), 1, "logged once per change");
+    // No backup yet: the recovery window has no start (absent, not NaN).
+    let (_, metrics) = p.http_get("/metrics");
+    assert!(!metrics.contains("pgark_recovery_window_start_seconds{"), "{metrics}");
+    assert!(!metrics.contains("NaN"), "{metrics}");
 
     // The recovery window's end follows the clock on an idle server (keepalive replies).
     let now = pgark::status::unix_now() as f64;
