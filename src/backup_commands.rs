@@ -344,6 +344,13 @@ pub fn delete_backup(path: &Path, server: &str, id: &str, force: bool) -> i32 {
             return exit::LOCKED;
         }
     };
+    let _no_restore = match CatalogLock::acquire_no_restore(&config.catalog, server) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::LOCKED;
+        }
+    };
     let others_usable = match backup_store::load_all(&store, server) {
         Ok(all) => all.iter().filter(|b| b.id != id).any(|b| summarize(&store, b).usable),
         Err(e) => {

@@ -1,8 +1,14 @@
-//! The catalog locks: one `pgark serve` per catalog, one backup per server.
+//! The catalog locks: one `pgark serve` per catalog, one backup per server, and no backup
+//! deleted while a restore reads it.
 //!
 //! An exclusive `flock` on `<catalog>/serve.lock`, which holds the owner's pid. The kernel drops
 //! the lock when its process dies, so a lock left by a killed daemon is simply taken over (and
 //! logged); a lock held by a live process is refused with its pid.
+//!
+//! `<catalog>/<server>/restore.lock` is shared: every `pgark restore` of the server holds it
+//! for reading from before it chooses a backup until the last file is written, and
+//! `delete-backup` needs it exclusively, so it is refused (not blocked) while a restore runs,
+//! instead of removing chunks the restore is about to read.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -11,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub const LOCK_FILE: &str = "serve.lock";
 pub const BACKUP_LOCK_FILE: &str = "backup.lock";
+pub const RESTORE_LOCK_FILE: &str = "restore.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -18,6 +25,8 @@ pub enum LockError {
     Held { path: PathBuf, pid: String },
     #[error("a backup of server {server} is already running (pid {pid}, lock {path}); wait for it to finish")]
     BackupRunning { server: String, path: PathBuf, pid: String },
+    #[error("a pgark restore of server {server} is reading its backups (lock {path}); try again when it has finished")]
+    RestoreRunning { server: String, path: PathBuf },
     #[error("lock file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -50,6 +59,65 @@ impl CatalogLock {
             },
             other => other,
         })
+    }
+
+    /// The shared lock a restore of `server` holds while it reads backups. Waits while a
+    /// `delete-backup` holds it (that takes a moment). `None` when the lock file can neither be
+    /// created nor opened (a catalog this user may only read): the restore goes on unprotected,
+    /// and says so.
+    pub fn acquire_restore_reader(catalog: &Path, server: &str) -> Result<Option<CatalogLock>, LockError> {
+        let path = catalog.join(server).join(RESTORE_LOCK_FILE);
+        let file = match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path) {
+            Ok(f) => f,
+            Err(_) => match File::open(&path) {
+                Ok(f) => f,
+                Err(_) if !catalog.join(server).is_dir() => return Ok(None), // nothing to protect
+                Err(e) => {
+                    tracing::warn!(lock = %path.display(), error = %e, "cannot open the restore lock; a delete-backup running now could remove what this restore reads");
+                    return Ok(None);
+                }
+            },
+        };
+        loop {
+            // SAFETY: flock on a valid, owned file descriptor.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } == 0 {
+                return Ok(Some(CatalogLock { _file: file, path }));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(LockError::Io { path, source: err });
+            }
+        }
+    }
+
+    /// The exclusive side of the restore lock, taken by `delete-backup`: refused at once while
+    /// any restore of `server` holds it.
+    pub fn acquire_no_restore(catalog: &Path, server: &str) -> Result<CatalogLock, LockError> {
+        let dir = catalog.join(server);
+        let path = dir.join(RESTORE_LOCK_FILE);
+        let io = |path: &Path, e| LockError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        // SAFETY: flock on a valid, owned file descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(LockError::RestoreRunning {
+                    server: server.to_string(),
+                    path,
+                });
+            }
+            return Err(io(&path, err));
+        }
+        Ok(CatalogLock { _file: file, path })
     }
 
     fn acquire_file(path: PathBuf) -> Result<CatalogLock, LockError> {
@@ -88,5 +156,31 @@ impl CatalogLock {
         file.write_all(format!("{me}\n").as_bytes()).map_err(io)?;
         file.sync_all().map_err(io)?;
         Ok(CatalogLock { _file: file, path })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_is_refused_while_a_restore_reads_and_allowed_after() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("main")).unwrap();
+        let r1 = CatalogLock::acquire_restore_reader(dir.path(), "main").unwrap();
+        let r2 = CatalogLock::acquire_restore_reader(dir.path(), "main").unwrap();
+        assert!(r1.is_some() && r2.is_some(), "restores share the lock");
+        let err = CatalogLock::acquire_no_restore(dir.path(), "main").unwrap_err();
+        assert!(matches!(err, LockError::RestoreRunning { .. }), "{err}");
+        assert!(err.to_string().contains("restore of server main"), "{err}");
+        drop(r1);
+        assert!(
+            CatalogLock::acquire_no_restore(dir.path(), "main").is_err(),
+            "one restore still reads"
+        );
+        drop(r2);
+        let del = CatalogLock::acquire_no_restore(dir.path(), "main").unwrap();
+        drop(del);
+        assert!(CatalogLock::acquire_restore_reader(dir.path(), "main").unwrap().is_some());
     }
 }

@@ -341,6 +341,49 @@ fn restore_refuses_damage_and_bad_input() {
     assert_eq!(c1, Some(1), "{m}");
     assert!(!dest.exists());
 
+    // A restore holds <server>/restore.lock shared: delete-backup is refused while one runs
+    // (a shared holder here stands in for it), and a restore waits while delete-backup holds it.
+    let lock_path = cat.catalog.join("main/restore.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .unwrap();
+    let flock = |op| {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor this test owns.
+        assert_eq!(unsafe { libc::flock(lock_file.as_raw_fd(), op) }, 0);
+    };
+    flock(libc::LOCK_SH);
+    let (c4, m) = code(&["delete-backup", "main", &id]);
+    assert_eq!(c4, Some(4), "{m}");
+    assert!(m.contains("restore of server main"), "{m}");
+    flock(libc::LOCK_EX);
+    let waiting_dir = dir.path().join("waiting");
+    let mut waiting = std::process::Command::new(&bin.path)
+        .args(["restore", "--config"])
+        .arg(&cat.config)
+        .args(["main", "--target-dir"])
+        .arg(&waiting_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "restore ran while delete-backup held the lock"
+    );
+    assert!(
+        !waiting_dir.join("PG_VERSION").exists(),
+        "restore wrote while delete-backup held the lock"
+    );
+    flock(libc::LOCK_UN);
+    assert!(waiting.wait().unwrap().success(), "the restore should go on once the lock is free");
+    assert!(waiting_dir.join("global/pg_control").exists());
+
     // Damage the largest chunk of the relation: the restore stops and names the file.
     let idx: Value = serde_json::from_slice(&std::fs::read(cat.catalog.join(format!("main/backups/{id}.json"))).unwrap()).unwrap();
     let rel = idx["files"]
