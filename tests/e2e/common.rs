@@ -93,8 +93,14 @@ impl Pgark {
     /// `metrics_extra`: lines under `metrics:` besides `listen` (indented by 2); `top`: other
     /// top-level YAML (`disk_pressure:` ...).
     pub fn start_full(metrics_extra: &str, top: &str, servers_yaml: &str, env: &[(&str, &str)]) -> Pgark {
+        Self::start_in(None, metrics_extra, top, servers_yaml, env)
+    }
+
+    /// Like `start_full`, with the catalog at `catalog` (a small filesystem, say) instead of
+    /// inside the test's temporary directory.
+    pub fn start_in(catalog: Option<&Path>, metrics_extra: &str, top: &str, servers_yaml: &str, env: &[(&str, &str)]) -> Pgark {
         let dir = tempfile::Builder::new().prefix("pgark-test-").tempdir().unwrap();
-        let catalog = dir.path().join("catalog");
+        let catalog = catalog.map_or_else(|| dir.path().join("catalog"), Path::to_path_buf);
         let metrics = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("pgark.yaml");
         let log = dir.path().join("pgark.log");
@@ -309,6 +315,35 @@ pub fn assert_no_gap(wal_dir: &Path, seg: WalSegSize) {
         if w[0].1.tli == w[1].1.tli {
             assert_eq!(w[0].1.segno.0 + 1, w[1].1.segno.0, "gap between {} and {}", w[0].0, w[1].0);
         }
+    }
+}
+
+/// A size-limited tmpfs, unmounted on drop. `None` where mounting is not allowed (not root, or no
+/// mount permission in this container): callers skip with a message saying so.
+pub struct SmallFs {
+    pub dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    pub fn mount(size: &str) -> Option<SmallFs> {
+        let dir = tempfile::Builder::new().prefix("pgark-smallfs-").tempdir().ok()?;
+        let ok = pgark::pgcluster::running_as_root()
+            && Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+        ok.then_some(SmallFs { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
 }
 

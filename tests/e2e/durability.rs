@@ -355,30 +355,6 @@ fn connection_cut_and_server_restart_continue_without_gap() {
     assert!(p.log_text().contains("replication session ended"), "disconnects were not logged");
 }
 
-/// A size-limited tmpfs for the catalog, unmounted on drop. None where mounting is not allowed.
-struct SmallFs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    fn mount(size: &str) -> Option<SmallFs> {
-        let dir = tempfile::Builder::new().prefix("pgark-smallfs-").tempdir().ok()?;
-        let ok = running_as_root()
-            && Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir.path())
-                .status()
-                .is_ok_and(|s| s.success());
-        ok.then_some(SmallFs { dir })
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
-}
-
 #[test]
 fn disk_full_holds_back_acknowledgement_and_recovers() {
     let Some(fs) = SmallFs::mount("24m") else {

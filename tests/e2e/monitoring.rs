@@ -169,3 +169,153 @@ fn disk_pressure_holds_back_backups_not_streaming() {
     let (_, body) = p.http_get("/healthz");
     assert!(body.contains("main"), "{body}");
 }
+
+/// Generates at least `bytes` of WAL on `c` (rows of ~1 kB incompressible text).
+fn write_wal(c: &Cluster, bytes: u64) {
+    let start = current_flush_lsn(c);
+    while current_flush_lsn(c).0 - start.0 < bytes {
+        write_rows(c, 4000);
+    }
+}
+
+fn pressure(p: &Pgark) -> Option<pgark::pressure::Level> {
+    p.status().and_then(|s| s.catalog_space).map(|c| c.pressure)
+}
+
+/// Issue test 4: the catalog on a small filesystem (a 256 MiB tmpfs) fills with WAL; the warning
+/// and then the critical level fire (logged once each, the metric, the status), base backups are
+/// refused at the critical level, the time-to-full projection is finite while WAL flows, and WAL
+/// streaming goes on throughout.
+#[test]
+fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
+    let Some(fs) = SmallFs::mount("256m") else {
+        eprintln!("SKIP small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on: cannot mount a size-limited tmpfs here (needs root and mount permission)");
+        return;
+    };
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    // Uncompressed, so that each 16 MiB segment takes 16 MiB of the filesystem.
+    let servers = server_yaml(
+        "main",
+        &c.conninfo(&c.superuser),
+        "synchronous: true\ncompression: none\nmonitor_interval: 1s",
+    );
+    let catalog = fs.path().join("catalog");
+    // 256 MiB: warning below 166 MiB free (about 90 MiB used), critical below 90 MiB free.
+    let p = Pgark::start_in(
+        Some(&catalog),
+        "",
+        "disk_pressure:\n  catalog_free_warning: 65%\n  catalog_free_critical: 35%",
+        &servers,
+        &[],
+    );
+    p.wait_streaming("main");
+    wait_until(Duration::from_secs(40), "the ok level in /status", || {
+        pressure(&p) == Some(pgark::pressure::Level::Ok)
+    });
+    assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(0.0));
+    let total = metric_line(&p, "pgark_catalog_total_bytes").unwrap();
+    assert!((200e6..300e6).contains(&total), "the tmpfs's size, not the root disk's: {total}");
+
+    // About 100 MiB of WAL: the warning level.
+    write_wal(&c, 100 << 20);
+    p.wait_flushed("main", current_flush_lsn(&c));
+    wait_until(Duration::from_secs(40), "the warning level", || {
+        pressure(&p) == Some(pgark::pressure::Level::Warning)
+    });
+    assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(1.0));
+    assert!(p.log_text().contains("catalog free space is low (warning level)"));
+    // The ingest rate needs two samples of the flushed LSN (one every 15 s).
+    wait_until(
+        Duration::from_secs(40),
+        "a finite time-to-full: the filesystem fills at a known rate",
+        || metric_line(&p, "pgark_catalog_full_eta_seconds").is_some_and(|eta| eta.is_finite() && eta > 0.0),
+    );
+
+    // About 80 MiB more: the critical level. Backups are refused; streaming continues.
+    write_wal(&c, 80 << 20);
+    p.wait_flushed("main", current_flush_lsn(&c));
+    wait_until(Duration::from_secs(40), "the critical level", || {
+        pressure(&p) == Some(pgark::pressure::Level::Critical)
+    });
+    assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(2.0));
+    let log = p.log_text();
+    assert!(log.contains("catalog free space is CRITICAL"), "{}", tail(&log));
+    assert_eq!(log.matches("warning level").count(), 1, "the warning is logged once");
+    let o = crate::backup::pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
+    assert_eq!(o.status.code(), Some(8), "{}", crate::backup::text(&o));
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgark"))
+        .args(["status", "--config"])
+        .arg(&p.config)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&cli.stdout);
+    assert!(shown.to_lowercase().contains("critical"), "pgark status shows the level: {shown}");
+
+    // Streaming goes on at the critical level: a synchronous commit still returns.
+    write_wal(&c, 8 << 20);
+    c.psql("INSERT INTO filler (t) VALUES ('after critical')").unwrap();
+    p.wait_flushed("main", current_flush_lsn(&c));
+    let s = p.server("main").unwrap();
+    assert_eq!(s.reconnects, 0, "streaming was never interrupted: {s:?}");
+    assert_eq!(s.state, pgark::status::ConnState::Streaming);
+}
+
+/// Issue test 5: a monitoring connection that cannot log in (wrong password) is reported in
+/// status and metrics and retried, and streaming is never disturbed; once the password is
+/// right on the server, the next round succeeds without any change to pgark.
+#[test]
+fn failing_monitoring_connection_never_disturbs_streaming() {
+    let c = Cluster::init(&pg(), &["synchronous_standby_names = 'pgark'"]).unwrap();
+    c.start().unwrap();
+    // Local commits: pgark, the synchronous standby, is not running yet.
+    c.psql("SET synchronous_commit = local; SET password_encryption = 'scram-sha-256'; CREATE ROLE mon LOGIN PASSWORD 'right'; GRANT pg_monitor TO mon")
+        .unwrap();
+    // The superuser streams over the socket (trust); `mon` must give its password over TCP.
+    let su = &c.superuser;
+    c.write_hba(&format!(
+        "local all {su} trust\nlocal replication {su} trust\nhost all mon 127.0.0.1/32 scram-sha-256\n"
+    ))
+    .unwrap();
+    c.reload().unwrap();
+    let monitor = format!(
+        "host=127.0.0.1 port={} user=mon password=wrong dbname=postgres sslmode=disable",
+        c.port
+    );
+    let p = Pgark::start(&server_yaml(
+        "main",
+        &c.conninfo(su),
+        &format!("synchronous: true\nmonitor_interval: 1s\nmonitor_conninfo: \"{monitor}\""),
+    ));
+    p.wait_streaming("main");
+    wait_until(Duration::from_secs(30), "the monitoring error in /status", || {
+        p.server("main")
+            .and_then(|s| s.monitor_error)
+            .is_some_and(|e| e.contains("password authentication failed"))
+    });
+    assert_eq!(metric(&p, "pgark_monitor_up"), Some(0.0));
+    wait_metric(&p, "pgark_monitor_errors_total", "more than one failed round", |v| v >= 2.0);
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgark"))
+        .args(["status", "--config"])
+        .arg(&p.config)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&cli.stdout);
+    assert!(shown.contains("password authentication failed"), "pgark status shows it: {shown}");
+    assert_eq!(cli.status.code(), Some(0), "streaming, so status exits 0: {shown}");
+
+    // Synchronous commits go through pgark all along.
+    write_rows(&c, 2000);
+    p.wait_flushed("main", current_flush_lsn(&c));
+    assert_eq!(p.server("main").unwrap().reconnects, 0, "streaming was disturbed");
+
+    // The password is fixed on the server: the next round succeeds, nothing restarted.
+    c.psql("SET password_encryption = 'scram-sha-256'; ALTER ROLE mon PASSWORD 'wrong'")
+        .unwrap();
+    wait_metric(&p, "pgark_monitor_up", "a successful round after the fix", |v| v == 1.0);
+    wait_until(Duration::from_secs(30), "the error cleared in /status", || {
+        p.server("main").is_some_and(|s| s.monitor_error.is_none() && s.monitor.is_some())
+    });
+    assert_eq!(metric(&p, "pgark_sync_standby"), Some(1.0));
+    assert_eq!(p.server("main").unwrap().reconnects, 0);
+}
