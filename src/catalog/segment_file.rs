@@ -137,6 +137,31 @@ pub fn decompress(stored: &[u8]) -> Result<Vec<u8>, SegmentFileError> {
     Ok(out)
 }
 
+/// Decompresses a stored segment or chunk into the start of `out` with a reusable decompressor
+/// (no allocation, no new zstd context per call), verifies it against its header, and returns
+/// the verified checksum, so that callers need not compute the CRC again. `out` must hold at
+/// least the recorded size.
+pub fn decompress_into(
+    stored: &[u8],
+    dctx: &mut zstd::bulk::Decompressor<'_>,
+    out: &mut [u8],
+) -> Result<SegmentChecksum, SegmentFileError> {
+    let expected = read_header(stored)?;
+    if expected.size > out.len() as u64 {
+        return Err(SegmentFileError::Decompress(io::Error::other(format!(
+            "header claims {} bytes, more than the {} expected here",
+            expected.size,
+            out.len()
+        ))));
+    }
+    let out = &mut out[..expected.size as usize];
+    let n = dctx
+        .decompress_to_buffer(&stored[8 + HEADER_PAYLOAD..], out)
+        .map_err(SegmentFileError::Decompress)?;
+    verify(&out[..n], expected)?;
+    Ok(expected)
+}
+
 /// Checks bytes against a recorded checksum.
 pub fn verify(data: &[u8], expected: SegmentChecksum) -> Result<(), SegmentFileError> {
     let got = SegmentChecksum::of(data);
@@ -162,6 +187,14 @@ mod tests {
         let sum = compress_into(&data, 3, &mut stored).unwrap();
         assert_eq!(sum, SegmentChecksum::of(&data));
         assert_eq!(checksum_stream(&mut &data[..]).unwrap(), sum);
+        let mut dctx = zstd::bulk::Decompressor::new().unwrap();
+        let mut out = vec![0u8; data.len() + 10];
+        assert_eq!(decompress_into(&stored, &mut dctx, &mut out).unwrap(), sum);
+        assert_eq!(&out[..data.len()], &data[..]);
+        assert!(
+            decompress_into(&stored, &mut dctx, &mut out[..data.len() - 1]).is_err(),
+            "too small a buffer"
+        );
         assert!(stored.len() < data.len());
         assert_eq!(decompress(&stored).unwrap(), data);
         // Plain zstd tooling can read it too: the header is a skippable frame.

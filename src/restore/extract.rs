@@ -12,6 +12,7 @@ use crate::basebackup::tar::EntryKind;
 use crate::catalog::backup_store::{self, BackupIndex, ChunkRef, StoredFile};
 use crate::catalog::store::ObjectStore;
 use crate::catalog::{fsutil, segment_file};
+use crate::restore::direct::{self, AlignedBuf, DirectSupport};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -101,36 +102,74 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads one stored chunk, decompressed and checked against its recorded size (a compressed
-/// chunk also carries its own size and CRC-32C, which decompression verifies).
-fn load_chunk(store: &dyn ObjectStore, server: &str, file: &str, c: &ChunkRef) -> Result<Vec<u8>, ExtractError> {
+/// What one restore thread reuses from chunk to chunk: the block-aligned buffer chunks are
+/// decompressed into (and written from, with direct I/O) and a zstd context.
+struct Worker {
+    buf: AlignedBuf,
+    dctx: zstd::bulk::Decompressor<'static>,
+}
+
+impl Worker {
+    fn new() -> Result<Worker, ExtractError> {
+        Ok(Worker {
+            buf: AlignedBuf::new(backup_store::CHUNK_SIZE),
+            dctx: zstd::bulk::Decompressor::new().map_err(|e| ExtractError::Io {
+                path: PathBuf::from("(zstd context)"),
+                source: e,
+            })?,
+        })
+    }
+
+    /// Makes room for chunk `c` (of `file`) in the buffer; refuses absurd sizes.
+    fn make_room(&mut self, file: &str, key: &str, c: &ChunkRef) -> Result<(), ExtractError> {
+        if c.size > MAX_CHUNK {
+            return Err(ExtractError::Corrupt {
+                file: file.to_string(),
+                reason: format!("chunk {key} is listed with {} bytes, more than any chunk", c.size),
+            });
+        }
+        if c.size as usize > self.buf.capacity() {
+            self.buf = AlignedBuf::new(c.size as usize);
+        }
+        Ok(())
+    }
+}
+
+/// Reads one stored chunk into `w.buf`, decompressed and checked against its recorded size (a
+/// compressed chunk also carries its own size and CRC-32C, which decompression verifies).
+/// Returns the chunk's CRC-32C.
+fn load_chunk(store: &dyn ObjectStore, server: &str, file: &str, c: &ChunkRef, w: &mut Worker) -> Result<u32, ExtractError> {
     let key = backup_store::chunk_key(server, &c.object);
+    let corrupt = |reason: String| ExtractError::Corrupt {
+        file: file.to_string(),
+        reason,
+    };
+    w.make_room(file, &key, c)?;
     let stored = store
         .get(&key)
         .map_err(|e| ExtractError::Io {
             path: PathBuf::from(&key),
             source: e,
         })?
-        .ok_or_else(|| ExtractError::Corrupt {
-            file: file.to_string(),
-            reason: format!("chunk {key} is missing from the catalog"),
-        })?;
-    let data = if c.object.ends_with(".zst") {
-        segment_file::decompress(&stored).map_err(|e| ExtractError::Corrupt {
-            file: file.to_string(),
-            reason: format!("chunk {key}: {e}"),
-        })?
+        .ok_or_else(|| corrupt(format!("chunk {key} is missing from the catalog")))?;
+    let (size, crc) = if c.object.ends_with(".zst") {
+        let sum =
+            segment_file::decompress_into(&stored, &mut w.dctx, w.buf.as_mut_slice()).map_err(|e| corrupt(format!("chunk {key}: {e}")))?;
+        (sum.size, sum.crc32c)
     } else {
-        stored
+        let n = stored.len().min(w.buf.capacity());
+        w.buf.as_mut_slice()[..n].copy_from_slice(&stored[..n]);
+        (stored.len() as u64, crc32c::crc32c(&stored))
     };
-    if data.len() as u64 != c.size {
-        return Err(ExtractError::Corrupt {
-            file: file.to_string(),
-            reason: format!("chunk {key} holds {} bytes, {} expected", data.len(), c.size),
-        });
+    if size != c.size {
+        return Err(corrupt(format!("chunk {key} holds {size} bytes, {} expected", c.size)));
     }
-    Ok(data)
+    Ok(crc)
 }
+
+/// Chunks are cut at `CHUNK_SIZE`; an index listing far more is damaged, not a reason to
+/// allocate.
+const MAX_CHUNK: u64 = 64 << 20;
 
 /// The SHA-256 a chunk is named by (`ab/<hex>.zst`).
 fn chunk_hash(c: &ChunkRef) -> Option<&str> {
@@ -169,9 +208,17 @@ struct FileState<'a> {
 }
 
 /// Restores (or, with delta, checks and patches) one chunk.
-fn restore_chunk(store: &dyn ObjectStore, server: &str, st: &FileState<'_>, t: &Task, delta: bool) -> Result<u64, ExtractError> {
+fn restore_chunk(
+    store: &dyn ObjectStore,
+    server: &str,
+    st: &FileState<'_>,
+    t: &Task,
+    delta: bool,
+    w: &mut Worker,
+    direct: &DirectSupport,
+) -> Result<u64, ExtractError> {
     if st.f.chunks.len() == 1 {
-        return restore_whole(store, server, st, delta);
+        return restore_whole(store, server, st, delta, w);
     }
     use std::os::unix::fs::FileExt;
     let c = &st.f.chunks[t.chunk];
@@ -181,23 +228,26 @@ fn restore_chunk(store: &dyn ObjectStore, server: &str, st: &FileState<'_>, t: &
         .open(&st.dest)
         .map_err(io_err(&st.dest))?;
     if delta && st.existed {
-        let mut have = vec![0u8; c.size as usize];
-        if file.read_exact_at(&mut have, t.offset).is_ok() && same_content(c, &have) {
-            record(st, t.chunk, crc32c::crc32c(&have));
+        w.make_room(&st.f.path, &c.object, c)?;
+        let have = &mut w.buf.as_mut_slice()[..c.size as usize];
+        if file.read_exact_at(have, t.offset).is_ok() && same_content(c, have) {
+            record(st, t.chunk, crc32c::crc32c(have));
             return Ok(0);
         }
     }
-    let data = load_chunk(store, server, &st.f.path, c)?;
-    file.write_all_at(&data, t.offset).map_err(io_err(&st.dest))?;
-    start_writeback(&file, t.offset, data.len() as u64);
-    record(st, t.chunk, crc32c::crc32c(&data));
+    let crc = load_chunk(store, server, &st.f.path, c, w)?;
+    let data = w.buf.slice(c.size as usize);
+    if direct::write_at(direct, &st.dest, &file, data, t.offset).map_err(io_err(&st.dest))? {
+        start_writeback(&file, t.offset, data.len() as u64);
+    }
+    record(st, t.chunk, crc);
     st.wrote.store(true, Ordering::Relaxed);
     Ok(data.len() as u64)
 }
 
 /// A file of one chunk (most files): checked, written and fsynced with a single open, so a
 /// cluster's thousand small files cost one open each, not three.
-fn restore_whole(store: &dyn ObjectStore, server: &str, st: &FileState<'_>, delta: bool) -> Result<u64, ExtractError> {
+fn restore_whole(store: &dyn ObjectStore, server: &str, st: &FileState<'_>, delta: bool, w: &mut Worker) -> Result<u64, ExtractError> {
     use std::io::{Read, Seek, Write};
     use std::os::unix::fs::OpenOptionsExt;
     let c = &st.f.chunks[0];
@@ -237,13 +287,14 @@ fn restore_whole(store: &dyn ObjectStore, server: &str, st: &FileState<'_>, delt
         }
         file.rewind().map_err(io_err(&st.dest))?;
     }
-    let data = load_chunk(store, server, &st.f.path, c)?;
+    let crc = load_chunk(store, server, &st.f.path, c, w)?;
+    let data = w.buf.slice(c.size as usize);
     file.set_len(0).map_err(io_err(&st.dest))?;
-    file.write_all(&data).map_err(io_err(&st.dest))?;
+    file.write_all(data).map_err(io_err(&st.dest))?;
     file.set_permissions(std::fs::Permissions::from_mode(st.f.mode & 0o7777))
         .map_err(io_err(&st.dest))?;
     file.sync_all().map_err(io_err(&st.dest))?;
-    record(st, 0, crc32c::crc32c(&data));
+    record(st, 0, crc);
     st.wrote.store(true, Ordering::Relaxed);
     st.synced.store(true, Ordering::Relaxed);
     Ok(data.len() as u64)
@@ -321,7 +372,11 @@ fn prepare_file(f: &StoredFile, dest: &Path, delta: bool) -> Result<bool, Extrac
         .truncate(!existed)
         .open(dest)
         .map_err(io_err(dest))?;
-    file.set_len(f.size).map_err(io_err(dest))?;
+    if existed {
+        file.set_len(f.size).map_err(io_err(dest))?;
+    } else {
+        direct::preallocate(&file, f.size).map_err(io_err(dest))?;
+    }
     file.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o7777))
         .map_err(io_err(dest))?;
     Ok(existed)
@@ -431,11 +486,22 @@ pub fn extract(
     let done_bytes = AtomicU64::new(0);
     let finished = AtomicU64::new(0);
     let jobs = opts.jobs.max(1);
+    let direct = DirectSupport::default();
     progress.begin(Some(idx.original_bytes));
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
-                loop {
+                let mut worker = match Worker::new() {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        None
+                    }
+                };
+                while let Some(w) = worker.as_mut() {
                     if failed.load(Ordering::Relaxed) {
                         break;
                     }
@@ -448,7 +514,7 @@ pub fn extract(
                     };
                     let Some(t) = tasks.get(i) else { break };
                     let st = &states[t.file];
-                    match restore_chunk(store.as_ref(), &idx.server, st, t, opts.delta) {
+                    match restore_chunk(store.as_ref(), &idx.server, st, t, opts.delta, w, &direct) {
                         Ok(n) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
                             done_bytes.fetch_add(st.f.chunks[t.chunk].size, Ordering::Relaxed);

@@ -1,0 +1,153 @@
+//! Direct I/O for restoring large files: chunks written with `O_DIRECT` from block-aligned
+//! buffers, bypassing the page cache.
+//!
+//! Why: a restore writes gigabytes nobody reads back soon. Through the page cache every byte
+//! is copied into freshly allocated pages (a quarter of the restore's CPU time when measured),
+//! writers of one file serialize on its inode lock, and the final fsync still has to push it all
+//! out. With `O_DIRECT` into a preallocated file the device reads straight from our buffer, the
+//! kernel takes the inode lock shared (several threads write one 1 GiB segment at once), and the
+//! final fsync only commits metadata and the device cache.
+//!
+//! Where direct I/O is not possible (a filesystem without it, an unaligned tail, a kernel that
+//! refuses the alignment) the same bytes go through the page cache instead: `DirectWriter`
+//! falls back by itself, and says so once in the log.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Alignment of buffers, offsets and lengths for direct writes: the page size, which is at least
+/// the logical block size of any device PostgreSQL data lives on.
+pub const ALIGN: usize = 4096;
+
+/// A reusable byte buffer whose start is `ALIGN`-aligned (without `unsafe`: an over-allocated
+/// vector and the offset of its first aligned byte).
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    cap: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(cap: usize) -> Self {
+        let raw = vec![0u8; cap + ALIGN];
+        let start = raw.as_ptr().align_offset(ALIGN);
+        AlignedBuf { raw, start, cap }
+    }
+
+    /// The whole aligned region, `cap` bytes.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.cap]
+    }
+
+    /// The first `len` bytes (at most `cap`).
+    pub fn slice(&self, len: usize) -> &[u8] {
+        &self.raw[self.start..self.start + len.min(self.cap)]
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+}
+
+/// Whether direct writes still work here; shared by all threads of one restore.
+#[derive(Default)]
+pub struct DirectSupport {
+    broken: AtomicBool,
+}
+
+impl DirectSupport {
+    fn usable(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed)
+    }
+
+    fn give_up(&self, path: &Path, e: &io::Error) {
+        if !self.broken.swap(true, Ordering::Relaxed) {
+            tracing::info!(file = %path.display(), error = %e, "direct I/O is not available here; restoring through the page cache");
+        }
+    }
+}
+
+/// Writes `data` at `offset` into the existing file `path`: the `ALIGN`-multiple prefix with
+/// `O_DIRECT` (when `data` starts on an aligned address and `offset` is aligned), the rest
+/// through `buffered`, an ordinary descriptor of the same file. Returns whether the page cache was used (the caller then hands that
+/// range to writeback early).
+pub fn write_at(support: &DirectSupport, path: &Path, buffered: &File, data: &[u8], offset: u64) -> io::Result<bool> {
+    let aligned = if support.usable() && offset % ALIGN as u64 == 0 && data.as_ptr().align_offset(ALIGN) == 0 {
+        data.len() / ALIGN * ALIGN
+    } else {
+        0
+    };
+    let mut done = 0;
+    if aligned > 0 {
+        match open_direct(path).and_then(|f| f.write_all_at(&data[..aligned], offset)) {
+            Ok(()) => done = aligned,
+            // EINVAL: the filesystem or device refuses this alignment or direct I/O at all.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => support.give_up(path, &e),
+            Err(e) => return Err(e),
+        }
+    }
+    if done == data.len() {
+        return Ok(false);
+    }
+    buffered.write_all_at(&data[done..], offset + done as u64)?;
+    Ok(true)
+}
+
+fn open_direct(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path)
+}
+
+/// Gives a new file its blocks up front (one extent allocation instead of one per write, and
+/// what lets direct writes into it run in parallel); falls back to a plain size change where
+/// the filesystem cannot preallocate.
+pub fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if size > 0 {
+        // SAFETY: fallocate on an open descriptor with mode 0 (allocate, extend the size).
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+        if rc == 0 {
+            return Ok(());
+        }
+    }
+    file.set_len(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buffer_is_aligned() {
+        let mut b = AlignedBuf::new(3 * ALIGN);
+        assert_eq!(b.as_mut_slice().as_ptr().align_offset(ALIGN), 0);
+        assert_eq!(b.as_mut_slice().len(), 3 * ALIGN);
+        assert_eq!(b.slice(10).len(), 10);
+        assert_eq!(b.slice(10 * ALIGN).len(), 3 * ALIGN);
+    }
+
+    #[test]
+    fn writes_aligned_prefix_and_tail_and_keeps_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("f");
+        let f = File::create(&path).unwrap();
+        preallocate(&f, 4 * ALIGN as u64).unwrap();
+        let support = DirectSupport::default();
+        let mut buf = AlignedBuf::new(2 * ALIGN);
+        let n = ALIGN + 100;
+        for (i, b) in buf.as_mut_slice()[..n].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let plain = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        write_at(&support, &path, &plain, buf.slice(n), ALIGN as u64).unwrap();
+        // An unaligned offset goes through the page cache.
+        assert!(write_at(&support, &path, &plain, b"xyz", 3).unwrap());
+        let content = std::fs::read(&path).unwrap();
+        assert_eq!(content.len(), 4 * ALIGN);
+        assert_eq!(&content[3..6], b"xyz");
+        assert_eq!(&content[ALIGN..ALIGN + n], buf.slice(n));
+        assert!(content[ALIGN + n..].iter().all(|&b| b == 0));
+    }
+}
