@@ -144,9 +144,10 @@ def run(base, args):
         wb.run([f"{wb.BIN}/pg_basebackup", "-h", c.sock, "-p", str(c.port), "-U", c.user, "-D", tgz, "-Ft", "-z", "-X", "fetch", "-c", "fast"])
         print("backups taken", flush=True)
 
-        # 1. Restores, interleaved.
+        # 1. Restores, interleaved; the order rotates each round so no tool always goes first.
+        tools = list(results)
         for r in range(args.rounds):
-            for tool in results:
+            for tool in tools[r % len(tools):] + tools[:r % len(tools)]:
                 target = os.path.join(base, f"restore_{tool}")
                 fresh_dir(target)
                 subprocess.run(["sync"])  # start each tool with no one else's dirty data to flush
@@ -169,8 +170,12 @@ def run(base, args):
         secs_delta, _, _, out = bb.timed(pgark_cmd(conf, "restore", "bench", "--target-dir", target, "--delta", "--jobs", "2", "--json", *owner_args()))
         stats = json.loads(out)["stats"]
         full = os.path.join(base, "restore_full")
-        fresh_dir(full)
-        secs_full, _, _, _ = bb.timed(pgark_cmd(conf, "restore", "bench", "--target-dir", full, "--jobs", "2", *owner_args()))
+        fulls = []
+        for _ in range(3):
+            fresh_dir(full)
+            subprocess.run(["sync"])
+            fulls.append(bb.timed(pgark_cmd(conf, "restore", "bench", "--target-dir", full, "--jobs", "2", *owner_args()))[0])
+        secs_full = statistics.median(fulls)
         print(f"delta {secs_delta:.1f}s ({stats}) vs full {secs_full:.1f}s", flush=True)
         replay_rest = os.path.join(base, "restore_pgbackrest_b")
         fresh_dir(replay_rest)

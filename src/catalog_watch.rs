@@ -78,70 +78,77 @@ pub async fn run(layout: Layout, thresholds: tokio::sync::watch::Receiver<DiskTh
         let walk = round % USAGE_EVERY_ROUNDS == 0 || !same_servers;
         round += 1;
         let root = layout.root().to_path_buf();
+        // Free space (one statvfs) and the usage walk are measured and reported apart: a walk
+        // that fails (an unreadable file) must not freeze the pressure level.
         let measured = tokio::task::spawn_blocking(move || {
             let store = LocalStore::new(&root);
-            let cap = store.capacity()?;
-            let per_server = if walk {
-                Some(
-                    names
-                        .into_iter()
-                        .map(|n| usage::server_usage(&store, &n).map(|u| (n, u)))
-                        .collect::<std::io::Result<Vec<_>>>()?,
-                )
-            } else {
-                None
-            };
-            Ok::<_, std::io::Error>((cap, per_server))
+            let cap = store.capacity();
+            let per_server = walk.then(|| {
+                names
+                    .into_iter()
+                    .map(|n| usage::server_usage(&store, &n).map(|u| (n, u)))
+                    .collect::<std::io::Result<Vec<_>>>()
+            });
+            (cap, per_server)
         })
         .await;
-        match measured {
-            Ok(Ok((cap, per_server))) => {
-                failing = false;
-                if let Some(p) = per_server {
-                    usage_cache = p;
-                }
-                let per_server = usage_cache.clone();
-                let mut total_rate = 0.0;
-                for (name, u) in per_server {
-                    let raw_rate = windows.get(&name).map(RateWindow::rate).unwrap_or(0.0);
-                    let c = ServerCatalog {
-                        wal_bytes: u.wal.bytes,
-                        backup_bytes: u.backups.bytes,
-                        wal_ingest_bytes_per_second: raw_rate * u.wal_stored_ratio.unwrap_or(1.0),
-                    };
-                    total_rate += c.wal_ingest_bytes_per_second;
-                    crate::metrics::server_catalog(&name, &c);
-                    board.update(&name, |s| s.catalog = Some(c));
-                }
-                if let Some(cap) = cap {
-                    let new_level = thresholds.level(cap);
-                    if new_level != level {
-                        log_level_change(level, new_level, cap.free, &thresholds);
-                        level = new_level;
-                    }
-                    let space = CatalogSpace {
-                        free_bytes: cap.free,
-                        total_bytes: cap.total,
-                        pressure: new_level,
-                        full_eta_seconds: full_eta(cap.free, total_rate),
-                        at: unix_now(),
-                    };
-                    crate::metrics::catalog_space(
-                        &space,
-                        thresholds.catalog_free_warning.bytes(cap.total),
-                        thresholds.catalog_free_critical.bytes(cap.total),
-                    );
-                    board.set_catalog_space(space);
-                }
+        let (cap, per_server) = match measured {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "catalog measurement task failed");
+                (Err(std::io::Error::other("measurement task failed")), None)
             }
-            Ok(Err(e)) => {
-                if !failing {
-                    tracing::warn!(catalog = %layout.root().display(), error = %e, "cannot measure the catalog's space and usage");
-                    failing = true;
+        };
+        let mut errors = Vec::new();
+        match per_server {
+            Some(Ok(p)) => usage_cache = p,
+            Some(Err(e)) => errors.push(format!("walking the catalog for its usage: {e}")),
+            None => {}
+        }
+        let mut total_rate = 0.0;
+        for (name, u) in usage_cache.clone() {
+            let raw_rate = windows.get(&name).map(RateWindow::rate).unwrap_or(0.0);
+            let c = ServerCatalog {
+                wal_bytes: u.wal.bytes,
+                backup_bytes: u.backups.bytes,
+                wal_ingest_bytes_per_second: raw_rate * u.wal_stored_ratio.unwrap_or(1.0),
+            };
+            total_rate += c.wal_ingest_bytes_per_second;
+            crate::metrics::server_catalog(&name, &c);
+            board.update(&name, |s| s.catalog = Some(c));
+        }
+        match cap {
+            Ok(Some(cap)) => {
+                let new_level = thresholds.level(cap);
+                if new_level != level {
+                    log_level_change(level, new_level, cap.free, &thresholds);
+                    level = new_level;
                 }
-                crate::metrics::catalog_checks_failed();
+                let space = CatalogSpace {
+                    free_bytes: cap.free,
+                    total_bytes: cap.total,
+                    pressure: new_level,
+                    full_eta_seconds: full_eta(cap.free, total_rate),
+                    at: unix_now(),
+                };
+                crate::metrics::catalog_space(
+                    &space,
+                    thresholds.catalog_free_warning.bytes(cap.total),
+                    thresholds.catalog_free_critical.bytes(cap.total),
+                );
+                board.set_catalog_space(space);
             }
-            Err(e) => tracing::error!(error = %e, "catalog measurement task failed"),
+            Ok(None) => {}
+            Err(e) => errors.push(format!("measuring free space: {e}")),
+        }
+        if errors.is_empty() {
+            failing = false;
+        } else {
+            if !failing {
+                tracing::warn!(catalog = %layout.root().display(), errors = ?errors, "cannot measure the catalog's space and usage");
+                failing = true;
+            }
+            crate::metrics::catalog_checks_failed();
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -7,7 +7,7 @@ use crate::catalog::Layout;
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::http::{self, HttpState};
 use crate::pressure::DiskThresholds;
-use crate::status::{unix_now, ServerStatus, StatusBoard};
+use crate::status::{ServerStatus, StatusBoard};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,7 +78,6 @@ impl Daemon {
             metrics,
             board: board.clone(),
             catalog: config.catalog.display().to_string(),
-            started_at: unix_now(),
             stream_timeout_secs: healthz_stream_timeout.clone(),
         };
         let http_task = tokio::spawn(http::serve(listener, state, http_cancel.clone()));

@@ -17,7 +17,6 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     pub board: StatusBoard,
     pub catalog: String,
-    pub started_at: u64,
     /// `metrics.healthz_stream_timeout` in seconds (updated on reload).
     pub stream_timeout_secs: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -41,7 +40,7 @@ impl HttpState {
             .snapshot()
             .into_iter()
             .filter(|s| s.state != ConnState::Streaming)
-            .filter(|s| now.saturating_sub(s.last_message_at.unwrap_or(self.started_at)) > limit)
+            .filter(|s| now.saturating_sub(s.last_message_at.unwrap_or(s.added_at)) > limit)
             .map(|s| {
                 format!(
                     "{}: not streaming for over {limit}s ({})",
@@ -135,4 +134,32 @@ pub async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok((code, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::ServerStatus;
+
+    #[test]
+    fn healthz_counts_silence_from_when_the_server_was_added() {
+        let board = StatusBoard::default();
+        let state = HttpState {
+            metrics: crate::metrics::install(),
+            board: board.clone(),
+            catalog: "/c".into(),
+            stream_timeout_secs: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(60)),
+        };
+        // Just added (by a reload to a daemon running for hours): not yet unhealthy.
+        board.insert(ServerStatus::new("new", true));
+        assert!(state.health_problems().is_empty());
+        // Never streamed, and added longer ago than the limit: unhealthy.
+        board.update("new", |s| s.added_at = unix_now() - 120);
+        let problems = state.health_problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("new: not streaming for over 60s"));
+        // Streaming: healthy whatever the times.
+        board.update("new", |s| s.state = ConnState::Streaming);
+        assert!(state.health_problems().is_empty());
+    }
 }

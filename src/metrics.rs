@@ -116,6 +116,8 @@ pub fn register_server(server: &str) {
         "pgark_reconnects_total",
         "pgark_wal_segments_completed_total",
         "pgark_wal_segments_archived_total",
+        "pgark_wal_archived_original_bytes_total",
+        "pgark_wal_archived_stored_bytes_total",
         "pgark_wal_store_errors_total",
         "pgark_backups_total",
         "pgark_backup_failures_total",
@@ -300,48 +302,76 @@ pub fn backups_in_catalog(server: &str, count: usize, stored_bytes: u64) {
     gauge!("pgark_backup_catalog_stored_bytes", "server" => server.to_string()).set(stored_bytes as f64);
 }
 
+/// Every gauge a monitoring round sets. While the facts are unknown (the monitoring connection
+/// fails) they are absent, never their last value: an alert must not act on what the server said
+/// an hour ago. `pgark_monitor_up` says why they are missing.
+const SERVER_FACT_GAUGES: &[&str] = &[
+    "pgark_server_current_lsn_bytes",
+    "pgark_replication_lag_bytes",
+    "pgark_slot_retained_bytes",
+    "pgark_slot_safe_wal_size_bytes",
+    "pgark_slot_exists",
+    "pgark_slot_active",
+    "pgark_slot_wal_status",
+    "pgark_slot_retained_over_limit",
+    "pgark_server_pg_wal_bytes",
+    "pgark_server_write_lag_seconds",
+    "pgark_server_flush_lag_seconds",
+    "pgark_server_replay_lag_seconds",
+    "pgark_sync_priority",
+    "pgark_sync_standby",
+    "pgark_sync_standby_named",
+];
+
+/// Sets a per-server gauge, or hides it while its value is unknown (NULL on the server: a lost
+/// slot has no `restart_lsn`, an unlimited `max_slot_wal_keep_size` no `safe_wal_size`).
+fn set_or_absent(name: &'static str, server: &str, value: Option<f64>) {
+    match value {
+        Some(v) => {
+            revive(Some(name), server);
+            gauge!(name, "server" => server.to_string()).set(v);
+        }
+        None => retire(name, server),
+    }
+}
+
 /// The server-side facts of one monitoring round (see `monitor`). `flushed` is pgark's own flush
 /// position, for the replication lag.
 pub fn server_facts(server: &str, f: &crate::monitor::ServerFacts, flushed: Option<crate::pg::Lsn>) {
-    let s = || server.to_string();
-    if let Some(c) = f.current_lsn {
-        gauge!("pgark_server_current_lsn_bytes", "server" => s()).set(c.0 as f64);
-        if let Some(fl) = flushed {
-            gauge!("pgark_replication_lag_bytes", "server" => s()).set(c.saturating_sub(fl) as f64);
-        }
-    }
-    if let Some(r) = f.slot_retained_bytes {
-        gauge!("pgark_slot_retained_bytes", "server" => s()).set(r as f64);
-    }
-    if let Some(v) = f.slot_safe_wal_size_bytes {
-        gauge!("pgark_slot_safe_wal_size_bytes", "server" => s()).set(v as f64);
-    }
-    gauge!("pgark_slot_exists", "server" => s()).set(if f.slot_exists { 1.0 } else { 0.0 });
-    gauge!("pgark_slot_active", "server" => s()).set(if f.slot_active == Some(true) { 1.0 } else { 0.0 });
+    let bool = |b: bool| Some(if b { 1.0 } else { 0.0 });
+    let current = f.current_lsn;
+    set_or_absent("pgark_server_current_lsn_bytes", server, current.map(|c| c.0 as f64));
+    let lag = current.zip(flushed).map(|(c, fl)| c.saturating_sub(fl) as f64);
+    set_or_absent("pgark_replication_lag_bytes", server, lag);
+    set_or_absent("pgark_slot_retained_bytes", server, f.slot_retained_bytes.map(|r| r as f64));
+    set_or_absent(
+        "pgark_slot_safe_wal_size_bytes",
+        server,
+        f.slot_safe_wal_size_bytes.map(|v| v as f64),
+    );
+    set_or_absent("pgark_slot_exists", server, bool(f.slot_exists));
+    set_or_absent("pgark_slot_active", server, bool(f.slot_active == Some(true)));
+    revive(Some("pgark_slot_wal_status"), server);
     for state in ["reserved", "extended", "unreserved", "lost"] {
         let on = f.slot_wal_status.as_deref() == Some(state);
-        gauge!("pgark_slot_wal_status", "server" => s(), "state" => state).set(if on { 1.0 } else { 0.0 });
+        gauge!("pgark_slot_wal_status", "server" => server.to_string(), "state" => state).set(if on { 1.0 } else { 0.0 });
     }
-    if let Some(b) = f.pg_wal_bytes {
-        gauge!("pgark_server_pg_wal_bytes", "server" => s()).set(b as f64);
-    }
-    for (name, v) in [
-        ("pgark_server_write_lag_seconds", f.write_lag_seconds),
-        ("pgark_server_flush_lag_seconds", f.flush_lag_seconds),
-        ("pgark_server_replay_lag_seconds", f.replay_lag_seconds),
-    ] {
-        if let Some(v) = v {
-            gauge!(name, "server" => s()).set(v);
-        }
-    }
-    gauge!("pgark_sync_priority", "server" => s()).set(f.sync_priority.unwrap_or(0) as f64);
+    set_or_absent("pgark_server_pg_wal_bytes", server, f.pg_wal_bytes.map(|b| b as f64));
+    set_or_absent("pgark_server_write_lag_seconds", server, f.write_lag_seconds);
+    set_or_absent("pgark_server_flush_lag_seconds", server, f.flush_lag_seconds);
+    set_or_absent("pgark_server_replay_lag_seconds", server, f.replay_lag_seconds);
+    set_or_absent("pgark_sync_priority", server, Some(f.sync_priority.unwrap_or(0) as f64));
     let sync = matches!(f.sync_state.as_deref(), Some("sync") | Some("quorum"));
-    gauge!("pgark_sync_standby", "server" => s()).set(if sync { 1.0 } else { 0.0 });
-    gauge!("pgark_sync_standby_named", "server" => s()).set(if f.named_in_synchronous_standby_names { 1.0 } else { 0.0 });
-    gauge!("pgark_monitor_up", "server" => s()).set(1.0);
+    set_or_absent("pgark_sync_standby", server, bool(sync));
+    set_or_absent("pgark_sync_standby_named", server, bool(f.named_in_synchronous_standby_names));
+    gauge!("pgark_monitor_up", "server" => server.to_string()).set(1.0);
 }
 
+/// A failed monitoring round: the server-side facts become unknown (absent).
 pub fn monitor_failed(server: &str) {
+    for name in SERVER_FACT_GAUGES {
+        retire(name, server);
+    }
     gauge!("pgark_monitor_up", "server" => server.to_string()).set(0.0);
     counter!("pgark_monitor_errors_total", "server" => server.to_string()).increment(1);
 }
@@ -361,7 +391,7 @@ pub fn slot_retained_limit(server: &str, limit: Option<u64>) {
 }
 
 pub fn slot_over_limit(server: &str, over: bool) {
-    gauge!("pgark_slot_retained_over_limit", "server" => server.to_string()).set(if over { 1.0 } else { 0.0 });
+    set_or_absent("pgark_slot_retained_over_limit", server, Some(if over { 1.0 } else { 0.0 }));
 }
 
 /// The catalog's filesystem, the disk-pressure levels in bytes, the current level (0 ok,

@@ -166,7 +166,13 @@ pub async fn round(ci: &ConnInfo, slot: &str) -> Result<ServerFacts, MonitorErro
 
 /// Settings for a server's monitoring connection: `monitor_conninfo` if set, else the replication
 /// connection string (used without `replication`); to the `postgres` database unless it names one.
+///
+/// Derived from the replication connection, the password is looked up in `.pgpass` for the
+/// monitoring database first (libpq's rule) and, when no line matches, taken from the line the
+/// replication connection uses (database `replication`): the same role, so a `.pgpass` written
+/// for streaming alone is enough.
 fn monitoring_conninfo(cfg: &ServerConfig) -> ConnInfo {
+    let derived = cfg.monitor_conninfo.is_none();
     let mut ci = match &cfg.monitor_conninfo {
         Some((_, ci)) => ci.clone(),
         None => cfg.conninfo.clone(),
@@ -175,6 +181,12 @@ fn monitoring_conninfo(cfg: &ServerConfig) -> ConnInfo {
     ci.application_name = cfg.conninfo.application_name.clone();
     if ci.dbname.is_none() {
         ci.dbname = Some("postgres".into());
+    }
+    if derived && ci.password.is_none() {
+        let db = ci.dbname.clone().unwrap_or_default();
+        if ci.resolve_password(&db).is_none() {
+            ci.password = cfg.conninfo.resolve_password("replication");
+        }
     }
     ci
 }
@@ -210,8 +222,8 @@ pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToke
                         Some(w) => tracing::warn!(server = %server, "{w}"),
                         None => tracing::info!(server = %server, "the slot's retained WAL is back under slot_retained_limit"),
                     }
-                    crate::metrics::slot_over_limit(&server, over_limit);
                 }
+                crate::metrics::slot_over_limit(&server, over_limit);
                 board.update(&server, |s| {
                     s.monitor = Some(facts);
                     s.monitor_error = None;
@@ -255,6 +267,7 @@ fn report_failure(server: &str, board: &StatusBoard, failing: &mut bool, e: Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn synchronous_standby_names_forms() {
@@ -268,6 +281,32 @@ mod tests {
         assert!(!names_standby("", "pgark"));
         assert!(!names_standby("s1, s2", "pgark"));
         assert!(!names_standby("FIRST 1 (pgark_other)", "pgark"));
+    }
+
+    #[test]
+    fn derived_monitoring_connection_uses_the_replication_pgpass_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let pass = d.path().join("pgpass");
+        let config = |pgpass: &str| {
+            std::fs::write(&pass, pgpass).unwrap();
+            std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let yaml = format!(
+                "catalog: {}\nservers:\n  main:\n    conninfo: \"host=db1 port=5432 user=pgark passfile={}\"\n",
+                d.path().join("cat").display(),
+                pass.display()
+            );
+            let cfg = crate::config::Config::parse(&yaml, Path::new("t.yaml")).unwrap();
+            monitoring_conninfo(&cfg.servers["main"])
+        };
+        // Only the streaming line: the monitoring connection takes its password.
+        let ci = config("db1:5432:replication:pgark:streaming-secret\n");
+        assert_eq!(ci.password.as_deref(), Some("streaming-secret"));
+        assert_eq!(ci.dbname.as_deref(), Some("postgres"));
+        // A line for the monitoring database wins, as libpq would pick it.
+        let ci = config("db1:5432:postgres:pgark:monitor-secret\ndb1:5432:replication:pgark:streaming-secret\n");
+        assert_eq!(ci.resolve_password("postgres").as_deref(), Some("monitor-secret"));
+        assert_eq!(ci.password, None, "looked up at connect time, not copied");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Below `catalog_free_warning` pgark warns (log, metric, status). Below `catalog_free_critical`
 //! it stops starting base backups (scheduled and `pgark backup`), the one thing that can eat the
-//! room WAL streaming needs, and keeps streaming and compressing WAL (compression shrinks what is
-//! stored) for as long as the disk lets it. Streaming is never stopped on purpose: a stopped
+//! room WAL streaming needs, stops preparing zero-filled spare segments ahead of need, and keeps
+//! streaming and compressing WAL (compression shrinks what is stored) for as long as the disk
+//! lets it. Streaming is never stopped on purpose: a stopped
 //! receiver makes the primary keep WAL for the slot instead, moving the problem onto the server
 //! (see the README on `max_slot_wal_keep_size`).
 

@@ -32,6 +32,10 @@ pub struct ServerStatus {
     pub last_segment: Option<String>,
     pub last_error: Option<String>,
     pub reconnects: u64,
+    /// Unix seconds when this server was added to the running daemon (its start, or the reload
+    /// that added or changed it): `/healthz` counts its silence from here until a first message.
+    #[serde(default)]
+    pub added_at: u64,
     /// Unix seconds when streaming last started, and of the last message received.
     pub streaming_since: Option<u64>,
     pub last_message_at: Option<u64>,
@@ -93,6 +97,7 @@ impl ServerStatus {
             last_segment: None,
             last_error: None,
             reconnects: 0,
+            added_at: unix_now(),
             streaming_since: None,
             last_message_at: None,
             monitor: None,

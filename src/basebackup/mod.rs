@@ -562,7 +562,15 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
     };
     backup_store::publish(store.as_ref(), &index)?;
     let elapsed = started.elapsed();
-    crate::metrics::backup_succeeded(&server, index.end_time, elapsed, index.original_bytes, index.stored_new_bytes);
+    // The duration metric comes from the index (whole seconds), like the daemon's refresh from
+    // the catalog, so that the gauge does not change value when the refresh runs.
+    crate::metrics::backup_succeeded(
+        &server,
+        index.end_time,
+        Duration::from_secs(index.end_time.saturating_sub(index.start_time)),
+        index.original_bytes,
+        index.stored_new_bytes,
+    );
     progress.end();
     tracing::info!(server = %server, id, start_lsn = %start_lsn, end_lsn = %end_lsn, original_bytes = index.original_bytes,
         stored_new_bytes = index.stored_new_bytes, seconds = format!("{:.1}", elapsed.as_secs_f64()), "backup complete");

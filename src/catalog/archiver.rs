@@ -30,6 +30,9 @@ pub struct Archiver {
     /// Store key of the spool directory, e.g. `main/wal`.
     pub key_prefix: String,
     pub spares: SparePool,
+    /// For the catalog's disk-pressure level: at the critical level no new spare is zero-filled
+    /// (16 MiB of space taken ahead of need); recycled ones, which take no new space, still are used.
+    pub board: crate::status::StatusBoard,
 }
 
 impl Archiver {
@@ -74,6 +77,13 @@ impl Archiver {
 
     fn ensure_spare(&self) {
         if !self.spares.is_empty() || !self.dir.is_dir() {
+            return;
+        }
+        let critical = self
+            .board
+            .catalog_space()
+            .is_some_and(|c| c.pressure == crate::pressure::Level::Critical);
+        if critical {
             return;
         }
         let path = self.spares.new_name(&self.dir);

@@ -219,7 +219,7 @@ async fn session(
         sys.timeline,
     )?;
 
-    let sp = open_spool(cfg, layout, store, spool, seg)?;
+    let sp = open_spool(cfg, layout, store, spool, seg, board)?;
 
     if cfg.create_slot && conn.create_physical_slot(&cfg.slot).await.map_err(ReceiverError::Client)? {
         tracing::info!(slot = %cfg.slot, "created physical replication slot (RESERVE_WAL)");
@@ -366,6 +366,7 @@ fn open_spool<'a>(
     store: &Arc<dyn ObjectStore>,
     spool: &'a mut Option<Spool>,
     seg: WalSegSize,
+    board: &StatusBoard,
 ) -> Result<&'a mut Spool, ReceiverError> {
     if let Some(sp) = spool.as_ref() {
         if sp.seg != seg {
@@ -403,6 +404,7 @@ fn open_spool<'a>(
             store: store.clone(),
             key_prefix: Layout::wal_key(&cfg.name),
             spares: spares.clone(),
+            board: board.clone(),
         };
         let handle = archiver.spawn(rx, backlog).map_err(ReceiverError::Store)?;
         *spool = Some(Spool {

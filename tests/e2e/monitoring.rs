@@ -39,11 +39,32 @@ fn slot_lag_and_sync_state_metrics() {
     assert_eq!(facts.slot_wal_status.as_deref(), Some("reserved"));
     assert_eq!(facts.sync_state.as_deref(), Some("sync"));
 
-    // Under load, received bytes grow and the lag comes back to near zero.
+    // Under a load running while the metrics are read, received bytes and the server's position
+    // grow; after it, the lag measured after the load's last commit is near zero.
     let before = metric(&p, "pgark_wal_received_bytes_total").unwrap_or(0.0);
-    write_rows(&c, 3000);
-    wait_metric(&p, "pgark_wal_received_bytes_total", "received bytes to grow", |v| v > before + 1e6);
-    wait_metric(&p, "pgark_replication_lag_bytes", "the lag to return near zero", |v| v < 1e6);
+    let lsn_before = metric(&p, "pgark_server_current_lsn_bytes").unwrap();
+    std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            for _ in 0..20 {
+                write_rows(&c, 500);
+            }
+        });
+        wait_metric(
+            &p,
+            "pgark_wal_received_bytes_total",
+            "received bytes to grow during the load",
+            |v| v > before + 1e6,
+        );
+        wait_metric(&p, "pgark_server_current_lsn_bytes", "the server's position to move", |v| {
+            v > lsn_before
+        });
+        load.join().unwrap();
+    });
+    let end = current_flush_lsn(&c).0 as f64;
+    wait_until(Duration::from_secs(60), "a lag sample taken after the load, near zero", || {
+        metric(&p, "pgark_server_current_lsn_bytes").is_some_and(|v| v >= end)
+            && metric(&p, "pgark_replication_lag_bytes").is_some_and(|v| v < 1e6)
+    });
     wait_metric(&p, "pgark_slot_retained_bytes", "the slot to hold back little", |v| v < 32e6);
 
     // pgark away: the server keeps the WAL for the slot; back: the retention shrinks.
@@ -242,6 +263,7 @@ fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
     let log = p.log_text();
     assert!(log.contains("catalog free space is CRITICAL"), "{}", tail(&log));
     assert_eq!(log.matches("warning level").count(), 1, "the warning is logged once");
+    assert_eq!(log.matches("is CRITICAL").count(), 1, "the critical level is logged once");
     let o = crate::backup::pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
     assert_eq!(o.status.code(), Some(8), "{}", crate::backup::text(&o));
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgark"))
@@ -252,26 +274,33 @@ fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
     let shown = String::from_utf8_lossy(&cli.stdout);
     assert!(shown.to_lowercase().contains("critical"), "pgark status shows the level: {shown}");
 
-    // Streaming goes on at the critical level: a synchronous commit still returns.
-    write_wal(&c, 8 << 20);
+    // Streaming goes on at the critical level: a synchronous commit still returns, across a
+    // segment boundary; no spare segment is zero-filled ahead of need any more.
+    write_wal(&c, 20 << 20);
     c.psql("INSERT INTO filler (t) VALUES ('after critical')").unwrap();
     p.wait_flushed("main", current_flush_lsn(&c));
+    std::thread::sleep(Duration::from_secs(4));
+    let spares: Vec<_> = std::fs::read_dir(p.wal_dir("main"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".spare."))
+        .collect();
+    assert!(spares.is_empty(), "spares prepared at the critical level: {spares:?}");
     let s = p.server("main").unwrap();
     assert_eq!(s.reconnects, 0, "streaming was never interrupted: {s:?}");
     assert_eq!(s.state, pgark::status::ConnState::Streaming);
 }
 
-/// Issue test 5: a monitoring connection that cannot log in (wrong password) is reported in
-/// status and metrics and retried, and streaming is never disturbed; once the password is
-/// right on the server, the next round succeeds without any change to pgark.
-#[test]
-fn failing_monitoring_connection_never_disturbs_streaming() {
-    let c = Cluster::init(&pg(), &["synchronous_standby_names = 'pgark'"]).unwrap();
+/// A primary where the superuser streams over the Unix socket (trust) and a role `mon` (with
+/// pg_monitor) must give its password, `right`, over TCP. Returns the cluster and `mon`'s
+/// connection string with `password`.
+fn cluster_with_monitor_role(conf: &[&str], password: &str) -> (Cluster, String) {
+    let c = Cluster::init(&pg(), conf).unwrap();
     c.start().unwrap();
-    // Local commits: pgark, the synchronous standby, is not running yet.
+    // Local commits: a synchronous standby named in `conf` is not running yet.
     c.psql("SET synchronous_commit = local; SET password_encryption = 'scram-sha-256'; CREATE ROLE mon LOGIN PASSWORD 'right'; GRANT pg_monitor TO mon")
         .unwrap();
-    // The superuser streams over the socket (trust); `mon` must give its password over TCP.
     let su = &c.superuser;
     c.write_hba(&format!(
         "local all {su} trust\nlocal replication {su} trust\nhost all mon 127.0.0.1/32 scram-sha-256\n"
@@ -279,9 +308,66 @@ fn failing_monitoring_connection_never_disturbs_streaming() {
     .unwrap();
     c.reload().unwrap();
     let monitor = format!(
-        "host=127.0.0.1 port={} user=mon password=wrong dbname=postgres sslmode=disable",
+        "host=127.0.0.1 port={} user=mon password={password} dbname=postgres sslmode=disable",
         c.port
     );
+    (c, monitor)
+}
+
+/// The slot's retention seen by pgark while its receiver cannot stream (the replication login
+/// fails) and the monitoring connection works: `pgark_slot_retained_bytes` shows the WAL the
+/// server keeps for the slot, crossing `slot_retained_limit` is logged once, sets the metric
+/// and shows in status; once streaming works again (a SIGHUP with the right connection string)
+/// the retention shrinks and the warning clears (metric and status).
+#[test]
+fn slot_retention_over_the_limit_while_the_receiver_is_down() {
+    let (c, monitor) = cluster_with_monitor_role(&[], "right");
+    let extra = format!("synchronous: false\nmonitor_interval: 1s\nslot_retained_limit: 24MiB\nmonitor_conninfo: \"{monitor}\"");
+    let good = server_yaml("main", &c.conninfo(&c.superuser), &extra);
+    let p = Pgark::start(&good);
+    p.wait_streaming("main");
+    wait_metric(&p, "pgark_slot_retained_over_limit", "the slot under the limit", |v| v == 0.0);
+    assert_eq!(metric(&p, "pgark_slot_retained_limit_bytes"), Some(24.0 * 1048576.0));
+
+    // The receiver cannot log in any more (no pg_hba line for this role); monitoring still can.
+    p.rewrite_servers(&server_yaml("main", &c.conninfo("nobody"), &extra));
+    p.hup();
+    wait_until(Duration::from_secs(30), "the receiver failing to log in", || {
+        p.server("main")
+            .is_some_and(|s| s.state != pgark::status::ConnState::Streaming && s.last_error.is_some())
+    });
+    for _ in 0..3 {
+        write_rows(&c, 4000);
+        c.psql("SELECT pg_switch_wal()").unwrap();
+    }
+    wait_metric(&p, "pgark_slot_retained_bytes", "the retention seen growing", |v| {
+        v > 24.0 * 1048576.0
+    });
+    wait_metric(&p, "pgark_slot_retained_over_limit", "the limit crossed", |v| v == 1.0);
+    let warning = p.server("main").and_then(|s| s.slot_warning);
+    assert!(
+        warning.as_deref().is_some_and(|w| w.contains("slot_retained_limit")),
+        "status: {warning:?}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(p.log_text().matches("over slot_retained_limit").count(), 1, "logged once");
+
+    // Streaming again: the slot advances, the warning clears.
+    p.rewrite_servers(&good);
+    p.hup();
+    p.wait_streaming("main");
+    wait_metric(&p, "pgark_slot_retained_over_limit", "back under the limit", |v| v == 0.0);
+    wait_metric(&p, "pgark_slot_retained_bytes", "the retention shrunk", |v| v < 24.0 * 1048576.0);
+    assert!(p.server("main").is_some_and(|s| s.slot_warning.is_none()));
+}
+
+/// Issue test 5: a monitoring connection that cannot log in (wrong password) is reported in
+/// status and metrics and retried, and streaming is never disturbed; once the password is
+/// right on the server, the next round succeeds without any change to pgark.
+#[test]
+fn failing_monitoring_connection_never_disturbs_streaming() {
+    let (c, monitor) = cluster_with_monitor_role(&["synchronous_standby_names = 'pgark'"], "wrong");
+    let su = &c.superuser;
     let p = Pgark::start(&server_yaml(
         "main",
         &c.conninfo(su),
@@ -295,6 +381,10 @@ fn failing_monitoring_connection_never_disturbs_streaming() {
     });
     assert_eq!(metric(&p, "pgark_monitor_up"), Some(0.0));
     wait_metric(&p, "pgark_monitor_errors_total", "more than one failed round", |v| v >= 2.0);
+    // The server-side facts are unknown: absent, not stale or made up.
+    for name in ["pgark_sync_standby", "pgark_server_current_lsn_bytes", "pgark_slot_retained_bytes"] {
+        assert_eq!(metric(&p, name), None, "{name} while monitoring fails");
+    }
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgark"))
         .args(["status", "--config"])
         .arg(&p.config)
