@@ -48,8 +48,12 @@ pub struct RestoreArgs {
     #[arg(long = "tablespace", value_name = "NAME=DIR")]
     pub tablespaces: Vec<String>,
     /// Update an older, stopped copy of the cluster in place: rewrite only the 4 MiB chunks whose contents differ, remove extra files.
+    /// Files pgark restored there before and nothing has changed since are compared by their recorded checksums without reading them.
     #[arg(long)]
     pub delta: bool,
+    /// With --delta: read and checksum every existing file, even those the last restore's record vouches for.
+    #[arg(long, requires = "delta")]
+    pub verify_existing: bool,
     /// Parallel decompression and writes (default: the number of CPUs).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: Option<u32>,
@@ -131,6 +135,7 @@ pub fn restore(a: RestoreArgs) -> i32 {
         target,
         tablespace_maps: maps,
         delta: a.delta,
+        verify_existing: a.verify_existing,
         jobs: a
             .jobs
             .map(|j| j as usize)
@@ -186,10 +191,18 @@ pub fn restore(a: RestoreArgs) -> i32 {
                 );
             } else {
                 println!(
-                    "restored in {secs:.1}s: {} files written ({}), {} unchanged, {} removed. Start PostgreSQL on {} to recover{}.",
+                    "restored in {secs:.1}s: {} files written ({}), {} unchanged{}, {} removed. Start PostgreSQL on {} to recover{}.",
                     stats.files_written,
                     crate::backup_commands::human_bytes(stats.bytes_written),
                     stats.files_unchanged,
+                    if stats.files_trusted > 0 {
+                        format!(
+                            " ({} known unchanged from the last restore's record, not read)",
+                            stats.files_trusted
+                        )
+                    } else {
+                        String::new()
+                    },
                     stats.files_removed,
                     plan.target_dir.display(),
                     if a.standby { " and follow as a standby" } else { "" }

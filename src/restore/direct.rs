@@ -1,5 +1,5 @@
-//! Direct I/O for restoring large files: chunks written with `O_DIRECT` from block-aligned
-//! buffers, bypassing the page cache.
+//! Direct I/O for restoring large files: chunks written (and, for `--delta`, read back) with
+//! `O_DIRECT` from block-aligned buffers, bypassing the page cache.
 //!
 //! Why: a restore writes gigabytes nobody reads back soon. Through the page cache every byte
 //! is copied into freshly allocated pages (a quarter of the restore's CPU time when measured),
@@ -96,6 +96,27 @@ pub fn write_at(support: &DirectSupport, path: &Path, buffered: &File, data: &[u
     Ok(true)
 }
 
+/// Reads exactly `buf.len()` bytes at `offset` of `path`: the aligned prefix with `O_DIRECT`
+/// (straight from the device into `buf`, leaving the page cache alone), the rest through
+/// `buffered`. Fails (UnexpectedEof) when the file is shorter.
+pub fn read_at(support: &DirectSupport, path: &Path, buffered: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let aligned = if support.usable() && offset % ALIGN as u64 == 0 && buf.as_ptr().align_offset(ALIGN) == 0 {
+        buf.len() / ALIGN * ALIGN
+    } else {
+        0
+    };
+    let mut done = 0;
+    if aligned > 0 {
+        let direct = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path);
+        match direct.and_then(|f| f.read_exact_at(&mut buf[..aligned], offset)) {
+            Ok(()) => done = aligned,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => support.give_up(path, &e),
+            Err(e) => return Err(e),
+        }
+    }
+    buffered.read_exact_at(&mut buf[done..], offset + done as u64)
+}
+
 fn open_direct(path: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path)
 }
@@ -149,5 +170,15 @@ mod tests {
         assert_eq!(&content[3..6], b"xyz");
         assert_eq!(&content[ALIGN..ALIGN + n], buf.slice(n));
         assert!(content[ALIGN + n..].iter().all(|&b| b == 0));
+
+        let mut back = AlignedBuf::new(2 * ALIGN);
+        read_at(&support, &path, &plain_reader(&path), &mut back.as_mut_slice()[..n], ALIGN as u64).unwrap();
+        assert_eq!(back.slice(n), buf.slice(n));
+        let err = read_at(&support, &path, &plain_reader(&path), back.as_mut_slice(), 3 * ALIGN as u64).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "past the end");
+    }
+
+    fn plain_reader(path: &Path) -> File {
+        File::open(path).unwrap()
     }
 }

@@ -13,6 +13,7 @@ use crate::catalog::backup_store::{self, BackupIndex, ChunkRef, StoredFile};
 use crate::catalog::store::ObjectStore;
 use crate::catalog::{fsutil, segment_file};
 use crate::restore::direct::{self, AlignedBuf, DirectSupport};
+use crate::restore::record::{RecordedChunk, RestoreRecord};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -34,6 +35,9 @@ pub struct ExtractOptions {
     pub jobs: usize,
     /// uid and gid to own everything written (root only).
     pub owner: Option<(u32, u32)>,
+    /// With delta: the record of the last restore into this directory (see `record`), whose
+    /// unchanged files are compared by their recorded chunks instead of being read.
+    pub previous: Option<RestoreRecord>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -42,9 +46,15 @@ pub struct ExtractStats {
     pub files_unchanged: u64,
     pub files_removed: u64,
     pub bytes_written: u64,
+    /// Existing files (delta) found unchanged through the last restore's record, without reading them.
+    pub files_trusted: u64,
     /// Files and directories `finish` must make durable.
     #[serde(skip)]
     pub to_sync: Vec<PathBuf>,
+    /// Every file restored from the backup (at its final path) and the chunks it now holds: the
+    /// next restore record.
+    #[serde(skip)]
+    pub restored: Vec<(PathBuf, Vec<RecordedChunk>)>,
     #[serde(skip)]
     pub dirs: BTreeSet<PathBuf>,
 }
@@ -201,6 +211,9 @@ struct FileState<'a> {
     dest: PathBuf,
     /// The file existed before (delta); unchanged chunks are verified, not rewritten.
     existed: bool,
+    /// The chunks the existing file holds, per the last restore's record (it has not changed
+    /// since): compared by name, never read.
+    trusted: Option<Vec<RecordedChunk>>,
     crcs: Mutex<Vec<Option<u32>>>,
     wrote: AtomicBool,
     /// Already fsynced by its task (single-chunk files).
@@ -220,7 +233,6 @@ fn restore_chunk(
     if st.f.chunks.len() == 1 {
         return restore_whole(store, server, st, delta, w);
     }
-    use std::os::unix::fs::FileExt;
     let c = &st.f.chunks[t.chunk];
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -228,11 +240,22 @@ fn restore_chunk(
         .open(&st.dest)
         .map_err(io_err(&st.dest))?;
     if delta && st.existed {
-        w.make_room(&st.f.path, &c.object, c)?;
-        let have = &mut w.buf.as_mut_slice()[..c.size as usize];
-        if file.read_exact_at(have, t.offset).is_ok() && same_content(c, have) {
-            record(st, t.chunk, crc32c::crc32c(have));
-            return Ok(0);
+        match &st.trusted {
+            // Known from the record: the same chunk is there, or (otherwise) it is not.
+            Some(old) => {
+                if let Some(crc) = recorded_crc(old, t.chunk, c) {
+                    record(st, t.chunk, crc);
+                    return Ok(0);
+                }
+            }
+            None => {
+                w.make_room(&st.f.path, &c.object, c)?;
+                let have = &mut w.buf.as_mut_slice()[..c.size as usize];
+                if direct::read_at(direct, &st.dest, &file, have, t.offset).is_ok() && same_content(c, have) {
+                    record(st, t.chunk, crc32c::crc32c(have));
+                    return Ok(0);
+                }
+            }
         }
     }
     let crc = load_chunk(store, server, &st.f.path, c, w)?;
@@ -276,7 +299,18 @@ fn restore_whole(store: &dyn ObjectStore, server: &str, st: &FileState<'_>, delt
         }
         Err(e) => return Err(io_err(&st.dest)(e)),
     };
-    if delta {
+    if let Some(crc) = st
+        .trusted
+        .as_deref()
+        .filter(|old| old.len() == 1)
+        .and_then(|old| recorded_crc(old, 0, c))
+    {
+        file.set_permissions(std::fs::Permissions::from_mode(st.f.mode & 0o7777))
+            .map_err(io_err(&st.dest))?;
+        record(st, 0, crc);
+        return Ok(0);
+    }
+    if delta && st.trusted.is_none() {
         let mut have = Vec::with_capacity(c.size as usize + 1);
         (&mut file).take(c.size + 1).read_to_end(&mut have).map_err(io_err(&st.dest))?;
         if same_content(c, &have) {
@@ -298,6 +332,12 @@ fn restore_whole(store: &dyn ObjectStore, server: &str, st: &FileState<'_>, delt
     st.wrote.store(true, Ordering::Relaxed);
     st.synced.store(true, Ordering::Relaxed);
     Ok(data.len() as u64)
+}
+
+/// The CRC-32C of chunk `i` as the record has it, if the recorded file holds exactly chunk `c`
+/// there (same object name, the SHA-256 of its bytes, and size).
+fn recorded_crc(old: &[RecordedChunk], i: usize, c: &ChunkRef) -> Option<u32> {
+    old.get(i).filter(|r| r.object == c.object && r.size == c.size).map(|r| r.crc32c)
 }
 
 /// Asks the kernel to start writing a range back now (as PostgreSQL's checkpoint_flush_after
@@ -373,7 +413,9 @@ fn prepare_file(f: &StoredFile, dest: &Path, delta: bool) -> Result<bool, Extrac
         .open(dest)
         .map_err(io_err(dest))?;
     if existed {
-        file.set_len(f.size).map_err(io_err(dest))?;
+        if file.metadata().map_err(io_err(dest))?.len() != f.size {
+            file.set_len(f.size).map_err(io_err(dest))?;
+        }
     } else {
         direct::preallocate(&file, f.size).map_err(io_err(dest))?;
     }
@@ -453,6 +495,12 @@ pub fn extract(
         } else {
             destination(opts, &f.path)?
         };
+        // Trust is decided before anything touches the file (a truncate or chmod would change
+        // its identity).
+        let trusted = match (&opts.previous, opts.delta) {
+            (Some(r), true) => r.unchanged(&dest).map(<[RecordedChunk]>::to_vec),
+            _ => None,
+        };
         // Single-chunk files are created by their task; the others here, so that their chunks
         // can be written at offsets in parallel.
         let existed = if f.chunks.len() == 1 {
@@ -463,6 +511,7 @@ pub fn extract(
         states.push(FileState {
             f,
             dest,
+            trusted: trusted.filter(|_| existed),
             existed,
             crcs: Mutex::new(vec![None; f.chunks.len()]),
             wrote: AtomicBool::new(!existed),
@@ -556,8 +605,11 @@ pub fn extract(
         });
     }
     dirs.extend(opts.tablespaces.values().cloned());
+    let mut restored = Vec::with_capacity(states.len());
+    let mut trusted = 0u64;
     for st in &states {
         let crcs = st.crcs.lock().map(|v| v.clone()).unwrap_or_default();
+        trusted += u64::from(st.trusted.is_some() && !st.wrote.load(Ordering::Relaxed));
         let parts: Option<Vec<(u32, u64)>> = crcs.iter().zip(&st.f.chunks).map(|(c, ch)| c.map(|c| (c, ch.size))).collect();
         let crc = parts.map(|p| crate::basebackup::pipeline::combine_crc(&p));
         if st.f.crc32c.is_some() && crc != st.f.crc32c {
@@ -570,6 +622,22 @@ pub fn extract(
                 ),
             });
         }
+        let final_path = if st.f.path == PG_CONTROL {
+            target.join(PG_CONTROL)
+        } else {
+            st.dest.clone()
+        };
+        let chunks =
+            st.f.chunks
+                .iter()
+                .zip(&crcs)
+                .map(|(c, crc)| RecordedChunk {
+                    object: c.object.clone(),
+                    size: c.size,
+                    crc32c: crc.unwrap_or_default(),
+                })
+                .collect();
+        restored.push((final_path, chunks));
         if st.wrote.load(Ordering::Relaxed) {
             written += 1;
             if !st.synced.load(Ordering::Relaxed) {
@@ -604,8 +672,10 @@ pub fn extract(
         files_written: written,
         files_unchanged: unchanged,
         files_removed: removed,
+        files_trusted: trusted,
         bytes_written: bytes.into_inner(),
         to_sync,
+        restored,
         dirs,
     })
 }

@@ -6,6 +6,7 @@
 pub mod direct;
 pub mod extract;
 pub mod plan;
+pub mod record;
 pub mod recovery;
 pub mod target;
 pub mod wal_get;
@@ -31,6 +32,9 @@ pub struct RestoreRequest {
     /// `--tablespace NAME|OID|OLD_PATH=DIR`.
     pub tablespace_maps: Vec<(String, PathBuf)>,
     pub delta: bool,
+    /// With delta: read and checksum every existing file, ignoring the record of the last
+    /// restore (see `record`).
+    pub verify_existing: bool,
     pub jobs: usize,
     pub standby: bool,
     pub owner: Option<String>,
@@ -290,16 +294,44 @@ pub fn execute(req: &RestoreRequest, plan: &RestorePlan, progress: &mut dyn Prog
         Some(name) => Some(lookup_user(name)?),
         None => None,
     };
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&req.config.catalog));
+    let previous = (plan.delta && !req.verify_existing)
+        .then(|| record::load(store.as_ref(), &req.server, &plan.target_dir))
+        .flatten();
     let opts = ExtractOptions {
         target_dir: plan.target_dir.clone(),
         tablespaces: plan.tablespaces.iter().map(|t| (t.oid, t.location.clone())).collect(),
         delta: plan.delta,
         jobs: req.jobs.max(1),
         owner,
+        previous,
     };
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&req.config.catalog));
-    let stats = extract::extract(store, &plan.index, &opts, progress)?;
-    recovery::write(&plan.target_dir, &plan.settings, req.standby)?;
+    let stats = extract::extract(store.clone(), &plan.index, &opts, progress)?;
+    let rewritten = recovery::write(&plan.target_dir, &plan.settings, req.standby)?;
     extract::finish(&opts, &stats, &[])?;
+    save_record(store.as_ref(), &req.server, plan, &stats, &rewritten);
     Ok(stats)
+}
+
+/// Records what this restore left on disk, for the next `--delta` into the same directory. A
+/// failure costs only that restore's speed, so it is logged, not fatal.
+fn save_record(store: &dyn ObjectStore, server: &str, plan: &RestorePlan, stats: &ExtractStats, rewritten: &[PathBuf]) {
+    let mut r = record::RestoreRecord::new(&plan.target_dir, &plan.backup_id);
+    for (path, chunks) in &stats.restored {
+        if rewritten.contains(path) {
+            continue;
+        }
+        if let Some(identity) = record::FileIdentity::of(path) {
+            r.files.insert(
+                path.display().to_string(),
+                record::RecordedFile {
+                    identity,
+                    chunks: chunks.clone(),
+                },
+            );
+        }
+    }
+    if let Err(e) = record::save(store, server, &r) {
+        tracing::warn!(server, error = %e, "cannot record this restore in the catalog; a later --delta restore here will read every file");
+    }
 }

@@ -58,7 +58,8 @@ pub fn auto_conf(existing: &str, settings: &[(String, String)]) -> String {
 }
 
 /// Writes postgresql.auto.conf and the signal file into `data` (both durably).
-pub fn write(data: &Path, settings: &[(String, String)], standby: bool) -> io::Result<()> {
+/// Returns the files it replaced, created or removed (they no longer hold the backup's bytes).
+pub fn write(data: &Path, settings: &[(String, String)], standby: bool) -> io::Result<Vec<std::path::PathBuf>> {
     let auto = data.join("postgresql.auto.conf");
     let existing = match std::fs::read_to_string(&auto) {
         Ok(s) => s,
@@ -72,7 +73,8 @@ pub fn write(data: &Path, settings: &[(String, String)], standby: bool) -> io::R
         crate::catalog::fsutil::durable_remove(&data.join(f))?;
     }
     let signal = data.join(if standby { "standby.signal" } else { "recovery.signal" });
-    crate::catalog::fsutil::write_atomic(&signal, b"")
+    crate::catalog::fsutil::write_atomic(&signal, b"")?;
+    Ok(vec![auto, data.join("recovery.signal"), data.join("standby.signal")])
 }
 
 #[cfg(test)]

@@ -297,6 +297,99 @@ fn tablespace_remap_and_delta_restore() {
     assert_eq!(tree(&newloc), tree(&tsdir.path().join("ts1b")), "tablespace contents differ");
 }
 
+/// Runs `pgark restore --delta --json` of `backup` into `data`; returns the stats.
+fn delta_into(bin: &Binary, config: &Path, backup: &str, data: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "restore",
+        "main",
+        backup,
+        "--target-dir",
+        data.to_str().unwrap(),
+        "--delta",
+        "--json",
+    ];
+    if running_as_root() {
+        args.extend(["--owner", "postgres"]);
+    }
+    args.extend_from_slice(extra);
+    let o = bin.run(config, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["stats"].clone()
+}
+
+/// The restore record: a delta restore into a directory pgark restored trusts only files that
+/// nobody touched since. A changed byte is found even when the file keeps its size and its
+/// modification time is put back (`touch -r`: the ctime still moves), in a large file and in a
+/// small one; `--verify-existing` reads everything; the result equals a fresh full restore.
+#[test]
+fn delta_trusts_only_files_untouched_since_the_last_restore() {
+    let bin = Binary::new();
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    c.psql("CREATE TABLE big AS SELECT g, md5(g::text) AS m FROM generate_series(1, 200000) g")
+        .unwrap();
+    c.psql("CREATE TABLE small AS SELECT 1 AS x").unwrap();
+    let cat = Catalog::new(&server_yaml("main", &c.conninfo("postgres"), ""));
+    let b = backup(&cat.config, "main", &[]);
+    let id = b["id"].as_str().unwrap().to_string();
+    let rel = |table: &str| {
+        let path = c.psql(&format!("SELECT pg_relation_filepath('{table}')")).unwrap();
+        PathBuf::from(path)
+    };
+    let (big, small) = (rel("big"), rel("small"));
+    let (data, _tmp, _) = restore(&bin, &cat.config, "main", &[&id]);
+    assert!(
+        std::fs::metadata(data.join(&big)).unwrap().len() > 8 << 20,
+        "big spans several chunks"
+    );
+
+    // Nothing changed: every file is vouched for by the record, nothing but the recovery
+    // settings and pg_control is written.
+    let st = delta_into(&bin, &cat.config, &id, &data, &[]);
+    let trusted = st["files_trusted"].as_u64().unwrap();
+    assert!(trusted > 500, "{st}");
+    assert!(st["bytes_written"].as_u64().unwrap() < 64 << 10, "{st}");
+
+    // One byte changed inside each file, size kept, mtime put back.
+    let flip = |path: &Path, offset: u64| {
+        use std::os::unix::fs::FileExt;
+        let reference = tempfile::NamedTempFile::new().unwrap();
+        Command::new("touch").arg("-r").arg(path).arg(reference.path()).status().unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, offset).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], offset).unwrap();
+        drop(f);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(Command::new("touch")
+            .arg("-r")
+            .arg(reference.path())
+            .arg(path)
+            .status()
+            .unwrap()
+            .success());
+    };
+    flip(&data.join(&big), 6 << 20);
+    flip(&data.join(&small), 100);
+    let st = delta_into(&bin, &cat.config, &id, &data, &[]);
+    assert!(st["files_trusted"].as_u64().unwrap() <= trusted - 2, "{st}");
+    assert!(st["files_written"].as_u64().unwrap() >= 4, "both damaged files rewritten: {st}");
+    let (fresh, _tmp2, _) = restore(&bin, &cat.config, "main", &[&id]);
+    for f in [&big, &small] {
+        assert!(
+            std::fs::read(data.join(f)).unwrap() == std::fs::read(fresh.join(f)).unwrap(),
+            "{} differs from a fresh restore after the delta",
+            f.display()
+        );
+    }
+
+    // --verify-existing reads every file, whatever the record says.
+    let st = delta_into(&bin, &cat.config, &id, &data, &["--verify-existing"]);
+    assert_eq!(st["files_trusted"].as_u64(), Some(0), "{st}");
+    assert!(st["files_unchanged"].as_u64().unwrap() > 500, "{st}");
+}
+
 /// Test 6 and 7: a damaged chunk stops the restore naming the file; wal-get of a missing segment
 /// writes nothing; unknown backup, unreachable target, malformed input, non-empty target.
 #[test]
