@@ -6,13 +6,14 @@
 
 use super::conninfo::{ConnInfo, Host, SslMode};
 use super::tls;
+use super::transport::Transport;
 use crate::protocol::backend::{self, AuthRequest, BackendMessage, ServerMessage};
 use crate::protocol::scram::ScramClient;
 use crate::protocol::ProtocolError;
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 /// How long connecting and authenticating may take when the connection string sets no
@@ -49,12 +50,9 @@ impl ClientError {
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 /// One authenticated session with a server.
 pub struct Connection {
-    io: Box<dyn Io>,
+    io: Transport,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// `server_version_num`-style number, e.g. 150018, from the `server_version` parameter.
@@ -101,7 +99,7 @@ impl Connection {
     }
 
     async fn connect_once(ci: &ConnInfo, replication: bool, try_tls: bool) -> Result<Connection, ClientError> {
-        let (io, encrypted): (Box<dyn Io>, bool) = match &ci.host {
+        let (io, encrypted): (Transport, bool) = match &ci.host {
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", ci.port));
                 let s = UnixStream::connect(&path).await.map_err(|e| ClientError::Io {
@@ -114,7 +112,7 @@ impl Connection {
                         path.display()
                     )));
                 }
-                (Box::new(s), false)
+                (Transport::Unix(s), false)
             }
             Host::Tcp(host) => {
                 let s = TcpStream::connect((host.as_str(), ci.port)).await.map_err(|e| ClientError::Io {
@@ -125,7 +123,7 @@ impl Connection {
                 if try_tls {
                     Self::negotiate_tls(s, ci, host).await?
                 } else {
-                    (Box::new(s), false)
+                    (Transport::Tcp(s), false)
                 }
             }
         };
@@ -141,7 +139,7 @@ impl Connection {
         Ok(conn)
     }
 
-    async fn negotiate_tls(mut s: TcpStream, ci: &ConnInfo, host: &str) -> Result<(Box<dyn Io>, bool), ClientError> {
+    async fn negotiate_tls(mut s: TcpStream, ci: &ConnInfo, host: &str) -> Result<(Transport, bool), ClientError> {
         let mut req = BytesMut::new();
         frontend::ssl_request(&mut req);
         s.write_all(&req).await.map_err(|e| ClientError::Io {
@@ -161,9 +159,9 @@ impl Connection {
                     .connect(name, s)
                     .await
                     .map_err(|e| ClientError::Tls(format!("handshake with {ci}: {e}")))?;
-                Ok((Box::new(stream), true))
+                Ok((Transport::Tls(Box::new(stream)), true))
             }
-            b'N' if matches!(ci.sslmode, SslMode::Prefer | SslMode::Allow) => Ok((Box::new(s), false)),
+            b'N' if matches!(ci.sslmode, SslMode::Prefer | SslMode::Allow) => Ok((Transport::Tcp(s), false)),
             b'N' => Err(ClientError::Tls(format!(
                 "the server {ci} does not support TLS, but sslmode requires it"
             ))),
@@ -326,6 +324,40 @@ impl Connection {
     /// `None` means inbound data has paused: the moment to group-fsync.
     pub fn next_buffered(&mut self) -> Result<Option<BackendMessage>, ClientError> {
         Ok(backend::parse(&mut self.rbuf)?)
+    }
+
+    /// Streaming hot loop, blocking mode (see `transport`): appends what the socket holds now to
+    /// the read buffer without waiting; false when nothing was there (inbound data has paused).
+    pub fn fill_now(&mut self) -> Result<bool, ClientError> {
+        match self.io.read_now(&mut self.rbuf, READ_CHUNK) {
+            Ok(Some(0)) => Err(ClientError::Closed),
+            Ok(Some(_)) => Ok(true),
+            Ok(None) => Ok(false),
+            Err(e) => Err(self.io_error("reading from", e)),
+        }
+    }
+
+    /// Blocking mode: waits at most `timeout` for the socket to become readable.
+    pub fn wait_readable(&mut self, timeout: Duration) -> Result<bool, ClientError> {
+        let r = self.io.wait_readable(timeout);
+        r.map_err(|e| self.io_error("waiting for", e))
+    }
+
+    /// Blocking mode: sends raw frontend bytes (already framed) at once.
+    pub fn send_raw_blocking(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        debug_assert!(self.wbuf.is_empty(), "no async write may be pending");
+        let r = self.io.write_all_blocking(bytes);
+        r.map_err(|e| self.io_error("writing to", e))
+    }
+
+    fn io_error(&self, what: &str, e: std::io::Error) -> ClientError {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            return ClientError::Tls(format!("{what} {}: {e}", self.describe));
+        }
+        ClientError::Io {
+            context: format!("{what} {}", self.describe),
+            source: e,
+        }
     }
 
     /// Queues raw frontend bytes (already framed) and sends everything queued.

@@ -5,6 +5,7 @@ pub mod connection;
 pub mod conninfo;
 pub mod replication;
 pub mod tls;
+pub mod transport;
 
 pub use connection::{ClientError, Connection};
 pub use conninfo::{ConnInfo, SslMode};

@@ -14,8 +14,14 @@
 //! multi-gigabyte catch-up does not pay one fsync per socket read. Correctness is unaffected: the
 //! flush position reported is still only what fdatasync covered.
 //!
-//! Cancellation: the cancel token is checked in the only await that can block for long; on
-//! cancel the loop fsyncs, sends a last status update and CopyDone.
+//! Blocking I/O: the loop runs on the receiver's own thread and uses the connection's blocking
+//! calls (`Connection::fill_now`, `wait_readable`, `send_raw_blocking`; see
+//! `client::transport`): `recv` until the socket is empty, fsync, `send` the reply, sleep in
+//! `poll(2)` on the one descriptor, as pg_receivewal does. Timers (status interval, keepalive
+//! ping, silence limit) are deadlines checked around that poll, not runtime timers.
+//!
+//! Cancellation: the poll sleeps at most `CANCEL_CHECK` at a time and the token is checked on
+//! every wake; on cancel the loop fsyncs, sends a last status update and CopyDone.
 
 use super::ReceiverError;
 use crate::catalog::wal_store::WalStore;
@@ -27,12 +33,14 @@ use crate::protocol::replication::{self, ReplicationMessage};
 use crate::protocol::ProtocolError;
 use crate::status::{unix_now, StatusBoard};
 use bytes::BytesMut;
-use futures::FutureExt;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Lag beyond which a pause does not trigger an fsync (see the module comment).
 pub const CATCHUP_DEFER_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Longest sleep in `poll` before the cancel token is looked at again (the shutdown delay).
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
 pub struct StreamOptions<'a> {
     pub server: &'a str,
@@ -124,11 +132,13 @@ impl Loop<'_> {
         Ok(())
     }
 
-    async fn report(&mut self, reply_requested: bool) -> Result<(), ReceiverError> {
+    /// Sends a status update at once (write = received, flush = fdatasynced), then the
+    /// bookkeeping: the reply is the latency-critical part.
+    fn report(&mut self, reply_requested: bool) -> Result<(), ReceiverError> {
         let (write, flush) = (self.store.write_pos(), self.store.flush_pos());
         self.out.clear();
         replication::status_update_frame(write, flush, replication::pg_now(), reply_requested, &mut self.out);
-        self.conn.send_raw(&self.out).await.map_err(ReceiverError::Client)?;
+        self.conn.send_raw_blocking(&self.out).map_err(ReceiverError::Client)?;
         if flush > self.last_reported.1 {
             if let Some(t) = self.unacked_since.take() {
                 self.metrics.ack_latency(t.elapsed());
@@ -141,13 +151,29 @@ impl Loop<'_> {
         self.advance_durable();
         self.metrics.wal_positions(write.0, flush.0);
         let lag = self.server_wal_end.saturating_sub(flush);
+        let at = unix_now();
         self.board.update(self.opts.server, |s| {
             s.received_lsn = Some(write);
             s.flushed_lsn = Some(flush);
             s.server_lsn = Some(self.server_wal_end);
             s.lag_bytes = Some(lag);
+            s.last_message_at = Some(at);
         });
         Ok(())
+    }
+
+    /// Inbound data has paused: one fsync for everything received so far (synchronous mode,
+    /// unless catching up), and the flush position reported if it moved.
+    fn on_pause(&mut self) -> Result<(), ReceiverError> {
+        if self.opts.synchronous && self.store.has_unflushed() && !self.catching_up() {
+            self.store.densify().map_err(ReceiverError::Store)?;
+            self.flush()?;
+            self.report(false)
+        } else if self.store.flush_pos() > self.last_reported.1 {
+            self.report(false)
+        } else {
+            Ok(())
+        }
     }
 
     fn on_wal(&mut self, start: Lsn, data: &[u8]) -> Result<(), ReceiverError> {
@@ -177,7 +203,16 @@ impl Loop<'_> {
     }
 }
 
-/// Streams until the timeline ends, the server shuts down, cancellation, or an error.
+/// How the blocking loop ended.
+enum LoopEnd {
+    CopyDone,
+    ServerShutdown,
+    Cancelled,
+}
+
+/// Streams until the timeline ends, the server shuts down, cancellation, or an error. The
+/// streaming itself blocks this (the receiver's own) thread; only the end of a timeline, which
+/// reads ordinary query results, goes back to the async connection.
 pub async fn stream(
     conn: &mut Connection,
     store: &mut WalStore,
@@ -201,107 +236,127 @@ pub async fn stream(
         metrics: crate::metrics::StreamMetrics::new(opts.server),
         out: BytesMut::with_capacity(64),
     };
-    let mut status_tick = tokio::time::interval(opts.status_interval);
-    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    status_tick.tick().await;
-    let mut last_recv = Instant::now();
-    let mut pinged = false;
-    // Report our position straight away: a synchronous standby must be known to the server.
-    lp.report(false).await?;
-    loop {
-        let buffered = match lp.conn.next_buffered().map_err(ReceiverError::Client)? {
-            Some(m) => Some(m),
-            // Drain the kernel's socket buffer without waiting, as pg_receivewal does: WAL that
-            // has already arrived joins this fsync group instead of forcing another fsync.
-            None => lp.conn.next_message().now_or_never().transpose().map_err(ReceiverError::Client)?,
-        };
-        let msg = match buffered {
-            Some(m) => m,
-            None => {
-                // Inbound data has paused: one fsync for everything received so far.
-                if opts.synchronous && lp.store.has_unflushed() && !lp.catching_up() {
-                    lp.store.densify().map_err(ReceiverError::Store)?;
-                    lp.flush()?;
-                    lp.report(false).await?;
-                } else if lp.store.flush_pos() > lp.last_reported.1 {
-                    lp.report(false).await?;
-                }
-                let silence_limit = last_recv + opts.receiver_timeout;
-                let ping_at = last_recv + opts.receiver_timeout / 2;
-                tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => {
-                        lp.flush()?;
-                        lp.report(false).await?;
-                        let _ = lp.conn.send_copy_done().await;
-                        return Ok(StreamEnd::Cancelled);
-                    }
-                    _ = status_tick.tick() => {
-                        lp.flush()?;
-                        // Ask for a reply: the server's keepalive then tells its WAL end, which
-                        // moves the recovery window's end forward on an idle server too.
-                        lp.report(true).await?;
-                        continue;
-                    }
-                    _ = tokio::time::sleep_until(ping_at.into()), if !pinged => {
-                        pinged = true;
-                        lp.report(true).await?;
-                        continue;
-                    }
-                    _ = tokio::time::sleep_until(silence_limit.into()) => {
-                        return Err(ReceiverError::Timeout(opts.receiver_timeout));
-                    }
-                    m = lp.conn.next_message() => m.map_err(ReceiverError::Client)?,
-                }
-            }
-        };
-        last_recv = Instant::now();
-        pinged = false;
-        match msg {
-            BackendMessage::CopyData(payload) => match replication::decode(payload)? {
-                ReplicationMessage::XLogData {
-                    start,
-                    server_wal_end,
-                    data,
-                } => {
-                    lp.server_wal_end = lp.server_wal_end.max(server_wal_end);
-                    lp.on_wal(start, &data)?;
-                    lp.mark(Lsn(start.0.saturating_add(data.len() as u64)));
-                }
-                ReplicationMessage::Keepalive {
-                    server_wal_end,
-                    reply_requested,
-                } => {
-                    lp.server_wal_end = lp.server_wal_end.max(server_wal_end);
-                    lp.metrics.server_wal_end(lp.server_wal_end.0);
-                    lp.mark(server_wal_end);
-                    lp.advance_durable();
-                    if reply_requested {
-                        if opts.synchronous {
-                            lp.flush()?;
-                        }
-                        lp.report(false).await?;
-                    }
-                }
-            },
-            BackendMessage::CopyDone => {
-                // End of a historic timeline: make it durable, answer, read the next timeline.
-                lp.flush()?;
-                lp.report(false).await?;
-                lp.conn.send_copy_done().await.map_err(ReceiverError::Client)?;
-                let end = lp.conn.finish_timeline().await.map_err(ReceiverError::Client)?;
-                return Ok(StreamEnd::TimelineEnded(end));
-            }
-            BackendMessage::CommandComplete(_) => {
-                lp.flush()?;
-                let _ = lp.report(false).await;
-                return Ok(StreamEnd::ServerShutdown);
-            }
-            BackendMessage::Error(e) => return Err(ReceiverError::Client(crate::client::ClientError::Server(e))),
-            BackendMessage::Notice(n) => tracing::info!(notice = %n, "server notice"),
-            BackendMessage::ParameterStatus { .. } => {}
-            other => return Err(ProtocolError::new(format!("unexpected {other:?} while streaming")).into()),
+    match lp.run(cancel)? {
+        LoopEnd::CopyDone => {
+            // End of a historic timeline: durable and answered already; read the next timeline.
+            lp.conn.send_copy_done().await.map_err(ReceiverError::Client)?;
+            let end = lp.conn.finish_timeline().await.map_err(ReceiverError::Client)?;
+            Ok(StreamEnd::TimelineEnded(end))
         }
-        lp.board.update(opts.server, |s| s.last_message_at = Some(unix_now()));
+        LoopEnd::ServerShutdown => Ok(StreamEnd::ServerShutdown),
+        LoopEnd::Cancelled => {
+            let _ = lp.conn.send_copy_done().await;
+            Ok(StreamEnd::Cancelled)
+        }
+    }
+}
+
+impl Loop<'_> {
+    fn run(&mut self, cancel: &CancellationToken) -> Result<LoopEnd, ReceiverError> {
+        let interval = self.opts.status_interval;
+        let mut next_status = Instant::now() + interval;
+        let mut last_recv = Instant::now();
+        let mut pinged = false;
+        // Report our position straight away: a synchronous standby must be known to the server.
+        self.report(false)?;
+        loop {
+            let msg = match self.conn.next_buffered().map_err(ReceiverError::Client)? {
+                Some(m) => m,
+                // Drain the kernel's socket buffer without waiting, as pg_receivewal does: WAL
+                // that has already arrived joins this fsync group instead of forcing another.
+                None if self.conn.fill_now().map_err(ReceiverError::Client)? => continue,
+                None => {
+                    self.on_pause()?;
+                    // Sleep until the socket is readable or a deadline passes.
+                    loop {
+                        if cancel.is_cancelled() {
+                            self.flush()?;
+                            self.report(false)?;
+                            return Ok(LoopEnd::Cancelled);
+                        }
+                        let now = Instant::now();
+                        if now >= next_status {
+                            self.flush()?;
+                            // Ask for a reply: the server's keepalive then tells its WAL end,
+                            // which moves the recovery window's end forward on an idle server too.
+                            self.report(true)?;
+                            next_status = now + interval;
+                        }
+                        let silence_limit = last_recv + self.opts.receiver_timeout;
+                        if now >= silence_limit {
+                            return Err(ReceiverError::Timeout(self.opts.receiver_timeout));
+                        }
+                        let ping_at = last_recv + self.opts.receiver_timeout / 2;
+                        if !pinged && now >= ping_at {
+                            pinged = true;
+                            self.report(true)?;
+                        }
+                        let mut wake = next_status.min(silence_limit).min(now + CANCEL_CHECK);
+                        if !pinged {
+                            wake = wake.min(ping_at);
+                        }
+                        if self
+                            .conn
+                            .wait_readable(wake.saturating_duration_since(now))
+                            .map_err(ReceiverError::Client)?
+                        {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+            };
+            last_recv = Instant::now();
+            pinged = false;
+            match msg {
+                BackendMessage::CopyData(payload) => match replication::decode(payload)? {
+                    ReplicationMessage::XLogData {
+                        start,
+                        server_wal_end,
+                        data,
+                    } => {
+                        self.server_wal_end = self.server_wal_end.max(server_wal_end);
+                        self.on_wal(start, &data)?;
+                        self.mark(Lsn(start.0.saturating_add(data.len() as u64)));
+                    }
+                    ReplicationMessage::Keepalive {
+                        server_wal_end,
+                        reply_requested,
+                    } => {
+                        self.server_wal_end = self.server_wal_end.max(server_wal_end);
+                        self.metrics.server_wal_end(self.server_wal_end.0);
+                        self.mark(server_wal_end);
+                        self.advance_durable();
+                        if reply_requested {
+                            if self.opts.synchronous {
+                                self.flush()?;
+                            }
+                            self.report(false)?;
+                        }
+                    }
+                },
+                BackendMessage::CopyDone => {
+                    // End of a historic timeline: make it durable and answer.
+                    self.flush()?;
+                    self.report(false)?;
+                    return Ok(LoopEnd::CopyDone);
+                }
+                BackendMessage::CommandComplete(_) => {
+                    self.flush()?;
+                    let _ = self.report(false);
+                    return Ok(LoopEnd::ServerShutdown);
+                }
+                BackendMessage::Error(e) => return Err(ReceiverError::Client(crate::client::ClientError::Server(e))),
+                BackendMessage::Notice(n) => tracing::info!(notice = %n, "server notice"),
+                BackendMessage::ParameterStatus { .. } => {}
+                other => return Err(ProtocolError::new(format!("unexpected {other:?} while streaming")).into()),
+            }
+            // While data flows without a pause (a catch-up), the status interval still holds.
+            if last_recv >= next_status {
+                self.flush()?;
+                self.report(false)?;
+                next_status = last_recv + interval;
+            }
+        }
     }
 }

@@ -246,11 +246,15 @@ fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
     });
     assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(1.0));
     assert!(p.log_text().contains("catalog free space is low (warning level)"));
-    // The ingest rate needs two samples of the flushed LSN (one every 15 s).
+    // The ingest rate needs two samples of the flushed LSN (one every 15 s) that differ: WAL
+    // keeps trickling in while we wait (about 100 kB a poll).
     wait_until(
-        Duration::from_secs(40),
+        Duration::from_secs(60),
         "a finite time-to-full: the filesystem fills at a known rate",
-        || metric_line(&p, "pgark_catalog_full_eta_seconds").is_some_and(|eta| eta.is_finite() && eta > 0.0),
+        || {
+            write_rows(&c, 100);
+            metric_line(&p, "pgark_catalog_full_eta_seconds").is_some_and(|eta| eta.is_finite() && eta > 0.0)
+        },
     );
 
     // About 80 MiB more: the critical level. Backups are refused; streaming continues.
