@@ -29,7 +29,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PGARK = os.path.join(ROOT, "target", "release", "pgark")
+PGARK = os.environ.get("PGARK_BIN", os.path.join(ROOT, "target", "release", "pgark"))
 IS_ROOT = os.geteuid() == 0
 
 
@@ -204,7 +204,7 @@ def pgbench(primary, clients, seconds):
     return tps, lat
 
 
-def commit_latency_bench(base, rounds, seconds):
+def commit_latency_bench(base, rounds, seconds, only_modes=None):
     primary = Cluster(base, "primary")
     primary.initdb("shared_buffers = 256MB\nmax_wal_size = 4GB\nsynchronous_commit = on\nwal_keep_size = 0\n")
     primary.start()
@@ -239,7 +239,7 @@ def commit_latency_bench(base, rounds, seconds):
     }
     apps = {"none": "", "pgark": "pgark", "pg_receivewal": "pg_receivewal", "standby": "standby1"}
     results = {}
-    modes = list(apps)
+    modes = [m for m in apps if not only_modes or m in only_modes]
     for r in range(rounds):
         order = modes[r % len(modes):] + modes[: r % len(modes)]
         for mode in order:
@@ -370,17 +370,29 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes, for checking the script")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--gigabytes", type=float, help="WAL to retain for the ingest test (default 2, quick 0.1)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds of the commit test (default 3)")
+    ap.add_argument("--seconds", type=int, help="seconds per pgbench run (default 15)")
+    ap.add_argument("--only", choices=["commit", "ingest"], help="run one part and print it; BENCHMARKS.md is left alone")
+    ap.add_argument("--modes", help="with --only commit: comma-separated modes among none,pgark,pg_receivewal,standby")
     args = ap.parse_args()
-    args.rounds, args.seconds, args.reps, gigabytes = (1, 3, 1, 0.1) if args.quick else (3, 15, 2, 2.0)
+    rounds, seconds, args.reps, gigabytes = (1, 3, 1, 0.1) if args.quick else (3, 15, 2, 2.0)
+    args.rounds, args.seconds = args.rounds or rounds, args.seconds or seconds
     if args.gigabytes:
         gigabytes = args.gigabytes
     if not os.path.exists(PGARK):
         sys.exit(f"{PGARK} is missing: run cargo build --release first")
     base = tempfile.mkdtemp(prefix="pgark-bench-", dir="/var/tmp")
     os.chmod(base, 0o755)
-    if os.environ.get("BENCH_ONLY") == "ingest":
+    if args.only or os.environ.get("BENCH_ONLY") == "ingest":
         try:
-            ingest_bench(base, gigabytes, args.reps)
+            if args.only == "commit":
+                modes = args.modes.split(",") if args.modes else None
+                results = commit_latency_bench(base, args.rounds, args.seconds, modes)
+                for (mode, clients), runs in sorted(results.items()):
+                    tps = statistics.median(t for t, _ in runs)
+                    print(f"median {mode:>13} {clients} clients: {tps:8.1f} tps over {len(runs)} rounds")
+            else:
+                ingest_bench(base, gigabytes, args.reps)
         finally:
             cleanup(base)
         return

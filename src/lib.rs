@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod direct_io;
 pub mod http;
 pub mod metrics;
 pub mod monitor;

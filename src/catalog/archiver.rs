@@ -1,6 +1,6 @@
 //! Background archiving of completed segments, off the receive path.
 //!
-//! For each segment that reached its final name: read it, record its CRC-32C, and either
+//! For each segment that reached its final name: read it (once, directly), record its CRC-32C, and either
 //! publish `<name>.zst` atomically (then recycle the plain file as a spare for the receiver) or,
 //! with compression off, publish `<name>.sum`. When idle it also keeps one zero-filled spare ready
 //! so that the receiver, acknowledging at the tip, never has to zero-fill a segment at a boundary. Failures (a full disk) are logged and retried;
@@ -10,6 +10,7 @@ use super::segment_file;
 use super::store::ObjectStore;
 use super::wal_store::{create_zero_filled, SparePool, SUM_SUFFIX, ZST_SUFFIX};
 use super::Compression;
+use crate::direct_io::{self, AlignedBuf, DirectSupport};
 use crate::pg::{WalFileName, WalSegSize};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -18,6 +19,8 @@ use std::time::Duration;
 
 /// Spares kept at most; more archived files are simply removed.
 const MAX_SPARES: usize = 2;
+/// Segments up to this size are read into memory once; larger ones are streamed.
+const MAX_BUFFERED_SEGMENT: usize = 64 << 20;
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 pub struct Archiver {
@@ -33,6 +36,7 @@ pub struct Archiver {
     /// For the catalog's disk-pressure level: at the critical level no new spare is zero-filled
     /// (16 MiB of space taken ahead of need); recycled ones, which take no new space, still are used.
     pub board: crate::status::StatusBoard,
+    pub direct: DirectSupport,
 }
 
 impl Archiver {
@@ -46,12 +50,13 @@ impl Archiver {
     fn run(self, rx: mpsc::Receiver<WalFileName>, backlog: Vec<WalFileName>) {
         let mut queue: VecDeque<WalFileName> = backlog.into();
         let mut disconnected = false;
+        let mut buf = Buffers::default();
         loop {
             while let Ok(n) = rx.try_recv() {
                 queue.push_back(n);
             }
             if let Some(name) = queue.pop_front() {
-                if let Err(e) = self.archive(name) {
+                if let Err(e) = self.archive(name, &mut buf) {
                     tracing::warn!(server = %self.server, segment = %name.format(self.seg), error = %e,
                         "archiving a completed segment failed; it stays uncompressed and will be retried");
                     queue.push_front(name);
@@ -94,16 +99,42 @@ impl Archiver {
     }
 
     /// Archives one segment; idempotent, so a crash at any point is repaired by doing it again.
-    /// Streams the file twice (checksum, then compression) so memory stays small.
-    pub fn archive(&self, name: WalFileName) -> std::io::Result<()> {
+    /// The segment is read once, directly (not through the page cache), into `work`'s buffer,
+    /// which is reused from segment to segment, and compressed in one call; segments larger than `MAX_BUFFERED_SEGMENT` are
+    /// streamed twice instead (checksum, then compression) so memory stays small.
+    pub fn archive(&self, name: WalFileName, work: &mut Buffers) -> std::io::Result<()> {
         use super::fsutil::ctx;
         let file_name = name.format(self.seg);
         let plain = self.dir.join(&file_name);
         let open = || std::fs::File::open(&plain).map_err(ctx("open", &plain));
-        let sum = match open() {
-            Ok(mut f) => segment_file::checksum_stream(&mut f).map_err(ctx("read", &plain))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
+        let size = self.seg.bytes() as usize;
+        let in_memory = if size <= MAX_BUFFERED_SEGMENT {
+            let b = work.input.get_or_insert_with(|| AlignedBuf::new(size));
+            match open() {
+                Ok(f) => {
+                    let read = direct_io::read_at(&self.direct, &plain, &f, b.as_mut_slice(), 0).map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            std::io::Error::other(format!("{} is shorter than a {size}-byte segment", plain.display()))
+                        } else {
+                            ctx("read", &plain)(e)
+                        }
+                    });
+                    read?;
+                    Some(b.slice(size))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let sum = match in_memory {
+            Some(bytes) => segment_file::SegmentChecksum::of(bytes),
+            None => match open() {
+                Ok(mut f) => segment_file::checksum_stream(&mut f).map_err(ctx("read", &plain))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            },
         };
         if sum.size != self.seg.bytes() {
             return Err(std::io::Error::other(format!(
@@ -115,15 +146,31 @@ impl Archiver {
         }
         match self.compression {
             Compression::Zstd(level) => {
-                let mut counted = 0u64;
-                self.store
-                    .put_from(&format!("{}/{file_name}{ZST_SUFFIX}", self.key_prefix), &mut |w| {
-                        let mut input = std::io::BufReader::with_capacity(1 << 20, open()?);
-                        let mut out = CountingWriter { inner: w, count: 0 };
-                        let result = segment_file::compress_stream(&mut input, sum, level, &mut out);
-                        counted = out.count;
-                        result
-                    })?;
+                let key = format!("{}/{file_name}{ZST_SUFFIX}", self.key_prefix);
+                let counted = match in_memory {
+                    // One call over the whole segment, into a reused aligned buffer, stored directly.
+                    Some(bytes) => {
+                        let c = match &mut work.compressor {
+                            Some((l, c)) if *l == level => c,
+                            slot => &mut slot.insert((level, segment_file::compressor(level)?)).1,
+                        };
+                        let out = work.out.get_or_insert_with(|| AlignedBuf::new(segment_file::stored_bound(size)));
+                        let n = segment_file::compress_to_slice(bytes, sum, c, out.as_mut_slice())?;
+                        self.store.put(&key, out.slice(n))?;
+                        n as u64
+                    }
+                    None => {
+                        let mut counted = 0u64;
+                        self.store.put_from(&key, &mut |w| {
+                            let mut out = CountingWriter { inner: w, count: 0 };
+                            let mut input = std::io::BufReader::with_capacity(1 << 20, open()?);
+                            let result = segment_file::compress_stream(&mut input, sum, level, &mut out);
+                            counted = out.count;
+                            result
+                        })?;
+                        counted
+                    }
+                };
                 crate::metrics::segment_archived(&self.server, sum.size, counted);
                 if self.spares.len() < MAX_SPARES {
                     let spare = self.spares.new_name(&self.dir);
@@ -144,6 +191,15 @@ impl Archiver {
         tracing::debug!(server = %self.server, segment = %file_name, "segment archived");
         Ok(())
     }
+}
+
+/// What the archiver thread reuses from segment to segment: the segment read into memory, its
+/// compressed form, the zstd context (with its level).
+#[derive(Default)]
+pub struct Buffers {
+    input: Option<AlignedBuf>,
+    out: Option<AlignedBuf>,
+    compressor: Option<(i32, zstd::bulk::Compressor<'static>)>,
 }
 
 /// Counts the bytes written through it (the stored size, for the compression metrics).

@@ -102,6 +102,39 @@ pub fn compress_stream(input: &mut impl Read, sum: SegmentChecksum, level: i32, 
     Ok(())
 }
 
+/// A reusable compression context for `compress_to_slice`: level set, zstd's content checksum on
+/// (as the streaming writer does).
+pub fn compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+    Ok(c)
+}
+
+/// Room `compress_to_slice` may need for `size` input bytes.
+pub fn stored_bound(size: usize) -> usize {
+    8 + HEADER_PAYLOAD + zstd::zstd_safe::compress_bound(size)
+}
+
+/// Writes the stored form of `data` (header, then one zstd frame) into the start of `out`, in
+/// one call with the whole input in memory: faster than streaming, which compresses each piece
+/// against a window of earlier pieces (zstd's "extDict" path). Returns the stored length. `out`
+/// must hold `stored_bound(data.len())` bytes.
+pub fn compress_to_slice(data: &[u8], sum: SegmentChecksum, cctx: &mut zstd::bulk::Compressor<'_>, out: &mut [u8]) -> io::Result<usize> {
+    let head = 8 + HEADER_PAYLOAD;
+    if out.len() < head {
+        return Err(io::Error::other("output buffer too small for the header"));
+    }
+    out[..4].copy_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+    out[4..8].copy_from_slice(&(HEADER_PAYLOAD as u32).to_le_bytes());
+    out[8..16].copy_from_slice(HEADER_MAGIC);
+    out[16..20].copy_from_slice(&VERSION.to_le_bytes());
+    out[20..28].copy_from_slice(&sum.size.to_le_bytes());
+    out[28..32].copy_from_slice(&sum.crc32c.to_le_bytes());
+    let n = cctx.compress_to_buffer(data, &mut out[head..])?;
+    Ok(head + n)
+}
+
 /// Reads the header of a stored segment.
 pub fn read_header(stored: &[u8]) -> Result<SegmentChecksum, SegmentFileError> {
     if stored.len() < 8 + HEADER_PAYLOAD
@@ -195,6 +228,12 @@ mod tests {
             decompress_into(&stored, &mut dctx, &mut out[..data.len() - 1]).is_err(),
             "too small a buffer"
         );
+        // The one-call form stores the same thing, readable the same ways.
+        let mut cctx = compressor(3).unwrap();
+        let mut one = vec![0u8; stored_bound(data.len())];
+        let n = compress_to_slice(&data, sum, &mut cctx, &mut one).unwrap();
+        assert_eq!(decompress(&one[..n]).unwrap(), data);
+        assert_eq!(zstd::stream::decode_all(&one[..n]).unwrap(), data);
         assert!(stored.len() < data.len());
         assert_eq!(decompress(&stored).unwrap(), data);
         // Plain zstd tooling can read it too: the header is a skippable frame.

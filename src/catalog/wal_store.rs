@@ -3,8 +3,15 @@
 //! WAL is written in place into a preallocated `<segment>.partial`: either a spare left by an
 //! archived segment (recycled, as PostgreSQL recycles its own) or a zero-filled file made ahead
 //! of time, so that `fdatasync` never has to update the file size. Two positions are kept
-//! apart: `write_pos` moves on every `pwrite`, `flush_pos` only after `fdatasync` of everything
+//! apart: `write_pos` moves as WAL is received, `flush_pos` only after `fdatasync` of everything
 //! up to it. Only `flush_pos` may be reported to the server.
+//!
+//! Writes bypass the page cache (`direct_io`): received bytes are copied into an aligned
+//! staging buffer and written with `O_DIRECT` in large aligned pieces; at an fsync the partial
+//! last block goes out too (padded with zeros) and stays staged, to be rewritten whole once more
+//! WAL arrives. So `write_pos` can be ahead of what the file holds, never `flush_pos`: a sync
+//! writes everything staged before its fdatasync. Where the filesystem refuses `O_DIRECT` the same
+//! pieces go through the page cache.
 //!
 //! At a segment boundary: fdatasync, rename to the final name, put the next `.partial` in place
 //! (rename of a spare), then one fsync of the directory covers both renames. That is one
@@ -19,6 +26,7 @@
 //! - `.spare.*`: full-size files ready to become the next `.partial`; `*.tmp`: half-built, swept
 
 use super::fsutil::{self, ctx};
+use crate::direct_io::{self, AlignedBuf, DirectSupport, ALIGN};
 use crate::pg::{Lsn, SegNo, TimelineId, WalFileName, WalSegSize};
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -67,19 +75,8 @@ impl SparePool {
     }
 }
 
-/// Writes zeros over `[from, to)` of `file` (1 MiB at a time).
-fn write_zeros(file: &File, path: &Path, from: u64, to: u64) -> io::Result<()> {
-    let zeros = vec![0u8; 1 << 20];
-    let mut off = from;
-    while off < to {
-        let n = zeros.len().min((to - off) as usize);
-        file.write_all_at(&zeros[..n], off).map_err(ctx("zero-fill", path))?;
-        off += n as u64;
-    }
-    Ok(())
-}
-
-/// Writes a zero-filled file of `size` bytes and fdatasyncs it: a spare ready for use.
+/// Writes a zero-filled file of `size` bytes (directly, without filling the page cache) and
+/// fdatasyncs it: a spare ready for use.
 pub fn create_zero_filled(path: &Path, size: u64) -> io::Result<()> {
     let tmp = fsutil::tmp_path(path);
     let result = (|| {
@@ -89,7 +86,7 @@ pub fn create_zero_filled(path: &Path, size: u64) -> io::Result<()> {
             .truncate(true)
             .open(&tmp)
             .map_err(ctx("create", &tmp))?;
-        write_zeros(&f, &tmp, 0, size)?;
+        direct_io::write_zeros(&DirectSupport::default(), &tmp, &f, 0, size).map_err(ctx("zero-fill", &tmp))?;
         fsutil::fdatasync(&f, &tmp)?;
         std::fs::rename(&tmp, path).map_err(ctx("rename into place", path))
     })();
@@ -211,10 +208,16 @@ pub fn scan(dir: &Path, seg: WalSegSize) -> io::Result<WalDirScan> {
 struct OpenSegment {
     name: WalFileName,
     path: PathBuf,
+    /// Ordinary descriptor: fdatasync, and writes where direct I/O is refused.
     file: File,
+    /// `O_DIRECT` descriptor, when the filesystem allows it.
+    direct: Option<File>,
     /// Created full-size but unwritten (during a catch-up): an fdatasync must allocate blocks.
     sparse: bool,
 }
+
+/// How much received WAL is staged before it is written (aligned, so whole pieces go out).
+const STAGE_BYTES: usize = 1 << 20;
 
 /// The writer side of one server's WAL spool.
 pub struct WalStore {
@@ -228,6 +231,12 @@ pub struct WalStore {
     /// Whether a segment without a spare is zero-filled first (best for frequent small fdatasyncs)
     /// or created full-size but unwritten (best for a catch-up: each byte written once).
     zero_fill: bool,
+    /// Received bytes of the open segment not yet written: file offsets
+    /// `[stage_off, stage_off + stage_len)`, `stage_off` aligned (see the module comment).
+    stage: AlignedBuf,
+    stage_off: u64,
+    stage_len: usize,
+    direct: DirectSupport,
 }
 
 impl WalStore {
@@ -242,6 +251,10 @@ impl WalStore {
             flush_pos: Lsn::INVALID,
             completed_tx,
             zero_fill: true,
+            stage: AlignedBuf::new(STAGE_BYTES),
+            stage_off: 0,
+            stage_len: 0,
+            direct: DirectSupport::default(),
         }
     }
 
@@ -291,6 +304,8 @@ impl WalStore {
         fsutil::fsync_dir(&self.dir)?;
         self.write_pos = start;
         self.flush_pos = start;
+        self.stage_off = 0;
+        self.stage_len = 0;
         Ok(())
     }
 
@@ -315,47 +330,101 @@ impl WalStore {
                         .truncate(true)
                         .open(&path)
                         .map_err(ctx("create", &path))?;
-                    f.set_len(self.seg.bytes()).map_err(ctx("size", &path))?;
+                    // Blocks allocated (unwritten) in one step, not one allocation per write.
+                    direct_io::preallocate(&f, self.seg.bytes()).map_err(ctx("size", &path))?;
                     sparse = true;
                 }
             }
         }
         let file = OpenOptions::new().write(true).open(&path).map_err(ctx("open", &path))?;
-        self.open = Some(OpenSegment { name, path, file, sparse });
+        let direct = direct_io::open_for_direct_writes(&self.direct, &path);
+        self.open = Some(OpenSegment {
+            name,
+            path,
+            file,
+            direct,
+            sparse,
+        });
         Ok(())
     }
 
-    /// Writes WAL that starts exactly at `write_pos`. Returns the segments this completed.
-    /// Blocking only at segment boundaries (fdatasync, renames, directory fsync).
+    /// Takes WAL that starts exactly at `write_pos` (staged, written in aligned pieces). Returns
+    /// the segments this completed. Blocking at segment boundaries (fdatasync, renames, directory
+    /// fsync) and when a staged piece is written.
     pub fn write(&mut self, start: Lsn, mut data: &[u8]) -> io::Result<Vec<WalFileName>> {
         debug_assert_eq!(start, self.write_pos, "caller checks contiguity");
+        if self.open.is_none() {
+            return Err(io::Error::other("no open segment: begin() was not called"));
+        }
         let mut completed = Vec::new();
         while !data.is_empty() {
-            let open = self
-                .open
-                .as_ref()
-                .ok_or_else(|| io::Error::other("no open segment: begin() was not called"))?;
             let off = self.seg.offset(self.write_pos);
-            let n = data.len().min((self.seg.bytes() - off) as usize);
-            open.file.write_all_at(&data[..n], off).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("write of {n} bytes at {} to {}: {e}", self.write_pos, open.path.display()),
-                )
-            })?;
+            let n = data
+                .len()
+                .min((self.seg.bytes() - off) as usize)
+                .min(self.stage.capacity() - self.stage_len);
+            self.stage.as_mut_slice()[self.stage_len..self.stage_len + n].copy_from_slice(&data[..n]);
+            self.stage_len += n;
             self.write_pos = Lsn(self.write_pos.0 + n as u64);
             data = &data[n..];
             if self.seg.offset(self.write_pos) == 0 {
                 completed.push(self.complete_segment()?);
+            } else if self.stage_len == self.stage.capacity() {
+                self.write_stage(false)?;
             }
         }
         Ok(completed)
     }
 
+    /// Writes the staged bytes' whole blocks (and, with `partial`, the last partial block too,
+    /// padded with zeros) at their offset, then keeps only the bytes of an incomplete last
+    /// block staged.
+    fn write_stage(&mut self, partial: bool) -> io::Result<()> {
+        let whole = self.stage_len / ALIGN * ALIGN;
+        let upto = if partial { self.stage_len.div_ceil(ALIGN) * ALIGN } else { whole };
+        if upto > 0 {
+            let open = self.open.as_ref().ok_or_else(|| io::Error::other("no open segment to write"))?;
+            self.stage.as_mut_slice()[self.stage_len..upto].fill(0);
+            let bytes = self.stage.slice(upto);
+            let direct = open.direct.as_ref().filter(|_| self.direct.usable());
+            let written = match direct {
+                Some(d) => match d.write_all_at(bytes, self.stage_off) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.direct.give_up(&open.path, &e);
+                        open.file.write_all_at(bytes, self.stage_off)
+                    }
+                    other => other,
+                },
+                None => open.file.write_all_at(bytes, self.stage_off),
+            };
+            written.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "write of {upto} bytes at offset {} (up to {}) to {}: {e}",
+                        self.stage_off,
+                        self.write_pos,
+                        open.path.display()
+                    ),
+                )
+            })?;
+        }
+        if whole > 0 {
+            let rest = self.stage_len - whole;
+            self.stage.as_mut_slice().copy_within(whole..self.stage_len, 0);
+            self.stage_off += whole as u64;
+            self.stage_len = rest;
+        }
+        Ok(())
+    }
+
     /// fdatasync, rename to the final name, put the next `.partial` in place, fsync directory.
     fn complete_segment(&mut self) -> io::Result<WalFileName> {
+        self.write_stage(true)?;
         let open = self.open.take().ok_or_else(|| io::Error::other("no open segment to complete"))?;
         fsutil::fdatasync(&open.file, &open.path)?;
+        self.stage_off = 0;
+        self.stage_len = 0;
         drop(open.file);
         let final_path = self.path_of(open.name, "");
         std::fs::rename(&open.path, &final_path).map_err(ctx("rename complete segment to", &final_path))?;
@@ -370,28 +439,31 @@ impl WalStore {
     /// zero-fill its unwritten rest once, so that the many small fdatasyncs that follow at the tip
     /// never have to allocate blocks (the point of preallocation in the first place).
     pub fn densify(&mut self) -> io::Result<()> {
-        let from = self.seg.offset(self.write_pos);
+        // After the last staged block, which the next sync writes.
+        let from = self.stage_off + (self.stage_len.div_ceil(ALIGN) * ALIGN) as u64;
         let size = self.seg.bytes();
         let Some(open) = self.open.as_mut().filter(|o| o.sparse) else {
             return Ok(());
         };
-        write_zeros(&open.file, &open.path, from, size)?;
+        direct_io::write_zeros(&self.direct, &open.path, &open.file, from, size).map_err(ctx("zero-fill", &open.path))?;
         open.sparse = false;
         Ok(())
     }
 
-    /// Makes everything written durable (one fdatasync for all of it). Returns how long the
-    /// fdatasync took, or `None` when there was nothing to flush.
+    /// Makes everything received durable: the staged rest written, then one fdatasync for all of
+    /// it. Returns how long the fdatasync took, or `None` when there was nothing to flush.
     pub fn sync(&mut self) -> io::Result<Option<Duration>> {
         if !self.has_unflushed() {
             return Ok(None);
         }
+        let target = self.write_pos;
+        // What is still staged goes to the file first: flush_pos covers only what fdatasync did.
+        self.write_stage(true)?;
         let open = self
             .open
             .as_ref()
             .ok_or_else(|| io::Error::other("unflushed data but no open segment"))?;
         let t = Instant::now();
-        let target = self.write_pos;
         fsutil::fdatasync(&open.file, &open.path)?;
         self.flush_pos = target;
         Ok(Some(t.elapsed()))
@@ -460,6 +532,37 @@ mod tests {
         let scan = scan(d.path(), seg).unwrap();
         assert_eq!(scan.resume_point(seg), Some((TimelineId(1), Lsn(3 * SEG))));
         assert_eq!(scan.partials.len(), 1);
+    }
+
+    #[test]
+    fn staged_writes_reach_the_file_at_every_sync_and_segment_end() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _rx) = store(d.path());
+        s.begin(TimelineId(1), Lsn(0)).unwrap();
+        let data: Vec<u8> = (0..SEG as usize + 5000).map(|i| (i * 7 % 251) as u8).collect();
+        let partial = d.path().join("000000010000000000000000.partial");
+        // Uneven pieces, a sync now and then: the file holds everything up to each sync.
+        let mut pos = 0usize;
+        for (i, &len) in [1usize, 4095, 4096, 5000, 3, 70_000, 200_000].iter().cycle().enumerate() {
+            if pos + len >= SEG as usize {
+                break;
+            }
+            s.write(Lsn(pos as u64), &data[pos..pos + len]).unwrap();
+            pos += len;
+            if i % 2 == 0 {
+                s.sync().unwrap();
+                assert_eq!(s.flush_pos(), Lsn(pos as u64));
+                let on_disk = std::fs::read(&partial).unwrap();
+                assert_eq!(&on_disk[..pos], &data[..pos], "after a sync at {pos}");
+            }
+        }
+        // The rest of the segment and into the next: the completed segment is exact.
+        s.write(Lsn(pos as u64), &data[pos..]).unwrap();
+        let done = std::fs::read(d.path().join("000000010000000000000000")).unwrap();
+        assert!(done == data[..SEG as usize], "completed segment differs");
+        s.sync().unwrap();
+        let next = std::fs::read(d.path().join("000000010000000000000001.partial")).unwrap();
+        assert_eq!(&next[..5000], &data[SEG as usize..]);
     }
 
     #[test]

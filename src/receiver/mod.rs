@@ -405,6 +405,7 @@ fn open_spool<'a>(
             key_prefix: Layout::wal_key(&cfg.name),
             spares: spares.clone(),
             board: board.clone(),
+            direct: Default::default(),
         };
         let handle = archiver.spawn(rx, backlog).map_err(ReceiverError::Store)?;
         *spool = Some(Spool {

@@ -12,7 +12,7 @@ use crate::basebackup::tar::EntryKind;
 use crate::catalog::backup_store::{self, BackupIndex, ChunkRef, StoredFile};
 use crate::catalog::store::ObjectStore;
 use crate::catalog::{fsutil, segment_file};
-use crate::restore::direct::{self, AlignedBuf, DirectSupport};
+use crate::direct_io::{self as direct, AlignedBuf, DirectSupport};
 use crate::restore::record::{RecordedChunk, RestoreRecord};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};

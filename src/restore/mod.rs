@@ -3,7 +3,6 @@
 //!
 //! `plan` is pure over what it reads from the catalog; `--print-only` shows it without writing.
 
-pub mod direct;
 pub mod extract;
 pub mod plan;
 pub mod record;
