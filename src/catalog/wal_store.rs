@@ -451,19 +451,19 @@ impl WalStore {
     }
 
     /// Makes everything received durable: the staged rest written, then one fdatasync for all of
-    /// it. Returns how long the fdatasync took, or `None` when there was nothing to flush.
+    /// it. Returns how long both took, or `None` when there was nothing to flush.
     pub fn sync(&mut self) -> io::Result<Option<Duration>> {
         if !self.has_unflushed() {
             return Ok(None);
         }
         let target = self.write_pos;
+        let t = Instant::now();
         // What is still staged goes to the file first: flush_pos covers only what fdatasync did.
         self.write_stage(true)?;
         let open = self
             .open
             .as_ref()
             .ok_or_else(|| io::Error::other("unflushed data but no open segment"))?;
-        let t = Instant::now();
         fsutil::fdatasync(&open.file, &open.path)?;
         self.flush_pos = target;
         Ok(Some(t.elapsed()))
