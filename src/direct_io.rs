@@ -119,8 +119,11 @@ pub fn read_at(support: &DirectSupport, path: &Path, buffered: &File, buf: &mut 
     };
     let mut done = 0;
     if aligned > 0 {
-        let direct = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path);
-        match direct.and_then(|f| f.read_exact_at(&mut buf[..aligned], offset)) {
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
+            .open(path);
+        match direct.and_then(|f| read_exact_direct(&f, &mut buf[..aligned], offset)) {
             Ok(()) => done = aligned,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => support.give_up(path, &e),
             Err(e) => return Err(e),
@@ -130,7 +133,24 @@ pub fn read_at(support: &DirectSupport, path: &Path, buffered: &File, buf: &mut 
 }
 
 fn open_direct(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Fills `buf` from `offset` with direct reads. A short read means end of file (then
+/// UnexpectedEof, without retrying at the unaligned offset that follows, which O_DIRECT refuses).
+fn read_exact_direct(f: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 || (n % ALIGN != 0 && done + n < buf.len()) {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 /// Opens `path` for direct writes, or `None` (logged once through `support`) where the
@@ -141,10 +161,13 @@ pub fn open_for_direct_writes(support: &DirectSupport, path: &Path) -> Option<Fi
     }
     match open_direct(path) {
         Ok(f) => Some(f),
-        Err(e) => {
+        // EINVAL: this filesystem has no O_DIRECT. Anything else (EMFILE, EACCES) is about
+        // this file now, not about direct I/O: this file goes through the page cache.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             support.give_up(path, &e);
             None
         }
+        Err(_) => None,
     }
 }
 

@@ -92,7 +92,7 @@ impl Archiver {
             return;
         }
         let path = self.spares.new_name(&self.dir);
-        match create_zero_filled(&path, self.seg.bytes()) {
+        match create_zero_filled(&path, self.seg.bytes(), &self.direct) {
             Ok(()) => self.spares.add(path),
             Err(e) => tracing::warn!(server = %self.server, error = %e, "could not prepare a spare segment"),
         }
@@ -112,6 +112,13 @@ impl Archiver {
             let b = work.input.get_or_insert_with(|| AlignedBuf::new(size));
             match open() {
                 Ok(f) => {
+                    let len = f.metadata().map_err(ctx("stat", &plain))?.len();
+                    if len != size as u64 {
+                        return Err(std::io::Error::other(format!(
+                            "{} has {len} bytes, expected {size}",
+                            plain.display()
+                        )));
+                    }
                     let read = direct_io::read_at(&self.direct, &plain, &f, b.as_mut_slice(), 0).map_err(|e| {
                         if e.kind() == std::io::ErrorKind::UnexpectedEof {
                             std::io::Error::other(format!("{} is shorter than a {size}-byte segment", plain.display()))

@@ -77,7 +77,7 @@ impl SparePool {
 
 /// Writes a zero-filled file of `size` bytes (directly, without filling the page cache) and
 /// fdatasyncs it: a spare ready for use.
-pub fn create_zero_filled(path: &Path, size: u64) -> io::Result<()> {
+pub fn create_zero_filled(path: &Path, size: u64, direct: &DirectSupport) -> io::Result<()> {
     let tmp = fsutil::tmp_path(path);
     let result = (|| {
         let f = OpenOptions::new()
@@ -86,7 +86,7 @@ pub fn create_zero_filled(path: &Path, size: u64) -> io::Result<()> {
             .truncate(true)
             .open(&tmp)
             .map_err(ctx("create", &tmp))?;
-        direct_io::write_zeros(&DirectSupport::default(), &tmp, &f, 0, size).map_err(ctx("zero-fill", &tmp))?;
+        direct_io::write_zeros(direct, &tmp, &f, 0, size).map_err(ctx("zero-fill", &tmp))?;
         fsutil::fdatasync(&f, &tmp)?;
         std::fs::rename(&tmp, path).map_err(ctx("rename into place", path))
     })();
@@ -321,7 +321,7 @@ impl WalStore {
                 Some(spare) => std::fs::rename(&spare, &path).map_err(ctx("recycle spare into", &path))?,
                 None if self.zero_fill => {
                     tracing::debug!(file = %path.display(), "no spare segment ready; zero-filling a new one");
-                    create_zero_filled(&path, self.seg.bytes())?;
+                    create_zero_filled(&path, self.seg.bytes(), &self.direct)?;
                 }
                 None => {
                     let f = OpenOptions::new()
@@ -337,7 +337,15 @@ impl WalStore {
             }
         }
         let file = OpenOptions::new().write(true).open(&path).map_err(ctx("open", &path))?;
-        let direct = direct_io::open_for_direct_writes(&self.direct, &path);
+        // An existing `.partial` (a reconnect, a restart, a timeline streamed again up to a
+        // switchpoint) may hold WAL past where this session will write that an earlier one
+        // acknowledged: it is written exactly, through the page cache, never padded. Fresh files
+        // (zero-filled, recycled, new) hold nothing worth keeping past the data.
+        let direct = if size_ok {
+            None
+        } else {
+            direct_io::open_for_direct_writes(&self.direct, &path)
+        };
         self.open = Some(OpenSegment {
             name,
             path,
@@ -379,23 +387,31 @@ impl WalStore {
     /// Writes the staged bytes' whole blocks (and, with `partial`, the last partial block too,
     /// padded with zeros) at their offset, then keeps only the bytes of an incomplete last
     /// block staged.
+    ///
+    /// Only direct writes are padded (they must be whole blocks, and go only to fresh files, see
+    /// `open_partial`); through the page cache exactly the received bytes are written, so bytes
+    /// already in the file past them are never touched.
     fn write_stage(&mut self, partial: bool) -> io::Result<()> {
         let whole = self.stage_len / ALIGN * ALIGN;
-        let upto = if partial { self.stage_len.div_ceil(ALIGN) * ALIGN } else { whole };
+        let open = self.open.as_ref().ok_or_else(|| io::Error::other("no open segment to write"))?;
+        let direct = open.direct.as_ref().filter(|_| self.direct.usable());
+        let upto = match (partial, direct.is_some()) {
+            (false, _) => whole,
+            (true, true) => self.stage_len.div_ceil(ALIGN) * ALIGN,
+            (true, false) => self.stage_len,
+        };
         if upto > 0 {
-            let open = self.open.as_ref().ok_or_else(|| io::Error::other("no open segment to write"))?;
-            self.stage.as_mut_slice()[self.stage_len..upto].fill(0);
-            let bytes = self.stage.slice(upto);
-            let direct = open.direct.as_ref().filter(|_| self.direct.usable());
+            self.stage.as_mut_slice()[self.stage_len..upto.max(self.stage_len)].fill(0);
             let written = match direct {
-                Some(d) => match d.write_all_at(bytes, self.stage_off) {
+                Some(d) => match d.write_all_at(self.stage.slice(upto), self.stage_off) {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                         self.direct.give_up(&open.path, &e);
-                        open.file.write_all_at(bytes, self.stage_off)
+                        // Exactly the data: the padding was only for the direct write.
+                        open.file.write_all_at(self.stage.slice(self.stage_len.min(upto)), self.stage_off)
                     }
                     other => other,
                 },
-                None => open.file.write_all_at(bytes, self.stage_off),
+                None => open.file.write_all_at(self.stage.slice(upto), self.stage_off),
             };
             written.map_err(|e| {
                 io::Error::new(
@@ -563,6 +579,25 @@ mod tests {
         s.sync().unwrap();
         let next = std::fs::read(d.path().join("000000010000000000000001.partial")).unwrap();
         assert_eq!(&next[..5000], &data[SEG as usize..]);
+    }
+
+    /// Streaming a segment again from its start (a reconnect, or a timeline streamed again up to a
+    /// switchpoint) must never destroy WAL an earlier session made durable past where it stops.
+    #[test]
+    fn streaming_a_partial_again_keeps_what_lies_beyond() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _rx) = store(d.path());
+        s.begin(TimelineId(1), Lsn(0)).unwrap();
+        let data: Vec<u8> = (0..300_000usize).map(|i| (i % 247) as u8 + 1).collect();
+        s.write(Lsn(0), &data).unwrap();
+        s.sync().unwrap();
+        // A new session re-sends only the first 10_001 bytes (ending mid-block), then stops.
+        s.begin(TimelineId(1), Lsn(0)).unwrap();
+        s.write(Lsn(0), &data[..10_001]).unwrap();
+        s.sync().unwrap();
+        s.end_timeline().unwrap();
+        let on_disk = std::fs::read(d.path().join("000000010000000000000000.partial")).unwrap();
+        assert!(on_disk[..300_000] == data[..], "acknowledged WAL past the new end was overwritten");
     }
 
     #[test]

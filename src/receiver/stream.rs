@@ -75,6 +75,9 @@ struct Loop<'a> {
     durable_at: Option<u64>,
     metrics: crate::metrics::StreamMetrics,
     out: BytesMut,
+    /// Unix seconds of the last message received (for status and /healthz; reported with the
+    /// next status update, not written to the board per message).
+    last_message_at: Option<u64>,
 }
 
 /// Marks kept while the flush position is behind (older ones are dropped: only precision on a
@@ -151,13 +154,15 @@ impl Loop<'_> {
         self.advance_durable();
         self.metrics.wal_positions(write.0, flush.0);
         let lag = self.server_wal_end.saturating_sub(flush);
-        let at = unix_now();
+        let last_message = self.last_message_at;
         self.board.update(self.opts.server, |s| {
             s.received_lsn = Some(write);
             s.flushed_lsn = Some(flush);
             s.server_lsn = Some(self.server_wal_end);
             s.lag_bytes = Some(lag);
-            s.last_message_at = Some(at);
+            if last_message.is_some() {
+                s.last_message_at = last_message;
+            }
         });
         Ok(())
     }
@@ -235,6 +240,7 @@ pub async fn stream(
         durable_at: None,
         metrics: crate::metrics::StreamMetrics::new(opts.server),
         out: BytesMut::with_capacity(64),
+        last_message_at: None,
     };
     match lp.run(cancel)? {
         LoopEnd::CopyDone => {
@@ -307,6 +313,7 @@ impl Loop<'_> {
                 }
             };
             last_recv = Instant::now();
+            self.last_message_at = Some(unix_now());
             pinged = false;
             match msg {
                 BackendMessage::CopyData(payload) => match replication::decode(payload)? {
@@ -351,7 +358,13 @@ impl Loop<'_> {
                 BackendMessage::ParameterStatus { .. } => {}
                 other => return Err(ProtocolError::new(format!("unexpected {other:?} while streaming")).into()),
             }
-            // While data flows without a pause (a catch-up), the status interval still holds.
+            // While data flows without a pause (a catch-up), cancellation and the status
+            // interval still hold.
+            if cancel.is_cancelled() {
+                self.flush()?;
+                self.report(false)?;
+                return Ok(LoopEnd::Cancelled);
+            }
             if last_recv >= next_status {
                 self.flush()?;
                 self.report(false)?;

@@ -294,9 +294,15 @@ pub fn execute(req: &RestoreRequest, plan: &RestorePlan, progress: &mut dyn Prog
         None => None,
     };
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&req.config.catalog));
-    let previous = (plan.delta && !req.verify_existing)
+    // A stale postmaster.pid: the cluster crashed (a live one was refused by `plan`), and after a
+    // crash file times on disk can lag behind their bytes: read everything.
+    let crashed = plan.target_dir.join("postmaster.pid").exists();
+    let previous = (plan.delta && !req.verify_existing && !crashed)
         .then(|| record::load(store.as_ref(), &req.server, &plan.target_dir))
         .flatten();
+    if let Err(e) = record::remove(store.as_ref(), &req.server, &plan.target_dir) {
+        tracing::warn!(server = %req.server, error = %e, "cannot remove the record of the last restore into this directory");
+    }
     let opts = ExtractOptions {
         target_dir: plan.target_dir.clone(),
         tablespaces: plan.tablespaces.iter().map(|t| (t.oid, t.location.clone())).collect(),

@@ -11,7 +11,10 @@
 //! file is read and checksummed. `--verify-existing` ignores the record.
 //!
 //! The record is an optimisation, never a source of truth about the backup: a missing,
-//! unreadable or foreign record only means more reading. It lives in the catalog
+//! unreadable or foreign record only means more reading. It is removed before a restore writes
+//! anything and written again only after that restore has finished and everything is durable,
+//! and it is ignored for a directory with a `postmaster.pid` (a cluster that did not shut down
+//! cleanly: after a crash, file times on disk can be older than the bytes). It lives in the catalog
 //! (`<server>/restores/<sha256 of the target path>.json`), not in the data directory, where
 //! PostgreSQL, `pg_basebackup` and the next backup would carry it along.
 
@@ -118,6 +121,14 @@ pub fn load(store: &dyn ObjectStore, server: &str, target_dir: &Path) -> Option<
             None
         }
     }
+}
+
+/// Removes the record durably. Called before a restore writes anything: from then on the old
+/// record no longer describes the directory, and a crash (a power loss can even bring back old
+/// timestamps over new bytes: inode times reach the disk with the next journal commit, direct
+/// writes at once) must never leave it behind to vouch for files this restore changed.
+pub fn remove(store: &dyn ObjectStore, server: &str, target_dir: &Path) -> io::Result<()> {
+    store.delete(&key(server, target_dir))
 }
 
 /// Replaces the record atomically.

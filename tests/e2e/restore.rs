@@ -384,6 +384,15 @@ fn delta_trusts_only_files_untouched_since_the_last_restore() {
         );
     }
 
+    // A cluster that crashed (a stale postmaster.pid): after a crash file times on disk can
+    // be older than the bytes, so the record is not used.
+    let st = delta_into(&bin, &cat.config, &id, &data, &[]);
+    assert!(st["files_trusted"].as_u64().unwrap() > 500, "{st}");
+    std::fs::write(data.join("postmaster.pid"), "999999\n").unwrap();
+    let st = delta_into(&bin, &cat.config, &id, &data, &[]);
+    assert_eq!(st["files_trusted"].as_u64(), Some(0), "the record was trusted after a crash: {st}");
+    assert!(!data.join("postmaster.pid").exists(), "the backup has no postmaster.pid: removed");
+
     // --verify-existing reads every file, whatever the record says.
     let st = delta_into(&bin, &cat.config, &id, &data, &["--verify-existing"]);
     assert_eq!(st["files_trusted"].as_u64(), Some(0), "{st}");
