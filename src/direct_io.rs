@@ -84,27 +84,47 @@ impl DirectSupport {
 
 /// Writes `data` at `offset` into the existing file `path`: the `ALIGN`-multiple prefix with
 /// `O_DIRECT` (when `data` starts on an aligned address and `offset` is aligned), the rest
-/// through `buffered`, an ordinary descriptor of the same file. Returns whether the page cache was used (the caller then hands that
-/// range to writeback early).
+/// through `buffered`, an ordinary descriptor of the same file. Returns whether the page cache
+/// was used (the caller then hands that range to writeback early).
 pub fn write_at(support: &DirectSupport, path: &Path, buffered: &File, data: &[u8], offset: u64) -> io::Result<bool> {
     let aligned = if support.usable() && offset % ALIGN as u64 == 0 && data.as_ptr().align_offset(ALIGN) == 0 {
         data.len() / ALIGN * ALIGN
     } else {
         0
     };
-    let mut done = 0;
+    let mut cached = false;
     if aligned > 0 {
-        match open_direct(path).and_then(|f| f.write_all_at(&data[..aligned], offset)) {
-            Ok(()) => done = aligned,
-            // EINVAL: the filesystem or device refuses this alignment or direct I/O at all.
+        let direct = open_for_direct_writes(support, path);
+        cached = write_preferring_direct(support, path, direct.as_ref(), buffered, &data[..aligned], aligned, offset)?;
+    }
+    if aligned == data.len() {
+        return Ok(cached);
+    }
+    buffered.write_all_at(&data[aligned..], offset + aligned as u64)?;
+    Ok(true)
+}
+
+/// The one write-with-fallback step: `data` through `direct` while direct I/O works here;
+/// where the kernel refuses it (EINVAL: no O_DIRECT, or an alignment the device will not take)
+/// direct I/O is given up for good and `data[..fallback_len]` goes through `buffered` instead
+/// (a direct write may carry padding that the page cache must not write). Returns whether the
+/// page cache was used.
+pub fn write_preferring_direct(
+    support: &DirectSupport,
+    path: &Path,
+    direct: Option<&File>,
+    buffered: &File,
+    data: &[u8],
+    fallback_len: usize,
+    offset: u64,
+) -> io::Result<bool> {
+    if let Some(d) = direct.filter(|_| support.usable()) {
+        match d.write_all_at(data, offset) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => support.give_up(path, &e),
-            Err(e) => return Err(e),
+            other => return other.map(|()| false),
         }
     }
-    if done == data.len() {
-        return Ok(false);
-    }
-    buffered.write_all_at(&data[done..], offset + done as u64)?;
+    buffered.write_all_at(&data[..fallback_len.min(data.len())], offset)?;
     Ok(true)
 }
 
@@ -179,18 +199,7 @@ pub fn write_zeros(support: &DirectSupport, path: &Path, buffered: &File, from: 
     let mut off = from;
     while off < to {
         let n = zeros.capacity().min((to - off) as usize);
-        let chunk = &zeros.as_mut_slice()[..n];
-        match &direct {
-            Some(d) if support.usable() => match d.write_all_at(chunk, off) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    support.give_up(path, &e);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            },
-            _ => buffered.write_all_at(chunk, off)?,
-        }
+        write_preferring_direct(support, path, direct.as_ref(), buffered, &zeros.as_mut_slice()[..n], n, off)?;
         off += n as u64;
     }
     Ok(())

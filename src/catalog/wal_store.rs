@@ -31,7 +31,6 @@ use crate::pg::{Lsn, SegNo, TimelineId, WalFileName, WalSegSize};
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -402,17 +401,16 @@ impl WalStore {
         };
         if upto > 0 {
             self.stage.as_mut_slice()[self.stage_len..upto.max(self.stage_len)].fill(0);
-            let written = match direct {
-                Some(d) => match d.write_all_at(self.stage.slice(upto), self.stage_off) {
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        self.direct.give_up(&open.path, &e);
-                        // Exactly the data: the padding was only for the direct write.
-                        open.file.write_all_at(self.stage.slice(self.stage_len.min(upto)), self.stage_off)
-                    }
-                    other => other,
-                },
-                None => open.file.write_all_at(self.stage.slice(upto), self.stage_off),
-            };
+            // Exactly the data if the direct write is refused: the padding was only for it.
+            let written = direct_io::write_preferring_direct(
+                &self.direct,
+                &open.path,
+                direct,
+                &open.file,
+                self.stage.slice(upto),
+                self.stage_len.min(upto),
+                self.stage_off,
+            );
             written.map_err(|e| {
                 io::Error::new(
                     e.kind(),
