@@ -399,6 +399,94 @@ fn delta_trusts_only_files_untouched_since_the_last_restore() {
     assert!(st["files_unchanged"].as_u64().unwrap() > 500, "{st}");
 }
 
+/// The restore record under a crash: a `pgark restore --delta` killed (SIGKILL) while it writes
+/// leaves no record behind (it is removed before anything is written), so the next delta reads
+/// and checks every file instead of trusting the old record, and ends with the backup's exact
+/// contents.
+#[test]
+fn restore_killed_mid_write_leaves_no_record_to_trust() {
+    let bin = Binary::new();
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    // Enough incompressible data that the restore takes a while to write.
+    c.psql(
+        "CREATE TABLE big AS SELECT g, md5(g::text) || md5((g + 1)::text) || md5(random()::text) AS m FROM generate_series(1, 1500000) g",
+    )
+    .unwrap();
+    let cat = Catalog::new(&server_yaml("main", &c.conninfo("postgres"), ""));
+    let id = backup(&cat.config, "main", &[])["id"].as_str().unwrap().to_string();
+    let (data, _tmp, _) = restore(&bin, &cat.config, "main", &[&id]);
+    let records = cat.catalog.join("main").join("restores");
+    assert_eq!(
+        std::fs::read_dir(&records).unwrap().count(),
+        1,
+        "a finished restore leaves its record"
+    );
+
+    // Damage the big file's first chunk in place (same size), so a trusting delta would keep it.
+    let big = data.join(c.psql("SELECT pg_relation_filepath('big')").unwrap());
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+        f.write_all_at(b"damaged", 8192 * 3).unwrap();
+    }
+    // A delta restore with --verify-existing (it reads everything, so it is slow enough to be
+    // caught writing) is killed once it has started on the files.
+    let mut args = vec![
+        "restore",
+        "main",
+        &id,
+        "--target-dir",
+        data.to_str().unwrap(),
+        "--delta",
+        "--verify-existing",
+        "--jobs",
+        "1",
+    ];
+    if running_as_root() {
+        args.extend(["--owner", "postgres"]);
+    }
+    let (cmd, rest) = args.split_first().unwrap();
+    let mut child = Command::new(&bin.path)
+        .arg(cmd)
+        .arg("--config")
+        .arg(&cat.config)
+        .args(rest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = data.join(pgark::restore::extract::MARKER);
+    let started = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the restore never started writing");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the restore finished before it could be killed; the test needs more data"
+    );
+    assert!(marker.exists(), "the marker stays after a kill");
+    assert_eq!(
+        std::fs::read_dir(&records).unwrap().count(),
+        0,
+        "a killed restore left a record to trust"
+    );
+
+    // The next delta trusts nothing, finds the damage and restores the backup exactly.
+    let st = delta_into(&bin, &cat.config, &id, &data, &[]);
+    assert_eq!(st["files_trusted"].as_u64(), Some(0), "{st}");
+    let (fresh, _tmp2, _) = restore(&bin, &cat.config, "main", &[&id]);
+    let rel = big.strip_prefix(&data).unwrap();
+    assert!(
+        std::fs::read(&big).unwrap() == std::fs::read(fresh.join(rel)).unwrap(),
+        "the damaged file was not repaired"
+    );
+    assert!(!marker.exists());
+}
+
 /// Test 6 and 7: a damaged chunk stops the restore naming the file; wal-get of a missing segment
 /// writes nothing; unknown backup, unreachable target, malformed input, non-empty target.
 #[test]
