@@ -179,6 +179,9 @@ pub enum Cmd {
 pub fn check_config(path: &std::path::Path) -> i32 {
     match Config::load(path).and_then(|c| c.check_catalog_writable().map(|_| c)) {
         Ok(c) => {
+            for w in crate::catalog::perms::check(&c.catalog, c.catalog_group.as_deref()) {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: OK ({} server{}, catalog {})",
                 path.display(),

@@ -24,6 +24,10 @@ pub const DEFAULT_BACKUP_ZSTD_LEVEL: i32 = 3;
 pub const DEFAULT_BACKUP_MIN_FREE: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_HEALTHZ_STREAM_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_BACKUP_WAL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Silence of the server during a base backup after which the backup is abandoned: generous
+/// (a server reading a large file from a slow disk), but finite. A spread checkpoint before the
+/// first message gets the server's `checkpoint_timeout` on top.
+pub const DEFAULT_BACKUP_STREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -36,6 +40,8 @@ pub struct ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     catalog: PathBuf,
+    #[serde(default)]
+    catalog_group: Option<String>,
     #[serde(default)]
     metrics: Option<RawMetrics>,
     #[serde(default)]
@@ -97,6 +103,7 @@ struct RawServer {
     backup_checkpoint: Option<String>,
     backup_min_free: Option<serde_yaml::Value>,
     backup_wal_timeout: Option<String>,
+    backup_stream_timeout: Option<String>,
     monitor_interval: Option<String>,
     monitor_conninfo: Option<String>,
     slot_retained_limit: Option<serde_yaml::Value>,
@@ -112,6 +119,8 @@ pub struct BackupSettings {
     pub fast_checkpoint: bool,
     pub min_free: u64,
     pub wal_timeout: Duration,
+    /// Longest silence of the server during the BASE_BACKUP stream.
+    pub stream_timeout: Duration,
 }
 
 impl Default for BackupSettings {
@@ -123,12 +132,14 @@ impl Default for BackupSettings {
             fast_checkpoint: false,
             min_free: DEFAULT_BACKUP_MIN_FREE,
             wal_timeout: DEFAULT_BACKUP_WAL_TIMEOUT,
+            stream_timeout: DEFAULT_BACKUP_STREAM_TIMEOUT,
         }
     }
 }
 
-/// One protected server.
-#[derive(Debug, Clone)]
+/// One protected server. `Debug` leaves out the connection strings as written (they may hold a
+/// password; the parsed `ConnInfo`s redact theirs).
+#[derive(Clone)]
 pub struct ServerConfig {
     pub name: String,
     /// The connection string as written (compared on reload).
@@ -147,6 +158,25 @@ pub struct ServerConfig {
     pub monitor_conninfo: Option<(String, ConnInfo)>,
     /// WAL the slot may hold back on the server before pgark warns.
     pub slot_retained_limit: Option<u64>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("name", &self.name)
+            .field("conninfo", &self.conninfo)
+            .field("slot", &self.slot)
+            .field("create_slot", &self.create_slot)
+            .field("synchronous", &self.synchronous)
+            .field("status_interval", &self.status_interval)
+            .field("receiver_timeout", &self.receiver_timeout)
+            .field("compression", &self.compression)
+            .field("backup", &self.backup)
+            .field("monitor_interval", &self.monitor_interval)
+            .field("monitor_conninfo", &self.monitor_conninfo.as_ref().map(|m| &m.1))
+            .field("slot_retained_limit", &self.slot_retained_limit)
+            .finish()
+    }
 }
 
 impl PartialEq for ServerConfig {
@@ -170,6 +200,9 @@ impl PartialEq for ServerConfig {
 pub struct Config {
     pub path: PathBuf,
     pub catalog: PathBuf,
+    /// The group that may read the catalog (`catalog_group`): catalog directories 2750 owned by
+    /// it and files 0640; without it 0700 and 0600.
+    pub catalog_group: Option<String>,
     pub metrics_listen: String,
     /// `/healthz` answers 503 when a server has not streamed for longer than this.
     pub healthz_stream_timeout: Duration,
@@ -186,7 +219,11 @@ impl Config {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the config file: {e}")))?;
-        Self::parse(&text, path)
+        let config = Self::parse(&text, path)?;
+        // Every command that loads a config may write to its catalog (or to a restored data
+        // directory): files it creates are never readable by others (see catalog::perms).
+        crate::catalog::perms::apply_umask(config.catalog_group.is_some());
+        Ok(config)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -311,6 +348,11 @@ impl Config {
             };
             backup.wal_timeout = parse_duration(s.backup_wal_timeout.as_deref(), DEFAULT_BACKUP_WAL_TIMEOUT)
                 .map_err(|m| err(format!("{}: {m}", key("backup_wal_timeout"))))?;
+            backup.stream_timeout = parse_duration(s.backup_stream_timeout.as_deref(), DEFAULT_BACKUP_STREAM_TIMEOUT)
+                .map_err(|m| err(format!("{}: {m}", key("backup_stream_timeout"))))?;
+            if backup.stream_timeout < Duration::from_secs(1) {
+                return Err(err(format!("{}: must be at least 1s", key("backup_stream_timeout"))));
+            }
             servers.insert(
                 name.clone(),
                 ServerConfig {
@@ -343,9 +385,13 @@ impl Config {
                 )));
             }
         }
+        if let Some(g) = &raw.catalog_group {
+            crate::catalog::perms::group_id(g).map_err(|m| err(format!("catalog_group: {m}")))?;
+        }
         Ok(Config {
             path: path.to_path_buf(),
             catalog,
+            catalog_group: raw.catalog_group.clone(),
             metrics_listen,
             healthz_stream_timeout,
             disk_pressure,
@@ -353,13 +399,15 @@ impl Config {
         })
     }
 
-    /// Checks that the catalog directory exists (creating it) and is writable.
+    /// Checks that the catalog directory exists (creating it, owner-only or with
+    /// `catalog_group`) and is writable, and sets the umask every catalog write relies on.
     pub fn check_catalog_writable(&self) -> Result<(), ConfigError> {
         let err = |m: String| ConfigError {
             file: self.path.display().to_string(),
             message: m,
         };
-        std::fs::create_dir_all(&self.catalog).map_err(|e| err(format!("catalog: cannot create {}: {e}", self.catalog.display())))?;
+        crate::catalog::perms::prepare_root(&self.catalog, self.catalog_group.as_deref())
+            .map_err(|e| err(format!("catalog: cannot create {}: {e}", self.catalog.display())))?;
         let probe = self.catalog.join(format!(".write-probe.{}.tmp", std::process::id()));
         std::fs::write(&probe, b"probe").map_err(|e| err(format!("catalog: {} is not writable: {e}", self.catalog.display())))?;
         let _ = std::fs::remove_file(&probe);

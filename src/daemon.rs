@@ -1,19 +1,39 @@
 //! `pgark serve`: lock the catalog, start one supervised receiver per server and the HTTP
 //! endpoint, then react to signals: SIGTERM/SIGINT stop cleanly (fsync, last status update,
 //! exit 0), SIGHUP reloads the config and restarts only the servers whose settings changed.
+//!
+//! Supervision: every task of the daemon is named and watched (`check_tasks`, once a second). A
+//! task that ends while nobody asked it to (a panic: a bug; an early return) is logged, counted
+//! in `pgark_task_failures_total{server,task}`, listed in `/status` (`task_failures`) and
+//! restarted; only the HTTP endpoint, whose socket cannot be handed over, makes the daemon exit
+//! non-zero instead. Nothing dies silently.
+//!
+//! Bounded stop: `shutdown` cancels everything at once and waits at most `STOP_WAIT` for all
+//! receivers together (each fsyncs and sends a last status update; every network wait they
+//! could be in ends on cancellation). A receiver that has not stopped by then is abandoned: the
+//! catalog is crash-safe, so exiting is like a crash of that one thread, never a loss of what was
+//! acknowledged. A reload never blocks the signal loop: servers being stopped are reaped by the
+//! supervision tick, and a changed server starts again only once its old receiver has stopped.
 
 use crate::catalog::lock::{CatalogLock, LockError};
 use crate::catalog::Layout;
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::http::{self, HttpState};
 use crate::pressure::DiskThresholds;
+use crate::receiver::ReceiverThread;
 use crate::status::{ServerStatus, StatusBoard};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// How long a stop waits for the receivers (SIGTERM ends `pgark serve` within 5 s).
+pub const STOP_WAIT: Duration = Duration::from_secs(4);
+/// How often the daemon looks at its tasks.
+const SUPERVISION_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -23,6 +43,10 @@ pub enum DaemonError {
     Lock(#[from] LockError),
     #[error("cannot listen on {addr} for metrics: {source} (is another process using the port? change metrics.listen)")]
     Listen { addr: String, source: std::io::Error },
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("the {0} task of the daemon died: {1}; exiting so that a supervisor (systemd) restarts pgark")]
+    TaskDied(&'static str, String),
 }
 
 /// Requests the daemon loop reacts to (from signals, or from the demo/tests in-process).
@@ -31,11 +55,22 @@ pub enum Control {
     Reload,
 }
 
+/// The tasks of one server.
 struct Running {
     config: ServerConfig,
     cancel: CancellationToken,
-    thread: Option<crate::receiver::ReceiverThread>,
-    backups: JoinHandle<()>,
+    receiver: Option<ReceiverThread>,
+    monitor: Option<JoinHandle<()>>,
+    backups: Option<JoinHandle<()>>,
+}
+
+/// A server whose tasks were told to stop (removed, or changed by a reload), and what starts in
+/// its place once they have.
+struct Stopping {
+    running: Running,
+    since: Instant,
+    replacement: Option<ServerConfig>,
+    warned: bool,
 }
 
 /// A started daemon (lock held, HTTP bound, receivers running).
@@ -44,10 +79,12 @@ pub struct Daemon {
     layout: Layout,
     board: StatusBoard,
     servers: BTreeMap<String, Running>,
+    stopping: Vec<Stopping>,
     http_cancel: CancellationToken,
     http_task: JoinHandle<()>,
     healthz_stream_timeout: Arc<AtomicU64>,
     watch_cancel: CancellationToken,
+    watch_task: JoinHandle<()>,
     /// The disk-pressure thresholds, updated on reload, read by the catalog watch and the
     /// backup schedulers.
     disk_pressure: tokio::sync::watch::Sender<DiskThresholds>,
@@ -58,6 +95,9 @@ pub struct Daemon {
 impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
         config.check_catalog_writable()?;
+        for w in crate::catalog::perms::check(&config.catalog, config.catalog_group.as_deref()) {
+            tracing::warn!("{w}");
+        }
         let lock = CatalogLock::acquire(&config.catalog)?;
         let metrics = crate::metrics::install();
         crate::metrics::register_daemon();
@@ -83,82 +123,102 @@ impl Daemon {
         let http_task = tokio::spawn(http::serve(listener, state, http_cancel.clone()));
         tracing::info!(catalog = %config.catalog.display(), metrics = %metrics_addr, servers = config.servers.len(), "pgark serve started");
         let layout = Layout::new(&config.catalog);
+        let disk_pressure = tokio::sync::watch::channel(config.disk_pressure).0;
+        let watch_cancel = CancellationToken::new();
+        let watch_task = spawn_catalog_watch(&layout, &disk_pressure, &board, &watch_cancel);
         let mut d = Daemon {
             config: config.clone(),
             layout,
             board,
             servers: BTreeMap::new(),
+            stopping: Vec::new(),
             http_cancel,
             http_task,
             healthz_stream_timeout,
-            watch_cancel: CancellationToken::new(),
-            disk_pressure: tokio::sync::watch::channel(config.disk_pressure).0,
+            watch_cancel,
+            watch_task,
+            disk_pressure,
             _lock: lock,
             metrics_addr,
         };
-        tokio::spawn(crate::catalog_watch::run(
-            d.layout.clone(),
-            d.disk_pressure.subscribe(),
-            d.board.clone(),
-            d.watch_cancel.clone(),
-        ));
         for s in config.servers.values() {
-            d.spawn_server(s.clone());
+            d.spawn_server(s.clone()).await;
         }
         Ok(d)
     }
 
-    fn spawn_server(&mut self, cfg: ServerConfig) {
+    async fn spawn_server(&mut self, cfg: ServerConfig) {
         let cancel = CancellationToken::new();
         self.board.insert(ServerStatus::new(&cfg.name, cfg.synchronous));
         crate::metrics::register_server(&cfg.name);
-        let thread = match crate::receiver::spawn_on_own_thread(cfg.clone(), self.layout.clone(), self.board.clone(), cancel.clone()) {
+        let (root, name) = (self.layout.root().to_path_buf(), cfg.name.clone());
+        // Garbage of interrupted backups: a catalog walk, off the async workers.
+        let cleaned = tokio::task::spawn_blocking(move || crate::basebackup::clean_interrupted(&root, &name)).await;
+        match cleaned {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(server = %cfg.name, error = %e, "could not clean up after interrupted backups"),
+            Err(e) => tracing::warn!(server = %cfg.name, error = %e, "could not clean up after interrupted backups"),
+        }
+        let mut r = Running {
+            config: cfg,
+            cancel,
+            receiver: None,
+            monitor: None,
+            backups: None,
+        };
+        r.receiver = self.spawn_receiver(&r);
+        r.monitor = Some(self.spawn_monitor(&r));
+        r.backups = Some(self.spawn_backups(&r));
+        self.servers.insert(r.config.name.clone(), r);
+    }
+
+    fn spawn_receiver(&self, r: &Running) -> Option<ReceiverThread> {
+        let cfg = &r.config;
+        match crate::receiver::spawn_on_own_thread(cfg.clone(), self.layout.clone(), self.board.clone(), r.cancel.clone()) {
             Ok(t) => Some(t),
             Err(e) => {
-                tracing::error!(server = %cfg.name, error = %e, "cannot start a receiver thread");
+                tracing::error!(server = %cfg.name, error = %e, "cannot start a receiver thread; trying again in a moment");
                 self.board
                     .update(&cfg.name, |s| s.last_error = Some(format!("cannot start a receiver thread: {e}")));
                 None
             }
-        };
-        if let Err(e) = crate::basebackup::clean_interrupted(self.layout.root(), &cfg.name) {
-            tracing::warn!(server = %cfg.name, error = %e, "could not clean up after interrupted backups");
         }
-        tokio::spawn(crate::monitor::run(cfg.clone(), self.board.clone(), cancel.clone()));
-        let backups = tokio::spawn(crate::basebackup::scheduler::run(
-            cfg.clone(),
+    }
+
+    fn spawn_monitor(&self, r: &Running) -> JoinHandle<()> {
+        tokio::spawn(crate::monitor::run(r.config.clone(), self.board.clone(), r.cancel.clone()))
+    }
+
+    fn spawn_backups(&self, r: &Running) -> JoinHandle<()> {
+        tokio::spawn(crate::basebackup::scheduler::run(
+            r.config.clone(),
             self.layout.root().to_path_buf(),
             self.disk_pressure.subscribe(),
             self.board.clone(),
-            cancel.clone(),
-        ));
-        self.servers.insert(
-            cfg.name.clone(),
-            Running {
-                config: cfg,
-                cancel,
-                thread,
-                backups,
-            },
-        );
-    }
-
-    async fn stop_server(&mut self, name: &str) {
-        if let Some(r) = self.servers.remove(name) {
-            r.cancel.cancel();
-            if let Some(t) = r.thread {
-                t.join().await;
-            }
-            let _ = r.backups.await;
-            self.board.remove(name);
-        }
+            r.cancel.clone(),
+        ))
     }
 
     pub fn board(&self) -> &StatusBoard {
         &self.board
     }
 
-    /// Re-reads the config file. A bad new config is logged and the running one kept.
+    /// Tells a server's tasks to stop; the supervision tick reaps them (and starts
+    /// `replacement` once they are gone).
+    fn begin_stop(&mut self, name: &str, replacement: Option<ServerConfig>) {
+        if let Some(r) = self.servers.remove(name) {
+            r.cancel.cancel();
+            self.stopping.push(Stopping {
+                running: r,
+                since: Instant::now(),
+                replacement,
+                warned: false,
+            });
+        }
+    }
+
+    /// Re-reads the config file. A bad new config is logged and the running one kept. Never
+    /// waits for a receiver to stop (see the module comment).
     pub async fn reload(&mut self) {
         let new = match Config::load(&self.config.path) {
             Ok(c) => c,
@@ -167,73 +227,238 @@ impl Daemon {
                 return;
             }
         };
-        if new.catalog != self.config.catalog || new.metrics_listen != self.config.metrics_listen {
-            tracing::warn!("catalog and metrics.listen changes take effect only after a restart");
+        if new.catalog != self.config.catalog
+            || new.metrics_listen != self.config.metrics_listen
+            || new.catalog_group != self.config.catalog_group
+        {
+            tracing::warn!("catalog, catalog_group and metrics.listen changes take effect only after a restart");
         }
         let names: Vec<String> = self.servers.keys().cloned().collect();
         for name in names {
             match new.servers.get(&name) {
                 None => {
                     tracing::info!(server = %name, "server removed from the config; stopping its receiver");
-                    self.stop_server(&name).await;
-                    crate::metrics::retire_server(&name);
+                    self.begin_stop(&name, None);
                 }
                 Some(c) if *c != self.servers[&name].config => {
                     tracing::info!(server = %name, "server settings changed; restarting its receiver");
-                    self.stop_server(&name).await;
-                    self.spawn_server(c.clone());
+                    self.begin_stop(&name, Some(c.clone()));
                 }
                 Some(_) => {}
             }
         }
         for (name, c) in &new.servers {
-            if !self.servers.contains_key(name) {
+            let pending = self.stopping.iter().any(|s| &s.running.config.name == name);
+            if !self.servers.contains_key(name) && !pending {
                 tracing::info!(server = %name, "server added to the config; starting its receiver");
-                self.spawn_server(c.clone());
+                self.spawn_server(c.clone()).await;
             }
         }
-        let keep = (self.config.catalog.clone(), self.config.metrics_listen.clone());
+        // A server removed and added back before its old tasks stopped starts once they have.
+        for s in self.stopping.iter_mut() {
+            if s.replacement.is_none() {
+                s.replacement = new.servers.get(&s.running.config.name).cloned();
+            }
+        }
+        let keep = (
+            self.config.catalog.clone(),
+            self.config.metrics_listen.clone(),
+            self.config.catalog_group.clone(),
+        );
         let pressure_changed = new.disk_pressure != self.config.disk_pressure;
         self.healthz_stream_timeout
             .store(new.healthz_stream_timeout.as_secs(), Ordering::Relaxed);
         self.config = new;
-        (self.config.catalog, self.config.metrics_listen) = keep;
+        (self.config.catalog, self.config.metrics_listen, self.config.catalog_group) = keep;
         if pressure_changed {
             tracing::info!("disk_pressure thresholds changed; applying them");
             self.disk_pressure.send_replace(self.config.disk_pressure);
         }
     }
 
-    /// Stops every receiver (each fsyncs and sends a last status update) and the HTTP endpoint.
-    pub async fn shutdown(mut self) {
+    /// The supervision tick: restarts tasks that died, reaps servers that finished stopping.
+    /// An error means the daemon must exit.
+    pub async fn check_tasks(&mut self) -> Result<(), DaemonError> {
+        if self.http_task.is_finished() {
+            let why = join_reason((&mut self.http_task).await);
+            crate::metrics::task_failed("", "http");
+            return Err(DaemonError::TaskDied("http", why));
+        }
+        if self.watch_task.is_finished() && !self.watch_cancel.is_cancelled() {
+            let why = join_reason((&mut self.watch_task).await);
+            self.task_died("", "catalog_watch", &why);
+            self.watch_task = spawn_catalog_watch(&self.layout, &self.disk_pressure, &self.board, &self.watch_cancel);
+        }
         let names: Vec<String> = self.servers.keys().cloned().collect();
-        for r in self.servers.values() {
+        for name in names {
+            let Some(mut r) = self.servers.remove(&name) else { continue };
+            if !r.cancel.is_cancelled() {
+                if r.receiver.as_ref().is_none_or(|t| t.is_finished()) {
+                    let why = r
+                        .receiver
+                        .take()
+                        .map(|t| t.join_reason())
+                        .unwrap_or_else(|| "it could not be started".into());
+                    self.task_died(&name, "receiver", &why);
+                    r.receiver = self.spawn_receiver(&r);
+                }
+                if r.monitor.as_ref().is_none_or(|h| h.is_finished()) {
+                    let why = match r.monitor.take() {
+                        Some(h) => join_reason(h.await),
+                        None => "not running".into(),
+                    };
+                    self.task_died(&name, "monitor", &why);
+                    r.monitor = Some(self.spawn_monitor(&r));
+                }
+                if r.backups.as_ref().is_none_or(|h| h.is_finished()) {
+                    let why = match r.backups.take() {
+                        Some(h) => join_reason(h.await),
+                        None => "not running".into(),
+                    };
+                    self.task_died(&name, "backup_scheduler", &why);
+                    r.backups = Some(self.spawn_backups(&r));
+                }
+            }
+            self.servers.insert(name, r);
+        }
+        let mut still = Vec::new();
+        for mut s in std::mem::take(&mut self.stopping) {
+            if stopped(&mut s.running).await {
+                let name = s.running.config.name.clone();
+                match s.replacement {
+                    Some(cfg) if !self.servers.contains_key(&name) => self.spawn_server(cfg).await,
+                    _ => {
+                        self.board.remove(&name);
+                        crate::metrics::retire_server(&name);
+                    }
+                }
+            } else {
+                if !s.warned && s.since.elapsed() > Duration::from_secs(30) {
+                    s.warned = true;
+                    tracing::error!(server = %s.running.config.name, "its receiver has not stopped 30s after it was told to (a bug?); its replacement waits for it");
+                }
+                still.push(s);
+            }
+        }
+        self.stopping = still;
+        Ok(())
+    }
+
+    fn task_died(&self, server: &str, task: &'static str, why: &str) {
+        tracing::error!(server, task, reason = %why, "a task of the daemon died (a bug: please report it with this log); restarting it");
+        crate::metrics::task_failed(server, task);
+        self.board.task_failed(task, server, why);
+    }
+
+    /// Stops every receiver (each fsyncs and sends a last status update) and the HTTP endpoint,
+    /// within `STOP_WAIT` (see the module comment).
+    pub async fn shutdown(mut self) {
+        let deadline = Instant::now() + STOP_WAIT;
+        let mut all: Vec<Running> = std::mem::take(&mut self.servers).into_values().collect();
+        all.extend(std::mem::take(&mut self.stopping).into_iter().map(|s| s.running));
+        for r in &all {
             r.cancel.cancel();
         }
-        for name in names {
-            self.stop_server(&name).await;
-        }
         self.watch_cancel.cancel();
+        let waits = all.into_iter().map(|mut r| async move {
+            let name = r.config.name.clone();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let receiver_done = match r.receiver.take() {
+                Some(t) => t.join_within(left).await.is_ok(),
+                None => true,
+            };
+            for h in [r.monitor.take(), r.backups.take()].into_iter().flatten() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, h).await.is_err() {
+                    tracing::warn!(server = %name, "a task did not stop in time; leaving it");
+                }
+            }
+            if !receiver_done {
+                tracing::warn!(server = %name, wait_seconds = STOP_WAIT.as_secs(),
+                    "the receiver did not stop in time; exiting anyway (the catalog is crash-safe: nothing acknowledged is lost)");
+            }
+        });
+        futures_join_all(waits).await;
         self.http_cancel.cancel();
-        let _ = (&mut self.http_task).await;
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(200));
+        let _ = tokio::time::timeout(left, &mut self.http_task).await;
         tracing::info!("pgark serve stopped");
     }
 }
 
-/// Runs until `stop` fires, applying `Control` requests as they come.
+/// Whether a stopping server's tasks have all ended (joining them when they have).
+async fn stopped(r: &mut Running) -> bool {
+    let receiver = r.receiver.as_ref().is_none_or(|t| t.is_finished());
+    let monitor = r.monitor.as_ref().is_none_or(|h| h.is_finished());
+    let backups = r.backups.as_ref().is_none_or(|h| h.is_finished());
+    if !(receiver && monitor && backups) {
+        return false;
+    }
+    if let Some(t) = r.receiver.take() {
+        let _ = t.join_within(Duration::from_millis(100)).await;
+    }
+    for h in [r.monitor.take(), r.backups.take()].into_iter().flatten() {
+        let _ = h.await;
+    }
+    true
+}
+
+/// Runs futures concurrently and waits for all of them (a tiny join_all, so that the stop of
+/// one slow server never delays another's).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futs: impl IntoIterator<Item = F>) {
+    let handles: Vec<JoinHandle<()>> = futs.into_iter().map(tokio::spawn).collect();
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+fn join_reason(r: Result<(), tokio::task::JoinError>) -> String {
+    match r {
+        Ok(()) => "it returned early".into(),
+        Err(e) if e.is_panic() => format!("it panicked: {}", crate::receiver::panic_message(e.into_panic().as_ref())),
+        Err(e) => format!("it was cancelled: {e}"),
+    }
+}
+
+fn spawn_catalog_watch(
+    layout: &Layout,
+    thresholds: &tokio::sync::watch::Sender<DiskThresholds>,
+    board: &StatusBoard,
+    cancel: &CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(crate::catalog_watch::run(
+        layout.clone(),
+        thresholds.subscribe(),
+        board.clone(),
+        cancel.clone(),
+    ))
+}
+
+/// Runs until `stop` fires, applying `Control` requests as they come and supervising the tasks.
 pub async fn run(config: Config, stop: CancellationToken, mut control: tokio::sync::mpsc::Receiver<Control>) -> Result<(), DaemonError> {
     let mut daemon = Daemon::start(config).await?;
+    let mut tick = tokio::time::interval(SUPERVISION_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outcome = Ok(());
     loop {
         tokio::select! {
+            biased;
             _ = stop.cancelled() => break,
             c = control.recv() => match c {
                 Some(Control::Reload) => daemon.reload().await,
                 None => { stop.cancelled().await; break; }
             },
+            _ = tick.tick() => {
+                if let Err(e) = daemon.check_tasks().await {
+                    tracing::error!(error = %e, "stopping");
+                    outcome = Err(e);
+                    break;
+                }
+            }
         }
     }
     daemon.shutdown().await;
-    Ok(())
+    outcome
 }
 
 /// `pgark serve`: wires SIGTERM/SIGINT to `stop` and SIGHUP to a reload.
@@ -242,12 +467,7 @@ pub async fn serve_with_signals(config_path: PathBuf) -> Result<(), DaemonError>
     let config = Config::load(&config_path)?;
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let listen = |kind| {
-        signal(kind).map_err(|e| DaemonError::Listen {
-            addr: "signal handler".into(),
-            source: e,
-        })
-    };
+    let listen = |kind| signal(kind).map_err(DaemonError::Signals);
     let mut term = listen(SignalKind::terminate())?;
     let mut int = listen(SignalKind::interrupt())?;
     let mut hup = listen(SignalKind::hangup())?;
@@ -257,7 +477,12 @@ pub async fn serve_with_signals(config_path: PathBuf) -> Result<(), DaemonError>
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping"); stop2.cancel(); return; }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); stop2.cancel(); return; }
-                _ = hup.recv() => { tracing::info!("SIGHUP: reloading the config"); let _ = tx.send(Control::Reload).await; }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    if tx.try_send(Control::Reload).is_err() {
+                        tracing::info!("a reload is already pending");
+                    }
+                }
             }
         }
     });

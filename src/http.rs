@@ -1,7 +1,10 @@
 //! The HTTP endpoint on `metrics.listen`: `/metrics` (Prometheus text), `/healthz`, `/status`.
 //!
 //! A deliberately small HTTP/1.1 server: GET only, one request per connection, bounded request
-//! size and time. It never touches the receivers except through the status board.
+//! size (`MAX_REQUEST`), time (`REQUEST_TIMEOUT` for the whole exchange) and number of
+//! connections at once (`MAX_CONNECTIONS`; more are closed at once), so a connection flood on a
+//! reachable `metrics.listen` cannot exhaust the file descriptors WAL streaming needs. It never
+//! touches the receivers except through the status board.
 
 use crate::status::{unix_now, ConnState, DaemonStatus, StatusBoard};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -10,7 +13,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-const MAX_REQUEST: usize = 8192;
+pub const MAX_REQUEST: usize = 8192;
+/// Connections served at once; Prometheus and `pgark status` need one or two.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Time for one whole exchange (read the request, write the answer).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -29,6 +36,7 @@ impl HttpState {
             catalog: self.catalog.clone(),
             catalog_space: self.board.catalog_space(),
             servers: self.board.snapshot(),
+            task_failures: self.board.task_failures(),
         }
     }
 
@@ -53,6 +61,8 @@ impl HttpState {
 }
 
 pub async fn serve(listener: TcpListener, state: HttpState, cancel: CancellationToken) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut refused_logged = false;
     loop {
         let (sock, _) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -65,9 +75,19 @@ pub async fn serve(listener: TcpListener, state: HttpState, cancel: Cancellation
                 }
             },
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            if !refused_logged {
+                tracing::warn!(limit = MAX_CONNECTIONS, "too many HTTP connections at once; closing the extra ones");
+                refused_logged = true;
+            }
+            drop(sock);
+            continue;
+        };
+        refused_logged = false;
         let state = state.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle(sock, state)).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(sock, state)).await;
+            drop(permit);
         });
     }
 }

@@ -68,6 +68,8 @@ fn main() {
             Cmd::Demo { duration, metrics_listen } => pgark::demo::run(duration, &metrics_listen).await,
         }
     });
-    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    // Everything that matters has finished or been made crash-safe by now (`serve` bounds its
+    // own stop); a blocking task still running must not delay the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     std::process::exit(code);
 }

@@ -128,7 +128,20 @@ pub fn register_server(server: &str) {
     for reason in DISCONNECT_REASONS {
         counter!("pgark_disconnects_total", "server" => server.to_string(), "reason" => *reason).increment(0);
     }
+    for task in SERVER_TASKS {
+        counter!("pgark_task_failures_total", "server" => server.to_string(), "task" => *task).increment(0);
+    }
     connection_state(server, crate::status::ConnState::Starting);
+}
+
+/// The daemon's tasks per server (the `task` label of `pgark_task_failures_total`).
+pub const SERVER_TASKS: &[&str] = &["receiver", "archiver", "monitor", "backup_scheduler"];
+/// The daemon's tasks for the whole catalog (counted with `server=""`).
+pub const DAEMON_TASKS: &[&str] = &["catalog_watch", "http"];
+
+/// A task of the daemon died (a panic or an early return) and was restarted.
+pub fn task_failed(server: &str, task: &'static str) {
+    counter!("pgark_task_failures_total", "server" => server.to_string(), "task" => task).increment(1);
 }
 
 /// Every value of `pgark_disconnects_total`'s `reason` label.
@@ -412,6 +425,9 @@ pub fn catalog_checks_failed() {
 /// Creates the daemon-wide counters at zero.
 pub fn register_daemon() {
     counter!("pgark_catalog_check_errors_total").increment(0);
+    for task in DAEMON_TASKS {
+        counter!("pgark_task_failures_total", "server" => "", "task" => *task).increment(0);
+    }
 }
 
 /// One server's share of the catalog (`kind`: wal or backups) and its WAL ingest rate.

@@ -110,10 +110,19 @@ pub enum MonitorError {
     NoRow,
 }
 
+/// How long the server may take to answer one monitoring query (connecting is bounded by
+/// `connect_timeout`).
+pub const MONITOR_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One round: connect, ask, disconnect (a connection per round costs little at this interval and
-/// never holds a backend slot idle).
-pub async fn round(ci: &ConnInfo, slot: &str) -> Result<ServerFacts, MonitorError> {
-    let mut conn = Connection::connect(ci, false).await?;
+/// never holds a backend slot idle). Every wait is bounded and ends on `cancel`.
+pub async fn round(ci: &ConnInfo, slot: &str, cancel: &CancellationToken) -> Result<ServerFacts, MonitorError> {
+    let mut conn = tokio::select! {
+        _ = cancel.cancelled() => return Err(MonitorError::Client(crate::client::ClientError::Cancelled)),
+        c = Connection::connect(ci, false) => c?,
+    };
+    conn.set_io_timeout(MONITOR_QUERY_TIMEOUT);
+    conn.set_cancel(cancel.clone());
     let results = conn.simple_query(&query(slot, &ci.application_name)).await;
     // pg_ls_waldir() needs pg_monitor: asked apart, so that without it the other facts still come.
     let waldir = match &results {
@@ -199,9 +208,11 @@ pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToke
     let mut over_limit = false;
     crate::metrics::slot_retained_limit(&server, cfg.slot_retained_limit);
     loop {
+        // Each step is bounded on its own (connect_timeout, MONITOR_QUERY_TIMEOUT, named in the
+        // error); this outer bound is a safety net.
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(Duration::from_secs(30), round(&ci, &cfg.slot)) => r,
+            r = tokio::time::timeout(Duration::from_secs(120), round(&ci, &cfg.slot, &cancel)) => r,
         };
         match outcome {
             Ok(Ok(facts)) => {
@@ -230,10 +241,11 @@ pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToke
                     s.slot_warning = warning;
                 });
             }
+            Ok(Err(MonitorError::Client(crate::client::ClientError::Cancelled))) => return,
             Ok(Err(e)) => {
                 report_failure(&server, &board, &mut failing, e.to_string());
             }
-            Err(_) => report_failure(&server, &board, &mut failing, "timed out after 30s".into()),
+            Err(_) => report_failure(&server, &board, &mut failing, "timed out after 120s".into()),
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

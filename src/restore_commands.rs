@@ -142,7 +142,25 @@ pub fn restore(a: RestoreArgs) -> i32 {
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
         standby: a.standby,
         owner: a.owner.clone(),
+        interrupted: Default::default(),
     };
+    // SIGINT/SIGTERM: the workers stop after their current chunk; the directory stays marked
+    // incomplete (no pg_control), never half-published.
+    let flag = req.interrupted.clone();
+    let signals = tokio::runtime::Handle::try_current().ok().map(|h| {
+        h.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("interrupted: stopping the restore after the chunks being written");
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    });
     // Held until the last file is written, so `delete-backup` cannot remove the chosen backup's
     // chunks underneath; taken before choosing, so the choice only sees backups that stay.
     let _reading = match crate::catalog::lock::CatalogLock::acquire_restore_reader(&req.config.catalog, &req.server) {
@@ -181,7 +199,11 @@ pub fn restore(a: RestoreArgs) -> i32 {
     }
     let started = std::time::Instant::now();
     let mut progress = progress::for_terminal();
-    match restore::execute(&req, &plan, progress.as_mut()) {
+    let result = restore::execute(&req, &plan, progress.as_mut());
+    if let Some(s) = signals {
+        s.abort();
+    }
+    match result {
         Ok(stats) => {
             let secs = started.elapsed().as_secs_f64();
             if a.json {

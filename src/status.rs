@@ -119,16 +119,60 @@ pub struct DaemonStatus {
     #[serde(default)]
     pub catalog_space: Option<CatalogSpace>,
     pub servers: Vec<ServerStatus>,
+    /// The daemon's tasks that died (a panic, an early return) and were restarted, newest last
+    /// (at most `MAX_TASK_FAILURES`).
+    #[serde(default)]
+    pub task_failures: Vec<TaskFailure>,
 }
+
+/// A task of the daemon that died.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    /// receiver, archiver, monitor, backup_scheduler, catalog_watch or http.
+    pub task: String,
+    /// The server it worked for (empty for the daemon-wide tasks).
+    pub server: String,
+    pub error: String,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// Task failures kept for `/status`.
+pub const MAX_TASK_FAILURES: usize = 20;
 
 /// Shared map from server name to status, and the catalog's space.
 #[derive(Clone, Default)]
 pub struct StatusBoard {
     inner: Arc<Mutex<BTreeMap<String, ServerStatus>>>,
     catalog: Arc<Mutex<Option<CatalogSpace>>>,
+    failures: Arc<Mutex<Vec<TaskFailure>>>,
 }
 
 impl StatusBoard {
+    /// Records a task that died (shown in `/status`; the server's `last_error` too).
+    pub fn task_failed(&self, task: &str, server: &str, error: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            if f.len() == MAX_TASK_FAILURES {
+                f.remove(0);
+            }
+            f.push(TaskFailure {
+                task: task.to_string(),
+                server: server.to_string(),
+                error: error.to_string(),
+                at: unix_now(),
+            });
+        }
+        if !server.is_empty() {
+            self.update(server, |s| {
+                s.last_error = Some(format!("the {task} task died ({error}); restarted"))
+            });
+        }
+    }
+
+    pub fn task_failures(&self) -> Vec<TaskFailure> {
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
     pub fn set_catalog_space(&self, space: CatalogSpace) {
         if let Ok(mut c) = self.catalog.lock() {
             *c = Some(space);

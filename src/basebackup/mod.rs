@@ -186,34 +186,46 @@ pub fn spawn_on_own_thread(
 pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result<BackupIndex, BackupError> {
     let server = job.server.name.clone();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&job.catalog));
-    if let Some(cap) = store.capacity()? {
-        job.disk_pressure
-            .check_backup_allowed(cap)
-            .map_err(|reason| BackupError::DiskPressure {
-                server: server.clone(),
-                reason,
-            })?;
-    }
     let _lock = CatalogLock::acquire_backup(&job.catalog, &server)?;
+    // The filesystem the backup goes to: `<catalog>/<server>`, which may be a volume of its own.
+    let server_dir = Layout::new(&job.catalog).server_dir(&server);
+    let cap = crate::catalog::store::filesystem_capacity(&server_dir)?;
+    job.disk_pressure
+        .check_backup_allowed(cap)
+        .map_err(|reason| BackupError::DiskPressure {
+            server: server.clone(),
+            reason,
+        })?;
     let g = backup_store::collect_garbage(store.as_ref(), &server)?;
     if g.unfinished_backups > 0 || g.chunks > 0 {
         tracing::info!(server = %server, unfinished_backups = g.unfinished_backups, chunks = g.chunks, bytes = g.bytes,
             "removed what interrupted backups left");
     }
     let id = new_id(store.as_ref(), &server)?;
-    let result = run(job, &id, &store, progress).await;
+    let result = run(job, &id, &store, &server_dir, progress).await;
     if result.is_err() {
         // Remove this attempt's intent record and chunks now rather than at the next start.
         if let Err(e) = store.delete(&backup_store::running_key(&server, &id)) {
             tracing::warn!(server = %server, error = %e, "could not remove the failed backup's intent record");
         }
-        if let Err(e) = backup_store::collect_garbage(store.as_ref(), &server) {
-            tracing::warn!(server = %server, error = %e, "could not remove the failed backup's chunks; the next backup will");
+        // Stopping (a signal, the daemon's shutdown) must be quick: the next backup or daemon
+        // start removes the chunks instead.
+        let cancelled = matches!(result, Err(BackupError::Cancelled));
+        if !cancelled {
+            if let Err(e) = backup_store::collect_garbage(store.as_ref(), &server) {
+                tracing::warn!(server = %server, error = %e, "could not remove the failed backup's chunks; the next backup will");
+            }
         }
         crate::metrics::backup_failed(&server);
     }
     result
 }
+
+/// The largest `backup_manifest` accepted (PostgreSQL writes about 200 bytes per file): a
+/// hostile or broken server cannot make a backup allocate without bound.
+pub const MAX_MANIFEST_BYTES: usize = 512 * 1024 * 1024;
+/// The largest `backup_label` kept in memory (it is a few hundred bytes).
+const MAX_LABEL_BYTES: usize = 64 * 1024;
 
 struct FileBuild {
     stored: StoredFile,
@@ -255,7 +267,7 @@ impl Receive {
             TarEvent::Data(d) => {
                 self.bytes += d.len() as u64;
                 let Some(i) = self.current else { return Ok(()) };
-                if self.files[i].stored.path == "backup_label" {
+                if self.files[i].stored.path == "backup_label" && self.backup_label.len() + d.len() <= MAX_LABEL_BYTES {
                     self.backup_label.extend_from_slice(d);
                 }
                 let mut d = d;
@@ -306,19 +318,31 @@ impl From<tar::TarError> for BackupError {
     }
 }
 
-async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: &mut dyn Progress) -> Result<BackupIndex, BackupError> {
+async fn run(
+    job: &BackupJob,
+    id: &str,
+    store: &Arc<dyn ObjectStore>,
+    server_dir: &std::path::Path,
+    progress: &mut dyn Progress,
+) -> Result<BackupIndex, BackupError> {
     let cfg = &job.server;
     let server = cfg.name.clone();
     let started = Instant::now();
     let start_time = unix_now();
-    let client = |source| BackupError::Client {
-        server: server.clone(),
-        source: Box::new(source),
+    let client = |source| match source {
+        ClientError::Cancelled => BackupError::Cancelled,
+        source => BackupError::Client {
+            server: server.clone(),
+            source: Box::new(source),
+        },
     };
     let mut conn = tokio::select! {
         _ = job.cancel.cancelled() => return Err(BackupError::Cancelled),
         c = Connection::connect(&cfg.conninfo, true) => c.map_err(|source| BackupError::Connect { server: server.clone(), source: Box::new(source) })?,
     };
+    // Every wait for the server is bounded (backup_stream_timeout) and ends on cancellation.
+    conn.set_io_timeout(cfg.backup.stream_timeout);
+    conn.set_cancel(job.cancel.clone());
     let sys = conn.identify_system().await.map_err(client)?;
     let seg = conn.wal_segment_size().await.map_err(client)?;
     let pg_version = conn.server_version_num;
@@ -349,13 +373,24 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
         include_wal: !streaming,
         max_rate_kb: job.max_rate_kb,
     };
-    let previous = backup_store::load_all(store.as_ref(), &server)?.pop();
+    let previous = backup_store::newest(store.as_ref(), &server)?;
     let reusable = backup_store::reusable_chunks(store.as_ref(), &server)?;
     progress.phase(&format!(
         "{server}: starting backup {id} ({} checkpoint)",
         if job.fast_checkpoint { "fast" } else { "spread" }
     ));
+    // With a spread checkpoint the server says nothing until its checkpoint is done, which may
+    // take up to checkpoint_timeout (times checkpoint_completion_target): wait that long more
+    // for the first message.
+    let first_wait = if job.fast_checkpoint {
+        cfg.backup.stream_timeout
+    } else {
+        let checkpoint = conn.show("checkpoint_timeout").await.map_err(client)?;
+        cfg.backup.stream_timeout + parse_pg_duration(&checkpoint).unwrap_or(Duration::from_secs(3600))
+    };
     conn.send_query(&request.command(conn.server_version_num)).await.map_err(client)?;
+    conn.set_phase("BASE_BACKUP: waiting for the server's checkpoint");
+    conn.set_io_timeout(first_wait);
 
     let mut reader = BaseBackupReader::new(conn.server_version_num);
     let mut rx = Receive {
@@ -375,10 +410,11 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
     let mut done = false;
     let mut last_progress = Instant::now();
     while !reader.is_finished() {
-        let msg = tokio::select! {
-            _ = job.cancel.cancelled() => return Err(BackupError::Cancelled),
-            m = conn.next_message() => m.map_err(client)?,
-        };
+        let msg = conn.next_message().await.map_err(client)?;
+        if start.is_none() {
+            conn.set_phase("BASE_BACKUP stream");
+            conn.set_io_timeout(cfg.backup.stream_timeout);
+        }
         let events = reader.on_message(msg).map_err(|source| BackupError::Reply {
             server: server.clone(),
             source: Box::new(source),
@@ -391,7 +427,7 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
                 }
                 BackupEvent::Tablespaces(ts) => {
                     let estimate: u64 = ts.iter().filter_map(|t| t.estimated_bytes).sum();
-                    check_free_space(&job.catalog, estimate, previous.as_ref(), cfg.backup.min_free)?;
+                    check_free_space(server_dir, estimate, previous.as_ref(), cfg.backup.min_free)?;
                     progress.begin(Some(estimate));
                     pipeline = Some(Pipeline::start(
                         PipelineConfig {
@@ -399,7 +435,7 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
                             compression: cfg.backup.compression,
                             workers: cfg.backup.workers,
                             reusable: reusable.clone(),
-                            catalog_root: job.catalog.clone(),
+                            catalog_root: server_dir.to_path_buf(),
                             min_free: cfg.backup.min_free,
                             estimated_total: estimate,
                         },
@@ -439,7 +475,12 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
                     }
                 }
                 BackupEvent::Progress(_) => {}
-                BackupEvent::ManifestData(d) => manifest_bytes.extend_from_slice(&d),
+                BackupEvent::ManifestData(d) => {
+                    if manifest_bytes.len() + d.len() > MAX_MANIFEST_BYTES {
+                        return Err(tar_err(&server, &format!("the backup_manifest exceeds {MAX_MANIFEST_BYTES} bytes")));
+                    }
+                    manifest_bytes.extend_from_slice(&d)
+                }
                 BackupEvent::End { lsn, timeline } => end = Some((lsn, timeline)),
                 BackupEvent::Warning(m) => tracing::warn!(server = %server, id, "server: {m}"),
                 BackupEvent::Done => done = true,
@@ -511,7 +552,7 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
             }),
     )?;
     tracing::info!(server = %server, id, files = checked, "every file matches the server's backup_manifest");
-    store.put_from_deferred(&backup_store::manifest_key(&server, id), &mut |w| w.write_all(&manifest_bytes))?;
+    store.put(&backup_store::manifest_key(&server, id), &manifest_bytes)?;
 
     // The WAL from start to end must be durable before the backup may exist.
     let wal_source = if streaming {
@@ -560,7 +601,12 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
         tablespaces,
         files,
     };
-    backup_store::publish(store.as_ref(), &index)?;
+    if let Err(e) = backup_store::publish(store.as_ref(), &index) {
+        // A publish that failed half-way (the index renamed, its directory fsync failed) must
+        // not leave a backup that looks published while the command reports failure.
+        let _ = store.delete(&backup_store::index_key(&server, id));
+        return Err(e.into());
+    }
     let elapsed = started.elapsed();
     // The duration metric comes from the index (whole seconds), like the daemon's refresh from
     // the catalog, so that the gauge does not change value when the refresh runs.
@@ -575,6 +621,22 @@ async fn run(job: &BackupJob, id: &str, store: &Arc<dyn ObjectStore>, progress: 
     tracing::info!(server = %server, id, start_lsn = %start_lsn, end_lsn = %end_lsn, original_bytes = index.original_bytes,
         stored_new_bytes = index.stored_new_bytes, seconds = format!("{:.1}", elapsed.as_secs_f64()), "backup complete");
     Ok(index)
+}
+
+/// A PostgreSQL duration setting as SHOW prints it (`5min`, `300s`, `1h`, `1d`, `500ms`).
+fn parse_pg_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = t[..split].parse().ok()?;
+    let unit = match &t[split..] {
+        "ms" => return Some(Duration::from_millis(n)),
+        "s" => 1,
+        "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.saturating_mul(unit)))
 }
 
 fn with_server(e: BackupError, server: &str) -> BackupError {

@@ -58,7 +58,9 @@ pub struct PipelineConfig {
     pub workers: usize,
     /// Chunks a new backup may reuse, by SHA-256 hex.
     pub reusable: BTreeMap<String, ChunkRef>,
-    /// The catalog directory (for free-space checks) and the space to leave free.
+    /// The server's directory in the catalog (`<catalog>/<server>`: free space is checked on the
+    /// filesystem the chunks go to, also when a volume is mounted there) and the space to leave
+    /// free.
     pub catalog_root: PathBuf,
     pub min_free: u64,
     /// Expected bytes still to store, for the out-of-space message.
@@ -230,7 +232,10 @@ fn store_chunk(shared: &Shared, job: Job) -> Result<ChunkDone, PipelineError> {
         Compression::Zstd(l) => Some(l),
         Compression::None => None,
     };
-    let put = shared.store.put_from_deferred(&key, &mut |w| {
+    // A chunk that exists already is never rewritten (audit finding 2): every chunk in the
+    // catalog is referenced by a published, durable backup (garbage collection, under the backup
+    // lock, removed any other before this backup started).
+    let put = shared.store.put_once(&key, &mut |w| {
         let mut counter = CountingWriter { inner: w, n: 0 };
         match level {
             Some(l) => {
@@ -241,6 +246,23 @@ fn store_chunk(shared: &Shared, job: Job) -> Result<ChunkDone, PipelineError> {
         stored = counter.n;
         Ok(())
     });
+    let put = match put {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            let existing = shared.store.size(&key)?.unwrap_or(0);
+            let c = ChunkRef {
+                object,
+                size: job.data.len() as u64,
+                stored: existing,
+                blake3: Some(blake),
+            };
+            if let Ok(mut m) = shared.stored_now.lock() {
+                m.insert(hash, c.clone());
+            }
+            return Ok(done(&job, crc, c, false));
+        }
+        Err(e) => Err(e),
+    };
     if let Err(e) = put {
         // Errors carry path context (so no raw errno); the kind survives.
         if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull {

@@ -5,7 +5,7 @@
 use super::progress::LogLines;
 use super::schedule::Schedule;
 use super::{BackupJob, WalWatch};
-use crate::catalog::backup_store;
+use crate::catalog::backup_store::BackupFactsCache;
 use crate::catalog::store::LocalStore;
 use crate::config::ServerConfig;
 use crate::pressure::DiskThresholds;
@@ -20,10 +20,10 @@ const POLL: Duration = Duration::from_secs(15);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
 
 /// Start of the newest published backup, after refreshing the metrics and the status board
-/// (recovery window start, newest backup) from the catalog.
-fn refresh(catalog: &std::path::Path, server: &str, board: &StatusBoard) -> Option<u64> {
-    let store = LocalStore::new(catalog);
-    match backup_store::load_all(&store, server) {
+/// (recovery window start, newest backup) from the catalog. Reads only indexes it has not seen
+/// (`BackupFactsCache`).
+fn refresh(store: &LocalStore, cache: &mut BackupFactsCache, server: &str, board: &StatusBoard) -> Option<u64> {
+    match cache.refresh(store, server) {
         Ok(all) => {
             let stored: u64 = all.iter().map(|b| b.stored_new_bytes).sum();
             crate::metrics::backups_in_catalog(server, all.len(), stored);
@@ -60,8 +60,19 @@ pub async fn run(
     let server = cfg.name.clone();
     let mut retry_at: Option<u64> = None;
     let mut held_back = false;
+    let mut cache = Some(BackupFactsCache::default());
+    let store = LocalStore::new(&catalog);
     loop {
-        let last_start = refresh(&catalog, &server, &board);
+        // Catalog reads block: off the async workers.
+        let (s, b, name, mut c) = (store.clone(), board.clone(), server.clone(), cache.take().unwrap_or_default());
+        let (last_start, c) = match tokio::task::spawn_blocking(move || (refresh(&s, &mut c, &name, &b), c)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(server = %server, error = %e, "reading the catalog's backups failed (a bug)");
+                (None, BackupFactsCache::default())
+            }
+        };
+        cache = Some(c);
         if let Some(schedule) = &cfg.backup.schedule {
             let now = unix_now();
             let due = schedule.next_due(last_start, now).max(retry_at.unwrap_or(0));

@@ -12,8 +12,9 @@ use super::wal_store::{create_zero_filled, SparePool, SUM_SUFFIX, ZST_SUFFIX};
 use super::Compression;
 use crate::direct_io::{self, AlignedBuf, DirectSupport};
 use crate::pg::{WalFileName, WalSegSize};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ const MAX_SPARES: usize = 2;
 const MAX_BUFFERED_SEGMENT: usize = 64 << 20;
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
+#[derive(Clone)]
 pub struct Archiver {
     pub server: String,
     pub compression: Compression,
@@ -39,31 +41,86 @@ pub struct Archiver {
     pub direct: DirectSupport,
 }
 
-impl Archiver {
-    /// Runs on its own thread until every sender of `rx` is gone and the queue is empty.
-    pub fn spawn(self, rx: mpsc::Receiver<WalFileName>, backlog: Vec<WalFileName>) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name(format!("archiver-{}", self.server))
-            .spawn(move || self.run(rx, backlog))
+/// A running archiver thread.
+pub struct ArchiverHandle {
+    thread: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ArchiverHandle {
+    /// Whether the thread has ended (it only does when stopped, or by a panic).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
     }
 
-    fn run(self, rx: mpsc::Receiver<WalFileName>, backlog: Vec<WalFileName>) {
-        let mut queue: VecDeque<WalFileName> = backlog.into();
+    /// Stops the archiver after the segment it is working on (what is still queued stays plain
+    /// and is found by the next scan) and waits for it.
+    pub fn stop_and_join(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+
+    /// Joins an ended thread and says why it ended (the panic message, if any).
+    pub fn join_reason(self) -> String {
+        match self.thread.join() {
+            Ok(()) => "it returned".into(),
+            Err(p) => format!(
+                "it panicked: {}",
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+impl Archiver {
+    /// Runs on its own thread until stopped, or every sender of `rx` is gone and the queue is
+    /// empty. A name queued twice (a rescan) is archived once.
+    pub fn spawn(self, rx: mpsc::Receiver<WalFileName>) -> std::io::Result<ArchiverHandle> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("archiver-{}", self.server))
+            .spawn(move || self.run(rx, &flag))?;
+        Ok(ArchiverHandle { thread, stop })
+    }
+
+    fn run(self, rx: mpsc::Receiver<WalFileName>, stop: &AtomicBool) {
+        let mut queue: VecDeque<WalFileName> = VecDeque::new();
+        let mut queued: HashSet<WalFileName> = HashSet::new();
         let mut disconnected = false;
         let mut buf = Buffers::default();
-        loop {
-            while let Ok(n) = rx.try_recv() {
+        fn enqueue(queue: &mut VecDeque<WalFileName>, queued: &mut HashSet<WalFileName>, n: WalFileName) {
+            if queued.insert(n) {
                 queue.push_back(n);
             }
-            if let Some(name) = queue.pop_front() {
-                if let Err(e) = self.archive(name, &mut buf) {
-                    tracing::warn!(server = %self.server, segment = %name.format(self.seg), error = %e,
-                        "archiving a completed segment failed; it stays uncompressed and will be retried");
-                    queue.push_front(name);
-                    if disconnected {
-                        return;
+        }
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            while let Ok(n) = rx.try_recv() {
+                enqueue(&mut queue, &mut queued, n);
+            }
+            if let Some(&name) = queue.front() {
+                match self.archive(name, &mut buf) {
+                    Ok(()) => {
+                        queue.pop_front();
+                        queued.remove(&name);
                     }
-                    std::thread::sleep(RETRY_AFTER);
+                    Err(e) => {
+                        tracing::warn!(server = %self.server, segment = %name.format(self.seg), error = %e,
+                            "archiving a completed segment failed; it stays uncompressed and will be retried");
+                        if disconnected {
+                            return;
+                        }
+                        let until = std::time::Instant::now() + RETRY_AFTER;
+                        while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
                 }
                 continue;
             }
@@ -71,7 +128,7 @@ impl Archiver {
                 return;
             }
             match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(n) => queue.push_back(n),
+                Ok(n) => enqueue(&mut queue, &mut queued, n),
                 // A second without a completed segment: the receiver is at the tip, not catching
                 // up, so prepare a spare now rather than compete with a catch-up for the disk.
                 Err(mpsc::RecvTimeoutError::Timeout) => self.ensure_spare(),

@@ -12,6 +12,7 @@ pub mod archiver;
 pub mod backup_store;
 pub mod fsutil;
 pub mod lock;
+pub mod perms;
 pub mod segment_file;
 pub mod state;
 pub mod store;

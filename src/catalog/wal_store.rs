@@ -42,10 +42,21 @@ pub const SUM_SUFFIX: &str = ".sum";
 const SPARE_PREFIX: &str = ".spare.";
 
 /// Full-size files ready to become the next `.partial`, shared with the archiver that refills it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SparePool {
     files: Arc<Mutex<Vec<PathBuf>>>,
     counter: Arc<AtomicU64>,
+    nonce: u64,
+}
+
+impl Default for SparePool {
+    fn default() -> Self {
+        SparePool {
+            files: Default::default(),
+            counter: Default::default(),
+            nonce: rand::random(),
+        }
+    }
 }
 
 impl SparePool {
@@ -67,10 +78,21 @@ impl SparePool {
         }
     }
 
-    /// A fresh name for a spare in `dir`.
+    /// A fresh name for a spare in `dir`: unique across processes too. A pid alone is not
+    /// (in a container pgark is PID 1 at every restart, audit finding 9), so the name also
+    /// carries a random part chosen once per pool.
     pub fn new_name(&self, dir: &Path) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        dir.join(format!("{SPARE_PREFIX}{}.{n}", std::process::id()))
+        dir.join(format!("{SPARE_PREFIX}{}.{:016x}.{n}", std::process::id(), self.nonce))
+    }
+
+    /// A pool holding the spares a directory scan found.
+    pub fn from_scan(scan: &WalDirScan) -> SparePool {
+        let pool = SparePool::default();
+        for s in &scan.spares {
+            pool.add(s.clone());
+        }
+        pool
     }
 }
 
@@ -125,14 +147,28 @@ impl WalDirScan {
         Some((newest, seg.segment_start(segno)))
     }
 
+    /// Complete segments the archiver still has to process: plain ones without `.zst` (with
+    /// compression) or without `.sum` (without).
+    pub fn unarchived(&self, compression: super::Compression) -> Vec<WalFileName> {
+        self.plain
+            .iter()
+            .filter(|n| match compression {
+                super::Compression::Zstd(_) => true,
+                super::Compression::None => !self.sums.contains(n),
+            })
+            .copied()
+            .collect()
+    }
+
     /// The newest segment stored under its final name.
     pub fn last_completed(&self) -> Option<WalFileName> {
         self.completed.iter().max_by_key(|n| (n.tli, n.segno)).copied()
     }
 }
 
-/// Removes half-built `*.tmp` files left by an interrupted run. Call once, before the archiver
-/// of this directory starts (it builds its own temporary files).
+/// Removes half-built `*.tmp` files left by an interrupted run: those of processes that are gone
+/// (and this process's own, left by an earlier run with the same pid), never a live writer's (a
+/// `pgark backup` writing beside the daemon). Call before the archiver of this directory starts.
 pub fn sweep_temporary(dir: &Path) -> io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -141,7 +177,7 @@ pub fn sweep_temporary(dir: &Path) -> io::Result<()> {
     };
     for entry in entries {
         let entry = entry.map_err(ctx("list", dir))?;
-        if entry.file_name().to_str().is_some_and(|n| n.ends_with(fsutil::TMP_SUFFIX)) {
+        if entry.file_name().to_str().is_some_and(fsutil::is_stale_tmp) {
             let path = entry.path();
             tracing::info!(file = %path.display(), "removing a half-written file left by an interrupted run");
             std::fs::remove_file(&path).map_err(ctx("remove", &path))?;
@@ -213,6 +249,9 @@ struct OpenSegment {
     direct: Option<File>,
     /// Created full-size but unwritten (during a catch-up): an fdatasync must allocate blocks.
     sparse: bool,
+    /// An existing `.partial` opened again (a reconnect, a restart): it may hold WAL an earlier
+    /// session acknowledged, so it is never removed as "empty" (audit finding 1).
+    reopened: bool,
 }
 
 /// How much received WAL is staged before it is written (aligned, so whole pieces go out).
@@ -226,6 +265,10 @@ pub struct WalStore {
     open: Option<OpenSegment>,
     write_pos: Lsn,
     flush_pos: Lsn,
+    /// End of what has been handed to the kernel (`pwrite`): the *write* position reported to
+    /// the server. Bytes still in the stage are not counted (audit finding 12: a primary using
+    /// `synchronous_commit = remote_write` releases commits on it).
+    written_pos: Lsn,
     completed_tx: mpsc::Sender<WalFileName>,
     /// Whether a segment without a spare is zero-filled first (best for frequent small fdatasyncs)
     /// or created full-size but unwritten (best for a catch-up: each byte written once).
@@ -248,6 +291,7 @@ impl WalStore {
             open: None,
             write_pos: Lsn::INVALID,
             flush_pos: Lsn::INVALID,
+            written_pos: Lsn::INVALID,
             completed_tx,
             zero_fill: true,
             stage: AlignedBuf::new(STAGE_BYTES),
@@ -280,6 +324,27 @@ impl WalStore {
         self.flush_pos
     }
 
+    /// What the kernel has (written with `pwrite`, maybe not yet synced): never ahead of
+    /// `write_pos`, never behind `flush_pos`. This is the write position to report.
+    pub fn written_pos(&self) -> Lsn {
+        self.written_pos.max(self.flush_pos)
+    }
+
+    /// Hands a complete segment to the archiver (again: it skips what it has queued already).
+    pub fn queue_for_archive(&self, name: WalFileName) {
+        let _ = self.completed_tx.send(name);
+    }
+
+    /// Disconnects the archiver: it stops once it has nothing more queued.
+    pub fn detach_archiver(&mut self) {
+        self.completed_tx = mpsc::channel().0;
+    }
+
+    /// Connects a (restarted) archiver.
+    pub fn attach_archiver(&mut self, tx: mpsc::Sender<WalFileName>) {
+        self.completed_tx = tx;
+    }
+
     pub fn has_unflushed(&self) -> bool {
         self.write_pos > self.flush_pos
     }
@@ -303,6 +368,7 @@ impl WalStore {
         fsutil::fsync_dir(&self.dir)?;
         self.write_pos = start;
         self.flush_pos = start;
+        self.written_pos = start;
         self.stage_off = 0;
         self.stage_len = 0;
         Ok(())
@@ -351,6 +417,7 @@ impl WalStore {
             file,
             direct,
             sparse,
+            reopened: size_ok,
         });
         Ok(())
     }
@@ -422,6 +489,9 @@ impl WalStore {
                     ),
                 )
             })?;
+            let real = self.stage_len.min(upto) as u64;
+            let seg_start = self.seg.segment_start(open.name.segno);
+            self.written_pos = self.written_pos.max(Lsn(seg_start.0 + self.stage_off + real));
         }
         if whole > 0 {
             let rest = self.stage_len - whole;
@@ -442,10 +512,20 @@ impl WalStore {
         drop(open.file);
         let final_path = self.path_of(open.name, "");
         std::fs::rename(&open.path, &final_path).map_err(ctx("rename complete segment to", &final_path))?;
-        self.open_partial(WalFileName::new(open.name.tli, open.name.segno.next()))?;
+        self.written_pos = self.write_pos;
+        // The next .partial may fail (no space for it): the directory fsync for the rename
+        // above and the archiver's notice happen regardless (audit finding 8).
+        let next = self.open_partial(WalFileName::new(open.name.tli, open.name.segno.next()));
         fsutil::fsync_dir(&self.dir)?;
         self.flush_pos = self.write_pos;
-        let _ = self.completed_tx.send(open.name);
+        if self.completed_tx.send(open.name).is_err() {
+            next?;
+            return Err(io::Error::other(format!(
+                "{} is complete but the archiver is not running; the session restarts it",
+                final_path.display()
+            )));
+        }
+        next?;
         Ok(open.name)
     }
 
@@ -480,17 +560,21 @@ impl WalStore {
             .ok_or_else(|| io::Error::other("unflushed data but no open segment"))?;
         fsutil::fdatasync(&open.file, &open.path)?;
         self.flush_pos = target;
+        self.written_pos = target;
         Ok(Some(t.elapsed()))
     }
 
-    /// The current timeline ended: make its last segment durable and keep it as `.partial`
-    /// (or drop it when nothing was written into it).
+    /// The current timeline ended: make its last segment durable and keep it as `.partial`.
+    /// A segment this session created and wrote nothing into is dropped; one that existed
+    /// before (reopened) is always kept: it may hold WAL an earlier session acknowledged, which
+    /// the server no longer has on this timeline (a failover whose switchpoint is exactly the
+    /// start of this segment, audit finding 1).
     pub fn end_timeline(&mut self) -> io::Result<()> {
         self.sync()?;
         if let Some(open) = self.open.take() {
             let empty = self.write_pos == self.seg.segment_start(open.name.segno);
             drop(open.file);
-            if empty {
+            if empty && !open.reopened {
                 fsutil::durable_remove(&open.path)?;
             }
         }

@@ -1,24 +1,54 @@
 //! A replication connection: socket (TCP or Unix), TLS negotiation, startup, authentication
-//! (trust, cleartext, MD5, SCRAM-SHA-256), simple queries and raw CopyBoth traffic.
+//! (trust, cleartext, MD5, SCRAM-SHA-256 with channel binding), simple queries and raw CopyBoth
+//! traffic.
+//!
+//! Bounded time, always cancellable: connecting (TCP, TLS, startup, authentication) is bounded by
+//! `connect_timeout`; after that every wait for the server (`next_message`) and every write
+//! (`flush`) is bounded by the connection's I/O timeout (`set_io_timeout`, the receiver uses
+//! `receiver_timeout`) and ends at once when its cancellation token fires (`set_cancel`). A
+//! timeout names the phase the connection was in (`IDENTIFY_SYSTEM`, `START_REPLICATION`, the
+//! BASE_BACKUP stream, ...), so logs say where a network stalled. After a timeout or a
+//! cancellation the connection is broken: a half-read message may be lost, so every later call
+//! fails at once.
+//!
+//! Limits against a hostile or broken peer: frames are capped (`protocol::backend::MAX_FRAME`),
+//! and so are the rows and bytes one simple query may return (`MAX_QUERY_ROWS`,
+//! `MAX_QUERY_BYTES`). When the server asked for SCRAM, authentication succeeds only after its
+//! signature was verified: an AuthenticationOk in the middle of the exchange is refused.
 //!
 //! Reading is cancellation-safe: bytes read from the socket stay in the connection's buffer until
-//! a whole message is there, so `next_message` can sit in a `select!` next to timers.
+//! a whole message is there.
 
-use super::conninfo::{ConnInfo, Host, SslMode};
+use super::conninfo::{ChannelBindingMode, ConnInfo, Host, SslMode};
 use super::tls;
-use super::transport::Transport;
+use super::transport::{self, Transport};
 use crate::protocol::backend::{self, AuthRequest, BackendMessage, ServerMessage};
-use crate::protocol::scram::ScramClient;
 use crate::protocol::ProtocolError;
 use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_util::sync::CancellationToken;
 
 /// How long connecting and authenticating may take when the connection string sets no
 /// connect_timeout: a daemon must never hang on a black-holed address.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the server may stay silent while pgark waits for an answer, unless the caller sets
+/// another limit (`set_io_timeout`).
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Rows one simple query may return: pgark's own queries return one row (a few for the
+/// tablespace list).
+pub const MAX_QUERY_ROWS: usize = 10_000;
+/// Bytes of values one simple query may return (a timeline history file is the largest).
+pub const MAX_QUERY_BYTES: usize = 32 * 1024 * 1024;
+
+/// How long the goodbye (CopyDone, Terminate) may take on a connection being closed.
+const GOODBYE_LIMIT: Duration = Duration::from_secs(2);
 
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -38,6 +68,8 @@ pub enum ClientError {
     Auth(String),
     #[error("timed out {0}")]
     Timeout(String),
+    #[error("cancelled (pgark is stopping)")]
+    Cancelled,
 }
 
 impl ClientError {
@@ -59,6 +91,14 @@ pub struct Connection {
     pub server_version_num: u32,
     pub encrypted: bool,
     describe: String,
+    /// The `tls-server-end-point` binding data of the server's certificate (TLS only).
+    channel_binding: Option<Result<Vec<u8>, String>>,
+    io_timeout: Duration,
+    cancel: CancellationToken,
+    /// What the connection is doing, for timeout messages and logs.
+    phase: String,
+    /// Set after a timeout or cancellation: the stream may be mid-message.
+    broken: bool,
 }
 
 /// The rows of one result set, all values as text.
@@ -79,26 +119,48 @@ impl QueryResult {
     }
 }
 
+/// Where a connection attempt is, for the message when `connect_timeout` passes.
+struct ConnectPhase(Mutex<&'static str>);
+
+impl ConnectPhase {
+    fn set(&self, p: &'static str) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = p;
+        }
+    }
+    fn get(&self) -> &'static str {
+        self.0.lock().map(|g| *g).unwrap_or("connecting")
+    }
+}
+
 impl Connection {
-    /// Connects and authenticates. `replication` asks for a physical walsender.
+    /// Connects and authenticates. `replication` asks for a physical walsender. Bounded by
+    /// `connect_timeout` (default `DEFAULT_CONNECT_TIMEOUT`) as a whole: TCP connect, TLS,
+    /// startup and authentication.
     pub async fn connect(ci: &ConnInfo, replication: bool) -> Result<Connection, ClientError> {
         let limit = ci.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let phase = ConnectPhase(Mutex::new("TCP connect"));
         let attempt = async {
             match ci.sslmode {
-                SslMode::Allow => match Self::connect_once(ci, replication, false).await {
-                    Err(ClientError::Auth(_)) | Err(ClientError::Server(_)) => Self::connect_once(ci, replication, true).await,
+                SslMode::Allow => match Self::connect_once(ci, replication, false, &phase).await {
+                    Err(ClientError::Auth(_)) | Err(ClientError::Server(_)) => Self::connect_once(ci, replication, true, &phase).await,
                     other => other,
                 },
-                SslMode::Disable => Self::connect_once(ci, replication, false).await,
-                _ => Self::connect_once(ci, replication, true).await,
+                SslMode::Disable => Self::connect_once(ci, replication, false, &phase).await,
+                _ => Self::connect_once(ci, replication, true, &phase).await,
             }
         };
-        tokio::time::timeout(limit, attempt)
-            .await
-            .map_err(|_| ClientError::Timeout(format!("after {}s connecting to {ci}", limit.as_secs())))?
+        tokio::time::timeout(limit, attempt).await.map_err(|_| {
+            ClientError::Timeout(format!(
+                "after {}s connecting to {ci} (phase: {}; connect_timeout)",
+                limit.as_secs(),
+                phase.get()
+            ))
+        })?
     }
 
-    async fn connect_once(ci: &ConnInfo, replication: bool, try_tls: bool) -> Result<Connection, ClientError> {
+    async fn connect_once(ci: &ConnInfo, replication: bool, try_tls: bool, phase: &ConnectPhase) -> Result<Connection, ClientError> {
+        phase.set("TCP connect");
         let (io, encrypted): (Transport, bool) = match &ci.host {
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", ci.port));
@@ -119,13 +181,27 @@ impl Connection {
                     context: format!("connecting to {host}:{}", ci.port),
                     source: e,
                 })?;
-                let _ = s.set_nodelay(true);
+                transport::configure_tcp(&s, ci).map_err(|e| ClientError::Io {
+                    context: format!(
+                        "setting TCP keepalives and tcp_user_timeout on the connection to {host}:{}",
+                        ci.port
+                    ),
+                    source: e,
+                })?;
                 if try_tls {
+                    phase.set("TLS negotiation");
                     Self::negotiate_tls(s, ci, host).await?
                 } else {
                     (Transport::Tcp(s), false)
                 }
             }
+        };
+        let channel_binding = match &io {
+            Transport::Tls(s) => Some(match s.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => tls::tls_server_end_point(cert.as_ref()),
+                None => Err("the server sent no certificate".to_string()),
+            }),
+            _ => None,
         };
         let mut conn = Connection {
             io,
@@ -134,8 +210,16 @@ impl Connection {
             server_version_num: 0,
             encrypted,
             describe: ci.to_string(),
+            channel_binding,
+            // Inside connect_timeout, which bounds the whole attempt.
+            io_timeout: Duration::MAX,
+            cancel: CancellationToken::new(),
+            phase: "startup".into(),
+            broken: false,
         };
-        conn.startup(ci, replication).await?;
+        conn.startup(ci, replication, phase).await?;
+        conn.io_timeout = DEFAULT_IO_TIMEOUT;
+        conn.phase = "idle".into();
         Ok(conn)
     }
 
@@ -170,7 +254,50 @@ impl Connection {
         }
     }
 
-    async fn startup(&mut self, ci: &ConnInfo, replication: bool) -> Result<(), ClientError> {
+    /// Picks the SCRAM mechanism and channel binding as libpq does for `channel_binding`.
+    fn scram_start(&self, ci: &ConnInfo, mechanisms: &[String], password: &str) -> Result<(&'static str, ScramSha256), ClientError> {
+        let offers = |m: &str| mechanisms.iter().any(|x| x == m);
+        let mode = ci.channel_binding;
+        if mode != ChannelBindingMode::Disable && offers(sasl::SCRAM_SHA_256_PLUS) {
+            if let Some(data) = &self.channel_binding {
+                match data {
+                    Ok(hash) => {
+                        return Ok((
+                            sasl::SCRAM_SHA_256_PLUS,
+                            ScramSha256::new(password.as_bytes(), ChannelBinding::tls_server_end_point(hash.clone())),
+                        ))
+                    }
+                    Err(e) if mode == ChannelBindingMode::Require => {
+                        return Err(ClientError::Auth(format!("channel_binding=require, but {e}")))
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        if mode == ChannelBindingMode::Require {
+            return Err(ClientError::Auth(if self.encrypted {
+                "channel_binding=require, but the server does not offer SCRAM-SHA-256-PLUS".into()
+            } else {
+                "channel_binding=require needs a TLS connection (sslmode)".into()
+            }));
+        }
+        if !offers(sasl::SCRAM_SHA_256) {
+            return Err(ClientError::Auth(format!(
+                "the server offers only SASL mechanisms {mechanisms:?}; pgark speaks SCRAM-SHA-256"
+            )));
+        }
+        // "y": we could bind but the server did not offer it (a downgrade is then detected by
+        // a server that does support it); "n": no TLS, or binding disabled.
+        let cb = if self.encrypted && mode != ChannelBindingMode::Disable && self.channel_binding.as_ref().is_some_and(|r| r.is_ok()) {
+            ChannelBinding::unrequested()
+        } else {
+            ChannelBinding::unsupported()
+        };
+        Ok((sasl::SCRAM_SHA_256, ScramSha256::new(password.as_bytes(), cb)))
+    }
+
+    async fn startup(&mut self, ci: &ConnInfo, replication: bool, phase: &ConnectPhase) -> Result<(), ClientError> {
+        phase.set("startup");
         let mut params: Vec<(&str, &str)> = vec![("user", &ci.user), ("application_name", &ci.application_name)];
         if replication {
             params.push(("replication", "true"));
@@ -195,42 +322,78 @@ impl Connection {
                 ))
             })
         };
-        let mut scram: Option<ScramClient> = None;
+        let require_binding = ci.channel_binding == ChannelBindingMode::Require;
+        let no_binding =
+            || ClientError::Auth("channel_binding=require, but the server authenticated pgark without SCRAM channel binding".into());
+        // SCRAM state: None before, Some(false) while the server has not proven itself,
+        // Some(true) once its signature was verified.
+        let mut scram: Option<ScramSha256> = None;
+        let mut server_proven: Option<bool> = None;
+        let mut bound = false;
+        phase.set("authentication");
         loop {
             match self.next_message().await? {
                 BackendMessage::Authentication(req) => match req {
-                    AuthRequest::Ok => break,
+                    AuthRequest::Ok => {
+                        if server_proven == Some(false) {
+                            return Err(ClientError::Auth(
+                                "the server ended SCRAM authentication without proving it knows the password (possible impostor)".into(),
+                            ));
+                        }
+                        if require_binding && !bound {
+                            return Err(no_binding());
+                        }
+                        break;
+                    }
                     AuthRequest::CleartextPassword => {
+                        if require_binding {
+                            return Err(no_binding());
+                        }
                         frontend::password_message(password()?.as_bytes(), &mut self.wbuf).map_err(encode_err)?;
                         self.flush().await?;
                     }
                     AuthRequest::Md5Password { salt } => {
+                        if require_binding {
+                            return Err(no_binding());
+                        }
                         let hash = postgres_protocol::authentication::md5_hash(ci.user.as_bytes(), password()?.as_bytes(), salt);
                         frontend::password_message(hash.as_bytes(), &mut self.wbuf).map_err(encode_err)?;
                         self.flush().await?;
                     }
                     AuthRequest::Sasl { mechanisms } => {
-                        if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
-                            return Err(ClientError::Auth(format!(
-                                "the server offers only SASL mechanisms {mechanisms:?}; pgark speaks SCRAM-SHA-256"
-                            )));
+                        if scram.is_some() {
+                            return Err(ProtocolError::new("a second SASL start during authentication").into());
                         }
-                        let mut client = ScramClient::new("", &password()?);
-                        frontend::sasl_initial_response("SCRAM-SHA-256", &client.client_first(), &mut self.wbuf).map_err(encode_err)?;
+                        let (mechanism, client) = self.scram_start(ci, &mechanisms, &password()?)?;
+                        bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
+                        frontend::sasl_initial_response(mechanism, client.message(), &mut self.wbuf).map_err(encode_err)?;
+                        self.flush().await?;
+                        scram = Some(client);
+                        server_proven = Some(false);
+                    }
+                    AuthRequest::SaslContinue(data) => {
+                        let mut client = scram.take().ok_or_else(|| ProtocolError::new("SASLContinue without SASL start"))?;
+                        // PBKDF2 with the server's iteration count (capped by postgres-protocol):
+                        // off the async worker.
+                        let (client, r) = tokio::task::spawn_blocking(move || {
+                            let r = client.update(&data);
+                            (client, r)
+                        })
+                        .await
+                        .map_err(|e| ClientError::Auth(format!("SCRAM computation failed: {e}")))?;
+                        r.map_err(|e| ClientError::Auth(format!("SCRAM: {e}")))?;
+                        frontend::sasl_response(client.message(), &mut self.wbuf).map_err(encode_err)?;
                         self.flush().await?;
                         scram = Some(client);
                     }
-                    AuthRequest::SaslContinue(data) => {
-                        let client = scram
-                            .as_mut()
-                            .ok_or_else(|| ProtocolError::new("SASLContinue without SASL start"))?;
-                        let reply = client.client_final(&data).map_err(|e| ClientError::Auth(e.to_string()))?;
-                        frontend::sasl_response(&reply, &mut self.wbuf).map_err(encode_err)?;
-                        self.flush().await?;
-                    }
                     AuthRequest::SaslFinal(data) => {
                         let client = scram.as_mut().ok_or_else(|| ProtocolError::new("SASLFinal without SASL start"))?;
-                        client.verify_server_final(&data).map_err(|e| ClientError::Auth(e.to_string()))?;
+                        client.finish(&data).map_err(|e| {
+                            ClientError::Auth(format!(
+                                "the server's SCRAM signature is wrong ({e}): it does not know the password (possible impostor)"
+                            ))
+                        })?;
+                        server_proven = Some(true);
                     }
                     AuthRequest::Unsupported(code) => {
                         return Err(ClientError::Auth(format!(
@@ -244,6 +407,7 @@ impl Connection {
                 other => return Err(ProtocolError::new(format!("unexpected {other:?} during authentication")).into()),
             }
         }
+        phase.set("waiting for the server to be ready");
         loop {
             match self.next_message().await? {
                 BackendMessage::ParameterStatus { name, value } if name == "server_version" => {
@@ -257,6 +421,29 @@ impl Connection {
         }
     }
 
+    /// Limits every later wait for the server (and every write) to `limit` of silence.
+    pub fn set_io_timeout(&mut self, limit: Duration) {
+        self.io_timeout = limit;
+    }
+
+    pub fn io_timeout(&self) -> Duration {
+        self.io_timeout
+    }
+
+    /// Every later wait ends with `ClientError::Cancelled` as soon as `cancel` fires.
+    pub fn set_cancel(&mut self, cancel: CancellationToken) {
+        self.cancel = cancel;
+    }
+
+    /// Names what the connection is doing now (shown when a wait times out).
+    pub fn set_phase(&mut self, phase: impl Into<String>) {
+        self.phase = phase.into();
+    }
+
+    pub fn phase(&self) -> &str {
+        &self.phase
+    }
+
     /// The major version, e.g. 15.
     pub fn server_major(&self) -> u32 {
         self.server_version_num / 10000
@@ -267,18 +454,33 @@ impl Connection {
         &self.describe
     }
 
-    /// Runs one simple-query command and collects every result set until ReadyForQuery.
-    /// Replication commands are keyword-case-sensitive: callers pass upper-case keywords.
+    /// Runs one simple-query command and collects every result set until ReadyForQuery, at most
+    /// `MAX_QUERY_ROWS` rows and `MAX_QUERY_BYTES` bytes of values. Replication commands are
+    /// keyword-case-sensitive: callers pass upper-case keywords.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<QueryResult>, ClientError> {
+        self.phase = query_phase(sql);
         frontend::query(sql, &mut self.wbuf).map_err(encode_err)?;
         self.flush().await?;
         let mut results = Vec::new();
         let mut current: Option<QueryResult> = None;
         let mut error = None;
+        let (mut rows, mut bytes) = (0usize, 0usize);
         loop {
             match self.next_message().await? {
                 BackendMessage::RowDescription(columns) => current = Some(QueryResult { columns, rows: vec![] }),
-                BackendMessage::DataRow(values) => current.get_or_insert_with(QueryResult::default).rows.push(values),
+                BackendMessage::DataRow(values) => {
+                    rows += 1;
+                    bytes += values.iter().map(|v| v.as_ref().map_or(0, |b| b.len())).sum::<usize>();
+                    if rows > MAX_QUERY_ROWS || bytes > MAX_QUERY_BYTES {
+                        self.broken = true;
+                        return Err(ProtocolError::new(format!(
+                            "the answer to {} exceeds {MAX_QUERY_ROWS} rows or {MAX_QUERY_BYTES} bytes",
+                            self.phase
+                        ))
+                        .into());
+                    }
+                    current.get_or_insert_with(QueryResult::default).rows.push(values)
+                }
                 BackendMessage::CommandComplete(_) | BackendMessage::EmptyQueryResponse => {
                     if let Some(r) = current.take() {
                         results.push(r);
@@ -287,7 +489,7 @@ impl Connection {
                 BackendMessage::Error(e) => error = Some(e),
                 BackendMessage::ReadyForQuery(_) => break,
                 BackendMessage::Notice(_) | BackendMessage::ParameterStatus { .. } | BackendMessage::Other(_) => {}
-                other => return Err(ProtocolError::new(format!("unexpected {other:?} in reply to {sql:?}")).into()),
+                other => return Err(ProtocolError::new(format!("unexpected {other:?} in reply to {}", self.phase)).into()),
             }
         }
         match error {
@@ -299,25 +501,65 @@ impl Connection {
     /// Sends a simple-query message without waiting for the reply, for commands whose reply is
     /// a stream the caller reads with `next_message` (BASE_BACKUP).
     pub async fn send_query(&mut self, sql: &str) -> Result<(), ClientError> {
+        self.phase = query_phase(sql);
         frontend::query(sql, &mut self.wbuf).map_err(encode_err)?;
         self.flush().await
     }
 
-    /// Waits for the next message. Cancellation-safe.
+    /// Waits for the next message, at most the I/O timeout of silence, and not past
+    /// cancellation. Cancellation-safe as a future (bytes stay buffered).
     pub async fn next_message(&mut self) -> Result<BackendMessage, ClientError> {
+        self.usable()?;
         loop {
             if let Some(m) = backend::parse(&mut self.rbuf)? {
                 return Ok(m);
             }
             self.rbuf.reserve(READ_CHUNK);
-            let n = self.io.read_buf(&mut self.rbuf).await.map_err(|e| ClientError::Io {
-                context: format!("reading from {}", self.describe),
-                source: e,
-            })?;
+            let read = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => None,
+                r = tokio::time::timeout(self.io_timeout, self.io.read_buf(&mut self.rbuf)) => Some(r),
+            };
+            let n = match read {
+                None => {
+                    self.broken = true;
+                    return Err(ClientError::Cancelled);
+                }
+                Some(Err(_)) => {
+                    self.broken = true;
+                    return Err(self.timeout_error("waiting for"));
+                }
+                Some(Ok(r)) => r.map_err(|e| ClientError::Io {
+                    context: format!("reading from {} ({})", self.describe, self.phase),
+                    source: e,
+                })?,
+            };
             if n == 0 {
                 return Err(ClientError::Closed);
             }
         }
+    }
+
+    fn timeout_error(&self, what: &str) -> ClientError {
+        ClientError::Timeout(format!(
+            "after {}s {what} {} (phase: {})",
+            self.io_timeout.as_secs(),
+            self.describe,
+            self.phase
+        ))
+    }
+
+    fn usable(&self) -> Result<(), ClientError> {
+        if self.broken {
+            return Err(ClientError::Io {
+                context: format!("{} ({})", self.describe, self.phase),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the connection was abandoned after a timeout or cancellation",
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The next message if it is already complete in the buffer, without touching the socket.
@@ -343,11 +585,33 @@ impl Connection {
         r.map_err(|e| self.io_error("waiting for", e))
     }
 
-    /// Blocking mode: sends raw frontend bytes (already framed) at once.
+    /// Blocking mode: sends raw frontend bytes (already framed) at once. While the server does
+    /// not read, waits at most the I/O timeout, and ends at once on cancellation.
     pub fn send_raw_blocking(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         debug_assert!(self.wbuf.is_empty(), "no async write may be pending");
-        let r = self.io.write_all_blocking(bytes);
-        r.map_err(|e| self.io_error("writing to", e))
+        self.usable()?;
+        let cancel = self.cancel.clone();
+        let r = self.io.write_all_blocking(bytes, self.io_timeout, &|| cancel.is_cancelled());
+        r.map_err(|e| {
+            self.broken = true;
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => ClientError::Cancelled,
+                std::io::ErrorKind::TimedOut => ClientError::Timeout(format!("writing to {} ({}): {e}", self.describe, self.phase)),
+                _ => self.io_error("writing to", e),
+            }
+        })
+    }
+
+    /// Blocking mode, while stopping: sends a last message (the final status update) even though
+    /// the cancellation token has fired, waiting at most `GOODBYE_LIMIT` for a server that does
+    /// not read.
+    pub fn send_raw_blocking_final(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.usable()?;
+        let r = self.io.write_all_blocking(bytes, GOODBYE_LIMIT, &|| false);
+        r.map_err(|e| {
+            self.broken = true;
+            self.io_error("writing to", e)
+        })
     }
 
     fn io_error(&self, what: &str, e: std::io::Error) -> ClientError {
@@ -372,27 +636,70 @@ impl Connection {
         self.flush().await
     }
 
-    /// Says goodbye politely; errors are irrelevant at this point.
-    pub async fn terminate(mut self) {
+    /// Says goodbye politely: CopyDone first when `in_copy`, then Terminate. Never waits longer
+    /// than `GOODBYE_LIMIT`, and runs even after cancellation (it is part of stopping); errors
+    /// are irrelevant at this point.
+    pub async fn close(mut self, in_copy: bool) {
+        if self.broken {
+            return;
+        }
+        if in_copy {
+            frontend::copy_done(&mut self.wbuf);
+        }
         frontend::terminate(&mut self.wbuf);
-        let _ = self.flush().await;
-        let _ = self.io.shutdown().await;
+        let bytes = std::mem::take(&mut self.wbuf);
+        let _ = tokio::time::timeout(GOODBYE_LIMIT, async {
+            self.io.write_all(&bytes).await?;
+            self.io.flush().await?;
+            self.io.shutdown().await
+        })
+        .await;
     }
 
+    /// Says goodbye politely (Terminate), within `GOODBYE_LIMIT`.
+    pub async fn terminate(self) {
+        self.close(false).await
+    }
+
+    /// Writes what is queued, at most the I/O timeout, and not past cancellation.
     async fn flush(&mut self) -> Result<(), ClientError> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let res = self.io.write_all(&self.wbuf).await;
-        self.wbuf.clear();
-        res.map_err(|e| ClientError::Io {
-            context: format!("writing to {}", self.describe),
-            source: e,
-        })?;
-        self.io.flush().await.map_err(|e| ClientError::Io {
-            context: format!("flushing to {}", self.describe),
-            source: e,
-        })
+        self.usable()?;
+        let bytes = std::mem::take(&mut self.wbuf);
+        let written = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => None,
+            r = tokio::time::timeout(self.io_timeout, async {
+                self.io.write_all(&bytes).await?;
+                self.io.flush().await
+            }) => Some(r),
+        };
+        match written {
+            None => {
+                self.broken = true;
+                Err(ClientError::Cancelled)
+            }
+            Some(Err(_)) => {
+                self.broken = true;
+                Err(self.timeout_error("writing to"))
+            }
+            Some(Ok(r)) => r.map_err(|e| ClientError::Io {
+                context: format!("writing to {} ({})", self.describe, self.phase),
+                source: e,
+            }),
+        }
+    }
+}
+
+/// The phase name of a command: its first words (`SHOW wal_segment_size`, `IDENTIFY_SYSTEM`).
+fn query_phase(sql: &str) -> String {
+    let mut words = sql.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    match first {
+        "SHOW" | "TIMELINE_HISTORY" => format!("{first} {}", words.next().unwrap_or_default()),
+        _ => first.chars().take(40).collect(),
     }
 }
 

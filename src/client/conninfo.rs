@@ -1,8 +1,13 @@
 //! libpq-style connection strings (keyword/value and URI forms) and `.pgpass` look-up.
 //!
 //! Supported keywords: host, port, user, password, passfile, dbname, sslmode, sslrootcert,
-//! sslcert, sslkey, application_name, connect_timeout. Anything else is refused by name, so a
-//! typo never silently falls back to a default. The password is redacted in `Debug`.
+//! sslcert, sslkey, application_name, connect_timeout, keepalives, keepalives_idle,
+//! keepalives_interval, keepalives_count, tcp_user_timeout, channel_binding. Anything else is
+//! refused by name, so a typo never silently falls back to a default.
+//!
+//! Secrets: the password is redacted in `Debug`, never part of `Display`, and no error message
+//! quotes it (nor the whole URI, whose userinfo may hold it): these messages reach logs,
+//! `check-config`, and through `wal-get` the PostgreSQL server log.
 
 use percent_encoding::percent_decode_str;
 use std::collections::BTreeMap;
@@ -24,7 +29,43 @@ pub const KEYWORDS: &[&str] = &[
     "sslkey",
     "application_name",
     "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "channel_binding",
 ];
+
+/// TCP keepalive defaults (pgark's, not the kernel's two hours): a half-open connection on an
+/// idle link is found within about idle + interval * count = 25 s.
+pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+pub const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_KEEPALIVES_COUNT: u32 = 3;
+/// `TCP_USER_TIMEOUT` default: data pgark sent that stays unacknowledged this long closes the
+/// connection, so a half-open connection is found even while pgark is the one sending (status
+/// updates). Equal to the default `receiver_timeout`.
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// TCP keepalive settings (libpq's `keepalives_*`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Keepalives {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+/// libpq's `channel_binding`: whether SCRAM binds the authentication to the TLS channel
+/// (`tls-server-end-point`), so that a man in the middle holding another certificate cannot relay
+/// a password exchange.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ChannelBindingMode {
+    Disable,
+    /// Bind when the connection is encrypted and the server offers SCRAM-SHA-256-PLUS (default).
+    Prefer,
+    /// Refuse to authenticate without channel binding (so: only over TLS, only with SCRAM).
+    Require,
+}
 
 /// The application_name pgark sends unless the connection string names another; it is the name
 /// to list in `synchronous_standby_names`.
@@ -80,6 +121,11 @@ pub struct ConnInfo {
     pub sslkey: Option<PathBuf>,
     pub application_name: String,
     pub connect_timeout: Option<Duration>,
+    /// `None` when `keepalives=0`.
+    pub keepalives: Option<Keepalives>,
+    /// `None` when `tcp_user_timeout=0` (the kernel's default then applies).
+    pub tcp_user_timeout: Option<Duration>,
+    pub channel_binding: ChannelBindingMode,
 }
 
 impl fmt::Debug for ConnInfo {
@@ -92,6 +138,9 @@ impl fmt::Debug for ConnInfo {
             .field("dbname", &self.dbname)
             .field("sslmode", &self.sslmode)
             .field("application_name", &self.application_name)
+            .field("keepalives", &self.keepalives)
+            .field("tcp_user_timeout", &self.tcp_user_timeout)
+            .field("channel_binding", &self.channel_binding)
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +205,22 @@ impl ConnInfo {
             }
             None => None,
         };
+        let keepalives = parse_keepalives(&get)?;
+        let tcp_user_timeout = match get("tcp_user_timeout", "PGTCPUSERTIMEOUT") {
+            Some(t) => {
+                let ms: u64 = t
+                    .parse()
+                    .map_err(|_| format!("tcp_user_timeout {t:?}: expected milliseconds (0 for the system default)"))?;
+                (ms > 0).then(|| Duration::from_millis(ms))
+            }
+            None => Some(DEFAULT_TCP_USER_TIMEOUT),
+        };
+        let channel_binding = match get("channel_binding", "PGCHANNELBINDING").as_deref() {
+            None | Some("prefer") => ChannelBindingMode::Prefer,
+            Some("disable") => ChannelBindingMode::Disable,
+            Some("require") => ChannelBindingMode::Require,
+            Some(other) => return Err(format!("channel_binding {other:?}: expected disable, prefer or require")),
+        };
         let application_name = pairs
             .get("application_name")
             .cloned()
@@ -179,6 +244,9 @@ impl ConnInfo {
             sslkey: get("sslkey", "PGSSLKEY").map(PathBuf::from).or_else(|| home_file("postgresql.key")),
             application_name,
             connect_timeout,
+            keepalives,
+            tcp_user_timeout,
+            channel_binding,
         })
     }
 
@@ -196,6 +264,37 @@ impl ConnInfo {
         };
         pgpass_lookup(&file, &host, self.port, database, &self.user)
     }
+}
+
+/// `keepalives` (0 or 1, default 1) and its three settings, in seconds and a count as libpq takes
+/// them; pgark's defaults apply to what is not set.
+fn parse_keepalives(get: &dyn Fn(&str, &str) -> Option<String>) -> Result<Option<Keepalives>, String> {
+    match get("keepalives", "PGKEEPALIVES").as_deref() {
+        None | Some("1") => {}
+        Some("0") => return Ok(None),
+        Some(other) => return Err(format!("keepalives {other:?}: expected 0 or 1")),
+    }
+    let secs = |key: &str, env: &str, default: Duration| -> Result<Duration, String> {
+        match get(key, env) {
+            None => Ok(default),
+            Some(t) => match t.parse::<u64>() {
+                Ok(s) if (1..=32767).contains(&s) => Ok(Duration::from_secs(s)),
+                _ => Err(format!("{key} {t:?}: expected whole seconds from 1 to 32767")),
+            },
+        }
+    };
+    let count = match get("keepalives_count", "PGKEEPALIVESCOUNT") {
+        None => DEFAULT_KEEPALIVES_COUNT,
+        Some(t) => match t.parse::<u32>() {
+            Ok(c) if (1..=127).contains(&c) => c,
+            _ => return Err(format!("keepalives_count {t:?}: expected a count from 1 to 127")),
+        },
+    };
+    Ok(Some(Keepalives {
+        idle: secs("keepalives_idle", "PGKEEPALIVESIDLE", DEFAULT_KEEPALIVES_IDLE)?,
+        interval: secs("keepalives_interval", "PGKEEPALIVESINTERVAL", DEFAULT_KEEPALIVES_INTERVAL)?,
+        count,
+    }))
 }
 
 /// `application_name` is what synchronous_standby_names matches; PostgreSQL truncates it at 63
@@ -284,11 +383,16 @@ fn parse_keyword_value(text: &str) -> Result<BTreeMap<String, String>, String> {
     }
 }
 
-fn decode(s: &str) -> Result<String, String> {
-    percent_decode_str(s)
-        .decode_utf8()
-        .map(|c| c.into_owned())
-        .map_err(|_| format!("{s:?} is not valid percent-encoded UTF-8"))
+/// Percent-decodes one part of a URI. The error names the part (`what`) and quotes its text
+/// only when that is not a secret.
+fn decode(s: &str, what: &str) -> Result<String, String> {
+    percent_decode_str(s).decode_utf8().map(|c| c.into_owned()).map_err(|_| {
+        if what == "password" {
+            "the URI's password is not valid percent-encoded UTF-8".to_string()
+        } else {
+            format!("the URI's {what} {s:?} is not valid percent-encoded UTF-8")
+        }
+    })
 }
 
 fn parse_uri(text: &str) -> Result<BTreeMap<String, String>, String> {
@@ -312,15 +416,18 @@ fn parse_uri(text: &str) -> Result<BTreeMap<String, String>, String> {
             None => (ui, None),
         };
         if !u.is_empty() {
-            out.insert("user".into(), decode(u)?);
+            out.insert("user".into(), decode(u, "user name")?);
         }
         if let Some(p) = p {
-            out.insert("password".into(), decode(p)?);
+            out.insert("password".into(), decode(p, "password")?);
         }
     }
     if !hostport.is_empty() {
         let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
-            let (h, after) = h.split_once(']').ok_or_else(|| format!("unterminated IPv6 address in {text:?}"))?;
+            // Not the URI itself in the message: its userinfo may hold the password.
+            let (h, after) = h
+                .split_once(']')
+                .ok_or_else(|| format!("unterminated IPv6 address [{h}... in the URI's host part"))?;
             (h.to_string(), after.strip_prefix(':').map(str::to_string))
         } else {
             match hostport.rsplit_once(':') {
@@ -329,18 +436,20 @@ fn parse_uri(text: &str) -> Result<BTreeMap<String, String>, String> {
             }
         };
         if !host.is_empty() {
-            out.insert("host".into(), decode(&host)?);
+            out.insert("host".into(), decode(&host, "host")?);
         }
         if let Some(p) = port.filter(|p| !p.is_empty()) {
             out.insert("port".into(), p);
         }
     }
     if let Some(db) = path.filter(|p| !p.is_empty()) {
-        out.insert("dbname".into(), decode(db)?);
+        out.insert("dbname".into(), decode(db, "database name")?);
     }
     for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').ok_or_else(|| format!("URI parameter {pair:?} lacks \"=\""))?;
-        out.insert(decode(k)?, decode(v)?);
+        let key = decode(k, "parameter name")?;
+        let value = decode(v, if key == "password" { "password" } else { "parameter value" })?;
+        out.insert(key, value);
     }
     Ok(out)
 }
@@ -441,6 +550,63 @@ mod tests {
         }
         let e = ConnInfo::parse("hots=x").unwrap_err();
         assert!(e.contains("\"hots\""), "{e}");
+    }
+
+    #[test]
+    fn keepalives_user_timeout_and_channel_binding() {
+        let c = ConnInfo::parse("host=h").unwrap();
+        assert_eq!(
+            c.keepalives,
+            Some(Keepalives {
+                idle: DEFAULT_KEEPALIVES_IDLE,
+                interval: DEFAULT_KEEPALIVES_INTERVAL,
+                count: DEFAULT_KEEPALIVES_COUNT
+            })
+        );
+        assert_eq!(c.tcp_user_timeout, Some(DEFAULT_TCP_USER_TIMEOUT));
+        assert_eq!(c.channel_binding, ChannelBindingMode::Prefer);
+        let c = ConnInfo::parse(
+            "host=h keepalives_idle=30 keepalives_interval=2 keepalives_count=9 tcp_user_timeout=1500 channel_binding=require",
+        )
+        .unwrap();
+        let k = c.keepalives.unwrap();
+        assert_eq!((k.idle.as_secs(), k.interval.as_secs(), k.count), (30, 2, 9));
+        assert_eq!(c.tcp_user_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(c.channel_binding, ChannelBindingMode::Require);
+        let c = ConnInfo::parse("host=h keepalives=0 tcp_user_timeout=0 channel_binding=disable").unwrap();
+        assert_eq!(
+            (c.keepalives, c.tcp_user_timeout, c.channel_binding),
+            (None, None, ChannelBindingMode::Disable)
+        );
+        for bad in [
+            "keepalives=2",
+            "keepalives_idle=0",
+            "keepalives_count=x",
+            "tcp_user_timeout=-1",
+            "channel_binding=maybe",
+        ] {
+            let e = ConnInfo::parse(bad).unwrap_err();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
+        }
+    }
+
+    /// Audit finding 10: no error message may carry the password (nor the URI holding it).
+    #[test]
+    fn errors_never_quote_the_password() {
+        let secret = "Sup3r-S3cret";
+        for bad in [
+            format!("postgresql://rep:{secret}@[::1:5432/db"),
+            format!("postgresql://rep:{secret}%FF@host/db"),
+            format!("postgresql://rep@host/db?password={secret}%C3%28"),
+            format!("postgresql://rep:{secret}@host/db?sslmode=maybe"),
+            format!("host=h password={secret} sslmode=maybe"),
+            format!("host=h password='{secret}"),
+            format!("host=h password={secret} port=99999"),
+            format!("host=h password={secret} hots=x"),
+        ] {
+            let e = ConnInfo::parse(&bad).unwrap_err();
+            assert!(!e.contains(secret), "{bad:?} gave {e:?}");
+        }
     }
 
     #[test]

@@ -155,6 +155,7 @@ impl Connection {
             context: "encoding START_REPLICATION".into(),
             source: e,
         })?;
+        self.set_phase("START_REPLICATION");
         self.send_raw(&q).await?;
         loop {
             match self.next_message().await? {
@@ -188,6 +189,7 @@ impl Connection {
     /// After the server's CopyDone and our answering CopyDone: reads the next-timeline row, the
     /// CommandCompletes and ReadyForQuery.
     pub async fn finish_timeline(&mut self) -> Result<TimelineEnd, ClientError> {
+        self.set_phase("end-of-timeline exchange");
         let mut end = None;
         loop {
             match self.next_message().await? {

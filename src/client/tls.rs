@@ -177,3 +177,101 @@ impl ServerCertVerifier for IgnoreHostName {
         self.0.supported_verify_schemes()
     }
 }
+
+/// The `tls-server-end-point` channel-binding data of a server certificate (RFC 5929 section
+/// 4.1): the certificate's DER hashed with the hash of its signature algorithm, SHA-256 when that
+/// is MD5 or SHA-1 (or RSASSA-PSS, whose hash sits in parameters we do not read; PSS server
+/// certificates are rare). Ed25519 and other algorithms without a hash have no such binding, as in
+/// libpq.
+pub fn tls_server_end_point(cert_der: &[u8]) -> Result<Vec<u8>, String> {
+    use sha2::Digest;
+    let oid = signature_algorithm_oid(cert_der).ok_or("the server's certificate could not be parsed for channel binding")?;
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    let hash = match oid {
+        [rsa @ .., last] if rsa == RSA => match last {
+            0x0c => 384,
+            0x0d => 512,
+            0x04 | 0x05 | 0x0a | 0x0b | 0x0e => 256,
+            _ => 0,
+        },
+        [ec @ .., 0x03, n] if ec == ECDSA => match n {
+            0x02 => 256,
+            0x03 => 384,
+            0x04 => 512,
+            _ => 0,
+        },
+        [ec @ .., 0x01] if ec == ECDSA => 256,
+        _ => 0,
+    };
+    match hash {
+        256 => Ok(sha2::Sha256::digest(cert_der).to_vec()),
+        384 => Ok(sha2::Sha384::digest(cert_der).to_vec()),
+        512 => Ok(sha2::Sha512::digest(cert_der).to_vec()),
+        _ => Err(format!(
+            "the server's certificate is signed with an algorithm (OID bytes {}) that has no tls-server-end-point channel binding",
+            oid.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )),
+    }
+}
+
+/// One DER element at the start of `b`: (tag, contents, rest).
+fn der_element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        (rest[..n].iter().fold(0usize, |acc, &x| (acc << 8) | x as usize), &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm AlgorithmIdentifier, ... }`:
+/// the OID of the signature algorithm.
+fn signature_algorithm_oid(cert: &[u8]) -> Option<&[u8]> {
+    let (0x30, body, _) = der_element(cert)? else { return None };
+    let (0x30, _, after_tbs) = der_element(body)? else { return None };
+    let (0x30, alg, _) = der_element(after_tbs)? else { return None };
+    let (0x06, oid, _) = der_element(alg)? else { return None };
+    Some(oid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with(oid: &[u8]) -> Vec<u8> {
+        let tbs = [0x30, 0x03, 0x02, 0x01, 0x01];
+        let mut alg = vec![0x06, oid.len() as u8];
+        alg.extend_from_slice(oid);
+        let mut alg_seq = vec![0x30, alg.len() as u8];
+        alg_seq.extend(alg);
+        let mut body = tbs.to_vec();
+        body.extend(alg_seq);
+        body.extend([0x03, 0x01, 0x00]);
+        let mut out = vec![0x30, body.len() as u8];
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature_algorithm() {
+        use sha2::Digest;
+        let rsa256 = cert_with(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b]);
+        assert_eq!(tls_server_end_point(&rsa256).unwrap(), sha2::Sha256::digest(&rsa256).to_vec());
+        let sha1 = cert_with(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05]);
+        assert_eq!(tls_server_end_point(&sha1).unwrap().len(), 32, "SHA-1 is replaced by SHA-256");
+        let ec384 = cert_with(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03]);
+        assert_eq!(tls_server_end_point(&ec384).unwrap(), sha2::Sha384::digest(&ec384).to_vec());
+        let rsa512 = cert_with(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d]);
+        assert_eq!(tls_server_end_point(&rsa512).unwrap().len(), 64);
+        assert!(tls_server_end_point(&cert_with(&[0x2b, 0x65, 0x70])).is_err(), "ed25519");
+        assert!(tls_server_end_point(b"\x30\x80garbage").is_err());
+        assert!(tls_server_end_point(&[]).is_err());
+    }
+}

@@ -66,15 +66,19 @@ impl Transport {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => return Err(e),
                     }
-                    match session.read_tls(&mut RawFd_(fd)) {
+                    match session.read_tls(&mut FdIo(fd)) {
                         Ok(0) => return Ok(Some(0)),
                         Ok(_) => {
                             session
                                 .process_new_packets()
                                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                             // An alert or key update to answer goes out at once.
+                            let wait = WriteWait {
+                                limit: TLS_ANSWER_LIMIT,
+                                stop: &|| false,
+                            };
                             while session.wants_write() {
-                                write_tls_blocking(session, fd)?;
+                                write_tls_blocking(session, fd, &wait)?;
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -85,16 +89,20 @@ impl Transport {
         }
     }
 
-    /// Writes all of `bytes`, blocking this thread until the kernel took them.
-    pub fn write_all_blocking(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Writes all of `bytes`, blocking this thread until the kernel took them. While the peer
+    /// does not read (a full send buffer), waits at most `limit` for room, and gives up at once
+    /// when `stop` says so (checked every `STOP_CHECK`): a stalled network never holds a
+    /// shutdown.
+    pub fn write_all_blocking(&mut self, bytes: &[u8], limit: Duration, stop: &dyn Fn() -> bool) -> io::Result<()> {
         let fd = self.fd();
+        let wait = WriteWait { limit, stop };
         match self {
-            Transport::Tcp(_) | Transport::Unix(_) => send_all(fd, bytes),
+            Transport::Tcp(_) | Transport::Unix(_) => send_all(fd, bytes, &wait),
             Transport::Tls(s) => {
                 let session = s.get_mut().1;
                 session.writer().write_all(bytes)?;
                 while session.wants_write() {
-                    write_tls_blocking(session, fd)?;
+                    write_tls_blocking(session, fd, &wait)?;
                 }
                 Ok(())
             }
@@ -107,6 +115,28 @@ impl Transport {
     pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
         poll_fd(self.fd(), libc::POLLIN, timeout)
     }
+}
+
+/// How long an answer rustls owes the server mid-read (an alert, a key update) may wait for room.
+const TLS_ANSWER_LIMIT: Duration = Duration::from_secs(10);
+
+/// Applies TCP keepalives and `TCP_USER_TIMEOUT` (libpq's `keepalives*` and `tcp_user_timeout`)
+/// to a fresh TCP socket, and disables Nagle: status updates go out at once. Keepalives find a
+/// half-open connection while the link is idle; the user timeout finds one while pgark is the one
+/// sending (its status updates stay unacknowledged).
+pub fn configure_tcp(s: &TcpStream, ci: &super::conninfo::ConnInfo) -> io::Result<()> {
+    let sock = socket2::SockRef::from(s);
+    sock.set_tcp_nodelay(true)?;
+    match ci.keepalives {
+        Some(k) => sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval)
+                .with_retries(k.count),
+        )?,
+        None => sock.set_keepalive(false)?,
+    }
+    sock.set_tcp_user_timeout(ci.tcp_user_timeout)
 }
 
 /// `recv(MSG_DONTWAIT)` of at most `len` bytes into `ptr`.
@@ -126,10 +156,41 @@ fn recv_now(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<Option<usize>> {
     }
 }
 
-/// How long a blocked send may wait for the peer to read before the connection counts as dead.
-const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a blocked send looks at its stop condition.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
-fn send_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+/// How long a blocked send may wait for the peer to read, and what ends the wait early.
+struct WriteWait<'a> {
+    limit: Duration,
+    stop: &'a dyn Fn() -> bool,
+}
+
+impl WriteWait<'_> {
+    /// Waits until `fd` is writable: an error when the limit passes or `stop` says so.
+    fn writable(&self, fd: RawFd) -> io::Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            if (self.stop)() {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "stopped while the server was not reading",
+                ));
+            }
+            let left = self.limit.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the server has not read what pgark sent for {}s", self.limit.as_secs()),
+                ));
+            }
+            if poll_fd(fd, libc::POLLOUT, left.min(STOP_CHECK))? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn send_all(fd: RawFd, mut bytes: &[u8], wait: &WriteWait<'_>) -> io::Result<()> {
     while !bytes.is_empty() {
         // SAFETY: send reads at most bytes.len() bytes from a valid slice. MSG_NOSIGNAL: a closed
         // peer is an error, not SIGPIPE.
@@ -141,30 +202,17 @@ fn send_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
         let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => {
-                if !poll_fd(fd, libc::POLLOUT, SEND_TIMEOUT)? {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("the server has not read for {}s", SEND_TIMEOUT.as_secs()),
-                    ));
-                }
-            }
+            io::ErrorKind::WouldBlock => wait.writable(fd)?,
             _ => return Err(e),
         }
     }
     Ok(())
 }
 
-fn write_tls_blocking(session: &mut rustls::ClientConnection, fd: RawFd) -> io::Result<()> {
-    match session.write_tls(&mut RawFd_(fd)) {
+fn write_tls_blocking(session: &mut rustls::ClientConnection, fd: RawFd, wait: &WriteWait<'_>) -> io::Result<()> {
+    match session.write_tls(&mut FdIo(fd)) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            if poll_fd(fd, libc::POLLOUT, SEND_TIMEOUT)? {
-                Ok(())
-            } else {
-                Err(io::Error::new(io::ErrorKind::TimedOut, "the server has not read TLS data for 60s"))
-            }
-        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait.writable(fd),
         Err(e) => Err(e),
     }
 }
@@ -188,15 +236,15 @@ fn poll_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bo
 }
 
 /// Non-blocking `Read`/`Write` on a raw descriptor, for rustls' `read_tls`/`write_tls`.
-struct RawFd_(RawFd);
+struct FdIo(RawFd);
 
-impl Read for RawFd_ {
+impl Read for FdIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         recv_now(self.0, buf.as_mut_ptr(), buf.len())?.ok_or_else(|| io::ErrorKind::WouldBlock.into())
     }
 }
 
-impl Write for RawFd_ {
+impl Write for FdIo {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
             // SAFETY: as in send_all.

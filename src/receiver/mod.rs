@@ -13,7 +13,7 @@
 pub mod backoff;
 pub mod stream;
 
-use crate::catalog::archiver::Archiver;
+use crate::catalog::archiver::{Archiver, ArchiverHandle};
 use crate::catalog::state::{self, StateError};
 use crate::catalog::store::{LocalStore, ObjectStore};
 use crate::catalog::wal_store::{self, SparePool, WalStore};
@@ -57,6 +57,7 @@ impl ReceiverError {
             ReceiverError::Client(ClientError::Auth(_)) => "auth",
             ReceiverError::Client(ClientError::Server(_)) => "server_error",
             ReceiverError::Client(ClientError::Protocol(_)) | ReceiverError::Protocol(_) => "protocol",
+            ReceiverError::Client(ClientError::Cancelled) => "cancelled",
             ReceiverError::Store(_) | ReceiverError::State(_) => "catalog",
             ReceiverError::Identity(_) | ReceiverError::TimelineAhead { .. } => "identity",
         }
@@ -70,22 +71,67 @@ enum SessionEnd {
 }
 
 /// What survives between sessions of one server: the open WAL store and its archiver.
+///
+/// Dropping it (the receiver stopping, or unwinding after a panic) stops the archiver after the
+/// segment it is working on and joins it, so a restarted receiver never runs a second archiver
+/// beside a detached one (audit finding 14); what was queued is found again by the next scan.
 struct Spool {
     store: WalStore,
     seg: WalSegSize,
-    archiver: Option<std::thread::JoinHandle<()>>,
+    archiver: Option<ArchiverHandle>,
+    /// Everything the archiver needs to be started again.
+    archiver_template: Archiver,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.store.detach_archiver();
+        if let Some(a) = self.archiver.take() {
+            a.stop_and_join();
+        }
+    }
 }
 
 /// A receiver running on its own thread.
 pub struct ReceiverThread {
     handle: std::thread::JoinHandle<()>,
+    /// Closed when the thread ends (its sender is dropped, also by unwinding).
+    done: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl ReceiverThread {
-    /// Waits (without blocking the caller's runtime) until the receiver has stopped.
-    pub async fn join(self) {
-        let _ = tokio::task::spawn_blocking(move || self.handle.join()).await;
+    /// Whether the thread has ended (after cancellation, or for a reason `join_reason` tells).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
     }
+
+    /// Waits (without blocking the caller's runtime) at most `limit` for the receiver to stop;
+    /// gives the handle back when it has not.
+    pub async fn join_within(mut self, limit: Duration) -> Result<(), ReceiverThread> {
+        match tokio::time::timeout(limit, &mut self.done).await {
+            Ok(_) => {
+                let _ = self.handle.join();
+                Ok(())
+            }
+            Err(_) => Err(self),
+        }
+    }
+
+    /// Joins an ended thread and says why it ended.
+    pub fn join_reason(self) -> String {
+        match self.handle.join() {
+            Ok(()) => "its thread returned".into(),
+            Err(p) => format!("its thread panicked: {}", panic_message(p.as_ref())),
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// Starts `run` on a dedicated thread with its own current-thread runtime.
@@ -97,7 +143,10 @@ pub fn spawn_on_own_thread(
 ) -> std::io::Result<ReceiverThread> {
     let name = format!("recv-{}", cfg.name);
     let span = tracing::info_span!("server", name = %cfg.name);
-    let handle = std::thread::Builder::new().name(name).spawn(move || loop {
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+    let handle = std::thread::Builder::new().name(name).spawn(move || {
+        let _done = done_tx;
+        loop {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -113,20 +162,28 @@ pub fn spawn_on_own_thread(
             ))
         }));
         drop(rt);
-        if result.is_ok() || cancel.is_cancelled() {
-            return;
-        }
+        let panic = match result {
+            Ok(()) => return,
+            Err(_) if cancel.is_cancelled() => return,
+            Err(p) => panic_message(p.as_ref()),
+        };
         // A bug, not an input problem: say so loudly, keep the other servers going, try again.
-        tracing::error!(server = %cfg.name, "the receiver panicked (a bug: please report it with this log); restarting it in 5s");
-        board.update(&cfg.name, |s| {
-            s.state = ConnState::Retrying;
-            s.last_error = Some("the receiver panicked; restarting".into());
-        });
+        tracing::error!(server = %cfg.name, panic = %panic, "the receiver panicked (a bug: please report it with this log); restarting it in 5s");
+        board.task_failed("receiver", &cfg.name, &format!("panicked: {panic}"));
+        board.update(&cfg.name, |s| s.state = ConnState::Retrying);
+        crate::metrics::task_failed(&cfg.name, "receiver");
         crate::metrics::connection_state(&cfg.name, ConnState::Retrying);
         crate::metrics::set_up(&cfg.name, false);
-        std::thread::sleep(Duration::from_secs(5));
+        // Sleep in slices: a stop during the pause is seen at once.
+        for _ in 0..50 {
+            if cancel.is_cancelled() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        }
     })?;
-    Ok(ReceiverThread { handle })
+    Ok(ReceiverThread { handle, done })
 }
 
 /// Runs the receiver for one server until `cancel` fires. The caller instruments it with the
@@ -146,7 +203,7 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
         crate::metrics::set_up(&server, false);
         let streamed_long = started.elapsed() > Duration::from_secs(30);
         match result {
-            Ok(SessionEnd::Cancelled) => break,
+            Ok(SessionEnd::Cancelled) | Err(ReceiverError::Client(ClientError::Cancelled)) => break,
             Ok(SessionEnd::ServerShutdown) => {
                 crate::metrics::disconnected(&server, "server_shutdown");
                 tracing::info!("server is shutting down; will reconnect");
@@ -178,13 +235,8 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
             _ = tokio::time::sleep(delay) => {}
         }
     }
-    // Let the archiver finish what is queued: drop the store (its sender), then join.
-    if let Some(sp) = spool.take() {
-        drop(sp.store);
-        if let Some(h) = sp.archiver {
-            let _ = h.join();
-        }
-    }
+    // Stops the archiver after its current segment (the rest is found by the next start's scan).
+    drop(spool.take());
     board.update(&server, |s| s.state = ConnState::Stopped);
     crate::metrics::connection_state(&server, ConnState::Stopped);
     tracing::info!("receiver stopped");
@@ -203,6 +255,10 @@ async fn session(
         _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
         c = Connection::connect(&cfg.conninfo, true) => c.map_err(ReceiverError::Client)?,
     };
+    // From here every command and every wait is bounded by receiver_timeout and ends at once on
+    // cancellation (a stalled network never holds the receiver or a shutdown).
+    conn.set_io_timeout(cfg.receiver_timeout);
+    conn.set_cancel(cancel.clone());
     let sys = conn.identify_system().await.map_err(ReceiverError::Client)?;
     let seg = conn.wal_segment_size().await.map_err(ReceiverError::Client)?;
     tracing::info!(peer = %conn.describe(), version = conn.server_version_num, tls = conn.encrypted,
@@ -298,7 +354,7 @@ async fn session(
                     StreamEnd::TimelineEnded(end) => end,
                     StreamEnd::ServerShutdown => return Ok(SessionEnd::ServerShutdown),
                     StreamEnd::Cancelled => {
-                        conn.terminate().await;
+                        conn.close(true).await;
                         return Ok(SessionEnd::Cancelled);
                     }
                 }
@@ -359,7 +415,9 @@ async fn branch_point(
 }
 
 /// Opens the spool on first contact (the segment size comes from the server) and starts the
-/// archiver, handing it whatever an earlier run left unarchived.
+/// archiver. At every session it hands the archiver whatever is complete but not archived (a
+/// segment whose boundary failed half-way, audit finding 8, or what an earlier run left), and
+/// restarts an archiver thread that died (a panic: a bug, logged and counted).
 fn open_spool<'a>(
     cfg: &ServerConfig,
     layout: &Layout,
@@ -377,26 +435,13 @@ fn open_spool<'a>(
             .into());
         }
     }
+    let dir = layout.wal_dir(&cfg.name);
     if spool.is_none() {
-        let dir = layout.wal_dir(&cfg.name);
         crate::catalog::fsutil::create_dir_durable(&dir).map_err(ReceiverError::Store)?;
         wal_store::sweep_temporary(&dir).map_err(ReceiverError::Store)?;
         let scan = wal_store::scan(&dir, seg).map_err(ReceiverError::Store)?;
-        let spares = SparePool::default();
-        for s in &scan.spares {
-            spares.add(s.clone());
-        }
-        let backlog: Vec<_> = scan
-            .plain
-            .iter()
-            .filter(|n| match cfg.compression {
-                crate::catalog::Compression::Zstd(_) => true,
-                crate::catalog::Compression::None => !scan.sums.contains(n),
-            })
-            .copied()
-            .collect();
-        let (tx, rx) = mpsc::channel();
-        let archiver = Archiver {
+        let spares = SparePool::from_scan(&scan);
+        let template = Archiver {
             server: cfg.name.clone(),
             compression: cfg.compression,
             seg,
@@ -407,12 +452,30 @@ fn open_spool<'a>(
             board: board.clone(),
             direct: Default::default(),
         };
-        let handle = archiver.spawn(rx, backlog).map_err(ReceiverError::Store)?;
+        let (tx, rx) = mpsc::channel();
+        let handle = template.clone().spawn(rx).map_err(ReceiverError::Store)?;
         *spool = Some(Spool {
-            store: WalStore::new(dir, seg, spares, tx),
+            store: WalStore::new(dir.clone(), seg, spares, tx),
             seg,
             archiver: Some(handle),
+            archiver_template: template,
         });
     }
-    Ok(spool.as_mut().expect("set above"))
+    let sp = spool.as_mut().expect("set above");
+    if sp.archiver.as_ref().is_none_or(|a| a.is_finished()) {
+        let why = sp.archiver.take().map(|a| a.join_reason()).unwrap_or_else(|| "not running".into());
+        tracing::error!(reason = %why, "the archiver thread stopped (a bug: please report it with this log); restarting it");
+        crate::metrics::task_failed(&cfg.name, "archiver");
+        board.update(&cfg.name, |s| {
+            s.last_error = Some(format!("the archiver thread stopped ({why}); restarted"))
+        });
+        let (tx, rx) = mpsc::channel();
+        sp.archiver = Some(sp.archiver_template.clone().spawn(rx).map_err(ReceiverError::Store)?);
+        sp.store.attach_archiver(tx);
+    }
+    let scan = wal_store::scan(&dir, seg).map_err(ReceiverError::Store)?;
+    for name in scan.unarchived(cfg.compression) {
+        sp.store.queue_for_archive(name);
+    }
+    Ok(sp)
 }

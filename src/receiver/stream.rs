@@ -78,6 +78,8 @@ struct Loop<'a> {
     /// Unix seconds of the last message received (for status and /healthz; reported with the
     /// next status update, not written to the board per message).
     last_message_at: Option<u64>,
+    /// Cancellation has fired: the last status update goes out regardless, briefly bounded.
+    stopping: bool,
 }
 
 /// Marks kept while the flush position is behind (older ones are dropped: only precision on a
@@ -141,7 +143,11 @@ impl Loop<'_> {
         let (write, flush) = (self.store.write_pos(), self.store.flush_pos());
         self.out.clear();
         replication::status_update_frame(write, flush, replication::pg_now(), reply_requested, &mut self.out);
-        self.conn.send_raw_blocking(&self.out).map_err(ReceiverError::Client)?;
+        if self.stopping {
+            self.conn.send_raw_blocking_final(&self.out).map_err(ReceiverError::Client)?;
+        } else {
+            self.conn.send_raw_blocking(&self.out).map_err(ReceiverError::Client)?;
+        }
         if flush > self.last_reported.1 {
             if let Some(t) = self.unacked_since.take() {
                 self.metrics.ack_latency(t.elapsed());
@@ -241,23 +247,36 @@ pub async fn stream(
         metrics: crate::metrics::StreamMetrics::new(opts.server),
         out: BytesMut::with_capacity(64),
         last_message_at: None,
+        stopping: false,
     };
+    lp.conn.set_phase("streaming");
     match lp.run(cancel)? {
         LoopEnd::CopyDone => {
-            // End of a historic timeline: durable and answered already; read the next timeline.
+            // End of a historic timeline: durable and answered already; read the next timeline
+            // (bounded by the connection's I/O timeout, named "end-of-timeline exchange").
+            lp.conn.set_phase("end-of-timeline exchange");
             lp.conn.send_copy_done().await.map_err(ReceiverError::Client)?;
             let end = lp.conn.finish_timeline().await.map_err(ReceiverError::Client)?;
             Ok(StreamEnd::TimelineEnded(end))
         }
         LoopEnd::ServerShutdown => Ok(StreamEnd::ServerShutdown),
-        LoopEnd::Cancelled => {
-            let _ = lp.conn.send_copy_done().await;
-            Ok(StreamEnd::Cancelled)
-        }
+        // The caller says goodbye (CopyDone, Terminate) with a short bound.
+        LoopEnd::Cancelled => Ok(StreamEnd::Cancelled),
     }
 }
 
 impl Loop<'_> {
+    /// Cancellation: fsync what was received and send a last status update (where the
+    /// connection still works; a stalled network costs at most a moment, never the shutdown).
+    fn stop(&mut self) -> Result<LoopEnd, ReceiverError> {
+        self.stopping = true;
+        self.flush()?;
+        if let Err(e) = self.report(false) {
+            tracing::info!(error = %e, "could not send the last status update while stopping");
+        }
+        Ok(LoopEnd::Cancelled)
+    }
+
     fn run(&mut self, cancel: &CancellationToken) -> Result<LoopEnd, ReceiverError> {
         let interval = self.opts.status_interval;
         let mut next_status = Instant::now() + interval;
@@ -276,9 +295,7 @@ impl Loop<'_> {
                     // Sleep until the socket is readable or a deadline passes.
                     loop {
                         if cancel.is_cancelled() {
-                            self.flush()?;
-                            self.report(false)?;
-                            return Ok(LoopEnd::Cancelled);
+                            return self.stop();
                         }
                         let now = Instant::now();
                         if now >= next_status {
@@ -361,9 +378,7 @@ impl Loop<'_> {
             // While data flows without a pause (a catch-up), cancellation and the status
             // interval still hold.
             if cancel.is_cancelled() {
-                self.flush()?;
-                self.report(false)?;
-                return Ok(LoopEnd::Cancelled);
+                return self.stop();
             }
             if last_recv >= next_status {
                 self.flush()?;

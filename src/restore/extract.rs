@@ -38,6 +38,9 @@ pub struct ExtractOptions {
     /// With delta: the record of the last restore into this directory (see `record`), whose
     /// unchanged files are compared by their recorded chunks instead of being read.
     pub previous: Option<RestoreRecord>,
+    /// Set by SIGINT/SIGTERM: the workers stop after the chunk they are writing, and the
+    /// directory stays unstartable (marker, no `pg_control`) for a later `--delta` to finish.
+    pub interrupted: std::sync::Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -69,6 +72,8 @@ pub enum ExtractError {
     BadPath(String),
     #[error("the backup has a file in tablespace {0} but no location for it")]
     NoTablespace(u32),
+    #[error("interrupted by a signal")]
+    Interrupted,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
@@ -554,6 +559,13 @@ pub fn extract(
                     if failed.load(Ordering::Relaxed) {
                         break;
                     }
+                    if opts.interrupted.load(Ordering::Relaxed) {
+                        failed.store(true, Ordering::Relaxed);
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(ExtractError::Interrupted);
+                        }
+                        break;
+                    }
                     let i = match next.lock() {
                         Ok(mut n) => {
                             *n += 1;
@@ -648,6 +660,17 @@ pub fn extract(
             }
         } else {
             unchanged += 1;
+            // A file found identical may hold bytes that exist only in the page cache (an
+            // interrupted earlier restore, a cluster stopped with -m immediate): it is fsynced
+            // like a written one before pg_control is published (audit finding 13). Only the
+            // files the restore record vouches for (a finished, durable restore, untouched
+            // since) are not.
+            if st.trusted.is_none() {
+                to_sync.push(st.dest.clone());
+                if let Some(parent) = st.dest.parent() {
+                    dirs.insert(parent.to_path_buf());
+                }
+            }
         }
     }
 

@@ -37,6 +37,8 @@ pub struct RestoreRequest {
     pub jobs: usize,
     pub standby: bool,
     pub owner: Option<String>,
+    /// Set by SIGINT/SIGTERM (see `extract::ExtractOptions::interrupted`).
+    pub interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -310,8 +312,12 @@ pub fn execute(req: &RestoreRequest, plan: &RestorePlan, progress: &mut dyn Prog
         jobs: req.jobs.max(1),
         owner,
         previous,
+        interrupted: req.interrupted.clone(),
     };
     let stats = extract::extract(store.clone(), &plan.index, &opts, progress)?;
+    if req.interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(extract::ExtractError::Interrupted.into());
+    }
     let rewritten = recovery::write(&plan.target_dir, &plan.settings, req.standby)?;
     extract::finish(&opts, &stats, &[])?;
     save_record(store.as_ref(), &req.server, plan, &stats, &rewritten);

@@ -85,7 +85,9 @@ fn fetch_once(store: &dyn ObjectStore, server: &str, name: &str) -> Result<Vec<u
     if let Some(stored) = store.get(&format!("{dir}/{name}.zst"))? {
         return segment_file::decompress(&stored).map_err(|e| damaged(e.to_string()));
     }
-    if let Some(plain) = store.get(&format!("{dir}/{name}"))? {
+    // A plain segment may be recycled (renamed to a spare and overwritten) the moment its
+    // `.zst` exists: read only if it stayed itself, else the next pass finds the `.zst`.
+    if let Some(plain) = store.get_unrecycled(&format!("{dir}/{name}"))? {
         if let Some(sum) = store.get(&format!("{dir}/{name}.sum"))? {
             let expected = SegmentChecksum::from_sum_text(&String::from_utf8_lossy(&sum))
                 .ok_or_else(|| damaged(format!("{name}.sum is unreadable")))?;
@@ -215,7 +217,9 @@ pub fn prefetch(store: &dyn ObjectStore, server: &str, after: &str, spool: &Path
             break;
         }
         let data = fetch(store, server, &name)?;
-        fsutil::write_renamed_unsynced(&out, |f| std::io::Write::write_all(f, &data))?;
+        // Durable: a spooled segment is trusted when recovery asks for it, also after an OS
+        // crash in between (written in the background, so the fsync costs recovery nothing).
+        fsutil::write_atomic(&out, &data)?;
         fetched += 1;
     }
     Ok(fetched)
@@ -257,6 +261,56 @@ mod tests {
         let e = fetch(&store, "main", "000000010000000000000002").unwrap_err();
         assert_eq!(e.exit_code(), DAMAGED, "{e}");
         assert_eq!(fetch(&store, "main", "../../etc/passwd").unwrap_err().exit_code(), ABSENT);
+    }
+
+    /// Audit finding 4: a plain segment recycled while wal-get reads it (renamed to a spare and
+    /// overwritten with another segment's WAL) is never served: wal-get serves the `.zst` or
+    /// nothing, never the other segment's bytes.
+    #[test]
+    fn a_plain_segment_recycled_while_read_is_never_served() {
+        let d = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(d.path());
+        let wal = d.path().join("main/wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        let name = "000000010000000000000002";
+        let good: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let mut z = Vec::new();
+        segment_file::compress_into(&good, 1, &mut z).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        /// Stops the writer thread also when an assertion fails (else the scope never ends).
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        std::thread::scope(|s| {
+            // The archiver and the receiver: plain file appears, .zst published, the plain inode
+            // renamed to a spare and overwritten in place; then it starts over.
+            s.spawn(|| {
+                let garbage = vec![0xEEu8; good.len()];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::fs::write(wal.join("tmp"), &good).unwrap();
+                    std::fs::rename(wal.join("tmp"), wal.join(name)).unwrap();
+                    store.put(&format!("main/wal/{name}.zst"), &z).unwrap();
+                    std::fs::rename(wal.join(name), wal.join("spare")).unwrap();
+                    let f = std::fs::OpenOptions::new().write(true).open(wal.join("spare")).unwrap();
+                    std::os::unix::fs::FileExt::write_all_at(&f, &garbage, 0).unwrap();
+                    std::fs::remove_file(wal.join(format!("{name}.zst"))).unwrap();
+                }
+            });
+            let _stop = StopOnDrop(&stop);
+            let mut served = 0;
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(3) {
+                if let Ok(b) = fetch(&store, "main", name) {
+                    assert!(b == good, "served another segment's bytes as {name}");
+                    served += 1;
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(served > 0, "nothing was ever served");
+        });
     }
 
     #[test]

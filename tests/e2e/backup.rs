@@ -26,8 +26,9 @@ impl Catalog {
         std::fs::write(
             &config,
             format!(
-                "catalog: {}\nmetrics:\n  listen: 127.0.0.1:{}\nservers:\n{servers_yaml}",
+                "catalog: {}\n{}metrics:\n  listen: 127.0.0.1:{}\nservers:\n{servers_yaml}",
                 catalog.display(),
+                crate::common::catalog_group_yaml(),
                 free_port()
             ),
         )

@@ -49,6 +49,16 @@ pub fn matrix() -> Vec<PgBinaries> {
     found
 }
 
+/// As root the test clusters run as `postgres`, whose restore_command (`pgark wal-get`) must read
+/// the catalog: the deployment the README describes, `catalog_group: postgres`.
+pub fn catalog_group_yaml() -> &'static str {
+    if pgark::pgcluster::running_as_root() {
+        "catalog_group: postgres\n"
+    } else {
+        ""
+    }
+}
+
 pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -125,8 +135,9 @@ impl Pgark {
         std::fs::write(
             &self.config,
             format!(
-                "catalog: {}\nmetrics:\n  listen: {}\n{}{}servers:\n{servers_yaml}",
+                "catalog: {}\n{}metrics:\n  listen: {}\n{}{}servers:\n{servers_yaml}",
                 self.catalog.display(),
+                catalog_group_yaml(),
                 self.metrics,
                 lines(&self.metrics_extra),
                 lines(&self.top),
