@@ -110,18 +110,20 @@ pub enum MonitorError {
     NoRow,
 }
 
-/// How long the server may take to answer one monitoring query (connecting is bounded by
-/// `connect_timeout`).
-pub const MONITOR_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server may take to answer one monitoring query, at most (connecting is bounded
+/// by `connect_timeout`): twice `monitor_interval`, between 2 and 30 seconds.
+pub fn query_timeout(interval: Duration) -> Duration {
+    (interval * 2).clamp(Duration::from_secs(2), Duration::from_secs(30))
+}
 
 /// One round: connect, ask, disconnect (a connection per round costs little at this interval and
 /// never holds a backend slot idle). Every wait is bounded and ends on `cancel`.
-pub async fn round(ci: &ConnInfo, slot: &str, cancel: &CancellationToken) -> Result<ServerFacts, MonitorError> {
+pub async fn round(ci: &ConnInfo, slot: &str, query_timeout: Duration, cancel: &CancellationToken) -> Result<ServerFacts, MonitorError> {
     let mut conn = tokio::select! {
         _ = cancel.cancelled() => return Err(MonitorError::Client(crate::client::ClientError::Cancelled)),
         c = Connection::connect(ci, false) => c?,
     };
-    conn.set_io_timeout(MONITOR_QUERY_TIMEOUT);
+    conn.set_io_timeout(query_timeout);
     conn.set_cancel(cancel.clone());
     let results = conn.simple_query(&query(slot, &ci.application_name)).await;
     // pg_ls_waldir() needs pg_monitor: asked apart, so that without it the other facts still come.
@@ -208,11 +210,11 @@ pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToke
     let mut over_limit = false;
     crate::metrics::slot_retained_limit(&server, cfg.slot_retained_limit);
     loop {
-        // Each step is bounded on its own (connect_timeout, MONITOR_QUERY_TIMEOUT, named in the
-        // error); this outer bound is a safety net.
+        // Each step is bounded on its own (connect_timeout, query_timeout, named in the error);
+        // this outer bound is a safety net.
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(Duration::from_secs(120), round(&ci, &cfg.slot, &cancel)) => r,
+            r = tokio::time::timeout(Duration::from_secs(120), round(&ci, &cfg.slot, query_timeout(cfg.monitor_interval), &cancel)) => r,
         };
         match outcome {
             Ok(Ok(facts)) => {

@@ -387,6 +387,37 @@ mod tests {
         assert!(!again[0].new);
     }
 
+    /// Audit finding 2: a chunk already in the catalog (an older backup's, not the newest's, so
+    /// not in `reusable`) is referenced, never written again over the durable copy.
+    #[test]
+    fn an_existing_chunk_is_never_rewritten() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(d.path()));
+        let cfg = || PipelineConfig {
+            server: "main".into(),
+            compression: Compression::Zstd(1),
+            workers: 1,
+            reusable: BTreeMap::new(),
+            catalog_root: d.path().to_path_buf(),
+            min_free: 0,
+            estimated_total: 0,
+        };
+        let data = vec![3u8; 10_000];
+        let p = Pipeline::start(cfg(), Arc::clone(&store));
+        assert!(p.submit(0, 0, data.clone()));
+        let first = p.finish().unwrap().remove(0);
+        assert!(first.new);
+        let path = d.path().join("main/chunks").join(&first.chunk_ref.object);
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        let p = Pipeline::start(cfg(), Arc::clone(&store));
+        assert!(p.submit(0, 0, data));
+        let again = p.finish().unwrap().remove(0);
+        assert!(!again.new, "counted as newly stored");
+        assert_eq!(again.chunk_ref.stored, first.chunk_ref.stored);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "the durable chunk was replaced");
+    }
+
     #[test]
     fn refuses_to_eat_the_wal_reserve() {
         let d = tempfile::tempdir().unwrap();

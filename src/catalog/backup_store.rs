@@ -201,7 +201,13 @@ pub fn load(store: &dyn ObjectStore, server: &str, id: &str) -> Result<BackupInd
         server: server.to_string(),
         id: id.to_string(),
     })?;
-    let idx: BackupIndex = serde_json::from_slice(&bytes).map_err(|e| BackupStoreError::BadIndex {
+    decode_index(&key, id, &bytes)
+}
+
+/// Parses a stored index (`key` and `id` for the messages and the identity check).
+pub fn decode_index(key: &str, id: &str, bytes: &[u8]) -> Result<BackupIndex, BackupStoreError> {
+    let key = key.to_string();
+    let idx: BackupIndex = serde_json::from_slice(bytes).map_err(|e| BackupStoreError::BadIndex {
         key: key.clone(),
         reason: format!("not a valid index: {e}"),
     })?;
@@ -461,6 +467,70 @@ pub(crate) mod tests {
         delete(&store, "main", "A").unwrap();
         assert!(matches!(load(&store, "main", "A"), Err(BackupStoreError::NotFound { .. })));
         assert_eq!(collect_garbage(&store, "main").unwrap().chunks, 1);
+    }
+
+    /// Counts index reads, for the O(new) check below.
+    struct CountingStore {
+        inner: LocalStore,
+        gets: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ObjectStore for CountingStore {
+        fn put_from(&self, key: &str, fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>) -> io::Result<()> {
+            self.inner.put_from(key, fill)
+        }
+        fn put_once(&self, key: &str, fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>) -> io::Result<Option<u64>> {
+            self.inner.put_once(key, fill)
+        }
+        fn sync(&self) -> io::Result<()> {
+            self.inner.sync()
+        }
+        fn size(&self, key: &str) -> io::Result<Option<u64>> {
+            self.inner.size(key)
+        }
+        fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.get(key)
+        }
+        fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> io::Result<()> {
+            self.inner.delete(key)
+        }
+        fn usage(&self, prefix: &str) -> io::Result<super::super::store::Usage> {
+            self.inner.usage(prefix)
+        }
+        fn capacity(&self) -> io::Result<Option<super::super::store::Capacity>> {
+            self.inner.capacity()
+        }
+    }
+
+    /// Audit finding 6: the daemon's periodic refresh reads only indexes it has not seen.
+    #[test]
+    fn backup_facts_refresh_costs_only_what_is_new() {
+        let d = tempfile::tempdir().unwrap();
+        let store = CountingStore {
+            inner: LocalStore::new(d.path()),
+            gets: Default::default(),
+        };
+        for id in ["A", "B", "C"] {
+            publish(&store, &index(id, &[])).unwrap();
+        }
+        let mut cache = BackupFactsCache::default();
+        let reads = || store.gets.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(cache.refresh(&store, "main").unwrap().len(), 3);
+        let after_first = reads();
+        assert_eq!(after_first, 3);
+        for _ in 0..10 {
+            cache.refresh(&store, "main").unwrap();
+        }
+        assert_eq!(reads(), after_first, "unchanged indexes were read again");
+        publish(&store, &index("D", &[])).unwrap();
+        delete(&store, "main", "A").unwrap();
+        let ids: Vec<String> = cache.refresh(&store, "main").unwrap().into_iter().map(|f| f.id).collect();
+        assert_eq!(ids, vec!["B", "C", "D"]);
+        assert_eq!(reads(), after_first + 1, "only the new index is read");
     }
 
     #[test]

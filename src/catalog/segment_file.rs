@@ -154,14 +154,20 @@ pub fn read_header(stored: &[u8]) -> Result<SegmentChecksum, SegmentFileError> {
     })
 }
 
+/// The most a zstd frame can expand: a block of at most 128 KiB from at least 4 bytes (an RLE
+/// block). A header claiming more than this times the compressed size is damaged, and is
+/// refused before anything of the claimed size is allocated.
+const MAX_ZSTD_RATIO: u64 = 32 * 1024;
+
 /// Decompresses a stored segment and verifies it against its header.
 pub fn decompress(stored: &[u8]) -> Result<Vec<u8>, SegmentFileError> {
     let expected = read_header(stored)?;
     // One-shot decompression into a buffer of the recorded size: no intermediate copies. A
     // header claiming more than 1 GiB is refused rather than allocated.
-    if expected.size > 1 << 30 {
+    let compressed = stored.len() - (8 + HEADER_PAYLOAD);
+    if expected.size > 1 << 30 || expected.size > (compressed as u64).saturating_mul(MAX_ZSTD_RATIO) {
         return Err(SegmentFileError::Decompress(io::Error::other(format!(
-            "header claims {} bytes, more than any segment or chunk",
+            "header claims {} bytes, more than any segment or chunk, or than {compressed} compressed bytes can hold",
             expected.size
         ))));
     }

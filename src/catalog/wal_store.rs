@@ -701,6 +701,68 @@ mod tests {
         assert!(content[100..].iter().all(|&b| b == 0));
     }
 
+    /// Audit finding 12: the write position reported never counts bytes still staged in
+    /// pgark's buffer (a primary with synchronous_commit = remote_write trusts it).
+    #[test]
+    fn reported_write_position_is_what_the_file_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _rx) = store(d.path());
+        s.begin(TimelineId(1), Lsn(0)).unwrap();
+        s.write(Lsn(0), &[9u8; 3000]).unwrap();
+        assert_eq!(s.write_pos(), Lsn(3000), "received");
+        assert_eq!(s.written_pos(), Lsn(0), "staged bytes are not written yet");
+        let on_disk = std::fs::read(d.path().join("000000010000000000000000.partial")).unwrap();
+        assert!(on_disk[..3000].iter().all(|&b| b == 0), "the test expects nothing written yet");
+        s.sync().unwrap();
+        assert_eq!(s.written_pos(), s.write_pos());
+        let on_disk = std::fs::read(d.path().join("000000010000000000000000.partial")).unwrap();
+        assert!(on_disk[..3000].iter().all(|&b| b == 9));
+    }
+
+    /// Audit finding 1: a `.partial` opened again (it holds WAL an earlier session acknowledged)
+    /// is kept when its timeline ends before anything is written into it; only a fresh, empty
+    /// one is dropped.
+    #[test]
+    fn a_reopened_partial_survives_an_immediate_timeline_end() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _rx) = store(d.path());
+        s.begin(TimelineId(1), Lsn(SEG)).unwrap();
+        s.write(Lsn(SEG), &[7u8; 5000]).unwrap();
+        s.sync().unwrap();
+        // Reconnect: the server says timeline 1 ends exactly at this segment's start.
+        s.begin(TimelineId(1), Lsn(SEG)).unwrap();
+        s.end_timeline().unwrap();
+        let p = d.path().join("000000010000000000000001.partial");
+        let kept = std::fs::read(&p).expect("the acknowledged WAL was deleted");
+        assert_eq!(&kept[..5000], &[7u8; 5000]);
+    }
+
+    /// Audit finding 8: a segment renamed to its final name is handed to the archiver even
+    /// when putting the next `.partial` in place fails.
+    #[test]
+    fn a_failed_boundary_still_hands_the_segment_to_the_archiver() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, rx) = store(d.path());
+        s.begin(TimelineId(1), Lsn(0)).unwrap();
+        // The next .partial cannot be created: a directory stands in its way.
+        std::fs::create_dir(d.path().join("000000010000000000000001.partial")).unwrap();
+        std::fs::write(d.path().join("000000010000000000000001.partial/x"), b"x").unwrap();
+        let err = s.write(Lsn(0), &vec![1u8; SEG as usize]).unwrap_err();
+        assert!(err.to_string().contains("000000010000000000000001"), "{err}");
+        assert!(d.path().join("000000010000000000000000").exists());
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![WalFileName::new(TimelineId(1), SegNo(0))]);
+    }
+
+    /// Audit finding 9: spare names never repeat across restarts that reuse the pid.
+    #[test]
+    fn spare_names_are_unique_across_pools() {
+        let d = tempfile::tempdir().unwrap();
+        let a = SparePool::default().new_name(d.path());
+        std::fs::write(&a, b"").unwrap();
+        let b = SparePool::default().new_name(d.path());
+        assert_ne!(a, b, "a second pool (a restart with the same pid) reused a spare's name");
+    }
+
     #[test]
     fn timeline_end_keeps_partial_and_drops_empty() {
         let d = tempfile::tempdir().unwrap();

@@ -464,6 +464,12 @@ pub fn pgpass_lookup(file: &Path, host: &str, port: u16, database: &str, user: &
         return None;
     }
     let text = std::fs::read_to_string(file).ok()?;
+    pgpass_find(&text, host, port, database, user)
+}
+
+/// The password of the first line of a `.pgpass` text matching the connection (`*` matches
+/// anything; `\:` and `\\` escape).
+pub fn pgpass_find(text: &str, host: &str, port: u16, database: &str, user: &str) -> Option<String> {
     let port = port.to_string();
     for line in text.lines() {
         if line.starts_with('#') || line.trim().is_empty() {

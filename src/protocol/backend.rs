@@ -11,6 +11,9 @@ use bytes::{Buf, Bytes, BytesMut};
 /// hostile length must not make us allocate gigabytes.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
+/// The most `parse` reserves ahead for a frame still arriving.
+const RESERVE_AHEAD: usize = 1 << 20;
+
 /// The `Authentication*` request the server made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthRequest {
@@ -97,7 +100,9 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<BackendMessage>, ProtocolError
         )));
     }
     if buf.len() < len + 1 {
-        buf.reserve(len + 1 - buf.len());
+        // Room for what is missing, up to a megabyte: a length the peer claims never makes us
+        // allocate more than the bytes it actually sends (plus this much).
+        buf.reserve((len + 1 - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     buf.advance(5);
@@ -120,7 +125,7 @@ fn decode(tag: u8, mut body: Bytes) -> Result<BackendMessage, ProtocolError> {
         }
         b'T' => {
             let n = take_u16(&mut body, "RowDescription")?;
-            let mut cols = Vec::with_capacity(n as usize);
+            let mut cols = Vec::with_capacity((n as usize).min(body.len() / 19 + 1));
             for _ in 0..n {
                 cols.push(take_cstr(&mut body, "RowDescription column name")?);
                 need(&body, 18, "RowDescription column")?;
@@ -130,7 +135,7 @@ fn decode(tag: u8, mut body: Bytes) -> Result<BackendMessage, ProtocolError> {
         }
         b'D' => {
             let n = take_u16(&mut body, "DataRow")?;
-            let mut vals = Vec::with_capacity(n as usize);
+            let mut vals = Vec::with_capacity((n as usize).min(body.len() / 4 + 1));
             for _ in 0..n {
                 let len = take_u32(&mut body, "DataRow value length")? as i32;
                 if len < 0 {

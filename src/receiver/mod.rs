@@ -43,7 +43,7 @@ pub enum ReceiverError {
     Identity(#[from] state::IdentityError),
     #[error("the catalog is on timeline {catalog} but the server is on timeline {server}; was the server restored from an older backup?")]
     TimelineAhead { catalog: TimelineId, server: TimelineId },
-    #[error("no message from the server for {0:?}; treating the connection as dead")]
+    #[error("no message from the server for {0:?} (phase: streaming; receiver_timeout); treating the connection as dead")]
     Timeout(Duration),
 }
 
@@ -201,7 +201,11 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
         let started = Instant::now();
         let result = session(&cfg, &layout, &store, &mut spool, &board, &cancel).await;
         crate::metrics::set_up(&server, false);
-        let streamed_long = started.elapsed() > Duration::from_secs(30);
+        // A session that got to streaming proves the server and the credentials work: the next
+        // attempt starts again from the shortest delay (a synchronous standby must come back
+        // fast after each network blip, not after a delay grown by earlier ones).
+        let streamed = board.snapshot().iter().any(|s| s.server == server && s.streaming_since.is_some())
+            || started.elapsed() > Duration::from_secs(30);
         match result {
             Ok(SessionEnd::Cancelled) | Err(ReceiverError::Client(ClientError::Cancelled)) => break,
             Ok(SessionEnd::ServerShutdown) => {
@@ -218,7 +222,7 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
                 board.update(&server, |s| s.last_error = Some(e.to_string()));
             }
         }
-        if streamed_long {
+        if streamed {
             backoff.reset();
         }
         let delay = backoff.next_delay();

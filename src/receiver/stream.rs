@@ -142,7 +142,10 @@ impl Loop<'_> {
     fn report(&mut self, reply_requested: bool) -> Result<(), ReceiverError> {
         let (write, flush) = (self.store.write_pos(), self.store.flush_pos());
         self.out.clear();
-        replication::status_update_frame(write, flush, replication::pg_now(), reply_requested, &mut self.out);
+        // The write position reported is what the kernel has, not what is still staged in
+        // pgark's buffer (audit finding 12); flush is what fdatasync covered.
+        let written = self.store.written_pos();
+        replication::status_update_frame(written, flush, replication::pg_now(), reply_requested, &mut self.out);
         if self.stopping {
             self.conn.send_raw_blocking_final(&self.out).map_err(ReceiverError::Client)?;
         } else {

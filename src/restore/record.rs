@@ -113,14 +113,19 @@ pub fn load(store: &dyn ObjectStore, server: &str, target_dir: &Path) -> Option<
             return None;
         }
     };
-    match serde_json::from_slice::<RestoreRecord>(&bytes) {
-        Ok(r) if r.format == FORMAT && r.target_dir == target_dir.display().to_string() => Some(r),
-        Ok(_) => None,
+    match decode(&bytes, target_dir) {
+        Ok(r) => r,
         Err(e) => {
             tracing::info!(record = %key, error = %e, "ignoring an unreadable restore record; every existing file will be read");
             None
         }
     }
+}
+
+/// Parses a stored record: `Ok(None)` when it is of another format or for another directory.
+pub fn decode(bytes: &[u8], target_dir: &Path) -> Result<Option<RestoreRecord>, serde_json::Error> {
+    let r: RestoreRecord = serde_json::from_slice(bytes)?;
+    Ok((r.format == FORMAT && r.target_dir == target_dir.display().to_string()).then_some(r))
 }
 
 /// Removes the record durably. Called before a restore writes anything: from then on the old

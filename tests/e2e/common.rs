@@ -203,6 +203,18 @@ impl Pgark {
         }
     }
 
+    /// Replaces the extra environment of the next `spawn` (fault rules, say).
+    pub fn set_env(&mut self, env: &[(String, String)]) {
+        self.extra_env = env.to_vec();
+    }
+
+    /// SIGTERM and wait; returns the exit code and how long the stop took.
+    pub fn term_timed(&mut self) -> (i32, Duration) {
+        let start = Instant::now();
+        let code = self.term();
+        (code, start.elapsed())
+    }
+
     pub fn hup(&self) {
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(self.pid(), libc::SIGHUP) };
@@ -229,6 +241,14 @@ impl Pgark {
         s.read_to_string(&mut resp).unwrap();
         let (head, body) = resp.split_once("\r\n\r\n").unwrap();
         (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
+    }
+
+    /// The value of one series on `/metrics`, e.g. `pgark_up{server="main"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.http_get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     pub fn server(&self, name: &str) -> Option<ServerStatus> {

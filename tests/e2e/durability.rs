@@ -108,7 +108,7 @@ fn chown_postgres(path: &Path) {
 /// Builds a cluster from a `pg_basebackup -X none` copy plus only the WAL in pgark's catalog
 /// (complete segments decompressed, and the newest partial under its full name), starts it and
 /// returns it. PostgreSQL replays the catalog's WAL from pg_wal during crash recovery.
-fn recover_from_catalog(bins: &PgBinaries, backup: &Path, wal_dir: &Path, seg: WalSegSize) -> Cluster {
+pub fn recover_from_catalog(bins: &PgBinaries, backup: &Path, wal_dir: &Path, seg: WalSegSize) -> Cluster {
     let dir = tempfile::Builder::new().prefix("pgark-restore-").tempdir().unwrap();
     let data = dir.path().join("data");
     assert!(Command::new("cp").arg("-a").arg(backup).arg(&data).status().unwrap().success());

@@ -7,7 +7,8 @@
  *   OP       write (write, pwrite, writev, pwritev), fsync (fsync, fdatasync), rename (rename,
  *            renameat, renameat2; the source or the destination matches), unlink (unlink,
  *            unlinkat), open (open/openat with O_CREAT)
- *   PATTERN  a substring of the file's path ("*" matches every path)
+ *   PATTERN  a substring of the file's path ("*" matches every path; a final "$" anchors it at
+ *            the end of the path)
  *   N        the Nth matching call triggers (1-based); "N+" triggers it and every later one
  *   ACTION   eio (default), enospc, kill (SIGKILL before the call), killafter (SIGKILL after
  *            the call has been done)
@@ -110,8 +111,16 @@ static int fd_path(int fd, char *out, size_t len) {
     return 0;
 }
 
+/* A pattern ending in '$' matches the end of the path only. */
 static int matches(const struct rule *r, const char *path) {
-    return r->pattern[0] == '*' || (path && strstr(path, r->pattern));
+    if (r->pattern[0] == '*') return 1;
+    if (!path) return 0;
+    size_t pl = strlen(r->pattern);
+    if (pl > 0 && r->pattern[pl - 1] == '$') {
+        size_t n = strlen(path);
+        return n >= pl - 1 && !strncmp(path + n - (pl - 1), r->pattern, pl - 1);
+    }
+    return strstr(path, r->pattern) != NULL;
 }
 
 /* The action for a call of `op` on `path` (and `path2`), or -1 for none. */
