@@ -64,6 +64,7 @@ pub async fn run(layout: Layout, thresholds: tokio::sync::watch::Receiver<DiskTh
     let mut usage_cache: Vec<(String, usage::ServerUsage)> = Vec::new();
     let mut round: u64 = 0;
     loop {
+        fail::fail_point!("catalog-watch");
         let thresholds = *thresholds.borrow();
         let servers = board.snapshot();
         let now = Instant::now();

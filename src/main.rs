@@ -16,6 +16,9 @@ fn init_tracing(json: bool) {
 }
 
 fn main() {
+    // Test builds only (the `failpoints` feature): FAILPOINTS=name=action;... from the tests.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     init_tracing(cli.log_format == "json");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -210,6 +210,7 @@ pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToke
     let mut over_limit = false;
     crate::metrics::slot_retained_limit(&server, cfg.slot_retained_limit);
     loop {
+        fail::fail_point!("monitor-round");
         // Each step is bounded on its own (connect_timeout, query_timeout, named in the error);
         // this outer bound is a safety net.
         let outcome = tokio::select! {

@@ -63,6 +63,7 @@ pub async fn run(
     let mut cache = Some(BackupFactsCache::default());
     let store = LocalStore::new(&catalog);
     loop {
+        fail::fail_point!("backup-scheduler");
         // Catalog reads block: off the async workers.
         let (s, b, name, mut c) = (store.clone(), board.clone(), server.clone(), cache.take().unwrap_or_default());
         let (last_start, c) = match tokio::task::spawn_blocking(move || (refresh(&s, &mut c, &name, &b), c)).await {

@@ -160,6 +160,7 @@ impl Archiver {
     /// which is reused from segment to segment, and compressed in one call; segments larger than `MAX_BUFFERED_SEGMENT` are
     /// streamed twice instead (checksum, then compression) so memory stays small.
     pub fn archive(&self, name: WalFileName, work: &mut Buffers) -> std::io::Result<()> {
+        fail::fail_point!("archiver-segment");
         use super::fsutil::ctx;
         let file_name = name.format(self.seg);
         let plain = self.dir.join(&file_name);

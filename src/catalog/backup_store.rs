@@ -305,13 +305,20 @@ pub struct Garbage {
 /// backup is being built meanwhile.
 pub fn collect_garbage(store: &dyn ObjectStore, server: &str) -> Result<Garbage, BackupStoreError> {
     let mut g = Garbage::default();
+    // Temporary files of killed writers beside the state file (a backup's server.state update).
+    for key in store.list(server)? {
+        let name = key.rsplit('/').next().unwrap_or_default();
+        if fsutil::is_stale_tmp(name) {
+            store.delete(&key)?;
+        }
+    }
     let ids: BTreeSet<String> = list_ids(store, server)?.into_iter().collect();
     for key in store.list(&backups_key(server))? {
         let name = key.rsplit('/').next().unwrap_or_default();
         let orphan = match (name.strip_suffix(".running"), name.strip_suffix(".manifest")) {
             (Some(_), _) => true,
             (_, Some(id)) => !ids.contains(id),
-            _ => name.ends_with(fsutil::TMP_SUFFIX),
+            _ => fsutil::is_stale_tmp(name),
         };
         if orphan {
             tracing::info!(server, object = %key, "removing what an interrupted backup left");

@@ -88,6 +88,13 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result
     write_via_temp(&tmp_path(path), path, fill, true)
 }
 
+/// Like `write_atomic_with`, telling `fill` the temporary file's path too (for writers that open
+/// it a second time, with `O_DIRECT`).
+pub fn write_atomic_at_tmp(path: &Path, fill: impl FnOnce(&mut File, &Path) -> io::Result<()>) -> io::Result<()> {
+    let tmp = tmp_path(path);
+    write_via_temp(&tmp, path, |f| fill(f, &tmp), true)
+}
+
 /// The shared sequence: create `tmp`, fill it, optionally fsync it, rename it to `path` (then
 /// fsync the directory when durable); on any error `tmp` is removed.
 fn write_via_temp(tmp: &Path, path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>, durable: bool) -> io::Result<()> {

@@ -119,7 +119,11 @@ impl ObjectStore for LocalStore {
         if let Some(dir) = path.parent() {
             fsutil::create_dir_durable(dir)?;
         }
-        fsutil::write_atomic_with(&path, |f| crate::direct_io::write_at(&self.direct, &path, f, data, 0).map(|_| ()))
+        // The direct descriptor must be opened on the temporary file being filled, never on the
+        // final name (an object of that name may exist already, from before a crash).
+        fsutil::write_atomic_at_tmp(&path, |f, tmp| {
+            crate::direct_io::write_at(&self.direct, tmp, f, data, 0).map(|_| ())
+        })
     }
 
     fn put_from(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {

@@ -196,6 +196,7 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
     crate::metrics::synchronous_mode(&server, cfg.synchronous);
     crate::metrics::set_up(&server, false);
     loop {
+        fail::fail_point!("receiver-session");
         board.update(&server, |s| s.state = ConnState::Connecting);
         crate::metrics::connection_state(&server, ConnState::Connecting);
         let started = Instant::now();
@@ -470,9 +471,7 @@ fn open_spool<'a>(
         let why = sp.archiver.take().map(|a| a.join_reason()).unwrap_or_else(|| "not running".into());
         tracing::error!(reason = %why, "the archiver thread stopped (a bug: please report it with this log); restarting it");
         crate::metrics::task_failed(&cfg.name, "archiver");
-        board.update(&cfg.name, |s| {
-            s.last_error = Some(format!("the archiver thread stopped ({why}); restarted"))
-        });
+        board.task_failed("archiver", &cfg.name, &why);
         let (tx, rx) = mpsc::channel();
         sp.archiver = Some(sp.archiver_template.clone().spawn(rx).map_err(ReceiverError::Store)?);
         sp.store.attach_archiver(tx);

@@ -41,7 +41,7 @@ fn make_ca(dir: &Path, name: &str) {
     );
 }
 
-fn setup() -> (Cluster, tempfile::TempDir) {
+pub fn setup() -> (Cluster, tempfile::TempDir) {
     let bins = pg();
     let certs = tempfile::tempdir().unwrap();
     let d = certs.path();
@@ -202,6 +202,38 @@ fn auth_methods_and_tls_modes() {
         .err()
         .unwrap();
         assert!(e.to_string().contains("root certificate"), "{e}");
+
+        // Channel binding (audit finding 11): require works over TLS with SCRAM, and refuses
+        // everything that would authenticate without it.
+        let conn = ok(format!(
+            "{base} user=tls_user password=tlspass sslmode=require channel_binding=require"
+        ))
+        .await;
+        assert!(conn.encrypted);
+        ok(format!(
+            "{base} user=tls_user password=tlspass sslmode=require channel_binding=disable"
+        ))
+        .await;
+        for (conninfo, why) in [
+            (
+                format!("{base} user=scram_user password='scram pass' sslmode=disable channel_binding=require"),
+                "needs a TLS connection",
+            ),
+            (
+                format!("{base} user=md5_user password=md5pass sslmode=require channel_binding=require"),
+                "without SCRAM channel binding",
+            ),
+            (
+                format!("{base} user=trust_user sslmode=require channel_binding=require"),
+                "without SCRAM channel binding",
+            ),
+        ] {
+            let e = try_connect(&conninfo)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{conninfo}: accepted without channel binding"));
+            assert!(matches!(e, ClientError::Auth(_)) && e.to_string().contains(why), "{conninfo}: {e}");
+        }
 
         // .pgpass (via passfile; PGPASSFILE is honoured the same way).
         let pass = certs.path().join("pgpass");

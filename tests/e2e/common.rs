@@ -349,6 +349,30 @@ pub fn assert_no_gap(wal_dir: &Path, seg: WalSegSize) {
     }
 }
 
+/// A size-limited tmpfs mounted on an existing directory (a volume inside a catalog), unmounted
+/// on drop; `None` where mounting is not allowed.
+pub struct MountedFs {
+    path: PathBuf,
+}
+
+impl SmallFs {
+    pub fn mount_at(size: &str, path: &Path) -> Option<MountedFs> {
+        let ok = pgark::pgcluster::running_as_root()
+            && Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(path)
+                .status()
+                .is_ok_and(|s| s.success());
+        ok.then(|| MountedFs { path: path.to_path_buf() })
+    }
+}
+
+impl Drop for MountedFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
 /// A size-limited tmpfs, unmounted on drop. `None` where mounting is not allowed (not root, or no
 /// mount permission in this container): callers skip with a message saying so.
 pub struct SmallFs {
