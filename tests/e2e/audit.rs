@@ -336,26 +336,48 @@ fn passwords_never_appear_in_any_output() {
     assert!(outputs.iter().any(|(_, o)| o.contains("pw_user")), "the outputs were not captured");
 }
 
+/// What a fake server does wrong.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Impostor {
+    /// AuthenticationOk right after the client's first SCRAM message.
+    EndsScramEarly,
+    /// A SASLFinal with a signature it could not compute.
+    ForgesSignature,
+    /// An iteration count that would keep the client hashing for minutes.
+    HugeIterationCount,
+    /// Answers IDENTIFY_SYSTEM with an endless stream of rows.
+    EndlessRows,
+}
+
 /// Finding 11: a server that ends SCRAM early (AuthenticationOk before proving it knows the
-/// password) or proves it wrongly (a forged SASLFinal) is refused.
+/// password), proves it wrongly (a forged SASLFinal) or asks for an absurd iteration count is
+/// refused; one that answers a command with endless rows ends the connection at the row limit
+/// instead of exhausting memory.
 #[test]
-fn scram_impostors_are_refused() {
-    for forge in [false, true] {
+fn impostors_and_hostile_servers_are_refused() {
+    for mode in [
+        Impostor::EndsScramEarly,
+        Impostor::ForgesSignature,
+        Impostor::HugeIterationCount,
+        Impostor::EndlessRows,
+    ] {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || fake_scram_server(listener, forge));
+        let server = std::thread::spawn(move || fake_server(listener, mode));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let ci = pgark::client::ConnInfo::parse(&format!("host=127.0.0.1 port={port} user=u password=pw sslmode=disable")).unwrap();
-        let e = rt
-            .block_on(pgark::client::Connection::connect(&ci, true))
-            .err()
-            .expect("an impostor was accepted");
-        let msg = e.to_string();
-        if forge {
-            assert!(msg.contains("signature is wrong"), "{msg}");
-        } else {
-            assert!(msg.contains("without proving"), "{msg}");
-        }
+        let result = rt.block_on(async {
+            let mut c = pgark::client::Connection::connect(&ci, true).await?;
+            c.identify_system().await
+        });
+        let msg = result.err().map(|e| e.to_string()).unwrap_or_else(|| panic!("{mode:?}: accepted"));
+        let want = match mode {
+            Impostor::EndsScramEarly => "without proving",
+            Impostor::ForgesSignature => "signature is wrong",
+            Impostor::HugeIterationCount => "iteration count",
+            Impostor::EndlessRows => "exceeds",
+        };
+        assert!(msg.contains(want), "{mode:?}: {msg}");
         let _ = server.join();
     }
 }
@@ -381,13 +403,33 @@ fn auth(code: u32, data: &[u8]) -> Vec<u8> {
     m
 }
 
-fn fake_scram_server(listener: TcpListener, forge: bool) {
+fn fake_server(listener: TcpListener, mode: Impostor) {
     let (mut s, _) = listener.accept().unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _startup = read_msg(&mut s, false);
+    if mode == Impostor::EndlessRows {
+        s.write_all(&auth(0, b"")).unwrap();
+        s.write_all(b"Z\0\0\0\x05I").unwrap();
+        let _query = read_msg(&mut s, true);
+        let mut desc = 1u16.to_be_bytes().to_vec();
+        desc.extend_from_slice(b"systemid\0");
+        desc.extend_from_slice(&[0u8; 18]);
+        let mut m = vec![b'T'];
+        m.extend_from_slice(&((desc.len() + 4) as u32).to_be_bytes());
+        m.extend(desc);
+        let _ = s.write_all(&m);
+        let row = [b'D', 0, 0, 0, 16, 0, 1, 0, 0, 0, 6, b'1', b'2', b'3', b'4', b'5', b'6'];
+        let block: Vec<u8> = row.iter().copied().cycle().take(row.len() * 1000).collect();
+        for _ in 0..100 {
+            if s.write_all(&block).is_err() {
+                return;
+            }
+        }
+        return;
+    }
     s.write_all(&auth(10, b"SCRAM-SHA-256\0\0")).unwrap();
     let Some((_, initial)) = read_msg(&mut s, true) else { return };
-    if !forge {
+    if mode == Impostor::EndsScramEarly {
         s.write_all(&auth(0, b"")).unwrap();
         s.write_all(b"Z\0\0\0\x05I").unwrap();
         return;
@@ -395,10 +437,11 @@ fn fake_scram_server(listener: TcpListener, forge: bool) {
     // SASLInitialResponse: mechanism\0, int32 length, client-first "n,,n=,r=NONCE".
     let text = String::from_utf8_lossy(&initial).into_owned();
     let nonce = text.split("r=").nth(1).unwrap_or_default().trim_end_matches('\0').to_string();
-    let first = format!("r={nonce}server,s=c2FsdHNhbHQ=,i=4096");
+    let iterations = if mode == Impostor::HugeIterationCount { 10_000_000 } else { 4096 };
+    let first = format!("r={nonce}server,s=c2FsdHNhbHQ=,i={iterations}");
     s.write_all(&auth(11, first.as_bytes())).unwrap();
     let _final = read_msg(&mut s, true);
-    s.write_all(&auth(12, b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")).unwrap();
+    let _ = s.write_all(&auth(12, b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="));
     let mut rest = [0u8; 16];
     let _ = s.read(&mut rest);
 }
@@ -481,6 +524,67 @@ fn delta_restore_fsyncs_the_files_it_kept() {
         unsynced.len(),
         &unsynced[..unsynced.len().min(5)]
     );
+}
+
+/// `pgark restore` stops cleanly on SIGTERM and SIGINT: within moments, exit 1, the directory
+/// left unstartable (the marker, no `pg_control`) and no restore record; `--delta` then finishes
+/// it. (Writes are slowed by the fault shim so that the signal lands mid-restore.)
+#[test]
+fn restore_stops_cleanly_on_a_signal() {
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    write_rows(&c, 500);
+    let cat = Catalog::new(&server_yaml("main", &c.conninfo(&c.superuser), "backup_checkpoint: fast"));
+    let o = pgark_cmd(&cat.config, &["backup", "main"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("data");
+    let t = target.display().to_string();
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let log = tmp.path().join("faults.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pgark"))
+            .args(["restore", "--config"])
+            .arg(&cat.config)
+            .args(["main", "--target-dir", &t, "--delta", "--verify-existing", "--jobs", "1"])
+            .env("LD_PRELOAD", crate::faults::shim())
+            .env("PGARK_FAULTS", format!("write:{t}/:1+:slow;fsync:{t}/:1+:slow"))
+            .env("PGARK_FAULT_LOG", &log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(Duration::from_secs(30), "the restore to start writing", || {
+            target.join("pgark_restore_incomplete").exists()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "restore did not stop within 5s of signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        eprintln!(
+            "restore stopped {:?} after signal {signal}: {}",
+            start.elapsed(),
+            err.lines().last().unwrap_or("")
+        );
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert!(err.contains("interrupted"), "{err}");
+        assert!(target.join("pgark_restore_incomplete").exists(), "the marker is gone");
+        assert!(!target.join("global/pg_control").exists(), "an interrupted restore left pg_control");
+    }
+    let o = pgark_cmd(&cat.config, &["restore", "main", "--target-dir", &t, "--delta"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(target.join("global/pg_control").exists() && !target.join("pgark_restore_incomplete").exists());
 }
 
 /// Supervision: a panic in each task of the daemon (receiver, archiver, monitor, backup

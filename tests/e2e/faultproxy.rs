@@ -21,6 +21,8 @@ pub enum Trigger {
     Now,
     /// When the client's bytes contain this text (before forwarding them).
     ClientSends(String),
+    /// When the client's bytes contain these bytes (the SSLRequest, say).
+    ClientBytes(Vec<u8>),
     /// After the server has sent this many bytes on a connection.
     ServerBytes(u64),
     /// After forwarding a server message with this tag.
@@ -47,6 +49,8 @@ struct Conn {
     trickle: AtomicBool,
     s2c_bytes: AtomicU64,
     closed: AtomicBool,
+    /// The client sent an SSLRequest: the server's one-byte answer comes before any framing.
+    ssl_answer_pending: AtomicBool,
 }
 
 impl Conn {
@@ -259,7 +263,14 @@ fn pump(sh: &Shared, conn: &Conn, mut from: TcpStream, mut to: TcpStream, c2s: b
         let data = &buf[..n];
         if c2s {
             let text = String::from_utf8_lossy(data);
-            sh.check(conn, |t| matches!(t, Trigger::ClientSends(p) if text.contains(p.as_str())));
+            if data.starts_with(&SSL_REQUEST) {
+                conn.ssl_answer_pending.store(true, Ordering::SeqCst);
+            }
+            sh.check(conn, |t| match t {
+                Trigger::ClientSends(p) => text.contains(p.as_str()),
+                Trigger::ClientBytes(b) => data.windows(b.len()).any(|w| w == b.as_slice()),
+                _ => false,
+            });
             if stalled().load(Ordering::SeqCst) || conn.closed.load(Ordering::SeqCst) {
                 // The command never reaches the server.
                 continue;
@@ -272,6 +283,12 @@ fn pump(sh: &Shared, conn: &Conn, mut from: TcpStream, mut to: TcpStream, c2s: b
         // Server to client: forward piece by piece (header, body) so that a trigger lands on a
         // message boundary.
         let mut at = 0;
+        if conn.ssl_answer_pending.swap(false, Ordering::SeqCst) {
+            if write_out(conn, &mut to, &data[..1]).is_err() {
+                return;
+            }
+            at = 1;
+        }
         while at < data.len() {
             if stalled().load(Ordering::SeqCst) || conn.closed.load(Ordering::SeqCst) {
                 break;
@@ -307,6 +324,9 @@ fn pump(sh: &Shared, conn: &Conn, mut from: TcpStream, mut to: TcpStream, c2s: b
         }
     }
 }
+
+/// The SSLRequest message: length 8, code 80877103.
+pub const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 fn write_out(conn: &Conn, to: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
     if conn.trickle.load(Ordering::SeqCst) {

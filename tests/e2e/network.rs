@@ -31,8 +31,13 @@ fn wait_log(p: &Pgark, from: usize, needle: &str, limit: Duration) -> Duration {
 }
 
 fn proxied(c: &Cluster, proxy: &FaultProxy) -> String {
+    proxied_with(c, proxy, "disable")
+}
+
+/// With `sslmode=prefer` the server (no TLS configured) answers the SSLRequest with `N`.
+fn proxied_with(c: &Cluster, proxy: &FaultProxy, sslmode: &str) -> String {
     format!(
-        "host=127.0.0.1 port={} user={} sslmode=disable connect_timeout=3",
+        "host=127.0.0.1 port={} user={} sslmode={sslmode} connect_timeout=3",
         proxy.port, c.superuser
     )
 }
@@ -58,7 +63,7 @@ fn receiver_detects_every_network_fault_and_loses_nothing() {
     let proxy = FaultProxy::start(&format!("127.0.0.1:{}", c.port));
     let mut p = Pgark::start(&server_yaml(
         "main",
-        &proxied(&c, &proxy),
+        &proxied_with(&c, &proxy, "prefer"),
         "synchronous: true\nreceiver_timeout: 3s\nmonitor_interval: 1s",
     ));
     p.wait_streaming("main");
@@ -69,6 +74,10 @@ fn receiver_detects_every_network_fault_and_loses_nothing() {
 
     let phases: Vec<(&str, Trigger)> = vec![
         ("phase: streaming", Trigger::Now),
+        (
+            "phase: TLS negotiation",
+            Trigger::ClientBytes(crate::faultproxy::SSL_REQUEST.to_vec()),
+        ),
         ("connect_timeout", Trigger::ClientSends("replication\0true".into())),
         ("phase: IDENTIFY_SYSTEM", Trigger::ClientSends("IDENTIFY_SYSTEM".into())),
         ("phase: SHOW wal_segment_size", Trigger::ClientSends("SHOW wal_segment_size".into())),
