@@ -457,10 +457,12 @@ async fn run(
                     let (Some(p), Some(pl)) = (parser.as_mut(), pipeline.as_ref()) else {
                         return Err(tar_err(&server, "archive data outside an archive"));
                     };
-                    p.push(&d, &mut |ev| rx.on_tar(pl, ev)).map_err(|e| with_server(e, &server))?;
+                    let pushed = p.push(&d, &mut |ev| rx.on_tar(pl, ev));
                     if pl.has_failed() {
+                        // The workers' own error (out of space, EIO) is collected below.
                         break;
                     }
+                    pushed.map_err(|e| with_server(e, &server))?;
                     if last_progress.elapsed() >= Duration::from_millis(200) {
                         progress.update(rx.bytes, pl.stored_bytes());
                         last_progress = Instant::now();
