@@ -81,7 +81,8 @@ pub struct Daemon {
     servers: BTreeMap<String, Running>,
     stopping: Vec<Stopping>,
     http_cancel: CancellationToken,
-    http_task: JoinHandle<()>,
+    /// Taken when it is awaited (a finished handle must not be polled again).
+    http_task: Option<JoinHandle<()>>,
     healthz_stream_timeout: Arc<AtomicU64>,
     watch_cancel: CancellationToken,
     watch_task: JoinHandle<()>,
@@ -133,7 +134,7 @@ impl Daemon {
             servers: BTreeMap::new(),
             stopping: Vec::new(),
             http_cancel,
-            http_task,
+            http_task: Some(http_task),
             healthz_stream_timeout,
             watch_cancel,
             watch_task,
@@ -142,23 +143,15 @@ impl Daemon {
             metrics_addr,
         };
         for s in config.servers.values() {
-            d.spawn_server(s.clone()).await;
+            d.spawn_server(s.clone());
         }
         Ok(d)
     }
 
-    async fn spawn_server(&mut self, cfg: ServerConfig) {
+    fn spawn_server(&mut self, cfg: ServerConfig) {
         let cancel = CancellationToken::new();
         self.board.insert(ServerStatus::new(&cfg.name, cfg.synchronous));
         crate::metrics::register_server(&cfg.name);
-        let (root, name) = (self.layout.root().to_path_buf(), cfg.name.clone());
-        // Garbage of interrupted backups: a catalog walk, off the async workers.
-        let cleaned = tokio::task::spawn_blocking(move || crate::basebackup::clean_interrupted(&root, &name)).await;
-        match cleaned {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(server = %cfg.name, error = %e, "could not clean up after interrupted backups"),
-            Err(e) => tracing::warn!(server = %cfg.name, error = %e, "could not clean up after interrupted backups"),
-        }
         let mut r = Running {
             config: cfg,
             cancel,
@@ -251,14 +244,12 @@ impl Daemon {
             let pending = self.stopping.iter().any(|s| &s.running.config.name == name);
             if !self.servers.contains_key(name) && !pending {
                 tracing::info!(server = %name, "server added to the config; starting its receiver");
-                self.spawn_server(c.clone()).await;
+                self.spawn_server(c.clone());
             }
         }
         // A server removed and added back before its old tasks stopped starts once they have.
         for s in self.stopping.iter_mut() {
-            if s.replacement.is_none() {
-                s.replacement = new.servers.get(&s.running.config.name).cloned();
-            }
+            s.replacement = new.servers.get(&s.running.config.name).cloned();
         }
         let keep = (
             self.config.catalog.clone(),
@@ -279,8 +270,8 @@ impl Daemon {
     /// The supervision tick: restarts tasks that died, reaps servers that finished stopping.
     /// An error means the daemon must exit.
     pub async fn check_tasks(&mut self) -> Result<(), DaemonError> {
-        if self.http_task.is_finished() {
-            let why = join_reason((&mut self.http_task).await);
+        if let Some(h) = self.http_task.take_if(|h| h.is_finished()) {
+            let why = join_reason(h.await);
             crate::metrics::task_failed("", "http");
             return Err(DaemonError::TaskDied("http", why));
         }
@@ -326,7 +317,7 @@ impl Daemon {
             if stopped(&mut s.running).await {
                 let name = s.running.config.name.clone();
                 match s.replacement {
-                    Some(cfg) if !self.servers.contains_key(&name) => self.spawn_server(cfg).await,
+                    Some(cfg) if !self.servers.contains_key(&name) => self.spawn_server(cfg),
                     _ => {
                         self.board.remove(&name);
                         crate::metrics::retire_server(&name);
@@ -381,7 +372,9 @@ impl Daemon {
         futures_join_all(waits).await;
         self.http_cancel.cancel();
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(200));
-        let _ = tokio::time::timeout(left, &mut self.http_task).await;
+        if let Some(h) = self.http_task.take() {
+            let _ = tokio::time::timeout(left, h).await;
+        }
         tracing::info!("pgark serve stopped");
     }
 }

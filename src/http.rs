@@ -64,6 +64,7 @@ pub async fn serve(listener: TcpListener, state: HttpState, cancel: Cancellation
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut refused_logged = false;
     loop {
+        fail::fail_point!("http-serve");
         let (sock, _) = tokio::select! {
             _ = cancel.cancelled() => return,
             r = listener.accept() => match r {

@@ -144,23 +144,6 @@ pub fn restore(a: RestoreArgs) -> i32 {
         owner: a.owner.clone(),
         interrupted: Default::default(),
     };
-    // SIGINT/SIGTERM: the workers stop after their current chunk; the directory stays marked
-    // incomplete (no pg_control), never half-published.
-    let flag = req.interrupted.clone();
-    let signals = tokio::runtime::Handle::try_current().ok().map(|h| {
-        h.spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::warn!("interrupted: stopping the restore after the chunks being written");
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
-        })
-    });
     // Held until the last file is written, so `delete-backup` cannot remove the chosen backup's
     // chunks underneath; taken before choosing, so the choice only sees backups that stay.
     let _reading = match crate::catalog::lock::CatalogLock::acquire_restore_reader(&req.config.catalog, &req.server) {
@@ -197,6 +180,31 @@ pub fn restore(a: RestoreArgs) -> i32 {
         }
         return exit::OK;
     }
+    // SIGINT/SIGTERM while files are written: the workers stop after their current chunk, and
+    // pg_control is not published; the directory is never half-published. A second signal
+    // exits at once (the directory is just as unstartable).
+    let flag = req.interrupted.clone();
+    let signals = tokio::runtime::Handle::try_current().ok().map(|h| {
+        h.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            for n in 0..2 {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                if n == 0 {
+                    tracing::warn!("interrupted: stopping the restore after the chunks being written (again to exit at once)");
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    eprintln!("interrupted again: exiting now; the target directory is incomplete and PostgreSQL will not start on it");
+                    std::process::exit(exit::FAILURE);
+                }
+            }
+        })
+    });
     let started = std::time::Instant::now();
     let mut progress = progress::for_terminal();
     let result = restore::execute(&req, &plan, progress.as_mut());

@@ -380,13 +380,14 @@ async fn run(
         if job.fast_checkpoint { "fast" } else { "spread" }
     ));
     // With a spread checkpoint the server says nothing until its checkpoint is done, which may
-    // take up to checkpoint_timeout (times checkpoint_completion_target): wait that long more
-    // for the first message.
+    // take up to checkpoint_timeout (times checkpoint_completion_target), after one already
+    // under way: wait twice that more for the first message. A fast checkpoint must finish
+    // within backup_stream_timeout.
     let first_wait = if job.fast_checkpoint {
         cfg.backup.stream_timeout
     } else {
         let checkpoint = conn.show("checkpoint_timeout").await.map_err(client)?;
-        cfg.backup.stream_timeout + parse_pg_duration(&checkpoint).unwrap_or(Duration::from_secs(3600))
+        cfg.backup.stream_timeout + 2 * parse_pg_duration(&checkpoint).unwrap_or(Duration::from_secs(3600))
     };
     conn.send_query(&request.command(conn.server_version_num)).await.map_err(client)?;
     conn.set_phase("BASE_BACKUP: waiting for the server's checkpoint");

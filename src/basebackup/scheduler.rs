@@ -60,6 +60,19 @@ pub async fn run(
     let server = cfg.name.clone();
     let mut retry_at: Option<u64> = None;
     let mut held_back = false;
+    // Garbage of interrupted backups first: a walk of the server's backups and chunks, here
+    // (not before the receiver starts: a synchronous standby's primary waits for that) and on
+    // a blocking thread; the schedule's first backup waits for it, not for its lock.
+    let (root, name) = (catalog.clone(), server.clone());
+    let cleaning = tokio::task::spawn_blocking(move || crate::basebackup::clean_interrupted(&root, &name));
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = cleaning => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(server = %server, error = %e, "could not clean up after interrupted backups"),
+            Err(e) => tracing::warn!(server = %server, error = %e, "could not clean up after interrupted backups"),
+        },
+    }
     let mut cache = Some(BackupFactsCache::default());
     let store = LocalStore::new(&catalog);
     loop {

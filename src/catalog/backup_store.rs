@@ -308,7 +308,7 @@ pub fn collect_garbage(store: &dyn ObjectStore, server: &str) -> Result<Garbage,
     // Temporary files of killed writers beside the state file (a backup's server.state update).
     for key in store.list(server)? {
         let name = key.rsplit('/').next().unwrap_or_default();
-        if fsutil::is_stale_tmp(name) {
+        if fsutil::is_stale_tmp(name, false) {
             store.delete(&key)?;
         }
     }
@@ -318,7 +318,7 @@ pub fn collect_garbage(store: &dyn ObjectStore, server: &str) -> Result<Garbage,
         let orphan = match (name.strip_suffix(".running"), name.strip_suffix(".manifest")) {
             (Some(_), _) => true,
             (_, Some(id)) => !ids.contains(id),
-            _ => fsutil::is_stale_tmp(name),
+            _ => fsutil::is_stale_tmp(name, false),
         };
         if orphan {
             tracing::info!(server, object = %key, "removing what an interrupted backup left");

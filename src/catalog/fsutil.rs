@@ -31,10 +31,11 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Whether a file name is a temporary file that no live writer owns: one of this process's
-/// own (a sweep runs before this process writes any), one of a process that is gone, or one
-/// without a pid (an older pgark's).
-pub fn is_stale_tmp(name: &str) -> bool {
+/// Whether a file name is a temporary file that no live writer owns: one of a process that is
+/// gone, one without a pid (an older pgark's), and, when `own_are_stale` (a sweep that runs
+/// before this process writes there: its own can only be a previous process's with the same
+/// pid), one of this process's own.
+pub fn is_stale_tmp(name: &str, own_are_stale: bool) -> bool {
     let Some(stem) = name.strip_suffix(TMP_SUFFIX) else {
         return false;
     };
@@ -43,7 +44,8 @@ pub fn is_stale_tmp(name: &str) -> bool {
         return true;
     };
     match pid.parse::<i32>() {
-        Ok(pid) if pid > 0 && pid as u32 != std::process::id() => {
+        Ok(pid) if pid as u32 == std::process::id() => own_are_stale,
+        Ok(pid) if pid > 0 => {
             // SAFETY: kill with signal 0 only probes whether the process exists.
             let alive = unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
             !alive
@@ -283,10 +285,12 @@ mod tests {
 
     #[test]
     fn stale_temporary_files() {
-        assert!(!is_stale_tmp("000000010000000000000001"));
-        assert!(is_stale_tmp("server.state.tmp"), "an older pgark's");
-        assert!(is_stale_tmp(&format!("x.{}.3.tmp", std::process::id())), "our own, from before");
-        assert!(is_stale_tmp("x.999999999.3.tmp"), "a process that is gone");
-        assert!(!is_stale_tmp("x.1.3.tmp"), "init is alive");
+        assert!(!is_stale_tmp("000000010000000000000001", true));
+        assert!(is_stale_tmp("server.state.tmp", false), "an older pgark's");
+        let own = format!("x.{}.3.tmp", std::process::id());
+        assert!(is_stale_tmp(&own, true), "our own, in a sweep before we write");
+        assert!(!is_stale_tmp(&own, false), "our own, possibly being written");
+        assert!(is_stale_tmp("x.999999999.3.tmp", false), "a process that is gone");
+        assert!(!is_stale_tmp("x.1.3.tmp", true), "init is alive");
     }
 }

@@ -47,7 +47,9 @@ impl CatalogLock {
     /// backup and a `pgark backup` never build at once or collect each other's chunks.
     pub fn acquire_backup(catalog: &Path, server: &str) -> Result<CatalogLock, LockError> {
         let dir = catalog.join(server);
-        std::fs::create_dir_all(&dir).map_err(|e| LockError::Io {
+        // Durably: this may be the first thing to create `<catalog>/<server>`, under which
+        // acknowledged WAL and published backups go.
+        super::fsutil::create_dir_durable(&dir).map_err(|e| LockError::Io {
             path: dir.clone(),
             source: e,
         })?;

@@ -36,10 +36,15 @@ pub fn group_id(name: &str) -> Result<u32, String> {
     Ok(grp.gr_gid)
 }
 
-/// Sets the process umask for catalog writes: 077 (owner only) or 027 (group may read).
+/// Sets the process umask for catalog writes: 077 (owner only) or 027 (group may read). The
+/// first call decides for the life of the process: a reload that changes `catalog_group` takes
+/// effect at the next start, as the root's group and mode do.
 pub fn apply_umask(group_access: bool) {
-    // SAFETY: umask has no preconditions.
-    unsafe { libc::umask(if group_access { 0o027 } else { 0o077 }) };
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        // SAFETY: umask has no preconditions.
+        unsafe { libc::umask(if group_access { 0o027 } else { 0o077 }) };
+    });
 }
 
 /// Creates the catalog root if needed with the right mode (and group), and sets the umask.
@@ -53,7 +58,7 @@ pub fn prepare_root(root: &Path, group: Option<&str>) -> io::Result<()> {
     if root.is_dir() {
         return Ok(());
     }
-    std::fs::create_dir_all(root)?;
+    super::fsutil::create_dir_durable(root)?;
     if let Some(gid) = gid {
         std::os::unix::fs::chown(root, None, Some(gid)).map_err(|e| {
             io::Error::new(
@@ -117,6 +122,5 @@ mod tests {
         assert!(w.iter().any(|m| m.contains("every user")), "{w:?}");
         assert!(group_id("no-such-group-pgark").is_err());
         assert_eq!(group_id("0"), Ok(0));
-        apply_umask(false);
     }
 }

@@ -177,7 +177,7 @@ pub fn sweep_temporary(dir: &Path) -> io::Result<()> {
     };
     for entry in entries {
         let entry = entry.map_err(ctx("list", dir))?;
-        if entry.file_name().to_str().is_some_and(fsutil::is_stale_tmp) {
+        if entry.file_name().to_str().is_some_and(|n| fsutil::is_stale_tmp(n, true)) {
             let path = entry.path();
             tracing::info!(file = %path.display(), "removing a half-written file left by an interrupted run");
             std::fs::remove_file(&path).map_err(ctx("remove", &path))?;

@@ -41,8 +41,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// another limit (`set_io_timeout`).
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Rows one simple query may return: pgark's own queries return one row (a few for the
-/// tablespace list).
+/// Messages (rows, notices) one simple query's answer may hold: pgark's own queries return one
+/// row (a few for the tablespace list).
 pub const MAX_QUERY_ROWS: usize = 10_000;
 /// Bytes of values one simple query may return (a timeline history file is the largest).
 pub const MAX_QUERY_BYTES: usize = 32 * 1024 * 1024;
@@ -464,23 +464,26 @@ impl Connection {
         let mut results = Vec::new();
         let mut current: Option<QueryResult> = None;
         let mut error = None;
-        let (mut rows, mut bytes) = (0usize, 0usize);
+        let (mut messages, mut bytes) = (0usize, 0usize);
         loop {
-            match self.next_message().await? {
+            let msg = self.next_message().await?;
+            // Every message counts (rows, notices, anything): an answer that never ends is cut
+            // off, not merely one with too many rows.
+            messages += 1;
+            if let BackendMessage::DataRow(values) = &msg {
+                bytes += values.iter().map(|v| v.as_ref().map_or(0, |b| b.len())).sum::<usize>();
+            }
+            if messages > MAX_QUERY_ROWS || bytes > MAX_QUERY_BYTES {
+                self.broken = true;
+                return Err(ProtocolError::new(format!(
+                    "the answer to {} exceeds {MAX_QUERY_ROWS} messages or {MAX_QUERY_BYTES} bytes",
+                    self.phase
+                ))
+                .into());
+            }
+            match msg {
                 BackendMessage::RowDescription(columns) => current = Some(QueryResult { columns, rows: vec![] }),
-                BackendMessage::DataRow(values) => {
-                    rows += 1;
-                    bytes += values.iter().map(|v| v.as_ref().map_or(0, |b| b.len())).sum::<usize>();
-                    if rows > MAX_QUERY_ROWS || bytes > MAX_QUERY_BYTES {
-                        self.broken = true;
-                        return Err(ProtocolError::new(format!(
-                            "the answer to {} exceeds {MAX_QUERY_ROWS} rows or {MAX_QUERY_BYTES} bytes",
-                            self.phase
-                        ))
-                        .into());
-                    }
-                    current.get_or_insert_with(QueryResult::default).rows.push(values)
-                }
+                BackendMessage::DataRow(values) => current.get_or_insert_with(QueryResult::default).rows.push(values),
                 BackendMessage::CommandComplete(_) | BackendMessage::EmptyQueryResponse => {
                     if let Some(r) = current.take() {
                         results.push(r);

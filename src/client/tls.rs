@@ -192,7 +192,8 @@ pub fn tls_server_end_point(cert_der: &[u8]) -> Result<Vec<u8>, String> {
         [rsa @ .., last] if rsa == RSA => match last {
             0x0c => 384,
             0x0d => 512,
-            0x04 | 0x05 | 0x0a | 0x0b | 0x0e => 256,
+            0x0e => 224,
+            0x04 | 0x05 | 0x0a | 0x0b => 256,
             _ => 0,
         },
         [ec @ .., 0x03, n] if ec == ECDSA => match n {
@@ -205,6 +206,7 @@ pub fn tls_server_end_point(cert_der: &[u8]) -> Result<Vec<u8>, String> {
         _ => 0,
     };
     match hash {
+        224 => Ok(sha2::Sha224::digest(cert_der).to_vec()),
         256 => Ok(sha2::Sha256::digest(cert_der).to_vec()),
         384 => Ok(sha2::Sha384::digest(cert_der).to_vec()),
         512 => Ok(sha2::Sha512::digest(cert_der).to_vec()),

@@ -717,6 +717,9 @@ pub fn finish(opts: &ExtractOptions, stats: &ExtractStats, extra: &[PathBuf]) ->
     let mut paths: Vec<PathBuf> = stats.to_sync.clone();
     paths.extend(extra.iter().cloned());
     sync_written(&paths, &stats.dirs, opts.jobs)?;
+    if opts.interrupted.load(Ordering::Relaxed) {
+        return Err(ExtractError::Interrupted);
+    }
     let tmp = target.join(PG_CONTROL_TMP);
     if tmp.exists() {
         fsutil::durable_rename(&tmp, &target.join(PG_CONTROL)).map_err(io_err(&tmp))?;

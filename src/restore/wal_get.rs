@@ -98,7 +98,9 @@ fn fetch_once(store: &dyn ObjectStore, server: &str, name: &str) -> Result<Vec<u
     // The segment still being written (or the last one of an ended timeline): served under its
     // full name. It is a snapshot: what the receiver had flushed (and more, possibly unflushed,
     // which is harmless: recovery validates every record's CRC and stops at the first bad one).
-    if let Some(partial) = store.get(&format!("{dir}/{name}.partial"))? {
+    // Its file becomes the complete segment, and may then be recycled: read only if it stayed
+    // itself (else the next pass finds the complete segment).
+    if let Some(partial) = store.get_unrecycled(&format!("{dir}/{name}.partial"))? {
         return Ok(partial);
     }
     Err(WalGetError::Absent {

@@ -587,6 +587,32 @@ fn restore_stops_cleanly_on_a_signal() {
     assert!(target.join("global/pg_control").exists() && !target.join("pgark_restore_incomplete").exists());
 }
 
+/// The HTTP endpoint cannot be restarted on its socket: when its task dies the daemon exits 1,
+/// saying why, so that systemd restarts it.
+#[test]
+fn a_dead_http_task_ends_the_daemon_with_exit_1() {
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    let mut p = Pgark::start_env(
+        &server_yaml("main", &c.conninfo(&c.superuser), "synchronous: false"),
+        &[("FAILPOINTS", "http-serve=panic(injected)")],
+    );
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = p.child.as_mut().unwrap().try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the daemon kept running without its HTTP endpoint"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    p.child = None;
+    assert_eq!(code, Some(1), "{}", tail(&p.log_text()));
+    assert!(p.log_text().contains("the http task of the daemon died"), "{}", tail(&p.log_text()));
+}
+
 /// Supervision: a panic in each task of the daemon (receiver, archiver, monitor, backup
 /// scheduler, catalog watch; failpoints of the test build) is logged, counted in
 /// `pgark_task_failures_total`, listed in `/status`, and the task restarted: streaming,
