@@ -479,17 +479,23 @@ fn http_connection_flood_is_bounded() {
     wait_until(Duration::from_secs(20), "/status after the flood", || p.status().is_some());
 }
 
-/// Finding 13: a delta restore fsyncs every existing file it read and kept (only files the
-/// restore record vouches for are not read, and those were made durable by the restore that
-/// recorded them).
-#[test]
-fn delta_restore_fsyncs_the_files_it_kept() {
+/// A running cluster with some rows, and a catalog holding one backup of it.
+fn cluster_with_a_backup() -> (Cluster, Catalog) {
     let c = Cluster::init(&pg(), &[]).unwrap();
     c.start().unwrap();
     write_rows(&c, 500);
     let cat = Catalog::new(&server_yaml("main", &c.conninfo(&c.superuser), "backup_checkpoint: fast"));
     let o = pgark_cmd(&cat.config, &["backup", "main"]);
     assert!(o.status.success(), "{}", text(&o));
+    (c, cat)
+}
+
+/// Finding 13: a delta restore fsyncs every existing file it read and kept (only files the
+/// restore record vouches for are not read, and those were made durable by the restore that
+/// recorded them).
+#[test]
+fn delta_restore_fsyncs_the_files_it_kept() {
+    let (_c, cat) = cluster_with_a_backup();
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("data");
     let t = target.display().to_string();
@@ -531,12 +537,7 @@ fn delta_restore_fsyncs_the_files_it_kept() {
 /// it. (Writes are slowed by the fault shim so that the signal lands mid-restore.)
 #[test]
 fn restore_stops_cleanly_on_a_signal() {
-    let c = Cluster::init(&pg(), &[]).unwrap();
-    c.start().unwrap();
-    write_rows(&c, 500);
-    let cat = Catalog::new(&server_yaml("main", &c.conninfo(&c.superuser), "backup_checkpoint: fast"));
-    let o = pgark_cmd(&cat.config, &["backup", "main"]);
-    assert!(o.status.success(), "{}", text(&o));
+    let (_c, cat) = cluster_with_a_backup();
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("data");
     let t = target.display().to_string();
@@ -560,16 +561,7 @@ fn restore_stops_cleanly_on_a_signal() {
         let start = Instant::now();
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "restore did not stop within 5s of signal {signal}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait_exit(&mut child, Duration::from_secs(5), &format!("restore after signal {signal}"));
         let mut err = String::new();
         child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
         eprintln!(
@@ -597,17 +589,12 @@ fn a_dead_http_task_ends_the_daemon_with_exit_1() {
         &server_yaml("main", &c.conninfo(&c.superuser), "synchronous: false"),
         &[("FAILPOINTS", "http-serve=panic(injected)")],
     );
-    let start = Instant::now();
-    let code = loop {
-        if let Some(s) = p.child.as_mut().unwrap().try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the daemon kept running without its HTTP endpoint"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = wait_exit(
+        p.child.as_mut().unwrap(),
+        Duration::from_secs(15),
+        "the daemon without its HTTP endpoint",
+    )
+    .code();
     p.child = None;
     assert_eq!(code, Some(1), "{}", tail(&p.log_text()));
     assert!(p.log_text().contains("the http task of the daemon died"), "{}", tail(&p.log_text()));

@@ -286,16 +286,7 @@ fn base_backup_through_a_stalled_network() {
     let start = Instant::now();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "pgark backup did not stop within 5s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(5), "pgark backup after SIGTERM");
     eprintln!("pgark backup stopped {:?} after SIGTERM ({status})", start.elapsed());
     assert!(!status.success());
     assert_eq!(listed(&cat), 0);
