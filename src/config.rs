@@ -5,7 +5,7 @@
 use crate::catalog::{Compression, DEFAULT_ZSTD_LEVEL};
 use crate::client::conninfo::{ConnInfo, Host};
 use crate::client::replication::validate_slot_name;
-use crate::pressure::{DiskThresholds, Threshold};
+use crate::catalog::space::{DiskThresholds, Threshold};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -112,7 +112,7 @@ struct RawServer {
 /// How base backups of one server are taken.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackupSettings {
-    pub schedule: Option<crate::basebackup::schedule::Schedule>,
+    pub schedule: Option<crate::backup::schedule::Schedule>,
     pub compression: Compression,
     /// Compression workers (default: the number of CPUs).
     pub workers: usize,
@@ -262,11 +262,11 @@ impl Config {
         if let Some(d) = raw.disk_pressure {
             if let Some(v) = &d.catalog_free_warning {
                 disk_pressure.catalog_free_warning =
-                    Threshold::parse(v).map_err(|m| err(format!("disk_pressure.catalog_free_warning: {m}")))?;
+                    yaml_scalar(v).and_then(|t| Threshold::parse(&t)).map_err(|m| err(format!("disk_pressure.catalog_free_warning: {m}")))?;
             }
             if let Some(v) = &d.catalog_free_critical {
                 disk_pressure.catalog_free_critical =
-                    Threshold::parse(v).map_err(|m| err(format!("disk_pressure.catalog_free_critical: {m}")))?;
+                    yaml_scalar(v).and_then(|t| Threshold::parse(&t)).map_err(|m| err(format!("disk_pressure.catalog_free_critical: {m}")))?;
             }
             if let (Threshold::Percent(w), Threshold::Percent(c)) =
                 (disk_pressure.catalog_free_warning, disk_pressure.catalog_free_critical)
@@ -310,7 +310,7 @@ impl Config {
             let mut backup = BackupSettings::default();
             if let Some(t) = &s.backup_schedule {
                 backup.schedule =
-                    Some(crate::basebackup::schedule::Schedule::parse(t).map_err(|m| err(format!("{}: {m}", key("backup_schedule"))))?);
+                    Some(crate::backup::schedule::Schedule::parse(t).map_err(|m| err(format!("{}: {m}", key("backup_schedule"))))?);
             }
             if s.backup_compression.is_some() {
                 backup.compression =
@@ -445,30 +445,21 @@ fn parse_duration(text: Option<&str>, default: Duration) -> Result<Duration, Str
     }
 }
 
-/// `0`, `512MB`, `1GiB`, `256MiB`, or a plain number of bytes.
-pub fn parse_size(v: &serde_yaml::Value) -> Result<u64, String> {
-    let expected = "expected a size such as 256MiB, 1GiB, 500MB or a number of bytes";
-    let text = match v {
-        serde_yaml::Value::Number(n) => return n.as_u64().ok_or_else(|| format!("{n}: {expected}")),
-        serde_yaml::Value::String(s) => s.trim().to_string(),
-        other => return Err(format!("{}: {expected}", serde_yaml::to_string(other).unwrap_or_default().trim())),
-    };
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (num, unit) = text.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{text:?}: {expected}"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1000,
-        "kib" | "k" => 1024,
-        "mb" => 1_000_000,
-        "mib" | "m" => 1024 * 1024,
-        "gb" => 1_000_000_000,
-        "gib" | "g" => 1024 * 1024 * 1024,
-        "tb" => 1_000_000_000_000,
-        "tib" | "t" => 1024u64.pow(4),
-        _ => return Err(format!("{text:?}: {expected}")),
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("{text:?}: too large"))
+/// A YAML number or string as text (sizes and thresholds may be written either way).
+fn yaml_scalar(v: &serde_yaml::Value) -> Result<String, String> {
+    match v {
+        serde_yaml::Value::Number(n) => Ok(n.to_string()),
+        serde_yaml::Value::String(s) => Ok(s.clone()),
+        other => Err(format!(
+            "{}: expected a size such as 256MiB, 1GiB, 500MB or a number of bytes",
+            serde_yaml::to_string(other).unwrap_or_default().trim()
+        )),
+    }
+}
+
+/// `0`, `512MB`, `1GiB`, `256MiB`, or a plain number of bytes, written as a YAML number or string.
+fn parse_size(v: &serde_yaml::Value) -> Result<u64, String> {
+    yaml_scalar(v).and_then(|t| crate::util::units::parse_size(&t))
 }
 
 fn parse_compression(v: Option<&serde_yaml::Value>) -> Result<Compression, String> {

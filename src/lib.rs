@@ -1,28 +1,32 @@
 //! pgark: a PostgreSQL backup service.
 //!
-//! The heart is a physical replication client of our own (`protocol` for the wire format,
-//! `client` for sockets, TLS and authentication) feeding a WAL store (`catalog`) whose flush
-//! position only fsync advances; `receiver` supervises one stream per server and `daemon` wires
-//! them with the HTTP endpoint (`http`, `metrics`, `status`).
+//! The crate is a stack of layers; a module imports only from layers below it (checked by
+//! `tests/architecture.rs`, see `docs/architecture.md` for the module map):
+//!
+//! ```text
+//! L7  cli        one file per command; the one place exit codes live
+//! L6  service    daemon, scheduler, HTTP, metrics, status board, telemetry
+//! L5  config     YAML -> Config, built from the domain modules' settings types
+//! L4  receiver · backup · restore · monitor   (siblings; they never import each other)
+//! L3  catalog    the only code that builds catalog paths; storage behind `ObjectStore`
+//! L2  client     sockets, TLS, authentication, replication commands
+//! L1  protocol   the wire format, sans I/O          pg   PostgreSQL value types
+//! L0  fsio       crash-safe and direct file I/O      util time, units, hex, progress
+//! ```
+//!
+//! The heart is the physical replication client (`protocol` + `client`) feeding the WAL store
+//! (`catalog::wal_store`), whose flush position only fsync advances.
 
-pub mod backup_commands;
-pub mod basebackup;
+pub mod backup;
 pub mod catalog;
-pub mod catalog_watch;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod daemon;
-pub mod demo;
-pub mod direct_io;
-pub mod http;
-pub mod metrics;
+pub mod fsio;
 pub mod monitor;
 pub mod pg;
-pub mod pgcluster;
-pub mod pressure;
 pub mod protocol;
 pub mod receiver;
 pub mod restore;
-pub mod restore_commands;
-pub mod status;
+pub mod service;
+pub mod util;

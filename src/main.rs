@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use pgark::cli::{exit, Cli, Cmd};
-use pgark::daemon::DaemonError;
+use pgark::service::daemon::DaemonError;
 
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGARK_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -31,7 +31,7 @@ fn main() {
     let code = runtime.block_on(async {
         match cli.command {
             Cmd::Serve { config, check: true } | Cmd::CheckConfig { config } => pgark::cli::check_config(&config),
-            Cmd::Serve { config, check: false } => match pgark::daemon::serve_with_signals(config).await {
+            Cmd::Serve { config, check: false } => match pgark::service::daemon::serve_with_signals(config).await {
                 Ok(()) => exit::OK,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -50,25 +50,25 @@ fn main() {
                 checkpoint,
                 max_rate,
                 json,
-            } => pgark::backup_commands::backup(&config, &server, label, checkpoint, max_rate, json).await,
-            Cmd::ListBackups { config, server, json } => pgark::backup_commands::list_backups(&config, server.as_deref(), json),
-            Cmd::ShowBackup { config, server, id, json } => pgark::backup_commands::show_backup(&config, &server, &id, json),
-            Cmd::DeleteBackup { config, server, id, force } => pgark::backup_commands::delete_backup(&config, &server, &id, force),
-            Cmd::Restore(args) => tokio::task::block_in_place(|| pgark::restore_commands::restore(args)),
+            } => pgark::cli::backup::backup(&config, &server, label, checkpoint, max_rate, json).await,
+            Cmd::ListBackups { config, server, json } => pgark::cli::backup::list_backups(&config, server.as_deref(), json),
+            Cmd::ShowBackup { config, server, id, json } => pgark::cli::backup::show_backup(&config, &server, &id, json),
+            Cmd::DeleteBackup { config, server, id, force } => pgark::cli::backup::delete_backup(&config, &server, &id, force),
+            Cmd::Restore(args) => tokio::task::block_in_place(|| pgark::cli::restore::restore(args)),
             Cmd::WalGet {
                 config,
                 server,
                 walfile,
                 dest,
-            } => pgark::restore_commands::wal_get(&config, &server, &walfile, &dest),
+            } => pgark::cli::restore::wal_get(&config, &server, &walfile, &dest),
             Cmd::WalPrefetch {
                 config,
                 server,
                 after,
                 spool,
                 segment_size,
-            } => pgark::restore_commands::wal_prefetch(&config, &server, &after, &spool, segment_size),
-            Cmd::Demo { duration, metrics_listen } => pgark::demo::run(duration, &metrics_listen).await,
+            } => pgark::cli::restore::wal_prefetch(&config, &server, &after, &spool, segment_size),
+            Cmd::Demo { duration, metrics_listen } => pgark::cli::demo::run(duration, &metrics_listen).await,
         }
     });
     // Everything that matters has finished or been made crash-safe by now (`serve` bounds its

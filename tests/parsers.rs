@@ -9,8 +9,8 @@
 //! within the time limit of the whole run (a hang fails it), and without any single allocation
 //! larger than the parser's documented bound (a counting global allocator sees every request).
 
-use pgark::basebackup::manifest::Manifest;
-use pgark::basebackup::tar::TarParser;
+use pgark::backup::manifest::Manifest;
+use pgark::backup::tar::TarParser;
 use pgark::catalog::segment_file;
 use pgark::client::conninfo::{pgpass_find, ConnInfo};
 use pgark::protocol::backend;
@@ -275,7 +275,7 @@ fn tar_stream() {
         |d| d.len() * 2 + BASE,
         |d| {
             let mut p = TarParser::new();
-            let mut sink = |_: pgark::basebackup::tar::TarEvent<'_>| -> Result<(), pgark::basebackup::tar::TarError> { Ok(()) };
+            let mut sink = |_: pgark::backup::tar::TarEvent<'_>| -> Result<(), pgark::backup::tar::TarError> { Ok(()) };
             if p.push(d, &mut sink).is_ok() {
                 let _ = p.finish();
             }
@@ -416,7 +416,7 @@ fn catalog_file_loaders() {
     );
     let record = br#"{"format":1,"target_dir":"/srv/pg","backup_id":"x","written_at":1,"files":{"/srv/pg/base/1/1":{"identity":{"dev":1,"ino":2,"size":3,"mtime_ns":4,"ctime_ns":5},"chunks":[{"object":"aa/aa.zst","size":3,"crc32c":7}]}}}"#.to_vec();
     assert!(
-        matches!(pgark::restore::record::decode(&record, Path::new("/srv/pg")), Ok(Some(_))),
+        matches!(pgark::catalog::restore_record::decode(&record, Path::new("/srv/pg")), Ok(Some(_))),
         "the record sample must be valid"
     );
     run(
@@ -424,7 +424,7 @@ fn catalog_file_loaders() {
         vec![record],
         |d| d.len() * 16 + BASE,
         |d| {
-            let _ = pgark::restore::record::decode(d, Path::new("/srv/pg"));
+            let _ = pgark::catalog::restore_record::decode(d, Path::new("/srv/pg"));
         },
     );
 }

@@ -10,7 +10,7 @@ use super::segment_file;
 use super::store::ObjectStore;
 use super::wal_store::{create_zero_filled, SparePool, SUM_SUFFIX, ZST_SUFFIX};
 use super::Compression;
-use crate::direct_io::{self, AlignedBuf, DirectSupport};
+use crate::fsio::direct::{self, AlignedBuf, DirectSupport};
 use crate::pg::{WalFileName, WalSegSize};
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ pub struct Archiver {
     pub spares: SparePool,
     /// For the catalog's disk-pressure level: at the critical level no new spare is zero-filled
     /// (16 MiB of space taken ahead of need); recycled ones, which take no new space, still are used.
-    pub board: crate::status::StatusBoard,
+    pub board: crate::service::status::StatusBoard,
     pub direct: DirectSupport,
 }
 
@@ -144,7 +144,7 @@ impl Archiver {
         let critical = self
             .board
             .catalog_space()
-            .is_some_and(|c| c.pressure == crate::pressure::Level::Critical);
+            .is_some_and(|c| c.pressure == crate::catalog::space::Level::Critical);
         if critical {
             return;
         }
@@ -161,7 +161,7 @@ impl Archiver {
     /// streamed twice instead (checksum, then compression) so memory stays small.
     pub fn archive(&self, name: WalFileName, work: &mut Buffers) -> std::io::Result<()> {
         fail::fail_point!("archiver-segment");
-        use super::fsutil::ctx;
+        use crate::fsio::durable::ctx;
         let file_name = name.format(self.seg);
         let plain = self.dir.join(&file_name);
         let open = || std::fs::File::open(&plain).map_err(ctx("open", &plain));
@@ -177,7 +177,7 @@ impl Archiver {
                             plain.display()
                         )));
                     }
-                    let read = direct_io::read_at(&self.direct, &plain, &f, b.as_mut_slice(), 0).map_err(|e| {
+                    let read = direct::read_at(&self.direct, &plain, &f, b.as_mut_slice(), 0).map_err(|e| {
                         if e.kind() == std::io::ErrorKind::UnexpectedEof {
                             std::io::Error::other(format!("{} is shorter than a {size}-byte segment", plain.display()))
                         } else {
@@ -227,22 +227,22 @@ impl Archiver {
                     None => {
                         let mut counted = 0u64;
                         self.store.put_from(&key, &mut |w| {
-                            let mut out = CountingWriter { inner: w, count: 0 };
+                            let mut out = crate::util::io::CountingWriter::new(w);
                             let mut input = std::io::BufReader::with_capacity(1 << 20, open()?);
                             let result = segment_file::compress_stream(&mut input, sum, level, &mut out);
-                            counted = out.count;
+                            counted = out.count();
                             result
                         })?;
                         counted
                     }
                 };
-                crate::metrics::segment_archived(&self.server, sum.size, counted);
+                crate::service::metrics::segment_archived(&self.server, sum.size, counted);
                 if self.spares.len() < MAX_SPARES {
                     let spare = self.spares.new_name(&self.dir);
                     std::fs::rename(&plain, &spare).map_err(ctx("recycle", &plain))?;
                     self.spares.add(spare);
                 } else {
-                    super::fsutil::durable_remove(&plain)?;
+                    crate::fsio::durable::durable_remove(&plain)?;
                 }
             }
             Compression::None => {
@@ -250,7 +250,7 @@ impl Archiver {
                     &format!("{}/{file_name}{SUM_SUFFIX}", self.key_prefix),
                     sum.to_sum_text().as_bytes(),
                 )?;
-                crate::metrics::segment_archived(&self.server, sum.size, sum.size);
+                crate::service::metrics::segment_archived(&self.server, sum.size, sum.size);
             }
         }
         tracing::debug!(server = %self.server, segment = %file_name, "segment archived");
@@ -267,19 +267,3 @@ pub struct Buffers {
     compressor: Option<(i32, zstd::bulk::Compressor<'static>)>,
 }
 
-/// Counts the bytes written through it (the stored size, for the compression metrics).
-struct CountingWriter<'a> {
-    inner: &'a mut dyn std::io::Write,
-    count: u64,
-}
-
-impl std::io::Write for CountingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}

@@ -17,9 +17,9 @@
 //! index is never trusted for deduplication and is removed by `collect_garbage`, so a crash in
 //! the middle of a backup can leave nothing that a later backup or restore would read.
 
-use super::fsutil;
+use crate::fsio::durable;
 use super::store::ObjectStore;
-use crate::basebackup::tar::EntryKind;
+use crate::backup::tar::EntryKind;
 use crate::pg::{Lsn, TimelineId, WalFileName, WalSegSize};
 use crate::protocol::basebackup::TablespaceInfo;
 use serde::{Deserialize, Serialize};
@@ -308,7 +308,7 @@ pub fn collect_garbage(store: &dyn ObjectStore, server: &str) -> Result<Garbage,
     // Temporary files of killed writers beside the state file (a backup's server.state update).
     for key in store.list(server)? {
         let name = key.rsplit('/').next().unwrap_or_default();
-        if fsutil::is_stale_tmp(name, false) {
+        if durable::is_stale_tmp(name, false) {
             store.delete(&key)?;
         }
     }
@@ -318,7 +318,7 @@ pub fn collect_garbage(store: &dyn ObjectStore, server: &str) -> Result<Garbage,
         let orphan = match (name.strip_suffix(".running"), name.strip_suffix(".manifest")) {
             (Some(_), _) => true,
             (_, Some(id)) => !ids.contains(id),
-            _ => fsutil::is_stale_tmp(name, false),
+            _ => durable::is_stale_tmp(name, false),
         };
         if orphan {
             tracing::info!(server, object = %key, "removing what an interrupted backup left");
@@ -402,6 +402,13 @@ pub fn wal_presence(store: &dyn ObjectStore, index: &BackupIndex) -> WalPresence
         present: missing.is_empty(),
         missing,
     }
+}
+
+/// A file's CRC-32C from its chunks' CRCs, in order.
+pub fn combine_crc(chunks: &[(u32, u64)]) -> u32 {
+    chunks
+        .iter()
+        .fold(0u32, |acc, &(crc, len)| crc32c::crc32c_combine(acc, crc, len as usize))
 }
 
 #[cfg(test)]

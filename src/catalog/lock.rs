@@ -49,7 +49,7 @@ impl CatalogLock {
         let dir = catalog.join(server);
         // Durably: this may be the first thing to create `<catalog>/<server>`, under which
         // acknowledged WAL and published backups go.
-        super::fsutil::create_dir_durable(&dir).map_err(|e| LockError::Io {
+        crate::fsio::durable::create_dir_durable(&dir).map_err(|e| LockError::Io {
             path: dir.clone(),
             source: e,
         })?;

@@ -10,7 +10,8 @@
 
 pub mod archiver;
 pub mod backup_store;
-pub mod fsutil;
+pub mod restore_record;
+pub mod space;
 pub mod lock;
 pub mod perms;
 pub mod segment_file;

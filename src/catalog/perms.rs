@@ -58,7 +58,7 @@ pub fn prepare_root(root: &Path, group: Option<&str>) -> io::Result<()> {
     if root.is_dir() {
         return Ok(());
     }
-    super::fsutil::create_dir_durable(root)?;
+    crate::fsio::durable::create_dir_durable(root)?;
     if let Some(gid) = gid {
         std::os::unix::fs::chown(root, None, Some(gid)).map_err(|e| {
             io::Error::new(

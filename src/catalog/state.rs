@@ -128,7 +128,7 @@ pub fn verify_or_record(
         server_version_num,
         timeline,
         flushed_lsn: Lsn::INVALID,
-        updated_at: crate::status::unix_now(),
+        updated_at: crate::util::time::unix_now(),
     });
     st.server_version_num = server_version_num;
     save(store, server, &st)?;

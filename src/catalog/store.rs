@@ -7,7 +7,7 @@
 //! crash during it leaves no object at all. The open `.partial` segment is not an object: it is
 //! the receiver's local spool, written in place for speed (see `wal_store`).
 
-use super::fsutil;
+use crate::fsio::durable;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -85,7 +85,7 @@ pub fn filesystem_capacity(path: &Path) -> io::Result<Capacity> {
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     root: PathBuf,
-    direct: crate::direct_io::DirectSupport,
+    direct: crate::fsio::direct::DirectSupport,
     /// Directories where `put_once` created names not yet fsynced.
     unsynced_dirs: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<PathBuf>>>,
 }
@@ -113,25 +113,25 @@ impl LocalStore {
 
 impl ObjectStore for LocalStore {
     /// From memory: the block-aligned part of `data` (a compressed segment built in an aligned
-    /// buffer) is written directly, not through the page cache (see `direct_io`).
+    /// buffer) is written directly, not through the page cache (see `fsio::direct`).
     fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
         let path = self.path(key);
         if let Some(dir) = path.parent() {
-            fsutil::create_dir_durable(dir)?;
+            durable::create_dir_durable(dir)?;
         }
         // The direct descriptor must be opened on the temporary file being filled, never on the
         // final name (an object of that name may exist already, from before a crash).
-        fsutil::write_atomic_at_tmp(&path, |f, tmp| {
-            crate::direct_io::write_at(&self.direct, tmp, f, data, 0).map(|_| ())
+        durable::write_atomic_at_tmp(&path, |f, tmp| {
+            crate::fsio::direct::write_at(&self.direct, tmp, f, data, 0).map(|_| ())
         })
     }
 
     fn put_from(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
         let path = self.path(key);
         if let Some(dir) = path.parent() {
-            fsutil::create_dir_durable(dir)?;
+            durable::create_dir_durable(dir)?;
         }
-        fsutil::write_atomic_with(&path, |f| {
+        durable::write_atomic_with(&path, |f| {
             let mut w = io::BufWriter::with_capacity(256 * 1024, f);
             fill(&mut w)?;
             w.flush()
@@ -141,9 +141,9 @@ impl ObjectStore for LocalStore {
     fn put_once(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<Option<u64>> {
         let path = self.path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        fsutil::create_dir_durable(&dir)?;
+        durable::create_dir_durable(&dir)?;
         let mut stored = 0u64;
-        let created = fsutil::write_once(&path, |f| {
+        let created = durable::write_once(&path, |f| {
             let mut w = io::BufWriter::with_capacity(256 * 1024, &mut *f);
             fill(&mut w)?;
             w.flush()?;
@@ -169,7 +169,7 @@ impl ObjectStore for LocalStore {
             Err(p) => p.into_inner().iter().cloned().collect(),
         };
         for d in &dirs {
-            fsutil::fsync_dir(d)?;
+            durable::fsync_dir(d)?;
         }
         if let Ok(mut d) = self.unsynced_dirs.lock() {
             for x in &dirs {
@@ -184,7 +184,7 @@ impl ObjectStore for LocalStore {
         match std::fs::metadata(&path) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(fsutil::ctx("stat", &path)(e)),
+            Err(e) => Err(durable::ctx("stat", &path)(e)),
         }
     }
 
@@ -193,7 +193,7 @@ impl ObjectStore for LocalStore {
         match std::fs::read(&path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(fsutil::ctx("read", &path)(e)),
+            Err(e) => Err(durable::ctx("read", &path)(e)),
         }
     }
 
@@ -208,16 +208,16 @@ impl ObjectStore for LocalStore {
         let mut f = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(fsutil::ctx("open", &path)(e)),
+            Err(e) => return Err(durable::ctx("open", &path)(e)),
         };
-        let before = f.metadata().map_err(fsutil::ctx("stat", &path))?;
+        let before = f.metadata().map_err(durable::ctx("stat", &path))?;
         let mut data = Vec::with_capacity(before.len() as usize);
-        f.read_to_end(&mut data).map_err(fsutil::ctx("read", &path))?;
+        f.read_to_end(&mut data).map_err(durable::ctx("read", &path))?;
         match std::fs::metadata(&path) {
             Ok(now) if now.dev() == before.dev() && now.ino() == before.ino() => Ok(Some(data)),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(fsutil::ctx("stat", &path)(e)),
+            Err(e) => Err(durable::ctx("stat", &path)(e)),
         }
     }
 
@@ -227,10 +227,10 @@ impl ObjectStore for LocalStore {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(fsutil::ctx("list", &dir)(e)),
+            Err(e) => return Err(durable::ctx("list", &dir)(e)),
         };
         for entry in entries {
-            let entry = entry.map_err(fsutil::ctx("list", &dir))?;
+            let entry = entry.map_err(durable::ctx("list", &dir))?;
             if let Some(name) = entry.file_name().to_str() {
                 out.push(format!("{}/{name}", prefix.trim_end_matches('/')));
             }
@@ -240,7 +240,7 @@ impl ObjectStore for LocalStore {
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {
-        fsutil::durable_remove(&self.path(key))
+        durable::durable_remove(&self.path(key))
     }
 
     fn usage(&self, prefix: &str) -> io::Result<Usage> {
@@ -250,16 +250,16 @@ impl ObjectStore for LocalStore {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(fsutil::ctx("list", &dir)(e)),
+                Err(e) => return Err(durable::ctx("list", &dir)(e)),
             };
             for entry in entries {
-                let entry = entry.map_err(fsutil::ctx("list", &dir))?;
+                let entry = entry.map_err(durable::ctx("list", &dir))?;
                 // A file removed between readdir and stat (compression, garbage collection) is
                 // simply no longer there.
                 let meta = match entry.metadata() {
                     Ok(m) => m,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(fsutil::ctx("stat", &entry.path())(e)),
+                    Err(e) => return Err(durable::ctx("stat", &entry.path())(e)),
                 };
                 if meta.is_dir() {
                     dirs.push(entry.path());

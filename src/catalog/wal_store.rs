@@ -6,7 +6,7 @@
 //! apart: `write_pos` moves as WAL is received, `flush_pos` only after `fdatasync` of everything
 //! up to it. Only `flush_pos` may be reported to the server.
 //!
-//! Writes bypass the page cache (`direct_io`): received bytes are copied into an aligned
+//! Writes bypass the page cache (`fsio::direct`): received bytes are copied into an aligned
 //! staging buffer and written with `O_DIRECT` in large aligned pieces; at an fsync the partial
 //! last block goes out too (padded with zeros) and stays staged, to be rewritten whole once more
 //! WAL arrives. So `write_pos` can be ahead of what the file holds, never `flush_pos`: a sync
@@ -25,8 +25,8 @@
 //! - `NNNNNNNN.history`: timeline history files
 //! - `.spare.*`: full-size files ready to become the next `.partial`; `*.tmp`: half-built, swept
 
-use super::fsutil::{self, ctx};
-use crate::direct_io::{self, AlignedBuf, DirectSupport, ALIGN};
+use crate::fsio::durable::{self, ctx};
+use crate::fsio::direct::{self, AlignedBuf, DirectSupport, ALIGN};
 use crate::pg::{Lsn, SegNo, TimelineId, WalFileName, WalSegSize};
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -99,7 +99,7 @@ impl SparePool {
 /// Writes a zero-filled file of `size` bytes (directly, without filling the page cache) and
 /// fdatasyncs it: a spare ready for use.
 pub fn create_zero_filled(path: &Path, size: u64, direct: &DirectSupport) -> io::Result<()> {
-    let tmp = fsutil::tmp_path(path);
+    let tmp = durable::tmp_path(path);
     let result = (|| {
         let f = OpenOptions::new()
             .write(true)
@@ -107,8 +107,8 @@ pub fn create_zero_filled(path: &Path, size: u64, direct: &DirectSupport) -> io:
             .truncate(true)
             .open(&tmp)
             .map_err(ctx("create", &tmp))?;
-        direct_io::write_zeros(direct, &tmp, &f, 0, size).map_err(ctx("zero-fill", &tmp))?;
-        fsutil::fdatasync(&f, &tmp)?;
+        direct::write_zeros(direct, &tmp, &f, 0, size).map_err(ctx("zero-fill", &tmp))?;
+        durable::fdatasync(&f, &tmp)?;
         std::fs::rename(&tmp, path).map_err(ctx("rename into place", path))
     })();
     if result.is_err() {
@@ -177,7 +177,7 @@ pub fn sweep_temporary(dir: &Path) -> io::Result<()> {
     };
     for entry in entries {
         let entry = entry.map_err(ctx("list", dir))?;
-        if entry.file_name().to_str().is_some_and(|n| fsutil::is_stale_tmp(n, true)) {
+        if entry.file_name().to_str().is_some_and(|n| durable::is_stale_tmp(n, true)) {
             let path = entry.path();
             tracing::info!(file = %path.display(), "removing a half-written file left by an interrupted run");
             std::fs::remove_file(&path).map_err(ctx("remove", &path))?;
@@ -200,7 +200,7 @@ pub fn scan(dir: &Path, seg: WalSegSize) -> io::Result<WalDirScan> {
             continue;
         };
         let path = entry.path();
-        if name.ends_with(fsutil::TMP_SUFFIX) {
+        if name.ends_with(durable::TMP_SUFFIX) {
             continue;
         }
         if name.starts_with(SPARE_PREFIX) {
@@ -363,9 +363,9 @@ impl WalStore {
     pub fn begin(&mut self, tli: TimelineId, start: Lsn) -> io::Result<()> {
         assert_eq!(self.seg.offset(start), 0, "streaming must start at a segment boundary");
         self.open = None;
-        fsutil::create_dir_durable(&self.dir)?;
+        durable::create_dir_durable(&self.dir)?;
         self.open_partial(WalFileName::new(tli, self.seg.segno(start)))?;
-        fsutil::fsync_dir(&self.dir)?;
+        durable::fsync_dir(&self.dir)?;
         self.write_pos = start;
         self.flush_pos = start;
         self.written_pos = start;
@@ -396,7 +396,7 @@ impl WalStore {
                         .open(&path)
                         .map_err(ctx("create", &path))?;
                     // Blocks allocated (unwritten) in one step, not one allocation per write.
-                    direct_io::preallocate(&f, self.seg.bytes()).map_err(ctx("size", &path))?;
+                    direct::preallocate(&f, self.seg.bytes()).map_err(ctx("size", &path))?;
                     sparse = true;
                 }
             }
@@ -409,7 +409,7 @@ impl WalStore {
         let direct = if size_ok {
             None
         } else {
-            direct_io::open_for_direct_writes(&self.direct, &path)
+            direct::open_for_direct_writes(&self.direct, &path)
         };
         self.open = Some(OpenSegment {
             name,
@@ -469,7 +469,7 @@ impl WalStore {
         if upto > 0 {
             self.stage.as_mut_slice()[self.stage_len..upto.max(self.stage_len)].fill(0);
             // Exactly the data if the direct write is refused: the padding was only for it.
-            let written = direct_io::write_preferring_direct(
+            let written = direct::write_preferring_direct(
                 &self.direct,
                 &open.path,
                 direct,
@@ -506,7 +506,7 @@ impl WalStore {
     fn complete_segment(&mut self) -> io::Result<WalFileName> {
         self.write_stage(true)?;
         let open = self.open.take().ok_or_else(|| io::Error::other("no open segment to complete"))?;
-        fsutil::fdatasync(&open.file, &open.path)?;
+        durable::fdatasync(&open.file, &open.path)?;
         self.stage_off = 0;
         self.stage_len = 0;
         drop(open.file);
@@ -516,7 +516,7 @@ impl WalStore {
         // The next .partial may fail (no space for it): the directory fsync for the rename
         // above and the archiver's notice happen regardless (audit finding 8).
         let next = self.open_partial(WalFileName::new(open.name.tli, open.name.segno.next()));
-        fsutil::fsync_dir(&self.dir)?;
+        durable::fsync_dir(&self.dir)?;
         self.flush_pos = self.write_pos;
         if self.completed_tx.send(open.name).is_err() {
             next?;
@@ -539,7 +539,7 @@ impl WalStore {
         let Some(open) = self.open.as_mut().filter(|o| o.sparse) else {
             return Ok(());
         };
-        direct_io::write_zeros(&self.direct, &open.path, &open.file, from, size).map_err(ctx("zero-fill", &open.path))?;
+        direct::write_zeros(&self.direct, &open.path, &open.file, from, size).map_err(ctx("zero-fill", &open.path))?;
         open.sparse = false;
         Ok(())
     }
@@ -558,7 +558,7 @@ impl WalStore {
             .open
             .as_ref()
             .ok_or_else(|| io::Error::other("unflushed data but no open segment"))?;
-        fsutil::fdatasync(&open.file, &open.path)?;
+        durable::fdatasync(&open.file, &open.path)?;
         self.flush_pos = target;
         self.written_pos = target;
         Ok(Some(t.elapsed()))
@@ -575,7 +575,7 @@ impl WalStore {
             let empty = self.write_pos == self.seg.segment_start(open.name.segno);
             drop(open.file);
             if empty && !open.reopened {
-                fsutil::durable_remove(&open.path)?;
+                durable::durable_remove(&open.path)?;
             }
         }
         Ok(())
@@ -583,8 +583,8 @@ impl WalStore {
 
     /// Stores a timeline history file atomically (before streaming that timeline).
     pub fn store_history(&self, tli: TimelineId, content: &[u8]) -> io::Result<()> {
-        fsutil::create_dir_durable(&self.dir)?;
-        fsutil::write_atomic(&self.dir.join(tli.history_file_name()), content)
+        durable::create_dir_durable(&self.dir)?;
+        durable::write_atomic(&self.dir.join(tli.history_file_name()), content)
     }
 
     pub fn has_history(&self, tli: TimelineId) -> bool {

@@ -23,7 +23,8 @@ use crate::client::{ClientError, Connection};
 use crate::config::ServerConfig;
 use crate::pg::{Lsn, TimelineHistory, TimelineId, WalSegSize};
 use crate::protocol::ProtocolError;
-use crate::status::{unix_now, ConnState, StatusBoard};
+use crate::util::time::unix_now;
+use crate::service::status::{ConnState, StatusBoard};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use stream::{StreamEnd, StreamOptions};
@@ -171,9 +172,9 @@ pub fn spawn_on_own_thread(
         tracing::error!(server = %cfg.name, panic = %panic, "the receiver panicked (a bug: please report it with this log); restarting it in 5s");
         board.task_failed("receiver", &cfg.name, &format!("panicked: {panic}"));
         board.update(&cfg.name, |s| s.state = ConnState::Retrying);
-        crate::metrics::task_failed(&cfg.name, "receiver");
-        crate::metrics::connection_state(&cfg.name, ConnState::Retrying);
-        crate::metrics::set_up(&cfg.name, false);
+        crate::service::metrics::task_failed(&cfg.name, "receiver");
+        crate::service::metrics::connection_state(&cfg.name, ConnState::Retrying);
+        crate::service::metrics::set_up(&cfg.name, false);
         // Sleep in slices: a stop during the pause is seen at once.
         for _ in 0..50 {
             if cancel.is_cancelled() {
@@ -193,15 +194,15 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(layout.root()));
     let mut spool: Option<Spool> = None;
     let mut backoff = backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-    crate::metrics::synchronous_mode(&server, cfg.synchronous);
-    crate::metrics::set_up(&server, false);
+    crate::service::metrics::synchronous_mode(&server, cfg.synchronous);
+    crate::service::metrics::set_up(&server, false);
     loop {
         fail::fail_point!("receiver-session");
         board.update(&server, |s| s.state = ConnState::Connecting);
-        crate::metrics::connection_state(&server, ConnState::Connecting);
+        crate::service::metrics::connection_state(&server, ConnState::Connecting);
         let started = Instant::now();
         let result = session(&cfg, &layout, &store, &mut spool, &board, &cancel).await;
-        crate::metrics::set_up(&server, false);
+        crate::service::metrics::set_up(&server, false);
         // A session that got to streaming proves the server and the credentials work: the next
         // attempt starts again from the shortest delay (a synchronous standby must come back
         // fast after each network blip, not after a delay grown by earlier ones).
@@ -210,15 +211,15 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
         match result {
             Ok(SessionEnd::Cancelled) | Err(ReceiverError::Client(ClientError::Cancelled)) => break,
             Ok(SessionEnd::ServerShutdown) => {
-                crate::metrics::disconnected(&server, "server_shutdown");
+                crate::service::metrics::disconnected(&server, "server_shutdown");
                 tracing::info!("server is shutting down; will reconnect");
                 board.update(&server, |s| s.last_error = Some("server shut down".into()));
             }
             Err(e) => {
                 if matches!(e, ReceiverError::Store(_)) {
-                    crate::metrics::store_error(&server);
+                    crate::service::metrics::store_error(&server);
                 }
-                crate::metrics::disconnected(&server, e.reason());
+                crate::service::metrics::disconnected(&server, e.reason());
                 tracing::warn!(error = %e, "replication session ended");
                 board.update(&server, |s| s.last_error = Some(e.to_string()));
             }
@@ -227,8 +228,8 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
             backoff.reset();
         }
         let delay = backoff.next_delay();
-        crate::metrics::reconnect(&server);
-        crate::metrics::connection_state(&server, ConnState::Retrying);
+        crate::service::metrics::reconnect(&server);
+        crate::service::metrics::connection_state(&server, ConnState::Retrying);
         board.update(&server, |s| {
             s.state = ConnState::Retrying;
             s.reconnects += 1;
@@ -243,7 +244,7 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
     // Stops the archiver after its current segment (the rest is found by the next start's scan).
     drop(spool.take());
     board.update(&server, |s| s.state = ConnState::Stopped);
-    crate::metrics::connection_state(&server, ConnState::Stopped);
+    crate::service::metrics::connection_state(&server, ConnState::Stopped);
     tracing::info!("receiver stopped");
 }
 
@@ -331,7 +332,7 @@ async fn session(
         sp.store.begin(tli, start).map_err(ReceiverError::Store)?;
         st.timeline = tli;
         state::save(store.as_ref(), server, &st)?;
-        crate::metrics::timeline(server, tli.0);
+        crate::service::metrics::timeline(server, tli.0);
         board.update(server, |s| {
             s.timeline = Some(tli);
             s.received_lsn = Some(start);
@@ -345,8 +346,8 @@ async fn session(
         {
             StartOutcome::TimelineEnded(end) => end,
             StartOutcome::Streaming => {
-                crate::metrics::set_up(server, true);
-                crate::metrics::connection_state(server, ConnState::Streaming);
+                crate::service::metrics::set_up(server, true);
+                crate::service::metrics::connection_state(server, ConnState::Streaming);
                 board.update(server, |s| {
                     s.state = ConnState::Streaming;
                     s.streaming_since = Some(unix_now());
@@ -442,7 +443,7 @@ fn open_spool<'a>(
     }
     let dir = layout.wal_dir(&cfg.name);
     if spool.is_none() {
-        crate::catalog::fsutil::create_dir_durable(&dir).map_err(ReceiverError::Store)?;
+        crate::fsio::durable::create_dir_durable(&dir).map_err(ReceiverError::Store)?;
         wal_store::sweep_temporary(&dir).map_err(ReceiverError::Store)?;
         let scan = wal_store::scan(&dir, seg).map_err(ReceiverError::Store)?;
         let spares = SparePool::from_scan(&scan);
@@ -470,7 +471,7 @@ fn open_spool<'a>(
     if sp.archiver.as_ref().is_none_or(|a| a.is_finished()) {
         let why = sp.archiver.take().map(|a| a.join_reason()).unwrap_or_else(|| "not running".into());
         tracing::error!(reason = %why, "the archiver thread stopped (a bug: please report it with this log); restarting it");
-        crate::metrics::task_failed(&cfg.name, "archiver");
+        crate::service::metrics::task_failed(&cfg.name, "archiver");
         board.task_failed("archiver", &cfg.name, &why);
         let (tx, rx) = mpsc::channel();
         sp.archiver = Some(sp.archiver_template.clone().spawn(rx).map_err(ReceiverError::Store)?);

@@ -31,7 +31,8 @@ use crate::pg::{Lsn, WalSegSize};
 use crate::protocol::backend::BackendMessage;
 use crate::protocol::replication::{self, ReplicationMessage};
 use crate::protocol::ProtocolError;
-use crate::status::{unix_now, StatusBoard};
+use crate::util::time::unix_now;
+use crate::service::status::{StatusBoard};
 use bytes::BytesMut;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -73,7 +74,7 @@ struct Loop<'a> {
     marks: std::collections::VecDeque<(Lsn, u64)>,
     /// The newest such time: the end of the recovery window.
     durable_at: Option<u64>,
-    metrics: crate::metrics::StreamMetrics,
+    metrics: crate::service::metrics::StreamMetrics,
     out: BytesMut,
     /// Unix seconds of the last message received (for status and /healthz; reported with the
     /// next status update, not written to the board per message).
@@ -210,7 +211,7 @@ impl Loop<'_> {
         for name in completed {
             let file = name.format(self.seg);
             tracing::info!(segment = %file, "segment complete");
-            crate::metrics::segment_completed(self.opts.server);
+            crate::service::metrics::segment_completed(self.opts.server);
             self.board.update(self.opts.server, |s| s.last_segment = Some(file.clone()));
         }
         Ok(())
@@ -247,7 +248,7 @@ pub async fn stream(
         server_wal_end: start.0,
         marks: Default::default(),
         durable_at: None,
-        metrics: crate::metrics::StreamMetrics::new(opts.server),
+        metrics: crate::service::metrics::StreamMetrics::new(opts.server),
         out: BytesMut::with_capacity(64),
         last_message_at: None,
         stopping: false,

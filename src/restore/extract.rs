@@ -7,13 +7,14 @@
 //! renamed into place only after everything else is synced (`finish`). PostgreSQL refuses to
 //! start without `pg_control`, so an interrupted restore can never be started by accident.
 
-use crate::basebackup::progress::Progress;
-use crate::basebackup::tar::EntryKind;
+use crate::util::progress::Progress;
+use crate::backup::tar::EntryKind;
 use crate::catalog::backup_store::{self, BackupIndex, ChunkRef, StoredFile};
 use crate::catalog::store::ObjectStore;
-use crate::catalog::{fsutil, segment_file};
-use crate::direct_io::{self as direct, AlignedBuf, DirectSupport};
-use crate::restore::record::{RecordedChunk, RestoreRecord};
+use crate::catalog::segment_file;
+use crate::fsio::durable;
+use crate::fsio::direct::{self as direct, AlignedBuf, DirectSupport};
+use crate::catalog::restore_record::{RecordedChunk, RestoreRecord};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -199,7 +200,7 @@ fn same_content(c: &ChunkRef, have: &[u8]) -> bool {
     }
     match &c.blake3 {
         Some(b) => blake3::hash(have).to_hex().as_str() == b.as_str(),
-        None => Some(crate::basebackup::manifest::hex_string(&Sha256::digest(have)).as_str()) == chunk_hash(c),
+        None => Some(crate::util::hex::to_hex(&Sha256::digest(have)).as_str()) == chunk_hash(c),
     }
 }
 
@@ -390,7 +391,7 @@ fn sync_written(paths: &[PathBuf], dirs: &BTreeSet<PathBuf>, jobs: usize) -> Res
         return Err(e);
     }
     for d in dirs {
-        fsutil::fsync_dir(d).map_err(io_err(d))?;
+        durable::fsync_dir(d).map_err(io_err(d))?;
     }
     Ok(())
 }
@@ -623,7 +624,7 @@ pub fn extract(
         let crcs = st.crcs.lock().map(|v| v.clone()).unwrap_or_default();
         trusted += u64::from(st.trusted.is_some() && !st.wrote.load(Ordering::Relaxed));
         let parts: Option<Vec<(u32, u64)>> = crcs.iter().zip(&st.f.chunks).map(|(c, ch)| c.map(|c| (c, ch.size))).collect();
-        let crc = parts.map(|p| crate::basebackup::pipeline::combine_crc(&p));
+        let crc = parts.map(|p| crate::catalog::backup_store::combine_crc(&p));
         if st.f.crc32c.is_some() && crc != st.f.crc32c {
             return Err(ExtractError::Corrupt {
                 file: st.f.path.clone(),
@@ -722,9 +723,9 @@ pub fn finish(opts: &ExtractOptions, stats: &ExtractStats, extra: &[PathBuf]) ->
     }
     let tmp = target.join(PG_CONTROL_TMP);
     if tmp.exists() {
-        fsutil::durable_rename(&tmp, &target.join(PG_CONTROL)).map_err(io_err(&tmp))?;
+        durable::durable_rename(&tmp, &target.join(PG_CONTROL)).map_err(io_err(&tmp))?;
     }
-    fsutil::durable_remove(&target.join(MARKER)).map_err(io_err(target))?;
+    durable::durable_remove(&target.join(MARKER)).map_err(io_err(target))?;
     Ok(())
 }
 

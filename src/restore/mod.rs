@@ -5,14 +5,14 @@
 
 pub mod extract;
 pub mod plan;
-pub mod record;
 pub mod recovery;
 pub mod target;
 pub mod wal_get;
 
-use crate::basebackup::progress::Progress;
+use crate::util::progress::Progress;
 use crate::catalog::backup_store::{self, BackupIndex};
 use crate::catalog::store::{LocalStore, ObjectStore};
+use crate::catalog::restore_record as record;
 use crate::catalog::Layout;
 use crate::config::Config;
 use crate::pg::{Lsn, SegNo, TimelineHistory, TimelineId, WalFileName, WalSegSize};
@@ -277,16 +277,13 @@ pub fn plan(req: &RestoreRequest) -> Result<RestorePlan, RestoreError> {
     })
 }
 
-/// uid and gid of a user name.
+/// uid and gid of `--owner`'s user.
 pub fn lookup_user(name: &str) -> Result<(u32, u32), RestoreError> {
-    let c = std::ffi::CString::new(name).map_err(|_| RestoreError::Usage(format!("--owner {name:?}: not a user name")))?;
-    // SAFETY: getpwnam returns a pointer to static storage or null; we read two integers at once.
-    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-    if pw.is_null() {
-        return Err(RestoreError::Usage(format!("--owner {name:?}: no such user")));
+    match crate::util::os::user_ids(name) {
+        Ok(Some(ids)) => Ok(ids),
+        Ok(None) => Err(RestoreError::Usage(format!("--owner {name:?}: no such user"))),
+        Err(e) => Err(RestoreError::Usage(format!("--owner {e}"))),
     }
-    // SAFETY: pw is non-null and points to a valid passwd record.
-    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
 /// Carries out a plan.

@@ -64,16 +64,16 @@ pub fn write(data: &Path, settings: &[(String, String)], standby: bool) -> io::R
     let existing = match std::fs::read_to_string(&auto) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(crate::catalog::fsutil::ctx("read", &auto)(e)),
+        Err(e) => return Err(crate::fsio::durable::ctx("read", &auto)(e)),
     };
-    crate::catalog::fsutil::write_atomic(&auto, auto_conf(&existing, settings).as_bytes())?;
+    crate::fsio::durable::write_atomic(&auto, auto_conf(&existing, settings).as_bytes())?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&auto, std::fs::Permissions::from_mode(0o600)).map_err(crate::catalog::fsutil::ctx("chmod", &auto))?;
+    std::fs::set_permissions(&auto, std::fs::Permissions::from_mode(0o600)).map_err(crate::fsio::durable::ctx("chmod", &auto))?;
     for f in ["recovery.signal", "standby.signal"] {
-        crate::catalog::fsutil::durable_remove(&data.join(f))?;
+        crate::fsio::durable::durable_remove(&data.join(f))?;
     }
     let signal = data.join(if standby { "standby.signal" } else { "recovery.signal" });
-    crate::catalog::fsutil::write_atomic(&signal, b"")?;
+    crate::fsio::durable::write_atomic(&signal, b"")?;
     Ok(vec![auto, data.join("recovery.signal"), data.join("standby.signal")])
 }
 

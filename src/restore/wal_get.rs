@@ -22,7 +22,8 @@
 
 use crate::catalog::segment_file::{self, SegmentChecksum};
 use crate::catalog::store::ObjectStore;
-use crate::catalog::{fsutil, Layout};
+use crate::catalog::Layout;
+use crate::fsio::durable;
 use std::path::Path;
 
 pub const SERVED: i32 = 0;
@@ -112,7 +113,7 @@ fn fetch_once(store: &dyn ObjectStore, server: &str, name: &str) -> Result<Vec<u
 /// Serves `name` into `dest` (temp name, rename). Nothing is written when it is absent.
 pub fn wal_get(store: &dyn ObjectStore, server: &str, name: &str, dest: &Path) -> Result<u64, WalGetError> {
     let data = fetch(store, server, name)?;
-    fsutil::write_renamed_unsynced(dest, |f| std::io::Write::write_all(f, &data))?;
+    durable::write_renamed_unsynced(dest, |f| std::io::Write::write_all(f, &data))?;
     Ok(data.len() as u64)
 }
 
@@ -221,7 +222,7 @@ pub fn prefetch(store: &dyn ObjectStore, server: &str, after: &str, spool: &Path
         let data = fetch(store, server, &name)?;
         // Durable: a spooled segment is trusted when recovery asks for it, also after an OS
         // crash in between (written in the background, so the fsync costs recovery nothing).
-        fsutil::write_atomic(&out, &data)?;
+        durable::write_atomic(&out, &data)?;
         fetched += 1;
     }
     Ok(fetched)

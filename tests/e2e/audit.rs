@@ -8,7 +8,7 @@
 use crate::backup::{open_for_postgres, text, Catalog};
 use crate::common::*;
 use crate::faults::FaultLog;
-use pgark::pgcluster::{running_as_root, Cluster};
+use crate::pgcluster::{running_as_root, Cluster};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -182,7 +182,7 @@ fn catalog_is_private_whatever_the_umask() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = dir.path().join("catalog");
         let config = dir.path().join("pgark.yaml");
-        let metrics = format!("127.0.0.1:{}", pgark::pgcluster::free_port());
+        let metrics = format!("127.0.0.1:{}", crate::pgcluster::free_port());
         std::fs::write(
             &config,
             format!(
@@ -469,7 +469,7 @@ fn http_connection_flood_is_bounded() {
         flood.len()
     );
     assert!(
-        during <= before + pgark::http::MAX_CONNECTIONS + 16,
+        during <= before + pgark::service::http::MAX_CONNECTIONS + 16,
         "the flood cost {} descriptors",
         during - before
     );

@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use pgark::client::{ClientError, ConnInfo, Connection};
-use pgark::pgcluster::{running_as_root, Cluster};
+use crate::pgcluster::{running_as_root, Cluster};
 use std::path::Path;
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! syntax, standbys, and bad input.
 
 use crate::common::*;
-use pgark::pgcluster::{free_port, running_as_root, Cluster, PgBinaries};
+use crate::pgcluster::{free_port, running_as_root, Cluster, PgBinaries};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

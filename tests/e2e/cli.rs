@@ -2,7 +2,7 @@
 //! stale lock taken over), `pgark status` (exit 0 / 3, --json), SIGHUP reload.
 
 use crate::common::*;
-use pgark::pgcluster::Cluster;
+use crate::pgcluster::Cluster;
 use std::process::Command;
 use std::time::Duration;
 
@@ -171,7 +171,7 @@ fn lock_status_and_reload() {
     p.hup();
     p.wait_streaming("two");
     assert_eq!(p.server("one").unwrap().reconnects, 0);
-    assert_eq!(p.server("one").unwrap().state, pgark::status::ConnState::Streaming);
+    assert_eq!(p.server("one").unwrap().state, pgark::service::status::ConnState::Streaming);
     // A broken config on reload is refused and the daemon keeps running.
     std::fs::write(&p.config, "catalog: [broken").unwrap();
     p.hup();

@@ -1,12 +1,12 @@
-//! Test harness: real PostgreSQL clusters (pgark::pgcluster) and the real `pgark` binary as a
+//! Test harness: real PostgreSQL clusters (crate::pgcluster) and the real `pgark` binary as a
 //! child process, so that SIGKILL and SIGTERM tests hit exactly what users run.
 
 #![allow(dead_code)]
 
 use pgark::catalog::segment_file;
 use pgark::pg::{Lsn, WalFileName, WalSegSize};
-use pgark::pgcluster::{free_port, Cluster, PgBinaries};
-use pgark::status::{ConnState, DaemonStatus, ServerStatus};
+use crate::pgcluster::{free_port, Cluster, PgBinaries};
+use pgark::service::status::{ConnState, DaemonStatus, ServerStatus};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,7 +52,7 @@ pub fn matrix() -> Vec<PgBinaries> {
 /// As root the test clusters run as `postgres`, whose restore_command (`pgark wal-get`) must read
 /// the catalog: the deployment the README describes, `catalog_group: postgres`.
 pub fn catalog_group_yaml() -> &'static str {
-    if pgark::pgcluster::running_as_root() {
+    if crate::pgcluster::running_as_root() {
         "catalog_group: postgres\n"
     } else {
         ""
@@ -369,7 +369,7 @@ pub struct MountedFs {
 
 impl SmallFs {
     pub fn mount_at(size: &str, path: &Path) -> Option<MountedFs> {
-        let ok = pgark::pgcluster::running_as_root()
+        let ok = crate::pgcluster::running_as_root()
             && Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
                 .arg(path)
@@ -394,7 +394,7 @@ pub struct SmallFs {
 impl SmallFs {
     pub fn mount(size: &str) -> Option<SmallFs> {
         let dir = tempfile::Builder::new().prefix("pgark-smallfs-").tempdir().ok()?;
-        let ok = pgark::pgcluster::running_as_root()
+        let ok = crate::pgcluster::running_as_root()
             && Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
                 .arg(dir.path())
@@ -461,7 +461,7 @@ pub fn start_standby(primary: &Cluster) -> Cluster {
             standby.socket_dir.display()
         ))
         .unwrap();
-    if pgark::pgcluster::running_as_root() {
+    if crate::pgcluster::running_as_root() {
         assert!(std::process::Command::new("chown")
             .args(["-R", "postgres:postgres"])
             .arg(standby.base_dir())

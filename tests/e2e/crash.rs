@@ -12,7 +12,7 @@ use crate::common::*;
 use crate::disk::files_under;
 use crate::faults::{fault_env, FaultLog};
 use crate::invariants;
-use pgark::pgcluster::{running_as_root, Cluster};
+use crate::pgcluster::{running_as_root, Cluster};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::Path;

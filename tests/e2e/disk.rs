@@ -8,7 +8,7 @@ use crate::backup::{text, Catalog};
 use crate::common::*;
 use crate::durability::{assert_all_acked_present, recover_from_catalog, Writers};
 use crate::faults::{fault_env, FaultLog};
-use pgark::pgcluster::Cluster;
+use crate::pgcluster::Cluster;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use pgark::pg::WalSegSize;
-use pgark::pgcluster::{free_port, running_as_root, Cluster, PgBinaries};
+use crate::pgcluster::{free_port, running_as_root, Cluster, PgBinaries};
 use std::collections::HashSet;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;

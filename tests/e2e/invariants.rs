@@ -16,7 +16,7 @@
 //! `check` returns the problems found (empty when all hold), so a crash test can print the seed
 //! with them.
 
-use pgark::basebackup::tar::EntryKind;
+use pgark::backup::tar::EntryKind;
 use pgark::catalog::backup_store::{self, BackupIndex, WalSource};
 use pgark::catalog::segment_file::{self, SegmentChecksum};
 use pgark::catalog::store::LocalStore;
@@ -179,7 +179,7 @@ fn verify_backup(catalog: &Path, idx: &BackupIndex, problems: &mut Vec<String>) 
             }
         }
         if parts.len() == f.chunks.len() {
-            let crc = pgark::basebackup::pipeline::combine_crc(&parts);
+            let crc = pgark::catalog::backup_store::combine_crc(&parts);
             if f.crc32c.is_some_and(|want| want != crc) {
                 problems.push(format!("backup {id}: {} does not match its recorded CRC-32C", f.path));
             }

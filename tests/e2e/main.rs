@@ -14,6 +14,7 @@ mod invariants;
 mod malformed;
 mod monitoring;
 mod network;
+mod pgcluster;
 mod prometheus;
 mod restore;
 mod streaming;

@@ -135,7 +135,7 @@ fn malformed_stream_ends_the_connection_not_the_daemon() {
         }
     });
     let bins = pg();
-    let real = pgark::pgcluster::Cluster::init(&bins, &[]).unwrap();
+    let real = crate::pgcluster::Cluster::init(&bins, &[]).unwrap();
     real.start().unwrap();
     let yaml = server_yaml(
         "fake",

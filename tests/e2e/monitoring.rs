@@ -1,7 +1,7 @@
 //! Server-side monitoring against real PostgreSQL: sync state, slot retention, lag, pg_wal size.
 
 use crate::common::*;
-use pgark::pgcluster::Cluster;
+use crate::pgcluster::Cluster;
 use std::time::Duration;
 
 fn metric(p: &Pgark, name: &str) -> Option<f64> {
@@ -124,7 +124,7 @@ fn disk_pressure_holds_back_backups_not_streaming() {
     wait_until(Duration::from_secs(40), "the critical level in /status", || {
         p.status()
             .and_then(|s| s.catalog_space)
-            .is_some_and(|c| c.pressure == pgark::pressure::Level::Critical)
+            .is_some_and(|c| c.pressure == pgark::catalog::space::Level::Critical)
     });
     assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(2.0));
     assert!(metric_line(&p, "pgark_catalog_free_bytes").unwrap() > 0.0);
@@ -164,7 +164,7 @@ fn disk_pressure_holds_back_backups_not_streaming() {
     assert!(!metrics.contains("NaN"), "{metrics}");
 
     // The recovery window's end follows the clock on an idle server (keepalive replies).
-    let now = pgark::status::unix_now() as f64;
+    let now = pgark::service::status::unix_now() as f64;
     wait_until(Duration::from_secs(20), "the recovery window end near now", || {
         metric_line(&p, "pgark_recovery_window_end_seconds{server=\"main\"}").is_some_and(|v| v >= now)
     });
@@ -199,7 +199,7 @@ fn write_wal(c: &Cluster, bytes: u64) {
     }
 }
 
-fn pressure(p: &Pgark) -> Option<pgark::pressure::Level> {
+fn pressure(p: &Pgark) -> Option<pgark::catalog::space::Level> {
     p.status().and_then(|s| s.catalog_space).map(|c| c.pressure)
 }
 
@@ -232,7 +232,7 @@ fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
     );
     p.wait_streaming("main");
     wait_until(Duration::from_secs(40), "the ok level in /status", || {
-        pressure(&p) == Some(pgark::pressure::Level::Ok)
+        pressure(&p) == Some(pgark::catalog::space::Level::Ok)
     });
     assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(0.0));
     let total = metric_line(&p, "pgark_catalog_total_bytes").unwrap();
@@ -242,7 +242,7 @@ fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
     write_wal(&c, 100 << 20);
     p.wait_flushed("main", current_flush_lsn(&c));
     wait_until(Duration::from_secs(40), "the warning level", || {
-        pressure(&p) == Some(pgark::pressure::Level::Warning)
+        pressure(&p) == Some(pgark::catalog::space::Level::Warning)
     });
     assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(1.0));
     assert!(p.log_text().contains("catalog free space is low (warning level)"));
@@ -261,7 +261,7 @@ fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
     write_wal(&c, 80 << 20);
     p.wait_flushed("main", current_flush_lsn(&c));
     wait_until(Duration::from_secs(40), "the critical level", || {
-        pressure(&p) == Some(pgark::pressure::Level::Critical)
+        pressure(&p) == Some(pgark::catalog::space::Level::Critical)
     });
     assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(2.0));
     let log = p.log_text();
@@ -293,7 +293,7 @@ fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
     assert!(spares.is_empty(), "spares prepared at the critical level: {spares:?}");
     let s = p.server("main").unwrap();
     assert_eq!(s.reconnects, 0, "streaming was never interrupted: {s:?}");
-    assert_eq!(s.state, pgark::status::ConnState::Streaming);
+    assert_eq!(s.state, pgark::service::status::ConnState::Streaming);
 }
 
 /// A primary where the superuser streams over the Unix socket (trust) and a role `mon` (with
@@ -338,7 +338,7 @@ fn slot_retention_over_the_limit_while_the_receiver_is_down() {
     p.hup();
     wait_until(Duration::from_secs(30), "the receiver failing to log in", || {
         p.server("main")
-            .is_some_and(|s| s.state != pgark::status::ConnState::Streaming && s.last_error.is_some())
+            .is_some_and(|s| s.state != pgark::service::status::ConnState::Streaming && s.last_error.is_some())
     });
     for _ in 0..3 {
         write_rows(&c, 4000);

@@ -9,7 +9,7 @@ use crate::backup::{pgark as run_pgark, text, Catalog};
 use crate::common::*;
 use crate::durability::{assert_all_acked_present, recover_from_catalog, Writers};
 use crate::faultproxy::{Fault, FaultProxy, Trigger};
-use pgark::pgcluster::Cluster;
+use crate::pgcluster::Cluster;
 use std::time::{Duration, Instant};
 
 /// Waits until the log holds `needle` in a line written after `from` (a byte offset): returns
@@ -135,7 +135,7 @@ fn receiver_detects_every_network_fault_and_loses_nothing() {
         proxy.heal();
         wait_until(Duration::from_secs(30), "a new session", || {
             p.server("main")
-                .is_some_and(|s| s.reconnects > reconnects && s.state == pgark::status::ConnState::Streaming)
+                .is_some_and(|s| s.reconnects > reconnects && s.state == pgark::service::status::ConnState::Streaming)
         });
     }
 
@@ -340,7 +340,7 @@ fn stalled_monitoring_connection_is_reported_and_streaming_goes_on() {
     eprintln!("monitoring stall reported after {:?}", start.elapsed());
     assert!(start.elapsed() < Duration::from_secs(8));
     let s = p.server("main").unwrap();
-    assert_eq!(s.state, pgark::status::ConnState::Streaming, "streaming was disturbed");
+    assert_eq!(s.state, pgark::service::status::ConnState::Streaming, "streaming was disturbed");
     proxy.heal();
     wait_until(Duration::from_secs(20), "monitoring to recover", || {
         p.server("main").is_some_and(|s| s.monitor_error.is_none())

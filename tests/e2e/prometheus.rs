@@ -6,7 +6,7 @@
 
 use crate::backup::{backup, walk_files};
 use crate::common::*;
-use pgark::pgcluster::{free_port, Cluster};
+use crate::pgcluster::{free_port, Cluster};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 use crate::backup::{backup, make_tablespace, open_for_postgres, start_restored, text, walk_files, Catalog};
 use crate::common::*;
 use crate::durability::{assert_all_acked_present, sync_primary_with_pgark, Writers};
-use pgark::pgcluster::{running_as_root, Cluster, PgBinaries};
+use crate::pgcluster::{running_as_root, Cluster, PgBinaries};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

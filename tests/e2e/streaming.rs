@@ -1,7 +1,7 @@
 //! Byte-exactness across segment switches, on PostgreSQL 15 and every major of the matrix.
 
 use crate::common::*;
-use pgark::pgcluster::{Cluster, PgBinaries};
+use crate::pgcluster::{Cluster, PgBinaries};
 
 fn byte_exact_on(bins: &PgBinaries) {
     eprintln!("byte-exact test on PostgreSQL {} ({})", bins.major, bins.bindir.display());

@@ -2,7 +2,7 @@
 //! pgark stores the history file and follows it onto the new timeline with no gap.
 
 use crate::common::*;
-use pgark::pgcluster::Cluster;
+use crate::pgcluster::Cluster;
 use std::time::Duration;
 
 #[test]

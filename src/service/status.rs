@@ -76,7 +76,7 @@ pub struct ServerCatalog {
 pub struct CatalogSpace {
     pub free_bytes: u64,
     pub total_bytes: u64,
-    pub pressure: crate::pressure::Level,
+    pub pressure: crate::catalog::space::Level,
     /// Seconds until the filesystem is full at the current WAL ingest rate (`None`: not filling).
     pub full_eta_seconds: Option<f64>,
     /// Unix seconds of the measurement.

@@ -18,10 +18,10 @@
 use crate::catalog::lock::{CatalogLock, LockError};
 use crate::catalog::Layout;
 use crate::config::{Config, ConfigError, ServerConfig};
-use crate::http::{self, HttpState};
-use crate::pressure::DiskThresholds;
+use crate::service::http::{self, HttpState};
+use crate::catalog::space::DiskThresholds;
 use crate::receiver::ReceiverThread;
-use crate::status::{ServerStatus, StatusBoard};
+use crate::service::status::{ServerStatus, StatusBoard};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,8 +100,8 @@ impl Daemon {
             tracing::warn!("{w}");
         }
         let lock = CatalogLock::acquire(&config.catalog)?;
-        let metrics = crate::metrics::install();
-        crate::metrics::register_daemon();
+        let metrics = crate::service::metrics::install();
+        crate::service::metrics::register_daemon();
         let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
             .await
             .map_err(|e| DaemonError::Listen {
@@ -151,7 +151,7 @@ impl Daemon {
     fn spawn_server(&mut self, cfg: ServerConfig) {
         let cancel = CancellationToken::new();
         self.board.insert(ServerStatus::new(&cfg.name, cfg.synchronous));
-        crate::metrics::register_server(&cfg.name);
+        crate::service::metrics::register_server(&cfg.name);
         let mut r = Running {
             config: cfg,
             cancel,
@@ -183,7 +183,7 @@ impl Daemon {
     }
 
     fn spawn_backups(&self, r: &Running) -> JoinHandle<()> {
-        tokio::spawn(crate::basebackup::scheduler::run(
+        tokio::spawn(crate::service::scheduler::run(
             r.config.clone(),
             self.layout.root().to_path_buf(),
             self.disk_pressure.subscribe(),
@@ -272,7 +272,7 @@ impl Daemon {
     pub async fn check_tasks(&mut self) -> Result<(), DaemonError> {
         if let Some(h) = self.http_task.take_if(|h| h.is_finished()) {
             let why = join_reason(h.await);
-            crate::metrics::task_failed("", "http");
+            crate::service::metrics::task_failed("", "http");
             return Err(DaemonError::TaskDied("http", why));
         }
         if self.watch_task.is_finished() && !self.watch_cancel.is_cancelled() {
@@ -320,7 +320,7 @@ impl Daemon {
                     Some(cfg) if !self.servers.contains_key(&name) => self.spawn_server(cfg),
                     _ => {
                         self.board.remove(&name);
-                        crate::metrics::retire_server(&name);
+                        crate::service::metrics::retire_server(&name);
                     }
                 }
             } else {
@@ -337,7 +337,7 @@ impl Daemon {
 
     fn task_died(&self, server: &str, task: &'static str, why: &str) {
         tracing::error!(server, task, reason = %why, "a task of the daemon died (a bug: please report it with this log); restarting it");
-        crate::metrics::task_failed(server, task);
+        crate::service::metrics::task_failed(server, task);
         self.board.task_failed(task, server, why);
     }
 
@@ -419,7 +419,7 @@ fn spawn_catalog_watch(
     board: &StatusBoard,
     cancel: &CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(crate::catalog_watch::run(
+    tokio::spawn(crate::service::catalog_watch::run(
         layout.clone(),
         thresholds.subscribe(),
         board.clone(),

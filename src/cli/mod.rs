@@ -1,6 +1,11 @@
 //! Command-line interface: argument parsing, exit codes, and the small commands (`status`,
 //! `check-config`). `serve` lives in `daemon`, `demo` in `demo`.
 
+pub mod backup;
+pub mod demo;
+pub mod progress;
+pub mod restore;
+
 use crate::config::Config;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -137,7 +142,7 @@ pub enum Cmd {
     #[command(
         after_help = "Without a backup id pgark picks the newest backup that can reach the target and says which.\nAfterwards, starting PostgreSQL on the directory is all that is left: restore_command (pgark wal-get),\nthe target settings and recovery.signal (or standby.signal) are written.\n\nExit status: 0 restored, 1 failed (the directory is left unstartable), 2 bad input (options, non-empty\ntarget without --delta, running postmaster), 5 no such backup, 7 the target cannot be reached.\n\nExamples:\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/restored\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/restored --target-time '2026-11-23 14:05:00+00'\n  pgark restore --config /etc/pgark.yaml main 20261123T231500Z --target-dir /srv/pg/restored --target-lsn 0/5000060 --target-action promote\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/data --delta --owner postgres\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/replica --standby --tablespace ts1=/srv/pg/ts1"
     )]
-    Restore(crate::restore_commands::RestoreArgs),
+    Restore(crate::cli::restore::RestoreArgs),
     /// PostgreSQL's restore_command: copy one WAL segment or history file from the catalog into DEST.
     #[command(
         after_help = "Exit status: 0 served, 1 not in the catalog, 126 damaged or unreadable (PostgreSQL then stops recovery\ninstead of ending it early).\n\nExample (postgresql.conf; pgark restore writes this for you):\n  restore_command = 'pgark wal-get --config /etc/pgark.yaml main \"%f\" \"%p\"'"
@@ -207,8 +212,8 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
             return exit::USAGE;
         }
     };
-    let live = crate::http::get(&config.metrics_listen, "/status").await;
-    let status: Option<crate::status::DaemonStatus> = match &live {
+    let live = crate::service::http::get(&config.metrics_listen, "/status").await;
+    let status: Option<crate::service::status::DaemonStatus> = match &live {
         Ok((200, body)) => serde_json::from_str(body).ok(),
         _ => None,
     };
@@ -235,7 +240,7 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
         }
         return exit::NOT_STREAMING;
     };
-    let all_streaming = status.servers.iter().all(|s| s.state == crate::status::ConnState::Streaming);
+    let all_streaming = status.servers.iter().all(|s| s.state == crate::service::status::ConnState::Streaming);
     if json {
         println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     } else {
@@ -255,7 +260,7 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
                 opt(s.flushed_lsn.map(|l| l.to_string())),
                 opt(s.lag_bytes.map(|l| l.to_string())),
                 opt(s.last_segment.clone()),
-                if s.state == crate::status::ConnState::Streaming {
+                if s.state == crate::service::status::ConnState::Streaming {
                     String::new()
                 } else {
                     s.last_error.clone().unwrap_or_default()
@@ -272,8 +277,8 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
 }
 
 /// The lines under the table: catalog space, each server's recovery window and warnings.
-fn print_details(status: &crate::status::DaemonStatus) {
-    use crate::backup_commands::human_bytes;
+fn print_details(status: &crate::service::status::DaemonStatus) {
+    use crate::util::units::human_bytes;
     let time = |t: Option<u64>| {
         t.and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0))
             .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())

@@ -131,7 +131,7 @@ pub fn register_server(server: &str) {
     for task in SERVER_TASKS {
         counter!("pgark_task_failures_total", "server" => server.to_string(), "task" => *task).increment(0);
     }
-    connection_state(server, crate::status::ConnState::Starting);
+    connection_state(server, crate::service::status::ConnState::Starting);
 }
 
 /// The daemon's tasks per server (the `task` label of `pgark_task_failures_total`).
@@ -163,8 +163,8 @@ pub fn disconnected(server: &str, reason: &'static str) {
 }
 
 /// The receiver's connection state: one series per state, 1 for the current one.
-pub fn connection_state(server: &str, state: crate::status::ConnState) {
-    use crate::status::ConnState::*;
+pub fn connection_state(server: &str, state: crate::service::status::ConnState) {
+    use crate::service::status::ConnState::*;
     for (name, st) in [
         ("starting", Starting),
         ("connecting", Connecting),
@@ -178,7 +178,7 @@ pub fn connection_state(server: &str, state: crate::status::ConnState) {
 
 /// The README's metric tables (`| `name{labels}` | type | meaning |`), the single source of each
 /// metric's HELP text.
-const README: &str = include_str!("../README.md");
+const README: &str = include_str!("../../README.md");
 
 /// (name, type, meaning) for every metric row of the README.
 pub fn documented_metrics() -> Vec<(String, String, String)> {
@@ -409,7 +409,7 @@ pub fn slot_over_limit(server: &str, over: bool) {
 
 /// The catalog's filesystem, the disk-pressure levels in bytes, the current level (0 ok,
 /// 1 warning, 2 critical) and the projected seconds to full (+Inf when not filling).
-pub fn catalog_space(space: &crate::status::CatalogSpace, warning_bytes: u64, critical_bytes: u64) {
+pub fn catalog_space(space: &crate::service::status::CatalogSpace, warning_bytes: u64, critical_bytes: u64) {
     gauge!("pgark_catalog_free_bytes").set(space.free_bytes as f64);
     gauge!("pgark_catalog_total_bytes").set(space.total_bytes as f64);
     gauge!("pgark_catalog_free_warning_bytes").set(warning_bytes as f64);
@@ -431,7 +431,7 @@ pub fn register_daemon() {
 }
 
 /// One server's share of the catalog (`kind`: wal or backups) and its WAL ingest rate.
-pub fn server_catalog(server: &str, c: &crate::status::ServerCatalog) {
+pub fn server_catalog(server: &str, c: &crate::service::status::ServerCatalog) {
     let s = || server.to_string();
     gauge!("pgark_catalog_size_bytes", "server" => s(), "kind" => "wal").set(c.wal_bytes as f64);
     gauge!("pgark_catalog_size_bytes", "server" => s(), "kind" => "backups").set(c.backup_bytes as f64);

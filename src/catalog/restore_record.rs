@@ -84,7 +84,7 @@ impl RestoreRecord {
             format: FORMAT,
             target_dir: target_dir.display().to_string(),
             backup_id: backup_id.to_string(),
-            written_at: crate::status::unix_now(),
+            written_at: crate::util::time::unix_now(),
             files: BTreeMap::new(),
         }
     }
@@ -99,7 +99,7 @@ impl RestoreRecord {
 /// Store key of the record for restores of `server` into `target_dir`.
 pub fn key(server: &str, target_dir: &Path) -> String {
     let h = Sha256::digest(target_dir.display().to_string().as_bytes());
-    format!("{server}/restores/{}.json", crate::basebackup::manifest::hex_string(&h))
+    format!("{server}/restores/{}.json", crate::util::hex::to_hex(&h))
 }
 
 /// The record of the last finished restore into `target_dir`, or `None` (logged when one was

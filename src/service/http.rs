@@ -6,7 +6,8 @@
 //! reachable `metrics.listen` cannot exhaust the file descriptors WAL streaming needs. It never
 //! touches the receivers except through the status board.
 
-use crate::status::{unix_now, ConnState, DaemonStatus, StatusBoard};
+use crate::util::time::unix_now;
+use crate::service::status::{ConnState, DaemonStatus, StatusBoard};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,7 +109,7 @@ async fn handle(mut sock: TcpStream, state: HttpState) -> std::io::Result<()> {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (code, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", crate::metrics::render(&state.metrics)),
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", crate::service::metrics::render(&state.metrics)),
         ("GET", "/status") => (
             200,
             "application/json",
@@ -160,13 +161,13 @@ pub async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::ServerStatus;
+    use crate::service::status::ServerStatus;
 
     #[test]
     fn healthz_counts_silence_from_when_the_server_was_added() {
         let board = StatusBoard::default();
         let state = HttpState {
-            metrics: crate::metrics::install(),
+            metrics: crate::service::metrics::install(),
             board: board.clone(),
             catalog: "/c".into(),
             stream_timeout_secs: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(60)),

@@ -11,8 +11,9 @@
 use crate::catalog::store::{LocalStore, ObjectStore};
 use crate::catalog::usage;
 use crate::catalog::Layout;
-use crate::pressure::{DiskThresholds, Level};
-use crate::status::{unix_now, CatalogSpace, ServerCatalog, StatusBoard};
+use crate::catalog::space::{DiskThresholds, Level};
+use crate::util::time::unix_now;
+use crate::service::status::{CatalogSpace, ServerCatalog, StatusBoard};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -115,7 +116,7 @@ pub async fn run(layout: Layout, thresholds: tokio::sync::watch::Receiver<DiskTh
                 wal_ingest_bytes_per_second: raw_rate * u.wal_stored_ratio.unwrap_or(1.0),
             };
             total_rate += c.wal_ingest_bytes_per_second;
-            crate::metrics::server_catalog(&name, &c);
+            crate::service::metrics::server_catalog(&name, &c);
             board.update(&name, |s| s.catalog = Some(c));
         }
         match cap {
@@ -132,7 +133,7 @@ pub async fn run(layout: Layout, thresholds: tokio::sync::watch::Receiver<DiskTh
                     full_eta_seconds: full_eta(cap.free, total_rate),
                     at: unix_now(),
                 };
-                crate::metrics::catalog_space(
+                crate::service::metrics::catalog_space(
                     &space,
                     thresholds.catalog_free_warning.bytes(cap.total),
                     thresholds.catalog_free_critical.bytes(cap.total),
@@ -149,7 +150,7 @@ pub async fn run(layout: Layout, thresholds: tokio::sync::watch::Receiver<DiskTh
                 tracing::warn!(catalog = %layout.root().display(), errors = ?errors, "cannot measure the catalog's space and usage");
                 failing = true;
             }
-            crate::metrics::catalog_checks_failed();
+            crate::service::metrics::catalog_checks_failed();
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -159,7 +160,7 @@ pub async fn run(layout: Layout, thresholds: tokio::sync::watch::Receiver<DiskTh
 }
 
 fn log_level_change(old: Level, new: Level, free: u64, t: &DiskThresholds) {
-    let free = crate::backup_commands::human_bytes(free);
+    let free = crate::util::units::human_bytes(free);
     match new {
         Level::Critical => tracing::error!(
             free = %free, critical = %t.catalog_free_critical,

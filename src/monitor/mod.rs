@@ -12,7 +12,7 @@ use crate::client::conninfo::ConnInfo;
 use crate::client::Connection;
 use crate::config::ServerConfig;
 use crate::pg::Lsn;
-use crate::status::StatusBoard;
+use crate::service::status::StatusBoard;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -171,7 +171,7 @@ pub async fn round(ci: &ConnInfo, slot: &str, query_timeout: Duration, cancel: &
         synchronous_standby_names: ssn,
         max_slot_wal_keep_size: t(12),
         pg_wal_bytes,
-        at: crate::status::unix_now(),
+        at: crate::util::time::unix_now(),
     })
 }
 
@@ -208,7 +208,7 @@ pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToke
     let server = cfg.name.clone();
     let mut failing = false;
     let mut over_limit = false;
-    crate::metrics::slot_retained_limit(&server, cfg.slot_retained_limit);
+    crate::service::metrics::slot_retained_limit(&server, cfg.slot_retained_limit);
     loop {
         fail::fail_point!("monitor-round");
         // Each step is bounded on its own (connect_timeout, query_timeout, named in the error);
@@ -228,7 +228,7 @@ pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToke
                     .into_iter()
                     .find(|s| s.server == server)
                     .and_then(|s| s.flushed_lsn);
-                crate::metrics::server_facts(&server, &facts, flushed);
+                crate::service::metrics::server_facts(&server, &facts, flushed);
                 let warning = slot_limit_warning(&facts, cfg.slot_retained_limit);
                 if warning.is_some() != over_limit {
                     over_limit = warning.is_some();
@@ -237,7 +237,7 @@ pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToke
                         None => tracing::info!(server = %server, "the slot's retained WAL is back under slot_retained_limit"),
                     }
                 }
-                crate::metrics::slot_over_limit(&server, over_limit);
+                crate::service::metrics::slot_over_limit(&server, over_limit);
                 board.update(&server, |s| {
                     s.monitor = Some(facts);
                     s.monitor_error = None;
@@ -264,8 +264,8 @@ pub fn slot_limit_warning(facts: &ServerFacts, limit: Option<u64>) -> Option<Str
         format!(
             "the slot holds {} of WAL on the server, over slot_retained_limit ({}): pgark is behind or was away; \
              check that it streams, and the server's pg_wal space",
-            crate::backup_commands::human_bytes(retained),
-            crate::backup_commands::human_bytes(limit)
+            crate::util::units::human_bytes(retained),
+            crate::util::units::human_bytes(limit)
         )
     })
 }
@@ -275,7 +275,7 @@ fn report_failure(server: &str, board: &StatusBoard, failing: &mut bool, e: Stri
         tracing::warn!(server, error = %e, "monitoring query failed (streaming is not affected); grant pg_monitor to pgark's role for slot and pg_wal facts");
         *failing = true;
     }
-    crate::metrics::monitor_failed(server);
+    crate::service::metrics::monitor_failed(server);
     board.update(server, |s| s.monitor_error = Some(e));
 }
 

@@ -5,6 +5,7 @@
 //! of the four CRC bytes in host order, which is little-endian on every platform PostgreSQL
 //! ships binaries for.
 
+use crate::util::hex::{from_hex, to_hex};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -50,7 +51,7 @@ impl Manifest {
             ) {
                 (Some(p), _) => p.to_string(),
                 (None, Some(hex)) => {
-                    let raw = decode_hex(hex).ok_or_else(|| e(format!("Encoded-Path {hex:?} is not hex")))?;
+                    let raw = from_hex(hex).ok_or_else(|| e(format!("Encoded-Path {hex:?} is not hex")))?;
                     String::from_utf8(raw).map_err(|_| e(format!("Encoded-Path {hex:?} is not UTF-8; pgark stores UTF-8 names only")))?
                 }
                 _ => return Err(e("a Files entry has neither Path nor Encoded-Path")),
@@ -64,7 +65,7 @@ impl Manifest {
                 f.get("Checksum").and_then(|v| v.as_str()),
             ) {
                 (Some("CRC32C"), Some(hex)) => {
-                    let b = decode_hex(hex)
+                    let b = from_hex(hex)
                         .filter(|b| b.len() == 4)
                         .ok_or_else(|| e(format!("{path}: CRC32C checksum {hex:?} is not 8 hex digits")))?;
                     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -96,27 +97,13 @@ fn verify_self_checksum(bytes: &[u8]) -> Result<(), ManifestError> {
         .chars()
         .take_while(|c| c.is_ascii_hexdigit())
         .collect();
-    let computed = hex_string(&Sha256::digest(&bytes[..at]));
+    let computed = to_hex(&Sha256::digest(&bytes[..at]));
     if hex.to_ascii_lowercase() != computed {
         return Err(e(format!(
             "Manifest-Checksum {hex} does not match the manifest's contents ({computed}): corrupted in transit"
         )));
     }
     Ok(())
-}
-
-pub fn hex_string(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// One received file, as the manifest check needs it.
@@ -164,14 +151,14 @@ mod tests {
 
     fn build(files: &str) -> Vec<u8> {
         let head = format!("{{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [\n{files}\n],\n\"WAL-Ranges\": [\n],\n");
-        let sum = hex_string(&Sha256::digest(head.as_bytes()));
+        let sum = to_hex(&Sha256::digest(head.as_bytes()));
         format!("{head}\"Manifest-Checksum\": \"{sum}\"}}\n").into_bytes()
     }
 
     #[test]
     fn parses_and_checks() {
         let crc = crc32c::crc32c(b"hello");
-        let hex = hex_string(&crc.to_le_bytes());
+        let hex = to_hex(&crc.to_le_bytes());
         let m = build(&format!(
             "{{ \"Path\": \"a\", \"Size\": 5, \"Last-Modified\": \"x\", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"{hex}\" }},\n{{ \"Encoded-Path\": \"62\", \"Size\": 0 }}"
         ));

@@ -16,9 +16,7 @@
 
 pub mod manifest;
 pub mod pipeline;
-pub mod progress;
 pub mod schedule;
-pub mod scheduler;
 pub mod tar;
 
 use crate::catalog::backup_store::{self, BackupIndex, StoredFile, WalSource};
@@ -30,9 +28,10 @@ use crate::client::{ClientError, Connection};
 use crate::config::ServerConfig;
 use crate::pg::{Lsn, TimelineId, WalSegSize};
 use crate::protocol::basebackup::{BackupEvent, BackupReplyError, BaseBackupReader, BaseBackupRequest, TablespaceInfo};
-use crate::status::{unix_now, ConnState, DaemonStatus, StatusBoard};
+use crate::util::time::unix_now;
+use crate::service::status::{ConnState, DaemonStatus, StatusBoard};
 use pipeline::{Pipeline, PipelineConfig, PipelineError};
-use progress::Progress;
+use crate::util::progress::Progress;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,7 +56,7 @@ pub struct BackupJob {
     pub max_rate_kb: Option<u32>,
     pub wal_watch: WalWatch,
     /// Refuse to start while the catalog's free space is at the critical level.
-    pub disk_pressure: crate::pressure::DiskThresholds,
+    pub disk_pressure: crate::catalog::space::DiskThresholds,
     pub cancel: CancellationToken,
 }
 
@@ -216,7 +215,7 @@ pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result
                 tracing::warn!(server = %server, error = %e, "could not remove the failed backup's chunks; the next backup will");
             }
         }
-        crate::metrics::backup_failed(&server);
+        crate::service::metrics::backup_failed(&server);
     }
     result
 }
@@ -526,7 +525,7 @@ async fn run(
                 .into_iter()
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| tar_err(&server, &format!("{}: a chunk was lost in the pipeline", sf.path)))?;
-            sf.crc32c = Some(pipeline::combine_crc(
+            sf.crc32c = Some(crate::catalog::backup_store::combine_crc(
                 &chunks.iter().map(|c| (c.crc32c, c.chunk_ref.size)).collect::<Vec<_>>(),
             ));
             sf.stored_bytes = chunks.iter().map(|c| c.chunk_ref.stored).sum::<u64>();
@@ -613,7 +612,7 @@ async fn run(
     let elapsed = started.elapsed();
     // The duration metric comes from the index (whole seconds), like the daemon's refresh from
     // the catalog, so that the gauge does not change value when the refresh runs.
-    crate::metrics::backup_succeeded(
+    crate::service::metrics::backup_succeeded(
         &server,
         index.end_time,
         Duration::from_secs(index.end_time.saturating_sub(index.start_time)),
@@ -749,7 +748,7 @@ async fn receiver_position(
     let servers = match watch {
         WalWatch::Board(b) => b.snapshot(),
         WalWatch::Http { addr, .. } => {
-            let (code, body) = crate::http::get(addr, "/status").await.ok()?;
+            let (code, body) = crate::service::http::get(addr, "/status").await.ok()?;
             if code != 200 {
                 return None;
             }

@@ -29,18 +29,16 @@ impl Threshold {
     }
 
     /// `15%`, `2.5%`, or a size (`10GiB`, `500MB`, bytes).
-    pub fn parse(v: &serde_yaml::Value) -> Result<Threshold, String> {
-        if let serde_yaml::Value::String(s) = v {
-            if let Some(p) = s.trim().strip_suffix('%') {
-                return match p.trim().parse::<f64>() {
-                    Ok(p) if (0.0..100.0).contains(&p) => Ok(Threshold::Percent(p)),
-                    _ => Err(format!(
-                        "{s:?}: expected a percentage from 0% to below 100%, or a size such as 10GiB"
-                    )),
-                };
-            }
+    pub fn parse(text: &str) -> Result<Threshold, String> {
+        if let Some(p) = text.trim().strip_suffix('%') {
+            return match p.trim().parse::<f64>() {
+                Ok(p) if (0.0..100.0).contains(&p) => Ok(Threshold::Percent(p)),
+                _ => Err(format!(
+                    "{text:?}: expected a percentage from 0% to below 100%, or a size such as 10GiB"
+                )),
+            };
         }
-        crate::config::parse_size(v)
+        crate::util::units::parse_size(text)
             .map(Threshold::Bytes)
             .map_err(|e| format!("{e}, or a percentage such as 10%"))
     }
@@ -49,7 +47,7 @@ impl Threshold {
 impl fmt::Display for Threshold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Threshold::Bytes(b) => write!(f, "{}", crate::backup_commands::human_bytes(*b)),
+            Threshold::Bytes(b) => write!(f, "{}", crate::util::units::human_bytes(*b)),
             Threshold::Percent(p) => write!(f, "{p}%"),
         }
     }
@@ -109,7 +107,7 @@ impl DiskThresholds {
             Level::Critical => Err(format!(
                 "the catalog's filesystem has {} free, below disk_pressure.catalog_free_critical ({}); \
                  base backups are not started so that WAL streaming keeps the space (free space, or raise the disk)",
-                crate::backup_commands::human_bytes(cap.free),
+                crate::util::units::human_bytes(cap.free),
                 self.catalog_free_critical
             )),
             _ => Ok(()),
@@ -121,18 +119,14 @@ impl DiskThresholds {
 mod tests {
     use super::*;
 
-    fn y(s: &str) -> serde_yaml::Value {
-        serde_yaml::from_str(s).unwrap()
-    }
-
     #[test]
     fn thresholds_parse() {
-        assert_eq!(Threshold::parse(&y("15%")).unwrap(), Threshold::Percent(15.0));
-        assert_eq!(Threshold::parse(&y("'2.5 %'")).unwrap(), Threshold::Percent(2.5));
-        assert_eq!(Threshold::parse(&y("10GiB")).unwrap(), Threshold::Bytes(10 << 30));
-        assert_eq!(Threshold::parse(&y("4096")).unwrap(), Threshold::Bytes(4096));
+        assert_eq!(Threshold::parse("15%").unwrap(), Threshold::Percent(15.0));
+        assert_eq!(Threshold::parse("2.5 %").unwrap(), Threshold::Percent(2.5));
+        assert_eq!(Threshold::parse("10GiB").unwrap(), Threshold::Bytes(10 << 30));
+        assert_eq!(Threshold::parse("4096").unwrap(), Threshold::Bytes(4096));
         for bad in ["150%", "-1%", "lots", "x%"] {
-            assert!(Threshold::parse(&y(bad)).is_err(), "{bad}");
+            assert!(Threshold::parse(bad).is_err(), "{bad}");
         }
     }
 

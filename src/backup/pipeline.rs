@@ -200,7 +200,7 @@ fn worker(shared: &Shared, jobs: &Mutex<Receiver<Job>>, results: &mpsc::Sender<R
 
 fn store_chunk(shared: &Shared, job: Job) -> Result<ChunkDone, PipelineError> {
     let crc = crc32c::crc32c(&job.data);
-    let hash = crate::basebackup::manifest::hex_string(&Sha256::digest(&job.data));
+    let hash = crate::util::hex::to_hex(&Sha256::digest(&job.data));
     shared.raw_bytes.fetch_add(job.data.len() as u64, Ordering::Relaxed);
     let compressed = matches!(shared.cfg.compression, Compression::Zstd(_));
     let object = backup_store::chunk_object(&hash, compressed);
@@ -236,14 +236,14 @@ fn store_chunk(shared: &Shared, job: Job) -> Result<ChunkDone, PipelineError> {
     // catalog is referenced by a published, durable backup (garbage collection, under the backup
     // lock, removed any other before this backup started).
     let put = shared.store.put_once(&key, &mut |w| {
-        let mut counter = CountingWriter { inner: w, n: 0 };
+        let mut counter = crate::util::io::CountingWriter::new(w);
         match level {
             Some(l) => {
                 segment_file::compress_into(&job.data, l, &mut counter)?;
             }
-            None => counter.write_all_bytes(&job.data)?,
+            None => io::Write::write_all(&mut counter, &job.data)?,
         }
-        stored = counter.n;
+        stored = counter.count();
         Ok(())
     });
     let put = match put {
@@ -310,34 +310,6 @@ fn done(job: &Job, crc32c: u32, chunk_ref: ChunkRef, new: bool) -> ChunkDone {
     }
 }
 
-struct CountingWriter<'a> {
-    inner: &'a mut dyn io::Write,
-    n: u64,
-}
-
-impl CountingWriter<'_> {
-    fn write_all_bytes(&mut self, b: &[u8]) -> io::Result<()> {
-        io::Write::write_all(self, b)
-    }
-}
-
-impl io::Write for CountingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// A file's CRC-32C from its chunks' CRCs, in order.
-pub fn combine_crc(chunks: &[(u32, u64)]) -> u32 {
-    chunks
-        .iter()
-        .fold(0u32, |acc, &(crc, len)| crc32c::crc32c_combine(acc, crc, len as usize))
-}
 
 #[cfg(test)]
 mod tests {
@@ -368,8 +340,8 @@ mod tests {
         assert_eq!(res.len(), 3);
         assert_eq!(res[0].chunk_ref, res[2].chunk_ref, "identical chunks share one object");
         let whole: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
-        assert_eq!(combine_crc(&[(res[0].crc32c, 1000), (res[1].crc32c, 3000)]), crc32c::crc32c(&whole));
-        assert_eq!(combine_crc(&[]), crc32c::crc32c(b""));
+        assert_eq!(crate::catalog::backup_store::combine_crc(&[(res[0].crc32c, 1000), (res[1].crc32c, 3000)]), crc32c::crc32c(&whole));
+        assert_eq!(crate::catalog::backup_store::combine_crc(&[]), crc32c::crc32c(b""));
         let stored = store
             .get(&backup_store::chunk_key("main", &res[1].chunk_ref.object))
             .unwrap()

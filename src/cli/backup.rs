@@ -1,7 +1,7 @@
 //! The backup commands of the CLI: `backup`, `list-backups`, `show-backup`, `delete-backup`.
 //! Output for people by default, `--json` for scripts; exit codes in `cli::exit`.
 
-use crate::basebackup::{self, progress, BackupError, BackupJob, WalWatch};
+use crate::backup::{self, BackupError, BackupJob, WalWatch};
 use crate::catalog::backup_store::{self, BackupIndex, WalPresence};
 use crate::catalog::lock::CatalogLock;
 use crate::catalog::store::{LocalStore, ObjectStore};
@@ -42,12 +42,6 @@ pub struct BackupSummary {
     pub tablespaces: Vec<crate::protocol::basebackup::TablespaceInfo>,
 }
 
-fn time_text(unix: u64) -> String {
-    chrono::DateTime::from_timestamp(unix as i64, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|| unix.to_string())
-}
-
 pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex) -> BackupSummary {
     let wal = backup_store::wal_presence(store, idx);
     BackupSummary {
@@ -56,8 +50,8 @@ pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex) -> BackupSummary {
         label: idx.label.clone(),
         status: if wal.present { "ok" } else { "wal-missing" },
         usable: wal.present,
-        start_time: time_text(idx.start_time),
-        end_time: time_text(idx.end_time),
+        start_time: crate::util::time::format_utc(idx.start_time),
+        end_time: crate::util::time::format_utc(idx.end_time),
         duration_seconds: idx.end_time.saturating_sub(idx.start_time),
         start_lsn: idx.start_lsn.to_string(),
         end_lsn: idx.end_lsn.to_string(),
@@ -96,10 +90,6 @@ fn known_server(config: &Config, server: &str) -> Result<(), i32> {
         known.join(", ")
     );
     Err(exit::USAGE)
-}
-
-pub fn human_bytes(n: u64) -> String {
-    indicatif::HumanBytes(n).to_string()
 }
 
 /// `pgark backup`.
@@ -142,7 +132,7 @@ pub async fn backup(
         disk_pressure: config.disk_pressure,
         cancel: cancel.clone(),
     };
-    let handle = basebackup::spawn_on_own_thread(job, progress::for_terminal());
+    let handle = backup::spawn_on_own_thread(job, crate::cli::progress::for_terminal("backup"));
     let stop = cancel.clone();
     let signals = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -178,9 +168,9 @@ pub async fn backup(
                     s.start_lsn,
                     s.end_lsn,
                     s.end_timeline,
-                    human_bytes(s.original_bytes),
+                    crate::util::units::human_bytes(s.original_bytes),
                     s.file_count,
-                    human_bytes(s.stored_new_bytes),
+                    crate::util::units::human_bytes(s.stored_new_bytes),
                     s.duration_seconds
                 );
             }
@@ -244,8 +234,8 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
             b.start_lsn,
             b.end_lsn,
             b.end_timeline,
-            human_bytes(b.original_bytes),
-            human_bytes(b.stored_new_bytes),
+            crate::util::units::human_bytes(b.original_bytes),
+            crate::util::units::human_bytes(b.stored_new_bytes),
             b.label
         );
     }
@@ -298,10 +288,10 @@ pub fn show_backup(path: &Path, server: &str, id: &str, json: bool) -> i32 {
     );
     println!(
         "  size:               {} in {} files; stored {} new, {} referenced ({})",
-        human_bytes(s.original_bytes),
+        crate::util::units::human_bytes(s.original_bytes),
         s.file_count,
-        human_bytes(s.stored_new_bytes),
-        human_bytes(s.stored_total_bytes),
+        crate::util::units::human_bytes(s.stored_new_bytes),
+        crate::util::units::human_bytes(s.stored_total_bytes),
         s.compression
     );
     let wal_where = match s.wal_source {
@@ -370,7 +360,7 @@ pub fn delete_backup(path: &Path, server: &str, id: &str, force: bool) -> i32 {
         Ok(g) => {
             println!(
                 "deleted backup {id} of {server}; freed {} in {} chunks",
-                human_bytes(g.bytes),
+                crate::util::units::human_bytes(g.bytes),
                 g.chunks
             );
             exit::OK

@@ -1,6 +1,5 @@
 //! The restore commands of the CLI: `restore` and `wal-get` (PostgreSQL's restore_command).
 
-use crate::basebackup::progress;
 use crate::catalog::store::LocalStore;
 use crate::cli::exit;
 use crate::config::Config;
@@ -124,7 +123,7 @@ pub fn restore(a: RestoreArgs) -> i32 {
             }
         }
     }
-    if a.owner.is_none() && crate::pgcluster::running_as_root() && !a.print_only {
+    if a.owner.is_none() && crate::util::os::running_as_root() && !a.print_only {
         tracing::warn!("running as root without --owner: the restored files belong to root, and PostgreSQL must run as their owner (use --owner postgres)");
     }
     let req = RestoreRequest {
@@ -206,7 +205,7 @@ pub fn restore(a: RestoreArgs) -> i32 {
         })
     });
     let started = std::time::Instant::now();
-    let mut progress = progress::for_terminal();
+    let mut progress = crate::cli::progress::for_terminal("restore");
     let result = restore::execute(&req, &plan, progress.as_mut());
     if let Some(s) = signals {
         s.abort();
@@ -223,7 +222,7 @@ pub fn restore(a: RestoreArgs) -> i32 {
                 println!(
                     "restored in {secs:.1}s: {} files written ({}), {} unchanged{}, {} removed. Start PostgreSQL on {} to recover{}.",
                     stats.files_written,
-                    crate::backup_commands::human_bytes(stats.bytes_written),
+                    crate::util::units::human_bytes(stats.bytes_written),
                     stats.files_unchanged,
                     if stats.files_trusted > 0 {
                         format!(

@@ -2,14 +2,15 @@
 //! backups taken by `pgark backup` in another process) and, when `backup_schedule` is set, takes
 //! backups when they are due.
 
-use super::progress::LogLines;
-use super::schedule::Schedule;
-use super::{BackupJob, WalWatch};
+use crate::util::progress::LogLines;
+use crate::backup::schedule::Schedule;
+use crate::backup::{BackupError, BackupJob, WalWatch};
 use crate::catalog::backup_store::BackupFactsCache;
 use crate::catalog::store::LocalStore;
 use crate::config::ServerConfig;
-use crate::pressure::DiskThresholds;
-use crate::status::{unix_now, StatusBoard};
+use crate::catalog::space::DiskThresholds;
+use crate::util::time::unix_now;
+use crate::service::status::{StatusBoard};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -26,15 +27,15 @@ fn refresh(store: &LocalStore, cache: &mut BackupFactsCache, server: &str, board
     match cache.refresh(store, server) {
         Ok(all) => {
             let stored: u64 = all.iter().map(|b| b.stored_new_bytes).sum();
-            crate::metrics::backups_in_catalog(server, all.len(), stored);
+            crate::service::metrics::backups_in_catalog(server, all.len(), stored);
             let oldest_start = all.iter().map(|b| b.start_time).min();
-            crate::metrics::recovery_window_start(server, oldest_start);
+            crate::service::metrics::recovery_window_start(server, oldest_start);
             board.update(server, |s| {
                 s.oldest_backup_start = oldest_start;
                 s.newest_backup_end = all.last().map(|b| b.end_time);
             });
             let last = all.last()?;
-            crate::metrics::backup_succeeded_gauges(
+            crate::service::metrics::backup_succeeded_gauges(
                 server,
                 last.end_time,
                 Duration::from_secs(last.end_time.saturating_sub(last.start_time)),
@@ -64,7 +65,7 @@ pub async fn run(
     // (not before the receiver starts: a synchronous standby's primary waits for that) and on
     // a blocking thread; the schedule's first backup waits for it, not for its lock.
     let (root, name) = (catalog.clone(), server.clone());
-    let cleaning = tokio::task::spawn_blocking(move || crate::basebackup::clean_interrupted(&root, &name));
+    let cleaning = tokio::task::spawn_blocking(move || crate::backup::clean_interrupted(&root, &name));
     tokio::select! {
         _ = cancel.cancelled() => return,
         r = cleaning => match r {
@@ -114,13 +115,13 @@ pub async fn run(
                     disk_pressure: thresholds,
                     cancel: cancel.child_token(),
                 };
-                let handle = super::spawn_on_own_thread(job, Box::new(LogLines::default()));
+                let handle = crate::backup::spawn_on_own_thread(job, Box::new(LogLines::new("backup")));
                 match handle.await {
                     Ok(Ok(idx)) => {
                         tracing::info!(server = %server, id = %idx.id, "scheduled backup complete");
                         retry_at = None;
                     }
-                    Ok(Err(super::BackupError::Cancelled)) => return,
+                    Ok(Err(BackupError::Cancelled)) => return,
                     Ok(Err(e)) => {
                         let wait = match schedule {
                             Schedule::Every(d) => RETRY_AFTER_FAILURE.min(*d),

@@ -1,0 +1,9 @@
+//! Leaf helpers with no knowledge of PostgreSQL or the catalog: time, units, hex, small I/O
+//! adapters, OS facts, and the progress-reporting trait. Imports nothing from the crate.
+
+pub mod hex;
+pub mod io;
+pub mod os;
+pub mod progress;
+pub mod time;
+pub mod units;
