@@ -2,10 +2,11 @@
 //!
 //! Every error names the file, the key and what was expected, and maps to exit code 2.
 
+use crate::backup::settings::{BackupSettings, DEFAULT_BACKUP_STREAM_TIMEOUT, DEFAULT_BACKUP_WAL_TIMEOUT};
+use crate::catalog::space::{DiskThresholds, Threshold};
 use crate::catalog::{Compression, DEFAULT_ZSTD_LEVEL};
 use crate::client::conninfo::{ConnInfo, Host};
 use crate::client::replication::validate_slot_name;
-use crate::catalog::space::{DiskThresholds, Threshold};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,18 +17,7 @@ pub const DEFAULT_SLOT: &str = "pgark";
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_RECEIVER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SYNCHRONOUS: bool = true;
-/// Base backups compress better per CPU second at level 3 than WAL does, and a backup is not on
-/// the commit path; pgBackRest's zst default is 3 too.
-pub const DEFAULT_BACKUP_ZSTD_LEVEL: i32 = 3;
-/// Space a backup leaves free on the catalog's filesystem, so WAL streaming (the RPO=0 path)
-/// never runs out because of a backup.
-pub const DEFAULT_BACKUP_MIN_FREE: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_HEALTHZ_STREAM_TIMEOUT: Duration = Duration::from_secs(120);
-pub const DEFAULT_BACKUP_WAL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Silence of the server during a base backup after which the backup is abandoned: generous
-/// (a server reading a large file from a slow disk), but finite. A spread checkpoint before the
-/// first message gets the server's `checkpoint_timeout` on top.
-pub const DEFAULT_BACKUP_STREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -107,34 +97,6 @@ struct RawServer {
     monitor_interval: Option<String>,
     monitor_conninfo: Option<String>,
     slot_retained_limit: Option<serde_yaml::Value>,
-}
-
-/// How base backups of one server are taken.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BackupSettings {
-    pub schedule: Option<crate::backup::schedule::Schedule>,
-    pub compression: Compression,
-    /// Compression workers (default: the number of CPUs).
-    pub workers: usize,
-    pub fast_checkpoint: bool,
-    pub min_free: u64,
-    pub wal_timeout: Duration,
-    /// Longest silence of the server during the BASE_BACKUP stream.
-    pub stream_timeout: Duration,
-}
-
-impl Default for BackupSettings {
-    fn default() -> Self {
-        BackupSettings {
-            schedule: None,
-            compression: Compression::Zstd(DEFAULT_BACKUP_ZSTD_LEVEL),
-            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-            fast_checkpoint: false,
-            min_free: DEFAULT_BACKUP_MIN_FREE,
-            wal_timeout: DEFAULT_BACKUP_WAL_TIMEOUT,
-            stream_timeout: DEFAULT_BACKUP_STREAM_TIMEOUT,
-        }
-    }
 }
 
 /// One protected server. `Debug` leaves out the connection strings as written (they may hold a
@@ -261,12 +223,14 @@ impl Config {
         let mut disk_pressure = DiskThresholds::default();
         if let Some(d) = raw.disk_pressure {
             if let Some(v) = &d.catalog_free_warning {
-                disk_pressure.catalog_free_warning =
-                    yaml_scalar(v).and_then(|t| Threshold::parse(&t)).map_err(|m| err(format!("disk_pressure.catalog_free_warning: {m}")))?;
+                disk_pressure.catalog_free_warning = yaml_scalar(v)
+                    .and_then(|t| Threshold::parse(&t))
+                    .map_err(|m| err(format!("disk_pressure.catalog_free_warning: {m}")))?;
             }
             if let Some(v) = &d.catalog_free_critical {
-                disk_pressure.catalog_free_critical =
-                    yaml_scalar(v).and_then(|t| Threshold::parse(&t)).map_err(|m| err(format!("disk_pressure.catalog_free_critical: {m}")))?;
+                disk_pressure.catalog_free_critical = yaml_scalar(v)
+                    .and_then(|t| Threshold::parse(&t))
+                    .map_err(|m| err(format!("disk_pressure.catalog_free_critical: {m}")))?;
             }
             if let (Threshold::Percent(w), Threshold::Percent(c)) =
                 (disk_pressure.catalog_free_warning, disk_pressure.catalog_free_critical)

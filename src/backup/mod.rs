@@ -17,44 +17,43 @@
 pub mod manifest;
 pub mod pipeline;
 pub mod schedule;
+pub mod settings;
 pub mod tar;
+pub mod wal_wait;
 
-use crate::catalog::backup_store::{self, BackupIndex, StoredFile, WalSource};
+use crate::catalog::backup_store::{self, BackupIndex, FileKind, StoredFile, TablespaceRecord, WalSource};
 use crate::catalog::lock::{CatalogLock, LockError};
 use crate::catalog::state::{self, IdentityError};
 use crate::catalog::store::{LocalStore, ObjectStore};
 use crate::catalog::{Compression, Layout};
+use crate::client::conninfo::ConnInfo;
 use crate::client::{ClientError, Connection};
-use crate::config::ServerConfig;
 use crate::pg::{Lsn, TimelineId, WalSegSize};
-use crate::protocol::basebackup::{BackupEvent, BackupReplyError, BaseBackupReader, BaseBackupRequest, TablespaceInfo};
-use crate::util::time::unix_now;
-use crate::service::status::{ConnState, DaemonStatus, StatusBoard};
-use pipeline::{Pipeline, PipelineConfig, PipelineError};
+use crate::protocol::basebackup::{BackupEvent, BackupReplyError, BaseBackupReader, BaseBackupRequest};
 use crate::util::progress::Progress;
+use crate::util::time::unix_now;
+use pipeline::{Pipeline, PipelineConfig, PipelineError};
+pub use settings::BackupSettings;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tar::{EntryKind, TarEvent, TarParser};
 use tokio_util::sync::CancellationToken;
-
-/// How a backup learns that the WAL it needs is durable in the catalog.
-#[derive(Clone)]
-pub enum WalWatch {
-    /// Ask a running `pgark serve` over its HTTP `/status` (from `pgark backup`).
-    Http { addr: String, catalog: PathBuf },
-    /// In the daemon: read its own status board.
-    Board(StatusBoard),
-}
+pub use wal_wait::{ReceiverPosition, WalProgressSource};
 
 /// Everything one backup needs.
 pub struct BackupJob {
-    pub server: ServerConfig,
+    /// The server's name in the config.
+    pub server: String,
+    /// Its replication connection.
+    pub conninfo: ConnInfo,
+    pub settings: BackupSettings,
     pub catalog: PathBuf,
     pub label: Option<String>,
     pub fast_checkpoint: bool,
     pub max_rate_kb: Option<u32>,
-    pub wal_watch: WalWatch,
+    /// Where the receiver stands (the daemon's board, or a running daemon asked over HTTP).
+    pub wal_progress: Arc<dyn WalProgressSource>,
     /// Refuse to start while the catalog's free space is at the critical level.
     pub disk_pressure: crate::catalog::space::DiskThresholds,
     pub cancel: CancellationToken,
@@ -107,17 +106,6 @@ pub enum BackupError {
     DiskPressure { server: String, reason: String },
 }
 
-impl BackupError {
-    /// The exit code `pgark backup` uses (see `cli::exit`).
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            BackupError::Locked(_) => crate::cli::exit::LOCKED,
-            BackupError::DiskPressure { .. } => crate::cli::exit::DISK_PRESSURE,
-            _ => crate::cli::exit::FAILURE,
-        }
-    }
-}
-
 /// A new backup id: the UTC start time, e.g. `20261123T231500Z`, made unique in the catalog.
 fn new_id(store: &dyn ObjectStore, server: &str) -> std::io::Result<String> {
     let base = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
@@ -167,7 +155,7 @@ pub fn spawn_on_own_thread(
     mut progress: Box<dyn Progress>,
 ) -> tokio::sync::oneshot::Receiver<Result<BackupIndex, BackupError>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let name = format!("pgark-backup-{}", job.server.name);
+    let name = format!("pgark-backup-{}", job.server);
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt.block_on(take_backup(&job, progress.as_mut())),
@@ -183,7 +171,7 @@ pub fn spawn_on_own_thread(
 
 /// Takes one backup; see the module docs for the steps.
 pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result<BackupIndex, BackupError> {
-    let server = job.server.name.clone();
+    let server = job.server.clone();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&job.catalog));
     let _lock = CatalogLock::acquire_backup(&job.catalog, &server)?;
     // The filesystem the backup goes to: `<catalog>/<server>`, which may be a volume of its own.
@@ -215,7 +203,6 @@ pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result
                 tracing::warn!(server = %server, error = %e, "could not remove the failed backup's chunks; the next backup will");
             }
         }
-        crate::service::metrics::backup_failed(&server);
     }
     result
 }
@@ -250,7 +237,11 @@ impl Receive {
                 self.files.push(FileBuild {
                     stored: StoredFile {
                         path,
-                        kind: e.kind,
+                        kind: match e.kind {
+                            EntryKind::File => FileKind::File,
+                            EntryKind::Directory => FileKind::Directory,
+                            EntryKind::Symlink => FileKind::Symlink,
+                        },
                         mode: e.mode,
                         mtime: e.mtime,
                         size: e.size,
@@ -324,8 +315,8 @@ async fn run(
     server_dir: &std::path::Path,
     progress: &mut dyn Progress,
 ) -> Result<BackupIndex, BackupError> {
-    let cfg = &job.server;
-    let server = cfg.name.clone();
+    let cfg = &job.settings;
+    let server = job.server.clone();
     let started = Instant::now();
     let start_time = unix_now();
     let client = |source| match source {
@@ -337,10 +328,10 @@ async fn run(
     };
     let mut conn = tokio::select! {
         _ = job.cancel.cancelled() => return Err(BackupError::Cancelled),
-        c = Connection::connect(&cfg.conninfo, true) => c.map_err(|source| BackupError::Connect { server: server.clone(), source: Box::new(source) })?,
+        c = Connection::connect(&job.conninfo, true) => c.map_err(|source| BackupError::Connect { server: server.clone(), source: Box::new(source) })?,
     };
     // Every wait for the server is bounded (backup_stream_timeout) and ends on cancellation.
-    conn.set_io_timeout(cfg.backup.stream_timeout);
+    conn.set_io_timeout(cfg.stream_timeout);
     conn.set_cancel(job.cancel.clone());
     let sys = conn.identify_system().await.map_err(client)?;
     let seg = conn.wal_segment_size().await.map_err(client)?;
@@ -358,8 +349,8 @@ async fn run(
     let intent = serde_json::json!({ "id": id, "pid": std::process::id(), "started": start_time, "label": job.label });
     store.put(&backup_store::running_key(&server, id), intent.to_string().as_bytes())?;
 
-    let names = tablespace_names(cfg).await;
-    let streaming = receiver_streams(&job.wal_watch, &server, &job.catalog).await;
+    let names = tablespace_names(&server, &job.conninfo).await;
+    let streaming = job.wal_progress.receiver(&server).await.is_some_and(|p| p.streaming);
     if streaming {
         tracing::info!(server = %server, id, "pgark serve streams this server: the backup will use the catalog's WAL");
     } else {
@@ -383,10 +374,10 @@ async fn run(
     // under way: wait twice that more for the first message. A fast checkpoint must finish
     // within backup_stream_timeout.
     let first_wait = if job.fast_checkpoint {
-        cfg.backup.stream_timeout
+        cfg.stream_timeout
     } else {
         let checkpoint = conn.show("checkpoint_timeout").await.map_err(client)?;
-        cfg.backup.stream_timeout + 2 * parse_pg_duration(&checkpoint).unwrap_or(Duration::from_secs(3600))
+        cfg.stream_timeout + 2 * parse_pg_duration(&checkpoint).unwrap_or(Duration::from_secs(3600))
     };
     conn.send_query(&request.command(conn.server_version_num)).await.map_err(client)?;
     conn.set_phase("BASE_BACKUP: waiting for the server's checkpoint");
@@ -402,7 +393,7 @@ async fn run(
         bytes: 0,
         backup_label: Vec::new(),
     };
-    let mut tablespaces: Vec<TablespaceInfo> = Vec::new();
+    let mut tablespaces: Vec<TablespaceRecord> = Vec::new();
     let mut parser: Option<TarParser> = None;
     let mut pipeline: Option<Pipeline> = None;
     let mut manifest_bytes = Vec::new();
@@ -413,7 +404,7 @@ async fn run(
         let msg = conn.next_message().await.map_err(client)?;
         if start.is_none() {
             conn.set_phase("BASE_BACKUP stream");
-            conn.set_io_timeout(cfg.backup.stream_timeout);
+            conn.set_io_timeout(cfg.stream_timeout);
         }
         let events = reader.on_message(msg).map_err(|source| BackupError::Reply {
             server: server.clone(),
@@ -427,24 +418,29 @@ async fn run(
                 }
                 BackupEvent::Tablespaces(ts) => {
                     let estimate: u64 = ts.iter().filter_map(|t| t.estimated_bytes).sum();
-                    check_free_space(server_dir, estimate, previous.as_ref(), cfg.backup.min_free)?;
+                    check_free_space(server_dir, estimate, previous.as_ref(), cfg.min_free)?;
                     progress.begin(Some(estimate));
                     pipeline = Some(Pipeline::start(
                         PipelineConfig {
                             server: server.clone(),
-                            compression: cfg.backup.compression,
-                            workers: cfg.backup.workers,
+                            compression: cfg.compression,
+                            workers: cfg.workers,
                             reusable: reusable.clone(),
                             catalog_root: server_dir.to_path_buf(),
-                            min_free: cfg.backup.min_free,
+                            min_free: cfg.min_free,
                             estimated_total: estimate,
                         },
                         Arc::clone(store),
                     ));
-                    tablespaces = ts;
-                    for t in tablespaces.iter_mut() {
-                        t.name = t.oid.and_then(|o| names.get(&o).cloned());
-                    }
+                    tablespaces = ts
+                        .into_iter()
+                        .map(|t| TablespaceRecord {
+                            oid: t.oid,
+                            location: t.location,
+                            estimated_bytes: t.estimated_bytes,
+                            name: t.oid.and_then(|o| names.get(&o).cloned()),
+                        })
+                        .collect();
                 }
                 BackupEvent::ArchiveBegin { tablespace } => {
                     rx.prefix = match tablespaces.get(tablespace).and_then(|t| t.oid) {
@@ -520,7 +516,7 @@ async fn run(
     let mut stored_total = 0u64;
     for (fb, chunks) in rx.files.into_iter().zip(per_file) {
         let mut sf = fb.stored;
-        if sf.kind == EntryKind::File {
+        if sf.kind == FileKind::File {
             let chunks: Vec<pipeline::ChunkDone> = chunks
                 .into_iter()
                 .collect::<Option<Vec<_>>>()
@@ -545,7 +541,7 @@ async fn run(
         &manifest,
         files
             .iter()
-            .filter(|f| f.kind == EntryKind::File)
+            .filter(|f| f.kind == FileKind::File)
             .filter(|f| !(request.include_wal && in_wal_dir(&f.path) && !manifest.files.contains_key(&f.path)))
             .map(|f| manifest::ReceivedFile {
                 path: &f.path,
@@ -596,7 +592,7 @@ async fn run(
         from_standby: label_text.lines().any(|l| l.trim() == "BACKUP FROM: standby"),
         checkpoint: if job.fast_checkpoint { "fast" } else { "spread" }.into(),
         wal_source,
-        compression: compression_name(cfg.backup.compression),
+        compression: compression_name(cfg.compression),
         original_bytes: files.iter().map(|f| f.size).sum(),
         stored_new_bytes: stored_new,
         stored_total_bytes: stored_total,
@@ -610,15 +606,6 @@ async fn run(
         return Err(e.into());
     }
     let elapsed = started.elapsed();
-    // The duration metric comes from the index (whole seconds), like the daemon's refresh from
-    // the catalog, so that the gauge does not change value when the refresh runs.
-    crate::service::metrics::backup_succeeded(
-        &server,
-        index.end_time,
-        Duration::from_secs(index.end_time.saturating_sub(index.start_time)),
-        index.original_bytes,
-        index.stored_new_bytes,
-    );
     progress.end();
     tracing::info!(server = %server, id, start_lsn = %start_lsn, end_lsn = %end_lsn, original_bytes = index.original_bytes,
         stored_new_bytes = index.stored_new_bytes, seconds = format!("{:.1}", elapsed.as_secs_f64()), "backup complete");
@@ -707,9 +694,9 @@ fn check_free_space(catalog: &std::path::Path, estimate: u64, previous: Option<&
 /// Tablespace names by oid, read over an ordinary connection (BASE_BACKUP sends only oids), so
 /// that a restore can remap tablespaces by name. Best effort: a role or pg_hba.conf that allows
 /// only replication connections just means names are not recorded.
-async fn tablespace_names(cfg: &ServerConfig) -> std::collections::BTreeMap<u32, String> {
+async fn tablespace_names(server: &str, conninfo: &ConnInfo) -> std::collections::BTreeMap<u32, String> {
     let mut out = std::collections::BTreeMap::new();
-    let mut ci = cfg.conninfo.clone();
+    let mut ci = conninfo.clone();
     if ci.dbname.is_none() {
         ci.dbname = Some("postgres".into());
     }
@@ -729,59 +716,34 @@ async fn tablespace_names(cfg: &ServerConfig) -> std::collections::BTreeMap<u32,
                 }
             }
         }
-        Ok(Err(e)) => tracing::debug!(server = %cfg.name, error = %e, "tablespace names not recorded"),
-        Err(_) => tracing::debug!(server = %cfg.name, "tablespace names not recorded: timed out"),
+        Ok(Err(e)) => tracing::debug!(server = %server, error = %e, "tablespace names not recorded"),
+        Err(_) => tracing::debug!(server = %server, "tablespace names not recorded: timed out"),
     }
     out
-}
-
-/// Whether a `pgark serve` on this catalog is streaming `server` right now.
-async fn receiver_streams(watch: &WalWatch, server: &str, catalog: &std::path::Path) -> bool {
-    matches!(receiver_position(watch, server, catalog).await, Some((ConnState::Streaming, _, _)))
-}
-
-async fn receiver_position(
-    watch: &WalWatch,
-    server: &str,
-    catalog: &std::path::Path,
-) -> Option<(ConnState, Option<TimelineId>, Option<Lsn>)> {
-    let servers = match watch {
-        WalWatch::Board(b) => b.snapshot(),
-        WalWatch::Http { addr, .. } => {
-            let (code, body) = crate::service::http::get(addr, "/status").await.ok()?;
-            if code != 200 {
-                return None;
-            }
-            let st: DaemonStatus = serde_json::from_str(&body).ok()?;
-            if std::path::Path::new(&st.catalog) != catalog {
-                return None;
-            }
-            st.servers
-        }
-    };
-    servers
-        .into_iter()
-        .find(|s| s.server == server)
-        .map(|s| (s.state, s.timeline, s.flushed_lsn))
 }
 
 async fn wait_for_wal(job: &BackupJob, server: &str, end_lsn: Lsn, end_tli: TimelineId) -> Result<(), BackupError> {
     let started = Instant::now();
     let mut last = String::from("nothing");
     loop {
-        if let Some((_, tli, Some(flushed))) = receiver_position(&job.wal_watch, server, &job.catalog).await {
+        if let Some(ReceiverPosition {
+            timeline: tli,
+            flushed: Some(flushed),
+            ..
+        }) = job.wal_progress.receiver(server).await
+        {
             last = format!("{flushed} on timeline {}", tli.map(|t| t.to_string()).unwrap_or_default());
             if flushed >= end_lsn && tli.is_some_and(|t| t >= end_tli) {
                 tracing::info!(server, end_lsn = %end_lsn, flushed = %flushed, "the backup's WAL is durable in the catalog");
                 return Ok(());
             }
         }
-        if started.elapsed() >= job.server.backup.wal_timeout {
+        if started.elapsed() >= job.settings.wal_timeout {
             return Err(BackupError::WalTimeout {
                 server: server.to_string(),
                 end_lsn,
                 timeline: end_tli,
-                waited: job.server.backup.wal_timeout,
+                waited: job.settings.wal_timeout,
                 flushed: last,
             });
         }

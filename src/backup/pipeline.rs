@@ -310,7 +310,6 @@ fn done(job: &Job, crc32c: u32, chunk_ref: ChunkRef, new: bool) -> ChunkDone {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,7 +339,10 @@ mod tests {
         assert_eq!(res.len(), 3);
         assert_eq!(res[0].chunk_ref, res[2].chunk_ref, "identical chunks share one object");
         let whole: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
-        assert_eq!(crate::catalog::backup_store::combine_crc(&[(res[0].crc32c, 1000), (res[1].crc32c, 3000)]), crc32c::crc32c(&whole));
+        assert_eq!(
+            crate::catalog::backup_store::combine_crc(&[(res[0].crc32c, 1000), (res[1].crc32c, 3000)]),
+            crc32c::crc32c(&whole)
+        );
         assert_eq!(crate::catalog::backup_store::combine_crc(&[]), crc32c::crc32c(b""));
         let stored = store
             .get(&backup_store::chunk_key("main", &res[1].chunk_ref.object))

@@ -266,4 +266,3 @@ pub struct Buffers {
     out: Option<AlignedBuf>,
     compressor: Option<(i32, zstd::bulk::Compressor<'static>)>,
 }
-

@@ -17,11 +17,9 @@
 //! index is never trusted for deduplication and is removed by `collect_garbage`, so a crash in
 //! the middle of a backup can leave nothing that a later backup or restore would read.
 
-use crate::fsio::durable;
 use super::store::ObjectStore;
-use crate::backup::tar::EntryKind;
+use crate::fsio::durable;
 use crate::pg::{Lsn, TimelineId, WalFileName, WalSegSize};
-use crate::protocol::basebackup::TablespaceInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -56,11 +54,34 @@ pub struct ChunkRef {
     pub blake3: Option<String>,
 }
 
+/// What a stored entry is. The JSON names (`file`, `directory`, `symlink`) are part of the index
+/// format; the tar parser's own kind is mapped into this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Directory,
+    Symlink,
+}
+
+/// One tablespace of a backup as its index records it (the main data directory has no oid).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablespaceRecord {
+    pub oid: Option<u32>,
+    /// Where it was on the server.
+    pub location: Option<String>,
+    /// The server's size estimate in bytes.
+    pub estimated_bytes: Option<u64>,
+    /// Its name in pg_tablespace, when pgark could read it (restore remaps by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredFile {
     /// Path relative to the data directory; tablespace files under `pg_tblspc/<oid>/`.
     pub path: String,
-    pub kind: EntryKind,
+    pub kind: FileKind,
     pub mode: u32,
     pub mtime: i64,
     pub size: u64,
@@ -105,13 +126,13 @@ pub struct BackupIndex {
     pub stored_new_bytes: u64,
     /// Bytes of every chunk it references (what it would cost alone).
     pub stored_total_bytes: u64,
-    pub tablespaces: Vec<TablespaceInfo>,
+    pub tablespaces: Vec<TablespaceRecord>,
     pub files: Vec<StoredFile>,
 }
 
 impl BackupIndex {
     pub fn file_count(&self) -> usize {
-        self.files.iter().filter(|f| f.kind == EntryKind::File).count()
+        self.files.iter().filter(|f| f.kind == FileKind::File).count()
     }
 
     /// WAL segments the backup needs to be consistent: start segment to end segment.
@@ -441,7 +462,7 @@ pub(crate) mod tests {
             tablespaces: vec![],
             files: vec![StoredFile {
                 path: "f".into(),
-                kind: EntryKind::File,
+                kind: FileKind::File,
                 mode: 0o600,
                 mtime: 0,
                 size: 10,

@@ -10,11 +10,11 @@
 
 pub mod archiver;
 pub mod backup_store;
-pub mod restore_record;
-pub mod space;
 pub mod lock;
 pub mod perms;
+pub mod restore_record;
 pub mod segment_file;
+pub mod space;
 pub mod state;
 pub mod store;
 pub mod usage;

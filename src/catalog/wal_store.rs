@@ -25,8 +25,8 @@
 //! - `NNNNNNNN.history`: timeline history files
 //! - `.spare.*`: full-size files ready to become the next `.partial`; `*.tmp`: half-built, swept
 
-use crate::fsio::durable::{self, ctx};
 use crate::fsio::direct::{self, AlignedBuf, DirectSupport, ALIGN};
+use crate::fsio::durable::{self, ctx};
 use crate::pg::{Lsn, SegNo, TimelineId, WalFileName, WalSegSize};
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};

@@ -1,7 +1,7 @@
 //! The backup commands of the CLI: `backup`, `list-backups`, `show-backup`, `delete-backup`.
 //! Output for people by default, `--json` for scripts; exit codes in `cli::exit`.
 
-use crate::backup::{self, BackupError, BackupJob, WalWatch};
+use crate::backup::{self, BackupError, BackupJob};
 use crate::catalog::backup_store::{self, BackupIndex, WalPresence};
 use crate::catalog::lock::CatalogLock;
 use crate::catalog::store::{LocalStore, ObjectStore};
@@ -39,7 +39,7 @@ pub struct BackupSummary {
     pub file_count: usize,
     pub wal_source: backup_store::WalSource,
     pub wal: WalPresence,
-    pub tablespaces: Vec<crate::protocol::basebackup::TablespaceInfo>,
+    pub tablespaces: Vec<crate::catalog::backup_store::TablespaceRecord>,
 }
 
 pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex) -> BackupSummary {
@@ -120,15 +120,17 @@ pub async fn backup(
     };
     let cancel = CancellationToken::new();
     let job = BackupJob {
-        server: cfg,
+        server: cfg.name.clone(),
+        conninfo: cfg.conninfo.clone(),
+        settings: cfg.backup.clone(),
         catalog: config.catalog.clone(),
         label,
         fast_checkpoint: fast,
         max_rate_kb,
-        wal_watch: WalWatch::Http {
+        wal_progress: std::sync::Arc::new(crate::cli::daemon_client::DaemonHttp {
             addr: config.metrics_listen.clone(),
             catalog: config.catalog.clone(),
-        },
+        }),
         disk_pressure: config.disk_pressure,
         cancel: cancel.clone(),
     };
@@ -178,7 +180,7 @@ pub async fn backup(
         }
         Err(e) => {
             eprintln!("error: backup of {server} failed: {e}");
-            e.exit_code()
+            exit::for_backup(&e)
         }
     }
 }

@@ -2,36 +2,15 @@
 //! `check-config`). `serve` lives in `daemon`, `demo` in `demo`.
 
 pub mod backup;
+pub mod daemon_client;
 pub mod demo;
+pub mod exit;
 pub mod progress;
 pub mod restore;
 
 use crate::config::Config;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-
-/// Exit codes (documented in the README).
-pub mod exit {
-    pub const OK: i32 = 0;
-    /// A runtime failure: I/O, connection, a daemon task that died.
-    pub const FAILURE: i32 = 1;
-    /// Bad usage or a bad config file.
-    pub const USAGE: i32 = 2;
-    /// `pgark status`: a server is not streaming, or the daemon is not running.
-    pub const NOT_STREAMING: i32 = 3;
-    /// The catalog is locked by another running `pgark serve`, or a backup of that server is
-    /// already running.
-    pub const LOCKED: i32 = 4;
-    /// The backup id does not exist.
-    pub const NOT_FOUND: i32 = 5;
-    /// Refused to protect the catalog (deleting the only usable backup without --force).
-    pub const REFUSED: i32 = 6;
-    /// `restore`: no backup and WAL in the catalog can reach the recovery target.
-    pub const UNREACHABLE: i32 = 7;
-    /// `backup`: not started because the catalog's free space is below
-    /// `disk_pressure.catalog_free_critical`.
-    pub const DISK_PRESSURE: i32 = 8;
-}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -212,35 +191,14 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
             return exit::USAGE;
         }
     };
-    let live = crate::service::http::get(&config.metrics_listen, "/status").await;
-    let status: Option<crate::service::status::DaemonStatus> = match &live {
-        Ok((200, body)) => serde_json::from_str(body).ok(),
-        _ => None,
+    let status = match daemon_client::daemon_status(&config.metrics_listen).await {
+        Ok(s) => s,
+        Err(e) => return status_offline(&config, &e.to_string(), json),
     };
-    let Some(status) = status else {
-        let why = match live {
-            Ok((code, _)) => format!("{} answered HTTP {code}", config.metrics_listen),
-            Err(e) => format!("nothing answers on {} ({e})", config.metrics_listen),
-        };
-        if json {
-            let servers: Vec<_> = config.servers.keys().map(|s| offline_json(&config, s)).collect();
-            println!(
-                "{}",
-                serde_json::json!({ "daemon_running": false, "reason": why, "servers": servers })
-            );
-        } else {
-            println!("pgark serve is not running: {why}");
-            for name in config.servers.keys() {
-                let v = offline_json(&config, name);
-                println!(
-                    "  {name}: not streaming; last known timeline {} flushed {} (from the catalog)",
-                    v["timeline"], v["flushed_lsn"]
-                );
-            }
-        }
-        return exit::NOT_STREAMING;
-    };
-    let all_streaming = status.servers.iter().all(|s| s.state == crate::service::status::ConnState::Streaming);
+    let all_streaming = status
+        .servers
+        .iter()
+        .all(|s| s.state == crate::service::status::ConnState::Streaming);
     if json {
         println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     } else {
@@ -276,14 +234,31 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
     }
 }
 
+/// `pgark status` without a daemon: what the catalog says of each server.
+fn status_offline(config: &Config, why: &str, json: bool) -> i32 {
+    if json {
+        let servers: Vec<_> = config.servers.keys().map(|s| offline_json(config, s)).collect();
+        println!(
+            "{}",
+            serde_json::json!({ "daemon_running": false, "reason": why, "servers": servers })
+        );
+    } else {
+        println!("pgark serve is not running: {why}");
+        for name in config.servers.keys() {
+            let v = offline_json(config, name);
+            println!(
+                "  {name}: not streaming; last known timeline {} flushed {} (from the catalog)",
+                v["timeline"], v["flushed_lsn"]
+            );
+        }
+    }
+    exit::NOT_STREAMING
+}
+
 /// The lines under the table: catalog space, each server's recovery window and warnings.
 fn print_details(status: &crate::service::status::DaemonStatus) {
     use crate::util::units::human_bytes;
-    let time = |t: Option<u64>| {
-        t.and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0))
-            .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-            .unwrap_or_else(|| "-".into())
-    };
+    let time = |t: Option<u64>| t.map(crate::util::time::format_utc).unwrap_or_else(|| "-".into());
     if let Some(c) = &status.catalog_space {
         let eta = match c.full_eta_seconds {
             Some(s) => format!(
@@ -332,5 +307,46 @@ fn offline_json(config: &Config, server: &str) -> serde_json::Value {
         Err(e) => {
             serde_json::json!({ "server": server, "state": "stopped", "error": e.to_string(), "timeline": null, "flushed_lsn": null })
         }
+    }
+}
+
+/// Runs one command to its end; the exit code (see `exit`).
+pub async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Cmd::Serve { config, check: true } | Cmd::CheckConfig { config } => check_config(&config),
+        Cmd::Serve { config, check: false } => match crate::service::daemon::serve_with_signals(config).await {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::for_daemon(&e)
+            }
+        },
+        Cmd::Status { config, json } => status(&config, json).await,
+        Cmd::Backup {
+            config,
+            server,
+            label,
+            checkpoint,
+            max_rate,
+            json,
+        } => backup::backup(&config, &server, label, checkpoint, max_rate, json).await,
+        Cmd::ListBackups { config, server, json } => backup::list_backups(&config, server.as_deref(), json),
+        Cmd::ShowBackup { config, server, id, json } => backup::show_backup(&config, &server, &id, json),
+        Cmd::DeleteBackup { config, server, id, force } => backup::delete_backup(&config, &server, &id, force),
+        Cmd::Restore(args) => tokio::task::block_in_place(|| restore::restore(args)),
+        Cmd::WalGet {
+            config,
+            server,
+            walfile,
+            dest,
+        } => restore::wal_get(&config, &server, &walfile, &dest),
+        Cmd::WalPrefetch {
+            config,
+            server,
+            after,
+            spool,
+            segment_size,
+        } => restore::wal_prefetch(&config, &server, &after, &spool, segment_size),
+        Cmd::Demo { duration, metrics_listen } => demo::run(duration, &metrics_listen).await,
     }
 }

@@ -51,4 +51,3 @@ impl Progress for Bar {
         }
     }
 }
-

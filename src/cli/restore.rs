@@ -152,7 +152,7 @@ pub fn restore(a: RestoreArgs) -> i32 {
     let plan = match restore::plan(&req) {
         Ok(p) => p,
         Err(e) => {
-            let code = e.exit_code();
+            let code = exit::for_restore(&e);
             return fail(e, code);
         }
     };
@@ -240,7 +240,7 @@ pub fn restore(a: RestoreArgs) -> i32 {
             exit::OK
         }
         Err(e) => {
-            let code = e.exit_code();
+            let code = exit::for_restore(&e);
             eprintln!(
                 "error: restore into {} failed: {e}\nThe directory is incomplete (marker file {}; no global/pg_control), so PostgreSQL will not start on it. Fix the cause and run the restore again (with --delta to reuse what was written).",
                 plan.target_dir.display(),

@@ -65,15 +65,12 @@ impl BaseBackupRequest {
 }
 
 /// One tablespace as announced before the data. The main data directory has no oid.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TablespaceInfo {
     pub oid: Option<u32>,
     pub location: Option<String>,
     /// The server's size estimate in bytes (from kB), if it sent one.
     pub estimated_bytes: Option<u64>,
-    /// The tablespace's name, when pgark could read pg_tablespace (not part of BASE_BACKUP).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -196,7 +193,6 @@ impl BaseBackupReader {
                     oid,
                     location,
                     estimated_bytes,
-                    name: None,
                 });
             }
             (Phase::Tablespaces, M::CommandComplete(_)) => {

@@ -7,14 +7,14 @@
 //! renamed into place only after everything else is synced (`finish`). PostgreSQL refuses to
 //! start without `pg_control`, so an interrupted restore can never be started by accident.
 
-use crate::util::progress::Progress;
-use crate::backup::tar::EntryKind;
+use crate::catalog::backup_store::FileKind;
 use crate::catalog::backup_store::{self, BackupIndex, ChunkRef, StoredFile};
-use crate::catalog::store::ObjectStore;
-use crate::catalog::segment_file;
-use crate::fsio::durable;
-use crate::fsio::direct::{self as direct, AlignedBuf, DirectSupport};
 use crate::catalog::restore_record::{RecordedChunk, RestoreRecord};
+use crate::catalog::segment_file;
+use crate::catalog::store::ObjectStore;
+use crate::fsio::direct::{self as direct, AlignedBuf, DirectSupport};
+use crate::fsio::durable;
+use crate::util::progress::Progress;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -461,7 +461,7 @@ pub fn extract(
     for f in &idx.files {
         let dest = destination(opts, &f.path)?;
         match f.kind {
-            EntryKind::Directory => {
+            FileKind::Directory => {
                 // Delta: a symlink (or file) where a directory goes is replaced, never followed,
                 // so nothing is written outside the target (a pg_wal link becomes a directory).
                 if std::fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_dir()) {
@@ -470,7 +470,7 @@ pub fn extract(
                 std::fs::create_dir_all(&dest).map_err(io_err(&dest))?;
                 std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(f.mode & 0o7777 | 0o700)).map_err(io_err(&dest))?;
             }
-            EntryKind::Symlink => {
+            FileKind::Symlink => {
                 let oid: u32 = f
                     .path
                     .strip_prefix("pg_tblspc/")
@@ -486,7 +486,7 @@ pub fn extract(
                 }
                 wanted.insert(dest);
             }
-            EntryKind::File => {
+            FileKind::File => {
                 wanted.insert(dest);
             }
         }
@@ -495,7 +495,7 @@ pub fn extract(
     // Files: created (or resized) here, then their chunks restored on `jobs` threads, biggest
     // files first.
     let mut states: Vec<FileState<'_>> = Vec::new();
-    for f in idx.files.iter().filter(|f| f.kind == EntryKind::File) {
+    for f in idx.files.iter().filter(|f| f.kind == FileKind::File) {
         let dest = if f.path == PG_CONTROL {
             target.join(PG_CONTROL_TMP)
         } else {
@@ -609,9 +609,9 @@ pub fn extract(
     let mut to_sync = Vec::new();
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
     dirs.insert(target.clone());
-    for f in idx.files.iter().filter(|f| f.kind != EntryKind::File) {
+    for f in idx.files.iter().filter(|f| f.kind != FileKind::File) {
         let d = destination(opts, &f.path)?;
-        dirs.insert(if f.kind == EntryKind::Symlink {
+        dirs.insert(if f.kind == FileKind::Symlink {
             d.parent().map(Path::to_path_buf).unwrap_or_default()
         } else {
             d

@@ -9,13 +9,13 @@ pub mod recovery;
 pub mod target;
 pub mod wal_get;
 
-use crate::util::progress::Progress;
 use crate::catalog::backup_store::{self, BackupIndex};
-use crate::catalog::store::{LocalStore, ObjectStore};
 use crate::catalog::restore_record as record;
+use crate::catalog::store::{LocalStore, ObjectStore};
 use crate::catalog::Layout;
 use crate::config::Config;
 use crate::pg::{Lsn, SegNo, TimelineHistory, TimelineId, WalFileName, WalSegSize};
+use crate::util::progress::Progress;
 use extract::{ExtractOptions, ExtractStats};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,18 +78,6 @@ pub enum RestoreError {
     Extract(#[from] extract::ExtractError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-impl RestoreError {
-    pub fn exit_code(&self) -> i32 {
-        use crate::cli::exit;
-        match self {
-            RestoreError::Usage(_) | RestoreError::Target(_) => exit::USAGE,
-            RestoreError::Plan(plan::PlanError::UnknownBackup(_)) => exit::NOT_FOUND,
-            RestoreError::Plan(_) => exit::UNREACHABLE,
-            _ => exit::FAILURE,
-        }
-    }
 }
 
 /// Upper bound of the WAL in the catalog: the end of the newest timeline's newest segment

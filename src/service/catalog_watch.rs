@@ -8,12 +8,12 @@
 //! projection counts WAL only: base backups are periodic, bounded by `backup_min_free`, and
 //! stopped at the critical level.
 
+use crate::catalog::space::{DiskThresholds, Level};
 use crate::catalog::store::{LocalStore, ObjectStore};
 use crate::catalog::usage;
 use crate::catalog::Layout;
-use crate::catalog::space::{DiskThresholds, Level};
-use crate::util::time::unix_now;
 use crate::service::status::{CatalogSpace, ServerCatalog, StatusBoard};
+use crate::util::time::unix_now;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;

@@ -16,11 +16,11 @@
 //! supervision tick, and a changed server starts again only once its old receiver has stopped.
 
 use crate::catalog::lock::{CatalogLock, LockError};
+use crate::catalog::space::DiskThresholds;
 use crate::catalog::Layout;
 use crate::config::{Config, ConfigError, ServerConfig};
-use crate::service::http::{self, HttpState};
-use crate::catalog::space::DiskThresholds;
 use crate::receiver::ReceiverThread;
+use crate::service::http::{self, HttpState};
 use crate::service::status::{ServerStatus, StatusBoard};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -6,8 +6,8 @@
 //! reachable `metrics.listen` cannot exhaust the file descriptors WAL streaming needs. It never
 //! touches the receivers except through the status board.
 
-use crate::util::time::unix_now;
 use crate::service::status::{ConnState, DaemonStatus, StatusBoard};
+use crate::util::time::unix_now;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -139,23 +139,6 @@ async fn handle(mut sock: TcpStream, state: HttpState) -> std::io::Result<()> {
     sock.write_all(head.as_bytes()).await?;
     sock.write_all(body.as_bytes()).await?;
     sock.shutdown().await
-}
-
-/// A minimal GET for `pgark status`: returns (status code, body).
-pub async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut resp = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut resp))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("reading from {addr}")))??;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((code, body.to_string()))
 }
 
 #[cfg(test)]

@@ -2,15 +2,15 @@
 //! backups taken by `pgark backup` in another process) and, when `backup_schedule` is set, takes
 //! backups when they are due.
 
-use crate::util::progress::LogLines;
 use crate::backup::schedule::Schedule;
-use crate::backup::{BackupError, BackupJob, WalWatch};
+use crate::backup::{BackupError, BackupJob};
 use crate::catalog::backup_store::BackupFactsCache;
+use crate::catalog::space::DiskThresholds;
 use crate::catalog::store::LocalStore;
 use crate::config::ServerConfig;
-use crate::catalog::space::DiskThresholds;
+use crate::service::status::StatusBoard;
+use crate::util::progress::LogLines;
 use crate::util::time::unix_now;
-use crate::service::status::{StatusBoard};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -106,12 +106,14 @@ pub async fn run(
             if due <= now && refused.is_none() {
                 tracing::info!(server = %server, "scheduled backup is due; starting it");
                 let job = BackupJob {
-                    server: cfg.clone(),
+                    server: cfg.name.clone(),
+                    conninfo: cfg.conninfo.clone(),
+                    settings: cfg.backup.clone(),
                     catalog: catalog.clone(),
                     label: Some(format!("scheduled {}", schedule_text(schedule))),
                     fast_checkpoint: cfg.backup.fast_checkpoint,
                     max_rate_kb: None,
-                    wal_watch: WalWatch::Board(board.clone()),
+                    wal_progress: std::sync::Arc::new(board.clone()),
                     disk_pressure: thresholds,
                     cancel: cancel.child_token(),
                 };
@@ -119,10 +121,20 @@ pub async fn run(
                 match handle.await {
                     Ok(Ok(idx)) => {
                         tracing::info!(server = %server, id = %idx.id, "scheduled backup complete");
+                        // The duration comes from the index (whole seconds), like the refresh
+                        // from the catalog, so that the gauge does not change when it runs.
+                        crate::service::metrics::backup_succeeded(
+                            &server,
+                            idx.end_time,
+                            Duration::from_secs(idx.end_time.saturating_sub(idx.start_time)),
+                            idx.original_bytes,
+                            idx.stored_new_bytes,
+                        );
                         retry_at = None;
                     }
                     Ok(Err(BackupError::Cancelled)) => return,
                     Ok(Err(e)) => {
+                        crate::service::metrics::backup_failed(&server);
                         let wait = match schedule {
                             Schedule::Every(d) => RETRY_AFTER_FAILURE.min(*d),
                             Schedule::Cron { .. } => RETRY_AFTER_FAILURE,

@@ -214,3 +214,22 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// The daemon's receivers, for backups the daemon takes itself.
+impl crate::backup::WalProgressSource for StatusBoard {
+    fn receiver<'a>(
+        &'a self,
+        server: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<crate::backup::ReceiverPosition>> + Send + 'a>> {
+        let found = self
+            .snapshot()
+            .into_iter()
+            .find(|s| s.server == server)
+            .map(|s| crate::backup::ReceiverPosition {
+                streaming: s.state == ConnState::Streaming,
+                timeline: s.timeline,
+                flushed: s.flushed_lsn,
+            });
+        Box::pin(std::future::ready(found))
+    }
+}

@@ -17,7 +17,10 @@ pub fn user_ids(name: &str) -> Result<Option<(u32, u32)>, String> {
     // owned locals, `buf` is a live buffer of the length passed.
     let rc = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
     if rc != 0 {
-        return Err(format!("{name:?}: looking up the user failed: {}", std::io::Error::from_raw_os_error(rc)));
+        return Err(format!(
+            "{name:?}: looking up the user failed: {}",
+            std::io::Error::from_raw_os_error(rc)
+        ));
     }
     if result.is_null() {
         return Ok(None);

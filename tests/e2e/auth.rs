@@ -2,8 +2,8 @@
 //! password), TLS require / verify-ca / verify-full against a test CA, and .pgpass.
 
 use crate::common::*;
-use pgark::client::{ClientError, ConnInfo, Connection};
 use crate::pgcluster::{running_as_root, Cluster};
+use pgark::client::{ClientError, ConnInfo, Connection};
 use std::path::Path;
 use std::process::Command;
 

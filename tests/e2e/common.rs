@@ -3,9 +3,9 @@
 
 #![allow(dead_code)]
 
+use crate::pgcluster::{free_port, Cluster, PgBinaries};
 use pgark::catalog::segment_file;
 use pgark::pg::{Lsn, WalFileName, WalSegSize};
-use crate::pgcluster::{free_port, Cluster, PgBinaries};
 use pgark::service::status::{ConnState, DaemonStatus, ServerStatus};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

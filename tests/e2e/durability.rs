@@ -2,8 +2,8 @@
 //! load, a cut connection and a server restart. Each ends by proving nothing acknowledged was lost.
 
 use crate::common::*;
-use pgark::pg::WalSegSize;
 use crate::pgcluster::{free_port, running_as_root, Cluster, PgBinaries};
+use pgark::pg::WalSegSize;
 use std::collections::HashSet;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;

@@ -16,7 +16,7 @@
 //! `check` returns the problems found (empty when all hold), so a crash test can print the seed
 //! with them.
 
-use pgark::backup::tar::EntryKind;
+use pgark::catalog::backup_store::FileKind;
 use pgark::catalog::backup_store::{self, BackupIndex, WalSource};
 use pgark::catalog::segment_file::{self, SegmentChecksum};
 use pgark::catalog::store::LocalStore;
@@ -137,7 +137,7 @@ fn verify_backup(catalog: &Path, idx: &BackupIndex, problems: &mut Vec<String>) 
     }
     let mut read = 0;
     let mut cache: BTreeMap<String, (u64, u32)> = BTreeMap::new();
-    for f in idx.files.iter().filter(|f| f.kind == EntryKind::File) {
+    for f in idx.files.iter().filter(|f| f.kind == FileKind::File) {
         let mut parts = Vec::new();
         for c in &f.chunks {
             if c.object.contains(".tmp") {

@@ -20,8 +20,7 @@ impl ScratchDir {
         std::fs::create_dir(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
         use std::os::unix::fs::PermissionsExt;
         // The server (the postgres user, when we are root) must reach its files below.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
         Ok(ScratchDir(path))
     }
 
@@ -97,7 +96,9 @@ impl Cluster {
             .output()
             .map_err(|e| format!("initdb: {e}"))?;
         check(out, "initdb")?;
-        let mut conf = "\nlisten_addresses = ''\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nlogging_collector = off\n".to_string();
+        let mut conf =
+            "\nlisten_addresses = ''\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nlogging_collector = off\n"
+                .to_string();
         for line in extra_conf {
             conf.push_str(line);
             conf.push('\n');

@@ -43,18 +43,35 @@ async fn connect(cluster: &Cluster) -> Result<Connection, String> {
 async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), String> {
     let bindir = cluster::find_bindir()?;
     let work = ScratchDir::new("pgark-demo-")?;
-    println!("== pgark demo: PostgreSQL from {}, scratch directory {}", bindir.display(), work.path().display());
+    println!(
+        "== pgark demo: PostgreSQL from {}, scratch directory {}",
+        bindir.display(),
+        work.path().display()
+    );
     let primary = tokio::task::block_in_place(|| {
-        let c = Cluster::init(&bindir, work.path(), "primary", &["synchronous_standby_names = 'pgark'", "synchronous_commit = on"])?;
+        let c = Cluster::init(
+            &bindir,
+            work.path(),
+            "primary",
+            &["synchronous_standby_names = 'pgark'", "synchronous_commit = on"],
+        )?;
         c.start()?;
         Ok::<_, String>(c)
     })?;
-    println!("== started a throwaway cluster: data {} port {}", primary.data.display(), primary.port);
+    println!(
+        "== started a throwaway cluster: data {} port {}",
+        primary.data.display(),
+        primary.port
+    );
     let catalog = work.path().join("catalog");
     let config_path = work.path().join("pgark.yaml");
     // As root, restore_command (`pgark wal-get`) runs as the postgres user: the catalog is
     // readable by its group.
-    let group = if crate::util::os::running_as_root() { "catalog_group: postgres\n" } else { "" };
+    let group = if crate::util::os::running_as_root() {
+        "catalog_group: postgres\n"
+    } else {
+        ""
+    };
     let yaml = format!(
         "catalog: {}\n{group}metrics:\n  listen: {metrics_listen}\nservers:\n  demo:\n    conninfo: \"{}\"\n    slot: pgark_demo\n    synchronous: true\n    status_interval: 2s\n",
         catalog.display(),
@@ -79,7 +96,11 @@ async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), St
         stop2.cancel();
     });
     let mut conn = connect(&primary).await?;
-    sql(&mut conn, "CREATE TABLE IF NOT EXISTS demo_events (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), payload text)").await?;
+    sql(
+        &mut conn,
+        "CREATE TABLE IF NOT EXISTS demo_events (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), payload text)",
+    )
+    .await?;
     let backup = load_and_back_up(&mut conn, &d, &config, duration, &stop).await?;
     if let Some(rx) = backup {
         println!("== waiting for the base backup to finish");
@@ -129,17 +150,17 @@ async fn load_and_back_up(
         }
         if !backup_started && started.elapsed() >= Duration::from_secs(5) {
             backup_started = true;
-            println!(
-                "== taking a base backup while the load goes on (what `pgark backup --config FILE demo` does)"
-            );
+            println!("== taking a base backup while the load goes on (what `pgark backup --config FILE demo` does)");
             backup = Some(crate::backup::spawn_on_own_thread(
                 crate::backup::BackupJob {
-                    server: server_cfg.clone(),
+                    server: server_cfg.name.clone(),
+                    conninfo: server_cfg.conninfo.clone(),
+                    settings: server_cfg.backup.clone(),
                     catalog: config.catalog.clone(),
                     label: Some("demo".into()),
                     fast_checkpoint: true,
                     max_rate_kb: None,
-                    wal_watch: crate::backup::WalWatch::Board(d.board().clone()),
+                    wal_progress: std::sync::Arc::new(d.board().clone()),
                     disk_pressure: crate::catalog::space::DiskThresholds::default(),
                     cancel: stop.child_token(),
                 },
@@ -172,16 +193,21 @@ async fn load_and_back_up(
     if !backup_started {
         println!("== the load ended before a backup was taken; taking one now");
         let job = crate::backup::BackupJob {
-            server: server_cfg,
+            server: server_cfg.name.clone(),
+            conninfo: server_cfg.conninfo.clone(),
+            settings: server_cfg.backup.clone(),
             catalog: config.catalog.clone(),
             label: Some("demo".into()),
             fast_checkpoint: true,
             max_rate_kb: None,
-            wal_watch: crate::backup::WalWatch::Board(d.board().clone()),
+            wal_progress: std::sync::Arc::new(d.board().clone()),
             disk_pressure: crate::catalog::space::DiskThresholds::default(),
             cancel: CancellationToken::new(),
         };
-        backup = Some(crate::backup::spawn_on_own_thread(job, Box::new(crate::util::progress::LogLines::new("backup"))));
+        backup = Some(crate::backup::spawn_on_own_thread(
+            job,
+            Box::new(crate::util::progress::LogLines::new("backup")),
+        ));
     }
     Ok(backup)
 }
@@ -205,7 +231,11 @@ fn report_backup(result: BackupResult) -> Result<(), String> {
 async fn point_in_time_restore(conn: &mut Connection, bindir: &Path, work: &Path, config_path: &Path) -> Result<(), String> {
     let kept = sql(conn, "SELECT count(*) FROM demo_events").await?.unwrap_or_default();
     sql(conn, &format!("SELECT pg_create_restore_point('{RESTORE_POINT}')")).await?;
-    sql(conn, "INSERT INTO demo_events (payload) SELECT 'after the restore point' FROM generate_series(1, 5000)").await?;
+    sql(
+        conn,
+        "INSERT INTO demo_events (payload) SELECT 'after the restore point' FROM generate_series(1, 5000)",
+    )
+    .await?;
     let total = sql(conn, "SELECT count(*) FROM demo_events").await?.unwrap_or_default();
     sql(conn, "SELECT pg_switch_wal()").await?;
     println!(
@@ -215,7 +245,12 @@ async fn point_in_time_restore(conn: &mut Connection, bindir: &Path, work: &Path
     let data = restored.join("data");
     let exe = std::env::current_exe().map_err(|e| format!("finding pgark's own binary: {e}"))?;
     let mut cmd = std::process::Command::new(&exe);
-    cmd.arg("restore").arg("--config").arg(config_path).arg("demo").arg("--target-dir").arg(&data);
+    cmd.arg("restore")
+        .arg("--config")
+        .arg(config_path)
+        .arg("demo")
+        .arg("--target-dir")
+        .arg(&data);
     cmd.args(["--target-name", RESTORE_POINT, "--target-action", "promote"]);
     if crate::util::os::running_as_root() {
         cmd.args(["--owner", "postgres"]);
@@ -240,14 +275,22 @@ async fn point_in_time_restore(conn: &mut Connection, bindir: &Path, work: &Path
     let deadline = Instant::now() + Duration::from_secs(120);
     while sql(&mut restored_conn, "SELECT pg_is_in_recovery()").await?.as_deref() != Some("f") {
         if Instant::now() > deadline {
-            return Err(format!("the restored copy did not finish recovery in 120 s; see {}", copy.log.display()));
+            return Err(format!(
+                "the restored copy did not finish recovery in 120 s; see {}",
+                copy.log.display()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let count = sql(&mut restored_conn, "SELECT count(*) FROM demo_events").await?.unwrap_or_default();
-    let after = sql(&mut restored_conn, "SELECT count(*) FROM demo_events WHERE payload = 'after the restore point'")
+    let count = sql(&mut restored_conn, "SELECT count(*) FROM demo_events")
         .await?
         .unwrap_or_default();
+    let after = sql(
+        &mut restored_conn,
+        "SELECT count(*) FROM demo_events WHERE payload = 'after the restore point'",
+    )
+    .await?
+    .unwrap_or_default();
     drop(restored_conn);
     tokio::task::block_in_place(|| copy.stop("fast"))?;
     if count != kept || after != "0" {
