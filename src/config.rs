@@ -158,6 +158,33 @@ impl PartialEq for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// What the monitoring task needs of this server.
+    pub fn monitor_settings(&self) -> crate::monitor::Settings {
+        crate::monitor::Settings {
+            name: self.name.clone(),
+            conninfo: crate::monitor::monitoring_conninfo(&self.conninfo, self.monitor_conninfo.as_ref().map(|m| &m.1)),
+            slot: self.slot.clone(),
+            interval: self.monitor_interval,
+            slot_retained_limit: self.slot_retained_limit,
+        }
+    }
+
+    /// What the receiver needs of this server.
+    pub fn receiver_settings(&self) -> crate::receiver::Settings {
+        crate::receiver::Settings {
+            name: self.name.clone(),
+            conninfo: self.conninfo.clone(),
+            slot: self.slot.clone(),
+            create_slot: self.create_slot,
+            synchronous: self.synchronous,
+            status_interval: self.status_interval,
+            receiver_timeout: self.receiver_timeout,
+            compression: self.compression,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,

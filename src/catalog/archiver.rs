@@ -7,6 +7,7 @@
 //! the plain segment stays until its archived form is durable.
 
 use super::segment_file;
+use super::space::{Level, SharedLevel};
 use super::store::ObjectStore;
 use super::wal_store::{create_zero_filled, SparePool, SUM_SUFFIX, ZST_SUFFIX};
 use super::Compression;
@@ -35,10 +36,18 @@ pub struct Archiver {
     /// Store key of the spool directory, e.g. `main/wal`.
     pub key_prefix: String,
     pub spares: SparePool,
-    /// For the catalog's disk-pressure level: at the critical level no new spare is zero-filled
+    /// The catalog's disk-pressure level: at the critical level no new spare is zero-filled
     /// (16 MiB of space taken ahead of need); recycled ones, which take no new space, still are used.
-    pub board: crate::service::status::StatusBoard,
+    pub space: SharedLevel,
+    /// Told of every segment archived.
+    pub events: Arc<dyn ArchiveObserver>,
     pub direct: DirectSupport,
+}
+
+/// What the archiver reports (the receiver passes its observer on).
+pub trait ArchiveObserver: Send + Sync {
+    /// A segment of `original_bytes` is stored in `stored_bytes`.
+    fn segment_archived(&self, original_bytes: u64, stored_bytes: u64);
 }
 
 /// A running archiver thread.
@@ -141,11 +150,7 @@ impl Archiver {
         if !self.spares.is_empty() || !self.dir.is_dir() {
             return;
         }
-        let critical = self
-            .board
-            .catalog_space()
-            .is_some_and(|c| c.pressure == crate::catalog::space::Level::Critical);
-        if critical {
+        if self.space.get() == Level::Critical {
             return;
         }
         let path = self.spares.new_name(&self.dir);
@@ -236,7 +241,7 @@ impl Archiver {
                         counted
                     }
                 };
-                crate::service::metrics::segment_archived(&self.server, sum.size, counted);
+                self.events.segment_archived(sum.size, counted);
                 if self.spares.len() < MAX_SPARES {
                     let spare = self.spares.new_name(&self.dir);
                     std::fs::rename(&plain, &spare).map_err(ctx("recycle", &plain))?;
@@ -250,7 +255,7 @@ impl Archiver {
                     &format!("{}/{file_name}{SUM_SUFFIX}", self.key_prefix),
                     sum.to_sum_text().as_bytes(),
                 )?;
-                crate::service::metrics::segment_archived(&self.server, sum.size, sum.size);
+                self.events.segment_archived(sum.size, sum.size);
             }
         }
         tracing::debug!(server = %self.server, segment = %file_name, "segment archived");

@@ -79,6 +79,30 @@ pub enum Level {
     Critical,
 }
 
+/// The catalog's current level, shared between the task that measures it (the daemon's catalog
+/// watch) and the code that acts on it (the archiver), without either knowing the other.
+#[derive(Clone, Default, Debug)]
+pub struct SharedLevel(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl SharedLevel {
+    pub fn set(&self, level: Level) {
+        let n = match level {
+            Level::Ok => 0,
+            Level::Warning => 1,
+            Level::Critical => 2,
+        };
+        self.0.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Level {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Level::Ok,
+            1 => Level::Warning,
+            _ => Level::Critical,
+        }
+    }
+}
+
 impl Level {
     /// The metric value: 0 ok, 1 warning, 2 critical.
     pub fn as_number(self) -> f64 {

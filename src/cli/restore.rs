@@ -127,7 +127,8 @@ pub fn restore(a: RestoreArgs) -> i32 {
         tracing::warn!("running as root without --owner: the restored files belong to root, and PostgreSQL must run as their owner (use --owner postgres)");
     }
     let req = RestoreRequest {
-        config,
+        catalog: config.catalog.clone(),
+        config_path: config.path.clone(),
         server: a.server.clone(),
         backup: a.backup.clone(),
         target_dir: a.target_dir.clone(),

@@ -10,15 +10,26 @@
 
 use crate::client::conninfo::ConnInfo;
 use crate::client::Connection;
-use crate::config::ServerConfig;
 use crate::pg::Lsn;
-use crate::service::status::StatusBoard;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often the server is asked.
 pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(15);
+
+/// What the monitoring of one server needs (built by `config`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: String,
+    /// The ordinary (not replication) connection, see `monitoring_conninfo`.
+    pub conninfo: ConnInfo,
+    /// The slot whose retention is watched.
+    pub slot: String,
+    pub interval: Duration,
+    /// WAL the slot may hold back on the server before pgark warns.
+    pub slot_retained_limit: Option<u64>,
+}
 
 /// What the last successful round found.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -182,79 +193,21 @@ pub async fn round(ci: &ConnInfo, slot: &str, query_timeout: Duration, cancel: &
 /// monitoring database first (libpq's rule) and, when no line matches, taken from the line the
 /// replication connection uses (database `replication`): the same role, so a `.pgpass` written
 /// for streaming alone is enough.
-fn monitoring_conninfo(cfg: &ServerConfig) -> ConnInfo {
-    let derived = cfg.monitor_conninfo.is_none();
-    let mut ci = match &cfg.monitor_conninfo {
-        Some((_, ci)) => ci.clone(),
-        None => cfg.conninfo.clone(),
-    };
+pub fn monitoring_conninfo(replication: &ConnInfo, monitor: Option<&ConnInfo>) -> ConnInfo {
+    let derived = monitor.is_none();
+    let mut ci = monitor.unwrap_or(replication).clone();
     // pg_stat_replication is searched for the replication connection's name.
-    ci.application_name = cfg.conninfo.application_name.clone();
+    ci.application_name = replication.application_name.clone();
     if ci.dbname.is_none() {
         ci.dbname = Some("postgres".into());
     }
     if derived && ci.password.is_none() {
         let db = ci.dbname.clone().unwrap_or_default();
         if ci.resolve_password(&db).is_none() {
-            ci.password = cfg.conninfo.resolve_password("replication");
+            ci.password = replication.resolve_password("replication");
         }
     }
     ci
-}
-
-/// The per-server monitoring task of the daemon.
-pub async fn run(cfg: ServerConfig, board: StatusBoard, cancel: CancellationToken) {
-    let ci = monitoring_conninfo(&cfg);
-    let server = cfg.name.clone();
-    let mut failing = false;
-    let mut over_limit = false;
-    crate::service::metrics::slot_retained_limit(&server, cfg.slot_retained_limit);
-    loop {
-        fail::fail_point!("monitor-round");
-        // Each step is bounded on its own (connect_timeout, query_timeout, named in the error);
-        // this outer bound is a safety net.
-        let outcome = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(Duration::from_secs(120), round(&ci, &cfg.slot, query_timeout(cfg.monitor_interval), &cancel)) => r,
-        };
-        match outcome {
-            Ok(Ok(facts)) => {
-                if failing {
-                    tracing::info!(server = %server, "monitoring connection works again");
-                    failing = false;
-                }
-                let flushed = board
-                    .snapshot()
-                    .into_iter()
-                    .find(|s| s.server == server)
-                    .and_then(|s| s.flushed_lsn);
-                crate::service::metrics::server_facts(&server, &facts, flushed);
-                let warning = slot_limit_warning(&facts, cfg.slot_retained_limit);
-                if warning.is_some() != over_limit {
-                    over_limit = warning.is_some();
-                    match &warning {
-                        Some(w) => tracing::warn!(server = %server, "{w}"),
-                        None => tracing::info!(server = %server, "the slot's retained WAL is back under slot_retained_limit"),
-                    }
-                }
-                crate::service::metrics::slot_over_limit(&server, over_limit);
-                board.update(&server, |s| {
-                    s.monitor = Some(facts);
-                    s.monitor_error = None;
-                    s.slot_warning = warning;
-                });
-            }
-            Ok(Err(MonitorError::Client(crate::client::ClientError::Cancelled))) => return,
-            Ok(Err(e)) => {
-                report_failure(&server, &board, &mut failing, e.to_string());
-            }
-            Err(_) => report_failure(&server, &board, &mut failing, "timed out after 120s".into()),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(cfg.monitor_interval) => {}
-        }
-    }
 }
 
 /// The warning to show while the slot holds back more WAL on the server than `limit`.
@@ -270,19 +223,9 @@ pub fn slot_limit_warning(facts: &ServerFacts, limit: Option<u64>) -> Option<Str
     })
 }
 
-fn report_failure(server: &str, board: &StatusBoard, failing: &mut bool, e: String) {
-    if !*failing {
-        tracing::warn!(server, error = %e, "monitoring query failed (streaming is not affected); grant pg_monitor to pgark's role for slot and pg_wal facts");
-        *failing = true;
-    }
-    crate::service::metrics::monitor_failed(server);
-    board.update(server, |s| s.monitor_error = Some(e));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[test]
     fn synchronous_standby_names_forms() {
@@ -306,13 +249,8 @@ mod tests {
         let config = |pgpass: &str| {
             std::fs::write(&pass, pgpass).unwrap();
             std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
-            let yaml = format!(
-                "catalog: {}\nservers:\n  main:\n    conninfo: \"host=db1 port=5432 user=pgark passfile={}\"\n",
-                d.path().join("cat").display(),
-                pass.display()
-            );
-            let cfg = crate::config::Config::parse(&yaml, Path::new("t.yaml")).unwrap();
-            monitoring_conninfo(&cfg.servers["main"])
+            let ci = ConnInfo::parse(&format!("host=db1 port=5432 user=pgark passfile={}", pass.display())).unwrap();
+            monitoring_conninfo(&ci, None)
         };
         // Only the streaming line: the monitoring connection takes its password.
         let ci = config("db1:5432:replication:pgark:streaming-secret\n");

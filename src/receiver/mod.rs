@@ -11,20 +11,22 @@
 //! acknowledgements.
 
 pub mod backoff;
+pub mod observer;
+pub mod settings;
 pub mod stream;
 
-use crate::catalog::archiver::{Archiver, ArchiverHandle};
+use crate::catalog::archiver::{ArchiveObserver, Archiver, ArchiverHandle};
+use crate::catalog::space::SharedLevel;
 use crate::catalog::state::{self, StateError};
 use crate::catalog::store::{LocalStore, ObjectStore};
 use crate::catalog::wal_store::{self, SparePool, WalStore};
 use crate::catalog::Layout;
 use crate::client::replication::StartOutcome;
 use crate::client::{ClientError, Connection};
-use crate::config::ServerConfig;
 use crate::pg::{Lsn, TimelineHistory, TimelineId, WalSegSize};
 use crate::protocol::ProtocolError;
-use crate::service::status::{ConnState, StatusBoard};
-use crate::util::time::unix_now;
+pub use observer::{ConnState, DisconnectReason, NoObserver, Positions, ReceiverObserver};
+pub use settings::Settings;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use stream::{StreamEnd, StreamOptions};
@@ -46,23 +48,6 @@ pub enum ReceiverError {
     TimelineAhead { catalog: TimelineId, server: TimelineId },
     #[error("no message from the server for {0:?} (phase: streaming; receiver_timeout); treating the connection as dead")]
     Timeout(Duration),
-}
-
-impl ReceiverError {
-    /// A short, bounded class of the error: the `reason` label of `pgark_disconnects_total`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ReceiverError::Client(ClientError::Io { .. }) | ReceiverError::Client(ClientError::Closed) => "network",
-            ReceiverError::Client(ClientError::Timeout(_)) | ReceiverError::Timeout(_) => "timeout",
-            ReceiverError::Client(ClientError::Tls(_)) => "tls",
-            ReceiverError::Client(ClientError::Auth(_)) => "auth",
-            ReceiverError::Client(ClientError::Server(_)) => "server_error",
-            ReceiverError::Client(ClientError::Protocol(_)) | ReceiverError::Protocol(_) => "protocol",
-            ReceiverError::Client(ClientError::Cancelled) => "cancelled",
-            ReceiverError::Store(_) | ReceiverError::State(_) => "catalog",
-            ReceiverError::Identity(_) | ReceiverError::TimelineAhead { .. } => "identity",
-        }
-    }
 }
 
 /// A session ended without error.
@@ -136,12 +121,7 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Starts `run` on a dedicated thread with its own current-thread runtime.
-pub fn spawn_on_own_thread(
-    cfg: ServerConfig,
-    layout: Layout,
-    board: StatusBoard,
-    cancel: CancellationToken,
-) -> std::io::Result<ReceiverThread> {
+pub fn spawn_on_own_thread(cfg: Settings, env: Env, cancel: CancellationToken) -> std::io::Result<ReceiverThread> {
     let name = format!("recv-{}", cfg.name);
     let span = tracing::info_span!("server", name = %cfg.name);
     let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
@@ -155,12 +135,9 @@ pub fn spawn_on_own_thread(
                 return;
             }
         };
-        let attempt = (cfg.clone(), layout.clone(), board.clone(), cancel.clone());
+        let attempt = (cfg.clone(), env.clone(), cancel.clone());
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rt.block_on(tracing::Instrument::instrument(
-                run(attempt.0, attempt.1, attempt.2, attempt.3),
-                span.clone(),
-            ))
+            rt.block_on(tracing::Instrument::instrument(run(attempt.0, attempt.1, attempt.2), span.clone()))
         }));
         drop(rt);
         let panic = match result {
@@ -170,11 +147,8 @@ pub fn spawn_on_own_thread(
         };
         // A bug, not an input problem: say so loudly, keep the other servers going, try again.
         tracing::error!(server = %cfg.name, panic = %panic, "the receiver panicked (a bug: please report it with this log); restarting it in 5s");
-        board.task_failed("receiver", &cfg.name, &format!("panicked: {panic}"));
-        board.update(&cfg.name, |s| s.state = ConnState::Retrying);
-        crate::service::metrics::task_failed(&cfg.name, "receiver");
-        crate::service::metrics::connection_state(&cfg.name, ConnState::Retrying);
-        crate::service::metrics::set_up(&cfg.name, false);
+        env.observer.task_failed("receiver", &format!("panicked: {panic}"));
+        env.observer.state(ConnState::Retrying);
         // Sleep in slices: a stop during the pause is seen at once.
         for _ in 0..50 {
             if cancel.is_cancelled() {
@@ -187,54 +161,58 @@ pub fn spawn_on_own_thread(
     Ok(ReceiverThread { handle, done })
 }
 
+/// What a receiver works with besides its settings: the catalog, the observer of its events, and
+/// the catalog's disk-pressure level (for the archiver).
+#[derive(Clone)]
+pub struct Env {
+    pub layout: Layout,
+    pub observer: Arc<dyn ReceiverObserver>,
+    pub space: SharedLevel,
+}
+
+/// Hands the archiver's reports to the receiver's observer.
+struct ArchiveEvents(Arc<dyn ReceiverObserver>);
+
+impl ArchiveObserver for ArchiveEvents {
+    fn segment_archived(&self, original_bytes: u64, stored_bytes: u64) {
+        self.0.segment_archived(original_bytes, stored_bytes);
+    }
+}
+
 /// Runs the receiver for one server until `cancel` fires. The caller instruments it with the
 /// server's span, so every log line names the server.
-pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: CancellationToken) {
-    let server = cfg.name.clone();
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(layout.root()));
+pub async fn run(cfg: Settings, env: Env, cancel: CancellationToken) {
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(env.layout.root()));
+    let observer = env.observer.as_ref();
     let mut spool: Option<Spool> = None;
     let mut backoff = backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-    crate::service::metrics::synchronous_mode(&server, cfg.synchronous);
-    crate::service::metrics::set_up(&server, false);
+    observer.started(cfg.synchronous);
     loop {
         fail::fail_point!("receiver-session");
-        board.update(&server, |s| s.state = ConnState::Connecting);
-        crate::service::metrics::connection_state(&server, ConnState::Connecting);
+        observer.state(ConnState::Connecting);
         let started = Instant::now();
-        let result = session(&cfg, &layout, &store, &mut spool, &board, &cancel).await;
-        crate::service::metrics::set_up(&server, false);
+        let mut streamed = false;
+        let result = session(&cfg, &env, &store, &mut spool, &mut streamed, &cancel).await;
         // A session that got to streaming proves the server and the credentials work: the next
         // attempt starts again from the shortest delay (a synchronous standby must come back
         // fast after each network blip, not after a delay grown by earlier ones).
-        let streamed = board.snapshot().iter().any(|s| s.server == server && s.streaming_since.is_some())
-            || started.elapsed() > Duration::from_secs(30);
+        streamed |= started.elapsed() > Duration::from_secs(30);
         match result {
             Ok(SessionEnd::Cancelled) | Err(ReceiverError::Client(ClientError::Cancelled)) => break,
             Ok(SessionEnd::ServerShutdown) => {
-                crate::service::metrics::disconnected(&server, "server_shutdown");
                 tracing::info!("server is shutting down; will reconnect");
-                board.update(&server, |s| s.last_error = Some("server shut down".into()));
+                observer.session_ended(DisconnectReason::ServerShutdown, "server shut down");
             }
             Err(e) => {
-                if matches!(e, ReceiverError::Store(_)) {
-                    crate::service::metrics::store_error(&server);
-                }
-                crate::service::metrics::disconnected(&server, e.reason());
                 tracing::warn!(error = %e, "replication session ended");
-                board.update(&server, |s| s.last_error = Some(e.to_string()));
+                observer.session_ended(DisconnectReason::from(&e), &e.to_string());
             }
         }
         if streamed {
             backoff.reset();
         }
         let delay = backoff.next_delay();
-        crate::service::metrics::reconnect(&server);
-        crate::service::metrics::connection_state(&server, ConnState::Retrying);
-        board.update(&server, |s| {
-            s.state = ConnState::Retrying;
-            s.reconnects += 1;
-            s.streaming_since = None;
-        });
+        observer.retrying();
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting after backoff");
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -243,20 +221,22 @@ pub async fn run(cfg: ServerConfig, layout: Layout, board: StatusBoard, cancel: 
     }
     // Stops the archiver after its current segment (the rest is found by the next start's scan).
     drop(spool.take());
-    board.update(&server, |s| s.state = ConnState::Stopped);
-    crate::service::metrics::connection_state(&server, ConnState::Stopped);
+    observer.state(ConnState::Stopped);
     tracing::info!("receiver stopped");
 }
 
+/// One connection: identify, check, pick the start, stream timeline after timeline. Sets
+/// `streamed` once streaming has begun.
 async fn session(
-    cfg: &ServerConfig,
-    layout: &Layout,
+    cfg: &Settings,
+    env: &Env,
     store: &Arc<dyn ObjectStore>,
     spool: &mut Option<Spool>,
-    board: &StatusBoard,
+    streamed: &mut bool,
     cancel: &CancellationToken,
 ) -> Result<SessionEnd, ReceiverError> {
     let server = cfg.name.as_str();
+    let (layout, observer) = (&env.layout, env.observer.as_ref());
     let mut conn = tokio::select! {
         _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
         c = Connection::connect(&cfg.conninfo, true) => c.map_err(ReceiverError::Client)?,
@@ -281,7 +261,7 @@ async fn session(
         sys.timeline,
     )?;
 
-    let sp = open_spool(cfg, layout, store, spool, seg, board)?;
+    let sp = open_spool(cfg, env, store, spool, seg)?;
 
     if cfg.create_slot && conn.create_physical_slot(&cfg.slot).await.map_err(ReceiverError::Client)? {
         tracing::info!(slot = %cfg.slot, "created physical replication slot (RESERVE_WAL)");
@@ -332,12 +312,7 @@ async fn session(
         sp.store.begin(tli, start).map_err(ReceiverError::Store)?;
         st.timeline = tli;
         state::save(store.as_ref(), server, &st)?;
-        crate::service::metrics::timeline(server, tli.0);
-        board.update(server, |s| {
-            s.timeline = Some(tli);
-            s.received_lsn = Some(start);
-            s.flushed_lsn = Some(start);
-        });
+        observer.timeline(tli, start);
         tracing::info!(timeline = %tli, start = %start, slot = %cfg.slot, synchronous = cfg.synchronous, "starting replication");
         let end = match conn
             .start_replication(Some(&cfg.slot), start, tli)
@@ -346,14 +321,9 @@ async fn session(
         {
             StartOutcome::TimelineEnded(end) => end,
             StartOutcome::Streaming => {
-                crate::service::metrics::set_up(server, true);
-                crate::service::metrics::connection_state(server, ConnState::Streaming);
-                board.update(server, |s| {
-                    s.state = ConnState::Streaming;
-                    s.streaming_since = Some(unix_now());
-                    s.last_error = None;
-                });
-                let outcome = stream::stream(&mut conn, &mut sp.store, &opts, board, cancel).await;
+                *streamed = true;
+                observer.streaming();
+                let outcome = stream::stream(&mut conn, &mut sp.store, &opts, observer, cancel).await;
                 st.flushed_lsn = sp.store.flush_pos();
                 let _ = state::save(store.as_ref(), server, &st);
                 match outcome? {
@@ -425,12 +395,11 @@ async fn branch_point(
 /// segment whose boundary failed half-way, audit finding 8, or what an earlier run left), and
 /// restarts an archiver thread that died (a panic: a bug, logged and counted).
 fn open_spool<'a>(
-    cfg: &ServerConfig,
-    layout: &Layout,
+    cfg: &Settings,
+    env: &Env,
     store: &Arc<dyn ObjectStore>,
     spool: &'a mut Option<Spool>,
     seg: WalSegSize,
-    board: &StatusBoard,
 ) -> Result<&'a mut Spool, ReceiverError> {
     if let Some(sp) = spool.as_ref() {
         if sp.seg != seg {
@@ -441,7 +410,7 @@ fn open_spool<'a>(
             .into());
         }
     }
-    let dir = layout.wal_dir(&cfg.name);
+    let dir = env.layout.wal_dir(&cfg.name);
     if spool.is_none() {
         crate::fsio::durable::create_dir_durable(&dir).map_err(ReceiverError::Store)?;
         wal_store::sweep_temporary(&dir).map_err(ReceiverError::Store)?;
@@ -455,7 +424,8 @@ fn open_spool<'a>(
             store: store.clone(),
             key_prefix: Layout::wal_key(&cfg.name),
             spares: spares.clone(),
-            board: board.clone(),
+            space: env.space.clone(),
+            events: Arc::new(ArchiveEvents(env.observer.clone())),
             direct: Default::default(),
         };
         let (tx, rx) = mpsc::channel();
@@ -471,8 +441,7 @@ fn open_spool<'a>(
     if sp.archiver.as_ref().is_none_or(|a| a.is_finished()) {
         let why = sp.archiver.take().map(|a| a.join_reason()).unwrap_or_else(|| "not running".into());
         tracing::error!(reason = %why, "the archiver thread stopped (a bug: please report it with this log); restarting it");
-        crate::service::metrics::task_failed(&cfg.name, "archiver");
-        board.task_failed("archiver", &cfg.name, &why);
+        env.observer.task_failed("archiver", &why);
         let (tx, rx) = mpsc::channel();
         sp.archiver = Some(sp.archiver_template.clone().spawn(rx).map_err(ReceiverError::Store)?);
         sp.store.attach_archiver(tx);

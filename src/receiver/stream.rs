@@ -23,6 +23,7 @@
 //! Cancellation: the poll sleeps at most `CANCEL_CHECK` at a time and the token is checked on
 //! every wake; on cancel the loop fsyncs, sends a last status update and CopyDone.
 
+use super::observer::{Positions, ReceiverObserver};
 use super::ReceiverError;
 use crate::catalog::wal_store::WalStore;
 use crate::client::replication::TimelineEnd;
@@ -31,7 +32,6 @@ use crate::pg::{Lsn, WalSegSize};
 use crate::protocol::backend::BackendMessage;
 use crate::protocol::replication::{self, ReplicationMessage};
 use crate::protocol::ProtocolError;
-use crate::service::status::StatusBoard;
 use crate::util::time::unix_now;
 use bytes::BytesMut;
 use std::time::{Duration, Instant};
@@ -63,7 +63,7 @@ struct Loop<'a> {
     conn: &'a mut Connection,
     store: &'a mut WalStore,
     opts: &'a StreamOptions<'a>,
-    board: &'a StatusBoard,
+    observer: &'a dyn ReceiverObserver,
     seg: WalSegSize,
     last_reported: (Lsn, Lsn),
     /// When the oldest not-yet-acknowledged WAL arrived (for the ack latency metric).
@@ -74,7 +74,6 @@ struct Loop<'a> {
     marks: std::collections::VecDeque<(Lsn, u64)>,
     /// The newest such time: the end of the recovery window.
     durable_at: Option<u64>,
-    metrics: crate::service::metrics::StreamMetrics,
     out: BytesMut,
     /// Unix seconds of the last message received (for status and /healthz; reported with the
     /// next status update, not written to the board per message).
@@ -123,8 +122,7 @@ impl Loop<'_> {
         if let Some(at) = newest {
             if self.durable_at.is_none_or(|d| at > d) {
                 self.durable_at = Some(at);
-                self.metrics.recovery_window_end(at);
-                self.board.update(self.opts.server, |s| s.wal_durable_at = Some(at));
+                self.observer.durable_until(at);
             }
         }
     }
@@ -133,7 +131,7 @@ impl Loop<'_> {
     fn flush(&mut self) -> Result<(), ReceiverError> {
         let took = self.store.sync().map_err(ReceiverError::Store)?;
         if let Some(d) = took {
-            self.metrics.fsync_duration(d);
+            self.observer.fsync(d);
         }
         Ok(())
     }
@@ -154,7 +152,7 @@ impl Loop<'_> {
         }
         if flush > self.last_reported.1 {
             if let Some(t) = self.unacked_since.take() {
-                self.metrics.ack_latency(t.elapsed());
+                self.observer.acked(t.elapsed());
             }
             if self.store.has_unflushed() {
                 self.unacked_since = Some(Instant::now());
@@ -162,17 +160,11 @@ impl Loop<'_> {
         }
         self.last_reported = (write, flush);
         self.advance_durable();
-        self.metrics.wal_positions(write.0, flush.0);
-        let lag = self.server_wal_end.saturating_sub(flush);
-        let last_message = self.last_message_at;
-        self.board.update(self.opts.server, |s| {
-            s.received_lsn = Some(write);
-            s.flushed_lsn = Some(flush);
-            s.server_lsn = Some(self.server_wal_end);
-            s.lag_bytes = Some(lag);
-            if last_message.is_some() {
-                s.last_message_at = last_message;
-            }
+        self.observer.positions(&Positions {
+            write,
+            flush,
+            server_end: self.server_wal_end,
+            last_message_at: self.last_message_at,
         });
         Ok(())
     }
@@ -207,12 +199,11 @@ impl Loop<'_> {
         let catching_up = self.catching_up();
         self.store.set_zero_fill(!catching_up);
         let completed = self.store.write(start, data).map_err(ReceiverError::Store)?;
-        self.metrics.wal_received(data.len() as u64);
+        self.observer.wal_received(data.len() as u64);
         for name in completed {
             let file = name.format(self.seg);
             tracing::info!(segment = %file, "segment complete");
-            crate::service::metrics::segment_completed(self.opts.server);
-            self.board.update(self.opts.server, |s| s.last_segment = Some(file.clone()));
+            self.observer.segment_completed(&file);
         }
         Ok(())
     }
@@ -232,7 +223,7 @@ pub async fn stream(
     conn: &mut Connection,
     store: &mut WalStore,
     opts: &StreamOptions<'_>,
-    board: &StatusBoard,
+    observer: &dyn ReceiverObserver,
     cancel: &CancellationToken,
 ) -> Result<StreamEnd, ReceiverError> {
     let seg = store.seg();
@@ -241,14 +232,13 @@ pub async fn stream(
         conn,
         store,
         opts,
-        board,
+        observer,
         seg,
         last_reported: start,
         unacked_since: None,
         server_wal_end: start.0,
         marks: Default::default(),
         durable_at: None,
-        metrics: crate::service::metrics::StreamMetrics::new(opts.server),
         out: BytesMut::with_capacity(64),
         last_message_at: None,
         stopping: false,
@@ -352,7 +342,7 @@ impl Loop<'_> {
                         reply_requested,
                     } => {
                         self.server_wal_end = self.server_wal_end.max(server_wal_end);
-                        self.metrics.server_wal_end(self.server_wal_end.0);
+                        self.observer.keepalive(self.server_wal_end);
                         self.mark(server_wal_end);
                         self.advance_durable();
                         if reply_requested {

@@ -13,7 +13,6 @@ use crate::catalog::backup_store::{self, BackupIndex};
 use crate::catalog::restore_record as record;
 use crate::catalog::store::{LocalStore, ObjectStore};
 use crate::catalog::Layout;
-use crate::config::Config;
 use crate::pg::{Lsn, SegNo, TimelineHistory, TimelineId, WalFileName, WalSegSize};
 use crate::util::progress::Progress;
 use extract::{ExtractOptions, ExtractStats};
@@ -23,7 +22,10 @@ use std::sync::Arc;
 use target::RecoveryTarget;
 
 pub struct RestoreRequest {
-    pub config: Config,
+    /// The catalog's root directory.
+    pub catalog: PathBuf,
+    /// The config file, named in the restore_command written for PostgreSQL (`pgark wal-get`).
+    pub config_path: PathBuf,
     pub server: String,
     pub backup: Option<String>,
     pub target_dir: PathBuf,
@@ -133,7 +135,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Decides everything without writing.
 pub fn plan(req: &RestoreRequest) -> Result<RestorePlan, RestoreError> {
-    let store = LocalStore::new(&req.config.catalog);
+    let store = LocalStore::new(&req.catalog);
     let all = backup_store::load_all(&store, &req.server)?;
     let usable: Vec<BackupIndex> = all
         .iter()
@@ -242,7 +244,7 @@ pub fn plan(req: &RestoreRequest) -> Result<RestorePlan, RestoreError> {
 
     let pgark =
         std::env::current_exe().map_err(|e| RestoreError::Io(std::io::Error::new(e.kind(), format!("locating the pgark binary: {e}"))))?;
-    let config_path = std::fs::canonicalize(&req.config.path).unwrap_or_else(|_| absolute(&req.config.path));
+    let config_path = std::fs::canonicalize(&req.config_path).unwrap_or_else(|_| absolute(&req.config_path));
     let cmd = recovery::restore_command(&pgark, &config_path, &req.server);
     let settings = if req.standby {
         vec![
@@ -280,7 +282,7 @@ pub fn execute(req: &RestoreRequest, plan: &RestorePlan, progress: &mut dyn Prog
         Some(name) => Some(lookup_user(name)?),
         None => None,
     };
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&req.config.catalog));
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&req.catalog));
     // A stale postmaster.pid: the cluster crashed (a live one was refused by `plan`), and after a
     // crash file times on disk can lag behind their bytes: read everything.
     let crashed = plan.target_dir.join("postmaster.pid").exists();

@@ -58,7 +58,15 @@ pub fn full_eta(free: u64, rate: f64) -> Option<f64> {
     (rate > 0.0).then(|| free as f64 / rate)
 }
 
-pub async fn run(layout: Layout, thresholds: tokio::sync::watch::Receiver<DiskThresholds>, board: StatusBoard, cancel: CancellationToken) {
+/// Measures the catalog every `interval`, publishing to the board, the metrics and `shared` (the
+/// level the archivers act on), until `cancel`.
+pub async fn run(
+    layout: Layout,
+    thresholds: tokio::sync::watch::Receiver<DiskThresholds>,
+    board: StatusBoard,
+    shared: crate::catalog::space::SharedLevel,
+    cancel: CancellationToken,
+) {
     let mut windows: BTreeMap<String, RateWindow> = BTreeMap::new();
     let mut level = Level::Ok;
     let mut failing = false;
@@ -138,6 +146,7 @@ pub async fn run(layout: Layout, thresholds: tokio::sync::watch::Receiver<DiskTh
                     thresholds.catalog_free_warning.bytes(cap.total),
                     thresholds.catalog_free_critical.bytes(cap.total),
                 );
+                shared.set(space.pressure);
                 board.set_catalog_space(space);
             }
             Ok(None) => {}

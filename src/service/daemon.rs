@@ -17,11 +17,13 @@
 
 use crate::catalog::lock::{CatalogLock, LockError};
 use crate::catalog::space::DiskThresholds;
+use crate::catalog::space::SharedLevel;
 use crate::catalog::Layout;
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::receiver::ReceiverThread;
 use crate::service::http::{self, HttpState};
 use crate::service::status::{ServerStatus, StatusBoard};
+use crate::service::telemetry::ServerTelemetry;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +91,8 @@ pub struct Daemon {
     /// The disk-pressure thresholds, updated on reload, read by the catalog watch and the
     /// backup schedulers.
     disk_pressure: tokio::sync::watch::Sender<DiskThresholds>,
+    /// The catalog's disk-pressure level as the catalog watch last measured it, for the archivers.
+    space_level: SharedLevel,
     _lock: CatalogLock,
     pub metrics_addr: String,
 }
@@ -126,7 +130,8 @@ impl Daemon {
         let layout = Layout::new(&config.catalog);
         let disk_pressure = tokio::sync::watch::channel(config.disk_pressure).0;
         let watch_cancel = CancellationToken::new();
-        let watch_task = spawn_catalog_watch(&layout, &disk_pressure, &board, &watch_cancel);
+        let space_level = SharedLevel::default();
+        let watch_task = spawn_catalog_watch(&layout, &disk_pressure, &board, &space_level, &watch_cancel);
         let mut d = Daemon {
             config: config.clone(),
             layout,
@@ -139,6 +144,7 @@ impl Daemon {
             watch_cancel,
             watch_task,
             disk_pressure,
+            space_level,
             _lock: lock,
             metrics_addr,
         };
@@ -167,7 +173,12 @@ impl Daemon {
 
     fn spawn_receiver(&self, r: &Running) -> Option<ReceiverThread> {
         let cfg = &r.config;
-        match crate::receiver::spawn_on_own_thread(cfg.clone(), self.layout.clone(), self.board.clone(), r.cancel.clone()) {
+        let env = crate::receiver::Env {
+            layout: self.layout.clone(),
+            observer: Arc::new(ServerTelemetry::new(&cfg.name, self.board.clone())),
+            space: self.space_level.clone(),
+        };
+        match crate::receiver::spawn_on_own_thread(cfg.receiver_settings(), env, r.cancel.clone()) {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::error!(server = %cfg.name, error = %e, "cannot start a receiver thread; trying again in a moment");
@@ -179,7 +190,11 @@ impl Daemon {
     }
 
     fn spawn_monitor(&self, r: &Running) -> JoinHandle<()> {
-        tokio::spawn(crate::monitor::run(r.config.clone(), self.board.clone(), r.cancel.clone()))
+        tokio::spawn(crate::service::monitor_task::run(
+            r.config.monitor_settings(),
+            self.board.clone(),
+            r.cancel.clone(),
+        ))
     }
 
     fn spawn_backups(&self, r: &Running) -> JoinHandle<()> {
@@ -278,7 +293,13 @@ impl Daemon {
         if self.watch_task.is_finished() && !self.watch_cancel.is_cancelled() {
             let why = join_reason((&mut self.watch_task).await);
             self.task_died("", "catalog_watch", &why);
-            self.watch_task = spawn_catalog_watch(&self.layout, &self.disk_pressure, &self.board, &self.watch_cancel);
+            self.watch_task = spawn_catalog_watch(
+                &self.layout,
+                &self.disk_pressure,
+                &self.board,
+                &self.space_level,
+                &self.watch_cancel,
+            );
         }
         let names: Vec<String> = self.servers.keys().cloned().collect();
         for name in names {
@@ -417,12 +438,14 @@ fn spawn_catalog_watch(
     layout: &Layout,
     thresholds: &tokio::sync::watch::Sender<DiskThresholds>,
     board: &StatusBoard,
+    level: &SharedLevel,
     cancel: &CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(crate::service::catalog_watch::run(
         layout.clone(),
         thresholds.subscribe(),
         board.clone(),
+        level.clone(),
         cancel.clone(),
     ))
 }

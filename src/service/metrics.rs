@@ -125,8 +125,8 @@ pub fn register_server(server: &str) {
     ] {
         counter!(name, "server" => server.to_string()).increment(0);
     }
-    for reason in DISCONNECT_REASONS {
-        counter!("pgark_disconnects_total", "server" => server.to_string(), "reason" => *reason).increment(0);
+    for reason in crate::receiver::DisconnectReason::ALL {
+        counter!("pgark_disconnects_total", "server" => server.to_string(), "reason" => reason.as_str()).increment(0);
     }
     for task in SERVER_TASKS {
         counter!("pgark_task_failures_total", "server" => server.to_string(), "task" => *task).increment(0);
@@ -144,20 +144,7 @@ pub fn task_failed(server: &str, task: &'static str) {
     counter!("pgark_task_failures_total", "server" => server.to_string(), "task" => task).increment(1);
 }
 
-/// Every value of `pgark_disconnects_total`'s `reason` label.
-pub const DISCONNECT_REASONS: &[&str] = &[
-    "server_shutdown",
-    "network",
-    "timeout",
-    "tls",
-    "auth",
-    "server_error",
-    "protocol",
-    "catalog",
-    "identity",
-];
-
-/// A session ended; `reason` is one of `DISCONNECT_REASONS`.
+/// A session ended; `reason` is a `receiver::DisconnectReason` label.
 pub fn disconnected(server: &str, reason: &'static str) {
     counter!("pgark_disconnects_total", "server" => server.to_string(), "reason" => reason).increment(1);
 }
@@ -178,7 +165,7 @@ pub fn connection_state(server: &str, state: crate::service::status::ConnState) 
 
 /// The README's metric tables (`| `name{labels}` | type | meaning |`), the single source of each
 /// metric's HELP text.
-const README: &str = include_str!("../../README.md");
+const README: &str = include_str!("../../docs/metrics.md");
 
 /// (name, type, meaning) for every metric row of the README.
 pub fn documented_metrics() -> Vec<(String, String, String)> {

@@ -6,5 +6,7 @@ pub mod catalog_watch;
 pub mod daemon;
 pub mod http;
 pub mod metrics;
+pub mod monitor_task;
 pub mod scheduler;
 pub mod status;
+pub mod telemetry;

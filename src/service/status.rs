@@ -2,20 +2,12 @@
 //! and `pgark status` (readers). Serialized as the JSON of `pgark status --json`.
 
 use crate::pg::{Lsn, TimelineId};
+use crate::util::time::unix_now;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnState {
-    Starting,
-    Connecting,
-    Streaming,
-    /// Waiting before the next attempt; `last_error` says why.
-    Retrying,
-    Stopped,
-}
+pub use crate::receiver::ConnState;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerStatus {
@@ -206,13 +198,6 @@ impl StatusBoard {
     pub fn snapshot(&self) -> Vec<ServerStatus> {
         self.inner.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The daemon's receivers, for backups the daemon takes itself.

@@ -164,7 +164,7 @@ fn disk_pressure_holds_back_backups_not_streaming() {
     assert!(!metrics.contains("NaN"), "{metrics}");
 
     // The recovery window's end follows the clock on an idle server (keepalive replies).
-    let now = pgark::service::status::unix_now() as f64;
+    let now = pgark::util::time::unix_now() as f64;
     wait_until(Duration::from_secs(20), "the recovery window end near now", || {
         metric_line(&p, "pgark_recovery_window_end_seconds{server=\"main\"}").is_some_and(|v| v >= now)
     });
