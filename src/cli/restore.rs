@@ -146,7 +146,7 @@ pub fn restore(a: RestoreArgs) -> i32 {
     };
     // Held until the last file is written, so `delete-backup` cannot remove the chosen backup's
     // chunks underneath; taken before choosing, so the choice only sees backups that stay.
-    let _reading = match crate::catalog::lock::CatalogLock::acquire_restore_reader(&req.config.catalog, &req.server) {
+    let _reading = match crate::catalog::lock::CatalogLock::acquire_restore_reader(&req.catalog, &req.server) {
         Ok(l) => l,
         Err(e) => return fail(e, exit::FAILURE),
     };
