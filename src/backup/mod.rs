@@ -24,7 +24,8 @@ pub mod wal_wait;
 use crate::catalog::backup_store::{self, BackupIndex, FileKind, StoredFile, TablespaceRecord, WalSource};
 use crate::catalog::lock::{CatalogLock, LockError};
 use crate::catalog::state::{self, IdentityError};
-use crate::catalog::store::{LocalStore, ObjectStore};
+use crate::catalog::store::ObjectStore;
+use crate::catalog::Catalog;
 use crate::catalog::{Compression, Layout};
 use crate::client::conninfo::ConnInfo;
 use crate::client::{ClientError, Connection};
@@ -132,8 +133,8 @@ pub fn clean_interrupted(catalog: &std::path::Path, server: &str) -> Result<(), 
         Err(LockError::BackupRunning { .. }) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let store = LocalStore::new(catalog);
-    let g = backup_store::collect_garbage(&store, server)?;
+    let store = Catalog::open(catalog).store();
+    let g = backup_store::collect_garbage(store.as_ref(), server)?;
     if g != backup_store::Garbage::default() {
         tracing::info!(
             server,
@@ -172,11 +173,11 @@ pub fn spawn_on_own_thread(
 /// Takes one backup; see the module docs for the steps.
 pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result<BackupIndex, BackupError> {
     let server = job.server.clone();
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&job.catalog));
+    let store: Arc<dyn ObjectStore> = Catalog::open(&job.catalog).store();
     let _lock = CatalogLock::acquire_backup(&job.catalog, &server)?;
     // The filesystem the backup goes to: `<catalog>/<server>`, which may be a volume of its own.
     let server_dir = Layout::new(&job.catalog).server_dir(&server);
-    let cap = crate::catalog::store::filesystem_capacity(&server_dir)?;
+    let cap = Catalog::open(&job.catalog).capacity(Some(&server))?;
     job.disk_pressure
         .check_backup_allowed(cap)
         .map_err(|reason| BackupError::DiskPressure {

@@ -21,6 +21,7 @@ pub mod usage;
 pub mod wal_store;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// How completed segments are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +34,43 @@ pub enum Compression {
 /// Level 1: on WAL it compresses as well as level 3 (md5-text WAL: ratio 1.99 against 1.92) at a
 /// quarter of the CPU (measured: about 3 against 12 CPU seconds per GB on the CI machine).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
+/// An open catalog: where it is and the storage behind it. The one place a `LocalStore` is
+/// made, so that another `ObjectStore` (object storage, encryption) can replace it here.
+#[derive(Clone)]
+pub struct Catalog {
+    layout: Layout,
+    store: Arc<dyn store::ObjectStore>,
+}
+
+impl Catalog {
+    /// The catalog rooted at `root` (nothing is created or checked here).
+    pub fn open(root: impl Into<PathBuf>) -> Catalog {
+        let layout = Layout::new(root);
+        let store: Arc<dyn store::ObjectStore> = Arc::new(store::LocalStore::new(layout.root()));
+        Catalog { layout, store }
+    }
+
+    /// The storage, shared.
+    pub fn store(&self) -> Arc<dyn store::ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn root(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// Free and total space where `server`'s data goes (`<catalog>/<server>`, which may be a
+    /// volume of its own; the root's until that directory exists).
+    pub fn capacity(&self, server: Option<&str>) -> std::io::Result<store::Capacity> {
+        let dir = server.map(|s| self.layout.server_dir(s)).filter(|d| d.is_dir());
+        store::filesystem_capacity(dir.as_deref().unwrap_or(self.layout.root()))
+    }
+}
 
 /// Paths inside one catalog.
 #[derive(Clone, Debug)]

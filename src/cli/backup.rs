@@ -4,7 +4,8 @@
 use crate::backup::{self, BackupError, BackupJob};
 use crate::catalog::backup_store::{self, BackupIndex, WalPresence};
 use crate::catalog::lock::CatalogLock;
-use crate::catalog::store::{LocalStore, ObjectStore};
+use crate::catalog::store::ObjectStore;
+use crate::catalog::Catalog;
 use crate::cli::exit;
 use crate::config::Config;
 use serde::Serialize;
@@ -159,7 +160,7 @@ pub async fn backup(
     term_task.abort();
     match result {
         Ok(idx) => {
-            let s = summarize(&LocalStore::new(&config.catalog), &idx);
+            let s = summarize(Catalog::open(&config.catalog).store().as_ref(), &idx);
             if json {
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             } else {
@@ -202,11 +203,11 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let store = LocalStore::new(&config.catalog);
+    let store = Catalog::open(&config.catalog).store();
     let mut all = Vec::new();
     for s in servers {
-        match backup_store::load_all(&store, s) {
-            Ok(list) => all.extend(list.iter().map(|i| summarize(&store, i))),
+        match backup_store::load_all(store.as_ref(), s) {
+            Ok(list) => all.extend(list.iter().map(|i| summarize(store.as_ref(), i))),
             Err(e) => {
                 eprintln!("error: {s}: {e}");
                 return exit::FAILURE;
@@ -246,8 +247,8 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
 
 fn load_one(config: &Config, server: &str, id: &str) -> Result<BackupIndex, i32> {
     known_server(config, server)?;
-    let store = LocalStore::new(&config.catalog);
-    backup_store::load(&store, server, id).map_err(|e| {
+    let store = Catalog::open(&config.catalog).store();
+    backup_store::load(store.as_ref(), server, id).map_err(|e| {
         eprintln!("error: {e}");
         match e {
             backup_store::BackupStoreError::NotFound { .. } => exit::NOT_FOUND,
@@ -266,7 +267,7 @@ pub fn show_backup(path: &Path, server: &str, id: &str, json: bool) -> i32 {
         Ok(i) => i,
         Err(code) => return code,
     };
-    let s = summarize(&LocalStore::new(&config.catalog), &idx);
+    let s = summarize(Catalog::open(&config.catalog).store().as_ref(), &idx);
     if json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return exit::OK;
@@ -328,7 +329,7 @@ pub fn delete_backup(path: &Path, server: &str, id: &str, force: bool) -> i32 {
         Ok(i) => i,
         Err(code) => return code,
     };
-    let store = LocalStore::new(&config.catalog);
+    let store = Catalog::open(&config.catalog).store();
     let _lock = match CatalogLock::acquire_backup(&config.catalog, server) {
         Ok(l) => l,
         Err(e) => {
@@ -343,22 +344,22 @@ pub fn delete_backup(path: &Path, server: &str, id: &str, force: bool) -> i32 {
             return exit::LOCKED;
         }
     };
-    let others_usable = match backup_store::load_all(&store, server) {
-        Ok(all) => all.iter().filter(|b| b.id != id).any(|b| summarize(&store, b).usable),
+    let others_usable = match backup_store::load_all(store.as_ref(), server) {
+        Ok(all) => all.iter().filter(|b| b.id != id).any(|b| summarize(store.as_ref(), b).usable),
         Err(e) => {
             eprintln!("error: {e}");
             return exit::FAILURE;
         }
     };
-    if summarize(&store, &idx).usable && !others_usable && !force {
+    if summarize(store.as_ref(), &idx).usable && !others_usable && !force {
         eprintln!("error: {id} is the only usable backup of {server}; deleting it leaves nothing to restore from. Take a new backup first, or pass --force.");
         return exit::REFUSED;
     }
-    if let Err(e) = backup_store::delete(&store, server, id) {
+    if let Err(e) = backup_store::delete(store.as_ref(), server, id) {
         eprintln!("error: deleting {id}: {e}");
         return exit::FAILURE;
     }
-    match backup_store::collect_garbage(&store, server) {
+    match backup_store::collect_garbage(store.as_ref(), server) {
         Ok(g) => {
             println!(
                 "deleted backup {id} of {server}; freed {} in {} chunks",

@@ -8,6 +8,7 @@ pub mod exit;
 pub mod progress;
 pub mod restore;
 
+use crate::catalog::Catalog;
 use crate::config::Config;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -297,8 +298,8 @@ fn print_details(status: &crate::service::status::DaemonStatus) {
 }
 
 fn offline_json(config: &Config, server: &str) -> serde_json::Value {
-    let store = crate::catalog::store::LocalStore::new(&config.catalog);
-    match crate::catalog::state::load(&store, server) {
+    let store = Catalog::open(&config.catalog).store();
+    match crate::catalog::state::load(store.as_ref(), server) {
         Ok(Some(st)) => serde_json::json!({
             "server": server, "state": "stopped", "timeline": st.timeline.0, "flushed_lsn": st.flushed_lsn.to_string(),
             "system_identifier": st.system_identifier.to_string(),

@@ -1,6 +1,6 @@
 //! The restore commands of the CLI: `restore` and `wal-get` (PostgreSQL's restore_command).
 
-use crate::catalog::store::LocalStore;
+use crate::catalog::Catalog;
 use crate::cli::exit;
 use crate::config::Config;
 use crate::restore::target::{RecoveryTarget, TargetOptions};
@@ -261,8 +261,8 @@ pub fn wal_get(config_path: &Path, server: &str, name: &str, dest: &Path) -> i32
     if !config.servers.contains_key(server) {
         return fail(format!("{}: no server named {server:?}", config.path.display()), wal_get::DAMAGED);
     }
-    let store = LocalStore::new(&config.catalog);
-    let seg_size = crate::catalog::state::load(&store, server)
+    let store = Catalog::open(&config.catalog).store();
+    let seg_size = crate::catalog::state::load(store.as_ref(), server)
         .ok()
         .flatten()
         .map(|s| s.wal_segment_size);
@@ -287,7 +287,7 @@ pub fn wal_get(config_path: &Path, server: &str, name: &str, dest: &Path) -> i32
             tracing::debug!(error = %e, "prefetch not started");
         }
     };
-    match wal_get::serve(&store, server, name, dest, &spawn) {
+    match wal_get::serve(store.as_ref(), server, name, dest, &spawn) {
         Ok(n) => {
             tracing::debug!(file = name, bytes = n, "served");
             wal_get::SERVED
@@ -309,8 +309,8 @@ pub fn wal_prefetch(config_path: &Path, server: &str, after: &str, spool: &Path,
     let Ok(config) = Config::load(config_path) else {
         return exit::USAGE;
     };
-    let store = LocalStore::new(&config.catalog);
-    match wal_get::prefetch(&store, server, after, spool, seg_size) {
+    let store = Catalog::open(&config.catalog).store();
+    match wal_get::prefetch(store.as_ref(), server, after, spool, seg_size) {
         Ok(_) => exit::OK,
         Err(_) => exit::FAILURE,
     }

@@ -18,8 +18,9 @@ pub mod stream;
 use crate::catalog::archiver::{ArchiveObserver, Archiver, ArchiverHandle};
 use crate::catalog::space::SharedLevel;
 use crate::catalog::state::{self, StateError};
-use crate::catalog::store::{LocalStore, ObjectStore};
+use crate::catalog::store::ObjectStore;
 use crate::catalog::wal_store::{self, SparePool, WalStore};
+use crate::catalog::Catalog;
 use crate::catalog::Layout;
 use crate::client::replication::StartOutcome;
 use crate::client::{ClientError, Connection};
@@ -182,7 +183,7 @@ impl ArchiveObserver for ArchiveEvents {
 /// Runs the receiver for one server until `cancel` fires. The caller instruments it with the
 /// server's span, so every log line names the server.
 pub async fn run(cfg: Settings, env: Env, cancel: CancellationToken) {
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(env.layout.root()));
+    let store: Arc<dyn ObjectStore> = Catalog::open(env.layout.root()).store();
     let observer = env.observer.as_ref();
     let mut spool: Option<Spool> = None;
     let mut backoff = backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(60));

@@ -11,7 +11,8 @@ pub mod wal_get;
 
 use crate::catalog::backup_store::{self, BackupIndex};
 use crate::catalog::restore_record as record;
-use crate::catalog::store::{LocalStore, ObjectStore};
+use crate::catalog::store::ObjectStore;
+use crate::catalog::Catalog;
 use crate::catalog::Layout;
 use crate::pg::{Lsn, SegNo, TimelineHistory, TimelineId, WalFileName, WalSegSize};
 use crate::util::progress::Progress;
@@ -135,18 +136,18 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Decides everything without writing.
 pub fn plan(req: &RestoreRequest) -> Result<RestorePlan, RestoreError> {
-    let store = LocalStore::new(&req.catalog);
-    let all = backup_store::load_all(&store, &req.server)?;
+    let store = Catalog::open(&req.catalog).store();
+    let all = backup_store::load_all(store.as_ref(), &req.server)?;
     let usable: Vec<BackupIndex> = all
         .iter()
-        .filter(|b| backup_store::wal_presence(&store, b).present)
+        .filter(|b| backup_store::wal_presence(store.as_ref(), b).present)
         .cloned()
         .collect();
     let seg_size = all
         .first()
         .and_then(|b| WalSegSize::new(b.wal_segment_size).ok())
         .unwrap_or_else(|| WalSegSize::new(16 * 1024 * 1024).expect("16 MiB is a valid segment size"));
-    let (mut wal_end, histories) = wal_end(&store, &req.server, seg_size)?;
+    let (mut wal_end, histories) = wal_end(store.as_ref(), &req.server, seg_size)?;
     // A backup that carries its own WAL reaches at least its end.
     for b in usable.iter().filter(|b| b.wal_source == backup_store::WalSource::Backup) {
         if wal_end.is_none_or(|(t, l)| (b.end_timeline, b.end_lsn) > (t, l)) {
@@ -282,7 +283,7 @@ pub fn execute(req: &RestoreRequest, plan: &RestorePlan, progress: &mut dyn Prog
         Some(name) => Some(lookup_user(name)?),
         None => None,
     };
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&req.catalog));
+    let store: Arc<dyn ObjectStore> = Catalog::open(&req.catalog).store();
     // A stale postmaster.pid: the cluster crashed (a live one was refused by `plan`), and after a
     // crash file times on disk can lag behind their bytes: read everything.
     let crashed = plan.target_dir.join("postmaster.pid").exists();

@@ -9,8 +9,8 @@
 //! stopped at the critical level.
 
 use crate::catalog::space::{DiskThresholds, Level};
-use crate::catalog::store::{LocalStore, ObjectStore};
 use crate::catalog::usage;
+use crate::catalog::Catalog;
 use crate::catalog::Layout;
 use crate::service::status::{CatalogSpace, ServerCatalog, StatusBoard};
 use crate::util::time::unix_now;
@@ -91,12 +91,12 @@ pub async fn run(
         // Free space (one statvfs) and the usage walk are measured and reported apart: a walk
         // that fails (an unreadable file) must not freeze the pressure level.
         let measured = tokio::task::spawn_blocking(move || {
-            let store = LocalStore::new(&root);
+            let store = Catalog::open(&root).store();
             let cap = store.capacity();
             let per_server = walk.then(|| {
                 names
                     .into_iter()
-                    .map(|n| usage::server_usage(&store, &n).map(|u| (n, u)))
+                    .map(|n| usage::server_usage(store.as_ref(), &n).map(|u| (n, u)))
                     .collect::<std::io::Result<Vec<_>>>()
             });
             (cap, per_server)

@@ -6,7 +6,8 @@ use crate::backup::schedule::Schedule;
 use crate::backup::{BackupError, BackupJob};
 use crate::catalog::backup_store::BackupFactsCache;
 use crate::catalog::space::DiskThresholds;
-use crate::catalog::store::LocalStore;
+use crate::catalog::store::ObjectStore;
+use crate::catalog::Catalog;
 use crate::config::ServerConfig;
 use crate::service::status::StatusBoard;
 use crate::util::progress::LogLines;
@@ -23,7 +24,7 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
 /// Start of the newest published backup, after refreshing the metrics and the status board
 /// (recovery window start, newest backup) from the catalog. Reads only indexes it has not seen
 /// (`BackupFactsCache`).
-fn refresh(store: &LocalStore, cache: &mut BackupFactsCache, server: &str, board: &StatusBoard) -> Option<u64> {
+fn refresh(store: &dyn ObjectStore, cache: &mut BackupFactsCache, server: &str, board: &StatusBoard) -> Option<u64> {
     match cache.refresh(store, server) {
         Ok(all) => {
             let stored: u64 = all.iter().map(|b| b.stored_new_bytes).sum();
@@ -75,12 +76,12 @@ pub async fn run(
         },
     }
     let mut cache = Some(BackupFactsCache::default());
-    let store = LocalStore::new(&catalog);
+    let store = Catalog::open(&catalog).store();
     loop {
         fail::fail_point!("backup-scheduler");
         // Catalog reads block: off the async workers.
         let (s, b, name, mut c) = (store.clone(), board.clone(), server.clone(), cache.take().unwrap_or_default());
-        let (last_start, c) = match tokio::task::spawn_blocking(move || (refresh(&s, &mut c, &name, &b), c)).await {
+        let (last_start, c) = match tokio::task::spawn_blocking(move || (refresh(s.as_ref(), &mut c, &name, &b), c)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(server = %server, error = %e, "reading the catalog's backups failed (a bug)");
@@ -92,7 +93,7 @@ pub async fn run(
             let now = unix_now();
             let due = schedule.next_due(last_start, now).max(retry_at.unwrap_or(0));
             let thresholds = *disk_pressure.borrow();
-            let refused = match crate::catalog::store::filesystem_capacity(&catalog) {
+            let refused = match Catalog::open(&catalog).capacity(None) {
                 Ok(cap) => thresholds.check_backup_allowed(cap).err(),
                 Err(_) => None,
             };
