@@ -3,7 +3,7 @@
 //! Every error names the file, the key and what was expected, and maps to exit code 2.
 
 use crate::backup::settings::{BackupSettings, DEFAULT_BACKUP_STREAM_TIMEOUT, DEFAULT_BACKUP_WAL_TIMEOUT};
-use crate::catalog::space::{DiskThresholds, Threshold};
+use crate::catalog::space::{DiskThresholds, Threshold, DEFAULT_CHECK_INTERVAL, DEFAULT_USAGE_INTERVAL};
 use crate::catalog::{Compression, DEFAULT_ZSTD_LEVEL};
 use crate::client::conninfo::{ConnInfo, Host};
 use crate::client::replication::validate_slot_name;
@@ -75,6 +75,8 @@ struct RawMetrics {
 struct RawDiskPressure {
     catalog_free_warning: Option<serde_yaml::Value>,
     catalog_free_critical: Option<serde_yaml::Value>,
+    check_interval: Option<String>,
+    usage_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -258,6 +260,15 @@ impl Config {
                 disk_pressure.catalog_free_critical = yaml_scalar(v)
                     .and_then(|t| Threshold::parse(&t))
                     .map_err(|m| err(format!("disk_pressure.catalog_free_critical: {m}")))?;
+            }
+            disk_pressure.check_interval = parse_duration(d.check_interval.as_deref(), DEFAULT_CHECK_INTERVAL)
+                .map_err(|m| err(format!("disk_pressure.check_interval: {m}")))?;
+            disk_pressure.usage_interval = parse_duration(d.usage_interval.as_deref(), DEFAULT_USAGE_INTERVAL)
+                .map_err(|m| err(format!("disk_pressure.usage_interval: {m}")))?;
+            for (key, v) in [("check_interval", disk_pressure.check_interval), ("usage_interval", disk_pressure.usage_interval)] {
+                if v < Duration::from_millis(100) {
+                    return Err(err(format!("disk_pressure.{key}: must be at least 100ms")));
+                }
             }
             if let (Threshold::Percent(w), Threshold::Percent(c)) =
                 (disk_pressure.catalog_free_warning, disk_pressure.catalog_free_critical)

@@ -56,10 +56,19 @@ impl fmt::Display for Threshold {
 pub const DEFAULT_CATALOG_FREE_WARNING: Threshold = Threshold::Percent(15.0);
 pub const DEFAULT_CATALOG_FREE_CRITICAL: Threshold = Threshold::Percent(5.0);
 
+/// How often the daemon measures the catalog's free space (one statvfs) ...
+pub const DEFAULT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+/// ... and walks each server's share of it (a directory walk, costlier).
+pub const DEFAULT_USAGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DiskThresholds {
     pub catalog_free_warning: Threshold,
     pub catalog_free_critical: Threshold,
+    /// `disk_pressure.check_interval`: how often free space is measured.
+    pub check_interval: std::time::Duration,
+    /// `disk_pressure.usage_interval`: how often each server's usage is walked.
+    pub usage_interval: std::time::Duration,
 }
 
 impl Default for DiskThresholds {
@@ -67,6 +76,8 @@ impl Default for DiskThresholds {
         DiskThresholds {
             catalog_free_warning: DEFAULT_CATALOG_FREE_WARNING,
             catalog_free_critical: DEFAULT_CATALOG_FREE_CRITICAL,
+            check_interval: DEFAULT_CHECK_INTERVAL,
+            usage_interval: DEFAULT_USAGE_INTERVAL,
         }
     }
 }
@@ -159,6 +170,7 @@ mod tests {
         let t = DiskThresholds {
             catalog_free_warning: Threshold::Percent(20.0),
             catalog_free_critical: Threshold::Bytes(100),
+            ..Default::default()
         };
         let cap = |free| Capacity { free, total: 1000 };
         assert_eq!(t.level(cap(500)), Level::Ok);

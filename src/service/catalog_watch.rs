@@ -1,4 +1,4 @@
-//! The daemon's catalog watch: every `INTERVAL`, the free space of the catalog's filesystem
+//! The daemon's catalog watch: every `disk_pressure.check_interval` (15 s), the free space of the catalog's filesystem
 //! against the disk-pressure thresholds (logged once per change of level), each server's share
 //! of the catalog, its WAL ingest rate, and the projected time until the filesystem is full.
 //!
@@ -18,10 +18,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-pub const INTERVAL: Duration = Duration::from_secs(15);
-/// The per-server usage walks every object of the catalog (hundreds of thousands of chunks in a
-/// large one), so it runs every this many rounds; free space (one statvfs) every round.
-const USAGE_EVERY_ROUNDS: u64 = 4;
 /// How far back the ingest rate looks.
 pub const RATE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
@@ -71,7 +67,7 @@ pub async fn run(
     let mut level = Level::Ok;
     let mut failing = false;
     let mut usage_cache: Vec<(String, usage::ServerUsage)> = Vec::new();
-    let mut round: u64 = 0;
+    let mut last_walk: Option<Instant> = None;
     loop {
         fail::fail_point!("catalog-watch");
         let thresholds = *thresholds.borrow();
@@ -85,8 +81,10 @@ pub async fn run(
         windows.retain(|name, _| servers.iter().any(|s| &s.server == name));
         let names: Vec<String> = servers.iter().map(|s| s.server.clone()).collect();
         let same_servers = usage_cache.len() == names.len() && usage_cache.iter().zip(&names).all(|((a, _), b)| a == b);
-        let walk = round % USAGE_EVERY_ROUNDS == 0 || !same_servers;
-        round += 1;
+        let walk = !same_servers || last_walk.is_none_or(|w| now.duration_since(w) >= thresholds.usage_interval);
+        if walk {
+            last_walk = Some(now);
+        }
         let root = layout.root().to_path_buf();
         // Free space (one statvfs) and the usage walk are measured and reported apart: a walk
         // that fails (an unreadable file) must not freeze the pressure level.
@@ -163,7 +161,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(INTERVAL) => {}
+            _ = tokio::time::sleep(thresholds.check_interval) => {}
         }
     }
 }

@@ -1,18 +1,29 @@
 //! The HTTP endpoint on `metrics.listen`: `/metrics` (Prometheus text), `/healthz`, `/status`.
 //!
-//! A deliberately small HTTP/1.1 server: GET only, one request per connection, bounded request
-//! size (`MAX_REQUEST`), time (`REQUEST_TIMEOUT` for the whole exchange) and number of
-//! connections at once (`MAX_CONNECTIONS`; more are closed at once), so a connection flood on a
-//! reachable `metrics.listen` cannot exhaust the file descriptors WAL streaming needs. It never
-//! touches the receivers except through the status board.
+//! HTTP/1.1 from hyper, routing from axum, per-request time and concurrency limits from tower.
+//! GET only, one request per connection, bounded request size (`MAX_REQUEST`), time
+//! (`REQUEST_TIMEOUT` for the whole exchange) and number of connections at once
+//! (`MAX_CONNECTIONS`; more are closed at once), so a connection flood on a reachable
+//! `metrics.listen` cannot exhaust the file descriptors WAL streaming needs. It never touches
+//! the receivers except through the status board.
 
 use crate::service::status::{ConnState, DaemonStatus, StatusBoard};
 use crate::util::time::unix_now;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{BoxError, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::limit::ConcurrencyLimitLayer;
+use tower::timeout::TimeoutLayer;
+use tower::ServiceBuilder;
 
 pub const MAX_REQUEST: usize = 8192;
 /// Connections served at once; Prometheus and `pgark status` need one or two.
@@ -61,7 +72,63 @@ impl HttpState {
     }
 }
 
+/// The routes: `/metrics`, `/status`, `/healthz`; other paths 404, other methods 405. Each
+/// request is bounded in time and in how many run at once (tower's layers).
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    (StatusCode::SERVICE_UNAVAILABLE, "timed out\n")
+                }))
+                .layer(TimeoutLayer::new(REQUEST_TIMEOUT))
+                .layer(ConcurrencyLimitLayer::new(MAX_CONNECTIONS)),
+        )
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::service::metrics::render(&state.metrics),
+    )
+}
+
+async fn status(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(&state.status()).unwrap_or_default(),
+    )
+}
+
+async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    let problems = state.health_problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+    }
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /status\n")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    (StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n")
+}
+
+/// Accepts connections until `cancel`. The number of open sockets is bounded here, at accept
+/// (tower's limit counts requests, not idle sockets): one over `MAX_CONNECTIONS` is closed at
+/// once. Each connection serves one request (no keep-alive), with `MAX_REQUEST` bytes of head at
+/// most and `REQUEST_TIMEOUT` for the whole exchange, slow reads included.
 pub async fn serve(listener: TcpListener, state: HttpState, cancel: CancellationToken) {
+    let app = router(state);
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut refused_logged = false;
     loop {
@@ -86,59 +153,18 @@ pub async fn serve(listener: TcpListener, state: HttpState, cancel: Cancellation
             continue;
         };
         refused_logged = false;
-        let state = state.clone();
+        let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(sock, state)).await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .max_buf_size(MAX_REQUEST)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(sock), service);
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
             drop(permit);
         });
     }
-}
-
-async fn handle(mut sock: TcpStream, state: HttpState) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = sock.read(&mut chunk).await?;
-        if n == 0 || buf.len() + n > MAX_REQUEST {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = String::from_utf8_lossy(buf.split(|&b| b == b'\r').next().unwrap_or_default()).into_owned();
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (code, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", crate::service::metrics::render(&state.metrics)),
-        ("GET", "/status") => (
-            200,
-            "application/json",
-            serde_json::to_string_pretty(&state.status()).unwrap_or_default(),
-        ),
-        ("GET", "/healthz") => {
-            let problems = state.health_problems();
-            if problems.is_empty() {
-                (200, "text/plain", "ok\n".to_string())
-            } else {
-                (503, "text/plain", problems.join("\n") + "\n")
-            }
-        }
-        ("GET", _) => (404, "text/plain", "not found: try /metrics, /healthz or /status\n".to_string()),
-        _ => (405, "text/plain", "only GET is supported\n".to_string()),
-    };
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).await?;
-    sock.write_all(body.as_bytes()).await?;
-    sock.shutdown().await
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(POLL.min(disk_pressure.borrow().check_interval)) => {}
         }
     }
 }
