@@ -265,7 +265,10 @@ impl Config {
                 .map_err(|m| err(format!("disk_pressure.check_interval: {m}")))?;
             disk_pressure.usage_interval = parse_duration(d.usage_interval.as_deref(), DEFAULT_USAGE_INTERVAL)
                 .map_err(|m| err(format!("disk_pressure.usage_interval: {m}")))?;
-            for (key, v) in [("check_interval", disk_pressure.check_interval), ("usage_interval", disk_pressure.usage_interval)] {
+            for (key, v) in [
+                ("check_interval", disk_pressure.check_interval),
+                ("usage_interval", disk_pressure.usage_interval),
+            ] {
                 if v < Duration::from_millis(100) {
                     return Err(err(format!("disk_pressure.{key}: must be at least 100ms")));
                 }

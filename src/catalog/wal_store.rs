@@ -597,6 +597,58 @@ impl WalStore {
     }
 }
 
+/// What the receiver's hot loop needs of a WAL store: contiguous writes, and a flush position
+/// that only `sync` (fdatasync) advances. `WalStore` is the real one; the loop's unit tests use
+/// an in-memory sink.
+pub trait WalSink {
+    fn seg(&self) -> WalSegSize;
+    /// End of what was received.
+    fn write_pos(&self) -> Lsn;
+    /// End of what is durable.
+    fn flush_pos(&self) -> Lsn;
+    /// End of what the kernel has (reported as the write position).
+    fn written_pos(&self) -> Lsn;
+    fn has_unflushed(&self) -> bool;
+    /// Whether new segments are zero-filled first (at the tip) or not (catching up).
+    fn set_zero_fill(&mut self, zero_fill: bool);
+    /// Writes `data` at `start` (= `write_pos`); returns the segments it completed.
+    fn write(&mut self, start: Lsn, data: &[u8]) -> io::Result<Vec<WalFileName>>;
+    /// Prepares for a sync at a pause (see `WalStore::densify`).
+    fn densify(&mut self) -> io::Result<()>;
+    /// Makes everything written durable; how long it took, if there was anything.
+    fn sync(&mut self) -> io::Result<Option<Duration>>;
+}
+
+impl WalSink for WalStore {
+    fn seg(&self) -> WalSegSize {
+        WalStore::seg(self)
+    }
+    fn write_pos(&self) -> Lsn {
+        WalStore::write_pos(self)
+    }
+    fn flush_pos(&self) -> Lsn {
+        WalStore::flush_pos(self)
+    }
+    fn written_pos(&self) -> Lsn {
+        WalStore::written_pos(self)
+    }
+    fn has_unflushed(&self) -> bool {
+        WalStore::has_unflushed(self)
+    }
+    fn set_zero_fill(&mut self, zero_fill: bool) {
+        WalStore::set_zero_fill(self, zero_fill)
+    }
+    fn write(&mut self, start: Lsn, data: &[u8]) -> io::Result<Vec<WalFileName>> {
+        WalStore::write(self, start, data)
+    }
+    fn densify(&mut self) -> io::Result<()> {
+        WalStore::densify(self)
+    }
+    fn sync(&mut self) -> io::Result<Option<Duration>> {
+        WalStore::sync(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

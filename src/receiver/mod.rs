@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod observer;
 pub mod settings;
 pub mod stream;
+pub mod timeline;
 
 use crate::catalog::archiver::{ArchiveObserver, Archiver, ArchiverHandle};
 use crate::catalog::space::SharedLevel;
@@ -359,11 +360,8 @@ async fn session(
     }
 }
 
-/// The catalog is on an older timeline than the server. Streaming the old timeline from `start`
-/// works while `start` lies before the point where the server's history left it; if the catalog
-/// already holds WAL past that point (it followed a primary that was then abandoned by a failover
-/// to a standby that was behind), continue on the next timeline from the switchpoint instead, as
-/// PostgreSQL's walreceiver does. The abandoned WAL stays in the catalog under its own timeline.
+/// The catalog is on an older timeline than the server: fetch the server's history and decide
+/// where to continue (see `timeline::continue_from`).
 async fn branch_point(
     conn: &mut Connection,
     tli: TimelineId,
@@ -373,22 +371,13 @@ async fn branch_point(
 ) -> Result<(TimelineId, Lsn), ReceiverError> {
     let (name, content) = conn.timeline_history(server_tli).await.map_err(ReceiverError::Client)?;
     let history = TimelineHistory::parse(&content).map_err(|e| ProtocolError::new(format!("history file {name}: {e}")))?;
-    let Some(idx) = history.entries.iter().position(|e| e.parent == tli) else {
-        return Err(ProtocolError::new(format!(
-            "the catalog is on timeline {tli}, which is not in the history of the server's timeline {server_tli}: \
-             this server did not descend from the one the catalog followed"
-        ))
-        .into());
-    };
-    let switchpoint = history.entries[idx].switchpoint;
-    if start <= switchpoint {
-        return Ok((tli, start));
+    let (next, from) = timeline::continue_from(&history, tli, start, server_tli, seg)?;
+    if next != tli {
+        tracing::warn!(catalog_timeline = %tli, catalog_position = %start, switchpoint = %from, next_timeline = %next,
+            "the catalog holds WAL of timeline {tli} beyond the point where the server's history left it (a branch abandoned \
+             by a failover); continuing on timeline {next} from the switchpoint; the abandoned WAL stays in the catalog under timeline {tli}");
     }
-    let next = history.entries.get(idx + 1).map(|e| e.parent).unwrap_or(server_tli);
-    tracing::warn!(catalog_timeline = %tli, catalog_position = %start, %switchpoint, next_timeline = %next,
-        "the catalog holds WAL of timeline {tli} beyond the point where the server's history left it (a branch abandoned \
-         by a failover); continuing on timeline {next} from the switchpoint; the abandoned WAL stays in the catalog under timeline {tli}");
-    Ok((next, seg.align_down(switchpoint)))
+    Ok((next, from))
 }
 
 /// Opens the spool on first contact (the segment size comes from the server) and starts the

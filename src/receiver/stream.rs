@@ -25,9 +25,9 @@
 
 use super::observer::{Positions, ReceiverObserver};
 use super::ReceiverError;
-use crate::catalog::wal_store::WalStore;
+use crate::catalog::wal_store::{WalSink, WalStore};
 use crate::client::replication::TimelineEnd;
-use crate::client::Connection;
+use crate::client::{ClientError, Connection};
 use crate::pg::{Lsn, WalSegSize};
 use crate::protocol::backend::BackendMessage;
 use crate::protocol::replication::{self, ReplicationMessage};
@@ -36,6 +36,38 @@ use crate::util::time::unix_now;
 use bytes::BytesMut;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// The blocking side of the replication connection, as the hot loop uses it. `Connection` is
+/// the real one; the unit tests below script the server's messages.
+pub trait ReplicationLink {
+    /// A complete message already in the read buffer, if any.
+    fn next_buffered(&mut self) -> Result<Option<BackendMessage>, ClientError>;
+    /// Reads what the kernel has without waiting; `false` when there was nothing.
+    fn fill_now(&mut self) -> Result<bool, ClientError>;
+    /// Sleeps until readable (`true`) or `timeout` passes (`false`).
+    fn wait_readable(&mut self, timeout: Duration) -> Result<bool, ClientError>;
+    /// Sends a status update; `last` (stopping) bounds it briefly and ignores cancellation.
+    fn send(&mut self, bytes: &[u8], last: bool) -> Result<(), ClientError>;
+}
+
+impl ReplicationLink for Connection {
+    fn next_buffered(&mut self) -> Result<Option<BackendMessage>, ClientError> {
+        Connection::next_buffered(self)
+    }
+    fn fill_now(&mut self) -> Result<bool, ClientError> {
+        Connection::fill_now(self)
+    }
+    fn wait_readable(&mut self, timeout: Duration) -> Result<bool, ClientError> {
+        Connection::wait_readable(self, timeout)
+    }
+    fn send(&mut self, bytes: &[u8], last: bool) -> Result<(), ClientError> {
+        if last {
+            self.send_raw_blocking_final(bytes)
+        } else {
+            self.send_raw_blocking(bytes)
+        }
+    }
+}
 
 /// Lag beyond which a pause does not trigger an fsync (see the module comment).
 pub const CATCHUP_DEFER_BYTES: u64 = 4 * 1024 * 1024;
@@ -59,9 +91,9 @@ pub enum StreamEnd {
     Cancelled,
 }
 
-struct Loop<'a> {
-    conn: &'a mut Connection,
-    store: &'a mut WalStore,
+struct Loop<'a, L: ReplicationLink, S: WalSink> {
+    conn: &'a mut L,
+    store: &'a mut S,
     opts: &'a StreamOptions<'a>,
     observer: &'a dyn ReceiverObserver,
     seg: WalSegSize,
@@ -86,7 +118,7 @@ struct Loop<'a> {
 /// long catch-up is lost, never correctness).
 const MAX_MARKS: usize = 256;
 
-impl Loop<'_> {
+impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
     /// Whether the server has so much more WAL than we wrote that fsyncing on every pause would
     /// cost more throughput than the few milliseconds of acknowledgement it could save.
     fn catching_up(&self) -> bool {
@@ -145,11 +177,7 @@ impl Loop<'_> {
         // pgark's buffer (audit finding 12); flush is what fdatasync covered.
         let written = self.store.written_pos();
         replication::status_update_frame(written, flush, replication::pg_now(), reply_requested, &mut self.out);
-        if self.stopping {
-            self.conn.send_raw_blocking_final(&self.out).map_err(ReceiverError::Client)?;
-        } else {
-            self.conn.send_raw_blocking(&self.out).map_err(ReceiverError::Client)?;
-        }
+        self.conn.send(&self.out, self.stopping).map_err(ReceiverError::Client)?;
         if flush > self.last_reported.1 {
             if let Some(t) = self.unacked_since.take() {
                 self.observer.acked(t.elapsed());
@@ -209,23 +237,14 @@ impl Loop<'_> {
     }
 }
 
-/// How the blocking loop ended.
-enum LoopEnd {
-    CopyDone,
-    ServerShutdown,
-    Cancelled,
-}
-
-/// Streams until the timeline ends, the server shuts down, cancellation, or an error. The
-/// streaming itself blocks this (the receiver's own) thread; only the end of a timeline, which
-/// reads ordinary query results, goes back to the async connection.
-pub async fn stream(
-    conn: &mut Connection,
-    store: &mut WalStore,
+/// Runs the blocking loop over any link and sink.
+fn run_loop<L: ReplicationLink, S: WalSink>(
+    conn: &mut L,
+    store: &mut S,
     opts: &StreamOptions<'_>,
     observer: &dyn ReceiverObserver,
     cancel: &CancellationToken,
-) -> Result<StreamEnd, ReceiverError> {
+) -> Result<LoopEnd, ReceiverError> {
     let seg = store.seg();
     let start = (store.write_pos(), store.flush_pos());
     let mut lp = Loop {
@@ -243,14 +262,35 @@ pub async fn stream(
         last_message_at: None,
         stopping: false,
     };
-    lp.conn.set_phase("streaming");
-    match lp.run(cancel)? {
+    lp.run(cancel)
+}
+
+/// How the blocking loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum LoopEnd {
+    CopyDone,
+    ServerShutdown,
+    Cancelled,
+}
+
+/// Streams until the timeline ends, the server shuts down, cancellation, or an error. The
+/// streaming itself blocks this (the receiver's own) thread; only the end of a timeline, which
+/// reads ordinary query results, goes back to the async connection.
+pub async fn stream(
+    conn: &mut Connection,
+    store: &mut WalStore,
+    opts: &StreamOptions<'_>,
+    observer: &dyn ReceiverObserver,
+    cancel: &CancellationToken,
+) -> Result<StreamEnd, ReceiverError> {
+    conn.set_phase("streaming");
+    match run_loop(conn, store, opts, observer, cancel)? {
         LoopEnd::CopyDone => {
             // End of a historic timeline: durable and answered already; read the next timeline
             // (bounded by the connection's I/O timeout, named "end-of-timeline exchange").
-            lp.conn.set_phase("end-of-timeline exchange");
-            lp.conn.send_copy_done().await.map_err(ReceiverError::Client)?;
-            let end = lp.conn.finish_timeline().await.map_err(ReceiverError::Client)?;
+            conn.set_phase("end-of-timeline exchange");
+            conn.send_copy_done().await.map_err(ReceiverError::Client)?;
+            let end = conn.finish_timeline().await.map_err(ReceiverError::Client)?;
             Ok(StreamEnd::TimelineEnded(end))
         }
         LoopEnd::ServerShutdown => Ok(StreamEnd::ServerShutdown),
@@ -259,7 +299,7 @@ pub async fn stream(
     }
 }
 
-impl Loop<'_> {
+impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
     /// Cancellation: fsync what was received and send a last status update (where the
     /// connection still works; a stalled network costs at most a moment, never the shutdown).
     fn stop(&mut self) -> Result<LoopEnd, ReceiverError> {
@@ -364,7 +404,7 @@ impl Loop<'_> {
                     let _ = self.report(false);
                     return Ok(LoopEnd::ServerShutdown);
                 }
-                BackendMessage::Error(e) => return Err(ReceiverError::Client(crate::client::ClientError::Server(e))),
+                BackendMessage::Error(e) => return Err(ReceiverError::Client(ClientError::Server(e))),
                 BackendMessage::Notice(n) => tracing::info!(notice = %n, "server notice"),
                 BackendMessage::ParameterStatus { .. } => {}
                 other => return Err(ProtocolError::new(format!("unexpected {other:?} while streaming")).into()),
@@ -380,5 +420,320 @@ impl Loop<'_> {
                 next_status = last_recv + interval;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hot loop against a scripted server and an in-memory WAL sink: group fsync, the
+    //! flush position never ahead of fsync, catch-up deferral, keepalive replies, the end of a
+    //! timeline, gaps, and the silence limit.
+
+    use super::*;
+    use crate::pg::{SegNo, TimelineId, WalFileName};
+    use crate::receiver::NoObserver;
+    use bytes::{Buf, BufMut, Bytes};
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const SEG: u64 = 1 << 20;
+
+    /// What the script does next.
+    enum Step {
+        Msg(BackendMessage),
+        /// The socket runs dry once (inbound data pauses).
+        Pause,
+    }
+
+    /// One status update as the server would read it.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Frame {
+        write: u64,
+        flush: u64,
+        reply_requested: bool,
+        last: bool,
+    }
+
+    struct ScriptedServer {
+        steps: VecDeque<Step>,
+        sent: Vec<Frame>,
+        /// The sink's durable position, to check every report against.
+        durable: Arc<AtomicU64>,
+        /// Cancel the loop once the script is played (else let time pass: the silence tests).
+        cancel_when_done: Option<CancellationToken>,
+    }
+
+    impl ScriptedServer {
+        fn new(steps: Vec<Step>, durable: Arc<AtomicU64>, cancel: Option<CancellationToken>) -> Self {
+            ScriptedServer {
+                steps: steps.into(),
+                sent: Vec::new(),
+                durable,
+                cancel_when_done: cancel,
+            }
+        }
+    }
+
+    impl ReplicationLink for ScriptedServer {
+        fn next_buffered(&mut self) -> Result<Option<BackendMessage>, ClientError> {
+            match self.steps.pop_front() {
+                Some(Step::Msg(m)) => Ok(Some(m)),
+                Some(Step::Pause) | None => Ok(None),
+            }
+        }
+        fn fill_now(&mut self) -> Result<bool, ClientError> {
+            Ok(false)
+        }
+        fn wait_readable(&mut self, timeout: Duration) -> Result<bool, ClientError> {
+            if !self.steps.is_empty() {
+                return Ok(true);
+            }
+            match &self.cancel_when_done {
+                Some(c) => c.cancel(),
+                None => std::thread::sleep(timeout),
+            }
+            Ok(false)
+        }
+        fn send(&mut self, bytes: &[u8], last: bool) -> Result<(), ClientError> {
+            let mut b = bytes;
+            assert_eq!((b.get_u8(), b.get_u32(), b.get_u8()), (b'd', 38, b'r'));
+            let (write, flush, _apply, _time) = (b.get_u64(), b.get_u64(), b.get_u64(), b.get_i64());
+            let frame = Frame {
+                write,
+                flush,
+                reply_requested: b.get_u8() == 1,
+                last,
+            };
+            let durable = self.durable.load(Ordering::SeqCst);
+            assert!(flush <= durable, "reported flush {flush:#x} is ahead of fsync ({durable:#x})");
+            assert!(write >= flush, "write {write:#x} behind flush {flush:#x}");
+            self.sent.push(frame);
+            Ok(())
+        }
+    }
+
+    /// WAL kept in memory; `sync` is the only thing that moves the flush position.
+    struct MemorySink {
+        start: u64,
+        data: Vec<u8>,
+        flushed: u64,
+        durable: Arc<AtomicU64>,
+        syncs: usize,
+    }
+
+    impl MemorySink {
+        fn at(start: u64) -> Self {
+            MemorySink {
+                start,
+                data: Vec::new(),
+                flushed: start,
+                durable: Arc::new(AtomicU64::new(start)),
+                syncs: 0,
+            }
+        }
+        fn end(&self) -> u64 {
+            self.start + self.data.len() as u64
+        }
+    }
+
+    impl WalSink for MemorySink {
+        fn seg(&self) -> WalSegSize {
+            WalSegSize::new(SEG).unwrap()
+        }
+        fn write_pos(&self) -> Lsn {
+            Lsn(self.end())
+        }
+        fn flush_pos(&self) -> Lsn {
+            Lsn(self.flushed)
+        }
+        fn written_pos(&self) -> Lsn {
+            Lsn(self.end())
+        }
+        fn has_unflushed(&self) -> bool {
+            self.end() > self.flushed
+        }
+        fn set_zero_fill(&mut self, _: bool) {}
+        fn write(&mut self, start: Lsn, data: &[u8]) -> std::io::Result<Vec<WalFileName>> {
+            assert_eq!(start.0, self.end(), "the loop checks contiguity before writing");
+            let before = self.end();
+            self.data.extend_from_slice(data);
+            Ok((before / SEG..self.end() / SEG)
+                .map(|s| WalFileName::new(TimelineId(1), SegNo(s)))
+                .collect())
+        }
+        fn densify(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn sync(&mut self) -> std::io::Result<Option<Duration>> {
+            if !self.has_unflushed() {
+                return Ok(None);
+            }
+            self.syncs += 1;
+            self.flushed = self.end();
+            self.durable.store(self.flushed, Ordering::SeqCst);
+            Ok(Some(Duration::from_micros(1)))
+        }
+    }
+
+    fn xlog(start: u64, len: usize, server_end: u64) -> Step {
+        let mut p = bytes::BytesMut::new();
+        p.put_u8(b'w');
+        p.put_u64(start);
+        p.put_u64(server_end);
+        p.put_i64(0);
+        p.extend_from_slice(&vec![0x5a; len]);
+        Step::Msg(BackendMessage::CopyData(p.freeze()))
+    }
+
+    fn keepalive(server_end: u64, reply: bool) -> Step {
+        let mut p = bytes::BytesMut::new();
+        p.put_u8(b'k');
+        p.put_u64(server_end);
+        p.put_i64(0);
+        p.put_u8(reply as u8);
+        Step::Msg(BackendMessage::CopyData(Bytes::from(p)))
+    }
+
+    fn options(synchronous: bool) -> StreamOptions<'static> {
+        StreamOptions {
+            server: "main",
+            synchronous,
+            status_interval: Duration::from_secs(3600),
+            receiver_timeout: Duration::from_secs(3600),
+        }
+    }
+
+    /// Plays `steps` to the end (then cancels) and returns the result, the frames and the sink.
+    fn play(steps: Vec<Step>, synchronous: bool) -> (Result<LoopEnd, ReceiverError>, Vec<Frame>, MemorySink) {
+        let mut sink = MemorySink::at(0x100_0000);
+        let cancel = CancellationToken::new();
+        let mut server = ScriptedServer::new(steps, sink.durable.clone(), Some(cancel.clone()));
+        let r = run_loop(&mut server, &mut sink, &options(synchronous), &NoObserver, &cancel);
+        (r, server.sent, sink)
+    }
+
+    const S: u64 = 0x100_0000;
+
+    #[test]
+    fn a_pause_fsyncs_the_group_once_then_reports_it_flushed() {
+        let (r, sent, sink) = play(vec![xlog(S, 100, S + 200), xlog(S + 100, 100, S + 200), Step::Pause], true);
+        assert_eq!(r.unwrap(), LoopEnd::Cancelled);
+        // The first report names the start (a synchronous standby must be known at once).
+        assert_eq!(sent[0].flush, S);
+        // One fsync for both messages, then the flush reported at once, before the stop's.
+        assert_eq!(sink.syncs, 1);
+        let acked = sent.iter().find(|f| f.flush == S + 200).expect("the flush was reported");
+        assert!(!acked.last, "reported at the pause, not only when stopping: {sent:?}");
+    }
+
+    #[test]
+    fn asynchronous_mode_does_not_fsync_at_a_pause() {
+        let (r, sent, sink) = play(vec![xlog(S, 100, S + 100), Step::Pause], false);
+        assert_eq!(r.unwrap(), LoopEnd::Cancelled);
+        assert!(sent.iter().filter(|f| !f.last).all(|f| f.flush == S), "{sent:?}");
+        // Stopping makes it durable and says so.
+        assert_eq!(sink.syncs, 1);
+        assert_eq!(sent.last().map(|f| (f.flush, f.last)), Some((S + 100, true)));
+    }
+
+    #[test]
+    fn catching_up_defers_the_pause_fsync_until_near_the_tip() {
+        let far = S + 100 + CATCHUP_DEFER_BYTES + 1;
+        let (_, sent, _) = play(vec![xlog(S, 100, far), Step::Pause], true);
+        assert!(
+            sent.iter().filter(|f| !f.last).all(|f| f.flush == S),
+            "no fsync while far behind: {sent:?}"
+        );
+        // Near the tip, the same pause fsyncs and reports.
+        let (_, sent, _) = play(vec![xlog(S, 100, S + 100 + CATCHUP_DEFER_BYTES), Step::Pause], true);
+        assert!(sent.iter().any(|f| f.flush == S + 100 && !f.last), "{sent:?}");
+    }
+
+    #[test]
+    fn a_keepalive_asking_for_a_reply_is_answered_after_fsync_in_synchronous_mode() {
+        let (_, sent, _) = play(vec![xlog(S, 100, S + 100), keepalive(S + 100, true)], true);
+        assert!(sent.iter().any(|f| f.flush == S + 100 && !f.last), "{sent:?}");
+        // Asynchronous: answered at once, with what is durable (nothing new).
+        let (_, sent, _) = play(vec![xlog(S, 100, S + 100), keepalive(S + 100, true)], false);
+        assert_eq!(sent.iter().filter(|f| !f.last).count(), 2, "the start and the reply: {sent:?}");
+        assert!(sent.iter().filter(|f| !f.last).all(|f| f.flush == S), "{sent:?}");
+    }
+
+    #[test]
+    fn the_end_of_a_timeline_is_made_durable_and_answered() {
+        let (r, sent, sink) = play(vec![xlog(S, 100, S + 100), Step::Msg(BackendMessage::CopyDone)], false);
+        assert_eq!(r.unwrap(), LoopEnd::CopyDone);
+        assert_eq!(sink.syncs, 1);
+        assert_eq!(sent.last().map(|f| f.flush), Some(S + 100));
+    }
+
+    #[test]
+    fn a_server_shutdown_is_told_apart_from_an_error() {
+        let (r, _, sink) = play(
+            vec![xlog(S, 100, S + 100), Step::Msg(BackendMessage::CommandComplete("COPY 0".into()))],
+            false,
+        );
+        assert_eq!(r.unwrap(), LoopEnd::ServerShutdown);
+        assert_eq!(sink.syncs, 1, "what was received is made durable");
+    }
+
+    #[test]
+    fn a_gap_or_an_overlap_ends_the_session_naming_both_positions() {
+        let (r, _, sink) = play(vec![xlog(S, 100, S + 300), xlog(S + 150, 100, S + 300)], true);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("a gap of 50 bytes") && e.contains("0/1000096"), "{e}");
+        assert_eq!(sink.data.len(), 100, "nothing after the gap was written");
+        let (r, _, _) = play(vec![xlog(S, 100, S + 300), xlog(S + 50, 100, S + 300)], true);
+        assert!(r.unwrap_err().to_string().contains("an overlap of 50 bytes"));
+    }
+
+    #[test]
+    fn a_completed_segment_is_reported() {
+        struct Segments(std::sync::Mutex<Vec<String>>);
+        impl ReceiverObserver for Segments {
+            fn started(&self, _: bool) {}
+            fn state(&self, _: crate::receiver::ConnState) {}
+            fn streaming(&self) {}
+            fn session_ended(&self, _: crate::receiver::DisconnectReason, _: &str) {}
+            fn retrying(&self) {}
+            fn timeline(&self, _: TimelineId, _: Lsn) {}
+            fn positions(&self, _: &Positions) {}
+            fn keepalive(&self, _: Lsn) {}
+            fn wal_received(&self, _: u64) {}
+            fn fsync(&self, _: Duration) {}
+            fn acked(&self, _: Duration) {}
+            fn segment_completed(&self, file: &str) {
+                self.0.lock().unwrap().push(file.to_string());
+            }
+            fn segment_archived(&self, _: u64, _: u64) {}
+            fn durable_until(&self, _: u64) {}
+            fn task_failed(&self, _: &'static str, _: &str) {}
+        }
+        let seen = Segments(Default::default());
+        let mut sink = MemorySink::at(S);
+        let cancel = CancellationToken::new();
+        let steps = vec![xlog(S, SEG as usize - 10, S + SEG + 10), xlog(S + SEG - 10, 20, S + SEG + 10)];
+        let mut server = ScriptedServer::new(steps, sink.durable.clone(), Some(cancel.clone()));
+        run_loop(&mut server, &mut sink, &options(true), &seen, &cancel).unwrap();
+        assert_eq!(*seen.0.lock().unwrap(), ["000000010000000000000010"]);
+    }
+
+    #[test]
+    fn silence_pings_at_half_the_timeout_then_ends_the_session() {
+        let mut sink = MemorySink::at(S);
+        let cancel = CancellationToken::new();
+        let mut server = ScriptedServer::new(vec![], sink.durable.clone(), None);
+        let opts = StreamOptions {
+            receiver_timeout: Duration::from_millis(300),
+            ..options(true)
+        };
+        let r = run_loop(&mut server, &mut sink, &opts, &NoObserver, &cancel);
+        assert!(matches!(r, Err(ReceiverError::Timeout(_))), "{:?}", r.err());
+        assert!(
+            server.sent.iter().any(|f| f.reply_requested),
+            "a ping asked for a reply: {:?}",
+            server.sent
+        );
     }
 }
