@@ -2,9 +2,11 @@
 //! receiver for its flush position. The daemon answers from its status board, `pgark backup`
 //! asks a running daemon over HTTP; the backup knows neither.
 
+use super::{BackupError, BackupJob};
 use crate::pg::{Lsn, TimelineId};
 use std::future::Future;
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 /// Where the receiver of one server stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,4 +22,38 @@ pub struct ReceiverPosition {
 /// daemon on another catalog).
 pub trait WalProgressSource: Send + Sync {
     fn receiver<'a>(&'a self, server: &'a str) -> Pin<Box<dyn Future<Output = Option<ReceiverPosition>> + Send + 'a>>;
+}
+
+/// Waits until the receiver has flushed WAL up to `end_lsn` on `end_tli` or later, at most
+/// `backup_wal_timeout`.
+pub async fn wait_for_wal(job: &BackupJob, server: &str, end_lsn: Lsn, end_tli: TimelineId) -> Result<(), BackupError> {
+    let started = Instant::now();
+    let mut last = String::from("nothing");
+    loop {
+        if let Some(ReceiverPosition {
+            timeline: tli,
+            flushed: Some(flushed),
+            ..
+        }) = job.wal_progress.receiver(server).await
+        {
+            last = format!("{flushed} on timeline {}", tli.map(|t| t.to_string()).unwrap_or_default());
+            if flushed >= end_lsn && tli.is_some_and(|t| t >= end_tli) {
+                tracing::info!(server, end_lsn = %end_lsn, flushed = %flushed, "the backup's WAL is durable in the catalog");
+                return Ok(());
+            }
+        }
+        if started.elapsed() >= job.settings.wal_timeout {
+            return Err(BackupError::WalTimeout {
+                server: server.to_string(),
+                end_lsn,
+                timeline: end_tli,
+                waited: job.settings.wal_timeout,
+                flushed: last,
+            });
+        }
+        tokio::select! {
+            _ = job.cancel.cancelled() => return Err(BackupError::Cancelled),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
 }

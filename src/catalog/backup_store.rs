@@ -140,15 +140,18 @@ impl BackupIndex {
         let Ok(seg) = WalSegSize::new(self.wal_segment_size) else {
             return vec![];
         };
-        let (first, last) = segment_range(seg, self.start_lsn, self.end_lsn);
-        (first..=last)
-            .map(|n| {
-                // Segments at and after the end segment are on the end timeline.
-                let tli = if n == last { self.end_timeline } else { self.start_timeline };
-                WalFileName::new(tli, crate::pg::SegNo(n))
-            })
-            .collect()
+        required_wal(seg, (self.start_lsn, self.start_timeline), (self.end_lsn, self.end_timeline))
     }
+}
+
+/// The segments from the start's segment to the one holding the byte before the end (an end
+/// exactly on a segment boundary needs nothing of the next segment; PostgreSQL's
+/// `XLByteToPrevSeg`). The end segment is on the end timeline, the others on the start's.
+pub fn required_wal(seg: WalSegSize, start: (Lsn, TimelineId), end: (Lsn, TimelineId)) -> Vec<WalFileName> {
+    let (first, last) = segment_range(seg, start.0, end.0);
+    (first..=last)
+        .map(|n| WalFileName::new(if n == last { end.1 } else { start.1 }, crate::pg::SegNo(n)))
+        .collect()
 }
 
 /// First and last segment numbers of the WAL from `start` up to (not including) `end`.
