@@ -7,6 +7,7 @@
 //! renamed into place only after everything else is synced (`finish`). PostgreSQL refuses to
 //! start without `pg_control`, so an interrupted restore can never be started by accident.
 
+use super::pool;
 use crate::catalog::backup_store::FileKind;
 use crate::catalog::backup_store::{self, BackupIndex, ChunkRef, StoredFile};
 use crate::catalog::restore_record::{RecordedChunk, RestoreRecord};
@@ -359,37 +360,22 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 /// fsyncs every file written (on `jobs` threads) and every directory: only what the restore
 /// wrote, unlike syncfs, which would also flush whatever else is dirty on that filesystem.
 fn sync_written(paths: &[PathBuf], dirs: &BTreeSet<PathBuf>, jobs: usize) -> Result<(), ExtractError> {
-    let next = Mutex::new(0usize);
-    let first_error: Mutex<Option<ExtractError>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
-            scope.spawn(|| loop {
-                let i = match next.lock() {
-                    Ok(mut n) => {
-                        *n += 1;
-                        *n - 1
-                    }
-                    Err(_) => return,
-                };
-                let Some(p) = paths.get(i) else { return };
-                // A file the recovery settings removed since (a standby.signal from the backup)
-                // needs no sync.
-                match std::fs::File::open(p).and_then(|f| f.sync_all()) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        if let Ok(mut slot) = first_error.lock() {
-                            slot.get_or_insert(io_err(p)(e));
-                        }
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
+    pool::run(
+        paths,
+        jobs,
+        || Ok(()),
+        |_, p| {
+            // A file the recovery settings removed since (a standby.signal from the backup)
+            // needs no sync.
+            match std::fs::File::open(p).and_then(|f| f.sync_all()) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err(p)(e)),
+            }
+        },
+        || None,
+        || {},
+    )?;
     for d in dirs {
         durable::fsync_dir(d).map_err(io_err(d))?;
     }
@@ -437,6 +423,23 @@ pub fn extract(
     opts: &ExtractOptions,
     progress: &mut dyn Progress,
 ) -> Result<ExtractStats, ExtractError> {
+    prepare_target(opts)?;
+    let wanted = make_layout(idx, opts)?;
+    let states = file_states(idx, opts)?;
+    let bytes = restore_chunks(store.as_ref(), idx, opts, &states, progress)?;
+    progress.update(idx.original_bytes, bytes);
+    let mut stats = check_files(idx, opts, &states)?;
+    stats.bytes_written = bytes;
+    if opts.delta {
+        stats.files_removed = remove_extras(opts, &wanted)?;
+    }
+    progress.end();
+    Ok(stats)
+}
+
+/// Makes the target unstartable until `finish`: the marker in, `pg_control` out; creates the
+/// tablespace locations.
+fn prepare_target(opts: &ExtractOptions) -> Result<(), ExtractError> {
     let target = &opts.target_dir;
     std::fs::create_dir_all(target).map_err(io_err(target))?;
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700)).map_err(io_err(target))?;
@@ -455,8 +458,12 @@ pub fn extract(
         std::fs::create_dir_all(loc).map_err(io_err(loc))?;
         std::fs::set_permissions(loc, std::fs::Permissions::from_mode(0o700)).map_err(io_err(loc))?;
     }
+    Ok(())
+}
 
-    // Directories and tablespace links first.
+/// Directories and tablespace links; returns every path the backup puts a file or link at
+/// (what a delta keeps).
+fn make_layout(idx: &BackupIndex, opts: &ExtractOptions) -> Result<BTreeSet<PathBuf>, ExtractError> {
     let mut wanted: BTreeSet<PathBuf> = BTreeSet::new();
     for f in &idx.files {
         let dest = destination(opts, &f.path)?;
@@ -491,24 +498,26 @@ pub fn extract(
             }
         }
     }
+    Ok(wanted)
+}
 
-    // Files: created (or resized) here, then their chunks restored on `jobs` threads, biggest
-    // files first.
-    let mut states: Vec<FileState<'_>> = Vec::new();
+/// Every regular file of the backup, created (or resized) here when it has several chunks, so
+/// that its chunks can be written at offsets in parallel; whether the last restore's record
+/// vouches for it is decided before anything touches it (a truncate or chmod would change its
+/// identity).
+fn file_states<'a>(idx: &'a BackupIndex, opts: &ExtractOptions) -> Result<Vec<FileState<'a>>, ExtractError> {
+    let mut states = Vec::new();
     for f in idx.files.iter().filter(|f| f.kind == FileKind::File) {
         let dest = if f.path == PG_CONTROL {
-            target.join(PG_CONTROL_TMP)
+            opts.target_dir.join(PG_CONTROL_TMP)
         } else {
             destination(opts, &f.path)?
         };
-        // Trust is decided before anything touches the file (a truncate or chmod would change
-        // its identity).
         let trusted = match (&opts.previous, opts.delta) {
             (Some(r), true) => r.unchanged(&dest).map(<[RecordedChunk]>::to_vec),
             _ => None,
         };
-        // Single-chunk files are created by their task; the others here, so that their chunks
-        // can be written at offsets in parallel.
+        // Single-chunk files are created by their task.
         let existed = if f.chunks.len() == 1 {
             opts.delta && std::fs::symlink_metadata(&dest).map(|m| m.is_file()).unwrap_or(false)
         } else {
@@ -524,6 +533,17 @@ pub fn extract(
             synced: AtomicBool::new(false),
         });
     }
+    Ok(states)
+}
+
+/// Restores every chunk on `jobs` threads, biggest files first; returns the bytes written.
+fn restore_chunks(
+    store: &dyn ObjectStore,
+    idx: &BackupIndex,
+    opts: &ExtractOptions,
+    states: &[FileState<'_>],
+    progress: &mut dyn Progress,
+) -> Result<u64, ExtractError> {
     let mut order: Vec<usize> = (0..states.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(states[i].f.size));
     let mut tasks = Vec::new();
@@ -534,95 +554,45 @@ pub fn extract(
             offset += c.size;
         }
     }
-    let next = Mutex::new(0usize);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<ExtractError>> = Mutex::new(None);
     let bytes = AtomicU64::new(0);
     let done_bytes = AtomicU64::new(0);
-    let finished = AtomicU64::new(0);
-    let jobs = opts.jobs.max(1);
     let direct = DirectSupport::default();
     progress.begin(Some(idx.original_bytes));
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| {
-                let mut worker = match Worker::new() {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
-                        if let Ok(mut slot) = first_error.lock() {
-                            slot.get_or_insert(e);
-                        }
-                        None
-                    }
-                };
-                while let Some(w) = worker.as_mut() {
-                    if failed.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if opts.interrupted.load(Ordering::Relaxed) {
-                        failed.store(true, Ordering::Relaxed);
-                        if let Ok(mut slot) = first_error.lock() {
-                            slot.get_or_insert(ExtractError::Interrupted);
-                        }
-                        break;
-                    }
-                    let i = match next.lock() {
-                        Ok(mut n) => {
-                            *n += 1;
-                            *n - 1
-                        }
-                        Err(_) => break,
-                    };
-                    let Some(t) = tasks.get(i) else { break };
-                    let st = &states[t.file];
-                    match restore_chunk(store.as_ref(), &idx.server, st, t, opts.delta, w, &direct) {
-                        Ok(n) => {
-                            bytes.fetch_add(n, Ordering::Relaxed);
-                            done_bytes.fetch_add(st.f.chunks[t.chunk].size, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            if let Ok(mut slot) = first_error.lock() {
-                                slot.get_or_insert(e);
-                            }
-                            break;
-                        }
-                    }
-                }
-                finished.fetch_add(1, Ordering::Relaxed);
-            });
-        }
-        // This thread reports progress while the workers run.
-        while finished.load(Ordering::Relaxed) < jobs as u64 {
-            progress.update(done_bytes.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
-    progress.update(idx.original_bytes, bytes.load(Ordering::Relaxed));
+    pool::run(
+        &tasks,
+        opts.jobs,
+        Worker::new,
+        |w, t| {
+            let st = &states[t.file];
+            let n = restore_chunk(store, &idx.server, st, t, opts.delta, w, &direct)?;
+            bytes.fetch_add(n, Ordering::Relaxed);
+            done_bytes.fetch_add(st.f.chunks[t.chunk].size, Ordering::Relaxed);
+            Ok(())
+        },
+        || opts.interrupted.load(Ordering::Relaxed).then_some(ExtractError::Interrupted),
+        || progress.update(done_bytes.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed)),
+    )?;
+    Ok(bytes.into_inner())
+}
 
-    // Every file against the CRC-32C recorded at backup time.
-    let (mut written, mut unchanged) = (0u64, 0u64);
-    let mut to_sync = Vec::new();
-    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    dirs.insert(target.clone());
+/// Every file against the CRC-32C recorded at backup time; collects what `finish` must make
+/// durable and what the next restore record holds.
+fn check_files(idx: &BackupIndex, opts: &ExtractOptions, states: &[FileState<'_>]) -> Result<ExtractStats, ExtractError> {
+    let target = &opts.target_dir;
+    let mut stats = ExtractStats::default();
+    stats.dirs.insert(target.clone());
     for f in idx.files.iter().filter(|f| f.kind != FileKind::File) {
         let d = destination(opts, &f.path)?;
-        dirs.insert(if f.kind == FileKind::Symlink {
+        stats.dirs.insert(if f.kind == FileKind::Symlink {
             d.parent().map(Path::to_path_buf).unwrap_or_default()
         } else {
             d
         });
     }
-    dirs.extend(opts.tablespaces.values().cloned());
-    let mut restored = Vec::with_capacity(states.len());
-    let mut trusted = 0u64;
-    for st in &states {
+    stats.dirs.extend(opts.tablespaces.values().cloned());
+    for st in states {
         let crcs = st.crcs.lock().map(|v| v.clone()).unwrap_or_default();
-        trusted += u64::from(st.trusted.is_some() && !st.wrote.load(Ordering::Relaxed));
+        stats.files_trusted += u64::from(st.trusted.is_some() && !st.wrote.load(Ordering::Relaxed));
         let parts: Option<Vec<(u32, u64)>> = crcs.iter().zip(&st.f.chunks).map(|(c, ch)| c.map(|c| (c, ch.size))).collect();
         let crc = parts.map(|p| crate::catalog::backup_store::combine_crc(&p));
         if st.f.crc32c.is_some() && crc != st.f.crc32c {
@@ -650,58 +620,50 @@ pub fn extract(
                     crc32c: crc.unwrap_or_default(),
                 })
                 .collect();
-        restored.push((final_path, chunks));
+        stats.restored.push((final_path, chunks));
         if st.wrote.load(Ordering::Relaxed) {
-            written += 1;
+            stats.files_written += 1;
             if !st.synced.load(Ordering::Relaxed) {
-                to_sync.push(st.dest.clone());
+                stats.to_sync.push(st.dest.clone());
             }
             if let Some(parent) = st.dest.parent() {
-                dirs.insert(parent.to_path_buf());
+                stats.dirs.insert(parent.to_path_buf());
             }
         } else {
-            unchanged += 1;
+            stats.files_unchanged += 1;
             // A file found identical may hold bytes that exist only in the page cache (an
             // interrupted earlier restore, a cluster stopped with -m immediate): it is fsynced
             // like a written one before pg_control is published (audit finding 13). Only the
             // files the restore record vouches for (a finished, durable restore, untouched
             // since) are not.
             if st.trusted.is_none() {
-                to_sync.push(st.dest.clone());
+                stats.to_sync.push(st.dest.clone());
                 if let Some(parent) = st.dest.parent() {
-                    dirs.insert(parent.to_path_buf());
+                    stats.dirs.insert(parent.to_path_buf());
                 }
             }
         }
     }
+    Ok(stats)
+}
 
-    // Delta: remove what the backup does not have.
-    let mut removed = 0u64;
-    if opts.delta {
-        let mut existing = Vec::new();
-        walk(target, &mut existing).map_err(io_err(target))?;
-        for loc in opts.tablespaces.values() {
-            walk(loc, &mut existing).map_err(io_err(loc))?;
-        }
-        let keep = |p: &Path| wanted.contains(p) || p == target.join(MARKER) || p == target.join(PG_CONTROL_TMP);
-        for p in existing {
-            if !keep(&p) {
-                std::fs::remove_file(&p).map_err(io_err(&p))?;
-                removed += 1;
-            }
+/// Delta: removes what the backup does not have; returns how many files went.
+fn remove_extras(opts: &ExtractOptions, wanted: &BTreeSet<PathBuf>) -> Result<u64, ExtractError> {
+    let target = &opts.target_dir;
+    let mut existing = Vec::new();
+    walk(target, &mut existing).map_err(io_err(target))?;
+    for loc in opts.tablespaces.values() {
+        walk(loc, &mut existing).map_err(io_err(loc))?;
+    }
+    let keep = |p: &Path| wanted.contains(p) || p == target.join(MARKER) || p == target.join(PG_CONTROL_TMP);
+    let mut removed = 0;
+    for p in existing {
+        if !keep(&p) {
+            std::fs::remove_file(&p).map_err(io_err(&p))?;
+            removed += 1;
         }
     }
-    progress.end();
-    Ok(ExtractStats {
-        files_written: written,
-        files_unchanged: unchanged,
-        files_removed: removed,
-        files_trusted: trusted,
-        bytes_written: bytes.into_inner(),
-        to_sync,
-        restored,
-        dirs,
-    })
+    Ok(removed)
 }
 
 /// Makes the restore durable and startable: owner, fsync of what was written, then `pg_control`

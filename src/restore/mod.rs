@@ -5,6 +5,7 @@
 
 pub mod extract;
 pub mod plan;
+mod pool;
 pub mod recovery;
 pub mod target;
 pub mod wal_get;
