@@ -1,0 +1,174 @@
+//! One `servers.<name>` entry validated into a `ServerConfig`, and the settings each component
+//! takes from it.
+
+use super::raw::RawServer;
+use super::values::{parse_compression, parse_duration, parse_size, validate_server_name};
+use super::{DEFAULT_RECEIVER_TIMEOUT, DEFAULT_SLOT, DEFAULT_STATUS_INTERVAL, DEFAULT_SYNCHRONOUS};
+use crate::backup::settings::{BackupSettings, DEFAULT_BACKUP_STREAM_TIMEOUT, DEFAULT_BACKUP_WAL_TIMEOUT};
+use crate::catalog::Compression;
+use crate::client::conninfo::ConnInfo;
+use crate::client::replication::validate_slot_name;
+use std::time::Duration;
+
+/// Validates `servers.<name>`; the error names the key.
+pub fn parse(name: &str, s: RawServer) -> Result<ServerConfig, String> {
+    let err = |m: String| m;
+    let raw = s.clone();
+    let key = |k: &str| format!("servers.{name}.{k}");
+    validate_server_name(name).map_err(|m| err(format!("servers.{name}: {m}")))?;
+    let conninfo = ConnInfo::parse(&s.conninfo).map_err(|m| err(format!("{}: {m}", key("conninfo"))))?;
+    let slot = s.slot.unwrap_or_else(|| DEFAULT_SLOT.to_string());
+    validate_slot_name(&slot).map_err(|m| err(format!("{}: {m}", key("slot"))))?;
+    let status_interval = parse_duration(s.status_interval.as_deref(), DEFAULT_STATUS_INTERVAL)
+        .map_err(|m| err(format!("{}: {m}", key("status_interval"))))?;
+    let receiver_timeout = parse_duration(s.receiver_timeout.as_deref(), DEFAULT_RECEIVER_TIMEOUT)
+        .map_err(|m| err(format!("{}: {m}", key("receiver_timeout"))))?;
+    if status_interval.is_zero() || receiver_timeout <= status_interval {
+        return Err(err(format!(
+            "{}: must be above zero and below receiver_timeout ({}s)",
+            key("status_interval"),
+            receiver_timeout.as_secs_f64()
+        )));
+    }
+    let compression = parse_compression(s.compression.as_ref()).map_err(|m| err(format!("{}: {m}", key("compression"))))?;
+    let mut backup = BackupSettings::default();
+    if let Some(t) = &s.backup_schedule {
+        backup.schedule = Some(crate::backup::schedule::Schedule::parse(t).map_err(|m| err(format!("{}: {m}", key("backup_schedule"))))?);
+    }
+    if s.backup_compression.is_some() {
+        backup.compression =
+            parse_compression(s.backup_compression.as_ref()).map_err(|m| err(format!("{}: {m}", key("backup_compression"))))?;
+    }
+    if let Some(w) = s.backup_workers {
+        if !(1..=64).contains(&w) {
+            return Err(err(format!("{}: {w}: expected 1 to 64", key("backup_workers"))));
+        }
+        backup.workers = w;
+    }
+    match s.backup_checkpoint.as_deref() {
+        None | Some("spread") => {}
+        Some("fast") => backup.fast_checkpoint = true,
+        Some(other) => return Err(err(format!("{}: {other:?}: expected fast or spread", key("backup_checkpoint")))),
+    }
+    if let Some(v) = &s.backup_min_free {
+        backup.min_free = parse_size(v).map_err(|m| err(format!("{}: {m}", key("backup_min_free"))))?;
+    }
+    let monitor_interval = parse_duration(s.monitor_interval.as_deref(), crate::monitor::DEFAULT_MONITOR_INTERVAL)
+        .map_err(|m| err(format!("{}: {m}", key("monitor_interval"))))?;
+    if monitor_interval < Duration::from_secs(1) {
+        return Err(err(format!("{}: must be at least 1s", key("monitor_interval"))));
+    }
+    let monitor_conninfo = match s.monitor_conninfo {
+        Some(t) => {
+            let ci = ConnInfo::parse(&t).map_err(|m| err(format!("{}: {m}", key("monitor_conninfo"))))?;
+            Some((t, ci))
+        }
+        None => None,
+    };
+    let slot_retained_limit = match &s.slot_retained_limit {
+        Some(v) => Some(parse_size(v).map_err(|m| err(format!("{}: {m}", key("slot_retained_limit"))))?),
+        None => None,
+    };
+    backup.wal_timeout = parse_duration(s.backup_wal_timeout.as_deref(), DEFAULT_BACKUP_WAL_TIMEOUT)
+        .map_err(|m| err(format!("{}: {m}", key("backup_wal_timeout"))))?;
+    backup.stream_timeout = parse_duration(s.backup_stream_timeout.as_deref(), DEFAULT_BACKUP_STREAM_TIMEOUT)
+        .map_err(|m| err(format!("{}: {m}", key("backup_stream_timeout"))))?;
+    if backup.stream_timeout < Duration::from_secs(1) {
+        return Err(err(format!("{}: must be at least 1s", key("backup_stream_timeout"))));
+    }
+    Ok(ServerConfig {
+        name: name.to_string(),
+        conninfo_text: s.conninfo.clone(),
+        conninfo,
+        slot,
+        create_slot: s.create_slot.unwrap_or(true),
+        synchronous: s.synchronous.unwrap_or(DEFAULT_SYNCHRONOUS),
+        status_interval,
+        receiver_timeout,
+        compression,
+        backup,
+        monitor_interval,
+        monitor_conninfo,
+        slot_retained_limit,
+        raw,
+    })
+}
+
+/// One protected server. `Debug` leaves out the connection strings as written (they may hold a
+/// password; the parsed `ConnInfo`s redact theirs).
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    /// The connection string as written (compared on reload).
+    pub conninfo_text: String,
+    pub conninfo: ConnInfo,
+    pub slot: String,
+    pub create_slot: bool,
+    pub synchronous: bool,
+    pub status_interval: Duration,
+    pub receiver_timeout: Duration,
+    pub compression: Compression,
+    pub backup: BackupSettings,
+    /// How often server-side facts are read over an ordinary connection.
+    pub monitor_interval: Duration,
+    /// The monitoring connection, when it differs from `conninfo` (as written, and parsed).
+    pub monitor_conninfo: Option<(String, ConnInfo)>,
+    /// WAL the slot may hold back on the server before pgark warns.
+    pub slot_retained_limit: Option<u64>,
+    /// The entry as written: what a reload compares.
+    raw: RawServer,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("name", &self.name)
+            .field("conninfo", &self.conninfo)
+            .field("slot", &self.slot)
+            .field("create_slot", &self.create_slot)
+            .field("synchronous", &self.synchronous)
+            .field("status_interval", &self.status_interval)
+            .field("receiver_timeout", &self.receiver_timeout)
+            .field("compression", &self.compression)
+            .field("backup", &self.backup)
+            .field("monitor_interval", &self.monitor_interval)
+            .field("monitor_conninfo", &self.monitor_conninfo.as_ref().map(|m| &m.1))
+            .field("slot_retained_limit", &self.slot_retained_limit)
+            .finish()
+    }
+}
+
+/// Equal when the entry as written is equal: a reload restarts a server whose entry changed in
+/// any way (no list of fields to keep in step).
+impl PartialEq for ServerConfig {
+    fn eq(&self, o: &Self) -> bool {
+        self.name == o.name && self.raw == o.raw
+    }
+}
+
+impl ServerConfig {
+    /// What the monitoring task needs of this server.
+    pub fn monitor_settings(&self) -> crate::monitor::Settings {
+        crate::monitor::Settings {
+            name: self.name.clone(),
+            conninfo: crate::monitor::monitoring_conninfo(&self.conninfo, self.monitor_conninfo.as_ref().map(|m| &m.1)),
+            slot: self.slot.clone(),
+            interval: self.monitor_interval,
+            slot_retained_limit: self.slot_retained_limit,
+        }
+    }
+
+    /// What the receiver needs of this server.
+    pub fn receiver_settings(&self) -> crate::receiver::Settings {
+        crate::receiver::Settings {
+            name: self.name.clone(),
+            conninfo: self.conninfo.clone(),
+            slot: self.slot.clone(),
+            create_slot: self.create_slot,
+            synchronous: self.synchronous,
+            status_interval: self.status_interval,
+            receiver_timeout: self.receiver_timeout,
+            compression: self.compression,
+        }
+    }
+}
