@@ -76,13 +76,63 @@ fn fail(e: impl std::fmt::Display, code: i32) -> i32 {
 
 /// `pgark restore`.
 pub fn restore(a: RestoreArgs) -> i32 {
-    let config = match Config::load(&a.config) {
-        Ok(c) => c,
-        Err(e) => return fail(e, exit::USAGE),
+    let req = match request(&a) {
+        Ok(r) => r,
+        Err(code) => return code,
     };
+    // Held until the last file is written, so `delete-backup` cannot remove the chosen backup's
+    // chunks underneath; taken before choosing, so the choice only sees backups that stay.
+    let _reading = match crate::catalog::lock::CatalogLock::acquire_restore_reader(&req.catalog, &req.server) {
+        Ok(l) => l,
+        Err(e) => return fail(e, exit::FAILURE),
+    };
+    let plan = match restore::plan(&req) {
+        Ok(p) => p,
+        Err(e) => {
+            let code = exit::for_restore(&e);
+            return fail(e, code);
+        }
+    };
+    if !a.json {
+        print_plan(&plan);
+    }
+    if a.print_only {
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+        }
+        return exit::OK;
+    }
+    let signals = stop_on_signals(req.interrupted.clone());
+    let started = std::time::Instant::now();
+    let mut progress = crate::cli::progress::for_terminal("restore");
+    let result = restore::execute(&req, &plan, progress.as_mut());
+    if let Some(s) = signals {
+        s.abort();
+    }
+    match result {
+        Ok(stats) => {
+            print_outcome(&a, &plan, &stats, started.elapsed().as_secs_f64());
+            exit::OK
+        }
+        Err(e) => {
+            let code = exit::for_restore(&e);
+            eprintln!(
+                "error: restore into {} failed: {e}\nThe directory is incomplete (marker file {}; no global/pg_control), so PostgreSQL will not start on it. Fix the cause and run the restore again (with --delta to reuse what was written).",
+                plan.target_dir.display(),
+                restore::extract::MARKER
+            );
+            code
+        }
+    }
+}
+
+/// The command line checked and turned into a request; the error is the exit code (the
+/// message is printed).
+fn request(a: &RestoreArgs) -> Result<RestoreRequest, i32> {
+    let config = Config::load(&a.config).map_err(|e| fail(e, exit::USAGE))?;
     if !config.servers.contains_key(&a.server) {
         let known: Vec<&str> = config.servers.keys().map(String::as_str).collect();
-        return fail(
+        return Err(fail(
             format!(
                 "{}: no server named {:?}; the config defines: {}",
                 config.path.display(),
@@ -90,9 +140,9 @@ pub fn restore(a: RestoreArgs) -> i32 {
                 known.join(", ")
             ),
             exit::USAGE,
-        );
+        ));
     }
-    let target = match RecoveryTarget::from_options(TargetOptions {
+    let target = RecoveryTarget::from_options(TargetOptions {
         time: a.target_time.as_deref(),
         lsn: a.target_lsn.as_deref(),
         xid: a.target_xid.as_deref(),
@@ -101,32 +151,30 @@ pub fn restore(a: RestoreArgs) -> i32 {
         timeline: a.target_timeline.as_deref(),
         inclusive: a.target_inclusive.as_deref(),
         action: a.target_action.as_deref(),
-    }) {
-        Ok(t) => t,
-        Err(e) => return fail(e, exit::USAGE),
-    };
+    })
+    .map_err(|e| fail(e, exit::USAGE))?;
     if a.standby && target.kind != restore::target::TargetKind::End {
-        return fail(
+        return Err(fail(
             "--standby builds a replica that follows the WAL; it takes no recovery target",
             exit::USAGE,
-        );
+        ));
     }
     let mut maps = Vec::new();
     for m in &a.tablespaces {
         match m.split_once('=') {
             Some((k, v)) if !k.is_empty() && !v.is_empty() => maps.push((k.to_string(), PathBuf::from(v))),
             _ => {
-                return fail(
+                return Err(fail(
                     format!("--tablespace {m:?}: expected NAME=DIR (NAME: tablespace name, oid or original location)"),
                     exit::USAGE,
-                )
+                ))
             }
         }
     }
     if a.owner.is_none() && crate::util::os::running_as_root() && !a.print_only {
         tracing::warn!("running as root without --owner: the restored files belong to root, and PostgreSQL must run as their owner (use --owner postgres)");
     }
-    let req = RestoreRequest {
+    Ok(RestoreRequest {
         catalog: config.catalog.clone(),
         config_path: config.path.clone(),
         server: a.server.clone(),
@@ -143,48 +191,32 @@ pub fn restore(a: RestoreArgs) -> i32 {
         standby: a.standby,
         owner: a.owner.clone(),
         interrupted: Default::default(),
-    };
-    // Held until the last file is written, so `delete-backup` cannot remove the chosen backup's
-    // chunks underneath; taken before choosing, so the choice only sees backups that stay.
-    let _reading = match crate::catalog::lock::CatalogLock::acquire_restore_reader(&req.catalog, &req.server) {
-        Ok(l) => l,
-        Err(e) => return fail(e, exit::FAILURE),
-    };
-    let plan = match restore::plan(&req) {
-        Ok(p) => p,
-        Err(e) => {
-            let code = exit::for_restore(&e);
-            return fail(e, code);
-        }
-    };
-    if !a.json {
-        println!("restoring backup {} of {} ({})", plan.backup_id, plan.server, plan.why);
-        println!("  into {}{}", plan.target_dir.display(), if plan.delta { " (delta)" } else { "" });
-        for t in &plan.tablespaces {
-            println!(
-                "  tablespace {} (oid {}): {} -> {}",
-                t.name.clone().unwrap_or_default(),
-                t.oid,
-                t.original,
-                t.location.display()
-            );
-        }
-        for (k, v) in &plan.settings {
-            println!("  {k} = {}", restore::recovery::quote(v));
-        }
-        println!("  and {}", plan.signal_file);
+    })
+}
+
+fn print_plan(plan: &restore::RestorePlan) {
+    println!("restoring backup {} of {} ({})", plan.backup_id, plan.server, plan.why);
+    println!("  into {}{}", plan.target_dir.display(), if plan.delta { " (delta)" } else { "" });
+    for t in &plan.tablespaces {
+        println!(
+            "  tablespace {} (oid {}): {} -> {}",
+            t.name.clone().unwrap_or_default(),
+            t.oid,
+            t.original,
+            t.location.display()
+        );
     }
-    if a.print_only {
-        if a.json {
-            println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
-        }
-        return exit::OK;
+    for (k, v) in &plan.settings {
+        println!("  {k} = {}", restore::recovery::quote(v));
     }
-    // SIGINT/SIGTERM while files are written: the workers stop after their current chunk, and
-    // pg_control is not published; the directory is never half-published. A second signal
-    // exits at once (the directory is just as unstartable).
-    let flag = req.interrupted.clone();
-    let signals = tokio::runtime::Handle::try_current().ok().map(|h| {
+    println!("  and {}", plan.signal_file);
+}
+
+/// SIGINT/SIGTERM while files are written: the workers stop after their current chunk, and
+/// pg_control is not published; the directory is never half-published. A second signal exits
+/// at once (the directory is just as unstartable).
+fn stop_on_signals(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Option<tokio::task::JoinHandle<()>> {
+    tokio::runtime::Handle::try_current().ok().map(|h| {
         h.spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -204,52 +236,34 @@ pub fn restore(a: RestoreArgs) -> i32 {
                 }
             }
         })
-    });
-    let started = std::time::Instant::now();
-    let mut progress = crate::cli::progress::for_terminal("restore");
-    let result = restore::execute(&req, &plan, progress.as_mut());
-    if let Some(s) = signals {
-        s.abort();
+    })
+}
+
+fn print_outcome(a: &RestoreArgs, plan: &restore::RestorePlan, stats: &restore::extract::ExtractStats, secs: f64) {
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "stats": stats, "seconds": secs })).unwrap_or_default()
+        );
+        return;
     }
-    match result {
-        Ok(stats) => {
-            let secs = started.elapsed().as_secs_f64();
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "stats": stats, "seconds": secs })).unwrap_or_default()
-                );
-            } else {
-                println!(
-                    "restored in {secs:.1}s: {} files written ({}), {} unchanged{}, {} removed. Start PostgreSQL on {} to recover{}.",
-                    stats.files_written,
-                    crate::util::units::human_bytes(stats.bytes_written),
-                    stats.files_unchanged,
-                    if stats.files_trusted > 0 {
-                        format!(
-                            " ({} known unchanged from the last restore's record, not read)",
-                            stats.files_trusted
-                        )
-                    } else {
-                        String::new()
-                    },
-                    stats.files_removed,
-                    plan.target_dir.display(),
-                    if a.standby { " and follow as a standby" } else { "" }
-                );
-            }
-            exit::OK
-        }
-        Err(e) => {
-            let code = exit::for_restore(&e);
-            eprintln!(
-                "error: restore into {} failed: {e}\nThe directory is incomplete (marker file {}; no global/pg_control), so PostgreSQL will not start on it. Fix the cause and run the restore again (with --delta to reuse what was written).",
-                plan.target_dir.display(),
-                restore::extract::MARKER
-            );
-            code
-        }
-    }
+    println!(
+        "restored in {secs:.1}s: {} files written ({}), {} unchanged{}, {} removed. Start PostgreSQL on {} to recover{}.",
+        stats.files_written,
+        crate::util::units::human_bytes(stats.bytes_written),
+        stats.files_unchanged,
+        if stats.files_trusted > 0 {
+            format!(
+                " ({} known unchanged from the last restore's record, not read)",
+                stats.files_trusted
+            )
+        } else {
+            String::new()
+        },
+        stats.files_removed,
+        plan.target_dir.display(),
+        if a.standby { " and follow as a standby" } else { "" }
+    );
 }
 
 /// `pgark wal-get`: exit 0 served, 1 absent, 126 damaged (PostgreSQL then stops recovery).
