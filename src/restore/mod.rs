@@ -135,8 +135,28 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
-/// Decides everything without writing.
+/// Decides everything without writing: which backup, where each tablespace goes, the
+/// recovery settings.
 pub fn plan(req: &RestoreRequest) -> Result<RestorePlan, RestoreError> {
+    let (index, choice) = choose_backup(req)?;
+    let target_dir = absolute(&req.target_dir);
+    check_target_dir(&target_dir, req.delta)?;
+    let tablespaces = tablespace_plan(&index, &req.tablespace_maps, req.delta)?;
+    Ok(RestorePlan {
+        server: req.server.clone(),
+        backup_id: choice.backup_id,
+        why: choice.why,
+        target_dir,
+        tablespaces,
+        settings: recovery_settings(req)?,
+        signal_file: if req.standby { "standby.signal" } else { "recovery.signal" }.into(),
+        delta: req.delta,
+        index,
+    })
+}
+
+/// The catalog's usable backups and WAL, and the backup the request and target pick.
+fn choose_backup(req: &RestoreRequest) -> Result<(BackupIndex, plan::Choice), RestoreError> {
     let store = Catalog::open(&req.catalog).store();
     let all = backup_store::load_all(store.as_ref(), &req.server)?;
     let usable: Vec<BackupIndex> = all
@@ -179,24 +199,31 @@ pub fn plan(req: &RestoreRequest) -> Result<RestorePlan, RestoreError> {
         .find(|b| b.id == choice.backup_id)
         .cloned()
         .ok_or_else(|| plan::PlanError::UnknownBackup(choice.backup_id.clone()))?;
+    Ok((index, choice))
+}
 
-    let target_dir = absolute(&req.target_dir);
-    if let Some(pid) = postmaster_running(&target_dir) {
+/// Refuses a directory a running PostgreSQL uses, and (without delta) one that is not empty.
+fn check_target_dir(target_dir: &Path, delta: bool) -> Result<(), RestoreError> {
+    if let Some(pid) = postmaster_running(target_dir) {
         return Err(RestoreError::Usage(format!(
             "{} belongs to a running PostgreSQL (postmaster pid {pid}); stop it first",
             target_dir.display()
         )));
     }
-    if !req.delta && !dir_is_empty(&target_dir) {
+    if !delta && !dir_is_empty(target_dir) {
         return Err(RestoreError::Usage(format!(
             "target directory {} is not empty; choose an empty directory, or pass --delta to update an older copy of this cluster in place",
             target_dir.display()
         )));
     }
+    Ok(())
+}
 
-    // Tablespaces: the mapping given, else back where they were (if that place is free).
+/// Tablespaces: the mapping given (by name, oid or original location), else back where they
+/// were, if that place is free.
+fn tablespace_plan(index: &BackupIndex, requested: &[(String, PathBuf)], delta: bool) -> Result<Vec<TablespacePlan>, RestoreError> {
     let mut maps: BTreeMap<u32, PathBuf> = BTreeMap::new();
-    for (key, dir) in &req.tablespace_maps {
+    for (key, dir) in requested {
         let t = index.tablespaces.iter().filter(|t| t.oid.is_some()).find(|t| {
             t.oid.map(|o| o.to_string()).as_deref() == Some(key.as_str())
                 || t.name.as_deref() == Some(key.as_str())
@@ -228,7 +255,7 @@ pub fn plan(req: &RestoreRequest) -> Result<RestorePlan, RestoreError> {
             continue;
         };
         let location = maps.get(&oid).cloned().unwrap_or_else(|| PathBuf::from(&orig));
-        if !req.delta && !dir_is_empty(&location) {
+        if !delta && !dir_is_empty(&location) {
             return Err(RestoreError::Usage(format!(
                 "tablespace {} (oid {oid}) would be restored to {}, which is not empty; map it elsewhere with --tablespace {}=DIR",
                 t.name.clone().unwrap_or_default(),
@@ -243,29 +270,22 @@ pub fn plan(req: &RestoreRequest) -> Result<RestorePlan, RestoreError> {
             location,
         });
     }
+    Ok(tablespaces)
+}
 
+/// restore_command (`pgark wal-get` with this binary and config) and the target's settings.
+fn recovery_settings(req: &RestoreRequest) -> Result<Vec<(String, String)>, RestoreError> {
     let pgark =
         std::env::current_exe().map_err(|e| RestoreError::Io(std::io::Error::new(e.kind(), format!("locating the pgark binary: {e}"))))?;
     let config_path = std::fs::canonicalize(&req.config_path).unwrap_or_else(|_| absolute(&req.config_path));
     let cmd = recovery::restore_command(&pgark, &config_path, &req.server);
-    let settings = if req.standby {
+    Ok(if req.standby {
         vec![
             ("restore_command".to_string(), cmd),
             ("recovery_target_timeline".to_string(), "latest".to_string()),
         ]
     } else {
         recovery::settings(&cmd, &req.target)
-    };
-    Ok(RestorePlan {
-        server: req.server.clone(),
-        backup_id: choice.backup_id,
-        why: choice.why,
-        target_dir,
-        tablespaces,
-        settings,
-        signal_file: if req.standby { "standby.signal" } else { "recovery.signal" }.into(),
-        delta: req.delta,
-        index,
     })
 }
 
