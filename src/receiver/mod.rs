@@ -269,34 +269,7 @@ async fn session(
         tracing::info!(slot = %cfg.slot, "created physical replication slot (RESERVE_WAL)");
     }
 
-    let wal_dir = layout.wal_dir(server);
-    let scan = wal_store::scan(&wal_dir, seg).map_err(ReceiverError::Store)?;
-    let (mut tli, mut start) = match scan.resume_point(seg) {
-        Some(p) => p,
-        None => {
-            let from_slot = if conn.server_major() >= 15 {
-                conn.read_replication_slot(&cfg.slot)
-                    .await
-                    .map_err(ReceiverError::Client)?
-                    .flatten()
-            } else {
-                None
-            };
-            match from_slot {
-                Some((lsn, slot_tli)) => (slot_tli, seg.align_down(lsn)),
-                None => (sys.timeline, seg.align_down(sys.xlogpos)),
-            }
-        }
-    };
-    if tli > sys.timeline {
-        return Err(ReceiverError::TimelineAhead {
-            catalog: tli,
-            server: sys.timeline,
-        });
-    }
-    if tli < sys.timeline {
-        (tli, start) = branch_point(&mut conn, tli, start, sys.timeline, seg).await?;
-    }
+    let (mut tli, mut start) = start_point(&mut conn, cfg, layout, &sys, seg).await?;
 
     let opts = StreamOptions {
         server,
@@ -358,6 +331,46 @@ async fn session(
         tli = end.next_tli;
         start = seg.align_down(end.next_start);
     }
+}
+
+/// Where streaming starts: after what the catalog holds; on a new catalog, where the slot
+/// stands (PostgreSQL 15 and later) or the server's current position; moved to a newer
+/// timeline when the catalog followed a branch the server abandoned.
+async fn start_point(
+    conn: &mut Connection,
+    cfg: &Settings,
+    layout: &Layout,
+    sys: &crate::client::replication::SystemInfo,
+    seg: WalSegSize,
+) -> Result<(TimelineId, Lsn), ReceiverError> {
+    let scan = wal_store::scan(&layout.wal_dir(&cfg.name), seg).map_err(ReceiverError::Store)?;
+    let (tli, start) = match scan.resume_point(seg) {
+        Some(p) => p,
+        None => {
+            let from_slot = if conn.server_major() >= 15 {
+                conn.read_replication_slot(&cfg.slot)
+                    .await
+                    .map_err(ReceiverError::Client)?
+                    .flatten()
+            } else {
+                None
+            };
+            match from_slot {
+                Some((lsn, slot_tli)) => (slot_tli, seg.align_down(lsn)),
+                None => (sys.timeline, seg.align_down(sys.xlogpos)),
+            }
+        }
+    };
+    if tli > sys.timeline {
+        return Err(ReceiverError::TimelineAhead {
+            catalog: tli,
+            server: sys.timeline,
+        });
+    }
+    if tli < sys.timeline {
+        return branch_point(conn, tli, start, sys.timeline, seg).await;
+    }
+    Ok((tli, start))
 }
 
 /// The catalog is on an older timeline than the server: fetch the server's history and decide
