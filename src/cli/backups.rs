@@ -1,0 +1,198 @@
+//! `list-backups`, `show-backup` and `delete-backup`.
+
+use crate::catalog::backup_store::{self, BackupIndex};
+use crate::catalog::lock::CatalogLock;
+use crate::catalog::Catalog;
+use crate::cli::output::summarize;
+use crate::cli::{exit, known_server, load_config};
+use crate::config::Config;
+use std::path::Path;
+
+fn servers_to_show<'a>(config: &'a Config, server: Option<&'a str>) -> Result<Vec<&'a str>, i32> {
+    match server {
+        Some(s) => known_server(config, s).map(|_| vec![s]),
+        None => Ok(config.servers.keys().map(String::as_str).collect()),
+    }
+}
+
+/// `pgark list-backups`.
+pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let servers = match servers_to_show(&config, server) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let store = Catalog::open(&config.catalog).store();
+    let mut all = Vec::new();
+    for s in servers {
+        match backup_store::load_all(store.as_ref(), s) {
+            Ok(list) => all.extend(list.iter().map(|i| summarize(store.as_ref(), i))),
+            Err(e) => {
+                eprintln!("error: {s}: {e}");
+                return exit::FAILURE;
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        return exit::OK;
+    }
+    if all.is_empty() {
+        println!("no backups");
+        return exit::OK;
+    }
+    println!(
+        "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10}  LABEL",
+        "SERVER", "ID", "STATUS", "START", "SECS", "START LSN", "END LSN", "TLI", "SIZE", "STORED"
+    );
+    for b in &all {
+        println!(
+            "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10}  {}",
+            b.server,
+            b.id,
+            b.status,
+            b.start_time,
+            b.duration_seconds,
+            b.start_lsn,
+            b.end_lsn,
+            b.end_timeline,
+            crate::util::units::human_bytes(b.original_bytes),
+            crate::util::units::human_bytes(b.stored_new_bytes),
+            b.label
+        );
+    }
+    exit::OK
+}
+
+fn load_one(config: &Config, server: &str, id: &str) -> Result<BackupIndex, i32> {
+    known_server(config, server)?;
+    let store = Catalog::open(&config.catalog).store();
+    backup_store::load(store.as_ref(), server, id).map_err(|e| {
+        eprintln!("error: {e}");
+        match e {
+            backup_store::BackupStoreError::NotFound { .. } => exit::NOT_FOUND,
+            _ => exit::FAILURE,
+        }
+    })
+}
+
+/// `pgark show-backup`.
+pub fn show_backup(path: &Path, server: &str, id: &str, json: bool) -> i32 {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let idx = match load_one(&config, server, id) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let s = summarize(Catalog::open(&config.catalog).store().as_ref(), &idx);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        return exit::OK;
+    }
+    let major = s.pg_version / 10000;
+    println!("backup {} of server {}", s.id, s.server);
+    println!("  label:              {}", s.label);
+    println!(
+        "  status:             {}{}",
+        s.status,
+        if s.usable { "" } else { " (not usable for a restore)" }
+    );
+    println!("  start / end time:   {} / {} ({}s)", s.start_time, s.end_time, s.duration_seconds);
+    println!("  start / end LSN:    {} / {}", s.start_lsn, s.end_lsn);
+    println!("  timeline:           {} (end {})", s.timeline, s.end_timeline);
+    println!(
+        "  PostgreSQL:         {major} ({}), system identifier {}{}",
+        s.pg_version,
+        s.system_identifier,
+        if s.from_standby { ", taken from a standby" } else { "" }
+    );
+    println!(
+        "  size:               {} in {} files; stored {} new, {} referenced ({})",
+        crate::util::units::human_bytes(s.original_bytes),
+        s.file_count,
+        crate::util::units::human_bytes(s.stored_new_bytes),
+        crate::util::units::human_bytes(s.stored_total_bytes),
+        s.compression
+    );
+    let wal_where = match s.wal_source {
+        backup_store::WalSource::Catalog => "catalog",
+        backup_store::WalSource::Backup => "inside the backup",
+    };
+    println!(
+        "  WAL needed:         {} to {} ({wal_where}): {}",
+        s.wal.first,
+        s.wal.last,
+        if s.wal.present {
+            "present".to_string()
+        } else {
+            format!("MISSING {}", s.wal.missing.join(", "))
+        }
+    );
+    for t in &s.tablespaces {
+        if let (Some(oid), Some(loc)) = (t.oid, &t.location) {
+            println!("  tablespace:         {oid} at {loc}");
+        }
+    }
+    exit::OK
+}
+
+/// `pgark delete-backup`.
+pub fn delete_backup(path: &Path, server: &str, id: &str, force: bool) -> i32 {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let idx = match load_one(&config, server, id) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let store = Catalog::open(&config.catalog).store();
+    let _lock = match CatalogLock::acquire_backup(&config.catalog, server) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::LOCKED;
+        }
+    };
+    let _no_restore = match CatalogLock::acquire_no_restore(&config.catalog, server) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::LOCKED;
+        }
+    };
+    let others_usable = match backup_store::load_all(store.as_ref(), server) {
+        Ok(all) => all.iter().filter(|b| b.id != id).any(|b| summarize(store.as_ref(), b).usable),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    if summarize(store.as_ref(), &idx).usable && !others_usable && !force {
+        eprintln!("error: {id} is the only usable backup of {server}; deleting it leaves nothing to restore from. Take a new backup first, or pass --force.");
+        return exit::REFUSED;
+    }
+    if let Err(e) = backup_store::delete(store.as_ref(), server, id) {
+        eprintln!("error: deleting {id}: {e}");
+        return exit::FAILURE;
+    }
+    match backup_store::collect_garbage(store.as_ref(), server) {
+        Ok(g) => {
+            println!(
+                "deleted backup {id} of {server}; freed {} in {} chunks",
+                crate::util::units::human_bytes(g.bytes),
+                g.chunks
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("warning: backup {id} deleted, but removing its chunks failed ({e}); the next backup will retry");
+            exit::OK
+        }
+    }
+}

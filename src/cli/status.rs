@@ -1,0 +1,133 @@
+//! `pgark status`: the running daemon's view, or, when it is not running, what the catalog says.
+
+use crate::catalog::Catalog;
+use crate::cli::{daemon_client, exit};
+use crate::config::Config;
+
+/// `pgark status`: asks the running daemon; falls back to the catalog when it is not running.
+pub async fn status(path: &std::path::Path, json: bool) -> i32 {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let status = match daemon_client::daemon_status(&config.metrics_listen).await {
+        Ok(s) => s,
+        Err(e) => return status_offline(&config, &e.to_string(), json),
+    };
+    let all_streaming = status
+        .servers
+        .iter()
+        .all(|s| s.state == crate::service::status::ConnState::Streaming);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+    } else {
+        println!("pgark {} (pid {}), catalog {}", status.version, status.pid, status.catalog);
+        println!(
+            "{:<16} {:<10} {:>4} {:>14} {:>14} {:>12} {:<26} NOTE",
+            "SERVER", "STATE", "TLI", "RECEIVED", "FLUSHED", "LAG", "LAST SEGMENT"
+        );
+        for s in &status.servers {
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            println!(
+                "{:<16} {:<10} {:>4} {:>14} {:>14} {:>12} {:<26} {}",
+                s.server,
+                format!("{:?}", s.state).to_lowercase(),
+                opt(s.timeline.map(|t| t.to_string())),
+                opt(s.received_lsn.map(|l| l.to_string())),
+                opt(s.flushed_lsn.map(|l| l.to_string())),
+                opt(s.lag_bytes.map(|l| l.to_string())),
+                opt(s.last_segment.clone()),
+                if s.state == crate::service::status::ConnState::Streaming {
+                    String::new()
+                } else {
+                    s.last_error.clone().unwrap_or_default()
+                }
+            );
+        }
+        print_details(&status);
+    }
+    if all_streaming {
+        exit::OK
+    } else {
+        exit::NOT_STREAMING
+    }
+}
+
+/// `pgark status` without a daemon: what the catalog says of each server.
+fn status_offline(config: &Config, why: &str, json: bool) -> i32 {
+    if json {
+        let servers: Vec<_> = config.servers.keys().map(|s| offline_json(config, s)).collect();
+        println!(
+            "{}",
+            serde_json::json!({ "daemon_running": false, "reason": why, "servers": servers })
+        );
+    } else {
+        println!("pgark serve is not running: {why}");
+        for name in config.servers.keys() {
+            let v = offline_json(config, name);
+            println!(
+                "  {name}: not streaming; last known timeline {} flushed {} (from the catalog)",
+                v["timeline"], v["flushed_lsn"]
+            );
+        }
+    }
+    exit::NOT_STREAMING
+}
+
+/// The lines under the table: catalog space, each server's recovery window and warnings.
+fn print_details(status: &crate::service::status::DaemonStatus) {
+    use crate::util::units::human_bytes;
+    let time = |t: Option<u64>| t.map(crate::util::time::format_utc).unwrap_or_else(|| "-".into());
+    if let Some(c) = &status.catalog_space {
+        let eta = match c.full_eta_seconds {
+            Some(s) => format!(
+                ", full in about {} at the current WAL rate",
+                humantime::format_duration(std::time::Duration::from_secs(s as u64))
+            ),
+            None => String::new(),
+        };
+        println!(
+            "catalog: {} free of {} ({:?}){eta}",
+            human_bytes(c.free_bytes),
+            human_bytes(c.total_bytes),
+            c.pressure
+        );
+    }
+    for s in &status.servers {
+        println!(
+            "{}: recoverable from {} to {}",
+            s.server,
+            time(s.oldest_backup_start),
+            time(s.wal_durable_at)
+        );
+        if let Some(m) = &s.monitor {
+            println!(
+                "  server: sync_state {}, slot {} retaining {}, pg_wal {}",
+                m.sync_state.as_deref().unwrap_or("-"),
+                m.slot_wal_status.as_deref().unwrap_or("missing"),
+                m.slot_retained_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
+                m.pg_wal_bytes.map(human_bytes).unwrap_or_else(|| "-".into())
+            );
+        }
+        for w in s.slot_warning.iter().chain(s.monitor_error.iter()) {
+            println!("  warning: {w}");
+        }
+    }
+}
+
+fn offline_json(config: &Config, server: &str) -> serde_json::Value {
+    let store = Catalog::open(&config.catalog).store();
+    match crate::catalog::state::load(store.as_ref(), server) {
+        Ok(Some(st)) => serde_json::json!({
+            "server": server, "state": "stopped", "timeline": st.timeline.0, "flushed_lsn": st.flushed_lsn.to_string(),
+            "system_identifier": st.system_identifier.to_string(),
+        }),
+        Ok(None) => serde_json::json!({ "server": server, "state": "stopped", "timeline": null, "flushed_lsn": null }),
+        Err(e) => {
+            serde_json::json!({ "server": server, "state": "stopped", "error": e.to_string(), "timeline": null, "flushed_lsn": null })
+        }
+    }
+}
