@@ -11,6 +11,7 @@ pub mod progress;
 pub mod restore;
 pub mod serve;
 pub mod status;
+pub mod wal_get;
 
 use crate::config::Config;
 use clap::{Parser, Subcommand};
@@ -186,14 +187,14 @@ pub async fn run(cli: Cli) -> i32 {
             server,
             walfile,
             dest,
-        } => restore::wal_get(&config, &server, &walfile, &dest),
+        } => wal_get::wal_get(&config, &server, &walfile, &dest),
         Cmd::WalPrefetch {
             config,
             server,
             after,
             spool,
             segment_size,
-        } => restore::wal_prefetch(&config, &server, &after, &spool, segment_size),
+        } => wal_get::wal_prefetch(&config, &server, &after, &spool, segment_size),
         Cmd::Demo { duration, metrics_listen } => demo::run(duration, &metrics_listen).await,
     }
 }

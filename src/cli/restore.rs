@@ -1,11 +1,10 @@
-//! The restore commands of the CLI: `restore` and `wal-get` (PostgreSQL's restore_command).
+//! `pgark restore`: plan, print the plan, write the files (stopping cleanly on a signal), report.
 
-use crate::catalog::Catalog;
 use crate::cli::exit;
 use crate::config::Config;
 use crate::restore::target::{RecoveryTarget, TargetOptions};
-use crate::restore::{self, wal_get, RestoreRequest};
-use std::path::{Path, PathBuf};
+use crate::restore::{self, RestoreRequest};
+use std::path::PathBuf;
 
 /// The restore options as given on the command line.
 #[derive(clap::Args, Debug)]
@@ -264,68 +263,4 @@ fn print_outcome(a: &RestoreArgs, plan: &restore::RestorePlan, stats: &restore::
         plan.target_dir.display(),
         if a.standby { " and follow as a standby" } else { "" }
     );
-}
-
-/// `pgark wal-get`: exit 0 served, 1 absent, 126 damaged (PostgreSQL then stops recovery).
-pub fn wal_get(config_path: &Path, server: &str, name: &str, dest: &Path) -> i32 {
-    let config = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => return fail(e, wal_get::DAMAGED),
-    };
-    if !config.servers.contains_key(server) {
-        return fail(format!("{}: no server named {server:?}", config.path.display()), wal_get::DAMAGED);
-    }
-    let store = Catalog::open(&config.catalog).store();
-    let seg_size = crate::catalog::state::load(store.as_ref(), server)
-        .ok()
-        .flatten()
-        .map(|s| s.wal_segment_size);
-    let config_path = config.path.clone();
-    let spawn = |spool: &Path, after: &str| {
-        let Some(seg) = seg_size else { return };
-        let Ok(exe) = std::env::current_exe() else { return };
-        use std::os::unix::process::CommandExt;
-        let spawned = std::process::Command::new(exe)
-            .arg("wal-prefetch")
-            .arg("--config")
-            .arg(&config_path)
-            .args([server, after])
-            .arg(spool)
-            .arg(seg.to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn();
-        if let Err(e) = spawned {
-            tracing::debug!(error = %e, "prefetch not started");
-        }
-    };
-    match wal_get::serve(store.as_ref(), server, name, dest, &spawn) {
-        Ok(n) => {
-            tracing::debug!(file = name, bytes = n, "served");
-            wal_get::SERVED
-        }
-        Err(e) => {
-            let code = e.exit_code();
-            if code == wal_get::ABSENT {
-                tracing::info!("{e}");
-            } else {
-                tracing::error!("{e}");
-            }
-            code
-        }
-    }
-}
-
-/// `pgark wal-prefetch` (internal, started by wal-get): fills the prefetch spool.
-pub fn wal_prefetch(config_path: &Path, server: &str, after: &str, spool: &Path, seg_size: u64) -> i32 {
-    let Ok(config) = Config::load(config_path) else {
-        return exit::USAGE;
-    };
-    let store = Catalog::open(&config.catalog).store();
-    match wal_get::prefetch(store.as_ref(), server, after, spool, seg_size) {
-        Ok(_) => exit::OK,
-        Err(_) => exit::FAILURE,
-    }
 }
