@@ -428,6 +428,16 @@ pub fn wal_presence(store: &dyn ObjectStore, index: &BackupIndex) -> WalPresence
     }
 }
 
+/// Whether `idx` is the only backup of its server that can be restored now: deleting it would
+/// leave nothing to restore from (the CLI refuses without `--force`; retention never does it).
+pub fn is_only_usable(store: &dyn ObjectStore, idx: &BackupIndex) -> Result<bool, BackupStoreError> {
+    if !wal_presence(store, idx).present {
+        return Ok(false);
+    }
+    let all = load_all(store, &idx.server)?;
+    Ok(!all.iter().filter(|b| b.id != idx.id).any(|b| wal_presence(store, b).present))
+}
+
 /// A file's CRC-32C from its chunks' CRCs, in order.
 pub fn combine_crc(chunks: &[(u32, u64)]) -> u32 {
     chunks

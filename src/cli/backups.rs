@@ -166,14 +166,14 @@ pub fn delete_backup(path: &Path, server: &str, id: &str, force: bool) -> i32 {
             return exit::LOCKED;
         }
     };
-    let others_usable = match backup_store::load_all(store.as_ref(), server) {
-        Ok(all) => all.iter().filter(|b| b.id != id).any(|b| summarize(store.as_ref(), b).usable),
+    let only = match backup_store::is_only_usable(store.as_ref(), &idx) {
+        Ok(only) => only,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::FAILURE;
         }
     };
-    if summarize(store.as_ref(), &idx).usable && !others_usable && !force {
+    if only && !force {
         eprintln!("error: {id} is the only usable backup of {server}; deleting it leaves nothing to restore from. Take a new backup first, or pass --force.");
         return exit::REFUSED;
     }
