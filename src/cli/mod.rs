@@ -1,5 +1,6 @@
-//! Command-line interface: argument parsing, exit codes, and the small commands (`status`,
-//! `check-config`). `serve` lives in `daemon`, `demo` in `demo`.
+//! The command line: argument parsing (clap) and the dispatch to one file per command. The
+//! commands print for people by default and JSON with `--json`; `exit` is the one place exit
+//! codes live.
 
 pub mod backup;
 pub mod backups;
@@ -150,14 +151,15 @@ pub enum Cmd {
         spool: PathBuf,
         segment_size: u64,
     },
-    /// Start a throwaway PostgreSQL with pgark as its synchronous standby, write data, show what happens.
+    /// Start a throwaway PostgreSQL with pgark as its synchronous standby, write data, take a
+    /// backup, then restore to a point in time and show the rows are there.
     #[command(
-        after_help = "Ctrl-C stops everything and removes the temporary files.\n\nExamples:\n  pgark demo\n  pgark demo --duration 30"
+        after_help = "Ctrl-C ends the write load early; the point-in-time restore follows, then everything is removed.\n\nExamples:\n  pgark demo\n  pgark demo --duration 120\n  pgark demo --duration 0   # load until Ctrl-C"
     )]
     Demo {
-        /// Stop by itself after this many seconds (default: run until Ctrl-C).
-        #[arg(long, value_name = "SECONDS")]
-        duration: Option<u64>,
+        /// Seconds of write load before the restore (0: until Ctrl-C).
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        duration: u64,
         /// Address for /metrics, /healthz and /status.
         #[arg(long, default_value = "127.0.0.1:9187")]
         metrics_listen: String,
@@ -195,7 +197,7 @@ pub async fn run(cli: Cli) -> i32 {
             spool,
             segment_size,
         } => wal_get::wal_prefetch(&config, &server, &after, &spool, segment_size),
-        Cmd::Demo { duration, metrics_listen } => demo::run(duration, &metrics_listen).await,
+        Cmd::Demo { duration, metrics_listen } => demo::run((duration > 0).then_some(duration), &metrics_listen).await,
     }
 }
 
