@@ -9,6 +9,7 @@
 //! stopped at the critical level.
 
 use crate::catalog::space::{DiskThresholds, Level};
+use crate::catalog::store::Capacity;
 use crate::catalog::usage;
 use crate::catalog::Catalog;
 use crate::catalog::Layout;
@@ -54,8 +55,20 @@ pub fn full_eta(free: u64, rate: f64) -> Option<f64> {
     (rate > 0.0).then(|| free as f64 / rate)
 }
 
-/// Measures the catalog every `interval`, publishing to the board, the metrics and `shared` (the
-/// level the archivers act on), until `cancel`.
+/// What the watch carries from round to round.
+struct Watch {
+    layout: Layout,
+    board: StatusBoard,
+    shared: crate::catalog::space::SharedLevel,
+    windows: BTreeMap<String, RateWindow>,
+    level: Level,
+    failing: bool,
+    usage: Vec<(String, usage::ServerUsage)>,
+    last_walk: Option<Instant>,
+}
+
+/// Measures the catalog every `disk_pressure.check_interval`, publishing to the board, the
+/// metrics and `shared` (the level the archivers act on), until `cancel`.
 pub async fn run(
     layout: Layout,
     thresholds: tokio::sync::watch::Receiver<DiskThresholds>,
@@ -63,31 +76,69 @@ pub async fn run(
     shared: crate::catalog::space::SharedLevel,
     cancel: CancellationToken,
 ) {
-    let mut windows: BTreeMap<String, RateWindow> = BTreeMap::new();
-    let mut level = Level::Ok;
-    let mut failing = false;
-    let mut usage_cache: Vec<(String, usage::ServerUsage)> = Vec::new();
-    let mut last_walk: Option<Instant> = None;
+    let mut w = Watch {
+        layout,
+        board,
+        shared,
+        windows: BTreeMap::new(),
+        level: Level::Ok,
+        failing: false,
+        usage: Vec::new(),
+        last_walk: None,
+    };
     loop {
         fail::fail_point!("catalog-watch");
         let thresholds = *thresholds.borrow();
-        let servers = board.snapshot();
+        w.round(&thresholds).await;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(thresholds.check_interval) => {}
+        }
+    }
+}
+
+impl Watch {
+    async fn round(&mut self, thresholds: &DiskThresholds) {
+        let names = self.sample_rates();
+        let same_servers = self.usage.len() == names.len() && self.usage.iter().zip(&names).all(|((a, _), b)| a == b);
+        let now = Instant::now();
+        let walk = !same_servers || self.last_walk.is_none_or(|w| now.duration_since(w) >= thresholds.usage_interval);
+        if walk {
+            self.last_walk = Some(now);
+        }
+        let (cap, per_server) = self.measure(names, walk).await;
+        let mut errors = Vec::new();
+        match per_server {
+            Some(Ok(p)) => self.usage = p,
+            Some(Err(e)) => errors.push(format!("walking the catalog for its usage: {e}")),
+            None => {}
+        }
+        let total_rate = self.publish_usage();
+        match cap {
+            Ok(Some(cap)) => self.publish_space(cap, total_rate, thresholds),
+            Ok(None) => {}
+            Err(e) => errors.push(format!("measuring free space: {e}")),
+        }
+        self.report(errors);
+    }
+
+    /// Records each server's flushed LSN for its ingest rate; returns the servers' names.
+    fn sample_rates(&mut self) -> Vec<String> {
+        let servers = self.board.snapshot();
         let now = Instant::now();
         for s in &servers {
             if let Some(l) = s.flushed_lsn {
-                windows.entry(s.server.clone()).or_default().record(now, l.0);
+                self.windows.entry(s.server.clone()).or_default().record(now, l.0);
             }
         }
-        windows.retain(|name, _| servers.iter().any(|s| &s.server == name));
-        let names: Vec<String> = servers.iter().map(|s| s.server.clone()).collect();
-        let same_servers = usage_cache.len() == names.len() && usage_cache.iter().zip(&names).all(|((a, _), b)| a == b);
-        let walk = !same_servers || last_walk.is_none_or(|w| now.duration_since(w) >= thresholds.usage_interval);
-        if walk {
-            last_walk = Some(now);
-        }
-        let root = layout.root().to_path_buf();
-        // Free space (one statvfs) and the usage walk are measured and reported apart: a walk
-        // that fails (an unreadable file) must not freeze the pressure level.
+        self.windows.retain(|name, _| servers.iter().any(|s| &s.server == name));
+        servers.into_iter().map(|s| s.server).collect()
+    }
+
+    /// Free space (one statvfs) and, when due, the usage walk, off the async threads. They are
+    /// reported apart: a walk that fails (an unreadable file) must not freeze the pressure level.
+    async fn measure(&self, names: Vec<String>, walk: bool) -> Measured {
+        let root = self.layout.root().to_path_buf();
         let measured = tokio::task::spawn_blocking(move || {
             let store = Catalog::open(&root).store();
             let cap = store.capacity();
@@ -100,71 +151,70 @@ pub async fn run(
             (cap, per_server)
         })
         .await;
-        let (cap, per_server) = match measured {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, "catalog measurement task failed");
-                (Err(std::io::Error::other("measurement task failed")), None)
-            }
-        };
-        let mut errors = Vec::new();
-        match per_server {
-            Some(Ok(p)) => usage_cache = p,
-            Some(Err(e)) => errors.push(format!("walking the catalog for its usage: {e}")),
-            None => {}
-        }
+        measured.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "catalog measurement task failed");
+            (Err(std::io::Error::other("measurement task failed")), None)
+        })
+    }
+
+    /// Each server's share and stored ingest rate; returns the total rate.
+    fn publish_usage(&self) -> f64 {
         let mut total_rate = 0.0;
-        for (name, u) in usage_cache.clone() {
-            let raw_rate = windows.get(&name).map(RateWindow::rate).unwrap_or(0.0);
+        for (name, u) in &self.usage {
+            let raw_rate = self.windows.get(name).map(RateWindow::rate).unwrap_or(0.0);
             let c = ServerCatalog {
                 wal_bytes: u.wal.bytes,
                 backup_bytes: u.backups.bytes,
                 wal_ingest_bytes_per_second: raw_rate * u.wal_stored_ratio.unwrap_or(1.0),
             };
             total_rate += c.wal_ingest_bytes_per_second;
-            crate::service::metrics::server_catalog(&name, &c);
-            board.update(&name, |s| s.catalog = Some(c));
+            crate::service::metrics::server_catalog(name, &c);
+            self.board.update(name, |s| s.catalog = Some(c));
         }
-        match cap {
-            Ok(Some(cap)) => {
-                let new_level = thresholds.level(cap);
-                if new_level != level {
-                    log_level_change(level, new_level, cap.free, &thresholds);
-                    level = new_level;
-                }
-                let space = CatalogSpace {
-                    free_bytes: cap.free,
-                    total_bytes: cap.total,
-                    pressure: new_level,
-                    full_eta_seconds: full_eta(cap.free, total_rate),
-                    at: unix_now(),
-                };
-                crate::service::metrics::catalog_space(
-                    &space,
-                    thresholds.catalog_free_warning.bytes(cap.total),
-                    thresholds.catalog_free_critical.bytes(cap.total),
-                );
-                shared.set(space.pressure);
-                board.set_catalog_space(space);
-            }
-            Ok(None) => {}
-            Err(e) => errors.push(format!("measuring free space: {e}")),
+        total_rate
+    }
+
+    /// The pressure level (logged once per change), the projection, to every reader.
+    fn publish_space(&mut self, cap: Capacity, total_rate: f64, thresholds: &DiskThresholds) {
+        let new_level = thresholds.level(cap);
+        if new_level != self.level {
+            log_level_change(self.level, new_level, cap.free, thresholds);
+            self.level = new_level;
         }
+        let space = CatalogSpace {
+            free_bytes: cap.free,
+            total_bytes: cap.total,
+            pressure: new_level,
+            full_eta_seconds: full_eta(cap.free, total_rate),
+            at: unix_now(),
+        };
+        crate::service::metrics::catalog_space(
+            &space,
+            thresholds.catalog_free_warning.bytes(cap.total),
+            thresholds.catalog_free_critical.bytes(cap.total),
+        );
+        self.shared.set(space.pressure);
+        self.board.set_catalog_space(space);
+    }
+
+    /// Logs the first failure of a series; counts every one.
+    fn report(&mut self, errors: Vec<String>) {
         if errors.is_empty() {
-            failing = false;
-        } else {
-            if !failing {
-                tracing::warn!(catalog = %layout.root().display(), errors = ?errors, "cannot measure the catalog's space and usage");
-                failing = true;
-            }
-            crate::service::metrics::catalog_checks_failed();
+            self.failing = false;
+            return;
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(thresholds.check_interval) => {}
+        if !self.failing {
+            tracing::warn!(catalog = %self.layout.root().display(), errors = ?errors, "cannot measure the catalog's space and usage");
+            self.failing = true;
         }
+        crate::service::metrics::catalog_checks_failed();
     }
 }
+
+type Measured = (
+    std::io::Result<Option<Capacity>>,
+    Option<std::io::Result<Vec<(String, usage::ServerUsage)>>>,
+);
 
 fn log_level_change(old: Level, new: Level, free: u64, t: &DiskThresholds) {
     let free = crate::util::units::human_bytes(free);
