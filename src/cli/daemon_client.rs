@@ -1,21 +1,23 @@
 //! The CLI's one way of talking to a running `pgark serve`: `GET /status` on its
-//! `metrics.listen`, bounded in time. `pgark status` prints the answer; `pgark backup` learns
+//! `metrics.listen` with hyper's HTTP/1.1 client, bounded in time and size. `pgark status` prints the answer; `pgark backup` learns
 //! the receiver's flush position from it (`backup::WalProgressSource`).
 
 use crate::backup::{ReceiverPosition, WalProgressSource};
 use crate::service::status::{ConnState, DaemonStatus};
+use axum::body::Body;
+use axum::http::{header, Request};
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Time to connect, and then to read the whole answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A `/status` answer larger than this is refused (a wrong address answering endlessly).
-const MAX_RESPONSE: u64 = 64 << 20;
+const MAX_RESPONSE: usize = 64 << 20;
 
 /// Why the daemon's status could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -28,22 +30,33 @@ pub enum DaemonClientError {
     NotPgark { addr: String, source: serde_json::Error },
 }
 
-/// A minimal HTTP/1.1 GET (the daemon answers with `Connection: close`): (status code, body).
+/// GET `path` from `addr` (hyper's HTTP/1.1 client): (status code, body).
 async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let timed_out = |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} {addr}"));
-    let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let http = |e: &dyn std::fmt::Display| std::io::Error::other(format!("{addr}: {e}"));
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| timed_out("connecting to"))??;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut resp = Vec::new();
-    tokio::time::timeout(READ_TIMEOUT, (&mut s).take(MAX_RESPONSE).read_to_end(&mut resp))
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| http(&e))?;
+        let conn = tokio::spawn(conn);
+        let request = Request::get(path)
+            .header(header::HOST, addr)
+            .body(Body::empty())
+            .map_err(|e| http(&e))?;
+        let response = sender.send_request(request).await.map_err(|e| http(&e))?;
+        let code = response.status().as_u16();
+        let body = axum::body::to_bytes(Body::new(response.into_body()), MAX_RESPONSE)
+            .await
+            .map_err(|e| http(&e))?;
+        conn.abort();
+        Ok::<_, std::io::Error>((code, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(READ_TIMEOUT, exchange)
         .await
-        .map_err(|_| timed_out("reading from"))??;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((code, body.to_string()))
+        .map_err(|_| timed_out("reading from"))?
 }
 
 /// The running daemon's `/status`.
