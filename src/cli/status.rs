@@ -3,6 +3,7 @@
 use crate::catalog::Catalog;
 use crate::cli::{daemon_client, exit};
 use crate::config::Config;
+use crate::service::status::{ConnState, DaemonStatus, ServerStatus};
 
 /// `pgark status`: asks the running daemon; falls back to the catalog when it is not running.
 pub async fn status(path: &std::path::Path, json: bool) -> i32 {
@@ -56,21 +57,21 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
     }
 }
 
-/// `pgark status` without a daemon: what the catalog says of each server.
+/// `pgark status` without a daemon: what the catalog says of each server, in the same schema.
 fn status_offline(config: &Config, why: &str, json: bool) -> i32 {
+    let status = offline_status(config, why);
     if json {
-        let servers: Vec<_> = config.servers.keys().map(|s| offline_json(config, s)).collect();
-        println!(
-            "{}",
-            serde_json::json!({ "daemon_running": false, "reason": why, "servers": servers })
-        );
+        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     } else {
         println!("pgark serve is not running: {why}");
-        for name in config.servers.keys() {
-            let v = offline_json(config, name);
+        for s in &status.servers {
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "null".into());
             println!(
-                "  {name}: not streaming; last known timeline {} flushed {} (from the catalog)",
-                v["timeline"], v["flushed_lsn"]
+                "  {}: not streaming; last known timeline {} flushed {} (from the catalog){}",
+                s.server,
+                opt(s.timeline.map(|t| t.to_string())),
+                opt(s.flushed_lsn.map(|l| format!("\"{l}\""))),
+                s.last_error.as_deref().map(|e| format!("; {e}")).unwrap_or_default()
             );
         }
     }
@@ -118,16 +119,34 @@ fn print_details(status: &crate::service::status::DaemonStatus) {
     }
 }
 
-fn offline_json(config: &Config, server: &str) -> serde_json::Value {
+/// Each server as its `server.state` last recorded it.
+fn offline_status(config: &Config, why: &str) -> DaemonStatus {
     let store = Catalog::open(&config.catalog).store();
-    match crate::catalog::state::load(store.as_ref(), server) {
-        Ok(Some(st)) => serde_json::json!({
-            "server": server, "state": "stopped", "timeline": st.timeline.0, "flushed_lsn": st.flushed_lsn.to_string(),
-            "system_identifier": st.system_identifier.to_string(),
-        }),
-        Ok(None) => serde_json::json!({ "server": server, "state": "stopped", "timeline": null, "flushed_lsn": null }),
-        Err(e) => {
-            serde_json::json!({ "server": server, "state": "stopped", "error": e.to_string(), "timeline": null, "flushed_lsn": null })
-        }
+    let servers = config
+        .servers
+        .values()
+        .map(|cfg| {
+            let mut s = ServerStatus::new(&cfg.name, cfg.synchronous);
+            s.state = ConnState::Stopped;
+            match crate::catalog::state::load(store.as_ref(), &cfg.name) {
+                Ok(Some(st)) => {
+                    s.timeline = Some(st.timeline);
+                    s.flushed_lsn = Some(st.flushed_lsn);
+                }
+                Ok(None) => {}
+                Err(e) => s.last_error = Some(e.to_string()),
+            }
+            s
+        })
+        .collect();
+    DaemonStatus {
+        daemon_running: false,
+        reason: Some(why.to_string()),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: 0,
+        catalog: config.catalog.display().to_string(),
+        catalog_space: None,
+        servers,
+        task_failures: Vec::new(),
     }
 }

@@ -43,6 +43,8 @@ pub struct HttpState {
 impl HttpState {
     pub fn status(&self) -> DaemonStatus {
         DaemonStatus {
+            daemon_running: true,
+            reason: None,
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             catalog: self.catalog.clone(),

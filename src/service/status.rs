@@ -105,6 +105,13 @@ impl ServerStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DaemonStatus {
+    /// False when `pgark status` found no daemon and read the catalog instead (then `pid` is 0,
+    /// `reason` says why, and each server's `timeline` and `flushed_lsn` come from its
+    /// `server.state`).
+    #[serde(default = "running")]
+    pub daemon_running: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub version: String,
     pub pid: u32,
     pub catalog: String,
@@ -115,6 +122,10 @@ pub struct DaemonStatus {
     /// (at most `MAX_TASK_FAILURES`).
     #[serde(default)]
     pub task_failures: Vec<TaskFailure>,
+}
+
+fn running() -> bool {
+    true
 }
 
 /// A task of the daemon that died.
