@@ -174,7 +174,12 @@ async fn run(
     let (cfg, server) = (&job.settings, job.server.as_str());
     let started = Instant::now();
     let start_time = unix_now();
-    let mut s = session::open(job, store, id, start_time).await?;
+    let session::Session {
+        conn,
+        sys,
+        seg,
+        pg_version,
+    } = session::open(job, store, id, start_time).await?;
     let names = tablespaces::tablespace_names(server, &job.conninfo).await;
     let streaming = job.wal_progress.receiver(server).await.is_some_and(|p| p.streaming);
     if streaming {
@@ -200,28 +205,17 @@ async fn run(
         "{server}: starting backup {id} ({} checkpoint)",
         if job.fast_checkpoint { "fast" } else { "spread" }
     ));
-    let got = session::receive(&mut s, job, &request, &target, progress).await?;
-    s.conn.terminate().await;
+    let got = session::receive(conn, job, &request, &target, progress).await?;
     let assembled = assemble::assemble(server, got.rx.files, got.chunks)?;
 
     // PostgreSQL's manifest: every file must match it.
     let manifest = manifest::Manifest::parse(&got.manifest)?;
-    let checked = verify::against_manifest(&manifest, s.sys.system_identifier, &assembled.files, request.include_wal)?;
+    let checked = verify::against_manifest(&manifest, sys.system_identifier, &assembled.files, request.include_wal)?;
     tracing::info!(server = %server, id, files = checked, "every file matches the server's backup_manifest");
     store.put(&backup_store::manifest_key(server, id), &got.manifest)?;
 
     // The WAL from start to end must be durable before the backup may exist.
-    let wal_source = verify::wal_is_durable(
-        job,
-        store.as_ref(),
-        s.seg,
-        got.start,
-        got.end,
-        streaming,
-        &assembled.files,
-        progress,
-    )
-    .await?;
+    let wal_source = verify::wal_is_durable(job, store.as_ref(), seg, got.start, got.end, streaming, &assembled.files, progress).await?;
 
     store.sync()?;
     let label_text = String::from_utf8_lossy(&got.rx.backup_label).into_owned();
@@ -236,9 +230,9 @@ async fn run(
         end_lsn: got.end.0,
         start_timeline: got.start.1,
         end_timeline: got.end.1,
-        pg_version: s.pg_version,
-        system_identifier: s.sys.system_identifier.to_string(),
-        wal_segment_size: s.seg.bytes(),
+        pg_version,
+        system_identifier: sys.system_identifier.to_string(),
+        wal_segment_size: seg.bytes(),
         from_standby: label_text.lines().any(|l| l.trim() == "BACKUP FROM: standby"),
         checkpoint: if job.fast_checkpoint { "fast" } else { "spread" }.into(),
         wal_source,

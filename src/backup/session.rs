@@ -95,11 +95,11 @@ pub struct Target<'a> {
     pub names: BTreeMap<u32, String>,
 }
 
-/// Sends BASE_BACKUP and reads the reply to its end: tablespaces, each archive's files into
+/// Sends BASE_BACKUP and reads the reply to its end (then closes the connection): tablespaces, each archive's files into
 /// chunks, the manifest, start and end positions. The storage workers' own error (out of space,
 /// EIO) ends the stream and is the one returned.
 pub async fn receive(
-    s: &mut Session,
+    mut conn: Connection,
     job: &BackupJob,
     request: &BaseBackupRequest,
     target: &Target<'_>,
@@ -107,7 +107,6 @@ pub async fn receive(
 ) -> Result<Received, BackupError> {
     let (cfg, server, id) = (&job.settings, job.server.as_str(), target.id);
     let client = client_error(server);
-    let conn = &mut s.conn;
     let reusable = backup_store::reusable_chunks(target.store.as_ref(), server)?;
     // With a spread checkpoint the server says nothing until its checkpoint is done, which may
     // take up to checkpoint_timeout (times checkpoint_completion_target), after one already
@@ -229,6 +228,7 @@ pub async fn receive(
     let (Some(start), Some(end), true) = (start, end, done) else {
         return Err(tar_err(server, "the reply ended before the backup completed"));
     };
+    conn.terminate().await;
     let stored_bytes = pipeline.stored_bytes();
     progress.update(rx.bytes, stored_bytes);
     progress.phase(&format!("{server}: received {} bytes; storing and checking", rx.bytes));

@@ -67,8 +67,14 @@ impl Catalog {
     /// Free and total space where `server`'s data goes (`<catalog>/<server>`, which may be a
     /// volume of its own; the root's until that directory exists).
     pub fn capacity(&self, server: Option<&str>) -> std::io::Result<store::Capacity> {
-        let dir = server.map(|s| self.layout.server_dir(s)).filter(|d| d.is_dir());
-        store::filesystem_capacity(dir.as_deref().unwrap_or(self.layout.root()))
+        if let Some(dir) = server.map(|s| self.layout.server_dir(s)) {
+            match std::fs::metadata(&dir) {
+                Ok(_) => return store::filesystem_capacity(&dir),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+            }
+        }
+        store::filesystem_capacity(self.layout.root())
     }
 }
 

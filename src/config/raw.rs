@@ -57,8 +57,8 @@ pub struct RawDiskPressure {
     pub usage_interval: Option<String>,
 }
 
-/// One server as written; also what a reload compares (a changed entry restarts that server).
-#[derive(Deserialize, PartialEq, Clone)]
+/// One server as written.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub conninfo: String,

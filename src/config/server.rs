@@ -13,7 +13,6 @@ use std::time::Duration;
 /// Validates `servers.<name>`; the error names the key.
 pub fn parse(name: &str, s: RawServer) -> Result<ServerConfig, String> {
     let err = |m: String| m;
-    let raw = s.clone();
     let key = |k: &str| format!("servers.{name}.{k}");
     validate_server_name(name).map_err(|m| err(format!("servers.{name}: {m}")))?;
     let conninfo = ConnInfo::parse(&s.conninfo).map_err(|m| err(format!("{}: {m}", key("conninfo"))))?;
@@ -90,7 +89,6 @@ pub fn parse(name: &str, s: RawServer) -> Result<ServerConfig, String> {
         monitor_interval,
         monitor_conninfo,
         slot_retained_limit,
-        raw,
     })
 }
 
@@ -115,8 +113,6 @@ pub struct ServerConfig {
     pub monitor_conninfo: Option<(String, ConnInfo)>,
     /// WAL the slot may hold back on the server before pgark warns.
     pub slot_retained_limit: Option<u64>,
-    /// The entry as written: what a reload compares.
-    raw: RawServer,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -138,11 +134,38 @@ impl std::fmt::Debug for ServerConfig {
     }
 }
 
-/// Equal when the entry as written is equal: a reload restarts a server whose entry changed in
-/// any way (no list of fields to keep in step).
+/// What a reload compares: a server whose settings changed is restarted. The pattern names every
+/// field (no `..`), so a new field cannot be forgotten here. The connection strings compare as
+/// written (the parsed forms hold looked-up passwords).
 impl PartialEq for ServerConfig {
     fn eq(&self, o: &Self) -> bool {
-        self.name == o.name && self.raw == o.raw
+        let ServerConfig {
+            name,
+            conninfo_text,
+            conninfo: _,
+            slot,
+            create_slot,
+            synchronous,
+            status_interval,
+            receiver_timeout,
+            compression,
+            backup,
+            monitor_interval,
+            monitor_conninfo,
+            slot_retained_limit,
+        } = self;
+        *name == o.name
+            && *conninfo_text == o.conninfo_text
+            && *slot == o.slot
+            && *create_slot == o.create_slot
+            && *synchronous == o.synchronous
+            && *status_interval == o.status_interval
+            && *receiver_timeout == o.receiver_timeout
+            && *compression == o.compression
+            && *backup == o.backup
+            && *monitor_interval == o.monitor_interval
+            && monitor_conninfo.as_ref().map(|m| &m.0) == o.monitor_conninfo.as_ref().map(|m| &m.0)
+            && *slot_retained_limit == o.slot_retained_limit
     }
 }
 

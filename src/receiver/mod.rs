@@ -203,11 +203,11 @@ pub async fn run(cfg: Settings, env: Env, cancel: CancellationToken) {
             Ok(SessionEnd::Cancelled) | Err(ReceiverError::Client(ClientError::Cancelled)) => break,
             Ok(SessionEnd::ServerShutdown) => {
                 tracing::info!("server is shutting down; will reconnect");
-                observer.session_ended(DisconnectReason::ServerShutdown, "server shut down");
+                observer.session_ended(DisconnectReason::ServerShutdown, "server shut down", false);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "replication session ended");
-                observer.session_ended(DisconnectReason::from(&e), &e.to_string());
+                observer.session_ended(DisconnectReason::from(&e), &e.to_string(), matches!(e, ReceiverError::Store(_)));
             }
         }
         if streamed {

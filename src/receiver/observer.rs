@@ -106,8 +106,9 @@ pub trait ReceiverObserver: Send + Sync {
     fn state(&self, state: ConnState);
     /// Streaming has begun: the server and the credentials work.
     fn streaming(&self);
-    /// A session ended; `error` says what happened, for the status.
-    fn session_ended(&self, reason: DisconnectReason, error: &str);
+    /// A session ended; `error` says what happened, for the status. `store_failed`: a write to
+    /// the WAL store failed (the flush position was held back).
+    fn session_ended(&self, reason: DisconnectReason, error: &str, store_failed: bool);
     /// Waiting before the next attempt.
     fn retrying(&self);
     /// Streaming (re)starts on `timeline` at `start`.
@@ -136,7 +137,7 @@ impl ReceiverObserver for NoObserver {
     fn started(&self, _: bool) {}
     fn state(&self, _: ConnState) {}
     fn streaming(&self) {}
-    fn session_ended(&self, _: DisconnectReason, _: &str) {}
+    fn session_ended(&self, _: DisconnectReason, _: &str, _: bool) {}
     fn retrying(&self) {}
     fn timeline(&self, _: TimelineId, _: Lsn) {}
     fn positions(&self, _: &Positions) {}

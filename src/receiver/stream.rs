@@ -695,7 +695,7 @@ mod tests {
             fn started(&self, _: bool) {}
             fn state(&self, _: crate::receiver::ConnState) {}
             fn streaming(&self) {}
-            fn session_ended(&self, _: crate::receiver::DisconnectReason, _: &str) {}
+            fn session_ended(&self, _: crate::receiver::DisconnectReason, _: &str, _: bool) {}
             fn retrying(&self) {}
             fn timeline(&self, _: TimelineId, _: Lsn) {}
             fn positions(&self, _: &Positions) {}

@@ -36,6 +36,15 @@ where
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
+                // Counted even if `work` panics, so the loop below ends (the scope then
+                // re-raises the panic).
+                struct Finished<'a>(&'a AtomicUsize);
+                impl Drop for Finished<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let _finished = Finished(&finished);
                 let result = (|| {
                     let mut state = init()?;
                     while !failed.load(Ordering::Relaxed) {
@@ -52,7 +61,6 @@ where
                 if let Err(e) = result {
                     fail(e);
                 }
-                finished.fetch_add(1, Ordering::Relaxed);
             });
         }
         while finished.load(Ordering::Relaxed) < jobs {

@@ -11,7 +11,7 @@ use crate::service::status::{ConnState, DaemonStatus, StatusBoard};
 use crate::util::time::unix_now;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{BoxError, Router};
@@ -78,9 +78,10 @@ impl HttpState {
 /// request is bounded in time and in how many run at once (tower's layers).
 pub fn router(state: HttpState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        .route("/healthz", get(healthz))
+        // GET only (axum would answer HEAD with the GET handler).
+        .route("/metrics", get(metrics).head(method_not_allowed))
+        .route("/status", get(status).head(method_not_allowed))
+        .route("/healthz", get(healthz).head(method_not_allowed))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -117,8 +118,11 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-async fn not_found() -> impl IntoResponse {
-    (StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /status\n")
+async fn not_found(method: Method) -> impl IntoResponse {
+    if method != Method::GET {
+        return method_not_allowed().await.into_response();
+    }
+    (StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /status\n").into_response()
 }
 
 async fn method_not_allowed() -> impl IntoResponse {
@@ -194,5 +198,34 @@ mod tests {
         // Streaming: healthy whatever the times.
         board.update("new", |s| s.state = ConnState::Streaming);
         assert!(state.health_problems().is_empty());
+    }
+
+    #[tokio::test]
+    async fn routes_methods_and_status_codes() {
+        use tower::ServiceExt;
+        let state = HttpState {
+            metrics: crate::service::metrics::install(),
+            board: StatusBoard::default(),
+            catalog: "/c".into(),
+            stream_timeout_secs: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(60)),
+        };
+        let app = router(state);
+        for (method, path, code) in [
+            ("GET", "/healthz", 200),
+            ("GET", "/status", 200),
+            ("GET", "/metrics?x=1", 200),
+            ("GET", "/nope", 404),
+            ("POST", "/metrics", 405),
+            ("HEAD", "/status", 405),
+            ("POST", "/nope", 405),
+        ] {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status().as_u16(), code, "{method} {path}");
+        }
     }
 }

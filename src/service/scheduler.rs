@@ -89,9 +89,12 @@ pub async fn run(
             }
         };
         cache = Some(c);
+        let mut wait = POLL;
         if let Some(schedule) = &cfg.backup.schedule {
             let now = unix_now();
             let due = schedule.next_due(last_start, now).max(retry_at.unwrap_or(0));
+            // Wake when the next backup is due, if that comes before the next poll.
+            wait = wait.min(Duration::from_secs(due.saturating_sub(now).max(1)));
             let thresholds = *disk_pressure.borrow();
             let refused = match Catalog::open(&catalog).capacity(None) {
                 Ok(cap) => thresholds.check_backup_allowed(cap).err(),
@@ -135,7 +138,11 @@ pub async fn run(
                     }
                     Ok(Err(BackupError::Cancelled)) => return,
                     Ok(Err(e)) => {
-                        crate::service::metrics::backup_failed(&server);
+                        // A backup not started (another one holds the lock, no space) is not a
+                        // failed backup.
+                        if !matches!(e, BackupError::Locked(_) | BackupError::DiskPressure { .. }) {
+                            crate::service::metrics::backup_failed(&server);
+                        }
                         let wait = match schedule {
                             Schedule::Every(d) => RETRY_AFTER_FAILURE.min(*d),
                             Schedule::Cron { .. } => RETRY_AFTER_FAILURE,
@@ -150,7 +157,12 @@ pub async fn run(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(POLL.min(disk_pressure.borrow().check_interval)) => {}
+            _ = tokio::time::sleep(if held_back {
+                // A due backup waits for space: look again as often as space is measured.
+                wait.min(disk_pressure.borrow().check_interval)
+            } else {
+                wait
+            }) => {}
         }
     }
 }

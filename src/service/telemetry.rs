@@ -16,7 +16,9 @@ use std::time::Duration;
 pub struct ServerTelemetry {
     server: String,
     board: StatusBoard,
-    m: StreamMetrics,
+    /// Created when streaming first starts: the stream's gauges do not exist (rather than read
+    /// 0) for a server that never streamed.
+    stream: std::sync::OnceLock<StreamMetrics>,
 }
 
 impl ServerTelemetry {
@@ -24,8 +26,13 @@ impl ServerTelemetry {
         ServerTelemetry {
             server: server.to_string(),
             board,
-            m: StreamMetrics::new(server),
+            stream: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The stream's metric handles (created at the first streaming session).
+    fn m(&self) -> &StreamMetrics {
+        self.stream.get_or_init(|| StreamMetrics::new(&self.server))
     }
 
     fn set_state(&self, state: ConnState) {
@@ -46,6 +53,7 @@ impl ReceiverObserver for ServerTelemetry {
     }
 
     fn streaming(&self) {
+        self.m();
         self.set_state(ConnState::Streaming);
         self.board.update(&self.server, |s| {
             s.streaming_since = Some(unix_now());
@@ -53,9 +61,9 @@ impl ReceiverObserver for ServerTelemetry {
         });
     }
 
-    fn session_ended(&self, reason: DisconnectReason, error: &str) {
+    fn session_ended(&self, reason: DisconnectReason, error: &str, store_failed: bool) {
         metrics::set_up(&self.server, false);
-        if reason == DisconnectReason::Catalog {
+        if store_failed {
             metrics::store_error(&self.server);
         }
         metrics::disconnected(&self.server, reason.as_str());
@@ -82,8 +90,7 @@ impl ReceiverObserver for ServerTelemetry {
     }
 
     fn positions(&self, p: &Positions) {
-        self.m.wal_positions(p.write.0, p.flush.0);
-        self.m.server_wal_end(p.server_end.0);
+        self.m().wal_positions(p.write.0, p.flush.0);
         let lag = p.server_end.saturating_sub(p.flush);
         self.board.update(&self.server, |s| {
             s.received_lsn = Some(p.write);
@@ -97,19 +104,19 @@ impl ReceiverObserver for ServerTelemetry {
     }
 
     fn keepalive(&self, server_end: Lsn) {
-        self.m.server_wal_end(server_end.0);
+        self.m().server_wal_end(server_end.0);
     }
 
     fn wal_received(&self, bytes: u64) {
-        self.m.wal_received(bytes);
+        self.m().wal_received(bytes);
     }
 
     fn fsync(&self, took: Duration) {
-        self.m.fsync_duration(took);
+        self.m().fsync_duration(took);
     }
 
     fn acked(&self, latency: Duration) {
-        self.m.ack_latency(latency);
+        self.m().ack_latency(latency);
     }
 
     fn segment_completed(&self, file: &str) {
@@ -122,7 +129,7 @@ impl ReceiverObserver for ServerTelemetry {
     }
 
     fn durable_until(&self, unix: u64) {
-        self.m.recovery_window_end(unix);
+        self.m().recovery_window_end(unix);
         self.board.update(&self.server, |s| s.wal_durable_at = Some(unix));
     }
 

@@ -95,25 +95,27 @@ async fn run_inner(duration: Option<u64>, metrics_listen: &str) -> Result<(), St
         let _ = tokio::signal::ctrl_c().await;
         stop2.cancel();
     });
-    let mut conn = connect(&primary).await?;
-    sql(
-        &mut conn,
-        "CREATE TABLE IF NOT EXISTS demo_events (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), payload text)",
-    )
-    .await?;
-    let backup = load_and_back_up(&mut conn, &d, &config, duration, &stop).await?;
-    if let Some(rx) = backup {
-        println!("== waiting for the base backup to finish");
-        report_backup(rx.await.map_err(|_| "the backup thread ended without an answer")?)?;
+    // Whatever happens from here, pgark and the cluster are stopped cleanly afterwards.
+    let outcome = async {
+        let mut conn = connect(&primary).await?;
+        sql(
+            &mut conn,
+            "CREATE TABLE IF NOT EXISTS demo_events (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), payload text)",
+        )
+        .await?;
+        let backup = load_and_back_up(&mut conn, &d, &config, duration, &stop).await?;
+        if let Some(rx) = backup {
+            println!("== waiting for the base backup to finish");
+            report_backup(rx.await.map_err(|_| "the backup thread ended without an answer")?)?;
+        }
+        point_in_time_restore(&mut conn, &bindir, work.path(), &config_path).await
     }
-
-    let finale = point_in_time_restore(&mut conn, &bindir, work.path(), &config_path).await;
+    .await;
     println!("\n== stopping: pgark fsyncs and sends a last status update, then the cluster is stopped");
-    drop(conn);
     d.shutdown().await;
     println!("== removing {} (cluster, catalog, restored copy)", work.path().display());
     tokio::task::block_in_place(|| primary.stop("fast"))?;
-    finale
+    outcome
 }
 
 type BackupResult = Result<crate::catalog::backup_store::BackupIndex, crate::backup::BackupError>;
@@ -139,10 +141,13 @@ async fn load_and_back_up(
             break;
         }
         let t = Instant::now();
-        tokio::select! {
-            r = sql(conn, "INSERT INTO demo_events (payload) SELECT md5(random()::text) FROM generate_series(1, 500)") => { r?; }
-            _ = stop.cancelled() => break,
-        }
+        // Never abandoned half-way (a dropped query would leave its reply for the next one);
+        // Ctrl-C is looked at between commits, which take milliseconds.
+        sql(
+            conn,
+            "INSERT INTO demo_events (payload) SELECT md5(random()::text) FROM generate_series(1, 500)",
+        )
+        .await?;
         committed += 500;
         let commit_ms = t.elapsed().as_secs_f64() * 1000.0;
         if committed % 50_000 == 0 {
@@ -162,7 +167,8 @@ async fn load_and_back_up(
                     max_rate_kb: None,
                     wal_progress: std::sync::Arc::new(d.board().clone()),
                     disk_pressure: crate::catalog::space::DiskThresholds::default(),
-                    cancel: stop.child_token(),
+                    // Its own token: Ctrl-C ends the load, not the backup the restore needs.
+                    cancel: CancellationToken::new(),
                 },
                 Box::new(crate::util::progress::LogLines::new("backup")),
             ));
