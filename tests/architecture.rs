@@ -26,16 +26,25 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("restore", &["catalog", "pg", "fsio", "util"]),
     ("monitor", &["client", "pg", "util"]),
     // L5 configuration
-    ("config", &["receiver", "backup", "restore", "monitor", "catalog", "client", "protocol", "pg", "fsio", "util"]),
+    (
+        "config",
+        &[
+            "receiver", "backup", "restore", "monitor", "catalog", "client", "protocol", "pg", "fsio", "util",
+        ],
+    ),
     // L6 the daemon
     (
         "service",
-        &["config", "receiver", "backup", "restore", "monitor", "catalog", "client", "protocol", "pg", "fsio", "util"],
+        &[
+            "config", "receiver", "backup", "restore", "monitor", "catalog", "client", "protocol", "pg", "fsio", "util",
+        ],
     ),
     // L7 the command line
     (
         "cli",
-        &["service", "config", "receiver", "backup", "restore", "monitor", "catalog", "client", "protocol", "pg", "fsio", "util"],
+        &[
+            "service", "config", "receiver", "backup", "restore", "monitor", "catalog", "client", "protocol", "pg", "fsio", "util",
+        ],
     ),
 ];
 
