@@ -202,7 +202,9 @@ fn stalls_at_the_end_of_a_timeline_and_at_first_contact() {
     for command in triggers {
         let proxy = FaultProxy::start(&format!("127.0.0.1:{}", standby.port));
         proxy.arm(Trigger::ClientSends(command.into()), Fault::Stall);
-        standby.psql("SELECT pg_create_physical_replication_slot('pgark_fresh', true)").ok();
+        standby
+            .psql("SELECT pg_create_physical_replication_slot('pgark_fresh', true)")
+            .unwrap();
         let fresh = Pgark::start(&format!(
             "  fresh:\n    conninfo: \"{}\"\n    slot: pgark_fresh\n    status_interval: 1s\n    synchronous: false\n    receiver_timeout: 3s\n",
             proxied(&standby, &proxy)
@@ -212,7 +214,16 @@ fn stalls_at_the_end_of_a_timeline_and_at_first_contact() {
         proxy.heal();
         fresh.wait_streaming("fresh");
         drop(fresh);
-        standby.psql("SELECT pg_drop_replication_slot('pgark_fresh')").ok();
+        wait_until(
+            Duration::from_secs(20),
+            "the killed daemon's walsender to let go of its slot",
+            || {
+                standby
+                    .psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'pgark_fresh'")
+                    .is_ok_and(|a| a == "f")
+            },
+        );
+        standby.psql("SELECT pg_drop_replication_slot('pgark_fresh')").unwrap();
     }
 }
 
