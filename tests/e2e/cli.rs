@@ -2,12 +2,11 @@
 //! stale lock taken over), `pgark status` (exit 0 / 3, --json), SIGHUP reload.
 
 use crate::support::*;
-use std::process::Output;
 use std::time::Duration;
 
 /// `pgark ARGS...`: (exit code, stdout, stderr).
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out: Output = pgark_args(args);
+    let out = pgark_args(args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
