@@ -5,19 +5,14 @@
 //! an HTTP connection flood, 13 a delta restore fsyncs what it kept; and the daemon's
 //! supervision of its tasks (a panic in each is logged, counted, shown and restarted).
 
-use crate::backup::{open_for_postgres, text, Catalog};
-use crate::common::*;
-use crate::faults::FaultLog;
-use crate::pgcluster::{running_as_root, Cluster};
+use crate::support::faults::{self, FaultLog};
+use crate::support::*;
+use pgark::util::os::running_as_root;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn pgark_cmd(config: &Path, args: &[&str]) -> std::process::Output {
-    crate::backup::pgark(config, args)
-}
 
 /// Finding 1. `synchronous_standby_names = 'ANY 1 (pgark, replica1)'`, replica1 stopped right
 /// after a segment switch, a few commits acknowledged by pgark alone, the primary stopped,
@@ -58,7 +53,7 @@ fn failover_scenario(attempt: u32) -> bool {
     replica.stop("fast").unwrap();
     replica.start().unwrap();
     // A backup the restore can start from.
-    let o = pgark_cmd(&p.config, &["backup", "main", "--checkpoint", "fast"]);
+    let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
     assert!(o.status.success(), "{}", text(&o));
     primary.psql("INSERT INTO t SELECT generate_series(1, 100)").unwrap();
     // The switch: the new segment starts at S. replica1 receives up to S and stops.
@@ -116,9 +111,9 @@ fn failover_scenario(attempt: u32) -> bool {
     assert_eq!(p.term(), 0);
     // A restore along timeline 1 reaches the acknowledged rows.
     open_for_postgres(p.dir.path());
-    let bin = crate::restore::Binary::new();
-    let (data, tmp, _) = crate::restore::restore(&bin, &p.config, "main", &["--target-timeline", "1"]);
-    let r = crate::restore::start(&bins, tmp, data);
+    let bin = Binary::new();
+    let (data, tmp, _) = restore(&bin, &p.config, "main", &["--target-timeline", "1"]);
+    let r = start_restored(&bins, tmp, data, None);
     let got = r.psql("SELECT count(*) FROM t WHERE id BETWEEN 1001 AND 1005").unwrap();
     assert_eq!(got, "5", "the acknowledged commits are not in the restored cluster");
     true
@@ -137,11 +132,11 @@ fn backup_space_is_checked_on_the_servers_own_volume() {
         "backup_checkpoint: fast\nbackup_min_free: 40MiB",
     ));
     std::fs::create_dir_all(cat.catalog.join("main")).unwrap();
-    let Some(fs) = SmallFs::mount_at("48m", &cat.catalog.join("main")) else {
+    let Some(fs) = MountedFs::at(&cat.catalog.join("main"), "size=48m") else {
         eprintln!("SKIP: cannot mount a tmpfs here (not root)");
         return;
     };
-    let o = pgark_cmd(&cat.config, &["backup", "main"]);
+    let o = pgark(&cat.config, &["backup", "main"]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(
@@ -182,7 +177,8 @@ fn catalog_is_private_whatever_the_umask() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = dir.path().join("catalog");
         let config = dir.path().join("pgark.yaml");
-        let metrics = format!("127.0.0.1:{}", crate::pgcluster::free_port());
+        let metrics_port = ports::reserve();
+        let metrics = format!("127.0.0.1:{metrics_port}");
         std::fs::write(
             &config,
             format!(
@@ -198,7 +194,7 @@ fn catalog_is_private_whatever_the_umask() {
         )
         .unwrap();
         let mut child = unsafe {
-            Command::new(env!("CARGO_BIN_EXE_pgark"))
+            Command::new(pgark_bin())
                 .args(["serve", "--config"])
                 .arg(&config)
                 .stdout(Stdio::null())
@@ -220,7 +216,7 @@ fn catalog_is_private_whatever_the_umask() {
         wait_until(Duration::from_secs(30), "a compressed segment", || {
             std::fs::read_dir(&wal).is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".zst")))
         });
-        let o = Command::new(env!("CARGO_BIN_EXE_pgark"))
+        let o = Command::new(pgark_bin())
             .args(["backup", "--config"])
             .arg(&config)
             .args(["main", "--checkpoint", "fast"])
@@ -253,7 +249,7 @@ fn catalog_is_private_whatever_the_umask() {
         // check-config says so when someone opens the catalog up.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&catalog, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let o = pgark_cmd(&config, &["check-config"]);
+        let o = pgark(&config, &["check-config"]);
         assert!(o.status.success());
         assert!(text(&o).contains("readable by every user"), "{}", text(&o));
     }
@@ -264,7 +260,7 @@ fn catalog_is_private_whatever_the_umask() {
 /// `backup --json`, `check-config` errors, `wal-get` errors (which PostgreSQL writes to its log).
 #[test]
 fn passwords_never_appear_in_any_output() {
-    let (c, _certs) = crate::auth::setup();
+    let (c, _certs) = tls_cluster();
     let secret = "Pw-7f3a91c2-secret";
     let wrong = "Wr0ng-5b1d77e0-secret";
     c.psql(&format!(
@@ -290,7 +286,7 @@ fn passwords_never_appear_in_any_output() {
     });
     let mut outputs: Vec<(String, String)> = vec![];
     outputs.push(("/status".into(), p.http_get("/status").1));
-    outputs.push(("/metrics".into(), p.http_get("/metrics").1));
+    outputs.push(("/metrics".into(), p.metrics_text()));
     outputs.push(("/healthz".into(), p.http_get("/healthz").1));
     for args in [
         vec!["status", "--json"],
@@ -302,7 +298,7 @@ fn passwords_never_appear_in_any_output() {
         vec!["wal-get", "good", "../../etc/passwd", "/tmp/x"],
         vec!["check-config"],
     ] {
-        let o = pgark_cmd(&p.config, &args);
+        let o = pgark(&p.config, &args);
         outputs.push((format!("pgark {args:?}"), text(&o)));
     }
     // Configs whose connection string cannot be parsed, with the password inside.
@@ -323,7 +319,7 @@ fn passwords_never_appear_in_any_output() {
             ),
         )
         .unwrap();
-        let o = pgark_cmd(&cfg, &["check-config"]);
+        let o = pgark(&cfg, &["check-config"]);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         outputs.push((format!("check-config of {conninfo}"), text(&o)));
     }
@@ -462,6 +458,7 @@ fn http_connection_flood_is_bounded() {
             flood.push(s);
         }
     }
+    // Time passes on purpose: the daemon has had its chance to take on every connection.
     std::thread::sleep(Duration::from_millis(500));
     let during = fds();
     eprintln!(
@@ -485,7 +482,7 @@ fn cluster_with_a_backup() -> (Cluster, Catalog) {
     c.start().unwrap();
     write_rows(&c, 500);
     let cat = Catalog::new(&server_yaml("main", &c.conninfo(&c.superuser), "backup_checkpoint: fast"));
-    let o = pgark_cmd(&cat.config, &["backup", "main"]);
+    let o = pgark(&cat.config, &["backup", "main"]);
     assert!(o.status.success(), "{}", text(&o));
     (c, cat)
 }
@@ -499,15 +496,15 @@ fn delta_restore_fsyncs_the_files_it_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("data");
     let t = target.display().to_string();
-    let o = pgark_cmd(&cat.config, &["restore", "main", "--target-dir", &t]);
+    let o = pgark(&cat.config, &["restore", "main", "--target-dir", &t]);
     assert!(o.status.success(), "{}", text(&o));
     // Everything is read again (--verify-existing) and found identical: nothing is written.
     let log = tmp.path().join("trace.log");
-    let o = Command::new(env!("CARGO_BIN_EXE_pgark"))
+    let o = Command::new(pgark_bin())
         .args(["restore", "--config"])
         .arg(&cat.config)
         .args(["main", "--target-dir", &t, "--delta", "--verify-existing", "--json"])
-        .env("LD_PRELOAD", crate::faults::shim())
+        .env("LD_PRELOAD", faults::shim())
         .env("PGARK_FAULTS", "")
         .env("PGARK_FAULT_LOG", &log)
         .env("PGARK_FAULT_TRACE", "fsync")
@@ -518,8 +515,9 @@ fn delta_restore_fsyncs_the_files_it_kept() {
     assert!(stats["stats"]["files_unchanged"].as_u64().unwrap_or(0) > 100, "{stats}");
     let trace = FaultLog::read(&log);
     let synced: std::collections::BTreeSet<&str> = trace.fsynced().into_iter().collect();
-    let kept: Vec<String> = crate::disk::files_under(&target)
-        .into_iter()
+    let kept: Vec<String> = files_under(&target)
+        .iter()
+        .map(|f| f.display().to_string())
         .filter(|f| f.contains("/base/") && !f.ends_with("pg_internal.init"))
         .collect();
     assert!(kept.len() > 100, "{}", kept.len());
@@ -543,11 +541,11 @@ fn restore_stops_cleanly_on_a_signal() {
     let t = target.display().to_string();
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let log = tmp.path().join("faults.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pgark"))
+        let mut child = Command::new(pgark_bin())
             .args(["restore", "--config"])
             .arg(&cat.config)
             .args(["main", "--target-dir", &t, "--delta", "--verify-existing", "--jobs", "1"])
-            .env("LD_PRELOAD", crate::faults::shim())
+            .env("LD_PRELOAD", faults::shim())
             .env("PGARK_FAULTS", format!("write:{t}/:1+:slow;fsync:{t}/:1+:slow"))
             .env("PGARK_FAULT_LOG", &log)
             .stdout(Stdio::null())
@@ -557,6 +555,7 @@ fn restore_stops_cleanly_on_a_signal() {
         wait_until(Duration::from_secs(30), "the restore to start writing", || {
             target.join("pgark_restore_incomplete").exists()
         });
+        // Time passes on purpose: the signal lands well inside the (slowed) writing.
         std::thread::sleep(Duration::from_millis(300));
         let start = Instant::now();
         // SAFETY: signalling our own child.
@@ -574,7 +573,7 @@ fn restore_stops_cleanly_on_a_signal() {
         assert!(target.join("pgark_restore_incomplete").exists(), "the marker is gone");
         assert!(!target.join("global/pg_control").exists(), "an interrupted restore left pg_control");
     }
-    let o = pgark_cmd(&cat.config, &["restore", "main", "--target-dir", &t, "--delta"]);
+    let o = pgark(&cat.config, &["restore", "main", "--target-dir", &t, "--delta"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(target.join("global/pg_control").exists() && !target.join("pgark_restore_incomplete").exists());
 }

@@ -1,13 +1,12 @@
 //! The command line: bad configs (exit 2, message names the key), the catalog lock (exit 4,
 //! stale lock taken over), `pgark status` (exit 0 / 3, --json), SIGHUP reload.
 
-use crate::common::*;
-use crate::pgcluster::Cluster;
-use std::process::Command;
+use crate::support::*;
 use std::time::Duration;
 
-fn pgark(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pgark")).args(args).output().unwrap();
+/// `pgark ARGS...`: (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = pgark_args(args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -114,18 +113,18 @@ fn bad_configs_exit_2_naming_the_key() {
         for args in [vec!["check-config", "--config"], vec!["serve", "--config"]] {
             let mut a = args.clone();
             a.push(f.to_str().unwrap());
-            let (code, _, err) = pgark(&a);
+            let (code, _, err) = run(&a);
             assert_eq!(code, 2, "{what} ({args:?}): exit {code}, stderr {err}");
             assert!(err.contains(f.to_str().unwrap()), "{what}: message does not name the file: {err}");
             assert!(err.contains(needle), "{what}: message does not name {needle:?}: {err}");
         }
     }
-    let (code, _, err) = pgark(&["check-config", "--config", "/nonexistent/pgark.yaml"]);
+    let (code, _, err) = run(&["check-config", "--config", "/nonexistent/pgark.yaml"]);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/pgark.yaml"), "{err}");
     let f = dir.path().join("good.yaml");
     std::fs::write(&f, format!("catalog: {}\nservers:\n  a:\n    conninfo: host=/tmp\n", cat.display())).unwrap();
-    let (code, out, _) = pgark(&["serve", "--check", "--config", f.to_str().unwrap()]);
+    let (code, out, _) = run(&["serve", "--check", "--config", f.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
 }
 
@@ -138,21 +137,20 @@ fn lock_status_and_reload() {
     p.wait_streaming("one");
 
     // A second daemon on the same catalog is refused while the first lives.
-    let (code, _, err) = pgark(&["serve", "--config", p.config.to_str().unwrap()]);
+    let (code, _, err) = run(&["serve", "--config", p.config.to_str().unwrap()]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains(&format!("pid {}", p.pid())), "{err}");
 
     // pgark status: streaming → 0, JSON document, all fields present.
-    let (code, out, _) = pgark(&["status", "--config", p.config.to_str().unwrap()]);
+    let (code, out, _) = run(&["status", "--config", p.config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("one") && out.contains("streaming"), "{out}");
-    let (code, out, _) = pgark(&["status", "--json", "--config", p.config.to_str().unwrap()]);
+    let (code, out, _) = run(&["status", "--json", "--config", p.config.to_str().unwrap()]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["servers"][0]["state"], "streaming");
     assert!(v["servers"][0]["flushed_lsn"].is_string());
-    let (code, metrics) = p.http_get("/metrics");
-    assert_eq!(code, 200);
+    let metrics = p.metrics_text();
     for m in [
         "pgark_wal_received_bytes_total",
         "pgark_wal_flushed_lsn_bytes",
@@ -175,21 +173,22 @@ fn lock_status_and_reload() {
     // A broken config on reload is refused and the daemon keeps running.
     std::fs::write(&p.config, "catalog: [broken").unwrap();
     p.hup();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(Duration::from_secs(20), "the reload failure in the log", || {
+        p.log_text().contains("config reload failed")
+    });
     assert!(p.server("two").is_some());
-    assert!(p.log_text().contains("config reload failed"));
     // Remove a server.
     p.rewrite_servers(&server_yaml("two", &c2.conninfo(&c2.superuser), ""));
     p.hup();
     wait_until(Duration::from_secs(20), "server one to be removed", || p.server("one").is_none());
     // Its series leave /metrics with it; the other server's stay.
-    let (_, metrics) = p.http_get("/metrics");
+    let metrics = p.metrics_text();
     assert!(!metrics.contains("server=\"one\""), "a removed server's series remain:\n{metrics}");
-    assert!(metrics.contains("pgark_up{server=\"two\"} 1"), "{metrics}");
+    assert_eq!(metric_value(&metrics, "pgark_up{server=\"two\"}"), Some(1.0), "{metrics}");
 
     // SIGKILL leaves a stale lock: the next start takes it over.
     p.kill9();
-    let (code, out, _) = pgark(&["status", "--config", p.config.to_str().unwrap()]);
+    let (code, out, _) = run(&["status", "--config", p.config.to_str().unwrap()]);
     assert_eq!(code, 3, "status must fail when the daemon is down: {out}");
     assert!(out.contains("not running"), "{out}");
     p.spawn();
@@ -239,7 +238,7 @@ fn metrics_port_in_use_is_a_clear_error() {
         ),
     )
     .unwrap();
-    let (code, _, err) = pgark(&["serve", "--config", cfg.to_str().unwrap()]);
+    let (code, _, err) = run(&["serve", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&addr) && err.contains("metrics.listen"), "{err}");
 }

@@ -7,16 +7,14 @@
 //! `PGARK_CRASH_TRIALS` trials per area (50 by default, as CI runs them); the seed is printed
 //! and `PGARK_CRASH_SEED` replays a run.
 
-use crate::backup::{text, Catalog};
-use crate::common::*;
-use crate::disk::files_under;
-use crate::faults::{fault_env, FaultLog};
-use crate::invariants;
-use crate::pgcluster::{running_as_root, Cluster};
+use crate::support::faults::{fault_env, FaultLog};
+use crate::support::invariants;
+use crate::support::*;
+use pgark::util::os::running_as_root;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 fn trials() -> usize {
@@ -59,22 +57,11 @@ fn assert_invariants(
     }
 }
 
-fn pgark_with(config: &Path, args: &[&str], env: &[(String, String)]) -> Output {
-    pgark_bin_with(Path::new(env!("CARGO_BIN_EXE_pgark")), config, args, env)
-}
-
-fn pgark_bin_with(bin: &Path, config: &Path, args: &[&str], env: &[(String, String)]) -> Output {
-    let (cmd, rest) = args.split_first().unwrap();
-    Command::new(bin)
-        .arg(cmd)
-        .arg("--config")
-        .arg(config)
-        .args(rest)
-        .env("PGARK_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+/// The environment of a trial's command: `PGARK_LOG=warn` and the fault rules `env`.
+fn quiet(env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut all = vec![("PGARK_LOG".to_string(), "warn".to_string())];
+    all.extend_from_slice(env);
+    all
 }
 
 fn killed(o: &Output) -> bool {
@@ -152,7 +139,8 @@ fn sigkill_at_segment_boundaries_and_during_compression() {
     assert!(compared > 10, "only {compared} segments compared");
     assert_no_gap(&p.wal_dir("main"), seg);
     let leftovers: Vec<String> = files_under(&p.wal_dir("main"))
-        .into_iter()
+        .iter()
+        .map(|f| f.display().to_string())
         .filter(|f| f.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files survived a clean start: {leftovers:?}");
@@ -182,7 +170,7 @@ fn sigkill_during_backups_and_deletes() {
             .unwrap();
     };
     let listed = || -> Vec<String> {
-        let o = pgark_with(&cat.config, &["list-backups", "main", "--json"], &[]);
+        let o = pgark_with(&cat.config, &["list-backups", "main", "--json"], &quiet(&[]));
         let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
         v.iter().filter_map(|b| b["id"].as_str().map(str::to_string)).collect()
     };
@@ -202,7 +190,7 @@ fn sigkill_during_backups_and_deletes() {
         change(500);
         let rule = kill_rule(&mut rng, backup_points);
         let _ = std::fs::remove_file(&fault_log);
-        let o = pgark_with(&cat.config, &["backup", "main"], &fault_env(&rule, &fault_log));
+        let o = pgark_with(&cat.config, &["backup", "main"], &quiet(&fault_env(&rule, &fault_log)));
         let was_killed = killed(&o);
         fired += usize::from(was_killed);
         assert!(was_killed || o.status.success(), "backup trial {t} ({rule}): {}", text(&o));
@@ -211,7 +199,7 @@ fn sigkill_during_backups_and_deletes() {
         // Keep the catalog small: at most 3 backups.
         while listed().len() > 3 {
             let oldest = listed()[0].clone();
-            let o = pgark_with(&cat.config, &["delete-backup", "main", &oldest], &[]);
+            let o = pgark_with(&cat.config, &["delete-backup", "main", &oldest], &quiet(&[]));
             assert!(o.status.success(), "{}", text(&o));
         }
     }
@@ -230,14 +218,18 @@ fn sigkill_during_backups_and_deletes() {
     for t in 0..trials() {
         while listed().len() < 3 {
             change(2000);
-            let o = pgark_with(&cat.config, &["backup", "main"], &[]);
+            let o = pgark_with(&cat.config, &["backup", "main"], &quiet(&[]));
             assert!(o.status.success(), "{}", text(&o));
         }
         let ids = listed();
         let victim = ids[rng.gen_range(0..ids.len() - 1)].clone();
         let rule = kill_rule(&mut rng, delete_points);
         let _ = std::fs::remove_file(&fault_log);
-        let o = pgark_with(&cat.config, &["delete-backup", "main", &victim], &fault_env(&rule, &fault_log));
+        let o = pgark_with(
+            &cat.config,
+            &["delete-backup", "main", &victim],
+            &quiet(&fault_env(&rule, &fault_log)),
+        );
         let was_killed = killed(&o);
         fired += usize::from(was_killed);
         assert!(was_killed || o.status.success(), "delete trial {t} ({rule}): {}", text(&o));
@@ -251,21 +243,22 @@ fn sigkill_during_backups_and_deletes() {
     // The next operations succeed, and what is listed restores: each backup's files, and the
     // newest as a running cluster.
     change(100);
-    let o = pgark_with(&cat.config, &["backup", "main"], &[]);
+    let o = pgark_with(&cat.config, &["backup", "main"], &quiet(&[]));
     assert!(o.status.success(), "{}", text(&o));
     let leftovers: Vec<String> = files_under(&cat.catalog.join("main"))
-        .into_iter()
+        .iter()
+        .map(|f| f.display().to_string())
         .filter(|f| f.contains(".running") || f.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "a backup left {leftovers:?}");
-    let bin = crate::restore::Binary::new();
-    crate::backup::open_for_postgres(&cat.catalog);
-    crate::backup::open_for_postgres(&cat.config);
+    let bin = Binary::new();
+    open_for_postgres(&cat.catalog);
+    open_for_postgres(&cat.config);
     let ids = listed();
     for (i, id) in ids.iter().enumerate() {
-        let (data, tmp, _) = crate::restore::restore(&bin, &cat.config, "main", &[id.as_str()]);
+        let (data, tmp, _) = restore(&bin, &cat.config, "main", &[id.as_str()]);
         if i + 1 == ids.len() {
-            let r = crate::restore::start(&bins, tmp, data);
+            let r = start_restored(&bins, tmp, data, None);
             let n: i64 = r.psql("SELECT count(*) FROM crash").unwrap().parse().unwrap();
             assert!(n > 0);
         }
@@ -284,11 +277,11 @@ fn sigkill_during_delta_restores() {
         .unwrap();
     let want = c.psql("SELECT md5(string_agg(t, '' ORDER BY id)) FROM crash").unwrap();
     let cat = Catalog::new(&server_yaml("main", &c.conninfo(&c.superuser), "backup_checkpoint: fast"));
-    let o = pgark_with(&cat.config, &["backup", "main"], &[]);
+    let o = pgark_with(&cat.config, &["backup", "main"], &quiet(&[]));
     assert!(o.status.success(), "{}", text(&o));
-    crate::backup::open_for_postgres(&cat.catalog);
-    crate::backup::open_for_postgres(&cat.config);
-    let bin = crate::restore::Binary::new();
+    open_for_postgres(&cat.catalog);
+    open_for_postgres(&cat.config);
+    let bin = Binary::new();
     let tmp = tempfile::Builder::new().prefix("pgark-crash-restore-").tempdir().unwrap();
     let target = tmp.path().join("data");
     let target_s = target.display().to_string();
@@ -303,7 +296,7 @@ fn sigkill_during_delta_restores() {
     };
     let run = |args: &[String], env: &[(String, String)]| {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        pgark_bin_with(&bin.path, &cat.config, &refs, env)
+        bin.run_with(&cat.config, &refs, &quiet(env))
     };
     let o = run(&restore_args(false), &[]);
     assert!(o.status.success(), "{}", text(&o));
@@ -357,14 +350,16 @@ fn sigkill_during_delta_restores() {
     assert!(fired * 2 >= trials(), "too few kill points were reached: {fired}");
     let o = run(&restore_args(true), &[]);
     assert!(o.status.success(), "{}", text(&o));
-    let r = crate::restore::start(&bins, tmp, target);
+    let r = start_restored(&bins, tmp, target, None);
     assert_eq!(r.psql("SELECT md5(string_agg(t, '' ORDER BY id)) FROM crash").unwrap(), want);
 }
 
 fn walk_data_files(dir: &Path) -> Vec<std::path::PathBuf> {
     files_under(dir)
         .into_iter()
-        .filter(|f| f.contains("/base/") || (f.contains("/global/") && !f.ends_with("pg_control")))
-        .map(std::path::PathBuf::from)
+        .filter(|p| {
+            let f = p.display().to_string();
+            f.contains("/base/") || (f.contains("/global/") && !f.ends_with("pg_control"))
+        })
         .collect()
 }

@@ -4,13 +4,8 @@
 //! descriptor fsynced again after its fsync failed, the session restarts and rewrites, nothing
 //! partial is published, and status, logs and metrics say what happened.
 
-use crate::backup::{text, Catalog};
-use crate::common::*;
-use crate::durability::{assert_all_acked_present, recover_from_catalog, Writers};
-use crate::faults::{fault_env, FaultLog};
-use crate::pgcluster::Cluster;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use crate::support::faults::{fault_env, FaultLog};
+use crate::support::*;
 use std::time::Duration;
 
 /// EIO on the WAL writer's fdatasync and pwrite, and on the archiver's compressed-segment write
@@ -88,33 +83,6 @@ fn eio_in_the_wal_writer_and_the_archiver_loses_nothing() {
     eprintln!("EIO x4: all {} acknowledged commits recovered", acked.len());
 }
 
-fn backup_with(cat: &Catalog, env: &[(String, String)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgark"))
-        .args(["backup", "--config"])
-        .arg(&cat.config)
-        .arg("main")
-        .env("PGARK_LOG", "info")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-pub fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
-}
-
 /// EIO on a chunk's write and fsync, on the index's fsync and on the directory fsync after the
 /// index was renamed into place: each backup fails, says why, and leaves nothing listed and no
 /// chunk or intent record behind; then a backup without faults succeeds.
@@ -135,26 +103,27 @@ fn eio_in_a_backup_publishes_nothing() {
     .enumerate()
     {
         let log = dir.path().join(format!("faults-{i}.log"));
-        let o = backup_with(&cat, &fault_env(rule, &log));
+        let o = pgark_with(&cat.config, &["backup", "main"], &fault_env(rule, &log));
         let out = text(&o);
         let faults = FaultLog::read(&log);
         assert_eq!(faults.injected(), 1, "{rule}: the fault did not fire\n{out}");
         assert_eq!(o.status.code(), Some(1), "{rule}: {out}");
         assert!(out.contains("Input/output error"), "{rule}: the error is not named: {out}");
         assert!(faults.refsyncs().is_empty(), "{rule}: {:?}", faults.refsyncs());
-        let list = crate::backup::pgark(&cat.config, &["list-backups", "main", "--json"]);
+        let list = pgark(&cat.config, &["list-backups", "main", "--json"]);
         assert_eq!(
             String::from_utf8_lossy(&list.stdout).trim(),
             "[]",
             "{rule}: a failed backup is listed"
         );
         let left: Vec<String> = files_under(&cat.catalog.join("main"))
-            .into_iter()
+            .iter()
+            .map(|f| f.display().to_string())
             .filter(|f| f.contains("/chunks/") || f.contains("/backups/"))
             .collect();
         assert!(left.is_empty(), "{rule}: the failed backup left {left:?}");
         eprintln!("{rule}: backup failed cleanly");
     }
-    let o = backup_with(&cat, &[]);
+    let o = pgark(&cat.config, &["backup", "main"]);
     assert!(o.status.success(), "{}", text(&o));
 }

@@ -1,20 +1,19 @@
-//! End-to-end tests against real PostgreSQL clusters and the real `pgark` binary.
+//! End-to-end tests against real PostgreSQL clusters and the real `pgark` binary. Shared helpers
+//! live in `support` (see its module doc); test modules import from there only.
+
+mod support;
 
 mod audit;
 mod auth;
 mod backup;
 mod cli;
-mod common;
 mod crash;
 mod disk;
 mod durability;
-mod faultproxy;
-mod faults;
-mod invariants;
+mod harness;
 mod malformed;
 mod monitoring;
 mod network;
-mod pgcluster;
 mod prometheus;
 mod restore;
 mod streaming;

@@ -1,7 +1,7 @@
 //! A fake server (only for malformed-message tests): a gap in the XLogData stream and garbage
 //! bytes each end that connection with a clear message, and the daemon lives on.
 
-use crate::common::*;
+use crate::support::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -135,7 +135,7 @@ fn malformed_stream_ends_the_connection_not_the_daemon() {
         }
     });
     let bins = pg();
-    let real = crate::pgcluster::Cluster::init(&bins, &[]).unwrap();
+    let real = Cluster::init(&bins, &[]).unwrap();
     real.start().unwrap();
     let yaml = server_yaml(
         "fake",

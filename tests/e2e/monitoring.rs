@@ -1,20 +1,13 @@
 //! Server-side monitoring against real PostgreSQL: sync state, slot retention, lag, pg_wal size.
 
-use crate::common::*;
-use crate::pgcluster::Cluster;
+use crate::support::*;
+use pgark::catalog::space::Level;
+use pgark::service::status::ConnState;
 use std::time::Duration;
 
-fn metric(p: &Pgark, name: &str) -> Option<f64> {
-    let (code, text) = p.http_get("/metrics");
-    assert_eq!(code, 200);
-    let prefix = format!("{name}{{server=\"main\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn wait_metric(p: &Pgark, name: &str, what: &str, ok: impl Fn(f64) -> bool) {
-    wait_until(Duration::from_secs(60), what, || metric(p, name).is_some_and(&ok));
+/// The series `name` of server `main`.
+fn main_series(name: &str) -> String {
+    format!("{name}{{server=\"main\"}}")
 }
 
 /// Test 1 and 2: the metrics move as they should under load, across a pgark outage, and when
@@ -29,11 +22,15 @@ fn slot_lag_and_sync_state_metrics() {
         "synchronous: true\nmonitor_interval: 1s",
     ));
     p.wait_streaming("main");
-    wait_metric(&p, "pgark_sync_standby", "pgark reported as the synchronous standby", |v| v == 1.0);
-    assert_eq!(metric(&p, "pgark_sync_standby_named"), Some(1.0));
-    assert_eq!(metric(&p, "pgark_monitor_up"), Some(1.0));
-    assert!(metric(&p, "pgark_server_pg_wal_bytes").unwrap() > 0.0);
-    assert!(metric(&p, "pgark_server_current_lsn_bytes").unwrap() > 0.0);
+    p.wait_metric(
+        &main_series("pgark_sync_standby"),
+        "pgark reported as the synchronous standby",
+        |v| v == 1.0,
+    );
+    assert_eq!(p.metric(&main_series("pgark_sync_standby_named")), Some(1.0));
+    assert_eq!(p.metric(&main_series("pgark_monitor_up")), Some(1.0));
+    assert!(p.metric(&main_series("pgark_server_pg_wal_bytes")).unwrap() > 0.0);
+    assert!(p.metric(&main_series("pgark_server_current_lsn_bytes")).unwrap() > 0.0);
     let status = p.status().unwrap();
     let facts = status.servers[0].monitor.clone().expect("monitor facts in /status");
     assert_eq!(facts.slot_wal_status.as_deref(), Some("reserved"));
@@ -41,37 +38,42 @@ fn slot_lag_and_sync_state_metrics() {
 
     // Under a load running while the metrics are read, received bytes and the server's position
     // grow; after it, the lag measured after the load's last commit is near zero.
-    let before = metric(&p, "pgark_wal_received_bytes_total").unwrap_or(0.0);
-    let lsn_before = metric(&p, "pgark_server_current_lsn_bytes").unwrap();
+    let before = p.metric(&main_series("pgark_wal_received_bytes_total")).unwrap_or(0.0);
+    let lsn_before = p.metric(&main_series("pgark_server_current_lsn_bytes")).unwrap();
     std::thread::scope(|scope| {
         let load = scope.spawn(|| {
             for _ in 0..20 {
                 write_rows(&c, 500);
             }
         });
-        wait_metric(
-            &p,
-            "pgark_wal_received_bytes_total",
+        p.wait_metric(
+            &main_series("pgark_wal_received_bytes_total"),
             "received bytes to grow during the load",
             |v| v > before + 1e6,
         );
-        wait_metric(&p, "pgark_server_current_lsn_bytes", "the server's position to move", |v| {
-            v > lsn_before
-        });
+        p.wait_metric(
+            &main_series("pgark_server_current_lsn_bytes"),
+            "the server's position to move",
+            |v| v > lsn_before,
+        );
         load.join().unwrap();
     });
     let end = current_flush_lsn(&c).0 as f64;
     wait_until(Duration::from_secs(60), "a lag sample taken after the load, near zero", || {
-        metric(&p, "pgark_server_current_lsn_bytes").is_some_and(|v| v >= end)
-            && metric(&p, "pgark_replication_lag_bytes").is_some_and(|v| v < 1e6)
+        p.metric(&main_series("pgark_server_current_lsn_bytes")).is_some_and(|v| v >= end)
+            && p.metric(&main_series("pgark_replication_lag_bytes")).is_some_and(|v| v < 1e6)
     });
-    wait_metric(&p, "pgark_slot_retained_bytes", "the slot to hold back little", |v| v < 32e6);
+    p.wait_metric(&main_series("pgark_slot_retained_bytes"), "the slot to hold back little", |v| {
+        v < 32e6
+    });
 
     // pgark away: the server keeps the WAL for the slot; back: the retention shrinks.
     c.psql("ALTER SYSTEM SET synchronous_standby_names = ''").unwrap();
     c.reload().unwrap();
-    wait_metric(&p, "pgark_sync_standby_named", "the setting change to be seen", |v| v == 0.0);
-    wait_metric(&p, "pgark_sync_standby", "pgark no longer synchronous", |v| v == 0.0);
+    p.wait_metric(&main_series("pgark_sync_standby_named"), "the setting change to be seen", |v| {
+        v == 0.0
+    });
+    p.wait_metric(&main_series("pgark_sync_standby"), "pgark no longer synchronous", |v| v == 0.0);
     p.kill9();
     for _ in 0..3 {
         write_rows(&c, 2000);
@@ -88,102 +90,156 @@ fn slot_lag_and_sync_state_metrics() {
     );
     p.spawn();
     p.wait_streaming("main");
-    wait_metric(&p, "pgark_slot_retained_bytes", "retention to shrink after pgark came back", |v| {
-        v < retained / 2.0
-    });
+    p.wait_metric(
+        &main_series("pgark_slot_retained_bytes"),
+        "retention to shrink after pgark came back",
+        |v| v < retained / 2.0,
+    );
 }
 
-fn metric_line(p: &Pgark, series: &str) -> Option<f64> {
-    let (_, text) = p.http_get("/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
+/// `disk_pressure:` settings that measure free space every second and walk the catalog's usage
+/// every 2 s (the defaults, 15 s and 1 min, would make these tests wait for minutes).
+const FAST_DISK_CHECKS: &str = "  check_interval: 1s\n  usage_interval: 2s";
+
+/// Thresholds larger than any disk: the level is always critical.
+const ALWAYS_CRITICAL: &str = "  catalog_free_warning: 2000TB\n  catalog_free_critical: 1000TB";
+
+/// The `disk_pressure:` section with `thresholds` (lines indented by 2) and fast checks.
+fn disk_pressure(thresholds: &str) -> String {
+    format!("disk_pressure:\n{thresholds}\n{FAST_DISK_CHECKS}")
 }
 
-/// Disk pressure: at the critical level `pgark backup` is refused (exit 8) and scheduled backups
-/// are held back while WAL streaming goes on; a reload with lower thresholds lets backups run
-/// again. Also: the catalog metrics, the recovery window's end on an idle server, and the
-/// configurable /healthz limit.
-#[test]
-fn disk_pressure_holds_back_backups_not_streaming() {
+/// A started cluster and pgark streaming it as `main` (asynchronously, with `extra` server
+/// keys), with the `disk_pressure:` thresholds `thresholds` checked every second; also returns
+/// the `servers:` YAML (for a reload).
+fn streaming_under_pressure(thresholds: &str, extra: &str) -> (Cluster, Pgark, String) {
     let c = Cluster::init(&pg(), &[]).unwrap();
     c.start().unwrap();
     let servers = server_yaml(
         "main",
         &c.conninfo(&c.superuser),
-        "synchronous: false\nbackup_schedule: 1m\nbackup_checkpoint: fast\nmonitor_interval: 1s",
+        &format!("synchronous: false\nmonitor_interval: 1s\n{extra}"),
     );
-    // Larger than any disk: always critical.
-    let mut p = Pgark::start_full(
-        "  healthz_stream_timeout: 3s",
-        "disk_pressure:\n  catalog_free_warning: 2000TB\n  catalog_free_critical: 1000TB",
-        &servers,
-        &[],
-    );
+    let p = Pgark::start_full("", &disk_pressure(thresholds), &servers, &[]);
     p.wait_streaming("main");
-    wait_until(Duration::from_secs(40), "the critical level in /status", || {
-        p.status()
-            .and_then(|s| s.catalog_space)
-            .is_some_and(|c| c.pressure == pgark::catalog::space::Level::Critical)
+    (c, p, servers)
+}
+
+fn wait_level(p: &Pgark, level: Level) {
+    wait_until(Duration::from_secs(20), &format!("the {level:?} level in /status"), || {
+        p.status().and_then(|s| s.catalog_space).is_some_and(|c| c.pressure == level)
     });
-    assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(2.0));
-    assert!(metric_line(&p, "pgark_catalog_free_bytes").unwrap() > 0.0);
-    assert_eq!(metric_line(&p, "pgark_catalog_free_critical_bytes"), Some(1e15));
+}
 
-    // Streaming goes on.
+/// Disk pressure at the critical level shows in /status and in the catalog metrics, and WAL
+/// streaming goes on: WAL is flushed and the catalog's WAL usage is measured.
+#[test]
+fn critical_disk_pressure_is_reported_and_streaming_goes_on() {
+    let (c, p, _) = streaming_under_pressure(ALWAYS_CRITICAL, "");
+    wait_level(&p, Level::Critical);
+    assert_eq!(p.metric("pgark_catalog_pressure"), Some(2.0));
+    assert!(p.metric("pgark_catalog_free_bytes").unwrap() > 0.0);
+    assert_eq!(p.metric("pgark_catalog_free_critical_bytes"), Some(1e15));
     write_rows(&c, 2000);
-    let target = current_flush_lsn(&c);
-    p.wait_flushed("main", target);
+    p.wait_flushed("main", current_flush_lsn(&c));
     wait_until(
-        Duration::from_secs(90),
-        "the catalog's WAL size metric (walked every minute)",
-        || metric_line(&p, "pgark_catalog_size_bytes{server=\"main\",kind=\"wal\"}").is_some_and(|v| v > 1e6),
+        Duration::from_secs(20),
+        "the catalog's WAL size metric (walked every usage_interval, 2 s)",
+        || {
+            p.metric("pgark_catalog_size_bytes{server=\"main\",kind=\"wal\"}")
+                .is_some_and(|v| v > 1e6)
+        },
     );
+    let s = p.server("main").unwrap();
+    assert_eq!(s.state, ConnState::Streaming, "{s:?}");
+}
 
-    // Backups are not: the CLI exits 8 naming the setting; the scheduler holds back, once logged.
-    let o = crate::backup::pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
-    assert_eq!(o.status.code(), Some(8), "{}", crate::backup::text(&o));
-    assert!(
-        crate::backup::text(&o).contains("catalog_free_critical"),
-        "{}",
-        crate::backup::text(&o)
-    );
-    wait_until(Duration::from_secs(40), "the held-back log line", || {
+/// At the critical level `pgark backup` is refused with exit 8, naming the setting, and takes
+/// nothing.
+#[test]
+fn pgark_backup_is_refused_with_exit_8_at_the_critical_level() {
+    let (_c, p, _) = streaming_under_pressure(ALWAYS_CRITICAL, "");
+    wait_level(&p, Level::Critical);
+    let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o));
+    assert!(text(&o).contains("catalog_free_critical"), "{}", text(&o));
+    assert!(list(&p.config).is_empty(), "no backup may be taken at the critical level");
+}
+
+/// At the critical level a due scheduled backup is held back, and that is logged once (not at
+/// every poll of the scheduler).
+#[test]
+fn scheduled_backups_are_held_back_at_the_critical_level_logged_once() {
+    let (_c, p, _) = streaming_under_pressure(ALWAYS_CRITICAL, "backup_schedule: 1m\nbackup_checkpoint: fast");
+    wait_level(&p, Level::Critical);
+    wait_until(Duration::from_secs(20), "the held-back log line", || {
         p.log_text().contains("held back")
     });
     assert!(p.log_text().contains("CRITICAL"));
-    assert!(
-        crate::backup::list(&p.config).is_empty(),
-        "no backup may be taken at the critical level"
-    );
+    assert!(list(&p.config).is_empty(), "no backup may be taken at the critical level");
+    // Time passes on purpose: three more polls of the scheduler (every check_interval, 1 s),
+    // none of which may log again.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(p.log_text().matches("held back").count(), 1, "logged once per change");
-    // No backup yet: the recovery window has no start (absent, not NaN).
-    let (_, metrics) = p.http_get("/metrics");
-    assert!(!metrics.contains("pgark_recovery_window_start_seconds{"), "{metrics}");
-    assert!(!metrics.contains("NaN"), "{metrics}");
+    assert!(list(&p.config).is_empty(), "no backup may be taken at the critical level");
+}
 
-    // The recovery window's end follows the clock on an idle server (keepalive replies).
-    let now = pgark::util::time::unix_now() as f64;
-    wait_until(Duration::from_secs(20), "the recovery window end near now", || {
-        metric_line(&p, "pgark_recovery_window_end_seconds{server=\"main\"}").is_some_and(|v| v >= now)
+/// A reload with lower thresholds brings the level back to ok, and the scheduled backup that
+/// was held back runs; the recovery window then has a start.
+#[test]
+fn reload_with_lower_thresholds_lets_the_held_back_backup_run() {
+    let (_c, mut p, servers) = streaming_under_pressure(ALWAYS_CRITICAL, "backup_schedule: 1m\nbackup_checkpoint: fast");
+    wait_level(&p, Level::Critical);
+    wait_until(Duration::from_secs(20), "the held-back log line", || {
+        p.log_text().contains("held back")
     });
-
-    // Lower thresholds on reload: back to ok, and the scheduled backup runs.
-    p.set_top("disk_pressure:\n  catalog_free_warning: 2MB\n  catalog_free_critical: 1MB");
+    assert!(list(&p.config).is_empty(), "no backup may be taken at the critical level");
+    p.set_top(&disk_pressure("  catalog_free_warning: 2MB\n  catalog_free_critical: 1MB"));
     p.rewrite_servers(&servers);
     p.hup();
-    wait_until(Duration::from_secs(40), "level ok after the reload", || {
-        metric_line(&p, "pgark_catalog_pressure") == Some(0.0)
+    wait_until(Duration::from_secs(20), "level ok after the reload", || {
+        p.metric("pgark_catalog_pressure") == Some(0.0)
     });
-    wait_until(Duration::from_secs(90), "the scheduled backup after the reload", || {
-        !crate::backup::list(&p.config).is_empty()
+    wait_until(Duration::from_secs(60), "the scheduled backup after the reload", || {
+        !list(&p.config).is_empty()
     });
-    wait_until(Duration::from_secs(40), "the recovery window start", || {
-        metric_line(&p, "pgark_recovery_window_start_seconds{server=\"main\"}").is_some_and(|v| v > 0.0)
+    wait_until(Duration::from_secs(20), "the recovery window start", || {
+        p.metric("pgark_recovery_window_start_seconds{server=\"main\"}")
+            .is_some_and(|v| v > 0.0)
     });
+}
 
-    // /healthz turns 503 once the server has been away for longer than healthz_stream_timeout.
+/// Without a backup the recovery window has no start (the series is absent, not NaN), and its
+/// end follows the clock on an idle server (keepalive replies).
+#[test]
+fn recovery_window_end_follows_the_clock_on_an_idle_server() {
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    let p = Pgark::start(&server_yaml("main", &c.conninfo(&c.superuser), "synchronous: false"));
+    p.wait_streaming("main");
+    let metrics = p.metrics_text();
+    assert!(!metrics.contains("pgark_recovery_window_start_seconds{"), "{metrics}");
+    assert!(!metrics.contains("NaN"), "{metrics}");
+    let now = pgark::util::time::unix_now() as f64;
+    wait_until(Duration::from_secs(20), "the recovery window end near now", || {
+        p.metric("pgark_recovery_window_end_seconds{server=\"main\"}")
+            .is_some_and(|v| v >= now)
+    });
+}
+
+/// `/healthz` turns 503, naming the server, once the server has been away for longer than
+/// `metrics.healthz_stream_timeout`.
+#[test]
+fn healthz_turns_503_after_the_stream_timeout() {
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    let p = Pgark::start_full(
+        "  healthz_stream_timeout: 3s",
+        "",
+        &server_yaml("main", &c.conninfo(&c.superuser), "synchronous: false"),
+        &[],
+    );
+    p.wait_streaming("main");
     assert_eq!(p.http_get("/healthz").0, 200);
     c.stop("fast").unwrap();
     wait_until(Duration::from_secs(30), "/healthz 503", || p.http_get("/healthz").0 == 503);
@@ -199,7 +255,7 @@ fn write_wal(c: &Cluster, bytes: u64) {
     }
 }
 
-fn pressure(p: &Pgark) -> Option<pgark::catalog::space::Level> {
+fn pressure(p: &Pgark) -> Option<Level> {
     p.status().and_then(|s| s.catalog_space).map(|c| c.pressure)
 }
 
@@ -226,55 +282,52 @@ fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
     let p = Pgark::start_in(
         Some(&catalog),
         "",
-        "disk_pressure:\n  catalog_free_warning: 65%\n  catalog_free_critical: 35%",
+        &disk_pressure("  catalog_free_warning: 65%\n  catalog_free_critical: 35%"),
         &servers,
         &[],
     );
     p.wait_streaming("main");
-    wait_until(Duration::from_secs(40), "the ok level in /status", || {
-        pressure(&p) == Some(pgark::catalog::space::Level::Ok)
+    wait_until(Duration::from_secs(20), "the ok level in /status", || {
+        pressure(&p) == Some(Level::Ok)
     });
-    assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(0.0));
-    let total = metric_line(&p, "pgark_catalog_total_bytes").unwrap();
+    assert_eq!(p.metric("pgark_catalog_pressure"), Some(0.0));
+    let total = p.metric("pgark_catalog_total_bytes").unwrap();
     assert!((200e6..300e6).contains(&total), "the tmpfs's size, not the root disk's: {total}");
 
     // About 100 MiB of WAL: the warning level.
     write_wal(&c, 100 << 20);
     p.wait_flushed("main", current_flush_lsn(&c));
-    wait_until(Duration::from_secs(40), "the warning level", || {
-        pressure(&p) == Some(pgark::catalog::space::Level::Warning)
+    wait_until(Duration::from_secs(20), "the warning level", || {
+        pressure(&p) == Some(Level::Warning)
     });
-    assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(1.0));
+    assert_eq!(p.metric("pgark_catalog_pressure"), Some(1.0));
     assert!(p.log_text().contains("catalog free space is low (warning level)"));
-    // The ingest rate needs two samples of the flushed LSN (one every 15 s) that differ: WAL
-    // keeps trickling in while we wait (about 100 kB a poll).
+    // The ingest rate needs two samples of the flushed LSN (one every check_interval, 1 s) that
+    // differ: WAL keeps trickling in while we wait (about 100 kB a poll).
     wait_until(
-        Duration::from_secs(60),
+        Duration::from_secs(30),
         "a finite time-to-full: the filesystem fills at a known rate",
         || {
             write_rows(&c, 100);
-            metric_line(&p, "pgark_catalog_full_eta_seconds").is_some_and(|eta| eta.is_finite() && eta > 0.0)
+            p.metric("pgark_catalog_full_eta_seconds")
+                .is_some_and(|eta| eta.is_finite() && eta > 0.0)
         },
     );
 
     // About 80 MiB more: the critical level. Backups are refused; streaming continues.
     write_wal(&c, 80 << 20);
     p.wait_flushed("main", current_flush_lsn(&c));
-    wait_until(Duration::from_secs(40), "the critical level", || {
-        pressure(&p) == Some(pgark::catalog::space::Level::Critical)
+    wait_until(Duration::from_secs(20), "the critical level", || {
+        pressure(&p) == Some(Level::Critical)
     });
-    assert_eq!(metric_line(&p, "pgark_catalog_pressure"), Some(2.0));
+    assert_eq!(p.metric("pgark_catalog_pressure"), Some(2.0));
     let log = p.log_text();
     assert!(log.contains("catalog free space is CRITICAL"), "{}", tail(&log));
     assert_eq!(log.matches("warning level").count(), 1, "the warning is logged once");
     assert_eq!(log.matches("is CRITICAL").count(), 1, "the critical level is logged once");
-    let o = crate::backup::pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
-    assert_eq!(o.status.code(), Some(8), "{}", crate::backup::text(&o));
-    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgark"))
-        .args(["status", "--config"])
-        .arg(&p.config)
-        .output()
-        .unwrap();
+    let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o));
+    let cli = pgark_args(&["status", "--config", p.config.to_str().unwrap()]);
     let shown = String::from_utf8_lossy(&cli.stdout);
     assert!(shown.to_lowercase().contains("critical"), "pgark status shows the level: {shown}");
 
@@ -283,6 +336,7 @@ fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
     write_wal(&c, 20 << 20);
     c.psql("INSERT INTO filler (t) VALUES ('after critical')").unwrap();
     p.wait_flushed("main", current_flush_lsn(&c));
+    // Time passes on purpose: room for a spare segment to be prepared, if pgark still did that.
     std::thread::sleep(Duration::from_secs(4));
     let spares: Vec<_> = std::fs::read_dir(p.wal_dir("main"))
         .unwrap()
@@ -293,7 +347,7 @@ fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
     assert!(spares.is_empty(), "spares prepared at the critical level: {spares:?}");
     let s = p.server("main").unwrap();
     assert_eq!(s.reconnects, 0, "streaming was never interrupted: {s:?}");
-    assert_eq!(s.state, pgark::service::status::ConnState::Streaming);
+    assert_eq!(s.state, ConnState::Streaming);
 }
 
 /// A primary where the superuser streams over the Unix socket (trust) and a role `mon` (with
@@ -330,29 +384,33 @@ fn slot_retention_over_the_limit_while_the_receiver_is_down() {
     let good = server_yaml("main", &c.conninfo(&c.superuser), &extra);
     let p = Pgark::start(&good);
     p.wait_streaming("main");
-    wait_metric(&p, "pgark_slot_retained_over_limit", "the slot under the limit", |v| v == 0.0);
-    assert_eq!(metric(&p, "pgark_slot_retained_limit_bytes"), Some(24.0 * 1048576.0));
+    p.wait_metric(&main_series("pgark_slot_retained_over_limit"), "the slot under the limit", |v| {
+        v == 0.0
+    });
+    assert_eq!(p.metric(&main_series("pgark_slot_retained_limit_bytes")), Some(24.0 * 1048576.0));
 
     // The receiver cannot log in any more (no pg_hba line for this role); monitoring still can.
     p.rewrite_servers(&server_yaml("main", &c.conninfo("nobody"), &extra));
     p.hup();
     wait_until(Duration::from_secs(30), "the receiver failing to log in", || {
         p.server("main")
-            .is_some_and(|s| s.state != pgark::service::status::ConnState::Streaming && s.last_error.is_some())
+            .is_some_and(|s| s.state != ConnState::Streaming && s.last_error.is_some())
     });
     for _ in 0..3 {
         write_rows(&c, 4000);
         c.psql("SELECT pg_switch_wal()").unwrap();
     }
-    wait_metric(&p, "pgark_slot_retained_bytes", "the retention seen growing", |v| {
+    p.wait_metric(&main_series("pgark_slot_retained_bytes"), "the retention seen growing", |v| {
         v > 24.0 * 1048576.0
     });
-    wait_metric(&p, "pgark_slot_retained_over_limit", "the limit crossed", |v| v == 1.0);
+    p.wait_metric(&main_series("pgark_slot_retained_over_limit"), "the limit crossed", |v| v == 1.0);
     let warning = p.server("main").and_then(|s| s.slot_warning);
     assert!(
         warning.as_deref().is_some_and(|w| w.contains("slot_retained_limit")),
         "status: {warning:?}"
     );
+    // Time passes on purpose: three more monitoring rounds (monitor_interval, 1 s), none of
+    // which may log the warning again.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(p.log_text().matches("over slot_retained_limit").count(), 1, "logged once");
 
@@ -360,8 +418,10 @@ fn slot_retention_over_the_limit_while_the_receiver_is_down() {
     p.rewrite_servers(&good);
     p.hup();
     p.wait_streaming("main");
-    wait_metric(&p, "pgark_slot_retained_over_limit", "back under the limit", |v| v == 0.0);
-    wait_metric(&p, "pgark_slot_retained_bytes", "the retention shrunk", |v| v < 24.0 * 1048576.0);
+    p.wait_metric(&main_series("pgark_slot_retained_over_limit"), "back under the limit", |v| v == 0.0);
+    p.wait_metric(&main_series("pgark_slot_retained_bytes"), "the retention shrunk", |v| {
+        v < 24.0 * 1048576.0
+    });
     assert!(p.server("main").is_some_and(|s| s.slot_warning.is_none()));
 }
 
@@ -383,17 +443,15 @@ fn failing_monitoring_connection_never_disturbs_streaming() {
             .and_then(|s| s.monitor_error)
             .is_some_and(|e| e.contains("password authentication failed"))
     });
-    assert_eq!(metric(&p, "pgark_monitor_up"), Some(0.0));
-    wait_metric(&p, "pgark_monitor_errors_total", "more than one failed round", |v| v >= 2.0);
+    assert_eq!(p.metric(&main_series("pgark_monitor_up")), Some(0.0));
+    p.wait_metric(&main_series("pgark_monitor_errors_total"), "more than one failed round", |v| {
+        v >= 2.0
+    });
     // The server-side facts are unknown: absent, not stale or made up.
     for name in ["pgark_sync_standby", "pgark_server_current_lsn_bytes", "pgark_slot_retained_bytes"] {
-        assert_eq!(metric(&p, name), None, "{name} while monitoring fails");
+        assert_eq!(p.metric(&main_series(name)), None, "{name} while monitoring fails");
     }
-    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgark"))
-        .args(["status", "--config"])
-        .arg(&p.config)
-        .output()
-        .unwrap();
+    let cli = pgark_args(&["status", "--config", p.config.to_str().unwrap()]);
     let shown = String::from_utf8_lossy(&cli.stdout);
     assert!(shown.contains("password authentication failed"), "pgark status shows it: {shown}");
     assert_eq!(cli.status.code(), Some(0), "streaming, so status exits 0: {shown}");
@@ -406,10 +464,10 @@ fn failing_monitoring_connection_never_disturbs_streaming() {
     // The password is fixed on the server: the next round succeeds, nothing restarted.
     c.psql("SET password_encryption = 'scram-sha-256'; ALTER ROLE mon PASSWORD 'wrong'")
         .unwrap();
-    wait_metric(&p, "pgark_monitor_up", "a successful round after the fix", |v| v == 1.0);
+    p.wait_metric(&main_series("pgark_monitor_up"), "a successful round after the fix", |v| v == 1.0);
     wait_until(Duration::from_secs(30), "the error cleared in /status", || {
         p.server("main").is_some_and(|s| s.monitor_error.is_none() && s.monitor.is_some())
     });
-    assert_eq!(metric(&p, "pgark_sync_standby"), Some(1.0));
+    assert_eq!(p.metric(&main_series("pgark_sync_standby")), Some(1.0));
     assert_eq!(p.server("main").unwrap().reconnects, 0);
 }

@@ -5,11 +5,9 @@
 //! come back by itself, the catalog must stay byte-exact and every acknowledged commit durable,
 //! and SIGTERM must end pgark within 5 s while the network is stalled.
 
-use crate::backup::{pgark as run_pgark, text, Catalog};
-use crate::common::*;
-use crate::durability::{assert_all_acked_present, recover_from_catalog, Writers};
-use crate::faultproxy::{Fault, FaultProxy, Trigger};
-use crate::pgcluster::Cluster;
+use crate::support::faultproxy::{self, Fault, FaultProxy, Trigger};
+use crate::support::*;
+use pgark::service::status::ConnState;
 use std::time::{Duration, Instant};
 
 /// Waits until the log holds `needle` in a line written after `from` (a byte offset): returns
@@ -74,10 +72,7 @@ fn receiver_detects_every_network_fault_and_loses_nothing() {
 
     let phases: Vec<(&str, Trigger)> = vec![
         ("phase: streaming", Trigger::Now),
-        (
-            "phase: TLS negotiation",
-            Trigger::ClientBytes(crate::faultproxy::SSL_REQUEST.to_vec()),
-        ),
+        ("phase: TLS negotiation", Trigger::ClientBytes(faultproxy::SSL_REQUEST.to_vec())),
         ("connect_timeout", Trigger::ClientSends("replication\0true".into())),
         ("phase: IDENTIFY_SYSTEM", Trigger::ClientSends("IDENTIFY_SYSTEM".into())),
         ("phase: SHOW wal_segment_size", Trigger::ClientSends("SHOW wal_segment_size".into())),
@@ -128,6 +123,7 @@ fn receiver_detects_every_network_fault_and_loses_nothing() {
     ] {
         let mark = p.log_text().len();
         let reconnects = p.server("main").map(|s| s.reconnects).unwrap_or(0);
+        // Time passes on purpose: the new session streams a moment before the next fault.
         std::thread::sleep(Duration::from_millis(500));
         proxy.arm(Trigger::Now, fault);
         let took = wait_log(&p, mark, sign, Duration::from_secs(20));
@@ -135,7 +131,7 @@ fn receiver_detects_every_network_fault_and_loses_nothing() {
         proxy.heal();
         wait_until(Duration::from_secs(30), "a new session", || {
             p.server("main")
-                .is_some_and(|s| s.reconnects > reconnects && s.state == pgark::service::status::ConnState::Streaming)
+                .is_some_and(|s| s.reconnects > reconnects && s.state == ConnState::Streaming)
         });
     }
 
@@ -206,7 +202,9 @@ fn stalls_at_the_end_of_a_timeline_and_at_first_contact() {
     for command in triggers {
         let proxy = FaultProxy::start(&format!("127.0.0.1:{}", standby.port));
         proxy.arm(Trigger::ClientSends(command.into()), Fault::Stall);
-        standby.psql("SELECT pg_create_physical_replication_slot('pgark_fresh', true)").ok();
+        standby
+            .psql("SELECT pg_create_physical_replication_slot('pgark_fresh', true)")
+            .unwrap();
         let fresh = Pgark::start(&format!(
             "  fresh:\n    conninfo: \"{}\"\n    slot: pgark_fresh\n    status_interval: 1s\n    synchronous: false\n    receiver_timeout: 3s\n",
             proxied(&standby, &proxy)
@@ -216,7 +214,16 @@ fn stalls_at_the_end_of_a_timeline_and_at_first_contact() {
         proxy.heal();
         fresh.wait_streaming("fresh");
         drop(fresh);
-        standby.psql("SELECT pg_drop_replication_slot('pgark_fresh')").ok();
+        wait_until(
+            Duration::from_secs(20),
+            "the killed daemon's walsender to let go of its slot",
+            || {
+                standby
+                    .psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'pgark_fresh'")
+                    .is_ok_and(|a| a == "f")
+            },
+        );
+        standby.psql("SELECT pg_drop_replication_slot('pgark_fresh')").unwrap();
     }
 }
 
@@ -237,7 +244,7 @@ fn base_backup_through_a_stalled_network() {
         "backup_stream_timeout: 3s\nbackup_checkpoint: fast",
     ));
     let listed = |cat: &Catalog| -> usize {
-        let o = run_pgark(&cat.config, &["list-backups", "main", "--json"]);
+        let o = pgark(&cat.config, &["list-backups", "main", "--json"]);
         serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout)
             .map(|v| v.len())
             .unwrap_or(0)
@@ -256,7 +263,7 @@ fn base_backup_through_a_stalled_network() {
     {
         proxy.arm(trigger, Fault::Stall);
         let start = Instant::now();
-        let o = run_pgark(&cat.config, &["backup", "main"]);
+        let o = pgark(&cat.config, &["backup", "main"]);
         let took = start.elapsed();
         let out = text(&o);
         eprintln!("backup stalled {what}: failed after {took:?}");
@@ -268,12 +275,12 @@ fn base_backup_through_a_stalled_network() {
         proxy.heal();
     }
     let chunks = cat.catalog.join("main/chunks");
-    let leftover = walk_count(&chunks);
+    let leftover = files_under(&chunks).len();
     assert_eq!(leftover, 0, "failed backups left {leftover} chunks");
 
     // SIGTERM while the stream is stalled.
     proxy.arm(Trigger::ServerBytes(3 << 20), Fault::Stall);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgark"))
+    let mut child = std::process::Command::new(pgark_bin())
         .args(["backup", "--config"])
         .arg(&cat.config)
         .arg("main")
@@ -282,6 +289,7 @@ fn base_backup_through_a_stalled_network() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(20), "the stall", || proxy.fired() == 4);
+    // Time passes on purpose: pgark sits in the stalled stream a moment before the signal.
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     // SAFETY: signalling our own child.
@@ -291,23 +299,9 @@ fn base_backup_through_a_stalled_network() {
     assert!(!status.success());
     assert_eq!(listed(&cat), 0);
     proxy.heal();
-    let o = run_pgark(&cat.config, &["backup", "main"]);
+    let o = pgark(&cat.config, &["backup", "main"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(listed(&cat), 1);
-}
-
-fn walk_count(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.path().is_dir() {
-                n += walk_count(&e.path());
-            } else {
-                n += 1;
-            }
-        }
-    }
-    n
 }
 
 /// The monitoring connection stalled mid-query: reported in status (with the phase) within
@@ -340,7 +334,7 @@ fn stalled_monitoring_connection_is_reported_and_streaming_goes_on() {
     eprintln!("monitoring stall reported after {:?}", start.elapsed());
     assert!(start.elapsed() < Duration::from_secs(8));
     let s = p.server("main").unwrap();
-    assert_eq!(s.state, pgark::service::status::ConnState::Streaming, "streaming was disturbed");
+    assert_eq!(s.state, ConnState::Streaming, "streaming was disturbed");
     proxy.heal();
     wait_until(Duration::from_secs(20), "monitoring to recover", || {
         p.server("main").is_some_and(|s| s.monitor_error.is_none())

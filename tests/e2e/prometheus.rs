@@ -4,11 +4,9 @@
 //! every dashboard panel returns data. Prometheus runs with docker/prometheus.yml, only its
 //! target, interval and rules path adapted, so the compose setup's config is exercised too.
 
-use crate::backup::{backup, walk_files};
-use crate::common::*;
-use crate::pgcluster::{free_port, Cluster};
+use crate::support::{self, *};
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -39,37 +37,16 @@ fn prometheus_bins() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-/// GET on a Go HTTP server: decodes a chunked body.
+/// GET on Prometheus' HTTP API.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, mut body) = text.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return (code, body.to_string());
-    }
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").unwrap();
-        let n = usize::from_str_radix(size.trim(), 16).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    (code, out)
+    support::http::get(addr, path, Duration::from_secs(20)).unwrap_or_else(|e| panic!("GET {path} from Prometheus: {e}"))
 }
 
 struct Prometheus {
     child: Child,
     addr: String,
     _dir: tempfile::TempDir,
+    _port: support::ports::Port,
 }
 
 impl Drop for Prometheus {
@@ -89,7 +66,8 @@ impl Prometheus {
         cfg["scrape_configs"][0]["static_configs"][0]["targets"] = vec![serde_yaml::Value::from(target)].into();
         let cfg_path = dir.path().join("prometheus.yml");
         std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
+        let port = support::ports::reserve();
+        let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(bin)
             .arg(format!("--config.file={}", cfg_path.display()))
@@ -100,9 +78,14 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .unwrap();
-        let p = Prometheus { child, addr, _dir: dir };
+        let p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+            _port: port,
+        };
         wait_until(Duration::from_secs(60), "Prometheus to answer", || {
-            std::net::TcpStream::connect(&p.addr).is_ok() && http_get(&p.addr, "/-/ready").0 == 200
+            support::http::get(&p.addr, "/-/ready", Duration::from_secs(20)).is_ok_and(|(code, _)| code == 200)
         });
         p
     }
@@ -189,7 +172,9 @@ fn prometheus_scrapes_pgark_and_every_dashboard_and_rule_expression_works() {
         &c.conninfo(&c.superuser),
         "synchronous: true\nmonitor_interval: 1s\nslot_retained_limit: 1GiB",
     );
-    let p = Pgark::start(&servers);
+    // The catalog watch measures every second (by default every 15 s), so that its panels
+    // have data soon.
+    let p = Pgark::start_full("", "disk_pressure:\n  check_interval: 1s\n  usage_interval: 2s", &servers, &[]);
     p.wait_streaming("main");
     // A backup, so the backup and recovery-window panels have data.
     backup(&p.config, "main", &[]);
@@ -202,7 +187,7 @@ fn prometheus_scrapes_pgark_and_every_dashboard_and_rule_expression_works() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let exposition = p.http_get("/metrics").1;
+    let exposition = p.metrics_text();
     lint.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
     let out = lint.wait_with_output().unwrap();
     assert!(
@@ -222,17 +207,18 @@ fn prometheus_scrapes_pgark_and_every_dashboard_and_rule_expression_works() {
     let mut missing: Vec<(String, String)>;
     loop {
         write_rows(&c, 300);
-        // The catalog watch runs every 15 s; the monitor every second.
+        // The catalog watch and the monitor run every second.
         missing = exprs.iter().filter(|(_, e)| prom.query(e).is_empty()).cloned().collect();
         if missing.is_empty() || std::time::Instant::now() > deadline {
             break;
         }
+        // The poll interval of this wait (with fresh WAL each round), not a wait for anything.
         std::thread::sleep(Duration::from_secs(2));
     }
     assert!(
         missing.is_empty(),
         "dashboard panels without data after 2 minutes: {missing:#?}\n--- metrics ---\n{}",
-        p.http_get("/metrics").1
+        p.metrics_text()
     );
 
     // Every alert expression evaluates; with everything healthy none fires, except possibly the
@@ -308,7 +294,7 @@ fn docker_compose_setup_is_consistent() {
             words[..words.len().saturating_sub(1)].to_vec()
         })
         .collect();
-    for src in walk_files(&repo("src")) {
+    for src in files_under(&repo("src")) {
         let text = std::fs::read_to_string(&src).unwrap();
         let after = |m: &'static str| text.split(m).skip(1).collect::<Vec<_>>();
         for piece in after("include_str!(\"").into_iter().chain(after("include_bytes!(\"")) {

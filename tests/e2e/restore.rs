@@ -1,65 +1,12 @@
 //! Restore and point-in-time recovery with `pgark restore` and `pgark wal-get` against real
 //! PostgreSQL: targets, RPO=0 end to end, timelines, tablespaces, delta, corruption, bad input.
 
-use crate::backup::{backup, make_tablespace, open_for_postgres, start_restored, text, walk_files, Catalog};
-use crate::common::*;
-use crate::durability::{assert_all_acked_present, sync_primary_with_pgark, Writers};
-use crate::pgcluster::{running_as_root, Cluster, PgBinaries};
+use crate::support::*;
+use pgark::util::os::running_as_root;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// A copy of the pgark binary that the `postgres` user can execute (the build directory may sit
-/// under a private temporary directory): restore_command runs as the server's user.
-pub struct Binary {
-    _dir: tempfile::TempDir,
-    pub path: PathBuf,
-}
-
-impl Binary {
-    pub fn new() -> Binary {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new().prefix("pgark-bin-").tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = dir.path().join("pgark");
-        std::fs::copy(env!("CARGO_BIN_EXE_pgark"), &path).unwrap();
-        Binary { _dir: dir, path }
-    }
-
-    pub fn run(&self, config: &Path, args: &[&str]) -> Output {
-        let (cmd, rest) = args.split_first().unwrap();
-        Command::new(&self.path)
-            .arg(cmd)
-            .arg("--config")
-            .arg(config)
-            .args(rest)
-            .env("PGARK_LOG", "info")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-}
-
-/// Runs `pgark restore ... --json` into a new directory; returns (data dir, its tempdir, output).
-pub fn restore(bin: &Binary, config: &Path, server: &str, extra: &[&str]) -> (PathBuf, tempfile::TempDir, Value) {
-    let tmp = tempfile::Builder::new().prefix("pgark-restore-").tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let mut args = vec!["restore", server, "--target-dir", data.to_str().unwrap(), "--json"];
-    if running_as_root() {
-        args.extend(["--owner", "postgres"]);
-    }
-    args.extend_from_slice(extra);
-    let o = bin.run(config, &args);
-    assert!(o.status.success(), "pgark restore failed: {}", text(&o));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("restore --json: {e}: {}", text(&o)));
-    (data, tmp, v)
-}
-
-/// Starts a restored data directory on a new port; waits until it has left recovery.
-pub fn start(bins: &PgBinaries, tmp: tempfile::TempDir, data: PathBuf) -> Cluster {
-    start_restored(bins, tmp, data, None)
-}
 
 fn ids(c: &Cluster) -> String {
     c.psql("SELECT coalesce(min(id), 0) || '-' || coalesce(max(id), 0) || '/' || count(*) FROM t")
@@ -91,6 +38,7 @@ fn pitr_to_time_lsn_xid_and_name() {
     p.wait_streaming("main");
     backup(&p.config, "main", &[]);
     insert(&c, 1, 100);
+    // Time passes on purpose: the target time lies more than a second from either batch's commit.
     std::thread::sleep(Duration::from_millis(1100));
     let time_a = c
         .psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
@@ -116,7 +64,7 @@ fn pitr_to_time_lsn_xid_and_name() {
     for (args, want) in cases {
         let (data, tmp, out) = restore(&bin, &p.config, "main", args);
         assert!(out["plan"]["why"].as_str().unwrap().contains("backup"), "{out}");
-        let r = start(&c.bins, tmp, data);
+        let r = start_restored(&c.bins, tmp, data, None);
         assert_eq!(ids(&r), want, "restore with {args:?}");
     }
 }
@@ -131,14 +79,16 @@ fn rpo_zero_with_pgark_restore_only() {
     c.psql("CREATE TABLE acked (id bigint PRIMARY KEY, pad text)").unwrap();
     backup(&p.config, "main", &[]);
     let writers = Writers::start(&c, 8);
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_until(Duration::from_secs(60), "a few hundred acknowledged commits", || {
+        writers.count() >= 300
+    });
     c.kill9().unwrap();
     let acked = writers.finish();
     assert!(acked.len() > 100, "only {} commits before the kill", acked.len());
     open_for_postgres(p.dir.path());
     let (data, tmp, out) = restore(&bin, &p.config, "main", &[]);
     assert_eq!(out["stats"]["files_unchanged"], 0);
-    let r = start(&c.bins, tmp, data);
+    let r = start_restored(&c.bins, tmp, data, None);
     assert_all_acked_present(&r, &acked, "after SIGKILL of the primary and pgark restore");
 }
 
@@ -175,7 +125,7 @@ fn restore_across_a_timeline_switch() {
     p.wait_flushed("main", current_flush_lsn(&standby));
     open_for_postgres(p.dir.path());
     let (data, tmp, _) = restore(&bin, &p.config, "main", &["--target-timeline", "latest"]);
-    let r = start(&standby.bins, tmp, data);
+    let r = start_restored(&standby.bins, tmp, data, None);
     assert_eq!(ids(&r), "1-30/30");
     let wal = r.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").unwrap();
     assert!(
@@ -207,14 +157,8 @@ fn tablespace_remap_and_delta_restore() {
     let newloc = tsdir.path().join("ts1");
     let map = format!("ts1={}", newloc.display());
     let (data_a, tmp_a, _) = restore(&bin, &cat.config, "main", &[&b1, "--tablespace", &map]);
-    if running_as_root() {
-        Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(tsdir.path())
-            .status()
-            .unwrap();
-    }
-    let a = start(&c.bins, tmp_a, data_a.clone());
+    chown_postgres(tsdir.path()).unwrap();
+    let a = start_restored(&c.bins, tmp_a, data_a.clone(), None);
     assert_eq!(
         a.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'")
             .unwrap(),
@@ -234,7 +178,7 @@ fn tablespace_remap_and_delta_restore() {
     let moved = elsewhere.path().join("pg_xact");
     std::fs::rename(data_a.join("pg_xact"), &moved).unwrap();
     std::os::unix::fs::symlink(&moved, data_a.join("pg_xact")).unwrap();
-    let outside_before = walk_files(elsewhere.path())
+    let outside_before = files_under(elsewhere.path())
         .into_iter()
         .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
         .collect::<Vec<_>>();
@@ -259,7 +203,7 @@ fn tablespace_remap_and_delta_restore() {
         std::fs::symlink_metadata(data_a.join("pg_xact")).unwrap().is_dir(),
         "the planted link was kept"
     );
-    let outside_after = walk_files(elsewhere.path())
+    let outside_after = files_under(elsewhere.path())
         .into_iter()
         .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
         .collect::<Vec<_>>();
@@ -278,7 +222,7 @@ fn tablespace_remap_and_delta_restore() {
         &[&b2, "--tablespace", &format!("ts1={}", tsdir.path().join("ts1b").display())],
     );
     let tree = |root: &Path| -> Vec<(String, Vec<u8>)> {
-        let mut v: Vec<(String, Vec<u8>)> = walk_files(root)
+        let mut v: Vec<(String, Vec<u8>)> = files_under(root)
             .into_iter()
             .filter(|p| !p.starts_with(root.join("pg_tblspc")))
             .map(|p| (p.strip_prefix(root).unwrap().display().to_string(), std::fs::read(&p).unwrap()))
@@ -561,6 +505,7 @@ fn restore_refuses_damage_and_bad_input() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Time passes on purpose: for 2 s the restore must neither finish nor write.
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         waiting.try_wait().unwrap().is_none(),
@@ -598,6 +543,6 @@ fn restore_refuses_damage_and_bad_input() {
         !target.join("global/pg_control").exists(),
         "pg_control must not be there after a failed restore"
     );
-    let listed = walk_files(&target);
+    let listed = files_under(&target);
     assert!(!listed.is_empty());
 }

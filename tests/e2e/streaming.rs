@@ -1,7 +1,6 @@
 //! Byte-exactness across segment switches, on PostgreSQL 15 and every major of the matrix.
 
-use crate::common::*;
-use crate::pgcluster::{Cluster, PgBinaries};
+use crate::support::*;
 
 fn byte_exact_on(bins: &PgBinaries) {
     eprintln!("byte-exact test on PostgreSQL {} ({})", bins.major, bins.bindir.display());

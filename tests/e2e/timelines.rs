@@ -1,8 +1,7 @@
 //! Cascading replication and promotion: pgark streams from a standby, the standby is promoted,
 //! pgark stores the history file and follows it onto the new timeline with no gap.
 
-use crate::common::*;
-use crate::pgcluster::Cluster;
+use crate::support::*;
 use std::time::Duration;
 
 #[test]

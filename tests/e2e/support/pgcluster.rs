@@ -1,10 +1,16 @@
-//! Throwaway PostgreSQL clusters for `pgark demo`, the tests and the benchmarks: initdb and
-//! pg_ctl on a free port with a Unix socket in a temp dir. As root, the server runs as the
+//! Throwaway PostgreSQL clusters for the tests: initdb and pg_ctl on a reserved port
+//! (`support::ports`) with a Unix socket in a temp dir. As root, the server runs as the
 //! `postgres` OS user (PostgreSQL refuses root) with directories it owns.
+//!
+//! The server log is checked when a cluster is dropped (and by `check_log`): an `ERROR:` or
+//! `PANIC:` line fails the test unless the test declared it with `expect_log`, saying why.
 
-use std::net::TcpListener;
+use super::ports::{self, Port};
+use pgark::pg::{Lsn, WalSegSize};
+use pgark::util::os::running_as_root;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 
 /// Where the PostgreSQL server binaries are.
 #[derive(Debug, Clone)]
@@ -86,20 +92,6 @@ impl PgBinaries {
     }
 }
 
-/// Whether we are root (and so must run PostgreSQL as `postgres`).
-pub fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// A free TCP port on 127.0.0.1 (racy by nature; good enough for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(54329)
-}
-
 /// Runs a command as the cluster's OS user.
 fn as_owner(cmd: &Path, root: bool) -> Command {
     if root {
@@ -111,7 +103,12 @@ fn as_owner(cmd: &Path, root: bool) -> Command {
     }
 }
 
-fn chown_postgres(path: &Path) -> Result<(), String> {
+/// As root, gives `path` (recursively) to the `postgres` OS user the servers run as; nothing
+/// otherwise.
+pub fn chown_postgres(path: &Path) -> Result<(), String> {
+    if !running_as_root() {
+        return Ok(());
+    }
     let st = Command::new("chown")
         .args(["-R", "postgres:postgres"])
         .arg(path)
@@ -146,7 +143,20 @@ fn bootstrap_superuser(root: bool) -> String {
     }
 }
 
-/// A running (or stopped) throwaway cluster. Dropping it stops the server and removes its files.
+/// `ERROR:` lines that every cluster may log, whatever the test: pgark's own doing, by design.
+/// Each entry: substrings that must all be in the line, and why.
+const PGARK_BY_DESIGN: &[(&[&str], &str)] = &[(
+    &["ERROR:  replication slot \"pgark_", "\" already exists"],
+    // The receiver creates its slot if missing by sending CREATE_REPLICATION_SLOT at the start
+    // of every replication session and taking SQLSTATE 42710 (duplicate_object) as "it
+    // exists" (src/client/replication.rs create_physical_slot; `pg_receivewal --create-slot
+    // --if-not-exists` does the same). The server logs that as an ERROR at each (re)connection
+    // of pgark, so every test that restarts or reconnects pgark has it.
+    "pgark's create-if-missing of its replication slot",
+)];
+
+/// A running (or stopped) throwaway cluster. Dropping it stops the server, checks its log (see
+/// `check_log`) and removes its files.
 pub struct Cluster {
     pub bins: PgBinaries,
     pub data: PathBuf,
@@ -155,6 +165,10 @@ pub struct Cluster {
     /// The bootstrap superuser's name.
     pub superuser: String,
     root: bool,
+    /// The server log's `ERROR:`/`PANIC:` lines that the test expects (substrings).
+    expected_log: Mutex<Vec<String>>,
+    // Dropped after the server is stopped (in `drop`): the port stays reserved until then.
+    _port: Port,
     _dir: tempfile::TempDir,
     pub log: PathBuf,
 }
@@ -177,9 +191,7 @@ impl Cluster {
         std::fs::create_dir(&socket_dir).map_err(|e| format!("create {}: {e}", socket_dir.display()))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-        if root {
-            chown_postgres(dir.path())?;
-        }
+        chown_postgres(dir.path())?;
         let superuser = bootstrap_superuser(root);
         let out = as_owner(&bins.bin("initdb"), root)
             .arg("-D")
@@ -189,7 +201,7 @@ impl Cluster {
             .output()
             .map_err(|e| format!("initdb: {e}"))?;
         check(out, "initdb")?;
-        let port = free_port();
+        let port = ports::reserve();
         let mut conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nfsync = on\nshared_buffers = 64MB\nlogging_collector = off\nwal_keep_size = 0\nmax_wal_size = 256MB\nmin_wal_size = 32MB\n",
             socket_dir.display()
@@ -206,26 +218,32 @@ impl Cluster {
         Ok(Self::assemble(bins, dir, data, port))
     }
 
-    /// Wraps an existing data directory (e.g. a restored backup) in this harness's conventions.
-    pub fn from_data_dir(bins: &PgBinaries, dir: tempfile::TempDir, data: PathBuf, port: u16) -> Result<Cluster, String> {
-        let root = running_as_root();
+    /// Wraps an existing data directory (a restored backup, a standby's copy) in this harness's
+    /// conventions: a port of its own and the socket in `dir`, appended to its postgresql.conf;
+    /// everything under `dir` given to the server's OS user.
+    pub fn from_data_dir(bins: &PgBinaries, dir: tempfile::TempDir, data: PathBuf) -> Result<Cluster, String> {
         let socket_dir = dir.path().join("sock");
         std::fs::create_dir_all(&socket_dir).map_err(|e| e.to_string())?;
-        if root {
-            chown_postgres(dir.path())?;
-        }
+        let port = ports::reserve();
+        append(
+            &data.join("postgresql.conf"),
+            &format!("\nport = {port}\nunix_socket_directories = '{}'\n", socket_dir.display()),
+        )?;
+        chown_postgres(dir.path())?;
         Ok(Self::assemble(bins, dir, data, port))
     }
 
-    fn assemble(bins: &PgBinaries, dir: tempfile::TempDir, data: PathBuf, port: u16) -> Cluster {
+    fn assemble(bins: &PgBinaries, dir: tempfile::TempDir, data: PathBuf, port: Port) -> Cluster {
         let root = running_as_root();
         Cluster {
             bins: bins.clone(),
             data,
             socket_dir: dir.path().join("sock"),
-            port,
+            port: port.get(),
             superuser: bootstrap_superuser(root),
             root,
+            expected_log: Mutex::new(Vec::new()),
+            _port: port,
             log: dir.path().join("server.log"),
             _dir: dir,
         }
@@ -244,10 +262,7 @@ impl Cluster {
     /// Replaces pg_hba.conf.
     pub fn write_hba(&self, text: &str) -> Result<(), String> {
         std::fs::write(self.data.join("pg_hba.conf"), text).map_err(|e| e.to_string())?;
-        if self.root {
-            chown_postgres(&self.data.join("pg_hba.conf"))?;
-        }
-        Ok(())
+        chown_postgres(&self.data.join("pg_hba.conf"))
     }
 
     pub fn start(&self) -> Result<(), String> {
@@ -350,8 +365,39 @@ impl Cluster {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    pub fn is_root(&self) -> bool {
-        self.root
+    /// Declares that the server log may hold `ERROR:`/`PANIC:` lines containing `substring`:
+    /// the test provokes them. Say why in a comment where it is called.
+    pub fn expect_log(&self, substring: &str) {
+        self.expected_log.lock().unwrap().push(substring.to_string());
+    }
+
+    /// The server log's `ERROR:` and `PANIC:` lines that no `expect_log` covers.
+    pub fn unexpected_log_errors(&self) -> Vec<String> {
+        let expected = self.expected_log.lock().unwrap().clone();
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ERROR:") || l.contains("PANIC:"))
+            .filter(|l| !PGARK_BY_DESIGN.iter().any(|(parts, _)| parts.iter().all(|p| l.contains(p))))
+            .filter(|l| !expected.iter().any(|e| l.contains(e.as_str())))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Panics when the server log has an `ERROR:` or `PANIC:` line the test did not declare
+    /// with `expect_log`. Runs by itself when the cluster is dropped (unless the test is already
+    /// failing).
+    pub fn check_log(&self) {
+        let bad = self.unexpected_log_errors();
+        if !bad.is_empty() {
+            panic!(
+                "the server log of the cluster on port {} ({}) has {} unexpected ERROR/PANIC line(s); a test that provokes them declares them with Cluster::expect_log:\n{}",
+                self.port,
+                self.data.display(),
+                bad.len(),
+                bad.iter().take(20).map(String::as_str).collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 }
 
@@ -359,6 +405,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if self.data.join("postmaster.pid").exists() {
             let _ = self.stop("immediate");
+        }
+        if !std::thread::panicking() {
+            self.check_log();
         }
     }
 }
@@ -370,4 +419,86 @@ fn append(path: &Path, text: &str) -> Result<(), String> {
         .open(path)
         .map_err(|e| format!("open {}: {e}", path.display()))?;
     f.write_all(text.as_bytes()).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// The server's current WAL position: the flush position on a primary, the replay position on
+/// a standby.
+pub fn current_flush_lsn(c: &Cluster) -> Lsn {
+    let q = if c.psql("SELECT pg_is_in_recovery()").unwrap() == "t" {
+        "SELECT pg_last_wal_replay_lsn()"
+    } else {
+        "SELECT pg_current_wal_flush_lsn()"
+    };
+    c.psql(q).unwrap().parse().unwrap()
+}
+
+/// Generates WAL: `n` rows of ~1 kB incompressible text.
+pub fn write_rows(c: &Cluster, n: u32) {
+    c.psql(&format!(
+        "CREATE TABLE IF NOT EXISTS filler (id serial, t text); INSERT INTO filler (t) SELECT string_agg(md5(random()::text), '') FROM generate_series(1, {n}) g, generate_series(1, 32) h GROUP BY g"
+    ))
+    .unwrap();
+}
+
+pub fn seg_size(c: &Cluster) -> WalSegSize {
+    WalSegSize::from_show(&c.psql("SHOW wal_segment_size").unwrap()).unwrap()
+}
+
+/// Runs pg_basebackup from `primary` into `dest` with extra arguments (e.g. `-X none`).
+pub fn pg_basebackup(primary: &Cluster, dest: &Path, extra: &[&str]) {
+    let out = Command::new(primary.bins.client("pg_basebackup"))
+        .arg("-h")
+        .arg(&primary.socket_dir)
+        .args(["-p", &primary.port.to_string(), "-U", &primary.superuser, "-c", "fast", "--no-sync"])
+        .args(extra)
+        .arg("-D")
+        .arg(dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A hot standby of `primary` (pg_basebackup -R), started.
+pub fn start_standby(primary: &Cluster) -> Cluster {
+    let dir = tempfile::Builder::new().prefix("pgark-standby-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    pg_basebackup(primary, &data, &["-X", "stream", "-R"]);
+    let standby = Cluster::from_data_dir(&primary.bins, dir, data).unwrap();
+    standby.append_conf("hot_standby = on").unwrap();
+    standby.start().unwrap();
+    standby
+}
+
+/// A tablespace `name` in a directory the server owns, beside the cluster.
+pub fn make_tablespace(c: &Cluster, name: &str) -> PathBuf {
+    let dir = c.base_dir().join(format!("ts_{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    chown_postgres(&dir).unwrap();
+    c.psql(&format!("CREATE TABLESPACE {name} LOCATION '{}'", dir.display())).unwrap();
+    dir
+}
+
+/// pgbench against `c` with `args`, running (stderr piped).
+pub fn pgbench(c: &Cluster, args: &[&str]) -> std::process::Child {
+    Command::new(c.bins.client("pgbench"))
+        .arg("-h")
+        .arg(&c.socket_dir)
+        .args(["-p", &c.port.to_string(), "-U", &c.superuser])
+        .args(args)
+        .arg("postgres")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+pub fn pgbench_init(c: &Cluster, scale: u32) {
+    let o = pgbench(c, &["-i", "-q", "-s", &scale.to_string()]).wait_with_output().unwrap();
+    assert!(o.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A checksum of a table's contents (row order does not matter).
+pub fn table_sum(c: &Cluster, table: &str) -> String {
+    c.psql(&format!("SELECT md5(string_agg(md5(t::text), '' ORDER BY t::text)) FROM {table} t"))
+        .unwrap()
 }
