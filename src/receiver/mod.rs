@@ -265,8 +265,18 @@ async fn session(
 
     let sp = open_spool(cfg, env, store, spool, seg)?;
 
-    if cfg.create_slot && conn.create_physical_slot(&cfg.slot).await.map_err(ReceiverError::Client)? {
-        tracing::info!(slot = %cfg.slot, "created physical replication slot (RESERVE_WAL)");
+    if cfg.create_slot {
+        // On 15 and later, ask first: creating a slot that exists fails (we take that as "it
+        // exists"), but leaves an ERROR line in the server's log at every reconnect.
+        let exists = conn.server_major() >= 15
+            && conn
+                .read_replication_slot(&cfg.slot)
+                .await
+                .map_err(ReceiverError::Client)?
+                .is_some();
+        if !exists && conn.create_physical_slot(&cfg.slot).await.map_err(ReceiverError::Client)? {
+            tracing::info!(slot = %cfg.slot, "created physical replication slot (RESERVE_WAL)");
+        }
     }
 
     let (mut tli, mut start) = start_point(&mut conn, cfg, layout, &sys, seg).await?;
