@@ -8,6 +8,7 @@ mod auth;
 mod backup;
 mod cli;
 mod crash;
+mod demo;
 mod disk;
 mod durability;
 mod harness;
