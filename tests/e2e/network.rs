@@ -70,16 +70,21 @@ fn receiver_detects_every_network_fault_and_loses_nothing() {
     pg_basebackup(&c, &backup, &["-X", "none"]);
     let writers = Writers::start(&c, 4);
 
+    // The slot step: from PostgreSQL 15 the receiver looks its slot up (READ_REPLICATION_SLOT)
+    // and creates it only when missing; before 15 it always sends CREATE_REPLICATION_SLOT.
+    let slot_step = if c.bins.major >= 15 {
+        "READ_REPLICATION_SLOT"
+    } else {
+        "CREATE_REPLICATION_SLOT"
+    };
+    let slot_phase = format!("phase: {slot_step}");
     let phases: Vec<(&str, Trigger)> = vec![
         ("phase: streaming", Trigger::Now),
         ("phase: TLS negotiation", Trigger::ClientBytes(faultproxy::SSL_REQUEST.to_vec())),
         ("connect_timeout", Trigger::ClientSends("replication\0true".into())),
         ("phase: IDENTIFY_SYSTEM", Trigger::ClientSends("IDENTIFY_SYSTEM".into())),
         ("phase: SHOW wal_segment_size", Trigger::ClientSends("SHOW wal_segment_size".into())),
-        (
-            "phase: CREATE_REPLICATION_SLOT",
-            Trigger::ClientSends("CREATE_REPLICATION_SLOT".into()),
-        ),
+        (slot_phase.as_str(), Trigger::ClientSends(slot_step.into())),
         ("phase: START_REPLICATION", Trigger::ClientSends("START_REPLICATION".into())),
     ];
     for (i, (phase, trigger)) in phases.into_iter().enumerate() {

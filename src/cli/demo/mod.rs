@@ -249,7 +249,17 @@ async fn point_in_time_restore(conn: &mut Connection, bindir: &Path, work: &Path
     );
     let restored = work.join("restored");
     let data = restored.join("data");
-    let exe = std::env::current_exe().map_err(|e| format!("finding pgark's own binary: {e}"))?;
+    let mut exe = std::env::current_exe().map_err(|e| format!("finding pgark's own binary: {e}"))?;
+    if crate::util::os::running_as_root() {
+        // The restored server runs as postgres and calls `pgark wal-get` (restore_command is
+        // this binary's path): a copy it can reach, in case the build directory is private
+        // (under /root, a 0700 temp dir).
+        let copy = work.join("pgark");
+        std::fs::copy(&exe, &copy).map_err(|e| format!("copying {} to {}: {e}", exe.display(), copy.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", copy.display()))?;
+        exe = copy;
+    }
     let mut cmd = std::process::Command::new(&exe);
     cmd.arg("restore")
         .arg("--config")
