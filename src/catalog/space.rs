@@ -6,7 +6,7 @@
 //! streaming and compressing WAL (compression shrinks what is stored) for as long as the disk
 //! lets it. Streaming is never stopped on purpose: a stopped
 //! receiver makes the primary keep WAL for the slot instead, moving the problem onto the server
-//! (see the README on `max_slot_wal_keep_size`).
+//! (see `docs/operations.md` on `max_slot_wal_keep_size`).
 
 use crate::catalog::store::Capacity;
 use serde::{Deserialize, Serialize};

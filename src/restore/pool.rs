@@ -3,8 +3,11 @@
 //! progress meanwhile. Restore uses it for writing chunks and for fsyncing what it wrote.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
+
+/// How often the calling thread reports progress while the workers run.
+const TICK: Duration = Duration::from_millis(100);
 
 /// Runs `work` over `items` on `jobs` threads. Each thread first builds its own state with
 /// `init` (buffers, a decompression context). Before each item `stop` may end everything with
@@ -25,7 +28,6 @@ where
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<E>> = Mutex::new(None);
-    let finished = AtomicUsize::new(0);
     let jobs = jobs.max(1);
     let fail = |e: E| {
         failed.store(true, Ordering::Relaxed);
@@ -33,18 +35,21 @@ where
             slot.get_or_insert(e);
         }
     };
+    // Each worker says it is done (also when `work` panics: the guard's drop), so the calling
+    // thread returns as soon as the last one ends rather than at its next tick.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    struct Done(mpsc::Sender<()>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let (init, work, stop, fail, next, failed) = (&init, &work, &stop, &fail, &next, &failed);
     std::thread::scope(|scope| {
         for _ in 0..jobs {
-            scope.spawn(|| {
-                // Counted even if `work` panics, so the loop below ends (the scope then
-                // re-raises the panic).
-                struct Finished<'a>(&'a AtomicUsize);
-                impl Drop for Finished<'_> {
-                    fn drop(&mut self) {
-                        self.0.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                let _finished = Finished(&finished);
+            let done = Done(done_tx.clone());
+            scope.spawn(move || {
+                let _done = done;
                 let result = (|| {
                     let mut state = init()?;
                     while !failed.load(Ordering::Relaxed) {
@@ -63,9 +68,13 @@ where
                 }
             });
         }
-        while finished.load(Ordering::Relaxed) < jobs {
-            tick();
-            std::thread::sleep(Duration::from_millis(100));
+        let mut finished = 0;
+        while finished < jobs {
+            match done_rx.recv_timeout(TICK) {
+                Ok(()) => finished += 1,
+                Err(mpsc::RecvTimeoutError::Timeout) => tick(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
         }
     });
     match first_error.into_inner().ok().flatten() {

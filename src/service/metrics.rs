@@ -100,7 +100,7 @@ pub fn install() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             let _ = metrics::set_global_recorder(recorder);
-            describe_from_readme();
+            describe_from_docs();
             gauge!("pgark_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
@@ -163,14 +163,14 @@ pub fn connection_state(server: &str, state: crate::service::status::ConnState) 
     }
 }
 
-/// The README's metric tables (`| `name{labels}` | type | meaning |`), the single source of each
+/// The metric tables of `docs/metrics.md` (`| `name{labels}` | type | meaning |`), the single source of each
 /// metric's HELP text.
-const README: &str = include_str!("../../docs/metrics.md");
+const METRICS_DOC: &str = include_str!("../../docs/metrics.md");
 
-/// (name, type, meaning) for every metric row of the README.
+/// (name, type, meaning) for every metric row of `docs/metrics.md`.
 pub fn documented_metrics() -> Vec<(String, String, String)> {
     let mut out = Vec::new();
-    for line in README.lines() {
+    for line in METRICS_DOC.lines() {
         let cells: Vec<&str> = line.split(" | ").map(|c| c.trim_matches(|c: char| c == '|' || c == ' ')).collect();
         if cells.len() != 3 || !cells[0].starts_with("`pgark_") {
             continue;
@@ -185,7 +185,7 @@ pub fn documented_metrics() -> Vec<(String, String, String)> {
     out
 }
 
-fn describe_from_readme() {
+fn describe_from_docs() {
     for (name, kind, help) in documented_metrics() {
         match kind.as_str() {
             "counter" => metrics::describe_counter!(name, help),
@@ -463,7 +463,7 @@ mod tests {
         assert!(!sample_matches("pgark_up{server=\"a\"} 1", &one));
     }
 
-    /// Every metric name in this file is documented in the README's metric tables.
+    /// Every metric name in this file is documented in `docs/metrics.md`.
     #[test]
     fn every_metric_is_in_the_readme() {
         let source = include_str!("metrics.rs");
@@ -478,7 +478,7 @@ mod tests {
         for n in names.iter().filter(|n| **n != "pgark_") {
             assert!(
                 documented.iter().any(|(d, _, _)| d == n),
-                "{n} is not in the README's metric tables"
+                "{n} is not in docs/metrics.md's metric tables"
             );
         }
         for (name, kind, _) in &documented {
