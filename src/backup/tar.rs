@@ -181,11 +181,15 @@ fn field_str(block: &[u8], at: usize, len: usize) -> Result<String, String> {
 fn field_num(block: &[u8], at: usize, len: usize, what: &str) -> Result<u64, String> {
     let raw = &block[at..at + len];
     if raw[0] & 0x80 != 0 {
-        // GNU base-256: the remaining bytes, big-endian.
-        if raw[0] != 0x80 || raw[1..len - 8].iter().any(|&b| b != 0) {
+        // GNU base-256: the remaining bytes, big-endian (0xff first would be negative). Fields
+        // of 8 bytes (mode, uid, gid) hold 7 value bytes, those of 12 (size, mtime) 11, of which
+        // the high 3 must be zero for a u64.
+        let body = &raw[1..];
+        let high = body.len().saturating_sub(8);
+        if raw[0] != 0x80 || body[..high].iter().any(|&b| b != 0) {
             return Err(format!("{what}: base-256 value out of range"));
         }
-        return Ok(raw[len - 8..].iter().fold(0u64, |acc, &b| (acc << 8) | b as u64));
+        return Ok(body[high..].iter().fold(0u64, |acc, &b| (acc << 8) | b as u64));
     }
     let text: String = raw
         .iter()
@@ -246,6 +250,26 @@ fn parse_header(block: &[u8]) -> Result<TarEntry, String> {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+
+    #[test]
+    fn base_256_numbers_in_short_and_long_fields() {
+        // An 8-byte field (mode, uid, gid): 7 value bytes. This once panicked on a slice index
+        // (found by tests/parsers.rs on random headers).
+        let mut b = [0u8; 20];
+        b[0] = 0x80;
+        b[7] = 0x2a;
+        assert_eq!(field_num(&b, 0, 8, "uid"), Ok(42));
+        // A 12-byte field (size): 11 bytes, the high 3 zero.
+        let mut b = [0u8; 12];
+        b[0] = 0x80;
+        b[11] = 1;
+        b[4] = 1;
+        assert_eq!(field_num(&b, 0, 12, "size"), Ok((1 << 56) + 1));
+        b[3] = 1;
+        assert!(field_num(&b, 0, 12, "size").is_err());
+        b[0] = 0xff;
+        assert!(field_num(&b, 0, 12, "size").is_err());
+    }
 
     /// Builds a ustar header as PostgreSQL does (used by tests here and elsewhere).
     pub fn header(name: &str, kind: u8, size: u64, link: &str) -> Vec<u8> {
