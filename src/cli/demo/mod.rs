@@ -156,22 +156,7 @@ async fn load_and_back_up(
         if !backup_started && started.elapsed() >= Duration::from_secs(5) {
             backup_started = true;
             println!("== taking a base backup while the load goes on (what `pgark backup --config FILE demo` does)");
-            backup = Some(crate::backup::spawn_on_own_thread(
-                crate::backup::BackupJob {
-                    server: server_cfg.name.clone(),
-                    conninfo: server_cfg.conninfo.clone(),
-                    settings: server_cfg.backup.clone(),
-                    catalog: config.catalog.clone(),
-                    label: Some("demo".into()),
-                    fast_checkpoint: true,
-                    max_rate_kb: None,
-                    wal_progress: std::sync::Arc::new(d.board().clone()),
-                    disk_pressure: crate::catalog::space::DiskThresholds::default(),
-                    // Its own token: Ctrl-C ends the load, not the backup the restore needs.
-                    cancel: CancellationToken::new(),
-                },
-                Box::new(crate::util::progress::LogLines::new("backup")),
-            ));
+            backup = Some(start_backup(d, config, &server_cfg));
         }
         if let Some(rx) = backup.as_mut() {
             if let Ok(result) = rx.try_recv() {
@@ -198,24 +183,27 @@ async fn load_and_back_up(
     }
     if !backup_started {
         println!("== the load ended before a backup was taken; taking one now");
-        let job = crate::backup::BackupJob {
-            server: server_cfg.name.clone(),
-            conninfo: server_cfg.conninfo.clone(),
-            settings: server_cfg.backup.clone(),
-            catalog: config.catalog.clone(),
-            label: Some("demo".into()),
-            fast_checkpoint: true,
-            max_rate_kb: None,
-            wal_progress: std::sync::Arc::new(d.board().clone()),
-            disk_pressure: crate::catalog::space::DiskThresholds::default(),
-            cancel: CancellationToken::new(),
-        };
-        backup = Some(crate::backup::spawn_on_own_thread(
-            job,
-            Box::new(crate::util::progress::LogLines::new("backup")),
-        ));
+        backup = Some(start_backup(d, config, &server_cfg));
     }
     Ok(backup)
+}
+
+/// A fast-checkpoint backup of the demo server on its own thread. Its own token: Ctrl-C ends
+/// the load, not the backup the restore needs.
+fn start_backup(d: &Daemon, config: &Config, server_cfg: &crate::config::ServerConfig) -> tokio::sync::oneshot::Receiver<BackupResult> {
+    let job = crate::backup::BackupJob {
+        server: server_cfg.name.clone(),
+        conninfo: server_cfg.conninfo.clone(),
+        settings: server_cfg.backup.clone(),
+        catalog: config.catalog.clone(),
+        label: Some("demo".into()),
+        fast_checkpoint: true,
+        max_rate_kb: None,
+        wal_progress: std::sync::Arc::new(d.board().clone()),
+        disk_pressure: crate::catalog::space::DiskThresholds::default(),
+        cancel: CancellationToken::new(),
+    };
+    crate::backup::spawn_on_own_thread(job, Box::new(crate::util::progress::LogLines::new("backup")))
 }
 
 fn report_backup(result: BackupResult) -> Result<(), String> {
