@@ -25,25 +25,40 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("backup", &["client", "catalog", "protocol", "pg", "fsio", "util"]),
     ("restore", &["catalog", "pg", "fsio", "util"]),
     ("monitor", &["client", "pg", "util"]),
+    ("retention", &["catalog", "pg", "fsio", "util"]),
+    ("verify", &["catalog", "pg", "fsio", "util"]),
     // L5 configuration
     (
         "config",
         &[
-            "receiver", "backup", "restore", "monitor", "catalog", "client", "protocol", "pg", "fsio", "util",
+            "receiver", "backup", "restore", "monitor", "retention", "verify", "catalog", "client", "protocol", "pg", "fsio", "util",
         ],
     ),
-    // L6 the daemon
+    // L6 operations that combine domains: diagnosis and restore drills
+    (
+        "check",
+        &[
+            "config", "receiver", "backup", "restore", "monitor", "retention", "verify", "catalog", "client", "protocol", "pg", "fsio", "util",
+        ],
+    ),
+    (
+        "drill",
+        &[
+            "config", "receiver", "backup", "restore", "monitor", "retention", "verify", "catalog", "client", "protocol", "pg", "fsio", "util",
+        ],
+    ),
+    // L7 the daemon
     (
         "service",
         &[
-            "config", "receiver", "backup", "restore", "monitor", "catalog", "client", "protocol", "pg", "fsio", "util",
+            "check", "drill", "config", "receiver", "backup", "restore", "monitor", "retention", "verify", "catalog", "client", "protocol", "pg", "fsio", "util",
         ],
     ),
-    // L7 the command line
+    // L8 the command line
     (
         "cli",
         &[
-            "service", "config", "receiver", "backup", "restore", "monitor", "catalog", "client", "protocol", "pg", "fsio", "util",
+            "service", "check", "drill", "config", "receiver", "backup", "restore", "monitor", "retention", "verify", "catalog", "client", "protocol", "pg", "fsio", "util",
         ],
     ),
 ];

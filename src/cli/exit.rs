@@ -28,6 +28,9 @@ pub const UNREACHABLE: i32 = 7;
 /// `backup`: not started because the catalog's free space is below
 /// `disk_pressure.catalog_free_critical`.
 pub const DISK_PRESSURE: i32 = 8;
+/// `verify`, `check`, `drill`: something is damaged, missing or misconfigured (each problem is
+/// printed), or the drill failed.
+pub const DAMAGED: i32 = 9;
 
 /// `pgark backup`.
 pub fn for_backup(e: &BackupError) -> i32 {
