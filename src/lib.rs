@@ -28,5 +28,6 @@ pub mod pg;
 pub mod protocol;
 pub mod receiver;
 pub mod restore;
+pub mod retention;
 pub mod service;
 pub mod util;

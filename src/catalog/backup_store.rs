@@ -210,13 +210,25 @@ pub enum BackupStoreError {
     NotFound { server: String, id: String },
 }
 
-/// Ids of the published backups of `server`, oldest first (ids sort by time).
+/// Ids of the published backups of `server`, oldest first.
 pub fn list_ids(store: &dyn ObjectStore, server: &str) -> io::Result<Vec<String>> {
-    Ok(store
+    let mut ids: Vec<String> = store
         .list(&backups_key(server))?
         .into_iter()
         .filter_map(|k| k.rsplit('/').next().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
-        .collect())
+        .collect();
+    ids.sort_by(|a, b| id_order(a).cmp(&id_order(b)));
+    Ok(ids)
+}
+
+/// Ids are start times (`20261123T231500Z`), with `-2`, `-3`… for a second backup started in
+/// the same second. Sorted as names, `…Z-2` would come before `…Z` (`-` sorts before `.json`'s
+/// dot, and before nothing at all as text): this key puts it after.
+fn id_order(id: &str) -> (&str, u32) {
+    match id.rsplit_once('-') {
+        Some((base, n)) if n.parse::<u32>().is_ok() => (base, n.parse().unwrap_or(0)),
+        _ => (id, 1),
+    }
 }
 
 pub fn load(store: &dyn ObjectStore, server: &str, id: &str) -> Result<BackupIndex, BackupStoreError> {
@@ -274,7 +286,8 @@ pub struct BackupFactsCache {
 impl BackupFactsCache {
     /// Brings the cache up to date; returns the backups oldest first.
     pub fn refresh(&mut self, store: &dyn ObjectStore, server: &str) -> Result<Vec<BackupFacts>, BackupStoreError> {
-        let ids: BTreeSet<String> = list_ids(store, server)?.into_iter().collect();
+        let ordered = list_ids(store, server)?;
+        let ids: BTreeSet<String> = ordered.iter().cloned().collect();
         self.known.retain(|id, _| ids.contains(id));
         for id in ids {
             if !self.known.contains_key(&id) {
@@ -291,7 +304,7 @@ impl BackupFactsCache {
                 );
             }
         }
-        Ok(self.known.values().cloned().collect())
+        Ok(ordered.iter().filter_map(|id| self.known.get(id).cloned()).collect())
     }
 }
 
@@ -310,10 +323,11 @@ pub fn publish(store: &dyn ObjectStore, index: &BackupIndex) -> io::Result<()> {
 }
 
 /// Removes a published backup: the index first (so it stops existing in one step), then its
-/// manifest; chunks no other backup uses are removed by `collect_garbage`.
+/// manifest and pin; chunks no other backup uses are removed by `collect_garbage`.
 pub fn delete(store: &dyn ObjectStore, server: &str, id: &str) -> io::Result<()> {
     store.delete(&index_key(server, id))?;
-    store.delete(&manifest_key(server, id))
+    store.delete(&manifest_key(server, id))?;
+    store.delete(&super::pin::key(server, id))
 }
 
 /// What `collect_garbage` removed.
@@ -339,7 +353,8 @@ pub fn collect_garbage(store: &dyn ObjectStore, server: &str) -> Result<Garbage,
     let ids: BTreeSet<String> = list_ids(store, server)?.into_iter().collect();
     for key in store.list(&backups_key(server))? {
         let name = key.rsplit('/').next().unwrap_or_default();
-        let orphan = match (name.strip_suffix(".running"), name.strip_suffix(".manifest")) {
+        let companion = name.strip_suffix(".manifest").or_else(|| name.strip_suffix(".keep"));
+        let orphan = match (name.strip_suffix(".running"), companion) {
             (Some(_), _) => true,
             (_, Some(id)) => !ids.contains(id),
             _ => durable::is_stale_tmp(name, false),
@@ -579,6 +594,31 @@ pub(crate) mod tests {
         let ids: Vec<String> = cache.refresh(&store, "main").unwrap().into_iter().map(|f| f.id).collect();
         assert_eq!(ids, vec!["B", "C", "D"]);
         assert_eq!(reads(), after_first + 1, "only the new index is read");
+    }
+
+    #[test]
+    fn ids_of_one_second_sort_in_the_order_they_were_taken() {
+        let d = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(d.path());
+        for id in [
+            "20261203T054128Z-2",
+            "20261203T054128Z-10",
+            "20261203T054129Z",
+            "20261203T054128Z",
+            "20261203T054127Z",
+        ] {
+            publish(&store, &index(id, &[])).unwrap();
+        }
+        assert_eq!(
+            list_ids(&store, "main").unwrap(),
+            vec![
+                "20261203T054127Z",
+                "20261203T054128Z",
+                "20261203T054128Z-2",
+                "20261203T054128Z-10",
+                "20261203T054129Z"
+            ]
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub enum LockError {
     Held { path: PathBuf, pid: String },
     #[error("a backup of server {server} is already running (pid {pid}, lock {path}); wait for it to finish")]
     BackupRunning { server: String, path: PathBuf, pid: String },
-    #[error("a pgark restore of server {server} is reading its backups (lock {path}); try again when it has finished")]
+    #[error("a pgark restore, verify or drill of server {server} is reading its backups (lock {path}); try again when it has finished")]
     RestoreRunning { server: String, path: PathBuf },
     #[error("lock file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -161,9 +161,86 @@ impl CatalogLock {
     }
 }
 
+/// A process holding one of a server's locks, as `pgark status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LockHolder {
+    /// `backup.lock` or `restore.lock`.
+    pub lock: String,
+    /// `exclusive` or `shared`.
+    pub mode: String,
+    pub pid: u32,
+    /// The holder's command line, when readable (`pgark prune …`, `pgark serve …`).
+    pub command: String,
+}
+
+/// Who holds `server`'s backup and restore locks now, from the kernel's table (`/proc/locks`):
+/// reading it takes no lock, so looking never gets in a backup's way. Empty where the table is
+/// not available.
+pub fn holders(catalog: &Path, server: &str) -> Vec<LockHolder> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(table) = std::fs::read_to_string("/proc/locks") else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for name in [BACKUP_LOCK_FILE, RESTORE_LOCK_FILE] {
+        let Ok(meta) = std::fs::metadata(catalog.join(server).join(name)) else {
+            continue;
+        };
+        for line in table.lines() {
+            // "1: FLOCK  ADVISORY  WRITE 19732 fe:00:10049146 0 EOF"
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 6 || f[1] != "FLOCK" {
+                continue;
+            }
+            let inode = f[5].rsplit(':').next().and_then(|i| i.parse::<u64>().ok());
+            let (Some(inode), Ok(pid)) = (inode, f[4].parse::<u32>()) else {
+                continue;
+            };
+            if inode != meta.ino() {
+                continue;
+            }
+            let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    b.split(|&c| c == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            out.push(LockHolder {
+                lock: name.to_string(),
+                mode: if f[3] == "WRITE" { "exclusive" } else { "shared" }.to_string(),
+                pid,
+                command,
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holders_come_from_the_kernel_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = CatalogLock::acquire_backup(dir.path(), "main").unwrap();
+        let r = CatalogLock::acquire_restore_reader(dir.path(), "main").unwrap();
+        let h = holders(dir.path(), "main");
+        let me = std::process::id();
+        assert!(
+            h.iter().any(|h| h.lock == "backup.lock" && h.mode == "exclusive" && h.pid == me),
+            "{h:?}"
+        );
+        assert!(
+            h.iter().any(|h| h.lock == "restore.lock" && h.mode == "shared" && h.pid == me),
+            "{h:?}"
+        );
+        drop((b, r));
+        assert!(holders(dir.path(), "main").is_empty());
+    }
 
     #[test]
     fn delete_is_refused_while_a_restore_reads_and_allowed_after() {
@@ -174,7 +251,7 @@ mod tests {
         assert!(r1.is_some() && r2.is_some(), "restores share the lock");
         let err = CatalogLock::acquire_no_restore(dir.path(), "main").unwrap_err();
         assert!(matches!(err, LockError::RestoreRunning { .. }), "{err}");
-        assert!(err.to_string().contains("restore of server main"), "{err}");
+        assert!(err.to_string().contains("drill of server main"), "{err}");
         drop(r1);
         assert!(
             CatalogLock::acquire_no_restore(dir.path(), "main").is_err(),

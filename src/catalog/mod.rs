@@ -10,8 +10,11 @@
 
 pub mod archiver;
 pub mod backup_store;
+pub mod continuity;
 pub mod lock;
 pub mod perms;
+pub mod pin;
+pub mod prune_intent;
 pub mod restore_record;
 pub mod segment_file;
 pub mod space;

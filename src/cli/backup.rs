@@ -15,6 +15,7 @@ pub async fn backup(
     label: Option<String>,
     checkpoint: Option<String>,
     max_rate_kb: Option<u32>,
+    keep: Option<String>,
     json: bool,
 ) -> i32 {
     let config = match load_config(path) {
@@ -23,6 +24,12 @@ pub async fn backup(
     };
     if let Err(code) = known_server(&config, server) {
         return code;
+    }
+    if let Some(k) = keep.as_deref().filter(|k| *k != "forever") {
+        if let Err(m) = crate::cli::prune::parse_until(k, crate::util::time::unix_now()) {
+            eprintln!("error: {}", m.replace("--until", "--keep"));
+            return exit::USAGE;
+        }
     }
     if let Err(e) = config.check_catalog_writable() {
         eprintln!("error: {e}");
@@ -75,7 +82,19 @@ pub async fn backup(
     term_task.abort();
     match result {
         Ok(idx) => {
-            let s = summarize(Catalog::open(&config.catalog).store().as_ref(), &idx);
+            let catalog = Catalog::open(&config.catalog);
+            if keep.is_some() {
+                match crate::cli::prune::pin_backup(catalog.store().as_ref(), server, &idx.id, keep.as_deref()) {
+                    Ok(msg) if !json => println!("{msg}"),
+                    Ok(_) => {}
+                    Err((_, msg)) => {
+                        eprintln!("error: the backup is complete but pinning it failed: {msg}");
+                        return exit::FAILURE;
+                    }
+                }
+            }
+            let view = crate::cli::output::RetentionView::load(&catalog, server, &config.servers[server].retention);
+            let s = summarize(catalog.store().as_ref(), &idx, &view);
             if json {
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             } else {

@@ -3,7 +3,7 @@
 use crate::catalog::backup_store::{self, BackupIndex};
 use crate::catalog::lock::CatalogLock;
 use crate::catalog::Catalog;
-use crate::cli::output::summarize;
+use crate::cli::output::{summarize, RetentionView};
 use crate::cli::{exit, known_server, load_config};
 use crate::config::Config;
 use std::path::Path;
@@ -25,32 +25,53 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let store = Catalog::open(&config.catalog).store();
+    let catalog = Catalog::open(&config.catalog);
+    let store = catalog.store();
     let mut all = Vec::new();
+    let mut windows = Vec::new();
     for s in servers {
+        let view = RetentionView::load(&catalog, s, &config.servers[s].retention);
         match backup_store::load_all(store.as_ref(), s) {
-            Ok(list) => all.extend(list.iter().map(|i| summarize(store.as_ref(), i))),
+            Ok(list) => all.extend(list.iter().map(|i| summarize(store.as_ref(), i, &view))),
             Err(e) => {
                 eprintln!("error: {s}: {e}");
                 return exit::FAILURE;
             }
         }
+        windows.push((s, view));
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
         return exit::OK;
+    }
+    for (s, view) in &windows {
+        println!(
+            "server {s}: retention: {}; recovery window: {}{}",
+            crate::cli::prune::describe_policy(&config.servers[*s].retention),
+            crate::cli::prune::describe_window(&view.window),
+            if view.gaps.is_empty() {
+                String::new()
+            } else {
+                format!("; WAL gaps: {}", view.gaps.join(", "))
+            }
+        );
     }
     if all.is_empty() {
         println!("no backups");
         return exit::OK;
     }
     println!(
-        "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10}  LABEL",
-        "SERVER", "ID", "STATUS", "START", "SECS", "START LSN", "END LSN", "TLI", "SIZE", "STORED"
+        "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10}  {:<28} LABEL",
+        "SERVER", "ID", "STATUS", "START", "SECS", "START LSN", "END LSN", "TLI", "SIZE", "STORED", "KEPT BY"
     );
     for b in &all {
+        let kept = if b.kept_by.is_empty() {
+            "(prune: next run)".to_string()
+        } else {
+            b.kept_by.join(",")
+        };
         println!(
-            "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10}  {}",
+            "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10}  {:<28} {}",
             b.server,
             b.id,
             b.status,
@@ -61,6 +82,7 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
             b.end_timeline,
             crate::util::units::human_bytes(b.original_bytes),
             crate::util::units::human_bytes(b.stored_new_bytes),
+            kept,
             b.label
         );
     }
@@ -89,7 +111,9 @@ pub fn show_backup(path: &Path, server: &str, id: &str, json: bool) -> i32 {
         Ok(i) => i,
         Err(code) => return code,
     };
-    let s = summarize(Catalog::open(&config.catalog).store().as_ref(), &idx);
+    let catalog = Catalog::open(&config.catalog);
+    let view = RetentionView::load(&catalog, server, &config.servers[server].retention);
+    let s = summarize(catalog.store().as_ref(), &idx, &view);
     if json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return exit::OK;
@@ -133,6 +157,15 @@ pub fn show_backup(path: &Path, server: &str, id: &str, json: bool) -> i32 {
             format!("MISSING {}", s.wal.missing.join(", "))
         }
     );
+    println!(
+        "  retention:          {}",
+        if s.kept_by.is_empty() {
+            format!("deleted by the next prune: {}", s.prune_reason.as_deref().unwrap_or(""))
+        } else {
+            format!("kept by {}", s.kept_by.join(", "))
+        }
+    );
+    println!("  point in time:      {}", s.pitr);
     for t in &s.tablespaces {
         if let (Some(oid), Some(loc)) = (t.oid, &t.location) {
             println!("  tablespace:         {oid} at {loc}");

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod exit;
 pub mod output;
 pub mod progress;
+pub mod prune;
 pub mod restore;
 pub mod serve;
 pub mod status;
@@ -82,6 +83,9 @@ pub enum Cmd {
         /// Limit the server's send rate, in kB/s (32 to 1048576).
         #[arg(long, value_name = "KB_PER_SEC", value_parser = clap::value_parser!(u32).range(32..=1048576))]
         max_rate: Option<u32>,
+        /// Pin the backup: `forever`, a time (2027-01-31) or a duration (90d); see `pgark keep`.
+        #[arg(long, value_name = "UNTIL")]
+        keep: Option<String>,
         /// Print the finished backup as JSON.
         #[arg(long)]
         json: bool,
@@ -122,6 +126,40 @@ pub enum Cmd {
         /// Delete even the only usable backup.
         #[arg(long)]
         force: bool,
+    },
+    /// Apply the retention policy now: delete the backups and WAL it no longer keeps.
+    #[command(
+        after_help = "With --dry-run nothing is deleted: each backup and WAL range that would go is listed with the reason,\nwith the recovery window before and after. pgark serve prunes after each backup and at least hourly.\nA prune never runs beside a backup, restore, verify or drill of the same server (exit 4, try later);\none killed midway is finished by the next.\n\nExit status: 0 done, 1 failed, 2 bad usage or config, 4 a backup, restore, verify or drill of the server is running.\n\nExamples:\n  pgark prune --config /etc/pgark.yaml --dry-run\n  pgark prune --config /etc/pgark.yaml main\n  pgark prune --config /etc/pgark.yaml main --dry-run --json | jq '.[].backups'"
+    )]
+    Prune {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Only this server.
+        server: Option<String>,
+        /// Show what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin a backup so retention keeps it (with the WAL from its start to its end), or release the pin.
+    #[command(
+        after_help = "A pinned backup restores to its end; the WAL after it is pruned like any other once it is older than\nevery backup the rules keep.\n\nExit status: 0 done, 2 bad usage, 5 no such backup.\n\nExamples:\n  pgark keep --config /etc/pgark.yaml main 20261123T231500Z --forever\n  pgark keep --config /etc/pgark.yaml main 20261123T231500Z --until 2027-06-30\n  pgark keep --config /etc/pgark.yaml main 20261123T231500Z --until 90d\n  pgark keep --config /etc/pgark.yaml main 20261123T231500Z --release"
+    )]
+    Keep {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        server: String,
+        id: String,
+        /// Until this time (2027-01-31, '2027-01-31 12:00:00+00') or for this long (90d).
+        #[arg(long, value_name = "TIME", conflicts_with_all = ["forever", "release"])]
+        until: Option<String>,
+        /// Until released (the default).
+        #[arg(long, conflicts_with = "release")]
+        forever: bool,
+        /// Remove the pin.
+        #[arg(long)]
+        release: bool,
     },
     /// Restore a backup into a directory, with the recovery settings for point-in-time recovery.
     #[command(
@@ -178,8 +216,23 @@ pub async fn run(cli: Cli) -> i32 {
             label,
             checkpoint,
             max_rate,
+            keep,
             json,
-        } => backup::backup(&config, &server, label, checkpoint, max_rate, json).await,
+        } => backup::backup(&config, &server, label, checkpoint, max_rate, keep, json).await,
+        Cmd::Prune {
+            config,
+            server,
+            dry_run,
+            json,
+        } => prune::prune(&config, server.as_deref(), dry_run, json),
+        Cmd::Keep {
+            config,
+            server,
+            id,
+            until,
+            forever: _,
+            release,
+        } => prune::keep(&config, &server, &id, until.as_deref(), release),
         Cmd::ListBackups { config, server, json } => backups::list_backups(&config, server.as_deref(), json),
         Cmd::ShowBackup { config, server, id, json } => backups::show_backup(&config, &server, &id, json),
         Cmd::DeleteBackup { config, server, id, force } => backups::delete_backup(&config, &server, &id, force),

@@ -1,8 +1,67 @@
 //! How backups are shown: the summary `list-backups` and `show-backup` print (and `--json`).
 
 use crate::catalog::backup_store::{self, BackupIndex, WalPresence};
+use crate::catalog::continuity::Continuity;
 use crate::catalog::store::ObjectStore;
+use crate::catalog::Catalog;
+use crate::pg::WalSegSize;
+use crate::retention::policy::{Mode, Verdict};
+use crate::retention::prune::RecoveryWindow;
 use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What retention and the WAL continuity index say about one server's backups (read-only: a
+/// dry run of the policy, no lock taken).
+#[derive(Default)]
+pub struct RetentionView {
+    verdicts: BTreeMap<String, Verdict>,
+    /// Id of the oldest backup a rule (not only a pin) keeps.
+    oldest_anchor: Option<String>,
+    continuity: Option<(Continuity, WalSegSize)>,
+    pub window: Option<RecoveryWindow>,
+    /// Gaps in the WAL since the oldest backup, as text, with "(acknowledged)" where so.
+    pub gaps: Vec<String>,
+}
+
+impl RetentionView {
+    pub fn load(catalog: &Catalog, server: &str, policy: &crate::retention::Policy) -> RetentionView {
+        let now = crate::util::time::unix_now();
+        let report = match crate::retention::prune(catalog, server, policy, now, Mode::Normal, true) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("warning: {server}: cannot evaluate the retention policy: {e}");
+                return RetentionView::default();
+            }
+        };
+        let store = catalog.store();
+        let first = backup_store::list_ids(store.as_ref(), server)
+            .ok()
+            .and_then(|ids| ids.first().cloned())
+            .and_then(|id| backup_store::load(store.as_ref(), server, &id).ok());
+        let continuity = first.as_ref().and_then(|b| {
+            let seg = WalSegSize::new(b.wal_segment_size).ok()?;
+            Continuity::load(store.as_ref(), server, seg, Some(seg.segno(b.start_lsn).0))
+                .ok()
+                .map(|c| (c, seg))
+        });
+        let gaps = continuity
+            .as_ref()
+            .map(|(c, seg)| {
+                c.gaps
+                    .iter()
+                    .map(|(g, acked)| format!("{}{}", g.describe(*seg), if *acked { " (acknowledged)" } else { "" }))
+                    .collect()
+            })
+            .unwrap_or_default();
+        RetentionView {
+            oldest_anchor: report.verdicts.iter().find(|v| v.anchors_wal()).map(|v| v.id.clone()),
+            verdicts: report.verdicts.into_iter().map(|v| (v.id.clone(), v)).collect(),
+            continuity,
+            window: report.window_before,
+            gaps,
+        }
+    }
+}
 
 /// What `list-backups --json` and `show-backup --json` print for one backup (the index without
 /// its file list, plus whether it is usable now).
@@ -33,10 +92,34 @@ pub struct BackupSummary {
     pub wal_source: backup_store::WalSource,
     pub wal: WalPresence,
     pub tablespaces: Vec<crate::catalog::backup_store::TablespaceRecord>,
+    /// Why retention keeps it (`redundancy`, `window`, `pin`, `daily 2026-12-01`, …); empty when
+    /// the next prune deletes it.
+    pub kept_by: Vec<String>,
+    /// Why the next prune deletes it (absent when kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune_reason: Option<String>,
+    /// How far a point-in-time restore from it can go.
+    pub pitr: String,
 }
 
-pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex) -> BackupSummary {
+pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex, view: &RetentionView) -> BackupSummary {
     let wal = backup_store::wal_presence(store, idx);
+    let verdict = view.verdicts.get(&idx.id);
+    let pin_only = verdict.is_some_and(|v| v.keep() && !v.anchors_wal());
+    let before_anchor = view.oldest_anchor.as_ref().is_some_and(|a| idx.id < *a);
+    let pitr = if !wal.present {
+        "none: WAL it needs is missing".to_string()
+    } else if pin_only && before_anchor {
+        "to its end only (pinned; the WAL after it is pruned)".to_string()
+    } else {
+        match &view.continuity {
+            Some((c, seg)) => match c.first_gap_after(seg.segno(idx.end_lsn).0) {
+                Some(g) => format!("up to the WAL gap at {}", g.describe(*seg)),
+                None => "to the newest WAL".to_string(),
+            },
+            None => "to the newest WAL".to_string(),
+        }
+    };
     BackupSummary {
         server: idx.server.clone(),
         id: idx.id.clone(),
@@ -62,5 +145,8 @@ pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex) -> BackupSummary {
         wal_source: idx.wal_source,
         wal,
         tablespaces: idx.tablespaces.clone(),
+        kept_by: verdict.map(|v| v.kept_by.iter().map(|r| r.label()).collect()).unwrap_or_default(),
+        prune_reason: verdict.filter(|v| !v.keep()).map(|v| v.prune_reason.clone()),
+        pitr,
     }
 }

@@ -14,10 +14,11 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
             return exit::USAGE;
         }
     };
-    let status = match daemon_client::daemon_status(&config.metrics_listen).await {
+    let mut status = match daemon_client::daemon_status(&config.metrics_listen).await {
         Ok(s) => s,
         Err(e) => return status_offline(&config, &e.to_string(), json),
     };
+    add_locks(&config, &mut status);
     let all_streaming = status
         .servers
         .iter()
@@ -59,7 +60,8 @@ pub async fn status(path: &std::path::Path, json: bool) -> i32 {
 
 /// `pgark status` without a daemon: what the catalog says of each server, in the same schema.
 fn status_offline(config: &Config, why: &str, json: bool) -> i32 {
-    let status = offline_status(config, why);
+    let mut status = offline_status(config, why);
+    add_locks(config, &mut status);
     if json {
         println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     } else {
@@ -73,9 +75,22 @@ fn status_offline(config: &Config, why: &str, json: bool) -> i32 {
                 opt(s.flushed_lsn.map(|l| format!("\"{l}\""))),
                 s.last_error.as_deref().map(|e| format!("; {e}")).unwrap_or_default()
             );
+            print_locks(s);
         }
     }
     exit::NOT_STREAMING
+}
+
+fn add_locks(config: &Config, status: &mut DaemonStatus) {
+    for s in &mut status.servers {
+        s.locks = crate::catalog::lock::holders(&config.catalog, &s.server);
+    }
+}
+
+fn print_locks(s: &ServerStatus) {
+    for l in &s.locks {
+        println!("  lock: {} ({}) held by pid {}: {}", l.lock, l.mode, l.pid, l.command);
+    }
 }
 
 /// The lines under the table: catalog space, each server's recovery window and warnings.
@@ -98,12 +113,26 @@ fn print_details(status: &crate::service::status::DaemonStatus) {
         );
     }
     for s in &status.servers {
+        let r = s.retention.clone().unwrap_or_default();
         println!(
             "{}: recoverable from {} to {}",
             s.server,
-            time(s.oldest_backup_start),
+            time(r.window_start),
             time(s.wal_durable_at)
         );
+        if !r.wal_gaps.is_empty() {
+            println!(
+                "  WAL GAP: {} (point-in-time recovery cannot cross it; take a new backup; acknowledge a known gap with pgark verify --acknowledge-gap)",
+                r.wal_gaps.join(", ")
+            );
+        }
+        if r.wal_gaps_acknowledged > 0 {
+            println!("  acknowledged WAL gaps: {}", r.wal_gaps_acknowledged);
+        }
+        if let Some(e) = &r.last_prune_error {
+            println!("  retention: the last prune failed: {e}");
+        }
+        print_locks(s);
         if let Some(m) = &s.monitor {
             println!(
                 "  server: sync_state {}, slot {} retaining {}, pg_wal {}",

@@ -3,6 +3,7 @@
 //! Every error names the file, the key and what was expected, and maps to exit code 2.
 
 mod raw;
+mod retention;
 mod server;
 mod values;
 
@@ -98,7 +99,7 @@ impl Config {
         }
         let mut servers = BTreeMap::new();
         for (name, s) in raw.servers {
-            let server = server::parse(&name, s).map_err(err)?;
+            let server = server::parse(&name, s, raw.retention.as_ref()).map_err(err)?;
             servers.insert(name, server);
         }
         one_entry_per_slot(&servers).map_err(err)?;

@@ -14,6 +14,9 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub disk_pressure: Option<RawDiskPressure>,
+    /// The default retention of every server (see `config::retention`).
+    #[serde(default)]
+    pub retention: Option<super::retention::RawRetention>,
     #[serde(deserialize_with = "unique_servers")]
     pub servers: BTreeMap<String, RawServer>,
 }
@@ -78,4 +81,5 @@ pub struct RawServer {
     pub monitor_interval: Option<String>,
     pub monitor_conninfo: Option<String>,
     pub slot_retained_limit: Option<serde_yaml::Value>,
+    pub retention: Option<super::retention::RawRetention>,
 }

@@ -11,7 +11,7 @@ use crate::client::replication::validate_slot_name;
 use std::time::Duration;
 
 /// Validates `servers.<name>`; the error names the key.
-pub fn parse(name: &str, s: RawServer) -> Result<ServerConfig, String> {
+pub fn parse(name: &str, s: RawServer, top_retention: Option<&super::retention::RawRetention>) -> Result<ServerConfig, String> {
     let err = |m: String| m;
     let key = |k: &str| format!("servers.{name}.{k}");
     validate_server_name(name).map_err(|m| err(format!("servers.{name}: {m}")))?;
@@ -75,6 +75,7 @@ pub fn parse(name: &str, s: RawServer) -> Result<ServerConfig, String> {
     if backup.stream_timeout < Duration::from_secs(1) {
         return Err(err(format!("{}: must be at least 1s", key("backup_stream_timeout"))));
     }
+    let retention = super::retention::parse(s.retention.as_ref(), top_retention, &key("retention"))?;
     Ok(ServerConfig {
         name: name.to_string(),
         conninfo_text: s.conninfo.clone(),
@@ -89,6 +90,7 @@ pub fn parse(name: &str, s: RawServer) -> Result<ServerConfig, String> {
         monitor_interval,
         monitor_conninfo,
         slot_retained_limit,
+        retention,
     })
 }
 
@@ -113,6 +115,8 @@ pub struct ServerConfig {
     pub monitor_conninfo: Option<(String, ConnInfo)>,
     /// WAL the slot may hold back on the server before pgark warns.
     pub slot_retained_limit: Option<u64>,
+    /// What the catalog keeps of this server (its own keys over the top-level `retention`).
+    pub retention: crate::retention::Policy,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -130,6 +134,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("monitor_interval", &self.monitor_interval)
             .field("monitor_conninfo", &self.monitor_conninfo.as_ref().map(|m| &m.1))
             .field("slot_retained_limit", &self.slot_retained_limit)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -153,6 +158,7 @@ impl PartialEq for ServerConfig {
             monitor_interval,
             monitor_conninfo,
             slot_retained_limit,
+            retention,
         } = self;
         *name == o.name
             && *conninfo_text == o.conninfo_text
@@ -166,6 +172,7 @@ impl PartialEq for ServerConfig {
             && *monitor_interval == o.monitor_interval
             && monitor_conninfo.as_ref().map(|m| &m.0) == o.monitor_conninfo.as_ref().map(|m| &m.0)
             && *slot_retained_limit == o.slot_retained_limit
+            && *retention == o.retention
     }
 }
 

@@ -425,8 +425,9 @@ pub fn server_catalog(server: &str, c: &crate::service::status::ServerCatalog) {
     gauge!("pgark_wal_ingest_bytes_per_second", "server" => s()).set(c.wal_ingest_bytes_per_second);
 }
 
-/// Start of the recovery window: the oldest backup's start (absent when there is no backup:
-/// nothing can be restored, and a NaN would draw as a bogus point in Grafana).
+/// Start of the recovery window: the end of the oldest restorable backup with unbroken WAL after
+/// it (absent when there is none: nothing can be restored, and a NaN would draw as a bogus point
+/// in Grafana).
 pub fn recovery_window_start(server: &str, start_unix: Option<u64>) {
     const NAME: &str = "pgark_recovery_window_start_seconds";
     match start_unix {
@@ -436,6 +437,19 @@ pub fn recovery_window_start(server: &str, start_unix: Option<u64>) {
         }
         None => retire(NAME, server),
     }
+}
+
+/// One prune's outcome.
+pub fn pruned(server: &str, backups: usize, bytes: u64, result: &'static str) {
+    counter!("pgark_prune_runs_total", "server" => server.to_string(), "result" => result).increment(1);
+    counter!("pgark_pruned_backups_total", "server" => server.to_string()).increment(backups as u64);
+    counter!("pgark_pruned_bytes_total", "server" => server.to_string()).increment(bytes);
+}
+
+/// Gaps in the server's WAL since its oldest backup.
+pub fn wal_gaps(server: &str, open: usize, acknowledged: usize) {
+    gauge!("pgark_wal_gaps", "server" => server.to_string()).set(open as f64);
+    gauge!("pgark_wal_gaps_acknowledged", "server" => server.to_string()).set(acknowledged as f64);
 }
 
 #[cfg(test)]

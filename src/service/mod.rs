@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod http;
 pub mod metrics;
 pub mod monitor_task;
+pub mod retention_task;
 pub mod scheduler;
 pub mod status;
 pub mod telemetry;

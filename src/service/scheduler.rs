@@ -1,6 +1,7 @@
 //! The daemon's per-server backup task: publishes the newest backup's facts as metrics (also for
-//! backups taken by `pgark backup` in another process) and, when `backup_schedule` is set, takes
-//! backups when they are due.
+//! backups taken by `pgark backup` in another process), takes backups when `backup_schedule`
+//! says they are due, and gives retention its turns (`retention_task`: after each backup, at
+//! least hourly, at the critical disk level).
 
 use crate::backup::schedule::Schedule;
 use crate::backup::{BackupError, BackupJob};
@@ -30,7 +31,6 @@ fn refresh(store: &dyn ObjectStore, cache: &mut BackupFactsCache, server: &str, 
             let stored: u64 = all.iter().map(|b| b.stored_new_bytes).sum();
             crate::service::metrics::backups_in_catalog(server, all.len(), stored);
             let oldest_start = all.iter().map(|b| b.start_time).min();
-            crate::service::metrics::recovery_window_start(server, oldest_start);
             board.update(server, |s| {
                 s.oldest_backup_start = oldest_start;
                 s.newest_backup_end = all.last().map(|b| b.end_time);
@@ -77,6 +77,9 @@ pub async fn run(
     }
     let mut cache = Some(BackupFactsCache::default());
     let store = Catalog::open(&catalog).store();
+    let mut pruner = crate::service::retention_task::Pruner::new(&server, Catalog::open(&catalog), cfg.retention.clone());
+    let mut after_backup = false;
+    let mut seen_start: Option<u64> = None;
     loop {
         fail::fail_point!("backup-scheduler");
         // Catalog reads block: off the async workers.
@@ -89,7 +92,19 @@ pub async fn run(
             }
         };
         cache = Some(c);
-        let mut wait = POLL;
+        // A backup `pgark backup` took in another process counts as "after a backup" too.
+        if last_start.is_some() && seen_start.is_some() && last_start != seen_start {
+            after_backup = true;
+        }
+        seen_start = last_start.or(seen_start);
+        let level = board
+            .catalog_space()
+            .map(|s| s.pressure)
+            .unwrap_or(crate::catalog::space::Level::Ok);
+        let check_interval = disk_pressure.borrow().check_interval;
+        pruner.tick(&board, std::mem::take(&mut after_backup), level, check_interval).await;
+        // Retention's continuity look and pressure reaction follow the catalog watch's pace.
+        let mut wait = POLL.min(check_interval);
         if let Some(schedule) = &cfg.backup.schedule {
             let now = unix_now();
             let due = schedule.next_due(last_start, now).max(retry_at.unwrap_or(0));
@@ -135,6 +150,7 @@ pub async fn run(
                             idx.stored_new_bytes,
                         );
                         retry_at = None;
+                        after_backup = true;
                     }
                     Ok(Err(BackupError::Cancelled)) => return,
                     Ok(Err(e)) => {

@@ -52,6 +52,28 @@ pub struct ServerStatus {
     pub oldest_backup_start: Option<u64>,
     #[serde(default)]
     pub newest_backup_end: Option<u64>,
+    /// Retention and WAL continuity (see `retention_task`).
+    #[serde(default)]
+    pub retention: Option<RetentionStatus>,
+    /// Who holds the server's backup and restore locks (a backup, prune, restore, verify or
+    /// drill), filled in by `pgark status` from the kernel's lock table.
+    #[serde(default)]
+    pub locks: Vec<crate::catalog::lock::LockHolder>,
+}
+
+/// What retention and the WAL continuity index say of one server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RetentionStatus {
+    /// The earliest point a restore can reach without crossing a WAL gap (Unix seconds, LSN),
+    /// and the backup it starts from.
+    pub window_start: Option<u64>,
+    pub window_start_lsn: Option<Lsn>,
+    pub window_backup: Option<String>,
+    /// Gaps in the WAL since the oldest backup that nobody acknowledged.
+    pub wal_gaps: Vec<String>,
+    pub wal_gaps_acknowledged: usize,
+    pub last_prune_at: Option<u64>,
+    pub last_prune_error: Option<String>,
 }
 
 /// One server's share of the catalog.
@@ -99,6 +121,8 @@ impl ServerStatus {
             catalog: None,
             oldest_backup_start: None,
             newest_backup_end: None,
+            retention: None,
+            locks: Vec::new(),
         }
     }
 }

@@ -17,5 +17,6 @@ mod monitoring;
 mod network;
 mod prometheus;
 mod restore;
+mod retention;
 mod streaming;
 mod timelines;

@@ -493,7 +493,7 @@ fn restore_refuses_damage_and_bad_input() {
     flock(libc::LOCK_SH);
     let (c4, m) = code(&["delete-backup", "main", &id]);
     assert_eq!(c4, Some(4), "{m}");
-    assert!(m.contains("restore of server main"), "{m}");
+    assert!(m.contains("of server main is reading its backups"), "{m}");
     flock(libc::LOCK_EX);
     let waiting_dir = dir.path().join("waiting");
     let mut waiting = std::process::Command::new(&bin.path)

@@ -1,0 +1,335 @@
+//! Applying the policy to the catalog: read one server's backups, pins and WAL, ask `policy`
+//! what stays, and delete the rest safely.
+//!
+//! Safety, in order:
+//! - the server's backup lock and the exclusive side of its restore lock are held for the whole
+//!   prune (a running backup, restore, verify or drill makes the prune wait for its next turn:
+//!   it never deletes what they read);
+//! - the intent record (`catalog::prune_intent`) is written before the first deletion; a prune
+//!   killed midway leaves it and the next one finishes the job (what the policy still lets go;
+//!   a backup pinned in between is kept, which undoes that part);
+//! - backups go first (each by removing its index, one atomic step), oldest first; WAL after,
+//!   only segments older than the oldest backup a rule keeps (pinned backups keep their own
+//!   start-to-end WAL), never one the archiver has not processed yet, never a `.history` file
+//!   (a few hundred bytes each, and recovery reads them to follow timelines);
+//! - chunks no remaining backup references go last (`collect_garbage`).
+
+use super::policy::{decide, BackupFacts, Mode, Policy, Verdict};
+use crate::catalog::backup_store::{self, segment_range, BackupIndex, BackupStoreError};
+use crate::catalog::continuity::{list_wal, Continuity, WalObjectKind};
+use crate::catalog::lock::{CatalogLock, LockError};
+use crate::catalog::pin;
+use crate::catalog::prune_intent::{self, PruneIntent};
+use crate::catalog::Catalog;
+use crate::pg::{Lsn, TimelineId, WalFileName, WalSegSize};
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("{0}")]
+    Locked(#[from] LockError),
+    #[error("{0}")]
+    Catalog(#[from] BackupStoreError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PruneError {
+    let what = what.into();
+    move |source| PruneError::Io { what, source }
+}
+
+/// The earliest point a restore can reach without crossing a gap in the WAL, up to the newest WAL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecoveryWindow {
+    /// The backup it starts from.
+    pub backup: String,
+    /// Unix seconds and LSN where that backup is consistent.
+    pub from_time: u64,
+    pub from_lsn: Lsn,
+    /// The newest WAL segment held.
+    pub to_segment: Option<String>,
+}
+
+/// A run of WAL segments that would go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalRange {
+    pub timeline: TimelineId,
+    pub first: String,
+    pub last: String,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// A backup that would go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DoomedBackup {
+    pub id: String,
+    pub end_time: u64,
+    pub reason: String,
+}
+
+/// What a prune of one server decides (and, unless a dry run, did).
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub server: String,
+    pub dry_run: bool,
+    pub critical_pressure: bool,
+    /// An interrupted prune this run finished (its pid and start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<(u32, u64)>,
+    pub verdicts: Vec<Verdict>,
+    pub backups: Vec<DoomedBackup>,
+    pub wal: Vec<WalRange>,
+    pub window_before: Option<RecoveryWindow>,
+    pub window_after: Option<RecoveryWindow>,
+    /// Bytes freed: WAL plus chunks no longer referenced (estimated in a dry run: WAL only).
+    pub bytes_freed: u64,
+    pub chunks_removed: usize,
+}
+
+/// What one backup looks like to the policy, with its index.
+struct Loaded {
+    index: BackupIndex,
+    facts: BackupFacts,
+}
+
+fn load_backups(catalog: &Catalog, server: &str, now: u64) -> Result<Vec<Loaded>, PruneError> {
+    let store = catalog.store();
+    let pins = pin::load_all(store.as_ref(), server).map_err(io(format!("reading the pins of {server}")))?;
+    Ok(backup_store::load_all(store.as_ref(), server)?
+        .into_iter()
+        .map(|index| {
+            let usable = backup_store::wal_presence(store.as_ref(), &index).present;
+            let pinned = pins.get(&index.id).filter(|p| p.active(now)).map(|p| match p.until {
+                pin::PinUntil::Forever => None,
+                pin::PinUntil::Time(t) => Some(t),
+            });
+            Loaded {
+                facts: BackupFacts {
+                    id: index.id.clone(),
+                    start_time: index.start_time,
+                    end_time: index.end_time,
+                    usable,
+                    pinned,
+                },
+                index,
+            }
+        })
+        .collect())
+}
+
+/// The recovery window given the backups that anchor WAL (oldest first).
+fn window<'a>(anchors: impl Iterator<Item = &'a BackupIndex>, continuity: &Continuity, seg: WalSegSize) -> Option<RecoveryWindow> {
+    let to_segment = continuity.holdings.newest().map(|n| n.format(seg));
+    anchors
+        .filter(|b| continuity.first_gap_after(seg.segno(b.end_lsn).0).is_none())
+        .map(|b| RecoveryWindow {
+            backup: b.id.clone(),
+            from_time: b.end_time,
+            from_lsn: b.end_lsn,
+            to_segment: to_segment.clone(),
+        })
+        .next()
+}
+
+/// The window of a server as it is now (for `list-backups` and the metrics): from the oldest
+/// restorable backup whose WAL runs without a gap to the newest segment.
+pub fn current_window(catalog: &Catalog, server: &str) -> Result<Option<RecoveryWindow>, PruneError> {
+    let store = catalog.store();
+    let backups = backup_store::load_all(store.as_ref(), server)?;
+    let Some(seg) = backups.first().and_then(|b| WalSegSize::new(b.wal_segment_size).ok()) else {
+        return Ok(None);
+    };
+    let continuity = Continuity::load(store.as_ref(), server, seg, None).map_err(io(format!("listing the WAL of {server}")))?;
+    let usable: Vec<&BackupIndex> = backups
+        .iter()
+        .filter(|b| backup_store::wal_presence(store.as_ref(), b).present)
+        .collect();
+    Ok(window(usable.into_iter(), &continuity, seg))
+}
+
+/// Decides and (unless `dry_run`) applies `policy` to `server`. Takes the server's backup and
+/// restore locks (refused at once, `PruneError::Locked`, while a backup, restore, verify or drill
+/// of the server runs; a dry run takes none).
+pub fn prune(catalog: &Catalog, server: &str, policy: &Policy, now: u64, mode: Mode, dry_run: bool) -> Result<PruneReport, PruneError> {
+    let _locks = if dry_run {
+        None
+    } else {
+        let b = CatalogLock::acquire_backup(catalog.root(), server)?;
+        let r = CatalogLock::acquire_no_restore(catalog.root(), server)?;
+        Some((b, r))
+    };
+    let store = catalog.store();
+    let leftover = prune_intent::load(store.as_ref(), server).map_err(io(format!("reading the prune intent of {server}")))?;
+    let loaded = load_backups(catalog, server, now)?;
+    let facts: Vec<BackupFacts> = loaded.iter().map(|l| l.facts.clone()).collect();
+    let verdicts = decide(policy, &facts, now, mode);
+    let seg = loaded.first().and_then(|l| WalSegSize::new(l.index.wal_segment_size).ok());
+    let mut report = PruneReport {
+        server: server.to_string(),
+        dry_run,
+        critical_pressure: mode == Mode::Critical,
+        resumed: leftover.as_ref().map(|i| (i.pid, i.started_at)),
+        verdicts: verdicts.clone(),
+        backups: vec![],
+        wal: vec![],
+        window_before: None,
+        window_after: None,
+        bytes_freed: 0,
+        chunks_removed: 0,
+    };
+    let Some(seg) = seg else {
+        finish_leftover(catalog, server, leftover.is_some(), dry_run)?;
+        return Ok(report);
+    };
+    let continuity = Continuity::load(store.as_ref(), server, seg, None).map_err(io(format!("listing the WAL of {server}")))?;
+    report.window_before = window(loaded.iter().filter(|l| l.facts.usable).map(|l| &l.index), &continuity, seg);
+    report.window_after = window(
+        loaded
+            .iter()
+            .zip(&verdicts)
+            .filter(|(l, v)| l.facts.usable && v.anchors_wal())
+            .map(|(l, _)| &l.index),
+        &continuity,
+        seg,
+    );
+    report.backups = loaded
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| !v.keep())
+        .map(|(l, v)| DoomedBackup {
+            id: l.index.id.clone(),
+            end_time: l.index.end_time,
+            reason: v.prune_reason.clone(),
+        })
+        .collect();
+    if let Some(i) = &leftover {
+        let undone: Vec<&String> = i
+            .backups
+            .iter()
+            .filter(|id| !report.backups.iter().any(|b| &b.id == *id) && loaded.iter().any(|l| &l.index.id == *id))
+            .collect();
+        if !undone.is_empty() {
+            tracing::warn!(server, backups = ?undone, "an interrupted prune meant to delete these backups; the policy keeps them now, so they stay");
+        }
+    }
+    let wal_keys = wal_to_delete(catalog, server, seg, &loaded, &verdicts, &mut report)?;
+    if dry_run {
+        return Ok(report);
+    }
+    prune_intent::save(
+        store.as_ref(),
+        server,
+        &PruneIntent::new(now, report.backups.iter().map(|b| b.id.clone()).collect(), wal_keys.clone()),
+    )
+    .map_err(io(format!("writing the prune intent of {server}")))?;
+    for b in &report.backups {
+        tracing::info!(server, backup = %b.id, reason = %b.reason, "retention: deleting backup");
+        backup_store::delete(store.as_ref(), server, &b.id).map_err(io(format!("deleting backup {} of {server}", b.id)))?;
+        fail::fail_point!("prune-after-backup");
+    }
+    for k in &wal_keys {
+        store.delete(k).map_err(io(format!("deleting {k}")))?;
+    }
+    if !report.wal.is_empty() {
+        for r in &report.wal {
+            tracing::info!(server, timeline = r.timeline.0, first = %r.first, last = %r.last, files = r.files, "retention: deleted WAL");
+        }
+    }
+    let g = backup_store::collect_garbage(store.as_ref(), server)?;
+    report.bytes_freed += g.bytes;
+    report.chunks_removed = g.chunks;
+    prune_intent::remove(store.as_ref(), server).map_err(io(format!("removing the prune intent of {server}")))?;
+    Ok(report)
+}
+
+/// With no backups at all, an intent record can only be the remains of a prune that deleted
+/// the last one: nothing left to do but remove it.
+fn finish_leftover(catalog: &Catalog, server: &str, leftover: bool, dry_run: bool) -> Result<(), PruneError> {
+    if leftover && !dry_run {
+        let store = catalog.store();
+        backup_store::collect_garbage(store.as_ref(), server)?;
+        prune_intent::remove(store.as_ref(), server).map_err(io(format!("removing the prune intent of {server}")))?;
+    }
+    Ok(())
+}
+
+/// The WAL objects that go (keys), and the ranges for the report.
+fn wal_to_delete(
+    catalog: &Catalog,
+    server: &str,
+    seg: WalSegSize,
+    loaded: &[Loaded],
+    verdicts: &[Verdict],
+    report: &mut PruneReport,
+) -> Result<Vec<String>, PruneError> {
+    // The oldest start among the backups a rule keeps: WAL before it serves no retained backup.
+    let Some(cutoff) = loaded
+        .iter()
+        .zip(verdicts)
+        .filter(|(_, v)| v.anchors_wal())
+        .map(|(l, _)| seg.segno(l.index.start_lsn).0)
+        .min()
+    else {
+        return Ok(vec![]);
+    };
+    // Pinned (and other kept) backups below the cutoff keep their own start-to-end segments.
+    let protected: Vec<(u64, u64)> = loaded
+        .iter()
+        .zip(verdicts)
+        .filter(|(_, v)| v.keep())
+        .map(|(l, _)| segment_range(seg, l.index.start_lsn, l.index.end_lsn))
+        .collect();
+    let store = catalog.store();
+    let listing = list_wal(store.as_ref(), server, seg).map_err(io(format!("listing the WAL of {server}")))?;
+    // A plain file is the archiver's until it is done with it: with compression it publishes
+    // the `.zst` and then recycles the plain file as a spare (a rename this prune must not race),
+    // without it it publishes a `.sum`. So a segment with a plain file and no `.sum` waits.
+    let summed: BTreeSet<WalFileName> = listing
+        .objects
+        .iter()
+        .filter(|o| o.kind == WalObjectKind::Sum)
+        .map(|o| o.name)
+        .collect();
+    let archivers: BTreeSet<WalFileName> = listing
+        .objects
+        .iter()
+        .filter(|o| o.kind == WalObjectKind::Plain && !summed.contains(&o.name))
+        .map(|o| o.name)
+        .collect();
+    let mut keys = Vec::new();
+    let mut doomed: Vec<(WalFileName, u64)> = Vec::new();
+    for o in &listing.objects {
+        let n = o.name.segno.0;
+        if n >= cutoff || protected.iter().any(|&(a, b)| (a..=b).contains(&n)) {
+            continue;
+        }
+        if archivers.contains(&o.name) {
+            continue;
+        }
+        let size = store.size(&o.key).ok().flatten().unwrap_or(0);
+        keys.push(o.key.clone());
+        doomed.push((o.name, size));
+    }
+    doomed.sort_by_key(|(n, _)| (n.tli, n.segno));
+    for (name, size) in doomed {
+        report.bytes_freed += size;
+        match report.wal.last_mut() {
+            Some(r) if r.timeline == name.tli && WalFileName::parse(&r.last, seg).is_ok_and(|l| l.segno.0 + 1 >= name.segno.0) => {
+                r.files += 1;
+                r.last = name.format(seg);
+                r.bytes += size;
+            }
+            _ => report.wal.push(WalRange {
+                timeline: name.tli,
+                first: name.format(seg),
+                last: name.format(seg),
+                files: 1,
+                bytes: size,
+            }),
+        }
+    }
+    Ok(keys)
+}

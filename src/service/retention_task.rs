@@ -1,0 +1,194 @@
+//! The daemon's retention and WAL-continuity duties for one server, driven by the backup task's
+//! loop (`scheduler`): prune after each backup, at start (which also finishes a prune a crash
+//! interrupted) and at least hourly; prune down to `min_redundancy` at the critical disk level
+//! when `retention.on_critical_pressure: prune`; and every `disk_pressure.check_interval`
+//! (15 s by default), the WAL continuity index (gaps) for `status` and the metrics.
+
+use crate::catalog::continuity::Continuity;
+use crate::catalog::space::Level;
+use crate::catalog::{backup_store, Catalog};
+use crate::pg::WalSegSize;
+use crate::retention::policy::{Mode, OnCriticalPressure, Policy};
+use crate::retention::prune::{current_window, PruneError, RecoveryWindow};
+use crate::service::status::{RetentionStatus, StatusBoard};
+use crate::util::time::unix_now;
+use std::time::{Duration, Instant};
+
+/// The policy is applied at least this often.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// After a prune refused by a lock (a backup, restore, verify or drill runs), try again after this.
+const RETRY_LOCKED: Duration = Duration::from_secs(60);
+/// At the critical level, a pressure prune runs at most this often.
+const CRITICAL_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Pruner {
+    server: String,
+    catalog: Catalog,
+    policy: Policy,
+    next_prune: Option<Instant>,
+    next_continuity: Option<Instant>,
+    next_critical: Option<Instant>,
+    /// The backups seen last time (count, newest id): a change recomputes the window.
+    seen: (usize, Option<String>),
+}
+
+impl Pruner {
+    pub fn new(server: &str, catalog: Catalog, policy: Policy) -> Pruner {
+        Pruner {
+            server: server.to_string(),
+            catalog,
+            policy,
+            next_prune: None,
+            next_continuity: None,
+            next_critical: None,
+            seen: (0, None),
+        }
+    }
+
+    /// One turn: called by the backup task every poll and right after each backup.
+    pub async fn tick(&mut self, board: &StatusBoard, after_backup: bool, level: Level, continuity_every: Duration) {
+        let now = Instant::now();
+        let critical = level == Level::Critical && self.policy.on_critical_pressure == OnCriticalPressure::Prune;
+        let mode = if critical && self.next_critical.is_none_or(|t| now >= t) {
+            self.next_critical = Some(now + CRITICAL_EVERY);
+            Some(Mode::Critical)
+        } else if after_backup || self.next_prune.is_none_or(|t| now >= t) {
+            Some(Mode::Normal)
+        } else {
+            None
+        };
+        let mut window_known = false;
+        if let Some(mode) = mode {
+            window_known = self.prune(board, mode).await;
+        }
+        if after_backup || self.next_continuity.is_none_or(|t| now >= t) {
+            self.next_continuity = Some(now + continuity_every);
+            self.continuity(board, !window_known).await;
+        }
+    }
+
+    /// Applies the policy; true when the report gave the recovery window.
+    async fn prune(&mut self, board: &StatusBoard, mode: Mode) -> bool {
+        let (catalog, server, policy) = (self.catalog.clone(), self.server.clone(), self.policy.clone());
+        let result =
+            tokio::task::spawn_blocking(move || crate::retention::prune(&catalog, &server, &policy, unix_now(), mode, false)).await;
+        let server = self.server.as_str();
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(server, error = %e, "the prune task failed (a bug)");
+                self.next_prune = Some(Instant::now() + RETRY_LOCKED);
+                return false;
+            }
+        };
+        match result {
+            Ok(r) => {
+                self.next_prune = Some(Instant::now() + PRUNE_EVERY);
+                if let Some((pid, at)) = r.resumed {
+                    tracing::warn!(server, pid, started_at = at, "finished a prune that was interrupted");
+                }
+                let wal_files: usize = r.wal.iter().map(|w| w.files).sum();
+                if !r.backups.is_empty() || wal_files > 0 {
+                    tracing::info!(
+                        server,
+                        backups = r.backups.len(),
+                        wal_files,
+                        bytes = r.bytes_freed,
+                        critical_pressure = r.critical_pressure,
+                        "retention: pruned"
+                    );
+                }
+                crate::service::metrics::pruned(server, r.backups.len(), r.bytes_freed, "ok");
+                self.publish_window(board, &r.window_after, Some(unix_now()), None);
+                true
+            }
+            Err(PruneError::Locked(e)) => {
+                tracing::info!(server, "retention: prune postponed ({e}); trying again in a minute");
+                self.next_prune = Some(Instant::now() + RETRY_LOCKED);
+                false
+            }
+            Err(e) => {
+                tracing::error!(server, error = %e, "retention: prune failed; trying again in a minute");
+                crate::service::metrics::pruned(server, 0, 0, "failed");
+                board.update(server, |s| {
+                    s.retention.get_or_insert_with(Default::default).last_prune_error = Some(e.to_string());
+                });
+                self.next_prune = Some(Instant::now() + RETRY_LOCKED);
+                false
+            }
+        }
+    }
+
+    /// Reads the WAL directory for gaps since the oldest backup; the recovery window too when
+    /// `window` (the backups or the gaps changed since it was last computed).
+    async fn continuity(&mut self, board: &StatusBoard, window: bool) {
+        let (catalog, server) = (self.catalog.clone(), self.server.clone());
+        let seen = self.seen.clone();
+        let result = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let store = catalog.store();
+            let ids = backup_store::list_ids(store.as_ref(), &server)?;
+            let key = (ids.len(), ids.last().cloned());
+            let oldest = match ids.first() {
+                Some(id) => backup_store::load(store.as_ref(), &server, id).ok(),
+                None => None,
+            };
+            let Some(oldest) = oldest else {
+                return Ok((key, None, None));
+            };
+            let Ok(seg) = WalSegSize::new(oldest.wal_segment_size) else {
+                return Ok((key, None, None));
+            };
+            let c = Continuity::load(store.as_ref(), &server, seg, Some(seg.segno(oldest.start_lsn).0))?;
+            let gaps: Vec<(String, bool)> = c.gaps.iter().map(|(g, a)| (g.describe(seg), *a)).collect();
+            let w = if window || key != seen {
+                Some(current_window(&catalog, &server).map_err(|e| std::io::Error::other(e.to_string()))?)
+            } else {
+                None
+            };
+            Ok((key, Some(gaps), w))
+        })
+        .await;
+        let server = self.server.as_str();
+        match result {
+            Ok(Ok((key, gaps, w))) => {
+                self.seen = key;
+                let gaps = gaps.unwrap_or_default();
+                let open: Vec<String> = gaps.iter().filter(|(_, a)| !a).map(|(g, _)| g.clone()).collect();
+                let acked = gaps.len() - open.len();
+                crate::service::metrics::wal_gaps(server, open.len(), acked);
+                if !open.is_empty() {
+                    tracing::warn!(server, gaps = ?open, "the catalog's WAL has gaps: point-in-time recovery cannot cross them; take a new backup, and acknowledge known gaps with pgark verify --acknowledge-gap");
+                }
+                if let Some(w) = w {
+                    self.publish_window(board, &w, None, Some((open, acked)));
+                } else {
+                    board.update(server, |s| {
+                        let r = s.retention.get_or_insert_with(Default::default);
+                        r.wal_gaps = open;
+                        r.wal_gaps_acknowledged = acked;
+                    });
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(server, error = %e, "cannot read the catalog's WAL for gaps"),
+            Err(e) => tracing::error!(server, error = %e, "the continuity task failed (a bug)"),
+        }
+    }
+
+    fn publish_window(&self, board: &StatusBoard, w: &Option<RecoveryWindow>, pruned_at: Option<u64>, gaps: Option<(Vec<String>, usize)>) {
+        crate::service::metrics::recovery_window_start(&self.server, w.as_ref().map(|w| w.from_time));
+        board.update(&self.server, |s| {
+            let r: &mut RetentionStatus = s.retention.get_or_insert_with(Default::default);
+            r.window_start = w.as_ref().map(|w| w.from_time);
+            r.window_start_lsn = w.as_ref().map(|w| w.from_lsn);
+            r.window_backup = w.as_ref().map(|w| w.backup.clone());
+            if let Some(t) = pruned_at {
+                r.last_prune_at = Some(t);
+                r.last_prune_error = None;
+            }
+            if let Some((open, acked)) = gaps {
+                r.wal_gaps = open;
+                r.wal_gaps_acknowledged = acked;
+            }
+        });
+    }
+}
