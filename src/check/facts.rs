@@ -51,6 +51,9 @@ pub struct Facts {
     pub state: Result<Option<ServerState>, String>,
     pub replication: Result<Replication, String>,
     pub sql: Result<Sql, String>,
+    // ISSUE14-MERGE: the facts of the merged checks go here (the retention policy's verdict,
+    // the last verify and drill results as their modules record them in the catalog, the WAL
+    // gap since the oldest backup), filled in `gather` from the catalog without a connection.
 }
 
 /// What the replication connection found.
@@ -171,6 +174,7 @@ pub async fn gather(config: &Config, name: &str, timeout: Duration) -> Facts {
         state: crate::catalog::state::load(store.as_ref(), name).map_err(|e| e.to_string()),
         replication,
         sql,
+        // ISSUE14-MERGE: read the merged checks' facts here (see the end of `Facts`).
         cfg,
     }
 }
