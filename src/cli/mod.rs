@@ -68,7 +68,7 @@ pub enum Cmd {
     /// Diagnose every server (or one): catalog, connections, role, slot, synchronous state, WAL
     /// and backup freshness, server settings; one line per check with what to do when not OK.
     #[command(
-        after_help = "Each check is OK, WARNING (passes) or FAILED. Exit status: 0 nothing failed (warnings allowed), 9 a check failed,\n2 bad usage or a config that cannot be loaded. Usable as a Nagios/Icinga probe (docs/operations.md).\n\nExamples:\n  pgark check --config /etc/pgark.yaml\n  pgark check --config /etc/pgark.yaml main --timeout 5s\n  pgark check --config /etc/pgark.yaml --json | jq '.[] | select(.level != \"ok\")'"
+        after_help = "Each check is OK, WARNING (passes) or FAILED. Exit status: 0 nothing failed (warnings allowed), 9 a check failed, 2 bad usage or a config that cannot be loaded. Usable as a Nagios/Icinga probe: see docs/operations.md.\n\nExamples:\n  pgark check --config /etc/pgark.yaml\n  pgark check --config /etc/pgark.yaml main --timeout 5s\n  pgark check --config /etc/pgark.yaml --json | jq '.[] | select(.level != \"ok\")'"
     )]
     Check {
         #[arg(long, short, value_name = "FILE")]
