@@ -19,6 +19,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -122,6 +122,31 @@ impl CatalogLock {
         Ok(CatalogLock { _file: file, path })
     }
 
+    /// Whether a `pgark serve` holds `<catalog>/serve.lock` now: `Some(pid as recorded)` if so
+    /// (`pgark check`). Probed with a shared, non-blocking `flock` released at once; a daemon
+    /// starting in that same instant is refused as if another one ran (exit 4) and can simply
+    /// be started again. A missing lock file means no daemon has run here.
+    pub fn serve_lock_holder(catalog: &Path) -> Result<Option<String>, LockError> {
+        let path = catalog.join(LOCK_FILE);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(LockError::Io { path, source: e }),
+        };
+        // SAFETY: flock on a valid, owned file descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            return Ok(None); // released when `file` is dropped
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(LockError::Io { path, source: err });
+        }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim();
+        Ok(Some(if pid.is_empty() { "unknown".into() } else { pid.to_string() }))
+    }
+
     fn acquire_file(path: PathBuf) -> Result<CatalogLock, LockError> {
         let io = |e| LockError::Io {
             path: path.clone(),
@@ -261,5 +286,18 @@ mod tests {
         let del = CatalogLock::acquire_no_restore(dir.path(), "main").unwrap();
         drop(del);
         assert!(CatalogLock::acquire_restore_reader(dir.path(), "main").unwrap().is_some());
+    }
+
+    #[test]
+    fn serve_lock_holder_sees_a_held_lock_only() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(CatalogLock::serve_lock_holder(dir.path()).unwrap(), None);
+        let held = CatalogLock::acquire(dir.path()).unwrap();
+        let me = std::process::id().to_string();
+        assert_eq!(CatalogLock::serve_lock_holder(dir.path()).unwrap(), Some(me));
+        drop(held);
+        assert_eq!(CatalogLock::serve_lock_holder(dir.path()).unwrap(), None);
+        // The probe did not keep the lock.
+        drop(CatalogLock::acquire(dir.path()).unwrap());
     }
 }

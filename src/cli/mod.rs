@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod backups;
+pub mod check;
 pub mod daemon_client;
 pub mod demo;
 pub mod exit;
@@ -64,6 +65,23 @@ pub enum Cmd {
         /// Print JSON (the same document as GET /status).
         #[arg(long)]
         json: bool,
+    },
+    /// Diagnose every server (or one): catalog, connections, role, slot, synchronous state, WAL
+    /// and backup freshness, server settings; one line per check with what to do when not OK.
+    #[command(
+        after_help = "Each check is OK, WARNING (passes) or FAILED. Exit status: 0 nothing failed (warnings allowed), 9 a check failed, 2 bad usage or a config that cannot be loaded. Usable as a Nagios/Icinga probe: see docs/operations.md.\n\nExamples:\n  pgark check --config /etc/pgark.yaml\n  pgark check --config /etc/pgark.yaml main --timeout 5s\n  pgark check --config /etc/pgark.yaml --json | jq '.[] | select(.level != \"ok\")'"
+    )]
+    Check {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Only this server.
+        server: Option<String>,
+        /// Print a JSON list of {server, check, ok, level, detail}.
+        #[arg(long)]
+        json: bool,
+        /// How long each server's connections may take (servers are checked concurrently).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
+        timeout: std::time::Duration,
     },
     /// Take a base backup of one server now (pgark serve may keep running on the same catalog).
     #[command(
@@ -210,6 +228,12 @@ pub async fn run(cli: Cli) -> i32 {
         Cmd::Serve { config, check: true } | Cmd::CheckConfig { config } => serve::check_config(&config),
         Cmd::Serve { config, check: false } => serve::serve(config).await,
         Cmd::Status { config, json } => status::status(&config, json).await,
+        Cmd::Check {
+            config,
+            server,
+            json,
+            timeout,
+        } => check::check(&config, server.as_deref(), json, timeout).await,
         Cmd::Backup {
             config,
             server,
@@ -251,6 +275,15 @@ pub async fn run(cli: Cli) -> i32 {
             segment_size,
         } => wal_get::wal_prefetch(&config, &server, &after, &spool, segment_size),
         Cmd::Demo { duration, metrics_listen } => demo::run((duration > 0).then_some(duration), &metrics_listen).await,
+    }
+}
+
+/// `--timeout`: a duration such as `10s` or `500ms`, at least 100 ms.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d >= std::time::Duration::from_millis(100) => Ok(d),
+        Ok(_) => Err(format!("{text:?}: at least 100ms")),
+        Err(_) => Err(format!("{text:?}: expected a duration such as 10s")),
     }
 }
 

@@ -6,6 +6,7 @@ mod support;
 mod audit;
 mod auth;
 mod backup;
+mod check;
 mod cli;
 mod crash;
 mod demo;

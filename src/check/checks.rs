@@ -1,0 +1,646 @@
+//! The checks: each a small pure function from one server's `Facts` to an `Outcome`, listed by
+//! name in `CHECKS` (the order of the report). A check whose facts could not be gathered (its
+//! connection failed) says "not checked" as a warning: the failed connection is the failure.
+
+use super::facts::{Facts, Sql};
+use super::{Level, Outcome};
+use crate::catalog::space::Level as SpaceLevel;
+use crate::util::time::format_utc;
+use crate::util::units::human_bytes;
+
+pub type CheckFn = fn(&Facts) -> Outcome;
+
+/// Every check, by name, in report order.
+pub const CHECKS: &[(&str, CheckFn)] = &[
+    ("config", config),
+    ("catalog_writable", catalog_writable),
+    ("catalog_permissions", catalog_permissions),
+    ("catalog_space", catalog_space),
+    ("daemon", daemon),
+    ("replication_connection", replication_connection),
+    ("monitoring_connection", monitoring_connection),
+    ("role_replication", role_replication),
+    ("role_pg_monitor", role_pg_monitor),
+    ("slot", slot),
+    ("synchronous", synchronous),
+    ("wal_recent", wal_recent),
+    ("backup_age", backup_age),
+    // ISSUE14-MERGE: retention_satisfied (retention), last_verify (verify), last_drill (drill)
+    // and wal_gap (no hole in the WAL since the oldest backup's start) go here: one function
+    // each from `Facts` (gather what they read in `facts::gather`) and one line in this list.
+    ("synchronized_standby_slots", synchronized_standby_slots),
+    ("idle_replication_slot_timeout", idle_replication_slot_timeout),
+    ("data_checksums", data_checksums),
+];
+
+/// WAL older than this (and the server ahead of pgark) fails `wal_recent`, unless twice the
+/// server's `archive_timeout` is longer.
+pub const WAL_STALE_MIN: u64 = 5 * 60;
+
+/// `idle_replication_slot_timeout` below this warns: pgark's downtime budget (a weekend's
+/// outage of the backup host should not cost the slot).
+pub const IDLE_SLOT_TIMEOUT_BUDGET: u64 = 24 * 3600;
+
+fn age(secs: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
+
+fn not_checked(why: &str) -> Outcome {
+    Outcome::warning(format!("not checked: {why}"))
+}
+
+/// The monitoring facts, or the outcome that says they are missing.
+fn sql(f: &Facts) -> Result<&Sql, Outcome> {
+    f.sql
+        .as_ref()
+        .map_err(|_| not_checked("the monitoring connection failed (see monitoring_connection)"))
+}
+
+fn major(f: &Facts) -> u32 {
+    match (&f.sql, &f.replication) {
+        (Ok(s), _) if s.server_version_num > 0 => s.server_version_num / 10000,
+        (_, Ok(r)) => r.server_version_num / 10000,
+        _ => 0,
+    }
+}
+
+fn config(f: &Facts) -> Outcome {
+    Outcome::ok(format!("servers.{} in {} is valid", f.server, f.config_file.display()))
+}
+
+fn catalog_writable(f: &Facts) -> Outcome {
+    match &f.writable {
+        Ok(dir) => Outcome::ok(format!("created and removed a file in {}", dir.display())),
+        Err(e) => Outcome::failed(format!(
+            "{e}: pgark cannot store WAL or backups; give pgark's OS user write access (and check the filesystem is mounted read-write)"
+        )),
+    }
+}
+
+fn catalog_permissions(f: &Facts) -> Outcome {
+    let Some(mode) = f.root_mode else {
+        return not_checked(&format!("catalog {} does not exist", f.catalog.display()));
+    };
+    let detail = f.perms_problems.join("; ");
+    if mode & 0o007 != 0 {
+        Outcome::failed(detail)
+    } else if !f.perms_problems.is_empty() {
+        Outcome::warning(detail)
+    } else {
+        Outcome::ok(format!(
+            "{} mode {mode:04o}, not readable by others{}",
+            f.catalog.display(),
+            f.catalog_group.as_deref().map(|g| format!(", group {g}")).unwrap_or_default()
+        ))
+    }
+}
+
+fn catalog_space(f: &Facts) -> Outcome {
+    let cap = match &f.capacity {
+        Ok(c) => *c,
+        Err(e) => return Outcome::failed(format!("cannot measure the catalog's free space: {e}")),
+    };
+    let t = &f.thresholds;
+    let shown = format!("{} free of {}", human_bytes(cap.free), human_bytes(cap.total));
+    match t.level(cap) {
+        SpaceLevel::Ok => Outcome::ok(format!("{shown} (warning below {})", t.catalog_free_warning)),
+        SpaceLevel::Warning => Outcome::warning(format!(
+            "{shown}, below disk_pressure.catalog_free_warning ({}): free space (pgark prune, delete-backup) or grow the filesystem",
+            t.catalog_free_warning
+        )),
+        SpaceLevel::Critical => Outcome::failed(format!(
+            "{shown}, below disk_pressure.catalog_free_critical ({}): base backups are refused; free space or grow the filesystem now",
+            t.catalog_free_critical
+        )),
+    }
+}
+
+fn daemon(f: &Facts) -> Outcome {
+    match &f.daemon {
+        Ok(Some(pid)) => Outcome::ok(format!("pgark serve is running (pid {pid})")),
+        Ok(None) => Outcome::warning(format!(
+            "pgark serve is not running on catalog {}: no WAL is received; start it (systemctl start pgark, or pgark serve --config {})",
+            f.catalog.display(),
+            f.config_file.display()
+        )),
+        Err(e) => Outcome::warning(format!("cannot tell whether pgark serve runs: {e}")),
+    }
+}
+
+fn replication_connection(f: &Facts) -> Outcome {
+    let r = match &f.replication {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::failed(format!(
+                "{} (replication): {e}; check conninfo, pg_hba.conf (a `replication` line for this user and host) and that the server runs",
+                f.cfg.conninfo
+            ))
+        }
+    };
+    if let Ok(Some(st)) = &f.state {
+        if st.system_identifier != r.system.system_identifier {
+            return Outcome::failed(format!(
+                "{} is system {}, but the catalog holds WAL of system {}: conninfo points at another cluster, or it was rebuilt (use a new server name for it)",
+                f.cfg.conninfo, r.system.system_identifier, st.system_identifier
+            ));
+        }
+    }
+    Outcome::ok(format!(
+        "{}: system {}, timeline {}, at {}, PostgreSQL {}",
+        f.cfg.conninfo,
+        r.system.system_identifier,
+        r.system.timeline,
+        r.system.xlogpos,
+        r.server_version_num / 10000
+    ))
+}
+
+fn monitoring_connection(f: &Facts) -> Outcome {
+    let ci = f.cfg.monitor_settings().conninfo;
+    match &f.sql {
+        Ok(s) => Outcome::ok(format!("{ci}: as {}", s.monitoring_user)),
+        Err(e) => Outcome::failed(format!(
+            "{ci}: {e}; pgark cannot watch the slot and the synchronous state (set monitor_conninfo, or allow this user to connect to the database)"
+        )),
+    }
+}
+
+fn role_replication(f: &Facts) -> Outcome {
+    let s = match sql(f) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let user = &s.replication_user;
+    match s.role_replication {
+        Some(true) => Outcome::ok(format!("role {user} may replicate")),
+        Some(false) => Outcome::failed(format!(
+            "role {user} has no REPLICATION attribute: pgark cannot stream; ALTER ROLE {user} REPLICATION"
+        )),
+        None => Outcome::failed(format!(
+            "no role named {user} on the server: create it (CREATE ROLE {user} LOGIN REPLICATION)"
+        )),
+    }
+}
+
+fn role_pg_monitor(f: &Facts) -> Outcome {
+    let s = match sql(f) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let user = &s.monitoring_user;
+    if s.pg_monitor {
+        Outcome::ok(format!("role {user} is a member of pg_monitor"))
+    } else {
+        Outcome::warning(format!(
+            "role {user} is not a member of pg_monitor: monitoring is reduced (no pg_wal size, other walsenders' states hidden); GRANT pg_monitor TO {user}"
+        ))
+    }
+}
+
+fn slot(f: &Facts) -> Outcome {
+    let s = match sql(f) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let m = &s.monitor;
+    let name = &f.cfg.slot;
+    if !m.slot_exists {
+        let create = if f.cfg.create_slot {
+            "pgark serve creates it when it connects (create_slot: true), but WAL the server removed meanwhile is lost: take a backup after"
+        } else {
+            "create it: SELECT pg_create_physical_replication_slot('<slot>', true), or set create_slot: true"
+        };
+        return Outcome::failed(format!(
+            "replication slot {name} does not exist: the server keeps no WAL for pgark; {}",
+            create.replace("<slot>", name)
+        ));
+    }
+    let status = m.slot_wal_status.as_deref().unwrap_or("unknown");
+    let active = m.slot_active == Some(true);
+    let mut detail = format!("slot {name} {}, wal_status {status}", if active { "active" } else { "inactive" });
+    if let Some(r) = m.slot_retained_bytes {
+        detail.push_str(&format!(", retaining {}", human_bytes(r)));
+    }
+    if let Some(safe) = m.slot_safe_wal_size_bytes {
+        detail.push_str(&format!(", safe_wal_size {}", human_bytes(safe.max(0) as u64)));
+    }
+    match status {
+        "lost" => Outcome::failed(format!(
+            "{detail}: the server removed WAL pgark had not received (max_slot_wal_keep_size); pgark cannot continue from it: \
+             drop the slot (SELECT pg_drop_replication_slot('{name}')), restart pgark serve to recreate it, and take a new backup"
+        )),
+        "unreserved" => Outcome::warning(format!(
+            "{detail}: the server will remove WAL pgark has not received at the next checkpoint; make sure pgark streams, or raise max_slot_wal_keep_size"
+        )),
+        _ if !active && matches!(f.daemon, Ok(Some(_))) => Outcome::warning(format!(
+            "{detail}: pgark serve runs but is not streaming from this slot; see pgark status and its log"
+        )),
+        _ => Outcome::ok(detail),
+    }
+}
+
+fn synchronous(f: &Facts) -> Outcome {
+    if !f.cfg.synchronous {
+        return Outcome::ok("synchronous: false (pgark is an asynchronous standby; RPO > 0)");
+    }
+    let s = match sql(f) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let m = &s.monitor;
+    let app = &f.cfg.conninfo.application_name;
+    if !m.named_in_synchronous_standby_names {
+        return Outcome::failed(format!(
+            "synchronous: true, but synchronous_standby_names ({:?}) does not name pgark's application_name {app:?}: commits do not wait for pgark (RPO > 0); \
+             ALTER SYSTEM SET synchronous_standby_names = '{app}' (or add it to the list) and SELECT pg_reload_conf()",
+            m.synchronous_standby_names
+        ));
+    }
+    let running = matches!(f.daemon, Ok(Some(_)));
+    match m.sync_state.as_deref() {
+        Some(st @ ("sync" | "quorum")) => Outcome::ok(format!(
+            "named in synchronous_standby_names ({:?}), pg_stat_replication says {st}",
+            m.synchronous_standby_names
+        )),
+        _ if !running => Outcome::warning(
+            "named in synchronous_standby_names, but pgark serve is not running: commits that need pgark's acknowledgement wait until it is back; start it",
+        ),
+        Some("potential") => Outcome::warning(
+            "pg_stat_replication says potential: another standby is the synchronous one now; pgark takes over if that one fails".to_string(),
+        ),
+        Some(other) => Outcome::failed(format!(
+            "pg_stat_replication says {other}, not sync: commits do not wait for pgark; check synchronous_standby_names and reload the server"
+        )),
+        None => Outcome::failed(format!(
+            "pgark serve runs but has no walsender on the server ({app:?} is not in pg_stat_replication): commits may be waiting; see pgark status and its log"
+        )),
+    }
+}
+
+/// `max(WAL_STALE_MIN, 2 × archive_timeout)`: with `archive_timeout` set, a busy server
+/// switches segments at least that often; without it the floor is the server's checkpoint
+/// rhythm, and an idle server is told apart by its slot (nothing left to receive).
+pub fn wal_stale_after(archive_timeout: Option<u64>) -> u64 {
+    WAL_STALE_MIN.max(archive_timeout.unwrap_or(0) * 2)
+}
+
+fn wal_recent(f: &Facts) -> Outcome {
+    let newest = match &f.newest_wal {
+        Ok(n) => n,
+        Err(e) => return Outcome::failed(format!("cannot read the WAL directory: {e}")),
+    };
+    let Some((name, mtime)) = newest else {
+        return Outcome::failed("no WAL in the catalog: pgark has never streamed from this server; start pgark serve and see pgark status");
+    };
+    let archive_timeout = f.sql.as_ref().ok().and_then(|s| s.seconds("archive_timeout"));
+    let limit = wal_stale_after(archive_timeout);
+    let old = f.now.saturating_sub(*mtime);
+    let shown = format!("newest WAL {name} written {} ago", age(old));
+    if old <= limit {
+        return Outcome::ok(format!("{shown} (limit {})", age(limit)));
+    }
+    match f.sql.as_ref().ok().map(|s| (&s.monitor.slot_retained_bytes, s.monitor.slot_exists)) {
+        Some((Some(0), true)) => Outcome::ok(format!("{shown}; the server has written nothing since (idle)")),
+        Some((Some(behind), true)) => Outcome::failed(format!(
+            "{shown} (limit {}), and the server is {} ahead of what pgark has: see pgark status and pgark serve's log",
+            age(limit),
+            human_bytes(*behind)
+        )),
+        _ => Outcome::failed(format!(
+            "{shown} (limit {}), and whether the server wrote more since is unknown (no slot or no monitoring connection)",
+            age(limit)
+        )),
+    }
+}
+
+fn backup_age(f: &Facts) -> Outcome {
+    let newest = match &f.newest_backup {
+        Ok(n) => n.clone(),
+        Err(e) => return Outcome::failed(format!("cannot read the backups: {e}")),
+    };
+    let schedule = f.cfg.backup.schedule.as_ref();
+    let Some((id, start)) = newest else {
+        return match (schedule, f.backup_running) {
+            (_, true) => Outcome::ok("no backup yet; the first one is being taken"),
+            (Some(_), false) => Outcome::failed(format!(
+                "no backup, though backup_schedule is set: nothing can be restored; run pgark backup --config {} {} and see pgark serve's log for why the schedule did not",
+                f.config_file.display(),
+                f.server
+            )),
+            (None, false) => Outcome::warning(format!(
+                "no backup and no backup_schedule: nothing can be restored; run pgark backup --config {} {}, or set backup_schedule",
+                f.config_file.display(),
+                f.server
+            )),
+        };
+    };
+    let shown = format!("newest backup {id} started {} ago", age(f.now.saturating_sub(start)));
+    let Some(schedule) = schedule else {
+        return Outcome::ok(format!("{shown} (no backup_schedule)"));
+    };
+    // The first due time after that backup (asked as of just after its start: for cron,
+    // `next_due` never answers a time before its `now`).
+    let due = schedule.next_due(Some(start), start + 1);
+    if f.now <= due {
+        return Outcome::ok(format!("{shown}; the next is due at {}", format_utc(due)));
+    }
+    // One interval of the schedule: the time from this due time to the one after it.
+    let interval = schedule.next_due(Some(due), due + 1).saturating_sub(due).max(60);
+    let late = f.now - due;
+    if f.backup_running {
+        Outcome::ok(format!("{shown}; a backup is being taken"))
+    } else if late > interval {
+        Outcome::failed(format!(
+            "{shown}: overdue by {} (more than one interval of backup_schedule): see pgark serve's log (disk pressure, failed backups), or run pgark backup",
+            age(late)
+        ))
+    } else {
+        Outcome::warning(format!("{shown}: due since {} ({} ago)", format_utc(due), age(late)))
+    }
+}
+
+/// The names of `synchronized_standby_slots` (comma-separated, maybe double-quoted).
+pub fn slot_list(setting: &str) -> Vec<String> {
+    setting
+        .split(',')
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .map(|n| n.strip_prefix('"').and_then(|n| n.strip_suffix('"')).unwrap_or(n).to_string())
+        .collect()
+}
+
+fn synchronized_standby_slots(f: &Facts) -> Outcome {
+    let s = match sql(f) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let Some(v) = s.setting("synchronized_standby_slots") else {
+        return Outcome::ok(format!(
+            "not applicable (PostgreSQL {} has no synchronized_standby_slots)",
+            major(f)
+        ));
+    };
+    if slot_list(v).iter().any(|n| n == &f.cfg.slot || n == "*") {
+        Outcome::failed(format!(
+            "synchronized_standby_slots ({v:?}) lists pgark's slot {}: logical walsenders wait for pgark, and stall while it is down; \
+             remove it (ALTER SYSTEM SET synchronized_standby_slots = '<the other slots>'; SELECT pg_reload_conf())",
+            f.cfg.slot
+        ))
+    } else {
+        Outcome::ok(format!("pgark's slot is not in synchronized_standby_slots ({v:?})"))
+    }
+}
+
+fn idle_replication_slot_timeout(f: &Facts) -> Outcome {
+    let s = match sql(f) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    if s.setting("idle_replication_slot_timeout").is_none() {
+        return Outcome::ok(format!(
+            "not applicable (PostgreSQL {} has no idle_replication_slot_timeout)",
+            major(f)
+        ));
+    }
+    match s.seconds("idle_replication_slot_timeout") {
+        Some(0) => Outcome::ok("idle_replication_slot_timeout is off"),
+        Some(t) if t < IDLE_SLOT_TIMEOUT_BUDGET => Outcome::warning(format!(
+            "idle_replication_slot_timeout is {}: when pgark is down longer, the server invalidates its slot at a checkpoint and pgark cannot continue \
+             (a new slot, a new backup); raise it to at least {} or set it to 0",
+            age(t),
+            age(IDLE_SLOT_TIMEOUT_BUDGET)
+        )),
+        Some(t) => Outcome::ok(format!("idle_replication_slot_timeout is {}", age(t))),
+        None => Outcome::warning("idle_replication_slot_timeout has a value pgark cannot read"),
+    }
+}
+
+fn data_checksums(f: &Facts) -> Outcome {
+    let s = match sql(f) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    match s.setting("data_checksums") {
+        Some("on") => Outcome::ok("data checksums are on"),
+        Some(_) => Outcome::warning(
+            "data checksums are off: pgark verify checks the backup against itself, but cannot catch a page corrupted in the database \
+             before it was backed up; enable them with pg_checksums --enable -D <data directory> on the stopped server (or initdb --data-checksums)",
+        ),
+        None => not_checked("data_checksums is not reported"),
+    }
+}
+
+/// The level of the worst result.
+pub fn worst(levels: impl IntoIterator<Item = Level>) -> Level {
+    levels.into_iter().max().unwrap_or(Level::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::space::DiskThresholds;
+    use crate::catalog::store::Capacity;
+    use crate::check::facts::{Facts, Sql};
+    use crate::config::Config;
+    use crate::monitor::ServerFacts;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn facts(extra: &str) -> Facts {
+        let text = format!("catalog: /nonexistent\nservers:\n  main:\n    conninfo: host=/tmp user=rep\n    slot: pgark\n{extra}");
+        let c = Config::parse(&text, std::path::Path::new("/etc/pgark.yaml")).unwrap();
+        let monitor = ServerFacts {
+            slot_exists: true,
+            slot_active: Some(true),
+            slot_wal_status: Some("reserved".into()),
+            slot_retained_bytes: Some(0),
+            sync_state: Some("sync".into()),
+            named_in_synchronous_standby_names: true,
+            synchronous_standby_names: "pgark".into(),
+            ..Default::default()
+        };
+        let mut settings = std::collections::BTreeMap::new();
+        settings.insert("data_checksums".into(), ("on".into(), None));
+        settings.insert("archive_timeout".into(), ("0".into(), Some("s".into())));
+        Facts {
+            server: "main".into(),
+            config_file: c.path.clone(),
+            catalog: c.catalog.clone(),
+            catalog_group: None,
+            thresholds: DiskThresholds::default(),
+            cfg: c.servers["main"].clone(),
+            now: NOW,
+            daemon: Ok(Some("42".into())),
+            writable: Ok("/nonexistent/main".into()),
+            root_mode: Some(0o700),
+            perms_problems: vec![],
+            capacity: Ok(Capacity { free: 900, total: 1000 }),
+            newest_wal: Ok(Some(("000000010000000000000003.partial".into(), NOW - 10))),
+            newest_backup: Ok(Some(("20261201T000000Z".into(), NOW - 3600))),
+            backup_running: false,
+            state: Ok(None),
+            replication: Err("not asked".into()),
+            sql: Ok(Sql {
+                monitor,
+                server_version_num: 150000,
+                role_replication: Some(true),
+                replication_user: "rep".into(),
+                pg_monitor: true,
+                monitoring_user: "rep".into(),
+                settings,
+            }),
+        }
+    }
+
+    fn level(f: &Facts, name: &str) -> Outcome {
+        let (_, check) = CHECKS.iter().find(|(n, _)| *n == name).unwrap();
+        check(f)
+    }
+
+    fn sql_mut(f: &mut Facts) -> &mut Sql {
+        f.sql.as_mut().unwrap()
+    }
+
+    #[test]
+    fn healthy_facts_pass_every_database_check() {
+        let f = facts("");
+        for (name, check) in CHECKS {
+            if *name == "replication_connection" {
+                continue;
+            }
+            let o = check(&f);
+            assert_eq!(o.level, Level::Ok, "{name}: {}", o.detail);
+        }
+    }
+
+    #[test]
+    fn slot_states() {
+        let mut f = facts("");
+        sql_mut(&mut f).monitor.slot_wal_status = Some("unreserved".into());
+        assert_eq!(level(&f, "slot").level, Level::Warning);
+        sql_mut(&mut f).monitor.slot_wal_status = Some("lost".into());
+        let o = level(&f, "slot");
+        assert_eq!(o.level, Level::Failed);
+        assert!(o.detail.contains("pg_drop_replication_slot"), "{}", o.detail);
+        sql_mut(&mut f).monitor.slot_exists = false;
+        assert_eq!(level(&f, "slot").level, Level::Failed);
+        sql_mut(&mut f).monitor.slot_exists = true;
+        sql_mut(&mut f).monitor.slot_wal_status = Some("extended".into());
+        sql_mut(&mut f).monitor.slot_safe_wal_size_bytes = Some(1 << 20);
+        let o = level(&f, "slot");
+        assert_eq!(o.level, Level::Ok);
+        assert!(o.detail.contains("safe_wal_size 1"), "{}", o.detail);
+    }
+
+    #[test]
+    fn synchronous_states() {
+        let mut f = facts("");
+        sql_mut(&mut f).monitor.named_in_synchronous_standby_names = false;
+        assert_eq!(level(&f, "synchronous").level, Level::Failed);
+        sql_mut(&mut f).monitor.named_in_synchronous_standby_names = true;
+        sql_mut(&mut f).monitor.sync_state = None;
+        assert_eq!(level(&f, "synchronous").level, Level::Failed, "daemon runs, no walsender");
+        f.daemon = Ok(None);
+        assert_eq!(level(&f, "synchronous").level, Level::Warning, "daemon down");
+        assert_eq!(level(&f, "daemon").level, Level::Warning);
+        let f = facts("    synchronous: false\n");
+        assert_eq!(level(&f, "synchronous").level, Level::Ok);
+    }
+
+    #[test]
+    fn stale_wal_fails_only_when_the_server_is_ahead() {
+        let mut f = facts("");
+        f.newest_wal = Ok(Some(("000000010000000000000003.partial".into(), NOW - 3600)));
+        assert_eq!(level(&f, "wal_recent").level, Level::Ok, "idle server");
+        sql_mut(&mut f).monitor.slot_retained_bytes = Some(16 << 20);
+        assert_eq!(level(&f, "wal_recent").level, Level::Failed);
+        sql_mut(&mut f)
+            .settings
+            .insert("archive_timeout".into(), ("3600".into(), Some("s".into())));
+        assert_eq!(level(&f, "wal_recent").level, Level::Ok, "2 × archive_timeout");
+        f.newest_wal = Ok(None);
+        assert_eq!(level(&f, "wal_recent").level, Level::Failed);
+        assert_eq!(wal_stale_after(None), 300);
+        assert_eq!(wal_stale_after(Some(600)), 1200);
+    }
+
+    #[test]
+    fn backup_age_against_the_schedule() {
+        let mut f = facts("    backup_schedule: 1d\n");
+        assert_eq!(level(&f, "backup_age").level, Level::Ok);
+        f.newest_backup = Ok(Some(("old".into(), NOW - 86400 - 3600)));
+        assert_eq!(level(&f, "backup_age").level, Level::Warning, "due, less than an interval late");
+        f.newest_backup = Ok(Some(("older".into(), NOW - 3 * 86400)));
+        assert_eq!(level(&f, "backup_age").level, Level::Failed);
+        f.backup_running = true;
+        assert_eq!(level(&f, "backup_age").level, Level::Ok);
+        f.backup_running = false;
+        f.newest_backup = Ok(None);
+        assert_eq!(level(&f, "backup_age").level, Level::Failed, "schedule, no backup");
+        let mut f = facts("");
+        f.newest_backup = Ok(None);
+        assert_eq!(level(&f, "backup_age").level, Level::Warning, "no schedule, no backup");
+        // Cron: a daily backup three days old is more than one interval late.
+        let mut f = facts("    backup_schedule: 0 3 * * *\n");
+        f.newest_backup = Ok(Some(("older".into(), NOW - 3 * 86400)));
+        assert_eq!(level(&f, "backup_age").level, Level::Failed);
+    }
+
+    #[test]
+    fn version_specific_settings() {
+        let mut f = facts("");
+        sql_mut(&mut f)
+            .settings
+            .insert("synchronized_standby_slots".into(), ("other, \"pgark\"".into(), None));
+        assert_eq!(level(&f, "synchronized_standby_slots").level, Level::Failed);
+        sql_mut(&mut f)
+            .settings
+            .insert("synchronized_standby_slots".into(), ("other".into(), None));
+        assert_eq!(level(&f, "synchronized_standby_slots").level, Level::Ok);
+        sql_mut(&mut f)
+            .settings
+            .insert("idle_replication_slot_timeout".into(), ("60".into(), Some("min".into())));
+        let o = level(&f, "idle_replication_slot_timeout");
+        assert_eq!(o.level, Level::Warning);
+        assert!(o.detail.contains("invalidates"), "{}", o.detail);
+        sql_mut(&mut f)
+            .settings
+            .insert("idle_replication_slot_timeout".into(), ("0".into(), Some("s".into())));
+        assert_eq!(level(&f, "idle_replication_slot_timeout").level, Level::Ok);
+        sql_mut(&mut f).settings.insert("data_checksums".into(), ("off".into(), None));
+        let o = level(&f, "data_checksums");
+        assert_eq!(o.level, Level::Warning);
+        assert!(o.detail.contains("pg_checksums"), "{}", o.detail);
+    }
+
+    #[test]
+    fn catalog_checks() {
+        let mut f = facts("");
+        f.root_mode = Some(0o755);
+        f.perms_problems = vec!["readable by every user".into()];
+        assert_eq!(level(&f, "catalog_permissions").level, Level::Failed);
+        f.root_mode = Some(0o750);
+        assert_eq!(level(&f, "catalog_permissions").level, Level::Warning);
+        f.capacity = Ok(Capacity { free: 100, total: 1000 });
+        assert_eq!(level(&f, "catalog_space").level, Level::Warning);
+        f.capacity = Ok(Capacity { free: 10, total: 1000 });
+        assert_eq!(level(&f, "catalog_space").level, Level::Failed);
+        f.writable = Err("read-only".into());
+        assert_eq!(level(&f, "catalog_writable").level, Level::Failed);
+    }
+
+    #[test]
+    fn failed_connections_fail_once_and_leave_the_rest_unchecked() {
+        let mut f = facts("");
+        f.sql = Err("connection refused".into());
+        assert_eq!(level(&f, "monitoring_connection").level, Level::Failed);
+        for name in ["role_replication", "slot", "synchronous", "data_checksums"] {
+            let o = level(&f, name);
+            assert_eq!(o.level, Level::Warning, "{name}");
+            assert!(o.detail.starts_with("not checked"), "{name}: {}", o.detail);
+        }
+        assert_eq!(level(&f, "replication_connection").level, Level::Failed);
+        assert_eq!(slot_list(" a, \"b\" ,,c"), vec!["a", "b", "c"]);
+        assert_eq!(worst([Level::Ok, Level::Warning]), Level::Warning);
+    }
+}

@@ -1,0 +1,289 @@
+//! What `pgark check` looks at, gathered once per server: the catalog (writable, permissions,
+//! free space, newest WAL file, newest backup, whether `pgark serve` holds it), a replication
+//! connection (IDENTIFY_SYSTEM) and the monitoring connection (the monitor's own round, the
+//! replication role's attributes and a few server settings).
+//!
+//! Every network step is bounded by the check's timeout: the connection's `connect_timeout`
+//! is lowered to it, every wait for the server is limited to it, and the whole gathering of a
+//! server is cut off at twice that. Nothing here writes to the server; the one catalog write is
+//! the writability probe (a file created through `fsio::durable` and removed again).
+
+use crate::catalog::backup_store;
+use crate::catalog::space::DiskThresholds;
+use crate::catalog::state::ServerState;
+use crate::catalog::store::Capacity;
+use crate::catalog::Catalog;
+use crate::client::conninfo::ConnInfo;
+use crate::client::replication::SystemInfo;
+use crate::client::Connection;
+use crate::config::{Config, ServerConfig};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Everything the checks of one server read.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub server: String,
+    pub config_file: PathBuf,
+    pub catalog: PathBuf,
+    pub catalog_group: Option<String>,
+    pub thresholds: DiskThresholds,
+    pub cfg: ServerConfig,
+    /// Unix seconds when the facts were gathered.
+    pub now: u64,
+    /// `Ok(Some(pid))` while a `pgark serve` holds the catalog lock.
+    pub daemon: Result<Option<String>, String>,
+    /// The writability probe: where it wrote, or why it could not.
+    pub writable: Result<PathBuf, String>,
+    /// Mode bits of the catalog root (None when it does not exist).
+    pub root_mode: Option<u32>,
+    /// What `catalog::perms::check` says of the root.
+    pub perms_problems: Vec<String>,
+    pub capacity: Result<Capacity, String>,
+    /// The newest file of the server's WAL directory: its name and mtime (Unix seconds).
+    pub newest_wal: Result<Option<(String, u64)>, String>,
+    /// The newest published backup: id and start (Unix seconds).
+    pub newest_backup: Result<Option<(String, u64)>, String>,
+    /// A backup of this server is being taken (an intent record exists).
+    pub backup_running: bool,
+    pub state: Result<Option<ServerState>, String>,
+    pub replication: Result<Replication, String>,
+    pub sql: Result<Sql, String>,
+    // ISSUE14-MERGE: the facts of the merged checks go here (the retention policy's verdict,
+    // the last verify and drill results as their modules record them in the catalog, the WAL
+    // gap since the oldest backup), filled in `gather` from the catalog without a connection.
+}
+
+/// What the replication connection found.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    pub system: SystemInfo,
+    pub server_version_num: u32,
+}
+
+/// What the monitoring connection found.
+#[derive(Debug, Clone, Default)]
+pub struct Sql {
+    /// The monitor's round (slot, sync state, synchronous_standby_names).
+    pub monitor: crate::monitor::ServerFacts,
+    pub server_version_num: u32,
+    /// The replication connection's role may replicate (REPLICATION or superuser); None when no
+    /// such role exists.
+    pub role_replication: Option<bool>,
+    pub replication_user: String,
+    /// The monitoring connection's role is a member of pg_monitor (or a superuser).
+    pub pg_monitor: bool,
+    pub monitoring_user: String,
+    /// `pg_settings` rows: name -> (setting, unit). Absent settings are absent (older majors).
+    pub settings: BTreeMap<String, (String, Option<String>)>,
+}
+
+impl Sql {
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings.get(name).map(|(s, _)| s.as_str())
+    }
+
+    /// A time setting in seconds (`pg_settings` gives the value in its unit: ms, s, min, h, d).
+    pub fn seconds(&self, name: &str) -> Option<u64> {
+        let (v, unit) = self.settings.get(name)?;
+        let v: f64 = v.trim().parse().ok()?;
+        let factor = match unit.as_deref() {
+            Some("ms") => 0.001,
+            Some("s") | None => 1.0,
+            Some("min") => 60.0,
+            Some("h") => 3600.0,
+            Some("d") => 86400.0,
+            Some(_) => return None,
+        };
+        Some((v * factor) as u64)
+    }
+}
+
+/// Settings `pgark check` reads from `pg_settings`.
+const SETTINGS: [&str; 5] = [
+    "data_checksums",
+    "archive_timeout",
+    "synchronized_standby_slots",
+    "idle_replication_slot_timeout",
+    "server_version_num",
+];
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `ci` with `connect_timeout` at most `limit`.
+fn bounded(ci: &ConnInfo, limit: Duration) -> ConnInfo {
+    let mut ci = ci.clone();
+    ci.connect_timeout = Some(ci.connect_timeout.map_or(limit, |t| t.min(limit)));
+    ci
+}
+
+/// Gathers the facts of server `name` (which `config` defines).
+pub async fn gather(config: &Config, name: &str, timeout: Duration) -> Facts {
+    let cfg = config.servers[name].clone();
+    let catalog = Catalog::open(&config.catalog);
+    let root = config.catalog.clone();
+    let store = catalog.store();
+    let layout = catalog.layout().clone();
+
+    let repl_ci = bounded(&cfg.conninfo, timeout);
+    let mon_ci = bounded(&cfg.monitor_settings().conninfo, timeout);
+    let cut = timeout * 2;
+    let elapsed = |what: &str| format!("no answer within {}s ({what}; --timeout)", cut.as_secs());
+    let (replication, sql) = tokio::join!(
+        async {
+            tokio::time::timeout(cut, replication(&repl_ci, timeout))
+                .await
+                .unwrap_or_else(|_| Err(elapsed("replication connection")))
+        },
+        async {
+            tokio::time::timeout(cut, sql(&mon_ci, &cfg, timeout))
+                .await
+                .unwrap_or_else(|_| Err(elapsed("monitoring connection")))
+        }
+    );
+
+    let root_mode = std::fs::metadata(&root).ok().map(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o7777
+    });
+    let running_key = backup_store::backups_key(name);
+    Facts {
+        server: name.to_string(),
+        config_file: config.path.clone(),
+        catalog: root.clone(),
+        catalog_group: config.catalog_group.clone(),
+        thresholds: config.disk_pressure,
+        now: crate::util::time::unix_now(),
+        daemon: crate::catalog::lock::CatalogLock::serve_lock_holder(&root).map_err(|e| e.to_string()),
+        writable: probe_writable(&root, &layout.server_dir(name)),
+        root_mode,
+        perms_problems: crate::catalog::perms::check(&root, config.catalog_group.as_deref()),
+        capacity: catalog.capacity(Some(name)).map_err(|e| e.to_string()),
+        newest_wal: newest_wal(&layout.wal_dir(name)),
+        newest_backup: backup_store::newest(store.as_ref(), name)
+            .map(|b| b.map(|b| (b.id, b.start_time)))
+            .map_err(|e| e.to_string()),
+        backup_running: store
+            .list(&running_key)
+            .map(|keys| keys.iter().any(|k| k.ends_with(".running")))
+            .unwrap_or(false),
+        state: crate::catalog::state::load(store.as_ref(), name).map_err(|e| e.to_string()),
+        replication,
+        sql,
+        // ISSUE14-MERGE: read the merged checks' facts here (see the end of `Facts`).
+        cfg,
+    }
+}
+
+/// Creates and removes a probe file where the server's data goes (its directory, else the
+/// catalog root), through the crash-safe writer every catalog write uses.
+fn probe_writable(root: &std::path::Path, server_dir: &std::path::Path) -> Result<PathBuf, String> {
+    if !root.is_dir() {
+        return Err(format!(
+            "catalog {} does not exist (pgark serve creates it at its first start; check the catalog key and the path's permissions)",
+            root.display()
+        ));
+    }
+    let dir = if server_dir.is_dir() { server_dir } else { root };
+    let probe = dir.join(format!(".check-probe.{}", std::process::id()));
+    crate::fsio::durable::write_atomic(&probe, b"pgark check\n").map_err(|e| e.to_string())?;
+    std::fs::remove_file(&probe).map_err(|e| format!("remove {}: {e}", probe.display()))?;
+    Ok(dir.to_path_buf())
+}
+
+/// The newest WAL file (completed, compressed or `.partial`) by mtime; spares, checksums and
+/// temporary files do not count.
+fn newest_wal(dir: &std::path::Path) -> Result<Option<(String, u64)>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("list {}: {e}", dir.display())),
+    };
+    let mut newest: Option<(String, u64)> = None;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("list {}: {e}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let base = name.split('.').next().unwrap_or_default();
+        let counts = base.len() == 24 && base.bytes().all(|b| b.is_ascii_hexdigit()) && {
+            let rest = &name[24..];
+            rest.is_empty() || rest == ".zst" || rest == ".partial"
+        };
+        if !counts {
+            continue;
+        }
+        let mtime = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("stat {}: {e}", entry.path().display()))?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if newest.as_ref().is_none_or(|(_, t)| mtime > *t) {
+            newest = Some((name, mtime));
+        }
+    }
+    Ok(newest)
+}
+
+/// Connects in replication mode and asks IDENTIFY_SYSTEM, as the receiver does first.
+async fn replication(ci: &ConnInfo, timeout: Duration) -> Result<Replication, String> {
+    let mut conn = Connection::connect(ci, true).await.map_err(|e| e.to_string())?;
+    conn.set_io_timeout(timeout);
+    let system = conn.identify_system().await.map_err(|e| e.to_string());
+    let server_version_num = conn.server_version_num;
+    conn.terminate().await;
+    Ok(Replication {
+        system: system?,
+        server_version_num,
+    })
+}
+
+/// The monitor's round, then the role's attributes and the settings, over the monitoring
+/// connection.
+async fn sql(ci: &ConnInfo, cfg: &ServerConfig, timeout: Duration) -> Result<Sql, String> {
+    let cancel = CancellationToken::new();
+    let monitor = crate::monitor::round(ci, &cfg.slot, timeout, &cancel)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut conn = Connection::connect(ci, false).await.map_err(|e| e.to_string())?;
+    conn.set_io_timeout(timeout);
+    let role_q = format!(
+        "SELECT r.rolreplication OR r.rolsuper, pg_has_role(current_user, 'pg_monitor', 'MEMBER'), current_user \
+         FROM (SELECT 1) one LEFT JOIN pg_roles r ON r.rolname = {}",
+        quote_literal(&cfg.conninfo.user)
+    );
+    let settings_q = format!(
+        "SELECT name, setting, unit FROM pg_settings WHERE name IN ({})",
+        SETTINGS.iter().map(|s| quote_literal(s)).collect::<Vec<_>>().join(", ")
+    );
+    let role = conn.simple_query(&role_q).await;
+    let settings = match &role {
+        Ok(_) => Some(conn.simple_query(&settings_q).await),
+        Err(_) => None,
+    };
+    conn.terminate().await;
+    let role = role.map_err(|e| e.to_string())?;
+    let role = role.into_iter().next().ok_or("the role query returned nothing")?;
+    let settings = settings.unwrap_or_else(|| Ok(vec![])).map_err(|e| e.to_string())?;
+    let mut out = Sql {
+        monitor,
+        role_replication: role.text(0, 0).map(|v| v == "t"),
+        pg_monitor: role.text(0, 1).as_deref() == Some("t"),
+        monitoring_user: role.text(0, 2).unwrap_or_default(),
+        replication_user: cfg.conninfo.user.clone(),
+        ..Default::default()
+    };
+    if let Some(r) = settings.into_iter().next() {
+        for row in 0..r.rows.len() {
+            if let (Some(n), Some(v)) = (r.text(row, 0), r.text(row, 1)) {
+                out.settings.insert(n, (v, r.text(row, 2)));
+            }
+        }
+    }
+    out.server_version_num = out.setting("server_version_num").and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(out)
+}
