@@ -25,9 +25,8 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("synchronous", synchronous),
     ("wal_recent", wal_recent),
     ("backup_age", backup_age),
-    // ISSUE14-MERGE: retention_satisfied (retention), last_verify (verify), last_drill (drill)
-    // and wal_gap (no hole in the WAL since the oldest backup's start) go here: one function
-    // each from `Facts` (gather what they read in `facts::gather`) and one line in this list.
+    ("retention", retention),
+    ("wal_gaps", wal_gaps),
     ("synchronized_standby_slots", synchronized_standby_slots),
     ("idle_replication_slot_timeout", idle_replication_slot_timeout),
     ("data_checksums", data_checksums),
@@ -125,6 +124,69 @@ fn daemon(f: &Facts) -> Outcome {
         )),
         Err(e) => Outcome::warning(format!("cannot tell whether pgark serve runs: {e}")),
     }
+}
+
+fn retention(f: &Facts) -> Outcome {
+    let r = match &f.retention {
+        Ok(r) => r,
+        Err(e) => return Outcome::failed(format!("cannot evaluate the retention policy: {e}")),
+    };
+    if r.usable < r.min_redundancy as usize {
+        return Outcome::failed(format!(
+            "{} restorable backup(s), fewer than retention.min_redundancy ({}): take a backup (pgark backup {})",
+            r.usable, r.min_redundancy, f.server
+        ));
+    }
+    if !r.has_rules {
+        return Outcome::warning(
+            "no retention policy: nothing is ever deleted and the catalog grows without bound; set retention (redundancy, recovery_window, keep_daily…)"
+                .to_string(),
+        );
+    }
+    if !r.overdue_backups.is_empty() || r.overdue_wal_files > 0 {
+        return Outcome::warning(format!(
+            "{} backup(s) and {} WAL file(s) the policy lets go are still there: is pgark serve running? pgark prune --config {} {} applies it now",
+            r.overdue_backups.len(),
+            r.overdue_wal_files,
+            f.config_file.display(),
+            f.server
+        ));
+    }
+    if let Some(w) = r.recovery_window {
+        let covered = r.window_start.map(|s| f.now.saturating_sub(s));
+        if covered.is_none_or(|c| c < w) {
+            return Outcome::warning(format!(
+                "the catalog reaches back {} of the {} recovery window (a young catalog, or a WAL gap)",
+                covered.map(age).unwrap_or_else(|| "nothing".into()),
+                age(w)
+            ));
+        }
+    }
+    Outcome::ok(format!(
+        "{} restorable backup(s); restores reach back to {}",
+        r.usable,
+        r.window_start.map(format_utc).unwrap_or_else(|| "-".into())
+    ))
+}
+
+fn wal_gaps(f: &Facts) -> Outcome {
+    let r = match &f.retention {
+        Ok(r) => r,
+        Err(e) => return Outcome::failed(format!("cannot read the catalog's WAL: {e}")),
+    };
+    let open: Vec<&str> = r.gaps.iter().filter(|(_, a)| !a).map(|(g, _)| g.as_str()).collect();
+    let acked = r.gaps.len() - open.len();
+    if !open.is_empty() {
+        return Outcome::failed(format!(
+            "WAL missing since the oldest backup: {}; point-in-time recovery cannot cross it. Take a new backup; once understood, pgark verify --acknowledge-gap records it",
+            open.join(", ")
+        ));
+    }
+    Outcome::ok(if acked > 0 {
+        format!("no WAL gap since the oldest backup ({acked} acknowledged)")
+    } else {
+        "no WAL gap since the oldest backup".to_string()
+    })
 }
 
 fn replication_connection(f: &Facts) -> Outcome {
@@ -488,6 +550,13 @@ mod tests {
                 pg_monitor: true,
                 monitoring_user: "rep".into(),
                 settings,
+            }),
+            retention: Ok(super::super::facts::RetentionFacts {
+                has_rules: true,
+                min_redundancy: 1,
+                usable: 1,
+                window_start: Some(NOW - 3600),
+                ..Default::default()
             }),
         }
     }

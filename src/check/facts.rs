@@ -51,9 +51,58 @@ pub struct Facts {
     pub state: Result<Option<ServerState>, String>,
     pub replication: Result<Replication, String>,
     pub sql: Result<Sql, String>,
-    // ISSUE14-MERGE: the facts of the merged checks go here (the retention policy's verdict,
-    // the last verify and drill results as their modules record them in the catalog, the WAL
-    // gap since the oldest backup), filled in `gather` from the catalog without a connection.
+    /// The retention policy's verdict and the WAL continuity, from the catalog.
+    pub retention: Result<RetentionFacts, String>,
+}
+
+/// What retention and the WAL continuity index say of one server (a dry run: nothing deleted).
+#[derive(Debug, Clone, Default)]
+pub struct RetentionFacts {
+    pub has_rules: bool,
+    pub min_redundancy: u32,
+    /// `retention.recovery_window` in seconds.
+    pub recovery_window: Option<u64>,
+    /// Backups that can be restored.
+    pub usable: usize,
+    /// Backups the policy lets go that are still there (nobody pruned).
+    pub overdue_backups: Vec<String>,
+    pub overdue_wal_files: usize,
+    /// The earliest point a restore reaches without crossing a gap (Unix seconds).
+    pub window_start: Option<u64>,
+    /// Gaps in the WAL since the oldest backup, and whether each is acknowledged.
+    pub gaps: Vec<(String, bool)>,
+}
+
+/// Retention facts of `server` from the catalog.
+fn retention(catalog: &Catalog, server: &str, cfg: &ServerConfig, now: u64) -> Result<RetentionFacts, String> {
+    use crate::retention::policy::Mode;
+    let policy = &cfg.retention;
+    let report = crate::retention::prune(catalog, server, policy, now, Mode::Normal, true).map_err(|e| e.to_string())?;
+    let store = catalog.store();
+    let backups = backup_store::load_all(store.as_ref(), server).map_err(|e| e.to_string())?;
+    let usable = backups
+        .iter()
+        .filter(|b| backup_store::wal_presence(store.as_ref(), b).present)
+        .count();
+    let gaps = match backups.first() {
+        Some(first) => {
+            let seg = crate::pg::WalSegSize::new(first.wal_segment_size).map_err(|e| e.to_string())?;
+            let c = crate::catalog::continuity::Continuity::load(store.as_ref(), server, seg, Some(seg.segno(first.start_lsn).0))
+                .map_err(|e| e.to_string())?;
+            c.gaps.iter().map(|(g, a)| (g.describe(seg), *a)).collect()
+        }
+        None => vec![],
+    };
+    Ok(RetentionFacts {
+        has_rules: policy.has_rules(),
+        min_redundancy: policy.min_redundancy,
+        recovery_window: policy.recovery_window.map(|w| w.as_secs()),
+        usable,
+        overdue_backups: report.backups.iter().map(|b| b.id.clone()).collect(),
+        overdue_wal_files: report.wal.iter().map(|w| w.files).sum(),
+        window_start: report.window_before.map(|w| w.from_time),
+        gaps,
+    })
 }
 
 /// What the replication connection found.
@@ -174,7 +223,7 @@ pub async fn gather(config: &Config, name: &str, timeout: Duration) -> Facts {
         state: crate::catalog::state::load(store.as_ref(), name).map_err(|e| e.to_string()),
         replication,
         sql,
-        // ISSUE14-MERGE: read the merged checks' facts here (see the end of `Facts`).
+        retention: retention(&catalog, name, &cfg, crate::util::time::unix_now()),
         cfg,
     }
 }

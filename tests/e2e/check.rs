@@ -58,7 +58,7 @@ fn check_healthy_then_each_misconfiguration() {
     c.start().unwrap();
     let mut p = Pgark::start_full(
         "",
-        SMALL_THRESHOLDS,
+        &format!("{SMALL_THRESHOLDS}\nretention:\n  redundancy: 2"),
         &server_yaml("main", &c.conninfo(&c.superuser), "synchronous: true\nbackup_schedule: 1d"),
         &[],
     );

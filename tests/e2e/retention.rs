@@ -344,6 +344,12 @@ fn the_daemon_prunes_sees_gaps_and_prunes_under_pressure() {
     assert!(st.contains("WAL GAP") && st.contains(&segment_of(&victim)), "{st}");
     let l = list(&p.config);
     assert!(l[1]["pitr"].as_str().unwrap().contains(&segment_of(&victim)), "{}", l[1]);
+    let o = pgark(&p.config, &["check", "main", "--json"]);
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    let checks: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let gap = checks.as_array().unwrap().iter().find(|c| c["check"] == "wal_gaps").unwrap();
+    assert_eq!(gap["level"], "failed", "{gap}");
+    assert!(gap["detail"].as_str().unwrap().contains(&segment_of(&victim)), "{gap}");
 
     // Critical pressure (every byte free counts as too little) with prune: down to one backup.
     p.set_top("retention:\n  redundancy: 2\n  on_critical_pressure: prune\ndisk_pressure:\n  check_interval: 1s\n  catalog_free_warning: 99%\n  catalog_free_critical: 99%");
