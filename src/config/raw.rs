@@ -14,6 +14,8 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub disk_pressure: Option<RawDiskPressure>,
+    #[serde(default)]
+    pub hooks: Option<RawHooks>,
     #[serde(deserialize_with = "unique_servers")]
     pub servers: BTreeMap<String, RawServer>,
 }
@@ -78,4 +80,18 @@ pub struct RawServer {
     pub monitor_interval: Option<String>,
     pub monitor_conninfo: Option<String>,
     pub slot_retained_limit: Option<serde_yaml::Value>,
+    /// Taken out before the server is parsed (see `config::hooks`).
+    #[serde(default)]
+    pub hooks: Option<RawHooks>,
+}
+
+/// A `hooks` section as written (top level or per server).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub pre_backup: Option<String>,
+    pub post_backup: Option<String>,
+    pub post_drill: Option<String>,
+    pub on_verify_failure: Option<String>,
+    pub timeout: Option<String>,
 }
