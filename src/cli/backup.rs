@@ -39,7 +39,10 @@ pub async fn backup(
     let hooks = Hooks::new(&config);
     let pre = hooks.run(HookEvent::pre_backup(server, "manual")).await;
     if pre.vetoes() {
-        eprintln!("error: backup of {server} not started: vetoed by the pre_backup hook, which {}", pre.describe());
+        eprintln!(
+            "error: backup of {server} not started: vetoed by the pre_backup hook, which {}",
+            pre.describe()
+        );
         return exit::FAILURE;
     }
     let cancel = CancellationToken::new();

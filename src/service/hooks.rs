@@ -132,7 +132,9 @@ pub enum HookOutcome {
     NotConfigured,
     Succeeded,
     /// Exited non-zero (or was killed by a signal: `code` is `None`).
-    Failed { code: Option<i32> },
+    Failed {
+        code: Option<i32>,
+    },
     /// Ran past the timeout; its process group was killed.
     TimedOut(Duration),
     /// `/bin/sh` could not be started.

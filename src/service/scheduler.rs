@@ -143,7 +143,11 @@ pub async fn run(
                     Ok(Ok(idx)) => Some(HookEvent::post_backup(&server, "scheduled", Ok(idx.id.as_str()))),
                     Ok(Err(BackupError::Cancelled)) => None,
                     Ok(Err(e)) => Some(HookEvent::post_backup(&server, "scheduled", Err(&e.to_string()))),
-                    Err(_) => Some(HookEvent::post_backup(&server, "scheduled", Err("the backup thread ended without a result"))),
+                    Err(_) => Some(HookEvent::post_backup(
+                        &server,
+                        "scheduled",
+                        Err("the backup thread ended without a result"),
+                    )),
                 };
                 if let Some(event) = post {
                     // Bounded by the hook's timeout; a failure is logged and counted by `run`.

@@ -223,11 +223,7 @@ pub fn summary(servers: &[crate::service::status::ServerStatus]) -> String {
     if !down.is_empty() && streaming > 0 {
         out.push_str(&format!(" (not streaming: {})", down.join(", ")));
     }
-    if let Some(last) = servers
-        .iter()
-        .filter_map(|s| s.newest_backup_end.map(|t| (t, &s.server)))
-        .max()
-    {
+    if let Some(last) = servers.iter().filter_map(|s| s.newest_backup_end.map(|t| (t, &s.server))).max() {
         out.push_str(&format!("; last backup {} {}", last.1, crate::util::time::format_utc(last.0)));
     }
     out
@@ -284,13 +280,22 @@ mod tests {
         assert!(l.check(&[p], now, Duration::from_secs(10)).unwrap_err().contains("receiver thread"));
         let mut p = probe("", false, 0);
         p.dead_task = Some("http");
-        assert!(l.check(&[p], now, Duration::from_secs(10)).unwrap_err().contains("the daemon: its http task"));
+        assert!(l
+            .check(&[p], now, Duration::from_secs(10))
+            .unwrap_err()
+            .contains("the daemon: its http task"));
     }
 
     #[test]
     fn the_stall_limit_covers_two_status_intervals() {
-        assert_eq!(stall_limit(Duration::from_secs(3), Duration::from_secs(10)), Duration::from_secs(20));
-        assert_eq!(stall_limit(Duration::from_secs(30), Duration::from_secs(10)), Duration::from_secs(30));
+        assert_eq!(
+            stall_limit(Duration::from_secs(3), Duration::from_secs(10)),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            stall_limit(Duration::from_secs(30), Duration::from_secs(10)),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]

@@ -3,9 +3,7 @@
 //! does `pgark backup`; a failing post hook is counted and streaming goes on; a hook past its
 //! timeout is killed with its children and counted; a failing pre_backup hook vetoes the backup.
 
-use crate::support::{
-    current_flush_lsn, list, pg, pgark, server_yaml, text, wait_until, write_rows, Cluster, Pgark,
-};
+use crate::support::{current_flush_lsn, list, pg, pgark, server_yaml, text, wait_until, write_rows, Cluster, Pgark};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -60,13 +58,23 @@ fn hooks_scheduled_and_manual_backups_run_pre_and_post_with_their_environment() 
         assert_eq!(env.get("PGARK_CONFIG"), Some(&config), "{env:?}");
         assert_eq!(env.get("PGARK_BACKUP_TRIGGER").map(String::as_str), Some("scheduled"), "{env:?}");
     }
-    assert!(!pre_env.contains_key("PGARK_STATUS") && !pre_env.contains_key("PGARK_BACKUP_ID"), "{pre_env:?}");
+    assert!(
+        !pre_env.contains_key("PGARK_STATUS") && !pre_env.contains_key("PGARK_BACKUP_ID"),
+        "{pre_env:?}"
+    );
     assert_eq!(post_env.get("PGARK_STATUS").map(String::as_str), Some("ok"), "{post_env:?}");
     assert_eq!(post_env.get("PGARK_BACKUP_ID").map(String::as_str), Some(id), "{post_env:?}");
     assert!(!post_env.contains_key("PGARK_ERROR"), "{post_env:?}");
     for hook in ["pre_backup", "post_backup"] {
-        p.wait_metric(&format!("pgark_hook_runs_total{{server=\"main\",hook=\"{hook}\"}}"), "hook runs", |v| v == 1.0);
-        assert_eq!(p.metric(&format!("pgark_hook_failures_total{{server=\"main\",hook=\"{hook}\"}}")), Some(0.0));
+        p.wait_metric(
+            &format!("pgark_hook_runs_total{{server=\"main\",hook=\"{hook}\"}}"),
+            "hook runs",
+            |v| v == 1.0,
+        );
+        assert_eq!(
+            p.metric(&format!("pgark_hook_failures_total{{server=\"main\",hook=\"{hook}\"}}")),
+            Some(0.0)
+        );
     }
 
     // `pgark backup` runs them too.
@@ -76,8 +84,16 @@ fn hooks_scheduled_and_manual_backups_run_pre_and_post_with_their_environment() 
     assert!(o.status.success(), "{}", text(&o));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let (pre_env, post_env) = (env_file(&pre), env_file(&post));
-    assert_eq!(pre_env.get("PGARK_BACKUP_TRIGGER").map(String::as_str), Some("manual"), "{pre_env:?}");
-    assert_eq!(post_env.get("PGARK_BACKUP_ID").map(String::as_str), summary["id"].as_str(), "{post_env:?}");
+    assert_eq!(
+        pre_env.get("PGARK_BACKUP_TRIGGER").map(String::as_str),
+        Some("manual"),
+        "{pre_env:?}"
+    );
+    assert_eq!(
+        post_env.get("PGARK_BACKUP_ID").map(String::as_str),
+        summary["id"].as_str(),
+        "{post_env:?}"
+    );
     assert_eq!(post_env.get("PGARK_STATUS").map(String::as_str), Some("ok"), "{post_env:?}");
 }
 
@@ -109,7 +125,11 @@ fn hooks_failing_post_hook_is_counted_and_streaming_goes_on_and_a_failing_pre_ho
     p.rewrite_servers(&server_yaml("main", &c.conninfo("postgres"), SCHEDULED));
     let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("vetoed by the pre_backup hook, which exited with status 3"), "{}", text(&o));
+    assert!(
+        text(&o).contains("vetoed by the pre_backup hook, which exited with status 3"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(list(&p.config).len(), 1, "a vetoed backup must not be taken");
 }
 
@@ -125,8 +145,7 @@ fn hooks_past_their_timeout_are_killed_with_their_children_and_counted() {
         sh_pid.display(),
         sleep_pid.display()
     );
-    let server = server_yaml("main", &c.conninfo("postgres"), SCHEDULED)
-        + &hooks.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let server = server_yaml("main", &c.conninfo("postgres"), SCHEDULED) + &hooks.lines().map(|l| format!("    {l}\n")).collect::<String>();
     let p = Pgark::start_full("", "hooks:\n  post_backup: \"exit 0\"\n  timeout: 1h", &server, &[]);
     p.wait_metric(
         "pgark_hook_failures_total{server=\"main\",hook=\"post_backup\"}",
@@ -141,7 +160,9 @@ fn hooks_past_their_timeout_are_killed_with_their_children_and_counted() {
             .unwrap()
     };
     let (sh, sleep) = (read(&sh_pid), read(&sleep_pid));
-    wait_until(Duration::from_secs(10), "the hook's shell and its sleep to be gone", || gone(sh) && gone(sleep));
+    wait_until(Duration::from_secs(10), "the hook's shell and its sleep to be gone", || {
+        gone(sh) && gone(sleep)
+    });
     let log = p.log_text();
     assert!(log.contains("ran longer than its timeout (2s) and was killed"), "{log}");
     p.wait_streaming("main");
