@@ -99,6 +99,10 @@ pub struct Daemon {
     /// The catalog's disk-pressure level as the catalog watch last measured it, for the archivers.
     space_level: SharedLevel,
     /// The hook runner (its config replaced on reload), for the backup schedulers.
+    // ISSUE14-MERGE: give the periodic verify and drill tasks `self.hooks.clone()` when they
+    // are spawned (as `spawn_backups` does); they call `Hooks::run` with
+    // `HookEvent::on_verify_failure` / `HookEvent::post_drill` (see `service::hooks`). Their
+    // `JoinHandle`s also belong in `probes()` (as `dead_task`) so the systemd watchdog covers them.
     hooks: Hooks,
     _lock: CatalogLock,
     pub metrics_addr: String,

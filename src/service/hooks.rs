@@ -100,6 +100,14 @@ impl HookEvent {
         }
     }
 
+    // ISSUE14-MERGE: the drill task (daemon, periodic) and `pgark drill` (cli) call, once the
+    // drill has ended (passed or failed; not when it was cancelled by a stop):
+    //     hooks.run(HookEvent::post_drill(&server, Some(&backup_id), result.as_ref().map(|_| ()).map_err(|e| e.as_str()))
+    //         .var("DRILL_REPORT", report_path.display().to_string())
+    //         .var("DRILL_DURATION_SECONDS", secs.to_string())).await;
+    // In the daemon, `hooks` is `Daemon::hooks` (clone it into the task, like the backup
+    // scheduler gets it) and the call sits in a `tokio::select!` with the task's cancel token;
+    // in the CLI, `Hooks::new(&config)`. The outcome needs no handling (logged and counted).
     /// After a restore drill of `backup_id`: `Ok(())` or `Err(error)`. Callers add
     /// `.var("DRILL_REPORT", path)` and `.var("DRILL_DURATION_SECONDS", n)` when they have them.
     pub fn post_drill(server: &str, backup_id: Option<&str>, result: Result<(), &str>) -> Self {
@@ -113,6 +121,11 @@ impl HookEvent {
         }
     }
 
+    // ISSUE14-MERGE: the verify task (daemon, periodic) and `pgark verify` (cli) call, when a
+    // verify of `server` found problems (not when it passed), once per server:
+    //     hooks.run(HookEvent::on_verify_failure(&server, &damaged_ids, problems.len(), &first_problem_line)
+    //         .var("VERIFY_REPORT", report_path.display().to_string())).await;
+    // before exiting with `exit::DAMAGED`; `hooks` as for post_drill above.
     /// A verify found problems: the damaged backups' ids (space-separated in PGARK_BACKUP_ID),
     /// how many problems (PGARK_VERIFY_PROBLEMS) and a summary (PGARK_ERROR). Callers add
     /// `.var("VERIFY_REPORT", path)` when a report file exists.
@@ -258,7 +271,9 @@ async fn run_command(command: &str, env: &[(String, String)], timeout: Duration,
         Ok(c) => c,
         Err(e) => return HookOutcome::NotStarted(format!("/bin/sh: {e}")),
     };
-    let pid = child.id();
+    // Kills the group if this future is dropped before the hook ended (a stop of the daemon
+    // cancels the task that runs it): nothing of a hook outlives an abandoned run.
+    let mut group = GroupKill(child.id().and_then(|p| i32::try_from(p).ok()));
     let out = child.stdout.take().map(|s| tokio::spawn(read_capped(s)));
     let err = child.stderr.take().map(|s| tokio::spawn(read_capped(s)));
     let outcome = match tokio::time::timeout(timeout, child.wait()).await {
@@ -266,16 +281,13 @@ async fn run_command(command: &str, env: &[(String, String)], timeout: Duration,
         Ok(Ok(st)) => HookOutcome::Failed { code: st.code() },
         Ok(Err(e)) => HookOutcome::NotStarted(format!("waiting for it: {e}")),
         Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: kill(2) with a negative pid signals the process group we created.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
+            group.kill();
             let _ = child.wait().await;
             HookOutcome::TimedOut(timeout)
         }
     };
+    // The hook ended by itself: what it left running in the background is its business.
+    group.0 = None;
     for (stream, task) in [("stdout", out), ("stderr", err)] {
         let Some(mut task) = task else { continue };
         match tokio::time::timeout(PIPE_GRACE, &mut task).await {
@@ -293,6 +305,27 @@ async fn run_command(command: &str, env: &[(String, String)], timeout: Duration,
         }
     }
     outcome
+}
+
+/// A hook's process group (its shell's pid), killed on `kill` or on drop while still set.
+struct GroupKill(Option<i32>);
+
+impl GroupKill {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // SAFETY: kill(2) with a negative pid signals the process group the hook's shell
+            // leads (`process_group(0)`); no memory is involved.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Reads a pipe to its end, keeping the first `OUTPUT_CAP` bytes; returns them and how many

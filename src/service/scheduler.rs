@@ -113,7 +113,11 @@ pub async fn run(
                 // The pre_backup hook may veto the backup (see `service::hooks`): the veto is
                 // retried like a failed backup, and is no backup failure (the hook's failure is
                 // counted instead).
-                let pre = hooks.run(HookEvent::pre_backup(&server, "scheduled")).await;
+                // A stop does not wait for the hook: dropping the run kills its process group.
+                let pre = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    o = hooks.run(HookEvent::pre_backup(&server, "scheduled")) => o,
+                };
                 if pre.vetoes() {
                     let wait = retry_wait(schedule);
                     tracing::error!(server = %server, retry_in_seconds = wait.as_secs(),
@@ -150,8 +154,12 @@ pub async fn run(
                     )),
                 };
                 if let Some(event) = post {
-                    // Bounded by the hook's timeout; a failure is logged and counted by `run`.
-                    hooks.run(event).await;
+                    // Bounded by the hook's timeout (and by a stop); a failure is logged and
+                    // counted by `run`.
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = hooks.run(event) => {}
+                    }
                 }
                 match result {
                     Ok(Ok(idx)) => {

@@ -146,7 +146,12 @@ impl Notifier {
         if !self.enabled {
             return;
         }
-        if let Err(e) = sd_notify::notify(states) {
+        let sent = match std::env::var_os("NOTIFY_SOCKET") {
+            // An abstract socket ("@name"), which sd-notify 0.5 does not address.
+            Some(path) if path.as_encoded_bytes().starts_with(b"@") => send_abstract(&path.as_encoded_bytes()[1..], states),
+            _ => sd_notify::notify(states),
+        };
+        if let Err(e) = sent {
             tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
         }
     }
@@ -206,7 +211,18 @@ impl Notifier {
     }
 }
 
-/// The one-line `STATUS=`: "streaming 2/3 servers (down: b); last backup main 2026-12-03T05:00:00Z".
+/// Sends the states to the abstract Unix socket `name`, as sd_notify(3) does for `@name`.
+fn send_abstract(name: &[u8], states: &[NotifyState]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    sock.send_to_addr(msg.as_bytes(), &addr)?;
+    Ok(())
+}
+
+/// The one-line `STATUS=`: "streaming 2/3 servers (not streaming: b); last backup main
+/// 2026-12-03 05:00:00 UTC".
 pub fn summary(servers: &[crate::service::status::ServerStatus]) -> String {
     use crate::service::status::ConnState;
     let streaming = servers.iter().filter(|s| s.state == ConnState::Streaming).count();
@@ -296,6 +312,18 @@ mod tests {
             stall_limit(Duration::from_secs(30), Duration::from_secs(10)),
             Duration::from_secs(30)
         );
+    }
+
+    #[test]
+    fn abstract_socket_datagrams_arrive() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("pgark-test-notify-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let rx = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        send_abstract(name.as_bytes(), &[NotifyState::Ready, NotifyState::Status("x y")]).unwrap();
+        let mut buf = [0u8; 256];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\nSTATUS=x y\n");
     }
 
     #[test]
