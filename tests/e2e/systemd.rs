@@ -4,8 +4,10 @@
 //! is alive but blocked, as on a dead disk) stops the pings, and they resume when it is
 //! released; STOPPING=1 on SIGTERM. The shipped unit passes `systemd-analyze verify`.
 
+use crate::support::faultproxy::FaultProxy;
 use crate::support::faults::shim;
 use crate::support::{pg, server_yaml, wait_until, write_rows, Cluster, Pgark};
+use pgark::service::status::ConnState;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -130,6 +132,53 @@ fn systemd_notify_ready_status_watchdog_and_stuck_receiver() {
     let t3 = Instant::now();
     assert_eq!(p.term(), 0, "{}", p.log_text());
     wait_until(Duration::from_secs(5), "STOPPING=1", || count(&got, "STOPPING=1", t3) >= 1);
+}
+
+/// A network black hole is not a stuck pgark: the receiver times out and reconnects (and says
+/// so), so the pings go on and systemd does not restart a pgark that could do nothing better.
+#[test]
+fn systemd_watchdog_keeps_pinging_through_a_network_blackhole() {
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    let proxy = FaultProxy::start(&format!("127.0.0.1:{}", c.port));
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("notify.sock");
+    let got = listen(&sock);
+    let env = [("NOTIFY_SOCKET", sock.to_str().unwrap()), ("WATCHDOG_USEC", "2000000")];
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={} sslmode=disable connect_timeout=3",
+        proxy.port, c.superuser
+    );
+    let p = Pgark::start_full(
+        "",
+        "",
+        &server_yaml("main", &conninfo, "synchronous: false\nreceiver_timeout: 3s"),
+        &env,
+    );
+    p.wait_streaming("main");
+    proxy.down();
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    // The receiver noticed (it is no longer streaming) ...
+    assert!(p.server("main").is_some_and(|s| s.state != ConnState::Streaming));
+    // ... and the pings never stopped: about one a second, none missing for a watchdog period.
+    let times: Vec<Instant> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, m)| *t >= down && m.lines().any(|l| l == "WATCHDOG=1"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(times.len() >= 8, "{} pings in 10s of network outage\n{}", times.len(), dump(&got));
+    let longest_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    assert!(
+        longest_gap < Duration::from_millis(1900),
+        "a {longest_gap:?} gap between pings\n{}",
+        dump(&got)
+    );
+    assert!(!p.log_text().contains("holding back the systemd watchdog ping"), "{}", p.log_text());
+    proxy.heal();
+    p.wait_streaming("main");
 }
 
 /// The shipped unit file is valid for systemd (when systemd-analyze is installed).
