@@ -84,3 +84,58 @@ pub fn parse(prefix: &str, raw: Option<RawHooks>) -> Result<HookCommands, String
         timeout,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/pgark.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn top_level_and_per_server_hooks() {
+        let c = parse(
+            "catalog: /x\nhooks:\n  pre_backup: /bin/pre\n  post_backup: /bin/post\n  timeout: 2m\nservers:\n  a:\n    conninfo: host=/tmp\n    hooks:\n      post_backup: ''\n      timeout: 5s\n  b:\n    conninfo: host=/tmp port=5433\n",
+        )
+        .unwrap();
+        let a = c.hooks.for_server("a");
+        assert_eq!((a.pre_backup.as_deref(), a.post_backup.as_deref()), (Some("/bin/pre"), None));
+        assert_eq!(a.timeout, Duration::from_secs(5));
+        let b = c.hooks.for_server("b");
+        assert_eq!(b.post_backup.as_deref(), Some("/bin/post"));
+        assert_eq!(b.timeout, Duration::from_secs(120));
+        assert!(!c.hooks.servers.contains_key("b"));
+        // No hooks at all: nothing runs, the default timeout holds.
+        let none = parse("catalog: /x\nservers:\n  a:\n    conninfo: host=/tmp\n").unwrap();
+        assert_eq!(none.hooks.for_server("a").pre_backup, None);
+        assert_eq!(none.hooks.for_server("a").timeout, super::DEFAULT_HOOK_TIMEOUT);
+    }
+
+    #[test]
+    fn bad_hooks_name_the_key() {
+        for (text, needle) in [
+            (
+                "catalog: /x\nhooks:\n  timeout: soon\nservers:\n  a:\n    conninfo: host=/tmp\n",
+                "hooks.timeout",
+            ),
+            (
+                "catalog: /x\nhooks:\n  timeout: 10ms\nservers:\n  a:\n    conninfo: host=/tmp\n",
+                "hooks.timeout",
+            ),
+            (
+                "catalog: /x\nservers:\n  a:\n    conninfo: host=/tmp\n    hooks:\n      timeout: never\n",
+                "servers.a.hooks.timeout",
+            ),
+            (
+                "catalog: /x\nhooks:\n  pre_bakup: x\nservers:\n  a:\n    conninfo: host=/tmp\n",
+                "pre_bakup",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(needle), "error for {text:?} should mention {needle:?}: {e}");
+        }
+    }
+}
