@@ -70,9 +70,9 @@ fn systemd_notify_ready_status_watchdog_and_stuck_receiver() {
     let t0 = Instant::now();
     let env = [
         ("NOTIFY_SOCKET", sock.to_str().unwrap()),
-        // 2 s: pings every second; a streaming receiver silent for 2 s (twice its 1 s
-        // status_interval) is stuck.
-        ("WATCHDOG_USEC", "2000000"),
+        // 3 s: pings every 1.5 s; a streaming receiver silent for 3 s (three of its 1 s status
+        // intervals) is stuck.
+        ("WATCHDOG_USEC", "3000000"),
         ("LD_PRELOAD", shim().to_str().unwrap()),
         // Every fdatasync of the receiver's open segment hangs while the gate file exists.
         ("PGARK_FAULTS", "fsync:.partial$:1+:hang"),
@@ -86,12 +86,12 @@ fn systemd_notify_ready_status_watchdog_and_stuck_receiver() {
         any_since(&got, t0, |l| l.starts_with("STATUS=streaming 1/1 server"))
     });
 
-    // Pings every second while healthy.
+    // Pings every 1.5 s while healthy.
     let t1 = Instant::now();
     write_rows(&c, 200);
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(5));
     let pings = count(&got, "WATCHDOG=1", t1);
-    assert!(pings >= 3, "{pings} watchdog pings in 4s\n{}", dump(&got));
+    assert!(pings >= 3, "{pings} watchdog pings in 5s\n{}", dump(&got));
 
     // A reload is announced.
     let t2 = Instant::now();
@@ -108,8 +108,8 @@ fn systemd_notify_ready_status_watchdog_and_stuck_receiver() {
         std::fs::read_to_string(&fault_log).unwrap_or_default().contains("INJECT hang")
     });
     let hung = Instant::now();
-    // Within the stall limit (2 s) and a ping interval the pings stop.
-    std::thread::sleep(Duration::from_secs(4));
+    // Within the stall limit (3 s) and a ping interval (1.5 s) the pings stop.
+    std::thread::sleep(Duration::from_secs(5));
     let quiet_from = Instant::now();
     std::thread::sleep(Duration::from_secs(4));
     let late = count(&got, "WATCHDOG=1", quiet_from);
@@ -144,7 +144,8 @@ fn systemd_watchdog_keeps_pinging_through_a_network_blackhole() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("notify.sock");
     let got = listen(&sock);
-    let env = [("NOTIFY_SOCKET", sock.to_str().unwrap()), ("WATCHDOG_USEC", "2000000")];
+    // Pings every 2 s; systemd would act after 4 s without one.
+    let env = [("NOTIFY_SOCKET", sock.to_str().unwrap()), ("WATCHDOG_USEC", "4000000")];
     let conninfo = format!(
         "host=127.0.0.1 port={} user={} sslmode=disable connect_timeout=3",
         proxy.port, c.superuser
@@ -161,7 +162,7 @@ fn systemd_watchdog_keeps_pinging_through_a_network_blackhole() {
     std::thread::sleep(Duration::from_secs(10));
     // The receiver noticed (it is no longer streaming) ...
     assert!(p.server("main").is_some_and(|s| s.state != ConnState::Streaming));
-    // ... and the pings never stopped: about one a second, none missing for a watchdog period.
+    // ... and the pings never stopped: one every 2 s, never 4 s (the watchdog timeout) apart.
     let times: Vec<Instant> = got
         .lock()
         .unwrap()
@@ -169,10 +170,10 @@ fn systemd_watchdog_keeps_pinging_through_a_network_blackhole() {
         .filter(|(t, m)| *t >= down && m.lines().any(|l| l == "WATCHDOG=1"))
         .map(|(t, _)| *t)
         .collect();
-    assert!(times.len() >= 8, "{} pings in 10s of network outage\n{}", times.len(), dump(&got));
+    assert!(times.len() >= 4, "{} pings in 10s of network outage\n{}", times.len(), dump(&got));
     let longest_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
     assert!(
-        longest_gap < Duration::from_millis(1900),
+        longest_gap < Duration::from_millis(3500),
         "a {longest_gap:?} gap between pings\n{}",
         dump(&got)
     );
