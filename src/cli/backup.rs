@@ -5,6 +5,7 @@ use crate::backup::{self, BackupError, BackupJob};
 use crate::catalog::Catalog;
 use crate::cli::output::summarize;
 use crate::cli::{exit, known_server, load_config};
+use crate::service::hooks::{HookEvent, Hooks};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +42,16 @@ pub async fn backup(
         Some("spread") => false,
         _ => cfg.backup.fast_checkpoint,
     };
+    // The pre_backup hook may veto the backup (docs/configuration.md#hooks).
+    let hooks = Hooks::new(&config);
+    let pre = hooks.run(HookEvent::pre_backup(server, "manual")).await;
+    if pre.vetoes() {
+        eprintln!(
+            "error: backup of {server} not started: vetoed by the pre_backup hook, which {}",
+            pre.describe()
+        );
+        return exit::FAILURE;
+    }
     let cancel = CancellationToken::new();
     let job = BackupJob {
         server: cfg.name.clone(),
@@ -80,6 +91,15 @@ pub async fn backup(
         .unwrap_or_else(|e| Err(BackupError::Io(std::io::Error::other(format!("backup thread: {e}")))));
     signals.abort();
     term_task.abort();
+    let post = match &result {
+        Ok(idx) => Some(HookEvent::post_backup(server, "manual", Ok(idx.id.as_str()))),
+        Err(BackupError::Cancelled) => None,
+        Err(e) => Some(HookEvent::post_backup(server, "manual", Err(&e.to_string()))),
+    };
+    if let Some(event) = post {
+        // Its failure is logged; the backup's own result decides the exit code.
+        hooks.run(event).await;
+    }
     match result {
         Ok(idx) => {
             let catalog = Catalog::open(&config.catalog);

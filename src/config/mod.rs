@@ -2,6 +2,7 @@
 //!
 //! Every error names the file, the key and what was expected, and maps to exit code 2.
 
+pub mod hooks;
 mod raw;
 mod retention;
 mod server;
@@ -43,6 +44,8 @@ pub struct Config {
     pub healthz_stream_timeout: Duration,
     pub disk_pressure: DiskThresholds,
     pub servers: BTreeMap<String, ServerConfig>,
+    /// The `hooks` sections (top level and per server; see `config::hooks`).
+    pub hooks: hooks::HooksConfig,
 }
 
 impl Config {
@@ -98,7 +101,15 @@ impl Config {
             return Err(err("servers: expected at least one server".into()));
         }
         let mut servers = BTreeMap::new();
-        for (name, s) in raw.servers {
+        let mut hook_config = hooks::HooksConfig {
+            global: hooks::parse("hooks", raw.hooks).map_err(err)?,
+            servers: BTreeMap::new(),
+        };
+        for (name, mut s) in raw.servers {
+            let own = hooks::parse(&format!("servers.{name}.hooks"), s.hooks.take()).map_err(err)?;
+            if own != hooks::HookCommands::default() {
+                hook_config.servers.insert(name.clone(), own);
+            }
             let server = server::parse(&name, s, raw.retention.as_ref()).map_err(err)?;
             servers.insert(name, server);
         }
@@ -114,6 +125,7 @@ impl Config {
             healthz_stream_timeout,
             disk_pressure,
             servers,
+            hooks: hook_config,
         })
     }
 

@@ -17,6 +17,8 @@ pub struct RawConfig {
     /// The default retention of every server (see `config::retention`).
     #[serde(default)]
     pub retention: Option<super::retention::RawRetention>,
+    #[serde(default)]
+    pub hooks: Option<RawHooks>,
     #[serde(deserialize_with = "unique_servers")]
     pub servers: BTreeMap<String, RawServer>,
 }
@@ -82,4 +84,18 @@ pub struct RawServer {
     pub monitor_conninfo: Option<String>,
     pub slot_retained_limit: Option<serde_yaml::Value>,
     pub retention: Option<super::retention::RawRetention>,
+    /// Taken out before the server is parsed (see `config::hooks`).
+    #[serde(default)]
+    pub hooks: Option<RawHooks>,
+}
+
+/// A `hooks` section as written (top level or per server).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub pre_backup: Option<String>,
+    pub post_backup: Option<String>,
+    pub post_drill: Option<String>,
+    pub on_verify_failure: Option<String>,
+    pub timeout: Option<String>,
 }

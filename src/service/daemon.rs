@@ -21,8 +21,10 @@ use crate::catalog::space::SharedLevel;
 use crate::catalog::Layout;
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::receiver::ReceiverThread;
+use crate::service::hooks::Hooks;
 use crate::service::http::{self, HttpState};
 use crate::service::status::{ServerStatus, StatusBoard};
+use crate::service::systemd::{Heartbeat, Notifier, Probe};
 use crate::service::telemetry::ServerTelemetry;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -64,6 +66,9 @@ struct Running {
     receiver: Option<ReceiverThread>,
     monitor: Option<JoinHandle<()>>,
     backups: Option<JoinHandle<()>>,
+    /// Bumped by the receiver's telemetry at each event (kept across receiver restarts): the
+    /// systemd watchdog's sign of life (see `service::systemd`).
+    heartbeat: Heartbeat,
 }
 
 /// A server whose tasks were told to stop (removed, or changed by a reload), and what starts in
@@ -93,6 +98,12 @@ pub struct Daemon {
     disk_pressure: tokio::sync::watch::Sender<DiskThresholds>,
     /// The catalog's disk-pressure level as the catalog watch last measured it, for the archivers.
     space_level: SharedLevel,
+    /// The hook runner (its config replaced on reload), for the backup schedulers.
+    // ISSUE14-MERGE: give the periodic verify and drill tasks `self.hooks.clone()` when they
+    // are spawned (as `spawn_backups` does); they call `Hooks::run` with
+    // `HookEvent::on_verify_failure` / `HookEvent::post_drill` (see `service::hooks`). Their
+    // `JoinHandle`s also belong in `probes()` (as `dead_task`) so the systemd watchdog covers them.
+    hooks: Hooks,
     _lock: CatalogLock,
     pub metrics_addr: String,
 }
@@ -145,6 +156,7 @@ impl Daemon {
             watch_task,
             disk_pressure,
             space_level,
+            hooks: Hooks::new(&config),
             _lock: lock,
             metrics_addr,
         };
@@ -164,6 +176,7 @@ impl Daemon {
             receiver: None,
             monitor: None,
             backups: None,
+            heartbeat: Heartbeat::default(),
         };
         r.receiver = self.spawn_receiver(&r);
         r.monitor = Some(self.spawn_monitor(&r));
@@ -175,7 +188,7 @@ impl Daemon {
         let cfg = &r.config;
         let env = crate::receiver::Env {
             layout: self.layout.clone(),
-            observer: Arc::new(ServerTelemetry::new(&cfg.name, self.board.clone())),
+            observer: Arc::new(ServerTelemetry::with_heartbeat(&cfg.name, self.board.clone(), r.heartbeat.clone())),
             space: self.space_level.clone(),
         };
         match crate::receiver::spawn_on_own_thread(cfg.receiver_settings(), env, r.cancel.clone()) {
@@ -203,8 +216,51 @@ impl Daemon {
             self.layout.root().to_path_buf(),
             self.disk_pressure.subscribe(),
             self.board.clone(),
+            self.hooks.clone(),
             r.cancel.clone(),
         ))
+    }
+
+    /// What the systemd watchdog checks (see `service::systemd`): each server's receiver thread,
+    /// tasks and heartbeat, and the daemon-wide tasks. Servers being stopped are left out.
+    pub fn probes(&self) -> Vec<Probe> {
+        let states: BTreeMap<String, bool> = self
+            .board
+            .snapshot()
+            .into_iter()
+            .map(|s| (s.server, s.state == crate::service::status::ConnState::Streaming))
+            .collect();
+        let mut out = vec![Probe {
+            server: String::new(),
+            receiver_alive: true,
+            dead_task: if self.http_task.as_ref().is_none_or(|h| h.is_finished()) {
+                Some("http")
+            } else if self.watch_task.is_finished() {
+                Some("catalog_watch")
+            } else {
+                None
+            },
+            streaming: false,
+            heartbeat: 0,
+            status_interval: Duration::ZERO,
+        }];
+        for (name, r) in &self.servers {
+            out.push(Probe {
+                server: name.clone(),
+                receiver_alive: r.receiver.as_ref().is_some_and(|t| !t.is_finished()),
+                dead_task: if r.monitor.as_ref().is_none_or(|h| h.is_finished()) {
+                    Some("monitor")
+                } else if r.backups.as_ref().is_none_or(|h| h.is_finished()) {
+                    Some("backup_scheduler")
+                } else {
+                    None
+                },
+                streaming: states.get(name).copied().unwrap_or(false),
+                heartbeat: r.heartbeat.count(),
+                status_interval: r.config.status_interval,
+            });
+        }
+        out
     }
 
     pub fn board(&self) -> &StatusBoard {
@@ -272,6 +328,7 @@ impl Daemon {
             self.config.catalog_group.clone(),
         );
         let pressure_changed = new.disk_pressure != self.config.disk_pressure;
+        self.hooks.update(&new.hooks);
         self.healthz_stream_timeout
             .store(new.healthz_stream_timeout.as_secs(), Ordering::Relaxed);
         self.config = new;
@@ -453,15 +510,25 @@ fn spawn_catalog_watch(
 /// Runs until `stop` fires, applying `Control` requests as they come and supervising the tasks.
 pub async fn run(config: Config, stop: CancellationToken, mut control: tokio::sync::mpsc::Receiver<Control>) -> Result<(), DaemonError> {
     let mut daemon = Daemon::start(config).await?;
+    let mut notify = Notifier::from_env();
+    notify.ready(crate::service::systemd::summary(&daemon.board.snapshot()));
     let mut tick = tokio::time::interval(SUPERVISION_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Without a systemd watchdog this arm never fires.
+    let mut ping = tokio::time::interval(notify.ping_interval().unwrap_or(Duration::from_secs(3600)));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watchdog = notify.ping_interval().is_some();
     let mut outcome = Ok(());
     loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             c = control.recv() => match c {
-                Some(Control::Reload) => daemon.reload().await,
+                Some(Control::Reload) => {
+                    notify.reloading();
+                    daemon.reload().await;
+                    notify.ready(crate::service::systemd::summary(&daemon.board.snapshot()));
+                }
                 None => { stop.cancelled().await; break; }
             },
             _ = tick.tick() => {
@@ -470,9 +537,12 @@ pub async fn run(config: Config, stop: CancellationToken, mut control: tokio::sy
                     outcome = Err(e);
                     break;
                 }
+                notify.status(crate::service::systemd::summary(&daemon.board.snapshot()));
             }
+            _ = ping.tick(), if watchdog => notify.watchdog(&daemon.probes(), Instant::now()),
         }
     }
+    notify.stopping();
     daemon.shutdown().await;
     outcome
 }

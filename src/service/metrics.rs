@@ -132,6 +132,20 @@ pub fn register_server(server: &str) {
         counter!("pgark_task_failures_total", "server" => server.to_string(), "task" => *task).increment(0);
     }
     connection_state(server, crate::service::status::ConnState::Starting);
+    for kind in crate::service::hooks::HookKind::ALL {
+        counter!("pgark_hook_runs_total", "server" => server.to_string(), "hook" => kind.as_str()).increment(0);
+        counter!("pgark_hook_failures_total", "server" => server.to_string(), "hook" => kind.as_str()).increment(0);
+    }
+}
+
+/// A hook command was started (`service::hooks`).
+pub fn hook_run(server: &str, hook: &'static str) {
+    counter!("pgark_hook_runs_total", "server" => server.to_string(), "hook" => hook).increment(1);
+}
+
+/// A hook failed: non-zero exit, killed at its timeout, or could not be started.
+pub fn hook_failed(server: &str, hook: &'static str) {
+    counter!("pgark_hook_failures_total", "server" => server.to_string(), "hook" => hook).increment(1);
 }
 
 /// The daemon's tasks per server (the `task` label of `pgark_task_failures_total`).

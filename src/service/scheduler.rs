@@ -10,6 +10,7 @@ use crate::catalog::space::DiskThresholds;
 use crate::catalog::store::ObjectStore;
 use crate::catalog::Catalog;
 use crate::config::ServerConfig;
+use crate::service::hooks::{HookEvent, Hooks};
 use crate::service::status::StatusBoard;
 use crate::util::progress::LogLines;
 use crate::util::time::unix_now;
@@ -57,6 +58,7 @@ pub async fn run(
     catalog: PathBuf,
     disk_pressure: tokio::sync::watch::Receiver<DiskThresholds>,
     board: StatusBoard,
+    hooks: Hooks,
     cancel: CancellationToken,
 ) {
     let server = cfg.name.clone();
@@ -123,6 +125,24 @@ pub async fn run(
                 }
             }
             if due <= now && refused.is_none() {
+                // The pre_backup hook may veto the backup (see `service::hooks`): the veto is
+                // retried like a failed backup, and is no backup failure (the hook's failure is
+                // counted instead).
+                // A stop does not wait for the hook: dropping the run kills its process group.
+                let pre = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    o = hooks.run(HookEvent::pre_backup(&server, "scheduled")) => o,
+                };
+                if pre.vetoes() {
+                    let wait = retry_wait(schedule);
+                    tracing::error!(server = %server, retry_in_seconds = wait.as_secs(),
+                        "scheduled backup NOT started: vetoed by the pre_backup hook, which {}", pre.describe());
+                    retry_at = Some(unix_now() + wait.as_secs());
+                    continue;
+                }
+                if cancel.is_cancelled() {
+                    return;
+                }
                 tracing::info!(server = %server, "scheduled backup is due; starting it");
                 let job = BackupJob {
                     server: cfg.name.clone(),
@@ -137,7 +157,26 @@ pub async fn run(
                     cancel: cancel.child_token(),
                 };
                 let handle = crate::backup::spawn_on_own_thread(job, Box::new(LogLines::new("backup")));
-                match handle.await {
+                let result = handle.await;
+                let post = match &result {
+                    Ok(Ok(idx)) => Some(HookEvent::post_backup(&server, "scheduled", Ok(idx.id.as_str()))),
+                    Ok(Err(BackupError::Cancelled)) => None,
+                    Ok(Err(e)) => Some(HookEvent::post_backup(&server, "scheduled", Err(&e.to_string()))),
+                    Err(_) => Some(HookEvent::post_backup(
+                        &server,
+                        "scheduled",
+                        Err("the backup thread ended without a result"),
+                    )),
+                };
+                if let Some(event) = post {
+                    // Bounded by the hook's timeout (and by a stop); a failure is logged and
+                    // counted by `run`.
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = hooks.run(event) => {}
+                    }
+                }
+                match result {
                     Ok(Ok(idx)) => {
                         tracing::info!(server = %server, id = %idx.id, "scheduled backup complete");
                         // The duration comes from the index (whole seconds), like the refresh
@@ -159,10 +198,7 @@ pub async fn run(
                         if !matches!(e, BackupError::Locked(_) | BackupError::DiskPressure { .. }) {
                             crate::service::metrics::backup_failed(&server);
                         }
-                        let wait = match schedule {
-                            Schedule::Every(d) => RETRY_AFTER_FAILURE.min(*d),
-                            Schedule::Cron { .. } => RETRY_AFTER_FAILURE,
-                        };
+                        let wait = retry_wait(schedule);
                         tracing::error!(server = %server, error = %e, retry_in_seconds = wait.as_secs(), "scheduled backup failed");
                         retry_at = Some(unix_now() + wait.as_secs());
                     }
@@ -180,6 +216,14 @@ pub async fn run(
                 wait
             }) => {}
         }
+    }
+}
+
+/// How long after a failed (or vetoed) scheduled backup the next attempt waits.
+fn retry_wait(schedule: &Schedule) -> Duration {
+    match schedule {
+        Schedule::Every(d) => RETRY_AFTER_FAILURE.min(*d),
+        Schedule::Cron { .. } => RETRY_AFTER_FAILURE,
     }
 }
 

@@ -9,6 +9,7 @@ use crate::pg::{Lsn, TimelineId};
 use crate::receiver::{ConnState, DisconnectReason, Positions, ReceiverObserver};
 use crate::service::metrics::{self, StreamMetrics};
 use crate::service::status::StatusBoard;
+use crate::service::systemd::Heartbeat;
 use crate::util::time::unix_now;
 use std::time::Duration;
 
@@ -19,14 +20,23 @@ pub struct ServerTelemetry {
     /// Created when streaming first starts: the stream's gauges do not exist (rather than read
     /// 0) for a server that never streamed.
     stream: std::sync::OnceLock<StreamMetrics>,
+    /// Bumped on every event but the per-message ones: the systemd watchdog's sign of life
+    /// (`service::systemd`); a relaxed atomic add, no lock, no syscall.
+    heartbeat: Heartbeat,
 }
 
 impl ServerTelemetry {
     pub fn new(server: &str, board: StatusBoard) -> Self {
+        Self::with_heartbeat(server, board, Heartbeat::default())
+    }
+
+    /// Reporting that also bumps `heartbeat` (kept by the daemon across receiver restarts).
+    pub fn with_heartbeat(server: &str, board: StatusBoard, heartbeat: Heartbeat) -> Self {
         ServerTelemetry {
             server: server.to_string(),
             board,
             stream: std::sync::OnceLock::new(),
+            heartbeat,
         }
     }
 
@@ -44,15 +54,18 @@ impl ServerTelemetry {
 
 impl ReceiverObserver for ServerTelemetry {
     fn started(&self, synchronous: bool) {
+        self.heartbeat.beat();
         metrics::synchronous_mode(&self.server, synchronous);
         metrics::set_up(&self.server, false);
     }
 
     fn state(&self, state: ConnState) {
+        self.heartbeat.beat();
         self.set_state(state);
     }
 
     fn streaming(&self) {
+        self.heartbeat.beat();
         self.m();
         self.set_state(ConnState::Streaming);
         self.board.update(&self.server, |s| {
@@ -62,6 +75,7 @@ impl ReceiverObserver for ServerTelemetry {
     }
 
     fn session_ended(&self, reason: DisconnectReason, error: &str, store_failed: bool) {
+        self.heartbeat.beat();
         metrics::set_up(&self.server, false);
         if store_failed {
             metrics::store_error(&self.server);
@@ -71,6 +85,7 @@ impl ReceiverObserver for ServerTelemetry {
     }
 
     fn retrying(&self) {
+        self.heartbeat.beat();
         metrics::reconnect(&self.server);
         metrics::connection_state(&self.server, ConnState::Retrying);
         self.board.update(&self.server, |s| {
@@ -81,6 +96,7 @@ impl ReceiverObserver for ServerTelemetry {
     }
 
     fn timeline(&self, timeline: TimelineId, start: Lsn) {
+        self.heartbeat.beat();
         metrics::timeline(&self.server, timeline.0);
         self.board.update(&self.server, |s| {
             s.timeline = Some(timeline);
@@ -90,6 +106,7 @@ impl ReceiverObserver for ServerTelemetry {
     }
 
     fn positions(&self, p: &Positions) {
+        self.heartbeat.beat();
         self.m().wal_positions(p.write.0, p.flush.0);
         let lag = p.server_end.saturating_sub(p.flush);
         self.board.update(&self.server, |s| {
@@ -104,6 +121,7 @@ impl ReceiverObserver for ServerTelemetry {
     }
 
     fn keepalive(&self, server_end: Lsn) {
+        self.heartbeat.beat();
         self.m().server_wal_end(server_end.0);
     }
 
@@ -120,6 +138,7 @@ impl ReceiverObserver for ServerTelemetry {
     }
 
     fn segment_completed(&self, file: &str) {
+        self.heartbeat.beat();
         metrics::segment_completed(&self.server);
         self.board.update(&self.server, |s| s.last_segment = Some(file.to_string()));
     }
@@ -129,6 +148,7 @@ impl ReceiverObserver for ServerTelemetry {
     }
 
     fn durable_until(&self, unix: u64) {
+        self.heartbeat.beat();
         self.m().recovery_window_end(unix);
         self.board.update(&self.server, |s| s.wal_durable_at = Some(unix));
     }

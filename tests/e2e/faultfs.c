@@ -11,7 +11,9 @@
  *            the end of the path)
  *   N        the Nth matching call triggers (1-based); "N+" triggers it and every later one
  *   ACTION   eio (default), enospc, kill (SIGKILL before the call), killafter (SIGKILL after
- *            the call has been done), slow (20 ms of sleep before the call, not logged)
+ *            the call has been done), slow (20 ms of sleep before the call, not logged), hang
+ *            (before the call, sleep for as long as the file PGARK_FAULT_HANG_WHILE exists: a
+ *            stuck disk the test can release; without that file the call goes through at once)
  * PGARK_FAULT_LOG = FILE: appends "INJECT op action path" for each fault, "REFSYNC path" when a
  *   descriptor whose fsync failed is fsynced again (the retry that would trust lost data), and,
  *   with PGARK_FAULT_TRACE=fsync, "FSYNC path" for every fsync/fdatasync.
@@ -34,7 +36,7 @@
 #define MAX_FDS 65536
 
 enum op { OP_WRITE, OP_FSYNC, OP_RENAME, OP_UNLINK, OP_OPEN };
-enum action { ACT_EIO, ACT_ENOSPC, ACT_KILL, ACT_KILLAFTER, ACT_SLOW };
+enum action { ACT_EIO, ACT_ENOSPC, ACT_KILL, ACT_KILLAFTER, ACT_SLOW, ACT_HANG };
 
 struct rule {
     enum op op;
@@ -96,6 +98,7 @@ static void setup(void) {
                 else if (!strcmp(f[3], "kill")) x->action = ACT_KILL;
                 else if (!strcmp(f[3], "killafter")) x->action = ACT_KILLAFTER;
                 else if (!strcmp(f[3], "slow")) x->action = ACT_SLOW;
+                else if (!strcmp(f[3], "hang")) x->action = ACT_HANG;
             }
             count++;
         }
@@ -133,8 +136,8 @@ static int decide(enum op op, const char *path, const char *path2) {
         long c = __atomic_add_fetch(&r->count, 1, __ATOMIC_SEQ_CST);
         if (c == r->n || (r->and_later && c > r->n)) {
             static const char *names[] = {"write", "fsync", "rename", "unlink", "open"};
-            static const char *acts[] = {"eio", "enospc", "kill", "killafter", "slow"};
-            if (r->action != ACT_SLOW) {
+            static const char *acts[] = {"eio", "enospc", "kill", "killafter", "slow", "hang"};
+            if (r->action != ACT_SLOW && r->action != ACT_HANG) {
                 logline("INJECT", names[op], acts[r->action]);
                 logline("PATH", path ? path : "", path2 ? path2 : "");
             }
@@ -146,6 +149,14 @@ static int decide(enum op op, const char *path, const char *path2) {
 
 static int before(int act) {
     if (act == ACT_SLOW) { usleep(20000); return 0; }
+    if (act == ACT_HANG) {
+        const char *gate = getenv("PGARK_FAULT_HANG_WHILE");
+        if (gate && access(gate, F_OK) == 0) {
+            logline("INJECT", "hang", gate);
+            while (access(gate, F_OK) == 0) usleep(50000);
+        }
+        return 0;
+    }
     if (act == ACT_KILL) { kill(getpid(), SIGKILL); pause(); }
     if (act == ACT_EIO) { errno = EIO; return 1; }
     if (act == ACT_ENOSPC) { errno = ENOSPC; return 1; }
