@@ -22,6 +22,7 @@ pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod drill;
 pub mod fsio;
 pub mod monitor;
 pub mod pg;

@@ -10,6 +10,7 @@
 
 pub mod archiver;
 pub mod backup_store;
+pub mod drill_record;
 pub mod lock;
 pub mod perms;
 pub mod restore_record;

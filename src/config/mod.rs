@@ -2,6 +2,7 @@
 //!
 //! Every error names the file, the key and what was expected, and maps to exit code 2.
 
+pub mod drill;
 mod raw;
 mod server;
 mod values;
@@ -97,8 +98,20 @@ impl Config {
             return Err(err("servers: expected at least one server".into()));
         }
         let mut servers = BTreeMap::new();
-        for (name, s) in raw.servers {
-            let server = server::parse(&name, s).map_err(err)?;
+        let config_dir = path.parent().unwrap_or(Path::new("."));
+        // The top-level section alone first, so that its errors name `drill.<key>`.
+        drill::resolve(&catalog, config_dir, raw.drill.as_ref(), None, "drill").map_err(err)?;
+        for (name, mut s) in raw.servers {
+            let own_drill = s.drill.take();
+            let mut server = server::parse(&name, s).map_err(err)?;
+            server.drill = drill::resolve(
+                &catalog,
+                config_dir,
+                raw.drill.as_ref(),
+                own_drill.as_ref(),
+                &format!("servers.{name}.drill"),
+            )
+            .map_err(err)?;
             servers.insert(name, server);
         }
         one_entry_per_slot(&servers).map_err(err)?;

@@ -14,6 +14,8 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub disk_pressure: Option<RawDiskPressure>,
+    #[serde(default)]
+    pub drill: Option<super::drill::RawDrill>,
     #[serde(deserialize_with = "unique_servers")]
     pub servers: BTreeMap<String, RawServer>,
 }
@@ -78,4 +80,6 @@ pub struct RawServer {
     pub monitor_interval: Option<String>,
     pub monitor_conninfo: Option<String>,
     pub slot_retained_limit: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub drill: Option<super::drill::RawDrill>,
 }

@@ -89,6 +89,8 @@ pub fn parse(name: &str, s: RawServer) -> Result<ServerConfig, String> {
         monitor_interval,
         monitor_conninfo,
         slot_retained_limit,
+        // Resolved with the top-level `drill` section by `Config::parse`.
+        drill: super::drill::DrillSettings::defaults(std::path::Path::new("/")),
     })
 }
 
@@ -113,6 +115,8 @@ pub struct ServerConfig {
     pub monitor_conninfo: Option<(String, ConnInfo)>,
     /// WAL the slot may hold back on the server before pgark warns.
     pub slot_retained_limit: Option<u64>,
+    /// Restore drills of this server (`drill`, overridden by `servers.<name>.drill`).
+    pub drill: super::drill::DrillSettings,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -130,6 +134,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("monitor_interval", &self.monitor_interval)
             .field("monitor_conninfo", &self.monitor_conninfo.as_ref().map(|m| &m.1))
             .field("slot_retained_limit", &self.slot_retained_limit)
+            .field("drill", &self.drill)
             .finish()
     }
 }
@@ -153,6 +158,7 @@ impl PartialEq for ServerConfig {
             monitor_interval,
             monitor_conninfo,
             slot_retained_limit,
+            drill,
         } = self;
         *name == o.name
             && *conninfo_text == o.conninfo_text
@@ -166,6 +172,7 @@ impl PartialEq for ServerConfig {
             && *monitor_interval == o.monitor_interval
             && monitor_conninfo.as_ref().map(|m| &m.0) == o.monitor_conninfo.as_ref().map(|m| &m.0)
             && *slot_retained_limit == o.slot_retained_limit
+            && *drill == o.drill
     }
 }
 

@@ -64,6 +64,7 @@ struct Running {
     receiver: Option<ReceiverThread>,
     monitor: Option<JoinHandle<()>>,
     backups: Option<JoinHandle<()>>,
+    drills: Option<JoinHandle<()>>,
 }
 
 /// A server whose tasks were told to stop (removed, or changed by a reload), and what starts in
@@ -164,10 +165,17 @@ impl Daemon {
             receiver: None,
             monitor: None,
             backups: None,
+            drills: None,
         };
         r.receiver = self.spawn_receiver(&r);
         r.monitor = Some(self.spawn_monitor(&r));
         r.backups = Some(self.spawn_backups(&r));
+        r.drills = Some(tokio::spawn(crate::service::drill_task::run(
+            r.config.clone(),
+            self.layout.root().to_path_buf(),
+            self.config.path.clone(),
+            r.cancel.clone(),
+        )));
         self.servers.insert(r.config.name.clone(), r);
     }
 
@@ -379,7 +387,7 @@ impl Daemon {
                 Some(t) => t.join_within(left).await.is_ok(),
                 None => true,
             };
-            for h in [r.monitor.take(), r.backups.take()].into_iter().flatten() {
+            for h in [r.monitor.take(), r.backups.take(), r.drills.take()].into_iter().flatten() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if tokio::time::timeout(left, h).await.is_err() {
                     tracing::warn!(server = %name, "a task did not stop in time; leaving it");
@@ -405,13 +413,14 @@ async fn stopped(r: &mut Running) -> bool {
     let receiver = r.receiver.as_ref().is_none_or(|t| t.is_finished());
     let monitor = r.monitor.as_ref().is_none_or(|h| h.is_finished());
     let backups = r.backups.as_ref().is_none_or(|h| h.is_finished());
-    if !(receiver && monitor && backups) {
+    let drills = r.drills.as_ref().is_none_or(|h| h.is_finished());
+    if !(receiver && monitor && backups && drills) {
         return false;
     }
     if let Some(t) = r.receiver.take() {
         let _ = t.join_within(Duration::from_millis(100)).await;
     }
-    for h in [r.monitor.take(), r.backups.take()].into_iter().flatten() {
+    for h in [r.monitor.take(), r.backups.take(), r.drills.take()].into_iter().flatten() {
         let _ = h.await;
     }
     true

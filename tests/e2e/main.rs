@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod demo;
 mod disk;
+mod drill;
 mod durability;
 mod harness;
 mod malformed;

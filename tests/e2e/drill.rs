@@ -1,0 +1,171 @@
+//! Restore drills (`pgark drill`, `drill.schedule` in `pgark serve`) against real PostgreSQL: a
+//! passing drill with its durations and record, a damaged backup, missing binaries, and the
+//! scheduled drill's metrics.
+
+use crate::support::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A primary with table `t` holding rows 1..=100, pgark streaming it (asynchronously), a backup,
+/// then rows 101..=200 written after the backup and flushed into the catalog.
+fn primary_with_backup(server_extra: &str, top: &str) -> (Cluster, Pgark) {
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    c.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
+        .unwrap();
+    let extra = format!("synchronous: false\n{server_extra}");
+    let p = Pgark::start_full("", top, &server_yaml("main", &c.conninfo("postgres"), &extra), &[]);
+    p.wait_streaming("main");
+    backup(&p.config, "main", &[]);
+    c.psql("INSERT INTO t SELECT generate_series(101, 200)").unwrap();
+    c.psql("SELECT pg_switch_wal()").unwrap();
+    p.wait_flushed("main", current_flush_lsn(&c));
+    // As root, PostgreSQL runs as postgres and its restore_command reads the config and catalog.
+    open_for_postgres(p.dir.path());
+    (c, p)
+}
+
+fn drill_json(config: &Path, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec!["drill", "main", "--json"];
+    args.extend_from_slice(extra);
+    let o = pgark(config, &args);
+    let out = text(&o);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o.status.code().unwrap_or(-1), v, out)
+}
+
+fn records(catalog: &Path) -> Vec<PathBuf> {
+    let mut r: Vec<PathBuf> = std::fs::read_dir(catalog.join("main/drills"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    r.sort();
+    r
+}
+
+const SQL_TOP: &str = "drill:\n  sql:\n    - \"SELECT EXISTS (SELECT 1 FROM t WHERE id = 42)\"\n    - \"SELECT count(*) = 200 FROM t\"";
+
+/// A drill after a backup and writes passes: the rows written before the backup (drill.sql) and
+/// after it (replayed from the catalog's WAL) are there, the JSON has the three durations, the
+/// scratch directory is gone and the record is in the catalog.
+#[test]
+fn drill_passes_and_is_recorded() {
+    let (_c, p) = primary_with_backup("", SQL_TOP);
+    let (code, v, out) = drill_json(&p.config, &[]);
+    assert_eq!(code, 0, "drill should pass: {out}");
+    assert_eq!(v["success"], true, "{v}");
+    for k in ["restore_seconds", "recovery_seconds", "total_seconds"] {
+        assert!(v[k].as_f64().is_some_and(|s| s > 0.0), "{k} in {v}");
+    }
+    assert!(v["total_seconds"].as_f64() >= v["recovery_seconds"].as_f64(), "{v}");
+    assert!(v["recovered"]["replay_lsn"].as_str().is_some(), "{v}");
+    let checks = v["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"connect postgres") && names.contains(&"pg_amcheck"), "{names:?}");
+    assert_eq!(checks.iter().filter(|c| c["name"].as_str().unwrap().starts_with("sql[")).count(), 2);
+    assert!(checks.iter().all(|c| c["ok"] == true), "{v}");
+    let scratch = PathBuf::from(v["scratch_dir"].as_str().unwrap());
+    assert!(
+        scratch.starts_with(p.dir.path().join("pgark-drills")),
+        "default drill.path: {scratch:?}"
+    );
+    assert!(!scratch.exists(), "the scratch directory must be removed");
+    let recs = records(&p.catalog);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let stored: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
+    assert_eq!(stored, v, "the record in the catalog is what --json printed");
+    assert_eq!(stored["format"], 1);
+    // No restore record left behind for the throwaway directory.
+    assert!(!p.catalog.join("main/restores").exists() || std::fs::read_dir(p.catalog.join("main/restores")).unwrap().next().is_none());
+
+    // A query that finds nothing fails the drill (exit 9), with the step named.
+    p.rewrite_servers(&server_yaml(
+        "main",
+        &_c.conninfo("postgres"),
+        "synchronous: false\ndrill: {sql: [\"SELECT id FROM t WHERE id = 100000\"]}",
+    ));
+    let o = pgark(&p.config, &["drill", "main"]);
+    let out = text(&o);
+    eprintln!("{out}");
+    assert_eq!(o.status.code(), Some(9), "{out}");
+    for line in [
+        "restore: ",
+        "start: postgres on socket",
+        "recovery: ended after",
+        "check pg_amcheck: ok",
+        "drill FAILED at step sql",
+    ] {
+        assert!(out.contains(line), "human output should have {line:?}: {out}");
+    }
+    let recs = records(&p.catalog);
+    let v: Value = serde_json::from_slice(&std::fs::read(recs.last().unwrap()).unwrap()).unwrap();
+    assert_eq!(v["failed_step"], "sql", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("no row"), "{v}");
+}
+
+/// A drill of a damaged backup fails with exit 9 at the restore step, removes its directory and
+/// records the failure; binaries of the backup's major missing fail it at `binaries`, naming the
+/// major.
+#[test]
+fn drill_fails_on_damage_and_missing_binaries() {
+    let (c, p) = primary_with_backup("", "");
+    let empty = tempfile::tempdir().unwrap();
+    p.rewrite_servers(&server_yaml(
+        "main",
+        &c.conninfo("postgres"),
+        &format!("synchronous: false\ndrill: {{pg_bindir: {}}}", empty.path().display()),
+    ));
+    let (code, v, out) = drill_json(&p.config, &[]);
+    assert_eq!(code, 9, "{out}");
+    assert_eq!(v["failed_step"], "binaries", "{v}");
+    let err = v["error"].as_str().unwrap();
+    assert!(err.contains(&format!("no PostgreSQL {} server binaries", pg().major)), "{err}");
+    assert!(err.contains("drill.pg_bindir"), "{err}");
+    assert!(!PathBuf::from(v["scratch_dir"].as_str().unwrap()).exists());
+
+    p.rewrite_servers(&server_yaml("main", &c.conninfo("postgres"), "synchronous: false"));
+    // Flip a byte in the middle of the largest chunk.
+    let mut chunks: Vec<(u64, PathBuf)> = files_under(&p.catalog.join("main/chunks"))
+        .into_iter()
+        .map(|f| (std::fs::metadata(&f).unwrap().len(), f))
+        .collect();
+    chunks.sort();
+    let (len, victim) = chunks.last().unwrap().clone();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[(len / 2) as usize] ^= 0x55;
+    std::fs::write(&victim, bytes).unwrap();
+    let (code, v, out) = drill_json(&p.config, &[]);
+    assert_eq!(code, 9, "{out}");
+    assert_eq!(v["success"], false, "{v}");
+    assert_eq!(v["failed_step"], "restore", "{v}");
+    assert!(
+        !PathBuf::from(v["scratch_dir"].as_str().unwrap()).exists(),
+        "removed also on failure"
+    );
+    assert_eq!(records(&p.catalog).len(), 2, "both failed drills are recorded");
+    // An unknown backup is a usage matter, not a failed drill: exit 5, nothing recorded.
+    let o = pgark(&p.config, &["drill", "main", "--backup", "20000101T000000Z"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    assert_eq!(records(&p.catalog).len(), 2);
+}
+
+/// `drill.schedule` in `pgark serve`: the due drill runs and sets the metrics.
+#[test]
+fn drill_scheduled_in_serve_sets_metrics() {
+    let (c, p) = primary_with_backup("", "");
+    assert_eq!(p.metric("pgark_drill_runs_total{server=\"main\",result=\"success\"}"), Some(0.0));
+    p.rewrite_servers(&server_yaml(
+        "main",
+        &c.conninfo("postgres"),
+        "synchronous: false\ndrill: {schedule: 1h}",
+    ));
+    p.hup();
+    wait_until(Duration::from_secs(120), "the scheduled drill to pass", || {
+        p.metric("pgark_drill_runs_total{server=\"main\",result=\"success\"}") == Some(1.0)
+    });
+    let last = p.metric("pgark_drill_last_success_timestamp_seconds{server=\"main\"}").unwrap();
+    assert!(last > 1.7e9, "{last}");
+    let rto = p.metric("pgark_drill_rto_seconds{server=\"main\"}").unwrap();
+    assert!(rto > 0.0, "{rto}");
+    assert_eq!(records(&p.catalog).len(), 1);
+}
