@@ -19,13 +19,10 @@ impl PgBinaries {
     }
 }
 
-/// The major of a `server_version_num` (150018 -> 15, 90624 -> 9).
+/// The major of a `server_version_num` (150018 -> 15; 90624, 9.6, -> 9, as `postgres --version`
+/// starts).
 pub fn major_of(version_num: u32) -> u32 {
-    if version_num >= 100_000 {
-        version_num / 10_000
-    } else {
-        version_num / 100
-    }
+    version_num / 10_000
 }
 
 /// The major `<dir>/postgres --version` reports (`postgres (PostgreSQL) 15.8 (Debian …)`).

@@ -200,6 +200,9 @@ pub fn run(req: &DrillRequest, report: &mut dyn FnMut(&str)) -> Result<DrillReco
     } else {
         None
     };
+    for dir in postgres::sweep_stale(&req.settings.path, &req.server) {
+        report(&format!("removed {}, left by a drill that was killed", dir.display()));
+    }
     let scratch = Scratch::create(&req.settings.path, &req.server, started_at, owner, req.keep)
         .map_err(|e| DrillError::Io(format!("drill.path: {e}")))?;
     let mut target = req.target.clone();
@@ -274,6 +277,9 @@ pub fn run(req: &DrillRequest, report: &mut dyn FnMut(&str)) -> Result<DrillReco
     }
     if req.keep {
         p.record.kept = true;
+        if let Err(e) = scratch.write(&scratch.dir.join(postgres::KEPT_MARKER), "kept by pgark drill --keep\n", 0o600) {
+            p.say(&format!("warning: {e}"));
+        }
         p.say(&format!("kept {} (--keep): remove it when done", scratch.dir.display()));
     } else {
         match scratch.remove() {
@@ -505,6 +511,28 @@ mod tests {
             action: None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn stale_scratch_directories_of_dead_drills_are_swept() {
+        let base = tempfile::tempdir().unwrap();
+        let mk = |name: &str| {
+            let d = base.path().join(name);
+            std::fs::create_dir_all(d.join("data")).unwrap();
+            d
+        };
+        // pid 2^22+1 is above Linux's pid_max limit: never alive.
+        let dead = mk("main-100-4194305");
+        let kept = mk("main-101-4194305");
+        std::fs::write(kept.join(postgres::KEPT_MARKER), b"").unwrap();
+        let mine = mk(&format!("main-102-{}", std::process::id()));
+        let other_server = mk("other-103-4194305");
+        let unrelated = mk("main-notes");
+        assert_eq!(postgres::sweep_stale(base.path(), "main"), vec![dead.clone()]);
+        assert!(!dead.exists());
+        for d in [kept, mine, other_server, unrelated] {
+            assert!(d.exists(), "{d:?} must stay");
+        }
     }
 
     #[test]

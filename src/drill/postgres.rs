@@ -112,6 +112,61 @@ impl Drop for Scratch {
     }
 }
 
+/// The file that marks a scratch directory kept on purpose (`--keep`): never swept.
+pub const KEPT_MARKER: &str = "KEPT_BY_PGARK_DRILL";
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+/// Removes the scratch directories of `server`'s earlier drills whose pgark process is gone (it
+/// was killed: nothing else leaves one behind), unless kept on purpose. A PostgreSQL still
+/// running in one (an orphan of that drill) is stopped at once first. Returns what was removed.
+pub fn sweep_stale(base: &Path, server: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(base) else { return removed };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&format!("{server}-")) else {
+            continue;
+        };
+        let mut parts = rest.split('-');
+        let (Some(time), Some(pid), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(_), Ok(pid)) = (time.parse::<u64>(), pid.parse::<i32>()) else {
+            continue;
+        };
+        let dir = e.path();
+        if pid == std::process::id() as i32 || alive(pid) || dir.join(KEPT_MARKER).exists() {
+            continue;
+        }
+        let pm = std::fs::read_to_string(dir.join("data").join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+        if let Some(pm) = pm.filter(|p| alive(*p)) {
+            tracing::warn!(dir = %dir.display(), pid = pm, "stopping the PostgreSQL a killed drill left running");
+            // SAFETY: signalling a pid read from the drill's own postmaster.pid, checked alive.
+            unsafe {
+                libc::kill(pm, libc::SIGQUIT);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive(pm) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "removed the scratch directory of a drill that was killed");
+                removed.push(dir);
+            }
+            Err(err) => tracing::warn!(dir = %dir.display(), error = %err, "cannot remove the scratch directory of a killed drill"),
+        }
+    }
+    removed
+}
+
 /// A running postmaster, stopped at once (SIGQUIT, then SIGKILL) if dropped while it runs.
 pub struct Postmaster {
     child: Child,

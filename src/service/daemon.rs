@@ -170,12 +170,7 @@ impl Daemon {
         r.receiver = self.spawn_receiver(&r);
         r.monitor = Some(self.spawn_monitor(&r));
         r.backups = Some(self.spawn_backups(&r));
-        r.drills = Some(tokio::spawn(crate::service::drill_task::run(
-            r.config.clone(),
-            self.layout.root().to_path_buf(),
-            self.config.path.clone(),
-            r.cancel.clone(),
-        )));
+        r.drills = Some(self.spawn_drills(&r));
         self.servers.insert(r.config.name.clone(), r);
     }
 
@@ -213,6 +208,11 @@ impl Daemon {
             self.board.clone(),
             r.cancel.clone(),
         ))
+    }
+
+    fn spawn_drills(&self, r: &Running) -> JoinHandle<()> {
+        let (catalog, config) = (self.layout.root().to_path_buf(), self.config.path.clone());
+        tokio::spawn(crate::service::drill_task::run(r.config.clone(), catalog, config, r.cancel.clone()))
     }
 
     pub fn board(&self) -> &StatusBoard {
@@ -337,6 +337,14 @@ impl Daemon {
                     };
                     self.task_died(&name, "backup_scheduler", &why);
                     r.backups = Some(self.spawn_backups(&r));
+                }
+                if r.drills.as_ref().is_none_or(|h| h.is_finished()) {
+                    let why = match r.drills.take() {
+                        Some(h) => join_reason(h.await),
+                        None => "not running".into(),
+                    };
+                    self.task_died(&name, "drill_scheduler", &why);
+                    r.drills = Some(self.spawn_drills(&r));
                 }
             }
             self.servers.insert(name, r);

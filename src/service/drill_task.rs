@@ -55,6 +55,7 @@ pub async fn run(cfg: ServerConfig, catalog: PathBuf, config_path: PathBuf, canc
     crate::service::metrics::register_drill(&server);
     let mut retry_at: Option<u64> = None;
     loop {
+        fail::fail_point!("drill-scheduler");
         let (c, s) = (catalog.clone(), server.clone());
         let last_start = tokio::task::spawn_blocking(move || refresh(&c, &s)).await.ok().flatten();
         let mut wait = POLL;

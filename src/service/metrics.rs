@@ -135,7 +135,7 @@ pub fn register_server(server: &str) {
 }
 
 /// The daemon's tasks per server (the `task` label of `pgark_task_failures_total`).
-pub const SERVER_TASKS: &[&str] = &["receiver", "archiver", "monitor", "backup_scheduler"];
+pub const SERVER_TASKS: &[&str] = &["receiver", "archiver", "monitor", "backup_scheduler", "drill_scheduler"];
 /// The daemon's tasks for the whole catalog (counted with `server=""`).
 pub const DAEMON_TASKS: &[&str] = &["catalog_watch", "http"];
 
