@@ -113,6 +113,13 @@ pub fn resolve(
             s.schedule = Some(Schedule::parse(t).map_err(|m| format!("{key}.schedule: {m}"))?);
         }
     }
+    if s.path.starts_with(catalog) {
+        return Err(format!(
+            "{key}.path: {} is inside the catalog ({}); put drills elsewhere (a restore there would be counted, walked and permission-checked as catalog data)",
+            s.path.display(),
+            catalog.display()
+        ));
+    }
     Ok(s)
 }
 
@@ -183,5 +190,21 @@ mod tests {
             let e = resolve(Path::new("/c"), Path::new("/etc"), Some(&raw), None, "drill").unwrap_err();
             assert!(e.starts_with(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn parsed_from_yaml_with_errors_naming_the_key() {
+        let parse = |t: &str| crate::config::Config::parse(t, Path::new("/etc/pgark.yaml"));
+        let c = parse("catalog: /var/lib/pgark\ndrill:\n  timeout: 10m\n  sql: [\"SELECT true\"]\nservers:\n  main:\n    conninfo: host=/tmp\n    drill: {schedule: 7d}\n  other:\n    conninfo: host=/tmp\n    slot: other\n").unwrap();
+        let (m, o) = (&c.servers["main"].drill, &c.servers["other"].drill);
+        assert_eq!((m.timeout, o.timeout), (Duration::from_secs(600), Duration::from_secs(600)));
+        assert!(m.schedule.is_some() && o.schedule.is_none());
+        assert_eq!(m.path, PathBuf::from("/var/lib/pgark-drills"));
+        let e = parse("catalog: /x\ndrill:\n  timeout: soon\nservers:\n  main:\n    conninfo: host=/tmp\n").unwrap_err();
+        assert!(e.to_string().contains(": drill.timeout: "), "{e}");
+        let e = parse("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    drill: {timeout: soon}\n").unwrap_err();
+        assert!(e.to_string().contains("servers.main.drill.timeout"), "{e}");
+        let e = parse("catalog: /x\ndrill:\n  paht: /y\nservers:\n  main:\n    conninfo: host=/tmp\n").unwrap_err();
+        assert!(e.to_string().contains("paht"), "{e}");
     }
 }

@@ -226,7 +226,14 @@ pub fn run(req: &DrillRequest, report: &mut dyn FnMut(&str)) -> Result<DrillReco
     };
     // Held from before the choice until the last file is written (as `pgark restore` does).
     let reading = CatalogLock::acquire_restore_reader(&req.catalog, &req.server).map_err(|e| DrillError::Io(e.to_string()))?;
-    let first = restore::plan(&restore_req).map_err(DrillError::Plan)?;
+    let first = match restore::plan(&restore_req) {
+        Ok(p) => p,
+        Err(e) => {
+            // Nothing was written: nothing to keep, even with --keep.
+            let _ = scratch.remove();
+            return Err(DrillError::Plan(e));
+        }
+    };
     let mut p = Progress {
         report,
         record: DrillRecord {

@@ -50,7 +50,8 @@ const SQL_TOP: &str = "drill:\n  sql:\n    - \"SELECT EXISTS (SELECT 1 FROM t WH
 /// scratch directory is gone and the record is in the catalog.
 #[test]
 fn drill_passes_and_is_recorded() {
-    let (_c, p) = primary_with_backup("", SQL_TOP);
+    let (c, p) = primary_with_backup("", SQL_TOP);
+    let lsn_200 = c.psql("SELECT pg_current_wal_insert_lsn()").unwrap();
     let (code, v, out) = drill_json(&p.config, &[]);
     assert_eq!(code, 0, "drill should pass: {out}");
     assert_eq!(v["success"], true, "{v}");
@@ -72,16 +73,26 @@ fn drill_passes_and_is_recorded() {
     assert!(!scratch.exists(), "the scratch directory must be removed");
     let recs = records(&p.catalog);
     assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(v["target"], "end of WAL");
     let stored: Value = serde_json::from_slice(&std::fs::read(&recs[0]).unwrap()).unwrap();
     assert_eq!(stored, v, "the record in the catalog is what --json printed");
     assert_eq!(stored["format"], 1);
     // No restore record left behind for the throwaway directory.
     assert!(!p.catalog.join("main/restores").exists() || std::fs::read_dir(p.catalog.join("main/restores")).unwrap().next().is_none());
 
+    // To a target LSN: the rows written after it are not there (the second query counts 200).
+    c.psql("INSERT INTO t SELECT generate_series(201, 300)").unwrap();
+    c.psql("SELECT pg_switch_wal()").unwrap();
+    p.wait_flushed("main", current_flush_lsn(&c));
+    let (code, v, out) = drill_json(&p.config, &["--target-lsn", &lsn_200]);
+    assert_eq!(code, 0, "drill to {lsn_200} should pass: {out}");
+    assert_eq!(v["target"], format!("recovery_target_lsn = {lsn_200}"), "{v}");
+    assert_eq!(v["recovered"]["timeline"], 2, "promoted at the target: {v}");
+
     // A query that finds nothing fails the drill (exit 9), with the step named.
     p.rewrite_servers(&server_yaml(
         "main",
-        &_c.conninfo("postgres"),
+        &c.conninfo("postgres"),
         "synchronous: false\ndrill: {sql: [\"SELECT id FROM t WHERE id = 100000\"]}",
     ));
     let o = pgark(&p.config, &["drill", "main"]);
