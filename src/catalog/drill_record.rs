@@ -47,8 +47,8 @@ pub struct DrillRecord {
     pub started_at: u64,
     pub finished_at: u64,
     pub success: bool,
-    /// The step that failed (`binaries`, `restore`, `start`, `recovery`, `connect`, `amcheck`,
-    /// `sql`, `stop`), with its error and the end of PostgreSQL's log.
+    /// The step that failed (`binaries`, `access`, `restore`, `start`, `recovery`, `connect`, `amcheck`,
+    /// `sql`, `interrupted`), with its error and the end of PostgreSQL's log.
     pub failed_step: Option<String>,
     pub error: Option<String>,
     pub log_tail: Option<String>,

@@ -319,10 +319,15 @@ fn drill_steps(
     p.record.pg_bindir = Some(bins.bindir.display().to_string());
     p.say(&format!("binaries: PostgreSQL {major} from {}", bins.bindir.display()));
 
+    let pgark = pgark_for_postgres(scratch).map_err(|e| failed("access", e))?;
+    let config = std::fs::canonicalize(&req.config_path).unwrap_or_else(|_| req.config_path.clone());
+    if scratch.owner.is_some() {
+        check_wal_get_access(&pgark, &config, req, scratch).map_err(|e| failed("access", e))?;
+        p.say(&format!("access: {} can run pgark wal-get on this catalog", req.settings.os_user));
+    }
+
     // restore
     let mut plan = restore::plan(restore_req).map_err(|e| failed("restore", e.to_string()))?;
-    let pgark = pgark_for_postgres(scratch).map_err(|e| failed("restore", e))?;
-    let config = std::fs::canonicalize(&req.config_path).unwrap_or_else(|_| req.config_path.clone());
     let port = postgres::free_port();
     let mut settings = vec![(
         "restore_command".to_string(),
@@ -485,6 +490,46 @@ fn drill_steps(
         None => Ok(()),
     }
 }
+
+/// Before restoring anything: can PostgreSQL's user run the `restore_command` recovery will run?
+/// It asks `pgark wal-get` (as that user, with the drill's pgark and config) for a history file no
+/// catalog has: "not in the catalog" (exit 1) proves it could load the config and search the
+/// server's WAL directory; anything else (a config or catalog it may not read) would only show up
+/// later as a recovery that cannot fetch WAL.
+fn check_wal_get_access(pgark: &std::path::Path, config: &std::path::Path, req: &DrillRequest, scratch: &Scratch) -> Result<(), String> {
+    let Some((uid, gid)) = scratch.owner else { return Ok(()) };
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(pgark)
+        .arg("wal-get")
+        .arg("--config")
+        .arg(config)
+        .arg(&req.server)
+        .arg(ACCESS_PROBE)
+        .arg(scratch.dir.join(ACCESS_PROBE))
+        .current_dir(&scratch.dir)
+        .env("PGARK_LOG", "error")
+        .uid(uid)
+        .gid(gid)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("running {} as {}: {e}", pgark.display(), req.settings.os_user))?;
+    if out.status.code() == Some(crate::restore::wal_get::ABSENT) {
+        return Ok(());
+    }
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Err(format!(
+        "PostgreSQL's user {} cannot run its restore_command (pgark wal-get --config {} {}: {}): {}; it must read the config file and the catalog: set catalog_group to a group {} is in (see docs/catalog-format.md, Catalog permissions), and make the directories above them searchable",
+        req.settings.os_user,
+        config.display(),
+        req.server,
+        out.status,
+        text.trim(),
+        req.settings.os_user
+    ))
+}
+
+/// A history file name no catalog holds (timeline 0xFFFF), for `check_wal_get_access`.
+const ACCESS_PROBE: &str = "0000FFFF.history";
 
 /// The pgark binary the restored PostgreSQL's `restore_command` runs. As another user (pgark
 /// runs as root), a copy in the scratch directory: pgark's own path may sit where that user

@@ -21,8 +21,6 @@ fn primary_with_backup(server_extra: &str, top: &str) -> (Cluster, Pgark) {
     c.psql("INSERT INTO t SELECT generate_series(101, 200)").unwrap();
     c.psql("SELECT pg_switch_wal()").unwrap();
     p.wait_flushed("main", current_flush_lsn(&c));
-    // As root, PostgreSQL runs as postgres and its restore_command reads the config and catalog.
-    open_for_postgres(p.dir.path());
     (c, p)
 }
 
@@ -51,6 +49,8 @@ const SQL_TOP: &str = "drill:\n  sql:\n    - \"SELECT EXISTS (SELECT 1 FROM t WH
 #[test]
 fn drill_passes_and_is_recorded() {
     let (c, p) = primary_with_backup("", SQL_TOP);
+    // As root, PostgreSQL runs as postgres and its restore_command reads the config and catalog.
+    open_for_postgres(p.dir.path());
     let lsn_200 = c.psql("SELECT pg_current_wal_insert_lsn()").unwrap();
     let (code, v, out) = drill_json(&p.config, &[]);
     assert_eq!(code, 0, "drill should pass: {out}");
@@ -120,6 +120,23 @@ fn drill_passes_and_is_recorded() {
 #[test]
 fn drill_fails_on_damage_and_missing_binaries() {
     let (c, p) = primary_with_backup("", "");
+    open_for_postgres(p.dir.path());
+    if pgark::util::os::running_as_root() {
+        // PostgreSQL's user cannot read the config: found before anything is restored.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |m| std::fs::set_permissions(&p.config, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(0o600);
+        let (code, v, out) = drill_json(&p.config, &[]);
+        mode(0o644);
+        assert_eq!(code, 9, "{out}");
+        assert_eq!(v["failed_step"], "access", "{v}");
+        let err = v["error"].as_str().unwrap();
+        assert!(
+            err.contains("user postgres cannot run its restore_command") && err.contains("catalog_group"),
+            "{err}"
+        );
+        assert_eq!(v["restore_seconds"], Value::Null, "nothing restored: {v}");
+    }
     let empty = tempfile::tempdir().unwrap();
     p.rewrite_servers(&server_yaml(
         "main",
@@ -153,17 +170,19 @@ fn drill_fails_on_damage_and_missing_binaries() {
         !PathBuf::from(v["scratch_dir"].as_str().unwrap()).exists(),
         "removed also on failure"
     );
-    assert_eq!(records(&p.catalog).len(), 2, "both failed drills are recorded");
+    let failed = if pgark::util::os::running_as_root() { 3 } else { 2 };
+    assert_eq!(records(&p.catalog).len(), failed, "every failed drill is recorded");
     // An unknown backup is a usage matter, not a failed drill: exit 5, nothing recorded.
     let o = pgark(&p.config, &["drill", "main", "--backup", "20000101T000000Z"]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
-    assert_eq!(records(&p.catalog).len(), 2);
+    assert_eq!(records(&p.catalog).len(), failed);
 }
 
 /// `drill.schedule` in `pgark serve`: the due drill runs and sets the metrics.
 #[test]
 fn drill_scheduled_in_serve_sets_metrics() {
     let (c, p) = primary_with_backup("", "");
+    open_for_postgres(p.dir.path());
     assert_eq!(p.metric("pgark_drill_runs_total{server=\"main\",result=\"success\"}"), Some(0.0));
     p.rewrite_servers(&server_yaml(
         "main",
