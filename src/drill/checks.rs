@@ -7,6 +7,7 @@ use crate::client::connection::{ClientError, Connection};
 use crate::client::conninfo::{ConnInfo, Host};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Where the restored cluster listens, and as whom to connect.
@@ -182,63 +183,84 @@ pub async fn run_sql(ep: &Endpoint, queries: &[String], limit: Duration) -> Vec<
     out
 }
 
+/// Resolves once `flag` is set (polled every 100 ms): raced against every wait of a drill, so
+/// that a stopping daemon or a Ctrl-C never waits for a long query.
+pub async fn interrupted(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `pg_amcheck --all` (heap and btree indexes of every database; `--install-missing` creates
-/// the amcheck extension in the throwaway copy). Skipped, and said so, when the binaries have no
-/// `pg_amcheck`.
-pub fn run_amcheck(bindir: &Path, ep: &Endpoint) -> CheckRecord {
+/// the amcheck extension in the throwaway copy), its output in `output`. Skipped, and said so,
+/// when the binaries have no `pg_amcheck`. `None`: interrupted (it was killed).
+pub fn run_amcheck(bindir: &Path, ep: &Endpoint, output: &Path, flag: &AtomicBool) -> Option<CheckRecord> {
     let bin = bindir.join("pg_amcheck");
+    let record = |ok: bool, detail: String, skipped: bool| CheckRecord {
+        name: "pg_amcheck".into(),
+        ok,
+        detail,
+        skipped,
+    };
     if !bin.is_file() {
-        return CheckRecord {
-            name: "pg_amcheck".into(),
-            ok: true,
-            detail: format!(
+        return Some(record(
+            true,
+            format!(
                 "skipped: {} not found (install the PostgreSQL client/contrib package of this major)",
                 bin.display()
             ),
-            skipped: true,
-        };
+            true,
+        ));
     }
-    let out = Command::new(&bin)
-        .arg("--all")
-        .arg("--install-missing")
-        .arg("--host")
-        .arg(&ep.socket_dir)
-        .arg("--port")
-        .arg(ep.port.to_string())
-        .arg("--username")
-        .arg(&ep.user)
-        .arg("--no-password")
-        .env("PGAPPNAME", "pgark drill")
-        .output();
-    match out {
-        Ok(o) if o.status.success() => CheckRecord {
-            name: "pg_amcheck".into(),
-            ok: true,
-            detail: "no corruption found (heap and btree, every database)".into(),
-            skipped: false,
-        },
-        Ok(o) => {
-            let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-            let lines: Vec<&str> = text.lines().collect();
-            CheckRecord {
-                name: "pg_amcheck".into(),
-                ok: false,
-                detail: format!(
-                    "{} ({}): {}",
-                    bin.display(),
-                    o.status,
-                    lines[lines.len().saturating_sub(20)..].join("\n")
-                ),
-                skipped: false,
+    let spawned = std::fs::File::create(output)
+        .and_then(|f| Ok((f.try_clone()?, f)))
+        .and_then(|(out, err)| {
+            Command::new(&bin)
+                .arg("--all")
+                .arg("--install-missing")
+                .arg("--host")
+                .arg(&ep.socket_dir)
+                .arg("--port")
+                .arg(ep.port.to_string())
+                .arg("--username")
+                .arg(&ep.user)
+                .arg("--no-password")
+                .env("PGAPPNAME", "pgark drill")
+                .stdin(std::process::Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+        });
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return Some(record(false, format!("running {}: {e}", bin.display()), false)),
+    };
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if flag.load(Ordering::Relaxed) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
             }
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Some(record(false, format!("waiting for {}: {e}", bin.display()), false)),
         }
-        Err(e) => CheckRecord {
-            name: "pg_amcheck".into(),
-            ok: false,
-            detail: format!("running {}: {e}", bin.display()),
-            skipped: false,
-        },
+    };
+    if status.success() {
+        return Some(record(true, "no corruption found (heap and btree, every database)".into(), false));
     }
+    let text = std::fs::read_to_string(output).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    Some(record(
+        false,
+        format!(
+            "{} ({status}): {}",
+            bin.display(),
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        ),
+        false,
+    ))
 }
 
 #[cfg(test)]

@@ -409,9 +409,10 @@ fn drill_steps(
             let _ = pm.stop(Duration::ZERO);
             return Err(failed("interrupted", "stopped during recovery"));
         }
-        let why = match rt.block_on(checks::probe(&ep, &roles)) {
-            checks::Probe::Ready(su) => break su,
-            checks::Probe::NotYet(why) => why,
+        let why = match block(&rt, &req.interrupted, checks::probe(&ep, &roles)) {
+            Some(checks::Probe::Ready(su)) => break su,
+            Some(checks::Probe::NotYet(why)) => why,
+            None => continue, // interrupted: handled at the top
         };
         if Instant::now() > deadline {
             let _ = pm.stop(Duration::from_secs(10));
@@ -430,9 +431,10 @@ fn drill_steps(
     let total = t0.elapsed().as_secs_f64();
     p.record.recovery_seconds = Some(recovery_secs);
     p.record.total_seconds = Some(total);
-    match rt.block_on(checks::recovered_point(&ep)) {
-        Ok(pt) => p.record.recovered = pt,
-        Err(e) => tracing::warn!(server = %req.server, error = %e, "cannot read where recovery ended"),
+    match block(&rt, &req.interrupted, checks::recovered_point(&ep)) {
+        Some(Ok(pt)) => p.record.recovered = pt,
+        Some(Err(e)) => tracing::warn!(server = %req.server, error = %e, "cannot read where recovery ended"),
+        None => return Err(stop_interrupted(&mut pm)),
     }
     p.say(&format!(
         "recovery: ended after {recovery_secs:.1}s at {} on timeline {} (last commit {}); {total:.1}s since the drill began",
@@ -457,9 +459,10 @@ fn drill_steps(
         }
         p.record.checks.push(c);
     };
-    match rt.block_on(checks::connect_every_database(&ep)) {
-        Ok(list) => list.into_iter().for_each(|c| note(p, "connect", c)),
-        Err(e) => note(
+    match block(&rt, &req.interrupted, checks::connect_every_database(&ep)) {
+        None => return Err(stop_interrupted(&mut pm)),
+        Some(Ok(list)) => list.into_iter().for_each(|c| note(p, "connect", c)),
+        Some(Err(e)) => note(
             p,
             "connect",
             CheckRecord {
@@ -470,13 +473,13 @@ fn drill_steps(
             },
         ),
     }
-    if req.interrupted.load(Ordering::Relaxed) {
-        let _ = pm.stop(Duration::ZERO);
-        return Err(failed("interrupted", "stopped during the checks"));
+    match checks::run_amcheck(&bins.bindir, &ep, &scratch.dir.join("pg_amcheck.out"), &req.interrupted) {
+        Some(c) => note(p, "amcheck", c),
+        None => return Err(stop_interrupted(&mut pm)),
     }
-    note(p, "amcheck", checks::run_amcheck(&bins.bindir, &ep));
-    for c in rt.block_on(checks::run_sql(&ep, &req.settings.sql, req.settings.timeout)) {
-        note(p, "sql", c);
+    match block(&rt, &req.interrupted, checks::run_sql(&ep, &req.settings.sql, req.settings.timeout)) {
+        Some(list) => list.into_iter().for_each(|c| note(p, "sql", c)),
+        None => return Err(stop_interrupted(&mut pm)),
     }
     drop(rt);
 
@@ -489,6 +492,26 @@ fn drill_steps(
         Some(f) => Err(f),
         None => Ok(()),
     }
+}
+
+/// Runs `fut` on the drill's runtime unless the drill is interrupted first (`None`).
+fn block<T>(rt: &tokio::runtime::Runtime, flag: &AtomicBool, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    rt.block_on(async {
+        tokio::select! {
+            r = fut => Some(r),
+            _ = checks::interrupted(flag) => None,
+        }
+    })
+}
+
+/// An interrupted drill stops PostgreSQL at once (immediate shutdown: a stopping daemon waits
+/// only a few seconds, and the copy is thrown away).
+fn stop_interrupted(pm: &mut Postmaster) -> Failed {
+    let _ = pm.stop(Duration::ZERO);
+    failed(
+        "interrupted",
+        "stopped by a signal or the daemon stopping; PostgreSQL was stopped at once",
+    )
 }
 
 /// Before restoring anything: can PostgreSQL's user run the `restore_command` recovery will run?

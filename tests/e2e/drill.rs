@@ -199,3 +199,48 @@ fn drill_scheduled_in_serve_sets_metrics() {
     assert!(rto > 0.0, "{rto}");
     assert_eq!(records(&p.catalog).len(), 1);
 }
+
+/// SIGTERM while a scheduled drill runs a long check: `pgark serve` still stops within 5 s, the
+/// drill's PostgreSQL is stopped (not left running), its directory removed and the drill
+/// recorded as interrupted.
+#[test]
+fn a_running_drill_does_not_hold_up_the_daemon_stop() {
+    let (c, mut p) = primary_with_backup("", "");
+    open_for_postgres(p.dir.path());
+    p.rewrite_servers(&server_yaml(
+        "main",
+        &c.conninfo("postgres"),
+        "synchronous: false\ndrill: {schedule: 1h, sql: [\"SELECT pg_sleep(120) IS NOT NULL\"]}",
+    ));
+    p.hup();
+    wait_until(Duration::from_secs(120), "the drill to reach its sql check", || {
+        p.log_text().contains("drill: check pg_amcheck")
+    });
+    let scratch: PathBuf = std::fs::read_dir(p.dir.path().join("pgark-drills"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .next()
+        .expect("a scratch directory");
+    let pm: i32 = std::fs::read_to_string(scratch.join("data/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (code, took) = p.term_timed();
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(5), "pgark serve took {took:?} to stop during a drill");
+    // SAFETY: signal 0 only checks whether the process exists.
+    wait_until(Duration::from_secs(10), "the drill's PostgreSQL to be stopped", || unsafe {
+        libc::kill(pm, 0) != 0
+    });
+    assert!(
+        !scratch.exists(),
+        "the interrupted drill removed its directory before the daemon exited"
+    );
+    let recs = records(&p.catalog);
+    let v: Value = serde_json::from_slice(&std::fs::read(recs.last().unwrap()).unwrap()).unwrap();
+    assert_eq!(v["failed_step"], "interrupted", "{v}");
+}
