@@ -23,6 +23,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod drill;
 pub mod fsio;
 pub mod monitor;
 pub mod pg;

@@ -1,9 +1,9 @@
 //! Catalog files written by pgark's first on-disk formats (index format 1, server.state
-//! version 1, restore record format 1) still load. The fixtures below are the exact bytes
+//! version 1, restore record format 1, drill record format 1) still load. The fixtures below are the exact bytes
 //! today's pgark writes; a change to a type that breaks them fails here, not in a DBA's catalog.
 
 use pgark::catalog::backup_store::{decode_index, FileKind, WalSource};
-use pgark::catalog::{restore_record, state};
+use pgark::catalog::{drill_record, restore_record, state};
 use pgark::pg::{Lsn, TimelineId};
 
 /// A backup index as `pgark backup` writes it (compact JSON; one file of each kind, a
@@ -71,4 +71,24 @@ fn a_format_1_restore_record_loads() {
         serde_json::to_value(&r).unwrap(),
         serde_json::from_str::<serde_json::Value>(text).unwrap()
     );
+}
+
+/// A drill record as `pgark drill` writes it (`<server>/drills/<start>.json`): a failed drill
+/// with a check of each kind.
+const DRILL_V1: &str = r#"{"format":1,"server":"main","started_at":1796276288,"finished_at":1796276290,"success":false,"failed_step":"sql","error":"sql[0]: SELECT 1 WHERE false: returned no row","log_tail":"LOG:  database system is ready to accept connections","backup_id":"20261203T053805Z","target":"end of WAL","pg_major":15,"pg_bindir":"/usr/lib/postgresql/15/bin","recovered":{"replay_lsn":"0/4000000","timeline":2,"last_commit_time":"2026-12-03 05:38:06.51706+00"},"checks":[{"name":"connect postgres","ok":true,"detail":"SELECT 1 ok","skipped":false},{"name":"pg_amcheck","ok":true,"detail":"skipped: not found","skipped":true},{"name":"sql[0]","ok":false,"detail":"SELECT 1 WHERE false: returned no row","skipped":false}],"restore_seconds":0.6,"recovery_seconds":0.5,"total_seconds":1.2,"scratch_dir":"/var/lib/pgark-drills/main-1796276288-23994","kept":false}"#;
+
+#[test]
+fn a_format_1_drill_record_loads() {
+    let d = tempfile::tempdir().unwrap();
+    let store = pgark::catalog::store::LocalStore::new(d.path());
+    use pgark::catalog::store::ObjectStore;
+    store.put(&drill_record::key("main", 1796276288), DRILL_V1.as_bytes()).unwrap();
+    let r = drill_record::load(&store, "main", 1796276288).unwrap();
+    assert_eq!((r.format, r.success, r.failed_step.as_deref()), (1, false, Some("sql")));
+    assert_eq!(r.recovered.timeline, Some(2));
+    assert!(r.checks[1].skipped);
+    let again: serde_json::Value = serde_json::to_value(&r).unwrap();
+    let original: serde_json::Value = serde_json::from_str(DRILL_V1).unwrap();
+    assert_eq!(again, original);
+    assert_eq!(drill_record::latest(&store, "main").unwrap().0.unwrap(), r);
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE: &str = "serve.lock";
 pub const BACKUP_LOCK_FILE: &str = "backup.lock";
 pub const RESTORE_LOCK_FILE: &str = "restore.lock";
+pub const DRILL_LOCK_FILE: &str = "drill.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -90,6 +91,13 @@ impl CatalogLock {
                 return Err(LockError::Io { path, source: err });
             }
         }
+    }
+
+    /// One restore drill at a time on this catalog (`<catalog>/drill.lock`), whoever runs it
+    /// (`pgark drill`, the daemon's schedule): two at once would double the disk and CPU a drill
+    /// takes next to production. Refused at once with the holder's pid (`LockError::Held`).
+    pub fn acquire_drill(catalog: &Path) -> Result<CatalogLock, LockError> {
+        Self::acquire_file(catalog.join(DRILL_LOCK_FILE))
     }
 
     /// The exclusive side of the restore lock, taken by `delete-backup`: refused at once while

@@ -11,6 +11,7 @@
 pub mod archiver;
 pub mod backup_store;
 pub mod continuity;
+pub mod drill_record;
 pub mod lock;
 pub mod perms;
 pub mod pin;

@@ -7,6 +7,7 @@ pub mod backups;
 pub mod check;
 pub mod daemon_client;
 pub mod demo;
+pub mod drill;
 pub mod exit;
 pub mod output;
 pub mod progress;
@@ -184,6 +185,11 @@ pub enum Cmd {
         after_help = "Without a backup id pgark picks the newest backup that can reach the target and says which.\nAfterwards, starting PostgreSQL on the directory is all that is left: restore_command (pgark wal-get),\nthe target settings and recovery.signal (or standby.signal) are written.\n\nExit status: 0 restored, 1 failed (the directory is left unstartable), 2 bad input (options, non-empty\ntarget without --delta, running postmaster), 5 no such backup, 7 the target cannot be reached.\n\nExamples:\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/restored\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/restored --target-time '2026-11-23 14:05:00+00'\n  pgark restore --config /etc/pgark.yaml main 20261123T231500Z --target-dir /srv/pg/restored --target-lsn 0/5000060 --target-action promote\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/data --delta --owner postgres\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/replica --standby --tablespace ts1=/srv/pg/ts1"
     )]
     Restore(crate::cli::restore::RestoreArgs),
+    /// Restore drill: restore a backup into a scratch directory, start PostgreSQL on it, check it, remove it, record the result.
+    #[command(
+        after_help = "Restores (the newest backup that reaches the target, or --backup) into a scratch directory,\nstarts PostgreSQL of the backup's major there on a private Unix socket (no TCP, no archiving, no\nreplication), waits for the end of recovery, connects to every database, runs pg_amcheck --all and\nthe drill.sql queries, stops it and removes the directory. The result is recorded in the catalog\n(<server>/drills/<time>.json) with the restore, recovery and total seconds (a measured RTO).\n\nExit status: 0 the drill passed, 9 it failed (the step, its error and PostgreSQL's log are printed),\n2 bad usage or config, 4 another drill is running, 5 no such backup, 7 the target cannot be reached.\n\nExamples:\n  pgark drill --config /etc/pgark.yaml main\n  pgark drill --config /etc/pgark.yaml main --backup 20261123T231500Z --json\n  pgark drill --config /etc/pgark.yaml main --target-time '2026-11-23 14:05:00+00' --keep"
+    )]
+    Drill(crate::cli::drill::DrillArgs),
     /// PostgreSQL's restore_command: copy one WAL segment or history file from the catalog into DEST.
     #[command(
         after_help = "Exit status: 0 served, 1 not in the catalog, 126 damaged or unreadable (PostgreSQL then stops recovery\ninstead of ending it early).\n\nExample (postgresql.conf; pgark restore writes this for you):\n  restore_command = 'pgark wal-get --config /etc/pgark.yaml main \"%f\" \"%p\"'"
@@ -260,6 +266,7 @@ pub async fn run(cli: Cli) -> i32 {
         Cmd::ListBackups { config, server, json } => backups::list_backups(&config, server.as_deref(), json),
         Cmd::ShowBackup { config, server, id, json } => backups::show_backup(&config, &server, &id, json),
         Cmd::DeleteBackup { config, server, id, force } => backups::delete_backup(&config, &server, &id, force),
+        Cmd::Drill(args) => drill::drill(args).await,
         Cmd::Restore(args) => tokio::task::block_in_place(|| restore::restore(args)),
         Cmd::WalGet {
             config,

@@ -2,6 +2,7 @@
 //!
 //! Every error names the file, the key and what was expected, and maps to exit code 2.
 
+pub mod drill;
 pub mod hooks;
 mod raw;
 mod retention;
@@ -105,12 +106,24 @@ impl Config {
             global: hooks::parse("hooks", raw.hooks).map_err(err)?,
             servers: BTreeMap::new(),
         };
+        let config_dir = path.parent().unwrap_or(Path::new("."));
+        // The top-level section alone first, so that its errors name `drill.<key>`.
+        drill::resolve(&catalog, config_dir, raw.drill.as_ref(), None, "drill").map_err(err)?;
         for (name, mut s) in raw.servers {
             let own = hooks::parse(&format!("servers.{name}.hooks"), s.hooks.take()).map_err(err)?;
             if own != hooks::HookCommands::default() {
                 hook_config.servers.insert(name.clone(), own);
             }
-            let server = server::parse(&name, s, raw.retention.as_ref()).map_err(err)?;
+            let own_drill = s.drill.take();
+            let mut server = server::parse(&name, s, raw.retention.as_ref()).map_err(err)?;
+            server.drill = drill::resolve(
+                &catalog,
+                config_dir,
+                raw.drill.as_ref(),
+                own_drill.as_ref(),
+                &format!("servers.{name}.drill"),
+            )
+            .map_err(err)?;
             servers.insert(name, server);
         }
         one_entry_per_slot(&servers).map_err(err)?;

@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub retention: Option<super::retention::RawRetention>,
     #[serde(default)]
     pub hooks: Option<RawHooks>,
+    #[serde(default)]
+    pub drill: Option<super::drill::RawDrill>,
     #[serde(deserialize_with = "unique_servers")]
     pub servers: BTreeMap<String, RawServer>,
 }
@@ -87,6 +89,8 @@ pub struct RawServer {
     /// Taken out before the server is parsed (see `config::hooks`).
     #[serde(default)]
     pub hooks: Option<RawHooks>,
+    #[serde(default)]
+    pub drill: Option<super::drill::RawDrill>,
 }
 
 /// A `hooks` section as written (top level or per server).

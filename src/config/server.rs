@@ -91,6 +91,8 @@ pub fn parse(name: &str, s: RawServer, top_retention: Option<&super::retention::
         monitor_conninfo,
         slot_retained_limit,
         retention,
+        // Resolved with the top-level `drill` section by `Config::parse`.
+        drill: super::drill::DrillSettings::defaults(std::path::Path::new("/")),
     })
 }
 
@@ -117,6 +119,8 @@ pub struct ServerConfig {
     pub slot_retained_limit: Option<u64>,
     /// What the catalog keeps of this server (its own keys over the top-level `retention`).
     pub retention: crate::retention::Policy,
+    /// Restore drills of this server (`drill`, overridden by `servers.<name>.drill`).
+    pub drill: super::drill::DrillSettings,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -135,6 +139,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("monitor_conninfo", &self.monitor_conninfo.as_ref().map(|m| &m.1))
             .field("slot_retained_limit", &self.slot_retained_limit)
             .field("retention", &self.retention)
+            .field("drill", &self.drill)
             .finish()
     }
 }
@@ -159,6 +164,7 @@ impl PartialEq for ServerConfig {
             monitor_conninfo,
             slot_retained_limit,
             retention,
+            drill,
         } = self;
         *name == o.name
             && *conninfo_text == o.conninfo_text
@@ -173,6 +179,7 @@ impl PartialEq for ServerConfig {
             && monitor_conninfo.as_ref().map(|m| &m.0) == o.monitor_conninfo.as_ref().map(|m| &m.0)
             && *slot_retained_limit == o.slot_retained_limit
             && *retention == o.retention
+            && *drill == o.drill
     }
 }
 

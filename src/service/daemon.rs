@@ -69,6 +69,7 @@ struct Running {
     /// Bumped by the receiver's telemetry at each event (kept across receiver restarts): the
     /// systemd watchdog's sign of life (see `service::systemd`).
     heartbeat: Heartbeat,
+    drills: Option<JoinHandle<()>>,
 }
 
 /// A server whose tasks were told to stop (removed, or changed by a reload), and what starts in
@@ -177,10 +178,12 @@ impl Daemon {
             monitor: None,
             backups: None,
             heartbeat: Heartbeat::default(),
+            drills: None,
         };
         r.receiver = self.spawn_receiver(&r);
         r.monitor = Some(self.spawn_monitor(&r));
         r.backups = Some(self.spawn_backups(&r));
+        r.drills = Some(self.spawn_drills(&r));
         self.servers.insert(r.config.name.clone(), r);
     }
 
@@ -252,6 +255,8 @@ impl Daemon {
                     Some("monitor")
                 } else if r.backups.as_ref().is_none_or(|h| h.is_finished()) {
                     Some("backup_scheduler")
+                } else if r.drills.as_ref().is_none_or(|h| h.is_finished()) {
+                    Some("drill_scheduler")
                 } else {
                     None
                 },
@@ -261,6 +266,11 @@ impl Daemon {
             });
         }
         out
+    }
+
+    fn spawn_drills(&self, r: &Running) -> JoinHandle<()> {
+        let (catalog, config) = (self.layout.root().to_path_buf(), self.config.path.clone());
+        tokio::spawn(crate::service::drill_task::run(r.config.clone(), catalog, config, r.cancel.clone()))
     }
 
     pub fn board(&self) -> &StatusBoard {
@@ -387,6 +397,14 @@ impl Daemon {
                     self.task_died(&name, "backup_scheduler", &why);
                     r.backups = Some(self.spawn_backups(&r));
                 }
+                if r.drills.as_ref().is_none_or(|h| h.is_finished()) {
+                    let why = match r.drills.take() {
+                        Some(h) => join_reason(h.await),
+                        None => "not running".into(),
+                    };
+                    self.task_died(&name, "drill_scheduler", &why);
+                    r.drills = Some(self.spawn_drills(&r));
+                }
             }
             self.servers.insert(name, r);
         }
@@ -436,7 +454,7 @@ impl Daemon {
                 Some(t) => t.join_within(left).await.is_ok(),
                 None => true,
             };
-            for h in [r.monitor.take(), r.backups.take()].into_iter().flatten() {
+            for h in [r.monitor.take(), r.backups.take(), r.drills.take()].into_iter().flatten() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if tokio::time::timeout(left, h).await.is_err() {
                     tracing::warn!(server = %name, "a task did not stop in time; leaving it");
@@ -462,13 +480,14 @@ async fn stopped(r: &mut Running) -> bool {
     let receiver = r.receiver.as_ref().is_none_or(|t| t.is_finished());
     let monitor = r.monitor.as_ref().is_none_or(|h| h.is_finished());
     let backups = r.backups.as_ref().is_none_or(|h| h.is_finished());
-    if !(receiver && monitor && backups) {
+    let drills = r.drills.as_ref().is_none_or(|h| h.is_finished());
+    if !(receiver && monitor && backups && drills) {
         return false;
     }
     if let Some(t) = r.receiver.take() {
         let _ = t.join_within(Duration::from_millis(100)).await;
     }
-    for h in [r.monitor.take(), r.backups.take()].into_iter().flatten() {
+    for h in [r.monitor.take(), r.backups.take(), r.drills.take()].into_iter().flatten() {
         let _ = h.await;
     }
     true

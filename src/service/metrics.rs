@@ -149,7 +149,7 @@ pub fn hook_failed(server: &str, hook: &'static str) {
 }
 
 /// The daemon's tasks per server (the `task` label of `pgark_task_failures_total`).
-pub const SERVER_TASKS: &[&str] = &["receiver", "archiver", "monitor", "backup_scheduler"];
+pub const SERVER_TASKS: &[&str] = &["receiver", "archiver", "monitor", "backup_scheduler", "drill_scheduler"];
 /// The daemon's tasks for the whole catalog (counted with `server=""`).
 pub const DAEMON_TASKS: &[&str] = &["catalog_watch", "http"];
 
@@ -464,6 +464,29 @@ pub fn pruned(server: &str, backups: usize, bytes: u64, result: &'static str) {
 pub fn wal_gaps(server: &str, open: usize, acknowledged: usize) {
     gauge!("pgark_wal_gaps", "server" => server.to_string()).set(open as f64);
     gauge!("pgark_wal_gaps_acknowledged", "server" => server.to_string()).set(acknowledged as f64);
+}
+
+/// The results of `pgark_drill_runs_total`: passed, failed (a record says where), or could not
+/// start (no usable backup yet, another drill running, bad drill settings).
+pub const DRILL_RESULTS: &[&str] = &["success", "failure", "error"];
+
+/// Creates a server's drill counters at zero.
+pub fn register_drill(server: &str) {
+    for result in DRILL_RESULTS {
+        counter!("pgark_drill_runs_total", "server" => server.to_string(), "result" => *result).increment(0);
+    }
+}
+
+/// A scheduled drill ended with `result` (one of `DRILL_RESULTS`).
+pub fn drill_run(server: &str, result: &'static str) {
+    counter!("pgark_drill_runs_total", "server" => server.to_string(), "result" => result).increment(1);
+}
+
+/// The last successful drill of a server (also ones `pgark drill` ran): when it ended, and its
+/// measured recovery time.
+pub fn drill_last_success(server: &str, finished_unix: u64, rto_seconds: f64) {
+    gauge!("pgark_drill_last_success_timestamp_seconds", "server" => server.to_string()).set(finished_unix as f64);
+    gauge!("pgark_drill_rto_seconds", "server" => server.to_string()).set(rto_seconds);
 }
 
 #[cfg(test)]

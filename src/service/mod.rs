@@ -1,10 +1,12 @@
 //! The daemon: wiring and supervision (`daemon`), the periodic tasks (`monitor_task`,
-//! `catalog_watch`, `scheduler`), the one place where domain events become status-board updates
-//! and metrics (`telemetry`, `status`, `metrics`), the HTTP endpoint (`http`), systemd's notify protocol and
-//! watchdog (`systemd`), and the operator's hook commands (`hooks`).
+//! `catalog_watch`, `scheduler` with `retention_task`, `verify_task`, `drill_task`), the one
+//! place where domain events become status-board updates and metrics (`telemetry`, `status`,
+//! `metrics`), the HTTP endpoint (`http`), systemd's notify protocol and watchdog (`systemd`),
+//! and the operator's hook commands (`hooks`).
 
 pub mod catalog_watch;
 pub mod daemon;
+pub mod drill_task;
 pub mod hooks;
 pub mod http;
 pub mod metrics;

@@ -600,20 +600,20 @@ fn a_dead_http_task_ends_the_daemon_with_exit_1() {
 }
 
 /// Supervision: a panic in each task of the daemon (receiver, archiver, monitor, backup
-/// scheduler, catalog watch; failpoints of the test build) is logged, counted in
+/// scheduler, drill scheduler, catalog watch; failpoints of the test build) is logged, counted in
 /// `pgark_task_failures_total`, listed in `/status`, and the task restarted: streaming,
 /// archiving and monitoring carry on.
 #[test]
 fn every_task_that_dies_is_reported_and_restarted() {
     let c = Cluster::init_with(&pg(), &[], &["--wal-segsize=1"]).unwrap();
     c.start().unwrap();
-    let failpoints = "receiver-session=1*panic(injected);archiver-segment=1*panic(injected);monitor-round=1*panic(injected);backup-scheduler=1*panic(injected);catalog-watch=1*panic(injected)";
+    let failpoints = "receiver-session=1*panic(injected);archiver-segment=1*panic(injected);monitor-round=1*panic(injected);backup-scheduler=1*panic(injected);drill-scheduler=1*panic(injected);catalog-watch=1*panic(injected)";
     let p = Pgark::start_env(
         &server_yaml("main", &c.conninfo(&c.superuser), "synchronous: false\nmonitor_interval: 1s"),
         &[("FAILPOINTS", failpoints)],
     );
     let start = Instant::now();
-    for task in ["receiver", "monitor", "backup_scheduler"] {
+    for task in ["receiver", "monitor", "backup_scheduler", "drill_scheduler"] {
         wait_until(Duration::from_secs(30), &format!("the {task} task to be restarted"), || {
             p.metric(&format!("pgark_task_failures_total{{server=\"main\",task=\"{task}\"}}")) == Some(1.0)
         });
@@ -643,7 +643,14 @@ fn every_task_that_dies_is_reported_and_restarted() {
     });
     let status = p.status().unwrap();
     let tasks: Vec<&str> = status.task_failures.iter().map(|f| f.task.as_str()).collect();
-    for t in ["receiver", "archiver", "monitor", "backup_scheduler", "catalog_watch"] {
+    for t in [
+        "receiver",
+        "archiver",
+        "monitor",
+        "backup_scheduler",
+        "drill_scheduler",
+        "catalog_watch",
+    ] {
         assert!(tasks.contains(&t), "{t} not in /status task_failures: {tasks:?}");
     }
     assert!(

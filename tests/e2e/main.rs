@@ -11,6 +11,7 @@ mod cli;
 mod crash;
 mod demo;
 mod disk;
+mod drill;
 mod durability;
 mod harness;
 mod hooks;
