@@ -27,6 +27,7 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("backup_age", backup_age),
     ("retention", retention),
     ("wal_gaps", wal_gaps),
+    ("drill", drill),
     ("synchronized_standby_slots", synchronized_standby_slots),
     ("idle_replication_slot_timeout", idle_replication_slot_timeout),
     ("data_checksums", data_checksums),
@@ -187,6 +188,56 @@ fn wal_gaps(f: &Facts) -> Outcome {
     } else {
         "no WAL gap since the oldest backup".to_string()
     })
+}
+
+fn drill(f: &Facts) -> Outcome {
+    let (newest, passed) = match &f.drills {
+        Ok(d) => d,
+        Err(e) => return Outcome::failed(format!("cannot read the drill records: {e}")),
+    };
+    let schedule = f.cfg.drill.schedule.as_ref();
+    let Some(newest) = newest else {
+        return match schedule {
+            Some(_) => Outcome::warning(
+                "drill.schedule is set but no drill has run yet (the first needs a restorable backup); pgark drill runs one now",
+            ),
+            None => Outcome::ok("no restore drill yet and no drill.schedule: nothing has proved a restore works (pgark drill)"),
+        };
+    };
+    let when = format_utc(newest.started_at);
+    if !newest.success {
+        return Outcome::failed(format!(
+            "the last drill ({when}) FAILED at step {}: {}; {}; see its record (pgark drill --json) and fix it before you need a restore",
+            newest.failed_step.as_deref().unwrap_or("?"),
+            newest.error.as_deref().unwrap_or(""),
+            match passed {
+                Some(p) => format!("the last one that passed was {}", format_utc(p.started_at)),
+                None => "no drill has ever passed".to_string(),
+            }
+        ));
+    }
+    let shown = format!(
+        "last drill {when} passed: backup {} recovered in {:.0}s",
+        newest.backup_id.as_deref().unwrap_or("?"),
+        newest.total_seconds.unwrap_or_default()
+    );
+    let Some(schedule) = schedule else {
+        return Outcome::ok(format!("{shown} (no drill.schedule)"));
+    };
+    let due = schedule.next_due(Some(newest.started_at), newest.started_at + 1);
+    if f.now <= due {
+        return Outcome::ok(shown);
+    }
+    let interval = schedule.next_due(Some(due), due + 1).saturating_sub(due).max(60);
+    let late = f.now - due;
+    if late > interval {
+        Outcome::failed(format!(
+            "{shown}; the next is overdue by {} (more than one interval of drill.schedule): see pgark serve's log",
+            age(late)
+        ))
+    } else {
+        Outcome::warning(format!("{shown}; the next is due since {}", age(late)))
+    }
 }
 
 fn replication_connection(f: &Facts) -> Outcome {
@@ -551,6 +602,7 @@ mod tests {
                 monitoring_user: "rep".into(),
                 settings,
             }),
+            drills: Ok((None, None)),
             retention: Ok(super::super::facts::RetentionFacts {
                 has_rules: true,
                 min_redundancy: 1,

@@ -9,6 +9,7 @@
 //! the writability probe (a file created through `fsio::durable` and removed again).
 
 use crate::catalog::backup_store;
+use crate::catalog::drill_record::{self, DrillRecord};
 use crate::catalog::space::DiskThresholds;
 use crate::catalog::state::ServerState;
 use crate::catalog::store::Capacity;
@@ -53,6 +54,8 @@ pub struct Facts {
     pub sql: Result<Sql, String>,
     /// The retention policy's verdict and the WAL continuity, from the catalog.
     pub retention: Result<RetentionFacts, String>,
+    /// The newest restore drill and the newest successful one (`pgark drill`, `drill.schedule`).
+    pub drills: Result<(Option<DrillRecord>, Option<DrillRecord>), String>,
 }
 
 /// What retention and the WAL continuity index say of one server (a dry run: nothing deleted).
@@ -224,6 +227,7 @@ pub async fn gather(config: &Config, name: &str, timeout: Duration) -> Facts {
         replication,
         sql,
         retention: retention(&catalog, name, &cfg, crate::util::time::unix_now()),
+        drills: drill_record::latest(store.as_ref(), name).map_err(|e| e.to_string()),
         cfg,
     }
 }

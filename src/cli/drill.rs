@@ -111,6 +111,9 @@ pub async fn drill(a: DrillArgs) -> i32 {
         }
         Err(e) => return fail(format!("the drill thread ended without a result: {e}"), exit::FAILURE),
     };
+    if let Some(event) = crate::service::hooks::HookEvent::drill_finished(&config.catalog, &record) {
+        crate::service::hooks::Hooks::new(&config).run(event).await;
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&record).unwrap_or_default());
     } else if record.success {

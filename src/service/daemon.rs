@@ -270,7 +270,13 @@ impl Daemon {
 
     fn spawn_drills(&self, r: &Running) -> JoinHandle<()> {
         let (catalog, config) = (self.layout.root().to_path_buf(), self.config.path.clone());
-        tokio::spawn(crate::service::drill_task::run(r.config.clone(), catalog, config, r.cancel.clone()))
+        tokio::spawn(crate::service::drill_task::run(
+            r.config.clone(),
+            catalog,
+            config,
+            self.hooks.clone(),
+            r.cancel.clone(),
+        ))
     }
 
     pub fn board(&self) -> &StatusBoard {

@@ -50,7 +50,13 @@ fn refresh(catalog: &std::path::Path, server: &str) -> Option<u64> {
     }
 }
 
-pub async fn run(cfg: ServerConfig, catalog: PathBuf, config_path: PathBuf, cancel: CancellationToken) {
+pub async fn run(
+    cfg: ServerConfig,
+    catalog: PathBuf,
+    config_path: PathBuf,
+    hooks: crate::service::hooks::Hooks,
+    cancel: CancellationToken,
+) {
     let server = cfg.name.clone();
     crate::service::metrics::register_drill(&server);
     let mut retry_at: Option<u64> = None;
@@ -86,7 +92,12 @@ pub async fn run(cfg: ServerConfig, catalog: PathBuf, config_path: PathBuf, canc
                         } else {
                             tracing::error!(server = %server, step = ?record.failed_step, error = ?record.error, "scheduled restore drill FAILED");
                         }
-                        // ISSUE14-MERGE: post_drill hook (the record is `record`: success, failed_step, error, total_seconds)
+                        if let Some(event) = crate::service::hooks::HookEvent::drill_finished(&catalog, &record) {
+                            tokio::select! {
+                                _ = cancel.cancelled() => return,
+                                _ = hooks.run(event) => {}
+                            }
+                        }
                     }
                     Some(Err(e)) => {
                         crate::service::metrics::drill_run(&server, "error");

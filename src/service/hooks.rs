@@ -100,17 +100,36 @@ impl HookEvent {
         }
     }
 
-    // ISSUE14-MERGE: the drill task (daemon, periodic) and `pgark drill` (cli) call, once the
-    // drill has ended (passed or failed; not when it was cancelled by a stop):
-    //     hooks.run(HookEvent::post_drill(&server, Some(&backup_id), result.as_ref().map(|_| ()).map_err(|e| e.as_str()))
-    //         .var("DRILL_REPORT", report_path.display().to_string())
-    //         .var("DRILL_DURATION_SECONDS", secs.to_string())).await;
-    // In the daemon, `hooks` is `Daemon::hooks` (clone it into the task, like the backup
-    // scheduler gets it) and the call sits in a `tokio::select!` with the task's cancel token;
-    // in the CLI, `Hooks::new(&config)`. The outcome needs no handling (logged and counted).
+    /// The `post_drill` event of a finished drill (`None` for one a stop interrupted: no hook),
+    /// with its record's path in the catalog (`PGARK_DRILL_REPORT`) and its total seconds.
+    pub fn drill_finished(catalog: &std::path::Path, rec: &crate::catalog::drill_record::DrillRecord) -> Option<Self> {
+        if rec.failed_step.as_deref() == Some("interrupted") {
+            return None;
+        }
+        let error = format!(
+            "{}: {}",
+            rec.failed_step.as_deref().unwrap_or("drill"),
+            rec.error.as_deref().unwrap_or("failed")
+        );
+        let result = if rec.success { Ok(()) } else { Err(error.as_str()) };
+        Some(
+            Self::post_drill(&rec.server, rec.backup_id.as_deref(), result)
+                .var(
+                    "DRILL_REPORT",
+                    catalog
+                        .join(crate::catalog::drill_record::key(&rec.server, rec.started_at))
+                        .display()
+                        .to_string(),
+                )
+                .var("DRILL_DURATION_SECONDS", format!("{:.1}", rec.total_seconds.unwrap_or_default())),
+        )
+    }
+
     /// After a restore drill of `backup_id`: `Ok(())` or `Err(error)`. Callers add
     /// `.var("DRILL_REPORT", path)` and `.var("DRILL_DURATION_SECONDS", n)` when they have them.
     pub fn post_drill(server: &str, backup_id: Option<&str>, result: Result<(), &str>) -> Self {
+        // Called by the drill task (`drill_finished`) and `pgark drill`, once a drill has ended,
+        // passed or failed (not when a stop interrupted it).
         let mut e = Self::new(HookKind::PostDrill, server);
         if let Some(id) = backup_id {
             e = e.var("BACKUP_ID", id);

@@ -172,6 +172,13 @@ fn drill_fails_on_damage_and_missing_binaries() {
     );
     let failed = if pgark::util::os::running_as_root() { 3 } else { 2 };
     assert_eq!(records(&p.catalog).len(), failed, "every failed drill is recorded");
+    // `pgark check` reports the failed drill, with the step.
+    let o = pgark(&p.config, &["check", "main", "--json"]);
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    let checks: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let d = checks.as_array().unwrap().iter().find(|c| c["check"] == "drill").unwrap();
+    assert_eq!(d["level"], "failed", "{d}");
+    assert!(d["detail"].as_str().unwrap().contains("step restore"), "{d}");
     // An unknown backup is a usage matter, not a failed drill: exit 5, nothing recorded.
     let o = pgark(&p.config, &["drill", "main", "--backup", "20000101T000000Z"]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
@@ -184,10 +191,14 @@ fn drill_scheduled_in_serve_sets_metrics() {
     let (c, p) = primary_with_backup("", "");
     open_for_postgres(p.dir.path());
     assert_eq!(p.metric("pgark_drill_runs_total{server=\"main\",result=\"success\"}"), Some(0.0));
+    let env_file = p.dir.path().join("post_drill.env");
     p.rewrite_servers(&server_yaml(
         "main",
         &c.conninfo("postgres"),
-        "synchronous: false\ndrill: {schedule: 1h}",
+        &format!(
+            "synchronous: false\ndrill: {{schedule: 1h}}\nhooks: {{post_drill: \"env | grep ^PGARK_ > {}\"}}",
+            env_file.display()
+        ),
     ));
     p.hup();
     wait_until(Duration::from_secs(120), "the scheduled drill to pass", || {
@@ -198,6 +209,12 @@ fn drill_scheduled_in_serve_sets_metrics() {
     let rto = p.metric("pgark_drill_rto_seconds{server=\"main\"}").unwrap();
     assert!(rto > 0.0, "{rto}");
     assert_eq!(records(&p.catalog).len(), 1);
+    // The post_drill hook ran with the drill's outcome and its record.
+    wait_until(Duration::from_secs(30), "the post_drill hook", || env_file.exists());
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(env.contains("PGARK_HOOK=post_drill") && env.contains("PGARK_STATUS=ok"), "{env}");
+    let report = env.lines().find_map(|l| l.strip_prefix("PGARK_DRILL_REPORT=")).unwrap();
+    assert!(Path::new(report).exists(), "{env}");
 }
 
 /// SIGTERM while a scheduled drill runs a long check: `pgark serve` still stops within 5 s, the
