@@ -45,12 +45,12 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
         return exit::OK;
     }
     println!(
-        "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10}  LABEL",
-        "SERVER", "ID", "STATUS", "START", "SECS", "START LSN", "END LSN", "TLI", "SIZE", "STORED"
+        "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10} {:<8}  LABEL",
+        "SERVER", "ID", "STATUS", "START", "SECS", "START LSN", "END LSN", "TLI", "SIZE", "STORED", "VERIFIED"
     );
     for b in &all {
         println!(
-            "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10}  {}",
+            "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10} {:<8}  {}",
             b.server,
             b.id,
             b.status,
@@ -61,6 +61,7 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
             b.end_timeline,
             crate::util::units::human_bytes(b.original_bytes),
             crate::util::units::human_bytes(b.stored_new_bytes),
+            b.verify_status,
             b.label
         );
     }
@@ -131,6 +132,15 @@ pub fn show_backup(path: &Path, server: &str, id: &str, json: bool) -> i32 {
             "present".to_string()
         } else {
             format!("MISSING {}", s.wal.missing.join(", "))
+        }
+    );
+    println!(
+        "  verified:           {}{}",
+        s.verify_status,
+        if s.verify_status == "never" {
+            String::new()
+        } else {
+            format!(" at {} (pgark verify {} {} shows the problems)", s.verified_at, s.server, s.id)
         }
     );
     for t in &s.tablespaces {

@@ -12,6 +12,7 @@ pub mod progress;
 pub mod restore;
 pub mod serve;
 pub mod status;
+pub mod verify;
 pub mod wal_get;
 
 use crate::config::Config;
@@ -123,6 +124,25 @@ pub enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Read back backups and the WAL after them: every chunk, every file against the
+    /// backup_manifest, every WAL segment to the newest; say what is damaged or missing.
+    #[command(
+        after_help = "Checks the newest backup by default, one backup by id, or --all (chunks shared by several backups are read once).\nEach backup's result is stored beside it and shown by list-backups and show-backup (verified_at, verify_status).\n\nExit status: 0 everything intact, 9 something damaged or missing (each problem is printed, with the\npoint-in-time ranges no longer reachable), 2 bad usage or config, 5 no such backup (or no backup at all).\n\nExamples:\n  pgark verify --config /etc/pgark.yaml main\n  pgark verify --config /etc/pgark.yaml main 20261123T231500Z\n  pgark verify --config /etc/pgark.yaml main --all --json | jq '.problems[]'"
+    )]
+    Verify {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The server's name in the config.
+        server: String,
+        /// The backup to verify (default: the newest).
+        id: Option<String>,
+        /// Verify every backup of the server.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore a backup into a directory, with the recovery settings for point-in-time recovery.
     #[command(
         after_help = "Without a backup id pgark picks the newest backup that can reach the target and says which.\nAfterwards, starting PostgreSQL on the directory is all that is left: restore_command (pgark wal-get),\nthe target settings and recovery.signal (or standby.signal) are written.\n\nExit status: 0 restored, 1 failed (the directory is left unstartable), 2 bad input (options, non-empty\ntarget without --delta, running postmaster), 5 no such backup, 7 the target cannot be reached.\n\nExamples:\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/restored\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/restored --target-time '2026-11-23 14:05:00+00'\n  pgark restore --config /etc/pgark.yaml main 20261123T231500Z --target-dir /srv/pg/restored --target-lsn 0/5000060 --target-action promote\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/data --delta --owner postgres\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/replica --standby --tablespace ts1=/srv/pg/ts1"
@@ -183,6 +203,13 @@ pub async fn run(cli: Cli) -> i32 {
         Cmd::ListBackups { config, server, json } => backups::list_backups(&config, server.as_deref(), json),
         Cmd::ShowBackup { config, server, id, json } => backups::show_backup(&config, &server, &id, json),
         Cmd::DeleteBackup { config, server, id, force } => backups::delete_backup(&config, &server, &id, force),
+        Cmd::Verify {
+            config,
+            server,
+            id,
+            all,
+            json,
+        } => tokio::task::block_in_place(|| verify::verify(&config, &server, id, all, json)),
         Cmd::Restore(args) => tokio::task::block_in_place(|| restore::restore(args)),
         Cmd::WalGet {
             config,

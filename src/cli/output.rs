@@ -33,10 +33,15 @@ pub struct BackupSummary {
     pub wal_source: backup_store::WalSource,
     pub wal: WalPresence,
     pub tablespaces: Vec<crate::catalog::backup_store::TablespaceRecord>,
+    /// When `pgark verify` (or the daemon's scheduled verify) last checked it (UTC), or `never`.
+    pub verified_at: String,
+    /// That verify's result: `ok`, `damaged`, or `never`.
+    pub verify_status: String,
 }
 
 pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex) -> BackupSummary {
     let wal = backup_store::wal_presence(store, idx);
+    let verified = crate::verify::record::load(store, &idx.server, &idx.id);
     BackupSummary {
         server: idx.server.clone(),
         id: idx.id.clone(),
@@ -62,5 +67,9 @@ pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex) -> BackupSummary {
         wal_source: idx.wal_source,
         wal,
         tablespaces: idx.tablespaces.clone(),
+        verified_at: verified
+            .as_ref()
+            .map_or_else(|| "never".to_string(), |v| crate::util::time::format_utc(v.verified_at)),
+        verify_status: verified.map_or_else(|| "never".to_string(), |v| v.status),
     }
 }

@@ -14,6 +14,12 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub disk_pressure: Option<RawDiskPressure>,
+    /// Default of every server's `verify_schedule`.
+    #[serde(default)]
+    pub verify_schedule: Option<String>,
+    /// Default of every server's `verify_max_rate`.
+    #[serde(default)]
+    pub verify_max_rate: Option<serde_yaml::Value>,
     #[serde(deserialize_with = "unique_servers")]
     pub servers: BTreeMap<String, RawServer>,
 }
@@ -78,4 +84,6 @@ pub struct RawServer {
     pub monitor_interval: Option<String>,
     pub monitor_conninfo: Option<String>,
     pub slot_retained_limit: Option<serde_yaml::Value>,
+    pub verify_schedule: Option<String>,
+    pub verify_max_rate: Option<serde_yaml::Value>,
 }

@@ -75,6 +75,14 @@ pub fn parse(name: &str, s: RawServer) -> Result<ServerConfig, String> {
     if backup.stream_timeout < Duration::from_secs(1) {
         return Err(err(format!("{}: must be at least 1s", key("backup_stream_timeout"))));
     }
+    let verify_schedule = match &s.verify_schedule {
+        Some(t) => Some(crate::backup::schedule::Schedule::parse(t).map_err(|m| err(format!("{}: {m}", key("verify_schedule"))))?),
+        None => None,
+    };
+    let verify_max_rate = match &s.verify_max_rate {
+        Some(v) => parse_rate(v).map_err(|m| err(format!("{}: {m}", key("verify_max_rate"))))?,
+        None => crate::verify::DEFAULT_MAX_RATE,
+    };
     Ok(ServerConfig {
         name: name.to_string(),
         conninfo_text: s.conninfo.clone(),
@@ -89,7 +97,19 @@ pub fn parse(name: &str, s: RawServer) -> Result<ServerConfig, String> {
         monitor_interval,
         monitor_conninfo,
         slot_retained_limit,
+        verify_schedule,
+        verify_max_rate,
     })
+}
+
+/// `verify_max_rate`: bytes per second, such as `50MB` (a trailing `/s` is allowed); above zero.
+pub fn parse_rate(v: &serde_yaml::Value) -> Result<u64, String> {
+    let text = super::values::yaml_scalar(v)?;
+    let rate = crate::util::units::parse_size(text.trim().trim_end_matches("/s"))?;
+    if rate == 0 {
+        return Err("must be above zero (bytes per second, such as 100MB)".into());
+    }
+    Ok(rate)
 }
 
 /// One protected server. `Debug` leaves out the connection strings as written (they may hold a
@@ -113,6 +133,10 @@ pub struct ServerConfig {
     pub monitor_conninfo: Option<(String, ConnInfo)>,
     /// WAL the slot may hold back on the server before pgark warns.
     pub slot_retained_limit: Option<u64>,
+    /// When the daemon verifies this server's backups and WAL (`verify_schedule`; none: never).
+    pub verify_schedule: Option<crate::backup::schedule::Schedule>,
+    /// Bytes per second the scheduled verify may read from the catalog.
+    pub verify_max_rate: u64,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -130,6 +154,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("monitor_interval", &self.monitor_interval)
             .field("monitor_conninfo", &self.monitor_conninfo.as_ref().map(|m| &m.1))
             .field("slot_retained_limit", &self.slot_retained_limit)
+            .field("verify_schedule", &self.verify_schedule)
+            .field("verify_max_rate", &self.verify_max_rate)
             .finish()
     }
 }
@@ -153,6 +179,8 @@ impl PartialEq for ServerConfig {
             monitor_interval,
             monitor_conninfo,
             slot_retained_limit,
+            verify_schedule,
+            verify_max_rate,
         } = self;
         *name == o.name
             && *conninfo_text == o.conninfo_text
@@ -166,6 +194,8 @@ impl PartialEq for ServerConfig {
             && *monitor_interval == o.monitor_interval
             && monitor_conninfo.as_ref().map(|m| &m.0) == o.monitor_conninfo.as_ref().map(|m| &m.0)
             && *slot_retained_limit == o.slot_retained_limit
+            && *verify_schedule == o.verify_schedule
+            && *verify_max_rate == o.verify_max_rate
     }
 }
 

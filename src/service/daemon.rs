@@ -168,6 +168,12 @@ impl Daemon {
         r.receiver = self.spawn_receiver(&r);
         r.monitor = Some(self.spawn_monitor(&r));
         r.backups = Some(self.spawn_backups(&r));
+        // The scheduled verify (ends with the server's tasks: same cancel token).
+        tokio::spawn(crate::service::verify_task::run(
+            r.config.clone(),
+            self.layout.root().to_path_buf(),
+            r.cancel.clone(),
+        ));
         self.servers.insert(r.config.name.clone(), r);
     }
 

@@ -297,6 +297,32 @@ pub fn backup_failed(server: &str) {
     counter!("pgark_backup_failures_total", "server" => server.to_string()).increment(1);
 }
 
+/// The results `pgark_verify_runs_total` counts.
+pub const VERIFY_RESULTS: &[&str] = &["ok", "damaged", "failed"];
+
+/// A server with a `verify_schedule`: its verify counters at 0, and the last successful verify
+/// found in the catalog (`None`: never).
+pub fn register_verify(server: &str, last_success: Option<u64>) {
+    for result in VERIFY_RESULTS {
+        counter!("pgark_verify_runs_total", "server" => server.to_string(), "result" => *result).increment(0);
+    }
+    if let Some(t) = last_success {
+        gauge!("pgark_verify_last_success_timestamp_seconds", "server" => server.to_string()).set(t as f64);
+    }
+}
+
+/// A scheduled verify ended: `ok` and `damaged` with the problems it found (and, when `ok`, its
+/// end time), `failed` when it could not run to its end (the problem gauge keeps its value).
+pub fn verify_finished(server: &str, result: &'static str, problems: Option<u64>, ended_unix: u64) {
+    counter!("pgark_verify_runs_total", "server" => server.to_string(), "result" => result).increment(1);
+    if let Some(p) = problems {
+        gauge!("pgark_verify_problems", "server" => server.to_string()).set(p as f64);
+    }
+    if result == "ok" {
+        gauge!("pgark_verify_last_success_timestamp_seconds", "server" => server.to_string()).set(ended_unix as f64);
+    }
+}
+
 pub fn backups_in_catalog(server: &str, count: usize, stored_bytes: u64) {
     gauge!("pgark_backups", "server" => server.to_string()).set(count as f64);
     gauge!("pgark_backup_catalog_stored_bytes", "server" => server.to_string()).set(stored_bytes as f64);

@@ -10,3 +10,4 @@ pub mod monitor_task;
 pub mod scheduler;
 pub mod status;
 pub mod telemetry;
+pub mod verify_task;

@@ -19,3 +19,4 @@ mod prometheus;
 mod restore;
 mod streaming;
 mod timelines;
+mod verify;
