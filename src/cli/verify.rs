@@ -43,7 +43,13 @@ pub fn verify(path: &Path, server: &str, id: Option<String>, all: bool, json: bo
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
         for b in &report.backups {
-            println!("backup {} of {}: {} ({} problems)", b.id, server, b.status, b.problem_count);
+            println!(
+                "backup {} of {}: {} ({})",
+                b.id,
+                server,
+                b.status,
+                problems(b.problem_count as usize)
+            );
         }
         for p in &report.problems {
             println!("  PROBLEM {p}");
@@ -64,7 +70,7 @@ pub fn verify(path: &Path, server: &str, id: Option<String>, all: bool, json: bo
             if report.problems.is_empty() {
                 "everything intact".to_string()
             } else {
-                format!("{} problems", report.problems.len())
+                problems(report.problems.len())
             }
         );
     }
@@ -72,5 +78,13 @@ pub fn verify(path: &Path, server: &str, id: Option<String>, all: bool, json: bo
         exit::OK
     } else {
         exit::DAMAGED
+    }
+}
+
+fn problems(n: usize) -> String {
+    match n {
+        0 => "no problems".into(),
+        1 => "1 problem".into(),
+        n => format!("{n} problems"),
     }
 }

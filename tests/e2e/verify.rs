@@ -235,6 +235,10 @@ fn verify_clean_catalog_version_matrix() {
         let json = json.unwrap();
         assert_eq!(json["backups"][0]["id"], b["id"], "PostgreSQL {major}");
         assert!(json["segments_checked"].as_u64().unwrap() >= 3, "PostgreSQL {major}: {json}");
+        eprintln!(
+            "PostgreSQL {major}: {} segments, {} chunks verified",
+            json["segments_checked"], json["chunks_checked"]
+        );
         c.check_log();
     }
 }
