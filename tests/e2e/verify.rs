@@ -242,3 +242,67 @@ fn verify_clean_catalog_version_matrix() {
         c.check_log();
     }
 }
+
+/// Across a promotion: the WAL check follows the history file from the backup's timeline 1 onto
+/// timeline 2 (the segment holding the switchpoint read from timeline 2); without the history
+/// file it cannot, and says so.
+#[test]
+fn verify_follows_a_timeline_switch() {
+    let primary = Cluster::init(&pg(), &[]).unwrap();
+    primary.start().unwrap();
+    primary
+        .psql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
+        .unwrap();
+    let standby = start_standby(&primary);
+    let mut p = Pgark::start(&server_yaml("main", &standby.conninfo("postgres"), "synchronous: false"));
+    p.wait_streaming("main");
+    let b = backup(&p.config, "main", &[]);
+    write_rows(&primary, 200);
+    primary.psql("SELECT pg_switch_wal()").unwrap();
+    wait_until(Duration::from_secs(30), "the standby to replay", || {
+        standby.psql("SELECT count(*) > 0 FROM filler").ok().as_deref() == Some("t")
+    });
+    primary.stop("fast").unwrap();
+    standby.promote().unwrap();
+    wait_until(Duration::from_secs(30), "promotion", || {
+        standby.psql("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f")
+    });
+    wait_until(Duration::from_secs(60), "pgark on timeline 2", || {
+        p.server("main").and_then(|s| s.timeline).map(|t| t.0) == Some(2)
+    });
+    make_segments(&standby, &p, "main", 2, true);
+    assert_eq!(p.term(), 0);
+
+    let (code, json, t) = verify(&p.config, &["main"]);
+    assert_eq!(code, Some(0), "{t}");
+    let json = json.unwrap();
+    assert_eq!(json["backups"][0]["id"], b["id"]);
+    assert!(json["wal_end"].as_str().unwrap().starts_with("00000002"), "{json}");
+
+    let history = p.wal_dir("main").join("00000002.history");
+    let kept = p.dir.path().join("history");
+    std::fs::rename(&history, &kept).unwrap();
+    let json = assert_damaged(&p.config, "main", "history", "history file missing");
+    assert!(json["problems"].to_string().contains("00000002.history is missing"), "{json}");
+    std::fs::rename(&kept, &history).unwrap();
+    let (code, _, t) = verify(&p.config, &["main"]);
+    assert_eq!(code, Some(0), "{t}");
+}
+
+/// A backup that carries its own WAL (no `pgark serve` streamed the server): nothing in the
+/// catalog's WAL directory to check, and that is not a problem.
+#[test]
+fn verify_a_backup_with_its_own_wal() {
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    let cat = Catalog::new(&server_yaml("main", &c.conninfo("postgres"), ""));
+    let b = backup(&cat.config, "main", &[]);
+    assert_eq!(b["wal_source"], "backup");
+    let (code, json, t) = verify(&cat.config, &["main", "--all"]);
+    assert_eq!(code, Some(0), "{t}");
+    let json = json.unwrap();
+    assert_eq!(json["segments_checked"], 0, "{json}");
+    assert!(json["files_checked"].as_u64().unwrap() > 500, "{json}");
+    let listed = list(&cat.config);
+    assert_eq!(listed[0]["verify_status"], "ok");
+}
