@@ -8,6 +8,9 @@ use crate::cli::{exit, known_server, load_config};
 use crate::verify::{self, Options, Selection, VerifyError};
 use std::path::Path;
 
+/// Problems printed in the text output.
+const SHOWN: usize = 50;
+
 /// `pgark verify`.
 pub fn verify(path: &Path, server: &str, id: Option<String>, all: bool, json: bool) -> i32 {
     let config = match load_config(path) {
@@ -51,8 +54,12 @@ pub fn verify(path: &Path, server: &str, id: Option<String>, all: bool, json: bo
                 problems(b.problem_count as usize)
             );
         }
-        for p in &report.problems {
+        // Thousands of missing segments would bury the summary: the first ones, then a count.
+        for p in report.problems.iter().take(SHOWN) {
             println!("  PROBLEM {p}");
+        }
+        if report.problems.len() > SHOWN {
+            println!("  ... and {} more problems (--json lists them all)", report.problems.len() - SHOWN);
         }
         for u in &report.unreachable {
             println!("  {u}");

@@ -78,7 +78,7 @@ fn self_checksum(bytes: &[u8]) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn manifest(files: &str) -> Vec<u8> {

@@ -162,9 +162,27 @@ pub fn verify(
     if chosen.is_empty() {
         return Err(VerifyError::NoBackups(server.to_string()));
     }
+    // An index that no longer loads is damage to report, not a reason to stop.
     let mut indexes = Vec::new();
+    let mut unreadable = Vec::new();
     for id in &chosen {
-        indexes.push(backup_store::load(store, server, id)?);
+        match backup_store::load(store, server, id) {
+            Ok(i) => indexes.push(i),
+            Err(BackupStoreError::BadIndex { key, reason }) => unreadable.push(BackupResult {
+                id: id.clone(),
+                status: record::status_text(1),
+                problem_count: 1,
+                problems: vec![Problem {
+                    subject: Subject::Backup,
+                    object: id.clone(),
+                    backup: Some(id.clone()),
+                    message: format!("its index {key} is damaged: {reason}"),
+                }],
+                bytes_checked: 0,
+                seconds: 0.0,
+            }),
+            Err(e) => return Err(e.into()),
+        }
     }
     let mut run = Run {
         store,
@@ -177,7 +195,9 @@ pub fn verify(
         wal: None,
         files_checked: 0,
     };
-    run.prepare_wal(&indexes[0])?;
+    if let Some(newest) = indexes.first() {
+        run.prepare_wal(newest)?;
+    }
     let total: u64 = {
         let mut seen = std::collections::HashSet::new();
         let chunk_bytes: u64 = indexes
@@ -189,8 +209,7 @@ pub fn verify(
         chunk_bytes + run.wal_estimate(&indexes)
     };
     progress.begin(Some(total));
-    let mut results = Vec::new();
-    let mut all_problems: Vec<Problem> = Vec::new();
+    let mut results = unreadable;
     for idx in &indexes {
         let (t0, b0) = (Instant::now(), run.read.load(Ordering::Relaxed));
         progress.phase(&format!("{server}: verifying backup {}", idx.id));
@@ -204,13 +223,16 @@ pub fn verify(
             bytes_checked: bytes,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        for p in &result.problems {
-            if !all_problems.contains(p) {
-                all_problems.push(p.clone());
-            }
-        }
         results.push(result);
     }
+    // Every problem once (WAL problems are shared by the backups before them).
+    let mut seen = std::collections::HashSet::new();
+    let all_problems: Vec<Problem> = results
+        .iter()
+        .flat_map(|r| r.problems.iter())
+        .filter(|p| seen.insert(*p))
+        .cloned()
+        .collect();
     let unreachable = run.unreachable()?;
     for r in &results {
         let rec = VerifyRecord {
@@ -407,6 +429,12 @@ impl Run<'_> {
                         .filter(|f| f.kind == FileKind::File)
                         .map(|f| (f.path.as_str(), f))
                         .collect();
+                    // WAL the server appended to the backup itself is not in its manifest.
+                    let own_wal =
+                        |p: &str| idx.wal_source == WalSource::Backup && p.strip_prefix("pg_wal/").is_some_and(|rest| !rest.contains('/'));
+                    for f in by_path.keys().filter(|p| !listed.contains_key(**p) && !own_wal(p)) {
+                        problem(Subject::File, f, "in the backup but not in its backup_manifest".into());
+                    }
                     for (path, m) in &listed {
                         match by_path.get(path.as_str()) {
                             None => problem(Subject::File, path, "listed in the backup_manifest but not in the backup".into()),
@@ -578,5 +606,158 @@ impl Run<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::backup_store::{ChunkRef, StoredFile, INDEX_FORMAT};
+    use crate::catalog::segment_file;
+    use crate::pg::TimelineId;
+    use crate::util::progress::LogLines;
+    use crate::verify::page::tests::{segment, SEG};
+    use sha2::{Digest, Sha256};
+
+    /// A backup of one file (one chunk) whose WAL starts in segment `start_seg`.
+    fn publish_backup(store: &dyn ObjectStore, id: &str, start_seg: u64, data: &[u8]) {
+        let hash = crate::util::hex::to_hex(&Sha256::digest(data));
+        let object = backup_store::chunk_object(&hash, true);
+        let mut stored = Vec::new();
+        let sum = segment_file::compress_into(data, 1, &mut stored).unwrap();
+        store.put(&backup_store::chunk_key("main", &object), &stored).unwrap();
+        let crc = crc32c::crc32c(data);
+        let hex = crate::util::hex::to_hex(&crc.to_le_bytes());
+        store
+            .put(
+                &backup_store::manifest_key("main", id),
+                &manifest::tests::manifest(&format!(
+                    r#"{{ "Path": "base/1/1", "Size": {}, "Checksum-Algorithm": "CRC32C", "Checksum": "{hex}" }}"#,
+                    data.len()
+                )),
+            )
+            .unwrap();
+        let idx = BackupIndex {
+            format: INDEX_FORMAT,
+            id: id.into(),
+            server: "main".into(),
+            label: "t".into(),
+            start_time: 1,
+            end_time: 2,
+            start_lsn: Lsn(start_seg * SEG + 40),
+            end_lsn: Lsn(start_seg * SEG + 5000),
+            start_timeline: TimelineId(1),
+            end_timeline: TimelineId(1),
+            pg_version: 160004,
+            system_identifier: "42".into(),
+            wal_segment_size: SEG,
+            from_standby: false,
+            checkpoint: "fast".into(),
+            wal_source: WalSource::Catalog,
+            compression: "zstd:1".into(),
+            original_bytes: data.len() as u64,
+            stored_new_bytes: 0,
+            stored_total_bytes: 0,
+            tablespaces: vec![],
+            files: vec![StoredFile {
+                path: "base/1/1".into(),
+                kind: FileKind::File,
+                mode: 0o600,
+                mtime: 0,
+                size: data.len() as u64,
+                crc32c: Some(sum.crc32c),
+                stored_bytes: stored.len() as u64,
+                link_target: None,
+                chunks: vec![ChunkRef {
+                    object,
+                    size: data.len() as u64,
+                    stored: stored.len() as u64,
+                    blake3: None,
+                }],
+            }],
+        };
+        backup_store::publish(store, &idx).unwrap();
+    }
+
+    fn put_segment(store: &dyn ObjectStore, n: u64) {
+        let mut z = Vec::new();
+        segment_file::compress_into(&segment(1, n * SEG), 1, &mut z).unwrap();
+        let name = WalFileName::new(TimelineId(1), SegNo(n)).format(WalSegSize::new(SEG).unwrap());
+        store.put(&format!("main/wal/{name}.zst"), &z).unwrap();
+    }
+
+    fn run(catalog: &Catalog, selection: Selection) -> Report {
+        verify(catalog, "main", &selection, &Options::default(), &mut LogLines::new("verify")).unwrap()
+    }
+
+    #[test]
+    fn finds_and_explains_damage() {
+        let d = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(d.path());
+        let store = catalog.store();
+        let store = store.as_ref();
+        publish_backup(store, "A", 1, b"the first backup's file");
+        publish_backup(store, "B", 4, b"the second backup's file");
+        for n in 1..=6 {
+            put_segment(store, n);
+        }
+        let r = run(&catalog, Selection::All);
+        assert_eq!((r.status, r.problems.len(), r.segments_checked), ("ok", 0, 6), "{r:?}");
+        assert_eq!(r.backups.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["B", "A"]);
+        assert_eq!(record::load(store, "main", "A").unwrap().status, "ok");
+
+        // A missing segment between the backups: A is damaged, B still restores.
+        store.delete("main/wal/000000010000000000000002.zst").unwrap();
+        let r = run(&catalog, Selection::All);
+        assert_eq!(r.problems.len(), 1, "{r:?}");
+        assert_eq!(r.problems[0].object, "000000010000000000000002");
+        let status: Vec<_> = r.backups.iter().map(|b| (b.id.as_str(), b.status)).collect();
+        assert_eq!(status, [("B", "ok"), ("A", "damaged")]);
+        assert_eq!(
+            r.unreachable,
+            ["WAL 000000010000000000000002 missing: no PITR between 0/200000 and 0/401388; backups B still restore"]
+        );
+        // The newest alone is intact.
+        assert_eq!(run(&catalog, Selection::Newest).status, "ok");
+        put_segment(store, 2);
+
+        // The segment B needs: B cannot be restored, A neither past it; nothing after it.
+        store.delete("main/wal/000000010000000000000004.zst").unwrap();
+        let r = run(&catalog, Selection::One("A".into()));
+        assert!(
+            r.unreachable
+                .contains(&"backup B cannot be restored: it needs WAL 000000010000000000000004".to_string()),
+            "{r:?}"
+        );
+        assert!(
+            r.unreachable
+                .iter()
+                .any(|u| u.contains("between 0/400000 and the end; no backup after it")),
+            "{r:?}"
+        );
+        put_segment(store, 4);
+
+        // A file not in the manifest, a damaged index: problems, not failures.
+        let idx = backup_store::load(store, "main", "A").unwrap();
+        let mut extra = idx.clone();
+        let mut f = extra.files[0].clone();
+        f.path = "base/1/2".into();
+        extra.files.push(f);
+        backup_store::publish(store, &extra).unwrap();
+        store.put(&backup_store::index_key("main", "B"), b"{ not an index").unwrap();
+        let r = run(&catalog, Selection::All);
+        let named: Vec<(Subject, &str)> = r.problems.iter().map(|p| (p.subject, p.object.as_str())).collect();
+        assert!(named.contains(&(Subject::File, "base/1/2")), "{r:?}");
+        assert!(named.contains(&(Subject::Backup, "B")), "{r:?}");
+        assert!(matches!(
+            verify(
+                &catalog,
+                "main",
+                &Selection::One("C".into()),
+                &Options::default(),
+                &mut LogLines::new("verify")
+            ),
+            Err(VerifyError::Store(BackupStoreError::NotFound { .. }))
+        ));
     }
 }

@@ -12,7 +12,7 @@ pub const RECORD_FORMAT: u32 = 1;
 pub const MAX_STORED_PROBLEMS: usize = 100;
 
 /// What a problem concerns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Subject {
     /// The backup's index or manifest.
@@ -26,7 +26,7 @@ pub enum Subject {
 }
 
 /// One thing found damaged or missing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Problem {
     pub subject: Subject,
     /// The file path, chunk object, or WAL file name.
