@@ -162,28 +162,6 @@ pub fn verify(
     if chosen.is_empty() {
         return Err(VerifyError::NoBackups(server.to_string()));
     }
-    // An index that no longer loads is damage to report, not a reason to stop.
-    let mut indexes = Vec::new();
-    let mut unreadable = Vec::new();
-    for id in &chosen {
-        match backup_store::load(store, server, id) {
-            Ok(i) => indexes.push(i),
-            Err(BackupStoreError::BadIndex { key, reason }) => unreadable.push(BackupResult {
-                id: id.clone(),
-                status: record::status_text(1),
-                problem_count: 1,
-                problems: vec![Problem {
-                    subject: Subject::Backup,
-                    object: id.clone(),
-                    backup: Some(id.clone()),
-                    message: format!("its index {key} is damaged: {reason}"),
-                }],
-                bytes_checked: 0,
-                seconds: 0.0,
-            }),
-            Err(e) => return Err(e.into()),
-        }
-    }
     let mut run = Run {
         store,
         server,
@@ -195,35 +173,48 @@ pub fn verify(
         wal: None,
         files_checked: 0,
     };
-    if let Some(newest) = indexes.first() {
-        run.prepare_wal(newest)?;
-    }
-    let total: u64 = {
-        let mut seen = std::collections::HashSet::new();
-        let chunk_bytes: u64 = indexes
-            .iter()
-            .flat_map(|i| i.files.iter().flat_map(|f| f.chunks.iter()))
-            .filter(|c| seen.insert(c.object.as_str()))
-            .map(|c| c.stored)
-            .sum();
-        chunk_bytes + run.wal_estimate(&indexes)
-    };
-    progress.begin(Some(total));
-    let mut results = unreadable;
-    for idx in &indexes {
+    // One index in memory at a time (a large backup's index lists every chunk). The progress
+    // total is the first backup and its WAL; with --all the bar grows as older ones follow.
+    let mut results = Vec::new();
+    for id in &chosen {
+        let idx = match backup_store::load(store, server, id) {
+            Ok(i) => i,
+            // An index that no longer loads is damage to report, not a reason to stop.
+            Err(BackupStoreError::BadIndex { key, reason }) => {
+                results.push(BackupResult {
+                    id: id.clone(),
+                    status: record::status_text(1),
+                    problem_count: 1,
+                    problems: vec![Problem {
+                        subject: Subject::Backup,
+                        object: id.clone(),
+                        backup: Some(id.clone()),
+                        message: format!("its index {key} is damaged: {reason}"),
+                    }],
+                    bytes_checked: 0,
+                    seconds: 0.0,
+                });
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if run.wal.is_none() {
+            run.prepare_wal(&idx)?;
+            let chunk_bytes: u64 = idx.files.iter().flat_map(|f| f.chunks.iter()).map(|c| c.stored).sum();
+            progress.begin(Some(chunk_bytes + run.wal_estimate(&idx)));
+        }
         let (t0, b0) = (Instant::now(), run.read.load(Ordering::Relaxed));
         progress.phase(&format!("{server}: verifying backup {}", idx.id));
-        let problems = run.backup(idx, progress)?;
+        let problems = run.backup(&idx, progress)?;
         let bytes = run.read.load(Ordering::Relaxed) - b0;
-        let result = BackupResult {
+        results.push(BackupResult {
             id: idx.id.clone(),
             status: record::status_text(problems.len() as u64),
             problem_count: problems.len() as u64,
             problems,
             bytes_checked: bytes,
             seconds: t0.elapsed().as_secs_f64(),
-        };
-        results.push(result);
+        });
     }
     // Every problem once (WAL problems are shared by the backups before them).
     let mut seen = std::collections::HashSet::new();
@@ -334,10 +325,10 @@ impl Run<'_> {
         }
     }
 
-    fn wal_estimate(&self, indexes: &[BackupIndex]) -> u64 {
+    fn wal_estimate(&self, idx: &BackupIndex) -> u64 {
         let Some(w) = &self.wal else { return 0 };
         let Some((_, end)) = &w.end else { return 0 };
-        let first = indexes.iter().map(|i| self.wal_start(i, w.seg).0).min().unwrap_or(end.0);
+        let first = self.wal_start(idx, w.seg).0;
         // Compressed WAL is usually about half its size.
         (end.0 + 1).saturating_sub(first) * w.seg.bytes() / 2
     }
