@@ -22,35 +22,43 @@ pub struct ChunkOutcome {
 }
 
 /// Limits the bytes read per second over all threads (`None`: unlimited). Each reader adds what
-/// it read, then sleeps until the total is within the rate since the start.
+/// it read, then sleeps until the total is within the rate since the start of the accounting.
+/// Time spent not reading (parsing a manifest, a pause) earns at most one second of credit, so
+/// the rate holds over any stretch longer than a second, not just on average.
 pub struct Throttle {
     rate: Option<u64>,
-    start: Instant,
-    read: Mutex<u64>,
+    /// Start of the accounting, and the bytes read since.
+    state: Mutex<(Instant, u64)>,
 }
+
+/// The most read-ahead credit idle time earns.
+const MAX_CREDIT: Duration = Duration::from_secs(1);
 
 impl Throttle {
     pub fn new(bytes_per_second: Option<u64>) -> Throttle {
         Throttle {
             rate: bytes_per_second.filter(|r| *r > 0),
-            start: Instant::now(),
-            read: Mutex::new(0),
+            state: Mutex::new((Instant::now(), 0)),
         }
     }
 
     pub fn consumed(&self, bytes: u64) {
         let Some(rate) = self.rate else { return };
-        let total = match self.read.lock() {
-            Ok(mut r) => {
-                *r += bytes;
-                *r
+        let wait = {
+            let Ok(mut st) = self.state.lock() else { return };
+            let now = Instant::now();
+            let elapsed = now.duration_since(st.0);
+            let due = Duration::from_secs_f64(st.1 as f64 / rate as f64);
+            if elapsed > due + MAX_CREDIT {
+                // Idle for a while: start again with one second of credit.
+                *st = (now - MAX_CREDIT, 0);
             }
-            Err(_) => return,
+            st.1 += bytes;
+            let due = Duration::from_secs_f64(st.1 as f64 / rate as f64);
+            due.saturating_sub(now.duration_since(st.0))
         };
-        let due = Duration::from_secs_f64(total as f64 / rate as f64);
-        let elapsed = self.start.elapsed();
-        if due > elapsed {
-            std::thread::sleep(due - elapsed);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
         }
     }
 }
@@ -230,5 +238,20 @@ mod tests {
         assert!(out[2].as_ref().unwrap().problem.as_ref().unwrap().contains("missing"));
         assert!(out[3].as_ref().unwrap().problem.is_some());
         assert!(read.load(Ordering::Relaxed) > 5000);
+    }
+
+    #[test]
+    fn the_throttle_holds_the_rate_after_idle_time() {
+        let t = Throttle::new(Some(10_000_000));
+        let start = Instant::now();
+        t.consumed(1_000_000); // 0.1 s at 10 MB/s
+        assert!(start.elapsed() < Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(1300));
+        // 1.3 s idle earns one second (10 MB), not 1.3 s: 20 MB more takes about 1 s.
+        let again = Instant::now();
+        t.consumed(20_000_000);
+        let took = again.elapsed();
+        assert!(took > Duration::from_millis(800) && took < Duration::from_millis(1500), "{took:?}");
+        Throttle::new(None).consumed(u64::MAX);
     }
 }
