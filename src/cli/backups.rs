@@ -137,10 +137,10 @@ pub fn show_backup(path: &Path, server: &str, id: &str, json: bool) -> i32 {
     println!(
         "  verified:           {}{}",
         s.verify_status,
-        if s.verify_status == "never" {
-            String::new()
-        } else {
-            format!(" at {} (pgark verify {} {} shows the problems)", s.verified_at, s.server, s.id)
+        match s.verify_status.as_str() {
+            "never" => " (pgark verify checks it)".to_string(),
+            "ok" => format!(" at {}", s.verified_at),
+            _ => format!(" at {} (`pgark verify {} {}` names the problems)", s.verified_at, s.server, s.id),
         }
     );
     for t in &s.tablespaces {

@@ -149,6 +149,18 @@ fn verify_finds_each_kind_of_damage() {
     let (code, _, t) = verify(&p.config, &["nosuch"]);
     assert_eq!(code, Some(2), "{t}");
 
+    // Beside live streaming (segments completing, compressed, recycled under the verify's
+    // eyes): still intact, never a false alarm.
+    pgbench_init(&c, 2);
+    let load = pgbench(&c, &["-c", "2", "-T", "12", "-n"]);
+    for _ in 0..3 {
+        let (code, _, t) = verify(&p.config, &["main"]);
+        assert_eq!(code, Some(0), "verify during load: {t}");
+        let (code, _, t) = verify(&p.config, &["plain"]);
+        assert_eq!(code, Some(0), "verify during load: {t}");
+    }
+    assert!(load.wait_with_output().unwrap().status.success());
+
     // From here on nothing may move under the test: the daemon stops.
     assert_eq!(p.term(), 0);
     let seg = seg_size(&c);
