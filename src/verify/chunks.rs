@@ -138,47 +138,21 @@ pub fn check_all(
     throttle: &Throttle,
     read: &AtomicU64,
     stop: &AtomicBool,
-    mut tick: impl FnMut(),
+    tick: impl FnMut(),
 ) -> Vec<Option<ChunkOutcome>> {
-    let next = AtomicU64::new(0);
-    let results: Vec<Mutex<Option<ChunkOutcome>>> = chunks.iter().map(|_| Mutex::new(None)).collect();
-    let live = AtomicU64::new(jobs.max(1) as u64);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
-            scope.spawn(|| {
-                // Counts itself out however it ends, so the calling thread stops waiting.
-                struct Out<'a>(&'a AtomicU64);
-                impl Drop for Out<'_> {
-                    fn drop(&mut self) {
-                        self.0.fetch_sub(1, Ordering::Relaxed);
-                    }
-                }
-                let _out = Out(&live);
-                let Ok(mut dctx) = zstd::bulk::Decompressor::new() else {
-                    return;
-                };
-                let mut buf = Vec::with_capacity(CHUNK_SIZE);
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(c) = chunks.get(i) else { return };
-                    let (o, n) = check_one(store, server, c, &mut dctx, &mut buf);
-                    read.fetch_add(n, Ordering::Relaxed);
-                    if let Ok(mut slot) = results[i].lock() {
-                        *slot = Some(o);
-                    }
-                    throttle.consumed(n);
-                }
-            });
-        }
-        while live.load(Ordering::Relaxed) > 0 {
-            tick();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
-    results.into_iter().map(|m| m.into_inner().ok().flatten()).collect()
+    super::pool::map(
+        chunks,
+        jobs,
+        || Some((zstd::bulk::Decompressor::new().ok()?, Vec::with_capacity(CHUNK_SIZE))),
+        |(dctx, buf), c| {
+            let (o, n) = check_one(store, server, c, dctx, buf);
+            read.fetch_add(n, Ordering::Relaxed);
+            throttle.consumed(n);
+            o
+        },
+        stop,
+        tick,
+    )
 }
 
 #[cfg(test)]

@@ -10,13 +10,14 @@
 //!
 //! - `page`: the WAL page-header checker (pure)
 //! - `wal`: the timeline path and reading one segment in any stored form
-//! - `chunks`: chunk checks on a few threads, at a bounded read rate
+//! - `chunks`: chunk checks, at a bounded read rate; `pool`: the threads they and the WAL run on
 //! - `manifest`: verify's own backup_manifest parser and self-check
 //! - `record`: problems, and the stored per-backup result
 
 pub mod chunks;
 pub mod manifest;
 pub mod page;
+pub mod pool;
 pub mod record;
 pub mod wal;
 
@@ -363,9 +364,13 @@ impl Run<'_> {
         });
         self.stopped()?;
         for (c, o) in todo.iter().zip(outcomes) {
-            if let Some(o) = o {
-                self.chunks.insert(c.object.clone(), o);
-            }
+            // Not stopped, so a missing outcome is a worker that could not start: say so rather
+            // than let the chunk pass unchecked.
+            let o = o.unwrap_or_else(|| ChunkOutcome {
+                crc32c: None,
+                problem: Some("could not be checked (no decompression context)".into()),
+            });
+            self.chunks.insert(c.object.clone(), o);
         }
         // Files: each chunk problem named with the first file using it; each file's CRC from its
         // chunks against the index's record.
@@ -495,48 +500,60 @@ impl Run<'_> {
             }
             return Ok(out);
         };
-        let mut n = first;
-        while n <= end {
-            if !self.wal_checked.contains_key(&n) {
-                self.stopped()?;
-                let name = path.file_for(seg, n);
+        // The segments not yet checked in this run, as recovery would read them, on the pool.
+        let todo: Vec<WalFileName> = (first.0..=end.0)
+            .map(SegNo)
+            .filter(|n| !self.wal_checked.contains_key(n))
+            .map(|n| path.file_for(seg, n))
+            .collect();
+        let (store, server, read, throttle) = (self.store, self.server, &self.read, &self.throttle);
+        let outcomes = pool::map(
+            &todo,
+            self.opts.jobs,
+            || Some(()),
+            |_, name| {
                 let mut expect = expect_base;
                 expect.tli = name.tli;
-                expect.start = seg.segment_start(n);
-                let text = name.format(seg);
-                let found = match wal::check_segment(self.store, self.server, name, seg, &expect)? {
-                    wal::SegmentOutcome::Ok { stored, .. } => {
-                        self.read.fetch_add(stored, Ordering::Relaxed);
-                        self.throttle.consumed(stored);
-                        None
-                    }
-                    wal::SegmentOutcome::Missing => Some((true, "missing from the catalog".to_string())),
-                    wal::SegmentOutcome::Damaged { stored, reason } => {
-                        self.read.fetch_add(stored, Ordering::Relaxed);
-                        self.throttle.consumed(stored);
-                        Some((false, format!("damaged: {reason}")))
-                    }
-                };
-                let entry = found.map(|(missing, message)| {
-                    (
-                        WalDamage {
-                            segno: n,
-                            name: text.clone(),
-                            missing,
-                        },
-                        Problem {
-                            subject: Subject::Wal,
-                            object: text.clone(),
-                            backup: None,
-                            message,
-                        },
-                    )
-                });
-                self.wal_checked.insert(n, entry);
-                let r = self.read.load(Ordering::Relaxed);
+                expect.start = seg.segment_start(name.segno);
+                let o = wal::check_segment(store, server, *name, seg, &expect);
+                if let Ok(wal::SegmentOutcome::Ok { stored, .. } | wal::SegmentOutcome::Damaged { stored, .. }) = &o {
+                    read.fetch_add(*stored, Ordering::Relaxed);
+                    throttle.consumed(*stored);
+                }
+                o
+            },
+            &self.opts.stop,
+            || {
+                let r = read.load(Ordering::Relaxed);
                 progress.update(r, r);
-            }
-            n = n.next();
+            },
+        );
+        self.stopped()?;
+        for (name, o) in todo.iter().zip(outcomes) {
+            let text = name.format(seg);
+            let found = match o {
+                None => Some((false, "could not be checked".to_string())),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(wal::SegmentOutcome::Ok { .. })) => None,
+                Some(Ok(wal::SegmentOutcome::Missing)) => Some((true, "missing from the catalog".to_string())),
+                Some(Ok(wal::SegmentOutcome::Damaged { reason, .. })) => Some((false, format!("damaged: {reason}"))),
+            };
+            let entry = found.map(|(missing, message)| {
+                (
+                    WalDamage {
+                        segno: name.segno,
+                        name: text.clone(),
+                        missing,
+                    },
+                    Problem {
+                        subject: Subject::Wal,
+                        object: text.clone(),
+                        backup: None,
+                        message,
+                    },
+                )
+            });
+            self.wal_checked.insert(name.segno, entry);
         }
         out.extend(
             self.wal_checked
