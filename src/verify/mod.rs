@@ -177,6 +177,7 @@ pub fn verify(
     // One index in memory at a time (a large backup's index lists every chunk). The progress
     // total is the first backup and its WAL; with --all the bar grows as older ones follow.
     let mut results = Vec::new();
+    let mut begun = false;
     for id in &chosen {
         let idx = match backup_store::load(store, server, id) {
             Ok(i) => i,
@@ -199,7 +200,8 @@ pub fn verify(
             }
             Err(e) => return Err(e.into()),
         };
-        if run.wal.is_none() {
+        if !begun {
+            begun = true;
             run.prepare_wal(&idx)?;
             let chunk_bytes: u64 = idx.files.iter().flat_map(|f| f.chunks.iter()).map(|c| c.stored).sum();
             progress.begin(Some(chunk_bytes + run.wal_estimate(&idx)));
@@ -318,7 +320,7 @@ impl Run<'_> {
     }
 
     /// The first segment a backup's WAL check starts at: its start, or (WAL inside the backup)
-    /// the segment after its end.
+    /// the segment holding its end (what came before is in the backup itself).
     fn wal_start(&self, idx: &BackupIndex, seg: WalSegSize) -> SegNo {
         match idx.wal_source {
             WalSource::Catalog => seg.segno(idx.start_lsn),
