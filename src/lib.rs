@@ -7,7 +7,7 @@
 //! L7  cli        one file per command; the one place exit codes live
 //! L6  service    daemon, scheduler, HTTP, metrics, status board, telemetry
 //! L5  config     YAML -> Config, built from the domain modules' settings types
-//! L4  receiver · backup · restore · monitor   (siblings; they never import each other)
+//! L4  receiver · backup · restore · monitor · verify   (siblings; they never import each other)
 //! L3  catalog    the only code that builds catalog paths; storage behind `ObjectStore`
 //! L2  client     sockets, TLS, authentication, replication commands
 //! L1  protocol   the wire format, sans I/O          pg   PostgreSQL value types
@@ -33,3 +33,4 @@ pub mod restore;
 pub mod retention;
 pub mod service;
 pub mod util;
+pub mod verify;

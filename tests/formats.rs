@@ -1,5 +1,6 @@
 //! Catalog files written by pgark's first on-disk formats (index format 1, server.state
-//! version 1, restore record format 1, drill record format 1) still load. The fixtures below are the exact bytes
+//! version 1, restore record format 1, drill record format 1, verify result format 1) still load.
+//! The fixtures below are the exact bytes
 //! today's pgark writes; a change to a type that breaks them fails here, not in a DBA's catalog.
 
 use pgark::catalog::backup_store::{decode_index, FileKind, WalSource};
@@ -91,4 +92,43 @@ fn a_format_1_drill_record_loads() {
     let original: serde_json::Value = serde_json::from_str(DRILL_V1).unwrap();
     assert_eq!(again, original);
     assert_eq!(drill_record::latest(&store, "main").unwrap().0.unwrap(), r);
+}
+
+/// A verify result as `pgark verify` writes it (`<server>/backups/<id>.verify`, pretty JSON).
+const VERIFY_V1: &str = r#"{
+  "format": 1,
+  "backup": "20261202T101500Z",
+  "verified_at": 1796206600,
+  "status": "damaged",
+  "problem_count": 2,
+  "problems": [
+    {
+      "subject": "chunk",
+      "object": "ab/abcdef.zst",
+      "backup": "20261202T101500Z",
+      "message": "missing from the catalog; used by file base/1/1259"
+    },
+    {
+      "subject": "wal",
+      "object": "000000010000000000000007",
+      "message": "missing from the catalog"
+    }
+  ],
+  "unreachable": [
+    "WAL 000000010000000000000007 missing: no PITR between 0/7000000 and the end; no backup after it"
+  ],
+  "bytes_checked": 20981234,
+  "seconds": 1.5
+}"#;
+
+#[test]
+fn a_format_1_verify_result_loads() {
+    use pgark::verify::record::{Subject, VerifyRecord, RECORD_FORMAT};
+    let r: VerifyRecord = serde_json::from_str(VERIFY_V1).unwrap();
+    assert_eq!((r.format, r.format), (1, RECORD_FORMAT));
+    assert_eq!((r.status.as_str(), r.problem_count, r.verified_at), ("damaged", 2, 1796206600));
+    assert_eq!(r.problems[0].subject, Subject::Chunk);
+    assert_eq!(r.problems[1].backup, None);
+    // Written back, it is the same document.
+    assert_eq!(serde_json::to_string_pretty(&r).unwrap(), VERIFY_V1);
 }

@@ -1,7 +1,8 @@
 //! Property tests of every parser of untrusted input: the backend message codec, the replication
 //! payloads, the BASE_BACKUP reply, the tar parser, the backup_manifest, connection strings and
 //! `.pgpass`, the config file, and every catalog file loader (state file, backup index, restore
-//! record, stored segments and chunks, `.sum` files, timeline histories, WAL file names).
+//! record, stored segments and chunks, `.sum` files, timeline histories, WAL file names), and
+//! what `pgark verify` reads (its manifest parser, the WAL page-header checker, verify results).
 //!
 //! Each gets random inputs and mutations of valid ones (bit flips, overwrites, insertions,
 //! deletions, truncation): `PGARK_PROPTEST_CASES` cases each (100,000 by default; CI runs the
@@ -341,6 +342,64 @@ fn config_file() {
         |d| d.len() * 64 + (1 << 20),
         |d| {
             let _ = pgark::config::Config::parse(&String::from_utf8_lossy(d), Path::new("fuzz.yaml"));
+        },
+    );
+}
+
+/// Eight 1 KiB WAL pages of one small "segment" (the checker takes any page and segment size
+/// the long header declares), valid for `verify::page::check_segment`.
+fn wal_pages_sample() -> Vec<u8> {
+    let mut d = vec![0u8; 8 * 1024];
+    for (i, page) in d.chunks_mut(1024).enumerate() {
+        page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        page[2..4].copy_from_slice(&(if i == 0 { 6u16 } else { 4 }).to_le_bytes());
+        page[4..8].copy_from_slice(&1u32.to_le_bytes());
+        page[8..16].copy_from_slice(&(0x30000u64 + (i as u64) * 1024).to_le_bytes());
+        if i == 0 {
+            page[24..32].copy_from_slice(&7u64.to_le_bytes());
+            page[32..36].copy_from_slice(&8192u32.to_le_bytes());
+            page[36..40].copy_from_slice(&1024u32.to_le_bytes());
+        }
+    }
+    d
+}
+
+#[test]
+fn verify_inputs() {
+    use pgark::verify::page::{check_segment, Expect, Kind};
+    use pgark::verify::record::VerifyRecord;
+    let expect = Expect {
+        magic: Some(0xD110),
+        tli: pgark::pg::TimelineId(1),
+        start: pgark::pg::Lsn(0x30000),
+        seg_size: 8192,
+        system_identifier: Some(7),
+    };
+    assert!(check_segment(&wal_pages_sample(), &expect, Kind::Complete).is_ok());
+    run(
+        "verify::page::check_segment",
+        vec![wal_pages_sample()],
+        |_| BASE,
+        |d| {
+            let _ = check_segment(d, &expect, Kind::Complete);
+            let _ = check_segment(d, &expect, Kind::Partial);
+        },
+    );
+    run(
+        "verify::manifest::parse",
+        vec![manifest_sample()],
+        |d| d.len() * 16 + BASE,
+        |d| {
+            let _ = pgark::verify::manifest::parse(d);
+        },
+    );
+    let record = br#"{"format":1,"backup":"20261202T101500Z","verified_at":1796206600,"status":"damaged","problem_count":1,"problems":[{"subject":"wal","object":"000000010000000000000007","message":"missing from the catalog"}],"unreachable":["x"],"bytes_checked":5,"seconds":0.5}"#;
+    run(
+        "verify::record (VerifyRecord JSON)",
+        vec![record.to_vec()],
+        |d| d.len() * 16 + BASE,
+        |d| {
+            let _ = serde_json::from_slice::<VerifyRecord>(d);
         },
     );
 }

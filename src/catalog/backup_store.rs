@@ -191,6 +191,11 @@ pub fn manifest_key(server: &str, id: &str) -> String {
     format!("{server}/backups/{id}.manifest")
 }
 
+/// The result of the last `pgark verify` of a backup (written by `verify::record`).
+pub fn verify_key(server: &str, id: &str) -> String {
+    format!("{server}/backups/{id}.verify")
+}
+
 pub fn running_key(server: &str, id: &str) -> String {
     format!("{server}/backups/{id}.running")
 }
@@ -323,11 +328,13 @@ pub fn publish(store: &dyn ObjectStore, index: &BackupIndex) -> io::Result<()> {
 }
 
 /// Removes a published backup: the index first (so it stops existing in one step), then its
-/// manifest and pin; chunks no other backup uses are removed by `collect_garbage`.
+/// manifest, pin and verify result; chunks no other backup uses are removed by
+/// `collect_garbage`.
 pub fn delete(store: &dyn ObjectStore, server: &str, id: &str) -> io::Result<()> {
     store.delete(&index_key(server, id))?;
     store.delete(&manifest_key(server, id))?;
-    store.delete(&super::pin::key(server, id))
+    store.delete(&super::pin::key(server, id))?;
+    store.delete(&verify_key(server, id))
 }
 
 /// What `collect_garbage` removed.
@@ -357,7 +364,11 @@ pub fn collect_garbage(store: &dyn ObjectStore, server: &str) -> Result<Garbage,
         let orphan = match (name.strip_suffix(".running"), companion) {
             (Some(_), _) => true,
             (_, Some(id)) => !ids.contains(id),
-            _ => durable::is_stale_tmp(name, false),
+            // A verify result outlives nothing: orphaned only once its index is gone.
+            _ => match name.strip_suffix(".verify") {
+                Some(id) => !ids.contains(id),
+                None => durable::is_stale_tmp(name, false),
+            },
         };
         if orphan {
             tracing::info!(server, object = %key, "removing what an interrupted backup left");
@@ -520,15 +531,26 @@ pub(crate) mod tests {
         store.put(&running_key("main", "B"), b"pid").unwrap();
         store.put(&manifest_key("main", "B"), b"{}").unwrap();
         store.put(&manifest_key("main", "A"), b"{}").unwrap();
+        store.put(&verify_key("main", "A"), b"{}").unwrap();
+        store.put(&verify_key("main", "C"), b"{}").unwrap();
         publish(&store, &index("A", &["aa/aa1.zst"])).unwrap();
         assert_eq!(list_ids(&store, "main").unwrap(), vec!["A"]);
         let g = collect_garbage(&store, "main").unwrap();
         assert_eq!((g.unfinished_backups, g.chunks), (1, 2));
         assert!(store.get(&chunk_key("main", "aa/aa1.zst")).unwrap().is_some());
         assert!(store.get(&manifest_key("main", "B")).unwrap().is_none());
+        assert!(
+            store.get(&verify_key("main", "A")).unwrap().is_some(),
+            "a published backup's verify result is kept"
+        );
+        assert!(
+            store.get(&verify_key("main", "C")).unwrap().is_none(),
+            "an orphaned verify result is removed"
+        );
         assert!(reusable_chunks(&store, "main").unwrap().contains_key("aa1"));
         delete(&store, "main", "A").unwrap();
         assert!(matches!(load(&store, "main", "A"), Err(BackupStoreError::NotFound { .. })));
+        assert!(store.get(&verify_key("main", "A")).unwrap().is_none());
         assert_eq!(collect_garbage(&store, "main").unwrap().chunks, 1);
     }
 

@@ -27,6 +27,7 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("backup_age", backup_age),
     ("retention", retention),
     ("wal_gaps", wal_gaps),
+    ("verify", verify),
     ("drill", drill),
     ("synchronized_standby_slots", synchronized_standby_slots),
     ("idle_replication_slot_timeout", idle_replication_slot_timeout),
@@ -188,6 +189,47 @@ fn wal_gaps(f: &Facts) -> Outcome {
     } else {
         "no WAL gap since the oldest backup".to_string()
     })
+}
+
+fn verify(f: &Facts) -> Outcome {
+    let records = match &f.verifies {
+        Ok(v) => v,
+        Err(e) => return Outcome::failed(format!("cannot read the verify results: {e}")),
+    };
+    let damaged: Vec<&str> = records.iter().filter(|r| r.status != "ok").map(|r| r.backup.as_str()).collect();
+    if !damaged.is_empty() {
+        return Outcome::failed(format!(
+            "the last verify of backup(s) {} found damaged or missing data: pgark verify --config {} {} --all names it; take a new backup",
+            damaged.join(", "),
+            f.config_file.display(),
+            f.server
+        ));
+    }
+    let schedule = f.cfg.verify_schedule.as_ref();
+    let Some(newest) = records.first() else {
+        return match schedule {
+            Some(_) => Outcome::warning("verify_schedule is set but nothing has been verified yet"),
+            None => Outcome::ok("never verified and no verify_schedule (pgark verify reads every chunk and segment back)"),
+        };
+    };
+    let shown = format!("last verify {} ({}): intact", format_utc(newest.verified_at), newest.backup);
+    let Some(schedule) = schedule else {
+        return Outcome::ok(format!("{shown} (no verify_schedule)"));
+    };
+    let due = schedule.next_due(Some(newest.verified_at), newest.verified_at + 1);
+    if f.now <= due {
+        return Outcome::ok(shown);
+    }
+    let interval = schedule.next_due(Some(due), due + 1).saturating_sub(due).max(60);
+    let late = f.now - due;
+    if late > interval {
+        Outcome::failed(format!(
+            "{shown}; the next is overdue by {} (more than one interval of verify_schedule): see pgark serve's log",
+            age(late)
+        ))
+    } else {
+        Outcome::warning(format!("{shown}; the next is due since {}", age(late)))
+    }
 }
 
 fn drill(f: &Facts) -> Outcome {
@@ -603,6 +645,7 @@ mod tests {
                 settings,
             }),
             drills: Ok((None, None)),
+            verifies: Ok(vec![]),
             retention: Ok(super::super::facts::RetentionFacts {
                 has_rules: true,
                 min_redundancy: 1,

@@ -54,6 +54,9 @@ pub struct Facts {
     pub sql: Result<Sql, String>,
     /// The retention policy's verdict and the WAL continuity, from the catalog.
     pub retention: Result<RetentionFacts, String>,
+    /// The verify results stored beside the backups (`pgark verify`, `verify_schedule`), newest
+    /// verify first.
+    pub verifies: Result<Vec<crate::verify::record::VerifyRecord>, String>,
     /// The newest restore drill and the newest successful one (`pgark drill`, `drill.schedule`).
     pub drills: Result<(Option<DrillRecord>, Option<DrillRecord>), String>,
 }
@@ -228,6 +231,16 @@ pub async fn gather(config: &Config, name: &str, timeout: Duration) -> Facts {
         sql,
         retention: retention(&catalog, name, &cfg, crate::util::time::unix_now()),
         drills: drill_record::latest(store.as_ref(), name).map_err(|e| e.to_string()),
+        verifies: backup_store::list_ids(store.as_ref(), name)
+            .map(|ids| {
+                let mut v: Vec<_> = ids
+                    .iter()
+                    .filter_map(|id| crate::verify::record::load(store.as_ref(), name, id))
+                    .collect();
+                v.sort_by_key(|r| std::cmp::Reverse(r.verified_at));
+                v
+            })
+            .map_err(|e| e.to_string()),
         cfg,
     }
 }

@@ -61,8 +61,8 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
         return exit::OK;
     }
     println!(
-        "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10}  {:<28} LABEL",
-        "SERVER", "ID", "STATUS", "START", "SECS", "START LSN", "END LSN", "TLI", "SIZE", "STORED", "KEPT BY"
+        "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10} {:<8}  {:<28} LABEL",
+        "SERVER", "ID", "STATUS", "START", "SECS", "START LSN", "END LSN", "TLI", "SIZE", "STORED", "VERIFIED", "KEPT BY"
     );
     for b in &all {
         let kept = if b.kept_by.is_empty() {
@@ -71,7 +71,7 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
             b.kept_by.join(",")
         };
         println!(
-            "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10}  {:<28} {}",
+            "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10} {:<8}  {:<28} {}",
             b.server,
             b.id,
             b.status,
@@ -82,6 +82,7 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
             b.end_timeline,
             crate::util::units::human_bytes(b.original_bytes),
             crate::util::units::human_bytes(b.stored_new_bytes),
+            b.verify_status,
             kept,
             b.label
         );
@@ -166,6 +167,15 @@ pub fn show_backup(path: &Path, server: &str, id: &str, json: bool) -> i32 {
         }
     );
     println!("  point in time:      {}", s.pitr);
+    println!(
+        "  verified:           {}{}",
+        s.verify_status,
+        match s.verify_status.as_str() {
+            "never" => " (pgark verify checks it)".to_string(),
+            "ok" => format!(" at {}", s.verified_at),
+            _ => format!(" at {} (`pgark verify {} {}` names the problems)", s.verified_at, s.server, s.id),
+        }
+    );
     for t in &s.tablespaces {
         if let (Some(oid), Some(loc)) = (t.oid, &t.location) {
             println!("  tablespace:         {oid} at {loc}");

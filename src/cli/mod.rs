@@ -15,6 +15,7 @@ pub mod prune;
 pub mod restore;
 pub mod serve;
 pub mod status;
+pub mod verify;
 pub mod wal_get;
 
 use crate::config::Config;
@@ -180,6 +181,32 @@ pub enum Cmd {
         #[arg(long)]
         release: bool,
     },
+    /// Read back backups and the WAL after them: every chunk, every file against the
+    /// backup_manifest, every WAL segment to the newest; say what is damaged or missing.
+    #[command(
+        after_help = "Checks the newest backup by default, one backup by id, or --all (chunks shared by several backups are read once).\nEach backup's result is stored beside it and shown by list-backups and show-backup (verified_at, verify_status).\n\nExit status: 0 everything intact, 9 something damaged or missing (each problem is printed, with the\npoint-in-time ranges no longer reachable), 2 bad usage or config, 5 no such backup (or no backup at all).\n\nExamples:\n  pgark verify --config /etc/pgark.yaml main\n  pgark verify --config /etc/pgark.yaml main 20261123T231500Z\n  pgark verify --config /etc/pgark.yaml main --all --json | jq '.problems[]'\n  pgark verify --config /etc/pgark.yaml main --acknowledge-gap 000000010000000000000007 --note 'slot lost on 2026-11-30'"
+    )]
+    Verify {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The server's name in the config.
+        server: String,
+        /// The backup to verify (default: the newest).
+        id: Option<String>,
+        /// Verify every backup of the server.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// Instead of verifying: record the WAL gap that holds this segment (a name from
+        /// `pgark status` or `list-backups`) as known, so it no longer alerts; it stays listed.
+        #[arg(long, value_name = "SEGMENT", conflicts_with_all = ["id", "all"])]
+        acknowledge_gap: Option<String>,
+        /// Why the gap is acceptable (stored with the acknowledgement).
+        #[arg(long, value_name = "TEXT", requires = "acknowledge_gap")]
+        note: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore a backup into a directory, with the recovery settings for point-in-time recovery.
     #[command(
         after_help = "Without a backup id pgark picks the newest backup that can reach the target and says which.\nAfterwards, starting PostgreSQL on the directory is all that is left: restore_command (pgark wal-get),\nthe target settings and recovery.signal (or standby.signal) are written.\n\nExit status: 0 restored, 1 failed (the directory is left unstartable), 2 bad input (options, non-empty\ntarget without --delta, running postmaster), 5 no such backup, 7 the target cannot be reached.\n\nExamples:\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/restored\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/restored --target-time '2026-11-23 14:05:00+00'\n  pgark restore --config /etc/pgark.yaml main 20261123T231500Z --target-dir /srv/pg/restored --target-lsn 0/5000060 --target-action promote\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/data --delta --owner postgres\n  pgark restore --config /etc/pgark.yaml main --target-dir /srv/pg/replica --standby --tablespace ts1=/srv/pg/ts1"
@@ -267,6 +294,21 @@ pub async fn run(cli: Cli) -> i32 {
         Cmd::ShowBackup { config, server, id, json } => backups::show_backup(&config, &server, &id, json),
         Cmd::DeleteBackup { config, server, id, force } => backups::delete_backup(&config, &server, &id, force),
         Cmd::Drill(args) => drill::drill(args).await,
+        Cmd::Verify {
+            config,
+            server,
+            acknowledge_gap: Some(segment),
+            note,
+            ..
+        } => verify::acknowledge_gap(&config, &server, &segment, note.as_deref().unwrap_or("")),
+        Cmd::Verify {
+            config,
+            server,
+            id,
+            all,
+            json,
+            ..
+        } => tokio::task::block_in_place(|| verify::verify(&config, &server, id, all, json)),
         Cmd::Restore(args) => tokio::task::block_in_place(|| restore::restore(args)),
         Cmd::WalGet {
             config,

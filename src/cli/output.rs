@@ -100,6 +100,10 @@ pub struct BackupSummary {
     pub prune_reason: Option<String>,
     /// How far a point-in-time restore from it can go.
     pub pitr: String,
+    /// When `pgark verify` (or the daemon's scheduled verify) last checked it (UTC), or `never`.
+    pub verified_at: String,
+    /// That verify's result: `ok`, `damaged`, or `never`.
+    pub verify_status: String,
 }
 
 pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex, view: &RetentionView) -> BackupSummary {
@@ -120,6 +124,7 @@ pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex, view: &RetentionVie
             None => "to the newest WAL".to_string(),
         }
     };
+    let verified = crate::verify::record::load(store, &idx.server, &idx.id);
     BackupSummary {
         server: idx.server.clone(),
         id: idx.id.clone(),
@@ -148,5 +153,9 @@ pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex, view: &RetentionVie
         kept_by: verdict.map(|v| v.kept_by.iter().map(|r| r.label()).collect()).unwrap_or_default(),
         prune_reason: verdict.filter(|v| !v.keep()).map(|v| v.prune_reason.clone()),
         pitr,
+        verified_at: verified
+            .as_ref()
+            .map_or_else(|| "never".to_string(), |v| crate::util::time::format_utc(v.verified_at)),
+        verify_status: verified.map_or_else(|| "never".to_string(), |v| v.status),
     }
 }

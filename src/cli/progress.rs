@@ -9,7 +9,11 @@ use std::time::Duration;
 /// Picks the bar when stderr is a terminal, log lines otherwise.
 pub fn for_terminal(what: &'static str) -> Box<dyn Progress> {
     if std::io::stderr().is_terminal() {
-        Box::new(Bar { bar: None })
+        Box::new(Bar {
+            bar: None,
+            // A verify only reads: no "stored" figure to show.
+            show_stored: what != "verify",
+        })
     } else {
         Box::new(LogLines::new(what))
     }
@@ -17,6 +21,7 @@ pub fn for_terminal(what: &'static str) -> Box<dyn Progress> {
 
 struct Bar {
     bar: Option<ProgressBar>,
+    show_stored: bool,
 }
 
 impl Progress for Bar {
@@ -36,7 +41,9 @@ impl Progress for Bar {
                 b.set_length(received);
             }
             b.set_position(received);
-            b.set_message(format!("stored {}", indicatif::HumanBytes(stored)));
+            if self.show_stored {
+                b.set_message(format!("stored {}", indicatif::HumanBytes(stored)));
+            }
         }
     }
     fn phase(&mut self, message: &str) {

@@ -101,6 +101,14 @@ impl Config {
         if raw.servers.is_empty() {
             return Err(err("servers: expected at least one server".into()));
         }
+        // The top-level verify settings are checked under their own key, then are every
+        // server's default.
+        if let Some(t) = &raw.verify_schedule {
+            crate::backup::schedule::Schedule::parse(t).map_err(|m| err(format!("verify_schedule: {m}")))?;
+        }
+        if let Some(v) = &raw.verify_max_rate {
+            server::parse_rate(v).map_err(|m| err(format!("verify_max_rate: {m}")))?;
+        }
         let mut servers = BTreeMap::new();
         let mut hook_config = hooks::HooksConfig {
             global: hooks::parse("hooks", raw.hooks).map_err(err)?,
@@ -110,6 +118,8 @@ impl Config {
         // The top-level section alone first, so that its errors name `drill.<key>`.
         drill::resolve(&catalog, config_dir, raw.drill.as_ref(), None, "drill").map_err(err)?;
         for (name, mut s) in raw.servers {
+            s.verify_schedule = s.verify_schedule.or_else(|| raw.verify_schedule.clone());
+            s.verify_max_rate = s.verify_max_rate.or_else(|| raw.verify_max_rate.clone());
             let own = hooks::parse(&format!("servers.{name}.hooks"), s.hooks.take()).map_err(err)?;
             if own != hooks::HookCommands::default() {
                 hook_config.servers.insert(name.clone(), own);
@@ -274,6 +284,43 @@ mod tests {
         let m = &c.servers["main"];
         assert_eq!(m.slot_retained_limit, Some(10 << 30));
         assert_eq!(m.monitor_conninfo.as_ref().map(|(_, ci)| ci.user.as_str()), Some("mon"));
+    }
+
+    #[test]
+    fn verify_keys_with_a_top_level_default() {
+        let c = parse("catalog: /x\nverify_schedule: 1d\nverify_max_rate: 50MB\nservers:\n  a:\n    conninfo: host=/tmp\n  b:\n    conninfo: host=/tmp port=5433\n    verify_schedule: 0 4 * * *\n    verify_max_rate: 1GiB\n").unwrap();
+        let (a, b) = (&c.servers["a"], &c.servers["b"]);
+        assert_eq!(
+            a.verify_schedule,
+            Some(crate::backup::schedule::Schedule::Every(Duration::from_secs(86400)))
+        );
+        assert_eq!(a.verify_max_rate, 50_000_000);
+        assert!(matches!(b.verify_schedule, Some(crate::backup::schedule::Schedule::Cron { .. })));
+        assert_eq!(b.verify_max_rate, 1 << 30);
+        let d = parse(GOOD).unwrap();
+        assert_eq!(d.servers["main"].verify_schedule, None);
+        assert_eq!(d.servers["main"].verify_max_rate, crate::verify::DEFAULT_MAX_RATE);
+        for (text, needle) in [
+            (
+                "catalog: /x\nverify_schedule: often\nservers:\n  main:\n    conninfo: host=/tmp\n",
+                "/etc/pgark.yaml: verify_schedule",
+            ),
+            (
+                "catalog: /x\nverify_max_rate: fast\nservers:\n  main:\n    conninfo: host=/tmp\n",
+                "/etc/pgark.yaml: verify_max_rate",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    verify_schedule: 5s\n",
+                "servers.main.verify_schedule",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    verify_max_rate: 0\n",
+                "servers.main.verify_max_rate",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
     }
 
     #[test]

@@ -21,6 +21,12 @@ pub struct RawConfig {
     pub hooks: Option<RawHooks>,
     #[serde(default)]
     pub drill: Option<super::drill::RawDrill>,
+    /// Default of every server's `verify_schedule`.
+    #[serde(default)]
+    pub verify_schedule: Option<String>,
+    /// Default of every server's `verify_max_rate`.
+    #[serde(default)]
+    pub verify_max_rate: Option<serde_yaml::Value>,
     #[serde(deserialize_with = "unique_servers")]
     pub servers: BTreeMap<String, RawServer>,
 }
@@ -85,6 +91,8 @@ pub struct RawServer {
     pub monitor_interval: Option<String>,
     pub monitor_conninfo: Option<String>,
     pub slot_retained_limit: Option<serde_yaml::Value>,
+    pub verify_schedule: Option<String>,
+    pub verify_max_rate: Option<serde_yaml::Value>,
     pub retention: Option<super::retention::RawRetention>,
     /// Taken out before the server is parsed (see `config::hooks`).
     #[serde(default)]

@@ -76,6 +76,14 @@ pub fn parse(name: &str, s: RawServer, top_retention: Option<&super::retention::
         return Err(err(format!("{}: must be at least 1s", key("backup_stream_timeout"))));
     }
     let retention = super::retention::parse(s.retention.as_ref(), top_retention, &key("retention"))?;
+    let verify_schedule = match &s.verify_schedule {
+        Some(t) => Some(crate::backup::schedule::Schedule::parse(t).map_err(|m| err(format!("{}: {m}", key("verify_schedule"))))?),
+        None => None,
+    };
+    let verify_max_rate = match &s.verify_max_rate {
+        Some(v) => parse_rate(v).map_err(|m| err(format!("{}: {m}", key("verify_max_rate"))))?,
+        None => crate::verify::DEFAULT_MAX_RATE,
+    };
     Ok(ServerConfig {
         name: name.to_string(),
         conninfo_text: s.conninfo.clone(),
@@ -93,7 +101,19 @@ pub fn parse(name: &str, s: RawServer, top_retention: Option<&super::retention::
         retention,
         // Resolved with the top-level `drill` section by `Config::parse`.
         drill: super::drill::DrillSettings::defaults(std::path::Path::new("/")),
+        verify_schedule,
+        verify_max_rate,
     })
+}
+
+/// `verify_max_rate`: bytes per second, such as `50MB` (a trailing `/s` is allowed); above zero.
+pub fn parse_rate(v: &serde_yaml::Value) -> Result<u64, String> {
+    let text = super::values::yaml_scalar(v)?;
+    let rate = crate::util::units::parse_size(text.trim().trim_end_matches("/s"))?;
+    if rate == 0 {
+        return Err("must be above zero (bytes per second, such as 100MB)".into());
+    }
+    Ok(rate)
 }
 
 /// One protected server. `Debug` leaves out the connection strings as written (they may hold a
@@ -121,6 +141,10 @@ pub struct ServerConfig {
     pub retention: crate::retention::Policy,
     /// Restore drills of this server (`drill`, overridden by `servers.<name>.drill`).
     pub drill: super::drill::DrillSettings,
+    /// When the daemon verifies this server's backups and WAL (`verify_schedule`; none: never).
+    pub verify_schedule: Option<crate::backup::schedule::Schedule>,
+    /// Bytes per second the scheduled verify may read from the catalog.
+    pub verify_max_rate: u64,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -140,6 +164,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("slot_retained_limit", &self.slot_retained_limit)
             .field("retention", &self.retention)
             .field("drill", &self.drill)
+            .field("verify_schedule", &self.verify_schedule)
+            .field("verify_max_rate", &self.verify_max_rate)
             .finish()
     }
 }
@@ -165,6 +191,8 @@ impl PartialEq for ServerConfig {
             slot_retained_limit,
             retention,
             drill,
+            verify_schedule,
+            verify_max_rate,
         } = self;
         *name == o.name
             && *conninfo_text == o.conninfo_text
@@ -180,6 +208,8 @@ impl PartialEq for ServerConfig {
             && *slot_retained_limit == o.slot_retained_limit
             && *retention == o.retention
             && *drill == o.drill
+            && *verify_schedule == o.verify_schedule
+            && *verify_max_rate == o.verify_max_rate
     }
 }
 

@@ -70,6 +70,7 @@ struct Running {
     /// systemd watchdog's sign of life (see `service::systemd`).
     heartbeat: Heartbeat,
     drills: Option<JoinHandle<()>>,
+    verifies: Option<JoinHandle<()>>,
 }
 
 /// A server whose tasks were told to stop (removed, or changed by a reload), and what starts in
@@ -99,11 +100,7 @@ pub struct Daemon {
     disk_pressure: tokio::sync::watch::Sender<DiskThresholds>,
     /// The catalog's disk-pressure level as the catalog watch last measured it, for the archivers.
     space_level: SharedLevel,
-    /// The hook runner (its config replaced on reload), for the backup schedulers.
-    // ISSUE14-MERGE: give the periodic verify and drill tasks `self.hooks.clone()` when they
-    // are spawned (as `spawn_backups` does); they call `Hooks::run` with
-    // `HookEvent::on_verify_failure` / `HookEvent::post_drill` (see `service::hooks`). Their
-    // `JoinHandle`s also belong in `probes()` (as `dead_task`) so the systemd watchdog covers them.
+    /// The hook runner (its config replaced on reload), for the backup, verify and drill tasks.
     hooks: Hooks,
     _lock: CatalogLock,
     pub metrics_addr: String,
@@ -179,11 +176,13 @@ impl Daemon {
             backups: None,
             heartbeat: Heartbeat::default(),
             drills: None,
+            verifies: None,
         };
         r.receiver = self.spawn_receiver(&r);
         r.monitor = Some(self.spawn_monitor(&r));
         r.backups = Some(self.spawn_backups(&r));
         r.drills = Some(self.spawn_drills(&r));
+        r.verifies = Some(self.spawn_verifies(&r));
         self.servers.insert(r.config.name.clone(), r);
     }
 
@@ -257,6 +256,8 @@ impl Daemon {
                     Some("backup_scheduler")
                 } else if r.drills.as_ref().is_none_or(|h| h.is_finished()) {
                     Some("drill_scheduler")
+                } else if r.verifies.as_ref().is_none_or(|h| h.is_finished()) {
+                    Some("verify_scheduler")
                 } else {
                     None
                 },
@@ -266,6 +267,15 @@ impl Daemon {
             });
         }
         out
+    }
+
+    fn spawn_verifies(&self, r: &Running) -> JoinHandle<()> {
+        tokio::spawn(crate::service::verify_task::run(
+            r.config.clone(),
+            self.layout.root().to_path_buf(),
+            self.hooks.clone(),
+            r.cancel.clone(),
+        ))
     }
 
     fn spawn_drills(&self, r: &Running) -> JoinHandle<()> {
@@ -411,6 +421,14 @@ impl Daemon {
                     self.task_died(&name, "drill_scheduler", &why);
                     r.drills = Some(self.spawn_drills(&r));
                 }
+                if r.verifies.as_ref().is_none_or(|h| h.is_finished()) {
+                    let why = match r.verifies.take() {
+                        Some(h) => join_reason(h.await),
+                        None => "not running".into(),
+                    };
+                    self.task_died(&name, "verify_scheduler", &why);
+                    r.verifies = Some(self.spawn_verifies(&r));
+                }
             }
             self.servers.insert(name, r);
         }
@@ -460,7 +478,10 @@ impl Daemon {
                 Some(t) => t.join_within(left).await.is_ok(),
                 None => true,
             };
-            for h in [r.monitor.take(), r.backups.take(), r.drills.take()].into_iter().flatten() {
+            for h in [r.monitor.take(), r.backups.take(), r.drills.take(), r.verifies.take()]
+                .into_iter()
+                .flatten()
+            {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if tokio::time::timeout(left, h).await.is_err() {
                     tracing::warn!(server = %name, "a task did not stop in time; leaving it");
@@ -487,13 +508,17 @@ async fn stopped(r: &mut Running) -> bool {
     let monitor = r.monitor.as_ref().is_none_or(|h| h.is_finished());
     let backups = r.backups.as_ref().is_none_or(|h| h.is_finished());
     let drills = r.drills.as_ref().is_none_or(|h| h.is_finished());
-    if !(receiver && monitor && backups && drills) {
+    let verifies = r.verifies.as_ref().is_none_or(|h| h.is_finished());
+    if !(receiver && monitor && backups && drills && verifies) {
         return false;
     }
     if let Some(t) = r.receiver.take() {
         let _ = t.join_within(Duration::from_millis(100)).await;
     }
-    for h in [r.monitor.take(), r.backups.take(), r.drills.take()].into_iter().flatten() {
+    for h in [r.monitor.take(), r.backups.take(), r.drills.take(), r.verifies.take()]
+        .into_iter()
+        .flatten()
+    {
         let _ = h.await;
     }
     true

@@ -140,11 +140,23 @@ impl HookEvent {
         }
     }
 
-    // ISSUE14-MERGE: the verify task (daemon, periodic) and `pgark verify` (cli) call, when a
-    // verify of `server` found problems (not when it passed), once per server:
-    //     hooks.run(HookEvent::on_verify_failure(&server, &damaged_ids, problems.len(), &first_problem_line)
-    //         .var("VERIFY_REPORT", report_path.display().to_string())).await;
-    // before exiting with `exit::DAMAGED`; `hooks` as for post_drill above.
+    /// The `on_verify_failure` event of a verify run that found problems (`None` when it found
+    /// none): the damaged backups, the count, the first problem, and `PGARK_VERIFY_REPORT`, the
+    /// stored result of the newest damaged backup (`<catalog>/<server>/backups/<id>.verify`).
+    pub fn verify_found(catalog: &std::path::Path, report: &crate::verify::Report) -> Option<Self> {
+        if report.problems.is_empty() {
+            return None;
+        }
+        let damaged: Vec<String> = report.backups.iter().filter(|b| b.status != "ok").map(|b| b.id.clone()).collect();
+        let summary = report.problems.first().map(|p| p.to_string()).unwrap_or_default();
+        let mut e = Self::on_verify_failure(&report.server, &damaged, report.problems.len(), &summary);
+        if let Some(id) = damaged.first() {
+            let key = crate::catalog::backup_store::verify_key(&report.server, id);
+            e = e.var("VERIFY_REPORT", catalog.join(key).display().to_string());
+        }
+        Some(e)
+    }
+
     /// A verify found problems: the damaged backups' ids (space-separated in PGARK_BACKUP_ID),
     /// how many problems (PGARK_VERIFY_PROBLEMS) and a summary (PGARK_ERROR). Callers add
     /// `.var("VERIFY_REPORT", path)` when a report file exists.

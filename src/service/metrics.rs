@@ -149,7 +149,14 @@ pub fn hook_failed(server: &str, hook: &'static str) {
 }
 
 /// The daemon's tasks per server (the `task` label of `pgark_task_failures_total`).
-pub const SERVER_TASKS: &[&str] = &["receiver", "archiver", "monitor", "backup_scheduler", "drill_scheduler"];
+pub const SERVER_TASKS: &[&str] = &[
+    "receiver",
+    "archiver",
+    "monitor",
+    "backup_scheduler",
+    "drill_scheduler",
+    "verify_scheduler",
+];
 /// The daemon's tasks for the whole catalog (counted with `server=""`).
 pub const DAEMON_TASKS: &[&str] = &["catalog_watch", "http"];
 
@@ -309,6 +316,32 @@ pub fn backup_succeeded_gauges(server: &str, end_unix: u64, duration: Duration, 
 
 pub fn backup_failed(server: &str) {
     counter!("pgark_backup_failures_total", "server" => server.to_string()).increment(1);
+}
+
+/// The results `pgark_verify_runs_total` counts.
+pub const VERIFY_RESULTS: &[&str] = &["ok", "damaged", "failed"];
+
+/// A server with a `verify_schedule`: its verify counters at 0, and the last successful verify
+/// found in the catalog (`None`: never).
+pub fn register_verify(server: &str, last_success: Option<u64>) {
+    for result in VERIFY_RESULTS {
+        counter!("pgark_verify_runs_total", "server" => server.to_string(), "result" => *result).increment(0);
+    }
+    if let Some(t) = last_success {
+        gauge!("pgark_verify_last_success_timestamp_seconds", "server" => server.to_string()).set(t as f64);
+    }
+}
+
+/// A scheduled verify ended: `ok` and `damaged` with the problems it found (and, when `ok`, its
+/// end time), `failed` when it could not run to its end (the problem gauge keeps its value).
+pub fn verify_finished(server: &str, result: &'static str, problems: Option<u64>, ended_unix: u64) {
+    counter!("pgark_verify_runs_total", "server" => server.to_string(), "result" => result).increment(1);
+    if let Some(p) = problems {
+        gauge!("pgark_verify_problems", "server" => server.to_string()).set(p as f64);
+    }
+    if result == "ok" {
+        gauge!("pgark_verify_last_success_timestamp_seconds", "server" => server.to_string()).set(ended_unix as f64);
+    }
 }
 
 pub fn backups_in_catalog(server: &str, count: usize, stored_bytes: u64) {

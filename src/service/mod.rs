@@ -16,3 +16,4 @@ pub mod scheduler;
 pub mod status;
 pub mod systemd;
 pub mod telemetry;
+pub mod verify_task;

@@ -155,7 +155,7 @@ fn running() -> bool {
 /// A task of the daemon that died.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskFailure {
-    /// receiver, archiver, monitor, backup_scheduler, drill_scheduler, catalog_watch or http.
+    /// receiver, archiver, monitor, backup_scheduler, drill_scheduler, verify_scheduler, catalog_watch or http.
     pub task: String,
     /// The server it worked for (empty for the daemon-wide tasks).
     pub server: String,

@@ -24,3 +24,4 @@ mod retention;
 mod streaming;
 mod systemd;
 mod timelines;
+mod verify;

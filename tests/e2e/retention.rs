@@ -351,6 +351,47 @@ fn the_daemon_prunes_sees_gaps_and_prunes_under_pressure() {
     assert_eq!(gap["level"], "failed", "{gap}");
     assert!(gap["detail"].as_str().unwrap().contains(&segment_of(&victim)), "{gap}");
 
+    // verify names the missing segment (exit 9) and runs the on_verify_failure hook; once the
+    // gap is acknowledged it no longer counts: verify passes, the metric moves.
+    let env_file = p.dir.path().join("verify_hook.env");
+    p.set_top(&format!(
+        "{top}\nhooks:\n  on_verify_failure: \"env | grep ^PGARK_ > {}\"",
+        env_file.display()
+    ));
+    p.rewrite_servers(&servers);
+    let o = pgark(&p.config, &["verify", "main"]);
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    assert!(text(&o).contains(&segment_of(&victim)), "{}", text(&o));
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(
+        env.contains("PGARK_HOOK=on_verify_failure") && env.contains("PGARK_VERIFY_PROBLEMS=1"),
+        "{env}"
+    );
+    let o = pgark(&p.config, &["verify", "main", "--acknowledge-gap", "000000010000000000000FFF"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no WAL gap of main holds this segment"), "{}", text(&o));
+    let o = pgark(
+        &p.config,
+        &[
+            "verify",
+            "main",
+            "--acknowledge-gap",
+            &segment_of(&victim),
+            "--note",
+            "deleted by the test",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    p.wait_metric("pgark_wal_gaps{server=\"main\"}", "the acknowledged gap to stop counting", |v| {
+        v == 0.0
+    });
+    assert_eq!(p.metric("pgark_wal_gaps_acknowledged{server=\"main\"}"), Some(1.0));
+    let o = pgark(&p.config, &["verify", "main"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("acknowledged WAL gaps"), "{}", text(&o));
+    let st = text(&pgark(&p.config, &["status"]));
+    assert!(!st.contains("WAL GAP") && st.contains("acknowledged WAL gaps: 1"), "{st}");
+
     // Critical pressure (every byte free counts as too little) with prune: down to one backup.
     p.set_top("retention:\n  redundancy: 2\n  on_critical_pressure: prune\ndisk_pressure:\n  check_interval: 1s\n  catalog_free_warning: 99%\n  catalog_free_critical: 99%");
     p.rewrite_servers(&servers);
