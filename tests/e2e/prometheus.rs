@@ -176,8 +176,20 @@ fn prometheus_scrapes_pgark_and_every_dashboard_and_rule_expression_works() {
     // have data soon.
     let p = Pgark::start_full("", "disk_pressure:\n  check_interval: 1s\n  usage_interval: 2s", &servers, &[]);
     p.wait_streaming("main");
-    // A backup, so the backup and recovery-window panels have data.
+    // A backup, so the backup and recovery-window panels have data; then a scheduled verify and
+    // drill (added after the backup: before it, a drill could not start), so theirs do too.
     backup(&p.config, "main", &[]);
+    open_for_postgres(p.dir.path());
+    p.rewrite_servers(&server_yaml(
+        "main",
+        &c.conninfo(&c.superuser),
+        "synchronous: true\nmonitor_interval: 1s\nslot_retained_limit: 1GiB\nverify_schedule: 1h\ndrill: {schedule: 1h}\nretention: {redundancy: 2}",
+    ));
+    p.hup();
+    wait_until(Duration::from_secs(120), "the scheduled verify and drill", || {
+        p.metric("pgark_verify_last_success_timestamp_seconds{server=\"main\"}").is_some()
+            && p.metric("pgark_drill_last_success_timestamp_seconds{server=\"main\"}").is_some()
+    });
 
     // The exposition passes promtool's linter (HELP and TYPE for every metric, naming rules).
     let mut lint = Command::new(&promtool)
