@@ -150,17 +150,26 @@ pub fn current_window(catalog: &Catalog, server: &str) -> Result<Option<Recovery
     Ok(window(usable.into_iter(), &continuity, seg))
 }
 
-/// Decides and (unless `dry_run`) applies `policy` to `server`. Takes the server's backup and
-/// restore locks (refused at once, `PruneError::Locked`, while a backup, restore, verify or drill
-/// of the server runs; a dry run takes none).
+/// Decides and (unless `dry_run`) applies `policy` to `server`. Deleting takes the server's
+/// backup and restore locks (refused at once, `PruneError::Locked`, while a backup, restore,
+/// verify or drill of the server runs). A prune with nothing to delete and nothing to finish
+/// takes no lock at all (the daemon asks hourly and after every backup, and must not get in the
+/// way of a `pgark prune` or a backup starting then); a dry run never does.
 pub fn prune(catalog: &Catalog, server: &str, policy: &Policy, now: u64, mode: Mode, dry_run: bool) -> Result<PruneReport, PruneError> {
-    let _locks = if dry_run {
-        None
-    } else {
-        let b = CatalogLock::acquire_backup(catalog.root(), server)?;
-        let r = CatalogLock::acquire_no_restore(catalog.root(), server)?;
-        Some((b, r))
-    };
+    let look = plan(catalog, server, policy, now, mode, true)?;
+    let idle = look.backups.is_empty() && look.wal.is_empty() && look.resumed.is_none();
+    if dry_run || idle {
+        return Ok(PruneReport { dry_run, ..look });
+    }
+    let _backup = CatalogLock::acquire_backup(catalog.root(), server)?;
+    let _restore = CatalogLock::acquire_no_restore(catalog.root(), server)?;
+    // Decided again under the locks: the catalog may have changed since the look.
+    plan(catalog, server, policy, now, mode, false)
+}
+
+/// The decision, and with `look_only` false its execution (the caller holds the locks).
+fn plan(catalog: &Catalog, server: &str, policy: &Policy, now: u64, mode: Mode, look_only: bool) -> Result<PruneReport, PruneError> {
+    let dry_run = look_only;
     let store = catalog.store();
     let leftover = prune_intent::load(store.as_ref(), server).map_err(io(format!("reading the prune intent of {server}")))?;
     let loaded = load_backups(catalog, server, now)?;
@@ -216,7 +225,9 @@ pub fn prune(catalog: &Catalog, server: &str, policy: &Policy, now: u64, mode: M
         }
     }
     let wal_keys = wal_to_delete(catalog, server, seg, &loaded, &verdicts, &mut report)?;
-    if dry_run {
+    // Nothing to delete and nothing left to finish: no intent record, no chunk walk (the
+    // garbage collection reads every index, too much for a no-op).
+    if dry_run || (report.backups.is_empty() && wal_keys.is_empty() && leftover.is_none()) {
         return Ok(report);
     }
     prune_intent::save(

@@ -271,8 +271,15 @@ fn verify_follows_a_timeline_switch() {
     let b = backup(&p.config, "main", &[]);
     write_rows(&primary, 200);
     primary.psql("SELECT pg_switch_wal()").unwrap();
+    // Asked by LSN: a query on the table could reach the standby before its creation is
+    // replayed, and leave an ERROR in the standby's log.
+    let written = primary.psql("SELECT pg_current_wal_lsn()").unwrap();
     wait_until(Duration::from_secs(30), "the standby to replay", || {
-        standby.psql("SELECT count(*) > 0 FROM filler").ok().as_deref() == Some("t")
+        standby
+            .psql(&format!("SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn"))
+            .ok()
+            .as_deref()
+            == Some("t")
     });
     primary.stop("fast").unwrap();
     standby.promote().unwrap();
