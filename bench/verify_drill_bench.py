@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -235,6 +236,10 @@ def main():
         sys.exit(f"{wb.PGARK} is missing: run cargo build --release first")
     if shutil.which("pgbackrest") is None:
         sys.exit("pgbackrest is missing: apt-get install pgbackrest")
+    # Cleanup (finally below) also on SIGTERM, and on SIGINT when started in the background
+    # (where a shell ignores it).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     base = tempfile.mkdtemp(prefix="pgark-vdbench-", dir="/var/tmp")
     os.chmod(base, 0o755)
     started = {}

@@ -61,6 +61,13 @@ pub fn remove(store: &dyn ObjectStore, server: &str, id: &str) -> io::Result<()>
     store.delete(&key(server, id))
 }
 
+/// The pin of one backup, if any (an unreadable pin file counts as a pin forever).
+pub fn load(store: &dyn ObjectStore, server: &str, id: &str) -> io::Result<Option<Pin>> {
+    Ok(store
+        .get(&key(server, id))?
+        .map(|bytes| serde_json::from_slice::<Pin>(&bytes).unwrap_or_else(|_| Pin::new(PinUntil::Forever, 0))))
+}
+
 /// Every pin of `server`'s backups, by backup id (lapsed ones included: the caller decides).
 /// A pin file that cannot be parsed counts as a pin forever: keeping a backup too long is the
 /// safe mistake.

@@ -345,7 +345,9 @@ fn drill_steps(
     let restore_started = Instant::now();
     let mut progress = crate::util::progress::LogLines::new("restore");
     let stats = restore::execute(restore_req, &plan, &mut progress);
-    drop(reading);
+    // `reading` (the restore lock, shared) is held to the end of the drill, recovery included:
+    // PostgreSQL reads the catalog's WAL through wal-get, which a prune must not delete.
+    let _reading = reading;
     // The restore record serves a later --delta into the same directory: none will come.
     let store = Catalog::open(&req.catalog).store();
     let _ = crate::catalog::restore_record::remove(store.as_ref(), &req.server, &plan.target_dir);

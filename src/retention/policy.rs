@@ -103,6 +103,8 @@ pub enum Reason {
     UnusableInside,
     /// No rule is set: everything stays.
     NoPolicy,
+    /// No backup counts as restorable: nothing is deleted until one does.
+    NoRestorable,
 }
 
 impl Reason {
@@ -118,6 +120,7 @@ impl Reason {
             Reason::Monthly(m) => format!("monthly {m}"),
             Reason::UnusableInside => "unusable, inside the kept range".into(),
             Reason::NoPolicy => "no retention policy".into(),
+            Reason::NoRestorable => "no restorable backup: nothing is deleted".into(),
         }
     }
 
@@ -209,12 +212,18 @@ pub fn decide(policy: &Policy, backups: &[BackupFacts], now: u64, mode: Mode) ->
             }
         }
     }
-    // Unusable backups between kept ones stay (see the module comment).
-    if let Some(oldest_kept) = kept.iter().position(|k| k.iter().any(Reason::keeps_following_wal)) {
-        for i in oldest_kept..backups.len() {
-            if !backups[i].usable && kept[i].is_empty() {
-                kept[i].push(Reason::UnusableInside);
-            }
+    // An unusable backup goes only when it is older than a usable backup that stays; when none
+    // stays (no backup counts as restorable: WAL unreadable, a volume not mounted), nothing is
+    // deleted at all: that is a problem to report, not a reason to empty the catalog.
+    let oldest_usable_kept = (0..backups.len()).find(|&i| backups[i].usable && kept[i].iter().any(Reason::keeps_following_wal));
+    let from = oldest_usable_kept.unwrap_or(0);
+    for i in from..backups.len() {
+        if !backups[i].usable && kept[i].is_empty() {
+            kept[i].push(if oldest_usable_kept.is_some() {
+                Reason::UnusableInside
+            } else {
+                Reason::NoRestorable
+            });
         }
     }
     backups
@@ -426,6 +435,24 @@ mod tests {
         let v = decide(&p, &backups, MONDAY + 10 * DAY, Mode::Critical);
         assert_eq!(kept(&v), vec!["d01", "d04"]);
         assert!(v[2].prune_reason.starts_with("critical disk pressure"));
+    }
+
+    /// A WAL directory that reads as empty (a volume not mounted) makes every backup unusable:
+    /// retention must then delete nothing.
+    #[test]
+    fn no_restorable_backup_means_nothing_is_deleted() {
+        let p = Policy {
+            redundancy: Some(1),
+            ..Policy::default()
+        };
+        let mut backups = daily(3);
+        for b in &mut backups {
+            b.usable = false;
+        }
+        let v = decide(&p, &backups, MONDAY + 10 * DAY, Mode::Normal);
+        assert_eq!(kept(&v).len(), 3);
+        assert!(v.iter().all(|v| v.kept_by == vec![Reason::NoRestorable]));
+        assert_eq!(kept(&decide(&p, &backups, MONDAY + 10 * DAY, Mode::Critical)).len(), 3);
     }
 
     #[test]

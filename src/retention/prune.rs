@@ -224,7 +224,7 @@ fn plan(catalog: &Catalog, server: &str, policy: &Policy, now: u64, mode: Mode, 
             tracing::warn!(server, backups = ?undone, "an interrupted prune meant to delete these backups; the policy keeps them now, so they stay");
         }
     }
-    let wal_keys = wal_to_delete(catalog, server, seg, &loaded, &verdicts, &mut report)?;
+    let wal_keys = wal_to_delete(catalog, server, seg, &loaded, &verdicts, now, &mut report)?;
     // Nothing to delete and nothing left to finish: no intent record, no chunk walk (the
     // garbage collection reads every index, too much for a no-op).
     if dry_run || (report.backups.is_empty() && wal_keys.is_empty() && leftover.is_none()) {
@@ -236,13 +236,30 @@ fn plan(catalog: &Catalog, server: &str, policy: &Policy, now: u64, mode: Mode, 
         &PruneIntent::new(now, report.backups.iter().map(|b| b.id.clone()).collect(), wal_keys.clone()),
     )
     .map_err(io(format!("writing the prune intent of {server}")))?;
+    let mut pinned_meanwhile = Vec::new();
     for b in &report.backups {
+        // A `pgark keep` may have landed since the pins were read: look again, just before.
+        if pin::load(store.as_ref(), server, &b.id)
+            .map_err(io(format!("reading the pin of {}", b.id)))?
+            .is_some_and(|p| p.active(now))
+        {
+            tracing::warn!(server, backup = %b.id, "retention: the backup was pinned while the prune ran; keeping it");
+            pinned_meanwhile.push(b.id.clone());
+            continue;
+        }
         tracing::info!(server, backup = %b.id, reason = %b.reason, "retention: deleting backup");
         backup_store::delete(store.as_ref(), server, &b.id).map_err(io(format!("deleting backup {} of {server}", b.id)))?;
         fail::fail_point!("prune-after-backup");
     }
-    for k in &wal_keys {
-        store.delete(k).map_err(io(format!("deleting {k}")))?;
+    if !pinned_meanwhile.is_empty() {
+        // The WAL plan assumed those backups would go: leave the WAL to the next prune.
+        report.backups.retain(|b| !pinned_meanwhile.contains(&b.id));
+        report.wal.clear();
+        report.bytes_freed = 0;
+    } else {
+        for k in &wal_keys {
+            store.delete(k).map_err(io(format!("deleting {k}")))?;
+        }
     }
     if !report.wal.is_empty() {
         for r in &report.wal {
@@ -267,6 +284,30 @@ fn finish_leftover(catalog: &Catalog, server: &str, leftover: bool, dry_run: boo
     Ok(())
 }
 
+/// How long after a `pgark restore` finished the WAL from its backup's start is kept whatever
+/// the policy says: PostgreSQL recovers the restored copy later, through `wal-get`, and a prune
+/// must not delete what that recovery has yet to read.
+pub const RESTORE_LEASE: u64 = 24 * 3600;
+
+/// The oldest segment a recent restore may still read (see `RESTORE_LEASE`), from the restore
+/// records (`<server>/restores/`): the start segment of the backup each restored.
+fn leased_floor(catalog: &Catalog, server: &str, seg: WalSegSize, loaded: &[Loaded], now: u64) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Lease {
+        backup_id: String,
+        written_at: u64,
+    }
+    let store = catalog.store();
+    let keys = store.list(&format!("{server}/restores")).ok()?;
+    keys.iter()
+        .filter_map(|k| store.get(k).ok().flatten())
+        .filter_map(|b| serde_json::from_slice::<Lease>(&b).ok())
+        .filter(|l| l.written_at + RESTORE_LEASE > now)
+        .filter_map(|l| loaded.iter().find(|b| b.index.id == l.backup_id))
+        .map(|b| seg.segno(b.index.start_lsn).0)
+        .min()
+}
+
 /// The WAL objects that go (keys), and the ranges for the report.
 fn wal_to_delete(
     catalog: &Catalog,
@@ -274,6 +315,7 @@ fn wal_to_delete(
     seg: WalSegSize,
     loaded: &[Loaded],
     verdicts: &[Verdict],
+    now: u64,
     report: &mut PruneReport,
 ) -> Result<Vec<String>, PruneError> {
     // The oldest start among the backups a rule keeps: WAL before it serves no retained backup.
@@ -285,6 +327,13 @@ fn wal_to_delete(
         .min()
     else {
         return Ok(vec![]);
+    };
+    let cutoff = match leased_floor(catalog, server, seg, loaded, now) {
+        Some(floor) if floor < cutoff => {
+            tracing::info!(server, "retention: keeping the WAL a restore of the last 24 hours may still replay");
+            floor
+        }
+        _ => cutoff,
     };
     // Pinned (and other kept) backups below the cutoff keep their own start-to-end segments.
     let protected: Vec<(u64, u64)> = loaded
@@ -317,7 +366,9 @@ fn wal_to_delete(
         if n >= cutoff || protected.iter().any(|&(a, b)| (a..=b).contains(&n)) {
             continue;
         }
-        if archivers.contains(&o.name) {
+        // Nor a `.partial`: the receiver may be writing it (a catch-up below a backup that
+        // carried its own WAL), and an ended timeline's last one is small.
+        if archivers.contains(&o.name) || o.kind == WalObjectKind::Partial {
             continue;
         }
         let size = store.size(&o.key).ok().flatten().unwrap_or(0);

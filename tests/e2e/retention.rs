@@ -177,7 +177,9 @@ fn rules_pins_and_pitr_after_pruning() {
     assert_eq!(rows(&r), "0-0/0");
     drop(r);
 
-    // Released, b0 goes with its WAL.
+    // Released, b0 goes; its WAL stays while the restore of b0 above may still replay it (a
+    // restore's lease, 24 hours), and goes with the next prune once b0 is gone.
+    let b0_start = backup_index_start_segment(&p, &b0);
     let o = pgark(&p.config, &["keep", "main", &b0, "--release"]);
     assert!(o.status.success(), "{}", text(&o));
     let done = prune_json(&p.config, &[]);
@@ -185,6 +187,10 @@ fn rules_pins_and_pitr_after_pruning() {
     assert_eq!(done["backups"][0]["reason"], "no rule keeps it");
     assert!(done["bytes_freed"].as_u64().unwrap() > 0, "{done}");
     assert_eq!(ids_of(&list(&p.config)), vec![b1.clone(), b2.clone(), b3.clone()]);
+    assert!(
+        wal_names(&p).iter().any(|n| segment_of(n) == b0_start),
+        "the restore's lease kept {b0_start}"
+    );
 
     // Redundancy 1 and two GFS days (b3 and b2 are on different days), b3 pinned anyway: b1 goes.
     set_policy(&mut p, &c, "redundancy: 1\nkeep_daily: 2");
@@ -401,6 +407,18 @@ fn the_daemon_prunes_sees_gaps_and_prunes_under_pressure() {
     });
     assert_eq!(ids_of(&list(&p.config)), vec![ids[2].clone()]);
     assert!(p.log_text().contains("critical disk pressure"), "{}", tail(&p.log_text()));
+}
+
+/// The segment name holding the start of backup `id`.
+fn backup_index_start_segment(p: &Pgark, id: &str) -> String {
+    let idx = index(&p.catalog, "main", id);
+    let seg = pgark::pg::WalSegSize::new(idx["wal_segment_size"].as_u64().unwrap()).unwrap();
+    let start: pgark::pg::Lsn = idx["start_lsn"].as_str().unwrap().parse().unwrap();
+    pgark::pg::WalFileName::new(
+        pgark::pg::TimelineId(idx["start_timeline"].as_u64().unwrap() as u32),
+        seg.segno(start),
+    )
+    .format(seg)
 }
 
 /// The segment name holding the end of backup `id`.
