@@ -132,11 +132,62 @@ impl Holdings {
             .max_by_key(|n| (n.tli, n.segno))
     }
 
-    /// Every gap: inside a timeline between two held runs, and between a timeline and the one
-    /// it branched from (the parent's newest held segment well before the child's first). The
-    /// parent comes from the child's history (`histories`), else it is the next lower timeline
-    /// held. A parent never held in the catalog is no gap (streaming began on the child).
-    pub fn gaps(&self, histories: &BTreeMap<TimelineId, TimelineHistory>) -> Vec<Gap> {
+    /// Every gap along the path recovery follows to the newest timeline: each segment number is
+    /// read from the timeline that holds it on that path (from the newest timeline's history:
+    /// the switch segment and everything after a switch come from the child), so a gap is
+    /// recorded on the timeline recovery would read it from. Without the newest timeline's
+    /// history (a catalog of one timeline, or a lost history file), gaps inside each timeline
+    /// and between consecutive timelines.
+    pub fn gaps(&self, histories: &BTreeMap<TimelineId, TimelineHistory>, seg: WalSegSize) -> Vec<Gap> {
+        let Some(newest) = self.ranges.keys().max().copied() else {
+            return vec![];
+        };
+        let path: Vec<(TimelineId, u64)> = match histories.get(&newest) {
+            Some(h) if !h.entries.is_empty() => {
+                let mut p = Vec::new();
+                let mut begin = 0;
+                for e in &h.entries {
+                    p.push((e.parent, begin));
+                    begin = seg.segno(e.switchpoint).0;
+                }
+                p.push((newest, begin));
+                p
+            }
+            _ if self.ranges.len() == 1 => vec![(newest, 0)],
+            _ => return self.gaps_without_history(histories),
+        };
+        // The timeline recovery reads segment `s` from.
+        let tli_of = |s: u64| path.iter().rev().find(|(_, b)| s >= *b).map(|(t, _)| *t).unwrap_or(newest);
+        let held_on_path = |s: u64| self.holds(tli_of(s), s);
+        let lo = path
+            .iter()
+            .filter_map(|(t, _)| self.ranges.get(t))
+            .flat_map(|r| r.iter().flat_map(|&(a, b)| [a, b]))
+            .filter(|&s| held_on_path(s))
+            .min();
+        let hi = self.ranges.get(&newest).and_then(|r| r.last()).map(|&(_, b)| b);
+        let (Some(lo), Some(hi)) = (lo, hi) else { return vec![] };
+        let mut out: Vec<Gap> = Vec::new();
+        for s in lo..=hi {
+            if held_on_path(s) {
+                continue;
+            }
+            let t = tli_of(s);
+            match out.last_mut() {
+                Some(g) if g.timeline == t && g.last + 1 == s => g.last = s,
+                _ => out.push(Gap {
+                    timeline: t,
+                    first: s,
+                    last: s,
+                }),
+            }
+        }
+        out
+    }
+
+    /// Gaps without a history to follow: inside each timeline, and between a timeline and the
+    /// next lower one held (the parent's newest held segment well before the child's first).
+    fn gaps_without_history(&self, histories: &BTreeMap<TimelineId, TimelineHistory>) -> Vec<Gap> {
         let mut out = Vec::new();
         for (tli, runs) in &self.ranges {
             for w in runs.windows(2) {
@@ -234,6 +285,23 @@ pub fn load_histories(store: &dyn ObjectStore, listing: &WalListing) -> BTreeMap
         .collect()
 }
 
+/// The backup whose start is where gaps begin to matter: the oldest one without an active pin
+/// (a pinned backup keeps only its own start-to-end WAL, so the WAL retention prunes after it
+/// is no gap), else the oldest. `None` without backups.
+pub fn floor_backup(
+    store: &dyn ObjectStore,
+    server: &str,
+    now: u64,
+) -> Result<Option<super::backup_store::BackupIndex>, super::backup_store::BackupStoreError> {
+    let ids = super::backup_store::list_ids(store, server)?;
+    let pins = super::pin::load_all(store, server)?;
+    let chosen = ids.iter().find(|id| !pins.get(*id).is_some_and(|p| p.active(now))).or(ids.first());
+    match chosen {
+        Some(id) => super::backup_store::load(store, server, id).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// The continuity of one server's WAL, as the daemon and the commands show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Continuity {
@@ -250,7 +318,7 @@ impl Continuity {
         let holdings = Holdings::from_listing(&listing);
         let acked = acknowledged(store, server)?;
         let gaps = holdings
-            .gaps(&load_histories(store, &listing))
+            .gaps(&load_histories(store, &listing), seg)
             .into_iter()
             .filter(|g| from.is_none_or(|f| g.last >= f))
             .map(|g| (g, is_acknowledged(&acked, &g)))
@@ -324,5 +392,41 @@ mod tests {
         assert_eq!(c.unacknowledged(), 1);
         assert_eq!(acknowledged(&store, "main").unwrap().len(), 1);
         assert_eq!(c.first_gap_after(7).map(|g| g.first), Some(9));
+    }
+
+    /// A slot recreated after a failover: timeline 1 ends at the switch (segment 5, its
+    /// .partial), timeline 2 is held only from segment 9. Recovery reads 5 to 8 from timeline 2:
+    /// that is the gap, on timeline 2. And the child's switch segment alone missing is a gap.
+    #[test]
+    fn gaps_across_a_switch_are_on_the_timeline_recovery_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(d.path());
+        for s in 1..=4 {
+            put(&store, 1, s, ".zst");
+        }
+        put(&store, 1, 5, ".partial");
+        put(&store, 2, 9, ".zst");
+        put(&store, 2, 10, ".partial");
+        store.put("main/wal/00000002.history", b"1\t0/5000100\tpromoted\n").unwrap();
+        let gaps = |store: &LocalStore| -> Vec<Gap> {
+            Continuity::load(store, "main", seg(), None)
+                .unwrap()
+                .gaps
+                .iter()
+                .map(|(g, _)| *g)
+                .collect()
+        };
+        let on2 = |first, last| Gap {
+            timeline: TimelineId(2),
+            first,
+            last,
+        };
+        assert_eq!(gaps(&store), vec![on2(5, 8)]);
+        for s in 5..=8 {
+            put(&store, 2, s, ".zst");
+        }
+        assert!(gaps(&store).is_empty());
+        std::fs::remove_file(d.path().join("main/wal/000000020000000000000005.zst")).unwrap();
+        assert_eq!(gaps(&store), vec![on2(5, 5)]);
     }
 }

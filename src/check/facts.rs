@@ -90,7 +90,8 @@ fn retention(catalog: &Catalog, server: &str, cfg: &ServerConfig, now: u64) -> R
         .iter()
         .filter(|b| backup_store::wal_presence(store.as_ref(), b).present)
         .count();
-    let gaps = match backups.first() {
+    let floor = crate::catalog::continuity::floor_backup(store.as_ref(), server, now).map_err(|e| e.to_string())?;
+    let gaps = match floor.as_ref() {
         Some(first) => {
             let seg = crate::pg::WalSegSize::new(first.wal_segment_size).map_err(|e| e.to_string())?;
             let c = crate::catalog::continuity::Continuity::load(store.as_ref(), server, seg, Some(seg.segno(first.start_lsn).0))

@@ -34,10 +34,7 @@ impl RetentionView {
             }
         };
         let store = catalog.store();
-        let first = backup_store::list_ids(store.as_ref(), server)
-            .ok()
-            .and_then(|ids| ids.first().cloned())
-            .and_then(|id| backup_store::load(store.as_ref(), server, &id).ok());
+        let first = crate::catalog::continuity::floor_backup(store.as_ref(), server, now).ok().flatten();
         let continuity = first.as_ref().and_then(|b| {
             let seg = WalSegSize::new(b.wal_segment_size).ok()?;
             Continuity::load(store.as_ref(), server, seg, Some(seg.segno(b.start_lsn).0))

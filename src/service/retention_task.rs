@@ -128,10 +128,9 @@ impl Pruner {
             let store = catalog.store();
             let ids = backup_store::list_ids(store.as_ref(), &server)?;
             let key = (ids.len(), ids.last().cloned());
-            let oldest = match ids.first() {
-                Some(id) => backup_store::load(store.as_ref(), &server, id).ok(),
-                None => None,
-            };
+            let oldest = crate::catalog::continuity::floor_backup(store.as_ref(), &server, unix_now())
+                .ok()
+                .flatten();
             let Some(oldest) = oldest else {
                 return Ok((key, None, None));
             };

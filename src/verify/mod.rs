@@ -178,6 +178,15 @@ pub fn verify(
         files_checked: 0,
         acked: crate::catalog::continuity::acknowledged(store, server)?,
         acknowledged_missing: Default::default(),
+        pinned: {
+            let now = crate::util::time::unix_now();
+            crate::catalog::pin::load_all(store, server)?
+                .into_iter()
+                .filter(|(_, p)| p.active(now))
+                .map(|(id, _)| id)
+                .collect()
+        },
+        newest_id: ids.last().cloned(),
     };
     // One index in memory at a time (a large backup's index lists every chunk). The progress
     // total is the first backup and its WAL; with --all the bar grows as older ones follow.
@@ -296,6 +305,9 @@ struct Run<'a> {
     /// inside one is listed in `Report::acknowledged_missing`, not as a problem.
     acked: Vec<crate::catalog::continuity::AcknowledgedGap>,
     acknowledged_missing: std::collections::BTreeSet<String>,
+    /// Backups with an active pin (see `wal_for`), and the newest backup's id.
+    pinned: std::collections::BTreeSet<String>,
+    newest_id: Option<String>,
 }
 
 impl Run<'_> {
@@ -579,9 +591,15 @@ impl Run<'_> {
             });
             self.wal_checked.insert(name.segno, entry);
         }
+        // A pinned backup with newer ones after it restores to its end only: retention prunes
+        // the WAL between its end and the next backup it keeps, by design. Past its end, a
+        // missing segment is not its problem (the newer backups' own checks cover their WAL).
+        let pinned_end = (self.pinned.contains(&idx.id) && self.newest_id.as_deref() != Some(idx.id.as_str()))
+            .then(|| seg.segno(Lsn(idx.end_lsn.0.saturating_sub(1))));
         out.extend(
             self.wal_checked
                 .range(first..)
+                .filter(|(n, _)| pinned_end.is_none_or(|e| **n <= e))
                 .filter_map(|(_, e)| e.as_ref().map(|(_, p)| p.clone())),
         );
         Ok(out)

@@ -290,6 +290,9 @@ fn verify_follows_a_timeline_switch() {
         p.server("main").and_then(|s| s.timeline).map(|t| t.0) == Some(2)
     });
     make_segments(&standby, &p, "main", 2, true);
+    // A promotion is no gap: the continuity index follows the history like recovery does.
+    let listed = text(&pgark(&p.config, &["list-backups"]));
+    assert!(!listed.contains("WAL gaps"), "{listed}");
     assert_eq!(p.term(), 0);
 
     let (code, json, t) = verify(&p.config, &["main"]);
