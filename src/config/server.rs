@@ -214,6 +214,19 @@ impl PartialEq for ServerConfig {
 }
 
 impl ServerConfig {
+    /// Whether `other` streams and monitors exactly as this one does: only the periodic tasks'
+    /// settings (backups, retention, verify, drills) differ, if anything. A field added later
+    /// counts as a streaming setting (restarting the receiver is the safe default).
+    pub fn same_streaming(&self, other: &ServerConfig) -> bool {
+        let mut a = self.clone();
+        a.backup = other.backup.clone();
+        a.retention = other.retention.clone();
+        a.verify_schedule = other.verify_schedule.clone();
+        a.verify_max_rate = other.verify_max_rate;
+        a.drill = other.drill.clone();
+        a == *other
+    }
+
     /// What the monitoring task needs of this server.
     pub fn monitor_settings(&self) -> crate::monitor::Settings {
         crate::monitor::Settings {

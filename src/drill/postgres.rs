@@ -145,7 +145,15 @@ pub fn sweep_stale(base: &Path, server: &str) -> Vec<PathBuf> {
         let pm = std::fs::read_to_string(dir.join("data").join("postmaster.pid"))
             .ok()
             .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
-        if let Some(pm) = pm.filter(|p| alive(*p)) {
+        // Only a postmaster whose working directory is this drill's data directory: after a
+        // reboot the pid may belong to anything, the production PostgreSQL included.
+        let data = dir.join("data");
+        let ours = |p: i32| {
+            let cwd = std::fs::read_link(format!("/proc/{p}/cwd")).ok();
+            let data = std::fs::canonicalize(&data).unwrap_or_else(|_| data.clone());
+            cwd.is_some_and(|c| c == data)
+        };
+        if let Some(pm) = pm.filter(|p| alive(*p) && ours(*p)) {
             tracing::warn!(dir = %dir.display(), pid = pm, "stopping the PostgreSQL a killed drill left running");
             // SAFETY: signalling a pid read from the drill's own postmaster.pid, checked alive.
             unsafe {

@@ -71,6 +71,9 @@ struct Running {
     heartbeat: Heartbeat,
     drills: Option<JoinHandle<()>>,
     verifies: Option<JoinHandle<()>>,
+    /// A child of `cancel` for the periodic tasks alone (backups, retention, verify, drills):
+    /// a reload that changes only their settings restarts them, not the receiver.
+    tasks_cancel: CancellationToken,
 }
 
 /// A server whose tasks were told to stop (removed, or changed by a reload), and what starts in
@@ -170,6 +173,7 @@ impl Daemon {
         crate::service::metrics::register_server(&cfg.name);
         let mut r = Running {
             config: cfg,
+            tasks_cancel: cancel.child_token(),
             cancel,
             receiver: None,
             monitor: None,
@@ -219,7 +223,7 @@ impl Daemon {
             self.disk_pressure.subscribe(),
             self.board.clone(),
             self.hooks.clone(),
-            r.cancel.clone(),
+            r.tasks_cancel.clone(),
         ))
     }
 
@@ -274,7 +278,7 @@ impl Daemon {
             r.config.clone(),
             self.layout.root().to_path_buf(),
             self.hooks.clone(),
-            r.cancel.clone(),
+            r.tasks_cancel.clone(),
         ))
     }
 
@@ -285,8 +289,33 @@ impl Daemon {
             catalog,
             config,
             self.hooks.clone(),
-            r.cancel.clone(),
+            r.tasks_cancel.clone(),
         ))
+    }
+
+    /// Restarts a server's periodic tasks (backups and retention, verify, drills) with `cfg`,
+    /// leaving its receiver and monitor running: a synchronous standby's acknowledgements do
+    /// not pause for a change of retention. The old tasks wind down on their own (a backup they
+    /// were taking is abandoned, as on any stop; the backup lock keeps the new scheduler from
+    /// starting another beside it).
+    fn restart_periodic(&mut self, name: &str, cfg: ServerConfig) {
+        let Some(mut r) = self.servers.remove(name) else { return };
+        r.tasks_cancel.cancel();
+        let old: Vec<JoinHandle<()>> = [r.backups.take(), r.drills.take(), r.verifies.take()]
+            .into_iter()
+            .flatten()
+            .collect();
+        tokio::spawn(async move {
+            for h in old {
+                let _ = h.await;
+            }
+        });
+        r.config = cfg;
+        r.tasks_cancel = r.cancel.child_token();
+        r.backups = Some(self.spawn_backups(&r));
+        r.drills = Some(self.spawn_drills(&r));
+        r.verifies = Some(self.spawn_verifies(&r));
+        self.servers.insert(name.to_string(), r);
     }
 
     pub fn board(&self) -> &StatusBoard {
@@ -331,8 +360,13 @@ impl Daemon {
                     self.begin_stop(&name, None);
                 }
                 Some(c) if *c != self.servers[&name].config => {
-                    tracing::info!(server = %name, "server settings changed; restarting its receiver");
-                    self.begin_stop(&name, Some(c.clone()));
+                    if c.same_streaming(&self.servers[&name].config) {
+                        tracing::info!(server = %name, "backup, retention, verify or drill settings changed; restarting those tasks (streaming goes on)");
+                        self.restart_periodic(&name, c.clone());
+                    } else {
+                        tracing::info!(server = %name, "server settings changed; restarting its receiver");
+                        self.begin_stop(&name, Some(c.clone()));
+                    }
                 }
                 Some(_) => {}
             }

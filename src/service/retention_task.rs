@@ -103,7 +103,17 @@ impl Pruner {
                 true
             }
             Err(PruneError::Locked(e)) => {
-                tracing::info!(server, "retention: prune postponed ({e}); trying again in a minute");
+                if mode == Mode::Critical && crate::service::verify_task::preempt(server) {
+                    // The scheduled verify's shared lock held the prune off: it stops; try
+                    // again as soon as it has.
+                    tracing::warn!(
+                        server,
+                        "retention: critical disk level: stopping the scheduled verify so that the prune can run"
+                    );
+                    self.next_critical = Some(Instant::now() + Duration::from_secs(2));
+                } else {
+                    tracing::info!(server, "retention: prune postponed ({e}); trying again in a minute");
+                }
                 self.next_prune = Some(Instant::now() + RETRY_LOCKED);
                 false
             }

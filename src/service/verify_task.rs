@@ -19,14 +19,38 @@ use tokio_util::sync::CancellationToken;
 const POLL: Duration = Duration::from_secs(15);
 /// After a verify that could not run to its end, try again this much later.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(600);
+/// After a verify stopped for a critical-pressure prune, wait this long before starting again.
+const RETRY_AFTER_PREEMPT: Duration = Duration::from_secs(600);
 
 /// The end of the last verify found in the catalog: the newest backup's stored result, and
 /// whether it was intact. Read once at start, so that a restart does not verify again at once.
+/// The stop flags of the scheduled verifies running now, by server: a prune at the critical
+/// disk level stops one (`preempt`), since the verify's shared restore lock would hold the prune
+/// off for hours while the catalog fills.
+static RUNNING: std::sync::Mutex<std::collections::BTreeMap<String, Arc<AtomicBool>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Stops the scheduled verify of `server` if one runs; whether one did.
+pub fn preempt(server: &str) -> bool {
+    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    match running.get(server) {
+        Some(stop) => {
+            stop.store(true, Ordering::Relaxed);
+            true
+        }
+        None => false,
+    }
+}
+
 fn last_stored(catalog: &Catalog, server: &str) -> Option<(u64, bool)> {
+    // The newest result of any backup: with frequent backups the newest backup has often not
+    // been verified yet, and a restart must not start a full verify at once because of that.
     let store = catalog.store();
     let ids = backup_store::list_ids(store.as_ref(), server).ok()?;
-    let rec = crate::verify::record::load(store.as_ref(), server, ids.last()?)?;
-    Some((rec.verified_at, rec.problem_count == 0))
+    ids.iter()
+        .filter_map(|id| crate::verify::record::load(store.as_ref(), server, id))
+        .max_by_key(|r| r.verified_at)
+        .map(|r| (r.verified_at, r.problem_count == 0))
 }
 
 /// Runs until `cancel`; returns at once when the server has no `verify_schedule`.
@@ -59,6 +83,10 @@ pub async fn run(cfg: ServerConfig, catalog_root: PathBuf, hooks: crate::service
             max_rate: Some(cfg.verify_max_rate),
             stop: stop.clone(),
         };
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server.clone(), stop.clone());
         let (c, s) = (catalog.clone(), server.clone());
         let mut job =
             tokio::task::spawn_blocking(move || crate::verify::verify(&c, &s, &Selection::All, &opts, &mut LogLines::new("verify")));
@@ -67,9 +95,11 @@ pub async fn run(cfg: ServerConfig, catalog_root: PathBuf, hooks: crate::service
             _ = cancel.cancelled() => {
                 stop.store(true, Ordering::Relaxed);
                 let _ = job.await;
+                RUNNING.lock().unwrap_or_else(|e| e.into_inner()).remove(&server);
                 return;
             }
         };
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).remove(&server);
         let ended = unix_now();
         match outcome {
             Ok(Ok(report)) if report.problems.is_empty() => {
@@ -96,7 +126,11 @@ pub async fn run(cfg: ServerConfig, catalog_root: PathBuf, hooks: crate::service
                 last = Some(ended);
             }
             Ok(Err(VerifyError::NoBackups(_))) => not_before = ended + POLL.as_secs(),
-            Ok(Err(VerifyError::Stopped)) => return,
+            Ok(Err(VerifyError::Stopped)) if cancel.is_cancelled() => return,
+            Ok(Err(VerifyError::Stopped)) => {
+                tracing::warn!(server = %server, "scheduled verify stopped so that a prune can free space (critical disk level); it starts again in 10 minutes");
+                not_before = ended + RETRY_AFTER_PREEMPT.as_secs();
+            }
             Ok(Err(e)) => {
                 tracing::error!(server = %server, error = %e, retry_in_seconds = RETRY_AFTER_FAILURE.as_secs(), "scheduled verify failed");
                 crate::service::metrics::verify_finished(&server, "failed", None, ended);

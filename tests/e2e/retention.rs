@@ -404,6 +404,7 @@ fn the_daemon_prunes_sees_gaps_and_prunes_under_pressure() {
 
     // Critical pressure (every byte free counts as too little) with prune: down to one backup.
     p.set_top("retention:\n  redundancy: 2\n  on_critical_pressure: prune\ndisk_pressure:\n  check_interval: 1s\n  catalog_free_warning: 99%\n  catalog_free_critical: 99%");
+    let streaming_since = p.server("main").and_then(|s| s.streaming_since);
     p.rewrite_servers(&servers);
     p.hup();
     wait_until(Duration::from_secs(60), "the pressure prune", || {
@@ -411,6 +412,11 @@ fn the_daemon_prunes_sees_gaps_and_prunes_under_pressure() {
     });
     assert_eq!(ids_of(&list(&p.config)), vec![ids[2].clone()]);
     assert!(p.log_text().contains("critical disk pressure"), "{}", tail(&p.log_text()));
+    // A reload that changes only retention restarts the periodic tasks, not the receiver.
+    let log = p.log_text();
+    assert!(log.contains("restarting those tasks (streaming goes on)"), "{}", tail(&log));
+    assert!(!log.contains("restarting its receiver"), "{}", tail(&log));
+    assert_eq!(p.server("main").and_then(|s| s.streaming_since), streaming_since);
 }
 
 /// The segment name holding the start of backup `id`.
