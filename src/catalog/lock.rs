@@ -24,7 +24,9 @@ pub const DRILL_LOCK_FILE: &str = "drill.lock";
 pub enum LockError {
     #[error("catalog {path} is in use by another pgark serve (pid {pid}); stop it first or use another catalog")]
     Held { path: PathBuf, pid: String },
-    #[error("a backup of server {server} is already running (pid {pid}, lock {path}); wait for it to finish")]
+    #[error(
+        "a backup or prune of server {server} is already running (pid {pid}, lock {path}; `pgark status` shows it); wait for it to finish"
+    )]
     BackupRunning { server: String, path: PathBuf, pid: String },
     #[error("a pgark restore, verify or drill of server {server} is reading its backups (lock {path}); try again when it has finished")]
     RestoreRunning { server: String, path: PathBuf },

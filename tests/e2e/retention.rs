@@ -271,7 +271,15 @@ fn prune_killed_midway_is_finished_by_the_next() {
     wait_until(Duration::from_secs(30), "the first backup's index to be deleted", || {
         !index_of(&ids[0]).exists()
     });
-    // The prune is now asleep between its first and its second deletion: kill it there.
+    // The prune is now asleep between its first and its second deletion, holding the locks:
+    // `pgark status` names it; a backup is refused meanwhile. Then kill it there.
+    let st = text(&pgark(&p.config, &["status"]));
+    assert!(
+        st.contains(&format!("lock: backup.lock (exclusive) held by pid {}", child.id())) && st.contains("prune main"),
+        "{st}"
+    );
+    let o = pgark(&p.config, &["backup", "main"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = child.wait();
     let intent = p.catalog.join("main/prune.intent");
