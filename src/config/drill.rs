@@ -68,6 +68,18 @@ pub fn default_path(catalog: &Path) -> PathBuf {
     }
 }
 
+/// `section` with `drill_schedule` (the same key under the name of its siblings
+/// `backup_schedule` and `verify_schedule`) folded in as its `schedule`; both set is an error.
+pub fn with_schedule_alias(section: Option<RawDrill>, alias: Option<String>, key: &str) -> Result<Option<RawDrill>, String> {
+    let Some(t) = alias else { return Ok(section) };
+    let mut d = section.unwrap_or_default();
+    if d.schedule.is_some() {
+        return Err(format!("{key}_schedule and {key}.schedule are both set: keep one"));
+    }
+    d.schedule = Some(t);
+    Ok(Some(d))
+}
+
 /// `top` (the `drill` section) overridden key by key by `own` (`servers.<name>.drill`); `key`
 /// prefixes errors (`drill` or `servers.<name>.drill`). Relative paths are taken from the config
 /// file's directory.
@@ -206,5 +218,38 @@ mod tests {
         assert!(e.to_string().contains("servers.main.drill.timeout"), "{e}");
         let e = parse("catalog: /x\ndrill:\n  paht: /y\nservers:\n  main:\n    conninfo: host=/tmp\n").unwrap_err();
         assert!(e.to_string().contains("paht"), "{e}");
+    }
+
+    /// `drill_schedule`, named like `backup_schedule`, is `drill.schedule`.
+    #[test]
+    fn drill_schedule_is_drill_dot_schedule() {
+        let parse = |t: &str| crate::config::Config::parse(t, Path::new("/etc/pgark.yaml"));
+        let c = parse(
+            "catalog: /x
+drill_schedule: 7d
+servers:
+  main:
+    conninfo: host=/tmp
+  b:
+    conninfo: host=/tmp
+    slot: b
+    drill_schedule: 1d
+",
+        )
+        .unwrap();
+        assert!(c.servers["main"].drill.schedule.is_some() && c.servers["b"].drill.schedule.is_some());
+        assert_ne!(c.servers["main"].drill.schedule, c.servers["b"].drill.schedule);
+        let e = parse(
+            "catalog: /x
+drill_schedule: 7d
+drill:
+  schedule: 1d
+servers:
+  main:
+    conninfo: host=/tmp
+",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("drill_schedule and drill.schedule are both set"), "{e}");
     }
 }

@@ -116,7 +116,8 @@ impl Config {
         };
         let config_dir = path.parent().unwrap_or(Path::new("."));
         // The top-level section alone first, so that its errors name `drill.<key>`.
-        drill::resolve(&catalog, config_dir, raw.drill.as_ref(), None, "drill").map_err(err)?;
+        let top_drill = drill::with_schedule_alias(raw.drill.clone(), raw.drill_schedule.clone(), "drill").map_err(err)?;
+        drill::resolve(&catalog, config_dir, top_drill.as_ref(), None, "drill").map_err(err)?;
         for (name, mut s) in raw.servers {
             s.verify_schedule = s.verify_schedule.or_else(|| raw.verify_schedule.clone());
             s.verify_max_rate = s.verify_max_rate.or_else(|| raw.verify_max_rate.clone());
@@ -124,12 +125,13 @@ impl Config {
             if own != hooks::HookCommands::default() {
                 hook_config.servers.insert(name.clone(), own);
             }
-            let own_drill = s.drill.take();
+            let own_drill =
+                drill::with_schedule_alias(s.drill.take(), s.drill_schedule.take(), &format!("servers.{name}.drill")).map_err(err)?;
             let mut server = server::parse(&name, s, raw.retention.as_ref()).map_err(err)?;
             server.drill = drill::resolve(
                 &catalog,
                 config_dir,
-                raw.drill.as_ref(),
+                top_drill.as_ref(),
                 own_drill.as_ref(),
                 &format!("servers.{name}.drill"),
             )

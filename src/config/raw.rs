@@ -21,6 +21,9 @@ pub struct RawConfig {
     pub hooks: Option<RawHooks>,
     #[serde(default)]
     pub drill: Option<super::drill::RawDrill>,
+    /// The same as `drill.schedule` (named like `backup_schedule` and `verify_schedule`).
+    #[serde(default)]
+    pub drill_schedule: Option<String>,
     /// Default of every server's `verify_schedule`.
     #[serde(default)]
     pub verify_schedule: Option<String>,
@@ -99,6 +102,9 @@ pub struct RawServer {
     pub hooks: Option<RawHooks>,
     #[serde(default)]
     pub drill: Option<super::drill::RawDrill>,
+    /// The same as `drill.schedule` (named like `backup_schedule` and `verify_schedule`).
+    #[serde(default)]
+    pub drill_schedule: Option<String>,
 }
 
 /// A `hooks` section as written (top level or per server).
