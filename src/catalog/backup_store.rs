@@ -460,8 +460,13 @@ pub fn is_only_usable(store: &dyn ObjectStore, idx: &BackupIndex) -> Result<bool
     if !wal_presence(store, idx).present {
         return Ok(false);
     }
-    let all = load_all(store, &idx.server)?;
-    Ok(!all.iter().filter(|b| b.id != idx.id).any(|b| wal_presence(store, b).present))
+    // An index of another backup that does not load counts as not usable (it cannot be restored).
+    let others: Vec<BackupIndex> = list_ids(store, &idx.server)?
+        .iter()
+        .filter(|id| **id != idx.id)
+        .filter_map(|id| load(store, &idx.server, id).ok())
+        .collect();
+    Ok(!others.iter().any(|b| wal_presence(store, b).present))
 }
 
 /// A file's CRC-32C from its chunks' CRCs, in order.

@@ -29,20 +29,35 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
     let store = catalog.store();
     let mut all = Vec::new();
     let mut windows = Vec::new();
+    let mut damaged = false;
     for s in servers {
         let view = RetentionView::load(&catalog, s, &config.servers[s].retention);
-        match backup_store::load_all(store.as_ref(), s) {
-            Ok(list) => all.extend(list.iter().map(|i| summarize(store.as_ref(), i, &view))),
+        let ids = match backup_store::list_ids(store.as_ref(), s) {
+            Ok(ids) => ids,
             Err(e) => {
                 eprintln!("error: {s}: {e}");
                 return exit::FAILURE;
             }
+        };
+        // One unreadable index is reported, not a reason to hide every other backup.
+        for id in ids {
+            match backup_store::load(store.as_ref(), s, &id) {
+                Ok(i) => all.push(summarize(store.as_ref(), &i, &view)),
+                Err(e) => {
+                    eprintln!(
+                        "error: {e}; pgark delete-backup --config {} --force {s} {id} removes it",
+                        path.display()
+                    );
+                    damaged = true;
+                }
+            }
         }
         windows.push((s, view));
     }
+    let done = if damaged { exit::FAILURE } else { exit::OK };
     if json {
         println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
-        return exit::OK;
+        return done;
     }
     for (s, view) in &windows {
         println!(
@@ -58,7 +73,7 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
     }
     if all.is_empty() {
         println!("no backups");
-        return exit::OK;
+        return done;
     }
     println!(
         "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10} {:<8}  {:<28} LABEL",
@@ -87,7 +102,7 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
             b.label
         );
     }
-    exit::OK
+    done
 }
 
 fn load_one(config: &Config, server: &str, id: &str) -> Result<BackupIndex, i32> {
@@ -190,11 +205,31 @@ pub fn delete_backup(path: &Path, server: &str, id: &str, force: bool) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let idx = match load_one(&config, server, id) {
-        Ok(i) => i,
-        Err(code) => return code,
-    };
+    if let Err(code) = known_server(&config, server) {
+        return code;
+    }
     let store = Catalog::open(&config.catalog).store();
+    // An index that no longer parses can still be removed (with --force): otherwise nothing
+    // could get rid of it, and retention stops at it.
+    let idx = match backup_store::load(store.as_ref(), server, id) {
+        Ok(i) => Some(i),
+        Err(e @ backup_store::BackupStoreError::NotFound { .. }) => {
+            eprintln!("error: {e}");
+            return exit::NOT_FOUND;
+        }
+        Err(e @ backup_store::BackupStoreError::BadIndex { .. }) if force => {
+            eprintln!("warning: {e}; deleting the backup anyway (--force)");
+            None
+        }
+        Err(e @ backup_store::BackupStoreError::BadIndex { .. }) => {
+            eprintln!("error: {e}; pgark delete-backup --force removes the backup");
+            return exit::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
     let _lock = match CatalogLock::acquire_backup(&config.catalog, server) {
         Ok(l) => l,
         Err(e) => {
@@ -209,9 +244,10 @@ pub fn delete_backup(path: &Path, server: &str, id: &str, force: bool) -> i32 {
             return exit::LOCKED;
         }
     };
-    let only = match backup_store::is_only_usable(store.as_ref(), &idx) {
-        Ok(only) => only,
-        Err(e) => {
+    let only = match idx.as_ref().map(|i| backup_store::is_only_usable(store.as_ref(), i)) {
+        None => false,
+        Some(Ok(only)) => only,
+        Some(Err(e)) => {
             eprintln!("error: {e}");
             return exit::FAILURE;
         }

@@ -31,6 +31,13 @@ pub enum PruneError {
     Locked(#[from] LockError),
     #[error("{0}")]
     Catalog(#[from] BackupStoreError),
+    #[error("backup index {key}: {reason}; retention stops here until it is removed (pgark delete-backup --force {server} {id}) or restored from a copy")]
+    UnreadableIndex {
+        key: String,
+        reason: String,
+        server: String,
+        id: String,
+    },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -98,7 +105,24 @@ struct Loaded {
 fn load_backups(catalog: &Catalog, server: &str, now: u64) -> Result<Vec<Loaded>, PruneError> {
     let store = catalog.store();
     let pins = pin::load_all(store.as_ref(), server).map_err(io(format!("reading the pins of {server}")))?;
-    Ok(backup_store::load_all(store.as_ref(), server)?
+    // An index that does not load stops the prune (its WAL and chunks are unknown: deleting
+    // around it could take what it needs), with an error that says how to get past it.
+    let mut indexes = Vec::new();
+    for id in backup_store::list_ids(store.as_ref(), server).map_err(io(format!("listing the backups of {server}")))? {
+        match backup_store::load(store.as_ref(), server, &id) {
+            Ok(i) => indexes.push(i),
+            Err(BackupStoreError::BadIndex { key, reason }) => {
+                return Err(PruneError::UnreadableIndex {
+                    key,
+                    reason,
+                    server: server.to_string(),
+                    id,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(indexes
         .into_iter()
         .map(|index| {
             let usable = backup_store::wal_presence(store.as_ref(), &index).present;

@@ -446,3 +446,35 @@ fn backup_index_end_segment(p: &Pgark, id: &str) -> String {
     let end: pgark::pg::Lsn = idx["end_lsn"].as_str().unwrap().parse().unwrap();
     pgark::pg::WalFileName::new(pgark::pg::TimelineId(idx["end_timeline"].as_u64().unwrap() as u32), seg.segno(end)).format(seg)
 }
+
+/// A backup index that no longer parses: list-backups still lists the others (exit 1, the
+/// damaged one named), prune stops with an error that says how to get past it, and
+/// `delete-backup --force` removes it; then retention runs again.
+#[test]
+fn an_unreadable_index_is_named_and_can_be_removed() {
+    let (c, mut p) = primary_with_pgark();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        insert(&c, i * 10 + 1, i * 10 + 10);
+        switch_and_flush(&c, &p);
+        ids.push(backup(&p.config, "main", &[])["id"].as_str().unwrap().to_string());
+    }
+    std::fs::write(p.catalog.join("main/backups").join(format!("{}.json", ids[0])), b"{not json").unwrap();
+    set_policy(&mut p, &c, "redundancy: 1");
+    let o = pgark(&p.config, &["list-backups", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let listed: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ids_of(&listed), vec![ids[1].clone()]);
+    assert!(text(&o).contains(&format!("--force main {}", ids[0])), "{}", text(&o));
+    let o = pgark(&p.config, &["prune", "main"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("retention stops here until it is removed"), "{}", text(&o));
+    let o = pgark(&p.config, &["delete-backup", "main", &ids[0]]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--force removes the backup"), "{}", text(&o));
+    let o = pgark(&p.config, &["delete-backup", "main", &ids[0], "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = pgark(&p.config, &["prune", "main"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(ids_of(&list(&p.config)), vec![ids[1].clone()]);
+}
