@@ -498,3 +498,25 @@ fn watchdog_is_armed() {
         std::process::exit(101);
     });
 }
+
+/// Encrypted objects come back from storage nobody vouches for (an S3 bucket): `open` on any
+/// bytes, a sealed object with random damage included, returns an error or the plaintext, never
+/// panics, and allocates in proportion to its input.
+#[test]
+fn encrypted_envelopes() {
+    use pgark::catalog::encryption::{open, seal, Key, Keyring};
+    let ring = Keyring::new(Key::from_bytes([7; 32]), vec![Key::from_bytes([9; 32])]);
+    let sealed = seal(&ring, "main/chunks/ab/ab.zst", &[42u8; 300]).unwrap();
+    assert_eq!(open(&ring, "main/chunks/ab/ab.zst", &sealed).unwrap(), vec![42u8; 300]);
+    run(
+        "encryption::open",
+        vec![sealed],
+        |d| d.len() * 4 + BASE,
+        |d| {
+            if let Ok(plain) = open(&ring, "main/chunks/ab/ab.zst", d) {
+                // Authentication passed: only an untouched envelope does.
+                assert_eq!(plain, vec![42u8; 300]);
+            }
+        },
+    );
+}

@@ -12,6 +12,7 @@ pub mod archiver;
 pub mod backup_store;
 pub mod continuity;
 pub mod drill_record;
+pub mod encryption;
 pub mod lock;
 pub mod perms;
 pub mod pin;

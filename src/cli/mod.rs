@@ -9,6 +9,7 @@ pub mod daemon_client;
 pub mod demo;
 pub mod drill;
 pub mod exit;
+pub mod keygen;
 pub mod output;
 pub mod progress;
 pub mod prune;
@@ -240,6 +241,11 @@ pub enum Cmd {
         spool: PathBuf,
         segment_size: u64,
     },
+    /// Print a new random 256-bit encryption key (64 hexadecimal characters) for a key file.
+    #[command(
+        after_help = "The key id (the first 8 bytes of its SHA-256) goes to stderr; it is what encrypted objects record.\nKeep a copy of the key away from the backups: without it nothing encrypted with it can be read.\n\nExample:\n  (umask 077 && pgark keygen > /etc/pgark/repo.key)"
+    )]
+    Keygen,
     /// Start a throwaway PostgreSQL with pgark as its synchronous standby, write data, take a
     /// backup, then restore to a point in time and show the rows are there.
     #[command(
@@ -323,6 +329,7 @@ pub async fn run(cli: Cli) -> i32 {
             spool,
             segment_size,
         } => wal_get::wal_prefetch(&config, &server, &after, &spool, segment_size),
+        Cmd::Keygen => keygen::keygen(),
         Cmd::Demo { duration, metrics_listen } => demo::run((duration > 0).then_some(duration), &metrics_listen).await,
     }
 }

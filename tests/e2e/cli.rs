@@ -242,3 +242,21 @@ fn metrics_port_in_use_is_a_clear_error() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&addr) && err.contains("metrics.listen"), "{err}");
 }
+
+/// `pgark keygen` prints a key file's contents: 64 hexadecimal characters and a newline, new
+/// every time, that the key parser accepts; the key id goes to stderr.
+#[test]
+fn keygen_prints_a_fresh_key() {
+    let a = pgark_args(&["keygen"]);
+    let b = pgark_args(&["keygen"]);
+    assert!(a.status.success(), "{}", text(&a));
+    let (ka, kb) = (
+        String::from_utf8(a.stdout.clone()).unwrap(),
+        String::from_utf8(b.stdout.clone()).unwrap(),
+    );
+    assert_eq!(ka.len(), 65, "{ka:?}");
+    assert!(ka.ends_with('\n') && ka.trim_end().bytes().all(|c| c.is_ascii_hexdigit()), "{ka:?}");
+    assert_ne!(ka, kb);
+    let key = pgark::catalog::encryption::Key::parse(&ka, "stdout").unwrap();
+    assert!(String::from_utf8_lossy(&a.stderr).contains(&format!("key id {}", key.id())));
+}
