@@ -18,6 +18,7 @@ mod hooks;
 mod malformed;
 mod monitoring;
 mod network;
+mod objectstore;
 mod prometheus;
 mod restore;
 mod retention;

