@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 
 /// The policy is applied at least this often.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// After a prune refused by a lock (a backup, restore, verify or drill runs), try again after this.
+/// After a prune refused by a lock (a backup, restore, verify or drill runs), try again after
+/// `RETRY_LOCKED_FIRST`, doubling up to `RETRY_LOCKED`: a backup that has just published still
+/// holds its lock for a moment, and the prune it triggered should not wait a minute for that,
+/// while a long backup should not make retention look at the catalog every few seconds.
+const RETRY_LOCKED_FIRST: Duration = Duration::from_secs(5);
 const RETRY_LOCKED: Duration = Duration::from_secs(60);
 /// At the critical level, a pressure prune runs at most this often.
 const CRITICAL_EVERY: Duration = Duration::from_secs(60);
@@ -30,6 +34,8 @@ pub struct Pruner {
     next_critical: Option<Instant>,
     /// The backups seen last time (count, newest id): a change recomputes the window.
     seen: (usize, Option<String>),
+    /// Prunes refused by a lock since the last one that ran (the retry backs off).
+    locked_in_a_row: u32,
 }
 
 impl Pruner {
@@ -42,6 +48,7 @@ impl Pruner {
             next_continuity: None,
             next_critical: None,
             seen: (0, None),
+            locked_in_a_row: 0,
         }
     }
 
@@ -84,6 +91,7 @@ impl Pruner {
         match result {
             Ok(r) => {
                 self.next_prune = Some(Instant::now() + PRUNE_EVERY);
+                self.locked_in_a_row = 0;
                 if let Some((pid, at)) = r.resumed {
                     tracing::warn!(server, pid, started_at = at, "finished a prune that was interrupted");
                 }
@@ -111,10 +119,13 @@ impl Pruner {
                         "retention: critical disk level: stopping the scheduled verify so that the prune can run"
                     );
                     self.next_critical = Some(Instant::now() + Duration::from_secs(2));
-                } else {
-                    tracing::info!(server, "retention: prune postponed ({e}); trying again in a minute");
                 }
-                self.next_prune = Some(Instant::now() + RETRY_LOCKED);
+                let wait = RETRY_LOCKED_FIRST
+                    .saturating_mul(1 << self.locked_in_a_row.min(4))
+                    .min(RETRY_LOCKED);
+                self.locked_in_a_row += 1;
+                tracing::info!(server, retry_in_seconds = wait.as_secs(), "retention: prune postponed ({e})");
+                self.next_prune = Some(Instant::now() + wait);
                 false
             }
             Err(e) => {

@@ -327,7 +327,7 @@ fn the_daemon_prunes_sees_gaps_and_prunes_under_pressure() {
         switch_and_flush(&c, &p);
         ids.push(backup(&p.config, "main", &[])["id"].as_str().unwrap().to_string());
     }
-    wait_until(Duration::from_secs(60), "the daemon to prune the oldest backup", || {
+    wait_until(Duration::from_secs(120), "the daemon to prune the oldest backup", || {
         ids_of(&list(&p.config)).len() == 2
     });
     assert_eq!(ids_of(&list(&p.config)), ids[1..].to_vec());
