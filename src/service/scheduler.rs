@@ -26,7 +26,7 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
 /// Start of the newest published backup, after refreshing the metrics and the status board
 /// (recovery window start, newest backup) from the catalog. Reads only indexes it has not seen
 /// (`BackupFactsCache`).
-fn refresh(store: &dyn ObjectStore, cache: &mut BackupFactsCache, server: &str, board: &StatusBoard) -> Option<u64> {
+fn refresh(store: &dyn ObjectStore, cache: &mut BackupFactsCache, server: &str, board: &StatusBoard) -> Option<(u64, String)> {
     match cache.refresh(store, server) {
         Ok(all) => {
             let stored: u64 = all.iter().map(|b| b.stored_new_bytes).sum();
@@ -44,7 +44,7 @@ fn refresh(store: &dyn ObjectStore, cache: &mut BackupFactsCache, server: &str, 
                 last.original_bytes,
                 last.stored_new_bytes,
             );
-            Some(last.start_time)
+            Some((last.start_time, last.id.clone()))
         }
         Err(e) => {
             tracing::warn!(server, error = %e, "cannot read the server's backups for metrics");
@@ -81,12 +81,14 @@ pub async fn run(
     let store = Catalog::open(&catalog).store();
     let mut pruner = crate::service::retention_task::Pruner::new(&server, Catalog::open(&catalog), cfg.retention.clone());
     let mut after_backup = false;
-    let mut seen_start: Option<u64> = None;
+    // The newest backup's id last seen: a new one (also from `pgark backup`) triggers a prune.
+    // By id, not by start time: two small backups can start in the same second.
+    let mut seen_newest: Option<String> = None;
     loop {
         fail::fail_point!("backup-scheduler");
         // Catalog reads block: off the async workers.
         let (s, b, name, mut c) = (store.clone(), board.clone(), server.clone(), cache.take().unwrap_or_default());
-        let (last_start, c) = match tokio::task::spawn_blocking(move || (refresh(s.as_ref(), &mut c, &name, &b), c)).await {
+        let (newest, c) = match tokio::task::spawn_blocking(move || (refresh(s.as_ref(), &mut c, &name, &b), c)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(server = %server, error = %e, "reading the catalog's backups failed (a bug)");
@@ -95,10 +97,12 @@ pub async fn run(
         };
         cache = Some(c);
         // A backup `pgark backup` took in another process counts as "after a backup" too.
-        if last_start.is_some() && seen_start.is_some() && last_start != seen_start {
+        let last_start = newest.as_ref().map(|(t, _)| *t);
+        let newest_id = newest.map(|(_, id)| id);
+        if newest_id.is_some() && seen_newest.is_some() && newest_id != seen_newest {
             after_backup = true;
         }
-        seen_start = last_start.or(seen_start);
+        seen_newest = newest_id.or(seen_newest);
         let level = board
             .catalog_space()
             .map(|s| s.pressure)
