@@ -4,6 +4,7 @@
 //! expected, and every parser returns a typed error naming the text it refused.
 
 pub mod lsn;
+pub mod manifest;
 pub mod segment;
 pub mod timeline;
 

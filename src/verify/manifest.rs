@@ -3,83 +3,25 @@
 //! size, and the same CRC-32C when the manifest carries CRC32C checksums (compared with the
 //! index's record and with the CRC the file's chunks actually have).
 //!
-//! The parser is verify's own (small, read-only): `backup::manifest` is a sibling module, and
-//! siblings never import each other.
+//! The format is parsed by `pg::manifest`, shared with the backup that received it.
 
-use crate::util::hex::{from_hex, to_hex};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
-/// One file as the manifest lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    pub size: u64,
-    /// CRC-32C, when that is the manifest's algorithm for the file.
-    pub crc32c: Option<u32>,
-}
+/// One file as the manifest lists it (size, and CRC-32C when that is its algorithm).
+pub use crate::pg::manifest::ManifestFile as Listed;
 
 /// Parses a manifest after checking its `Manifest-Checksum`; the error says what is wrong.
 pub fn parse(bytes: &[u8]) -> Result<BTreeMap<String, Listed>, String> {
-    self_checksum(bytes)?;
-    let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
-    let mut out = BTreeMap::new();
-    for f in doc.get("Files").and_then(|v| v.as_array()).ok_or("no Files list")? {
-        let path = match (
-            f.get("Path").and_then(|v| v.as_str()),
-            f.get("Encoded-Path").and_then(|v| v.as_str()),
-        ) {
-            (Some(p), _) => p.to_string(),
-            (None, Some(hex)) => from_hex(hex)
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| format!("Encoded-Path {hex:?} is not hex of UTF-8"))?,
-            _ => return Err("a Files entry has neither Path nor Encoded-Path".into()),
-        };
-        let size = f.get("Size").and_then(|v| v.as_u64()).ok_or_else(|| format!("{path}: no Size"))?;
-        let crc32c = match (
-            f.get("Checksum-Algorithm").and_then(|v| v.as_str()),
-            f.get("Checksum").and_then(|v| v.as_str()),
-        ) {
-            // The hex of the four CRC bytes in the server's (little-endian) order.
-            (Some("CRC32C"), Some(hex)) => {
-                let b = from_hex(hex)
-                    .filter(|b| b.len() == 4)
-                    .ok_or_else(|| format!("{path}: CRC32C checksum {hex:?} is not 8 hex digits"))?;
-                Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            }
-            _ => None,
-        };
-        out.insert(path, Listed { size, crc32c });
-    }
-    Ok(out)
-}
-
-/// The manifest ends with `"Manifest-Checksum": "<sha256 of every byte before that key>"`.
-fn self_checksum(bytes: &[u8]) -> Result<(), String> {
-    const KEY: &[u8] = b"\"Manifest-Checksum\"";
-    let at = bytes
-        .windows(KEY.len())
-        .rposition(|w| w == KEY)
-        .ok_or("no Manifest-Checksum line (truncated?)")?;
-    let rest = String::from_utf8_lossy(&bytes[at + KEY.len()..]);
-    let hex: String = rest
-        .trim_start_matches([' ', ':'])
-        .trim_start()
-        .trim_start_matches('"')
-        .chars()
-        .take_while(|c| c.is_ascii_hexdigit())
-        .collect();
-    let computed = to_hex(&Sha256::digest(&bytes[..at]));
-    if hex.to_ascii_lowercase() != computed {
-        return Err(format!(
-            "Manifest-Checksum {hex} does not match its contents (SHA-256 {computed}): the manifest is damaged"
-        ));
-    }
-    Ok(())
+    crate::pg::manifest::Manifest::parse(bytes)
+        .map(|m| m.files)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::util::hex::to_hex;
+    use sha2::{Digest, Sha256};
 
     pub fn manifest(files: &str) -> Vec<u8> {
         let body = format!("{{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [\n{files}\n],\n");
