@@ -216,19 +216,31 @@ fn verify(f: &Facts) -> Outcome {
     let Some(schedule) = schedule else {
         return Outcome::ok(format!("{shown} (no verify_schedule)"));
     };
-    let due = schedule.next_due(Some(newest.verified_at), newest.verified_at + 1);
-    if f.now <= due {
-        return Outcome::ok(shown);
+    periodic(schedule, newest.verified_at, f.now, shown, "verify_schedule")
+}
+
+/// How late the run after `last` is against `schedule` at `now`: `None` while not yet due, else
+/// (the due time, seconds late, one interval of the schedule: from that due time to the next).
+/// `next_due` is asked as of just after `last` (for cron it never answers a time before `now`).
+fn lateness(schedule: &crate::backup::schedule::Schedule, last: u64, now: u64) -> Option<(u64, u64, u64)> {
+    let due = schedule.next_due(Some(last), last + 1);
+    if now <= due {
+        return None;
     }
     let interval = schedule.next_due(Some(due), due + 1).saturating_sub(due).max(60);
-    let late = f.now - due;
-    if late > interval {
-        Outcome::failed(format!(
-            "{shown}; the next is overdue by {} (more than one interval of verify_schedule): see pgark serve's log",
+    Some((due, now - due, interval))
+}
+
+/// A periodic task's check (verify, drill): OK while on time, a warning when due, FAILED when
+/// more than one interval of `key` late.
+fn periodic(schedule: &crate::backup::schedule::Schedule, last: u64, now: u64, shown: String, key: &str) -> Outcome {
+    match lateness(schedule, last, now) {
+        None => Outcome::ok(shown),
+        Some((_, late, interval)) if late > interval => Outcome::failed(format!(
+            "{shown}; the next is overdue by {} (more than one interval of {key}): see pgark serve's log",
             age(late)
-        ))
-    } else {
-        Outcome::warning(format!("{shown}; the next is due since {}", age(late)))
+        )),
+        Some((_, late, _)) => Outcome::warning(format!("{shown}; the next is due since {}", age(late))),
     }
 }
 
@@ -266,20 +278,7 @@ fn drill(f: &Facts) -> Outcome {
     let Some(schedule) = schedule else {
         return Outcome::ok(format!("{shown} (no drill.schedule)"));
     };
-    let due = schedule.next_due(Some(newest.started_at), newest.started_at + 1);
-    if f.now <= due {
-        return Outcome::ok(shown);
-    }
-    let interval = schedule.next_due(Some(due), due + 1).saturating_sub(due).max(60);
-    let late = f.now - due;
-    if late > interval {
-        Outcome::failed(format!(
-            "{shown}; the next is overdue by {} (more than one interval of drill.schedule): see pgark serve's log",
-            age(late)
-        ))
-    } else {
-        Outcome::warning(format!("{shown}; the next is due since {}", age(late)))
-    }
+    periodic(schedule, newest.started_at, f.now, shown, "drill.schedule")
 }
 
 fn replication_connection(f: &Facts) -> Outcome {
@@ -495,13 +494,10 @@ fn backup_age(f: &Facts) -> Outcome {
     };
     // The first due time after that backup (asked as of just after its start: for cron,
     // `next_due` never answers a time before its `now`).
-    let due = schedule.next_due(Some(start), start + 1);
-    if f.now <= due {
+    let Some((due, late, interval)) = lateness(schedule, start, f.now) else {
+        let due = schedule.next_due(Some(start), start + 1);
         return Outcome::ok(format!("{shown}; the next is due at {}", format_utc(due)));
-    }
-    // One interval of the schedule: the time from this due time to the one after it.
-    let interval = schedule.next_due(Some(due), due + 1).saturating_sub(due).max(60);
-    let late = f.now - due;
+    };
     if f.backup_running {
         Outcome::ok(format!("{shown}; a backup is being taken"))
     } else if late > interval {
