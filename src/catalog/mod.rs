@@ -17,7 +17,9 @@ pub mod lock;
 pub mod perms;
 pub mod pin;
 pub mod prune_intent;
+pub mod remote_store;
 pub mod restore_record;
+pub mod sealed_store;
 pub mod segment_file;
 pub mod space;
 pub mod state;
@@ -54,6 +56,16 @@ impl Catalog {
         let layout = Layout::new(root);
         let store: Arc<dyn store::ObjectStore> = Arc::new(store::LocalStore::new(layout.root()));
         Catalog { layout, store }
+    }
+
+    /// A catalog whose objects live in `store` (a repository), with its lock files under
+    /// `lock_root` on this machine: object storage has no locks, and the processes that must
+    /// not run together on a repository (an upload, a prune, a restore) run on this host.
+    pub fn with_store(lock_root: impl Into<PathBuf>, store: Arc<dyn store::ObjectStore>) -> Catalog {
+        Catalog {
+            layout: Layout::new(lock_root),
+            store,
+        }
     }
 
     /// The storage, shared.
@@ -104,6 +116,11 @@ impl Layout {
 
     pub fn wal_dir(&self, server: &str) -> PathBuf {
         self.server_dir(server).join("wal")
+    }
+
+    /// Where the lock files of repository `name` live on this machine.
+    pub fn repository_lock_root(&self, name: &str) -> PathBuf {
+        self.root.join(".repos").join(name)
     }
 
     /// Store key of a server's WAL directory.

@@ -5,6 +5,7 @@
 pub mod drill;
 pub mod hooks;
 mod raw;
+pub mod repositories;
 mod retention;
 mod server;
 mod values;
@@ -47,6 +48,12 @@ pub struct Config {
     pub servers: BTreeMap<String, ServerConfig>,
     /// The `hooks` sections (top level and per server; see `config::hooks`).
     pub hooks: hooks::HooksConfig,
+    /// Off-site repositories, in the order restores try them.
+    pub repositories: Vec<repositories::RepositoryConfig>,
+    /// Where the encryption keys come from; `None`: repositories hold plaintext.
+    pub encryption: Option<repositories::EncryptionConfig>,
+    /// How often the open segment is uploaded as a partial object.
+    pub offsite_partial_interval: Duration,
 }
 
 impl Config {
@@ -139,6 +146,9 @@ impl Config {
             servers.insert(name, server);
         }
         one_entry_per_slot(&servers).map_err(err)?;
+        let repositories = repositories::parse_repositories(raw.repositories, config_dir).map_err(err)?;
+        let encryption = repositories::parse_encryption(raw.encryption, config_dir).map_err(err)?;
+        let offsite_partial_interval = repositories::parse_partial_interval(raw.offsite_partial_interval.as_deref()).map_err(err)?;
         if let Some(g) = &raw.catalog_group {
             crate::catalog::perms::group_id(g).map_err(|m| err(format!("catalog_group: {m}")))?;
         }
@@ -151,6 +161,9 @@ impl Config {
             disk_pressure,
             servers,
             hooks: hook_config,
+            repositories,
+            encryption,
+            offsite_partial_interval,
         })
     }
 

@@ -30,6 +30,13 @@ pub struct RawConfig {
     /// Default of every server's `verify_max_rate`.
     #[serde(default)]
     pub verify_max_rate: Option<serde_yaml::Value>,
+    /// Off-site repositories, in the order restores try them (see `config::repositories`).
+    #[serde(default)]
+    pub repositories: Option<serde_yaml::Mapping>,
+    #[serde(default)]
+    pub encryption: Option<super::repositories::RawEncryption>,
+    #[serde(default)]
+    pub offsite_partial_interval: Option<String>,
     #[serde(deserialize_with = "unique_servers")]
     pub servers: BTreeMap<String, RawServer>,
 }

@@ -17,6 +17,10 @@ pub const SECRET_KEY: &str = "pgark-test-secret-0123456789";
 
 pub struct Seaweed {
     child: Option<Child>,
+    /// The command line, to start it again on the same data and ports (`restart`).
+    args: Vec<String>,
+    weed: PathBuf,
+    master_port: u16,
     /// Holds the data, the identity file and the log; removed on drop.
     _dir: tempfile::TempDir,
     /// `http://127.0.0.1:PORT` of the S3 API.
@@ -81,39 +85,82 @@ impl Seaweed {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let log = dir.path().join("weed.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(weed)
-            .arg("server")
-            .arg(format!("-dir={}", data.display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .arg(format!("-master.port={master}"))
-            .arg(format!("-volume.port={volume}"))
-            .arg(format!("-filer.port={filer}"))
-            .arg("-s3")
-            .arg(format!("-s3.port={s3}"))
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=8"])
-            .arg(format!("-s3.config={}", identities.display()))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
+        let args: Vec<String> = vec![
+            "server".into(),
+            format!("-dir={}", data.display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-master.port={master}"),
+            format!("-volume.port={volume}"),
+            format!("-filer.port={filer}"),
+            "-s3".into(),
+            format!("-s3.port={s3}"),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            "-volume.max=8".into(),
+            format!("-s3.config={}", identities.display()),
+        ];
         let mut sw = Seaweed {
-            child: Some(child),
+            child: None,
+            args,
+            weed,
+            master_port: master,
             _dir: dir,
             endpoint: format!("http://127.0.0.1:{s3}"),
             s3_port: s3,
             log,
             _ports: held,
         };
-        let addr = format!("127.0.0.1:{s3}");
+        sw.spawn();
+        Some(sw)
+    }
+
+    fn spawn(&mut self) {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        self.child = Some(
+            Command::new(&self.weed)
+                .args(&self.args)
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap(),
+        );
+        let addr = format!("127.0.0.1:{}", self.s3_port);
         wait_until(Duration::from_secs(60), "SeaweedFS's S3 API", || {
-            if let Some(Ok(Some(status))) = sw.child.as_mut().map(|c| c.try_wait()) {
-                panic!("weed server exited ({status}):\n{}", sw.log_text());
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("weed server exited ({status}):\n{}", self.log_text());
             }
             super::http::get(&addr, "/", Duration::from_secs(2)).is_ok()
         });
-        Some(sw)
+    }
+
+    /// Starts it again after `stop`, on the same data and ports (the store coming back).
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after stop");
+        self.spawn();
+    }
+
+    /// Creates a bucket (through `weed shell`, as an administrator would).
+    #[allow(dead_code)]
+    pub fn create_bucket(&self, name: &str) {
+        use std::io::Write;
+        let mut c = Command::new(&self.weed)
+            .args(["shell", &format!("-master=127.0.0.1:{}", self.master_port)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("s3.bucket.create -name {name}\n").as_bytes())
+            .unwrap();
+        let out = c.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("created bucket"), "weed shell s3.bucket.create {name}: {text}");
     }
 
     pub fn log_text(&self) -> String {

@@ -1,0 +1,349 @@
+//! The `repositories:` and `encryption:` sections: off-site copies on object storage, and the
+//! keys every object written there is sealed with.
+//!
+//! ```yaml
+//! encryption:
+//!   key_file: /etc/pgark/repo.key          # or key_command: "vault kv get -field=key secret/pgark"
+//!   old_key_files: [/etc/pgark/repo.key.2026]
+//! offsite_partial_interval: 10s
+//! repositories:
+//!   offsite:
+//!     url: s3://bucket/pgark
+//!     endpoint: https://s3.example.net      # S3 compatibles; leave out for AWS
+//!     region: eu-central-1
+//!     access_key_id: AKIA...
+//!     secret_access_key_file: /etc/pgark/s3.secret
+//!     retention: { redundancy: 4 }
+//! ```
+//!
+//! Secrets are read when a repository is opened, not at parse time, so `check-config` works
+//! without them and a rotated secret file is picked up by the next command or reload.
+
+use super::retention::RawRetention;
+use super::values::parse_duration;
+use crate::catalog::encryption::{Key, Keyring};
+use crate::catalog::remote_store::{parse_s3_url, RemoteStore, S3Spec};
+use crate::catalog::sealed_store::SealedStore;
+use crate::catalog::store::ObjectStore;
+use crate::catalog::Catalog;
+use crate::retention::Policy;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const DEFAULT_OFFSITE_PARTIAL_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRepository {
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub allow_invalid_certificates: bool,
+    pub retention: Option<RawRetention>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawEncryption {
+    pub key_file: Option<PathBuf>,
+    pub key_command: Option<String>,
+    #[serde(default)]
+    pub old_key_files: Vec<PathBuf>,
+}
+
+/// One repository, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RepositoryConfig {
+    pub name: String,
+    pub url: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
+    pub allow_invalid_certificates: bool,
+    /// The repository's own retention (the catalog's keys; no rule: nothing is deleted there).
+    pub retention: Policy,
+}
+
+impl RepositoryConfig {
+    /// The connection settings, with the secret read from its file.
+    pub fn s3_spec(&self) -> Result<S3Spec, String> {
+        let secret = match &self.secret_access_key_file {
+            Some(p) => Some(read_secret(p).map_err(|m| format!("repositories.{}.secret_access_key_file: {m}", self.name))?),
+            None => None,
+        };
+        Ok(S3Spec {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: secret,
+            allow_invalid_certificates: self.allow_invalid_certificates,
+        })
+    }
+}
+
+/// Where the keys come from, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncryptionConfig {
+    pub key_file: Option<PathBuf>,
+    pub key_command: Option<String>,
+    pub old_key_files: Vec<PathBuf>,
+}
+
+impl EncryptionConfig {
+    /// Reads the keys (runs `key_command` if that is the source). Errors name the file or the
+    /// command, never the key.
+    pub fn keyring(&self) -> Result<Keyring, String> {
+        let current = match (&self.key_file, &self.key_command) {
+            (Some(p), _) => {
+                let text = read_secret(p).map_err(|m| format!("encryption.key_file: {m}"))?;
+                Key::parse(&text, &p.display().to_string()).map_err(|e| format!("encryption.key_file: {e}"))?
+            }
+            (None, Some(cmd)) => {
+                let out = std::process::Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .map_err(|e| format!("encryption.key_command: cannot run {cmd:?}: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!("encryption.key_command: {cmd:?} failed ({})", out.status));
+                }
+                let text = String::from_utf8(out.stdout)
+                    .map_err(|_| format!("encryption.key_command: {cmd:?} printed something that is not text"))?;
+                Key::parse(&text, "the output of encryption.key_command").map_err(|e| format!("encryption.key_command: {e}"))?
+            }
+            (None, None) => return Err("encryption: expected key_file or key_command".into()),
+        };
+        let mut old = Vec::new();
+        for p in &self.old_key_files {
+            let text = read_secret(p).map_err(|m| format!("encryption.old_key_files: {m}"))?;
+            old.push(Key::parse(&text, &p.display().to_string()).map_err(|e| format!("encryption.old_key_files: {e}"))?);
+        }
+        Ok(Keyring::new(current, old))
+    }
+}
+
+/// An open repository: a catalog over its objects (sealed when `encryption` is configured) and
+/// the raw store underneath (what `repo copy` moves unchanged).
+#[derive(Clone)]
+pub struct Repository {
+    pub name: String,
+    pub config: RepositoryConfig,
+    pub catalog: Catalog,
+    pub raw: Arc<dyn ObjectStore>,
+    pub remote: RemoteStore,
+    pub encrypted: bool,
+}
+
+impl super::Config {
+    /// The repository called `name`, opened (secrets and keys read; nothing sent yet).
+    pub fn open_repository(&self, name: &str) -> Result<Repository, String> {
+        let config = self
+            .repositories
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.repositories.iter().map(|r| r.name.as_str()).collect();
+                if known.is_empty() {
+                    format!(
+                        "{}: no repository {name:?}: the config has no repositories section",
+                        self.path.display()
+                    )
+                } else {
+                    format!("{}: no repository {name:?} (configured: {})", self.path.display(), known.join(", "))
+                }
+            })?
+            .clone();
+        let ring = match &self.encryption {
+            Some(e) => Some(Arc::new(e.keyring().map_err(|m| format!("{}: {m}", self.path.display()))?)),
+            None => None,
+        };
+        let remote = RemoteStore::new(config.s3_spec().map_err(|m| format!("{}: {m}", self.path.display()))?).map_err(|e| e.to_string())?;
+        let raw: Arc<dyn ObjectStore> = Arc::new(remote.clone());
+        let store: Arc<dyn ObjectStore> = match &ring {
+            Some(r) => Arc::new(SealedStore::new(Arc::clone(&raw), Arc::clone(r))),
+            None => Arc::clone(&raw),
+        };
+        let lock_root = crate::catalog::Layout::new(&self.catalog).repository_lock_root(name);
+        Ok(Repository {
+            name: name.to_string(),
+            catalog: Catalog::with_store(lock_root, store),
+            raw,
+            remote,
+            encrypted: ring.is_some(),
+            config,
+        })
+    }
+
+    /// Every repository, opened, in the config's order.
+    pub fn open_repositories(&self) -> Result<Vec<Repository>, String> {
+        self.repositories.iter().map(|r| self.open_repository(&r.name)).collect()
+    }
+}
+
+fn read_secret(p: &Path) -> Result<String, String> {
+    std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+}
+
+/// Names become metric labels and directory names: the server-name rules.
+fn validate_repository_name(name: &str) -> Result<(), String> {
+    super::values::validate_server_name(name).map_err(|m| m.replacen("server name", "repository name", 1))
+}
+
+/// The `repositories` map, in the order written (restore tries them in that order).
+pub fn parse_repositories(raw: Option<serde_yaml::Mapping>, config_dir: &Path) -> Result<Vec<RepositoryConfig>, String> {
+    let Some(map) = raw else { return Ok(vec![]) };
+    let mut out: Vec<RepositoryConfig> = Vec::new();
+    for (k, v) in map {
+        let name = k
+            .as_str()
+            .ok_or_else(|| "repositories: expected names (strings) as keys".to_string())?
+            .to_string();
+        validate_repository_name(&name).map_err(|m| format!("repositories.{name}: {m}"))?;
+        let key = format!("repositories.{name}");
+        let r: RawRepository = serde_yaml::from_value(v).map_err(|e| format!("{key}: {e}"))?;
+        let (bucket, prefix) = parse_s3_url(&r.url).map_err(|m| format!("{key}.url: {m}"))?;
+        if let Some(e) = &r.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(format!("{key}.endpoint: {e:?}: expected http://HOST:PORT or https://HOST"));
+            }
+        }
+        if r.secret_access_key_file.is_some() != r.access_key_id.is_some() {
+            return Err(format!(
+                "{key}: access_key_id and secret_access_key_file go together (without both, the AWS_* environment and instance credentials are used)"
+            ));
+        }
+        if out
+            .iter()
+            .any(|o| o.url.trim_end_matches('/') == r.url.trim_end_matches('/') && o.endpoint == r.endpoint)
+        {
+            return Err(format!("{key}.url: {} is already another repository", r.url));
+        }
+        // Only the repository's own section: the catalog's retention is not inherited (an
+        // off-site copy usually keeps longer); without rules nothing is deleted there.
+        let retention = super::retention::parse(r.retention.as_ref(), None, &format!("{key}.retention"))?;
+        out.push(RepositoryConfig {
+            name,
+            url: r.url.clone(),
+            bucket,
+            prefix,
+            endpoint: r.endpoint,
+            region: r.region,
+            access_key_id: r.access_key_id,
+            secret_access_key_file: r.secret_access_key_file.map(|p| relative_to(config_dir, p)),
+            allow_invalid_certificates: r.allow_invalid_certificates,
+            retention,
+        });
+    }
+    Ok(out)
+}
+
+pub fn parse_encryption(raw: Option<RawEncryption>, config_dir: &Path) -> Result<Option<EncryptionConfig>, String> {
+    let Some(r) = raw else { return Ok(None) };
+    if r.key_file.is_some() == r.key_command.is_some() {
+        return Err("encryption: expected exactly one of key_file and key_command".into());
+    }
+    Ok(Some(EncryptionConfig {
+        key_file: r.key_file.map(|p| relative_to(config_dir, p)),
+        key_command: r.key_command,
+        old_key_files: r.old_key_files.into_iter().map(|p| relative_to(config_dir, p)).collect(),
+    }))
+}
+
+pub fn parse_partial_interval(text: Option<&str>) -> Result<Duration, String> {
+    let d = parse_duration(text, DEFAULT_OFFSITE_PARTIAL_INTERVAL).map_err(|m| format!("offsite_partial_interval: {m}"))?;
+    if d < Duration::from_millis(200) {
+        return Err("offsite_partial_interval: must be at least 200ms".into());
+    }
+    Ok(d)
+}
+
+fn relative_to(dir: &Path, p: PathBuf) -> PathBuf {
+    if p.is_relative() {
+        dir.join(p)
+    } else {
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repos(yaml: &str) -> Result<Vec<RepositoryConfig>, String> {
+        let m: serde_yaml::Mapping = serde_yaml::from_str(yaml).unwrap();
+        parse_repositories(Some(m), Path::new("/etc"))
+    }
+
+    #[test]
+    fn repositories_keep_their_order_and_check_their_keys() {
+        let r = repos("z:\n  url: s3://b/one\na:\n  url: s3://b/two/\n  endpoint: http://127.0.0.1:8333\n  access_key_id: k\n  secret_access_key_file: s\n  retention: {redundancy: 3}\n").unwrap();
+        assert_eq!(r.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["z", "a"]);
+        assert_eq!(r[1].prefix, "two");
+        assert_eq!(r[1].secret_access_key_file.as_deref(), Some(Path::new("/etc/s")));
+        assert_eq!(r[1].retention.redundancy, Some(3));
+        assert!(repos("a:\n  url: http://x\n").unwrap_err().contains("repositories.a.url"));
+        assert!(repos("a:\n  url: s3://b/x\n  endpoint: ftp://x\n")
+            .unwrap_err()
+            .contains("repositories.a.endpoint"));
+        assert!(repos("a:\n  url: s3://b/x\n  access_key_id: k\n")
+            .unwrap_err()
+            .contains("go together"));
+        assert!(repos("a:\n  url: s3://b/x\n  bogus: 1\n").unwrap_err().contains("bogus"));
+        assert!(repos("a:\n  url: s3://b/x\nb:\n  url: s3://b/x/\n")
+            .unwrap_err()
+            .contains("already another repository"));
+        assert!(repos("\"a b\":\n  url: s3://b/x\n").unwrap_err().contains("repository name"));
+    }
+
+    #[test]
+    fn keys_come_from_a_file_or_a_command() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Key::generate();
+        std::fs::write(d.path().join("k"), format!("{}\n", k.to_hex())).unwrap();
+        let e = parse_encryption(
+            Some(RawEncryption {
+                key_file: Some("k".into()),
+                ..Default::default()
+            }),
+            d.path(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.keyring().unwrap().current().id(), k.id());
+        let c = EncryptionConfig {
+            key_file: None,
+            key_command: Some(format!("echo {}", k.to_hex())),
+            old_key_files: vec![d.path().join("k")],
+        };
+        assert_eq!(c.keyring().unwrap().ids().len(), 2);
+        let bad = EncryptionConfig {
+            key_file: None,
+            key_command: Some("exit 3".into()),
+            old_key_files: vec![],
+        };
+        assert!(bad.keyring().unwrap_err().contains("failed"));
+        assert!(parse_encryption(Some(RawEncryption::default()), d.path())
+            .unwrap_err()
+            .contains("exactly one"));
+        let missing = EncryptionConfig {
+            key_file: Some(d.path().join("nope")),
+            key_command: None,
+            old_key_files: vec![],
+        };
+        assert!(missing.keyring().unwrap_err().contains("nope"));
+    }
+}
