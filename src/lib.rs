@@ -26,6 +26,7 @@ pub mod config;
 pub mod drill;
 pub mod fsio;
 pub mod monitor;
+pub mod offsite;
 pub mod pg;
 pub mod protocol;
 pub mod receiver;

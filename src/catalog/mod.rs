@@ -10,10 +10,12 @@
 
 pub mod archiver;
 pub mod backup_store;
+pub mod chain_store;
 pub mod continuity;
 pub mod drill_record;
 pub mod encryption;
 pub mod lock;
+pub mod offsite_mark;
 pub mod perms;
 pub mod pin;
 pub mod prune_intent;

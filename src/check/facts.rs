@@ -83,7 +83,8 @@ pub struct RetentionFacts {
 fn retention(catalog: &Catalog, server: &str, cfg: &ServerConfig, now: u64) -> Result<RetentionFacts, String> {
     use crate::retention::policy::Mode;
     let policy = &cfg.retention;
-    let report = crate::retention::prune(catalog, server, policy, now, Mode::Normal, true).map_err(|e| e.to_string())?;
+    let hold = crate::catalog::offsite_mark::OffsiteHold::load(catalog.store().as_ref(), server, &cfg.repositories);
+    let report = crate::retention::prune(catalog, server, policy, now, Mode::Normal, true, &hold).map_err(|e| e.to_string())?;
     let store = catalog.store();
     let backups = backup_store::load_all(store.as_ref(), server).map_err(|e| e.to_string())?;
     let usable = backups

@@ -113,7 +113,12 @@ pub async fn backup(
                     }
                 }
             }
-            let view = crate::cli::output::RetentionView::load(&catalog, server, &config.servers[server].retention);
+            let view = crate::cli::output::RetentionView::load(
+                &catalog,
+                server,
+                &config.servers[server].retention,
+                &config.servers[server].repositories,
+            );
             let s = summarize(catalog.store().as_ref(), &idx, &view);
             if json {
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());

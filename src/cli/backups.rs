@@ -16,7 +16,7 @@ fn servers_to_show<'a>(config: &'a Config, server: Option<&'a str>) -> Result<Ve
 }
 
 /// `pgark list-backups`.
-pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
+pub fn list_backups(path: &Path, repo: Option<&str>, server: Option<&str>, json: bool) -> i32 {
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -25,13 +25,17 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let catalog = Catalog::open(&config.catalog);
+    let catalog = match crate::cli::catalog_for(&config, repo, true) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let store = catalog.store();
     let mut all = Vec::new();
     let mut windows = Vec::new();
     let mut damaged = false;
     for s in servers {
-        let view = RetentionView::load(&catalog, s, &config.servers[s].retention);
+        let (policy, holders) = crate::cli::policy_for(&config, s, repo);
+        let view = RetentionView::load(&catalog, s, &policy, &holders);
         let ids = match backup_store::list_ids(store.as_ref(), s) {
             Ok(ids) => ids,
             Err(e) => {
@@ -105,9 +109,9 @@ pub fn list_backups(path: &Path, server: Option<&str>, json: bool) -> i32 {
     done
 }
 
-fn load_one(config: &Config, server: &str, id: &str) -> Result<BackupIndex, i32> {
+fn load_one(config: &Config, catalog: &Catalog, server: &str, id: &str) -> Result<BackupIndex, i32> {
     known_server(config, server)?;
-    let store = Catalog::open(&config.catalog).store();
+    let store = catalog.store();
     backup_store::load(store.as_ref(), server, id).map_err(|e| {
         eprintln!("error: {e}");
         match e {
@@ -118,17 +122,21 @@ fn load_one(config: &Config, server: &str, id: &str) -> Result<BackupIndex, i32>
 }
 
 /// `pgark show-backup`.
-pub fn show_backup(path: &Path, server: &str, id: &str, json: bool) -> i32 {
+pub fn show_backup(path: &Path, repo: Option<&str>, server: &str, id: &str, json: bool) -> i32 {
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let idx = match load_one(&config, server, id) {
+    let catalog = match crate::cli::catalog_for(&config, repo, true) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let idx = match load_one(&config, &catalog, server, id) {
         Ok(i) => i,
         Err(code) => return code,
     };
-    let catalog = Catalog::open(&config.catalog);
-    let view = RetentionView::load(&catalog, server, &config.servers[server].retention);
+    let (policy, holders) = crate::cli::policy_for(&config, server, repo);
+    let view = RetentionView::load(&catalog, server, &policy, &holders);
     let s = summarize(catalog.store().as_ref(), &idx, &view);
     if json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());

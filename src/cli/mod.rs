@@ -118,6 +118,10 @@ pub enum Cmd {
     ListBackups {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// List this repository's backups (`local`: the local catalog's); default: the local
+        /// catalog's and every repository's.
+        #[arg(long, value_name = "NAME")]
+        repo: Option<String>,
         /// Only this server.
         server: Option<String>,
         #[arg(long)]
@@ -130,6 +134,9 @@ pub enum Cmd {
     ShowBackup {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Look in this repository (`local`: the local catalog); default: local, then each repository.
+        #[arg(long, value_name = "NAME")]
+        repo: Option<String>,
         server: String,
         id: String,
         #[arg(long)]
@@ -155,6 +162,9 @@ pub enum Cmd {
     Prune {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Apply this repository's own retention to it instead of the local catalog's.
+        #[arg(long, value_name = "NAME")]
+        repo: Option<String>,
         /// Only this server.
         server: Option<String>,
         /// Show what would be deleted, delete nothing.
@@ -190,6 +200,9 @@ pub enum Cmd {
     Verify {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Verify what this repository holds instead of the local catalog.
+        #[arg(long, value_name = "NAME")]
+        repo: Option<String>,
         /// The server's name in the config.
         server: String,
         /// The backup to verify (default: the newest).
@@ -225,6 +238,10 @@ pub enum Cmd {
     WalGet {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Read this repository alone (`local`: the local catalog alone); default: the local
+        /// catalog, then each repository in order.
+        #[arg(long, value_name = "NAME")]
+        repo: Option<String>,
         server: String,
         /// The file recovery asks for (%f).
         walfile: String,
@@ -236,6 +253,8 @@ pub enum Cmd {
     WalPrefetch {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        repo: Option<String>,
         server: String,
         after: String,
         spool: PathBuf,
@@ -284,10 +303,11 @@ pub async fn run(cli: Cli) -> i32 {
         } => backup::backup(&config, &server, label, checkpoint, max_rate, keep, json).await,
         Cmd::Prune {
             config,
+            repo,
             server,
             dry_run,
             json,
-        } => prune::prune(&config, server.as_deref(), dry_run, json),
+        } => prune::prune(&config, repo.as_deref(), server.as_deref(), dry_run, json),
         Cmd::Keep {
             config,
             server,
@@ -296,8 +316,19 @@ pub async fn run(cli: Cli) -> i32 {
             forever: _,
             release,
         } => prune::keep(&config, &server, &id, until.as_deref(), release),
-        Cmd::ListBackups { config, server, json } => backups::list_backups(&config, server.as_deref(), json),
-        Cmd::ShowBackup { config, server, id, json } => backups::show_backup(&config, &server, &id, json),
+        Cmd::ListBackups {
+            config,
+            repo,
+            server,
+            json,
+        } => backups::list_backups(&config, repo.as_deref(), server.as_deref(), json),
+        Cmd::ShowBackup {
+            config,
+            repo,
+            server,
+            id,
+            json,
+        } => backups::show_backup(&config, repo.as_deref(), &server, &id, json),
         Cmd::DeleteBackup { config, server, id, force } => backups::delete_backup(&config, &server, &id, force),
         Cmd::Drill(args) => drill::drill(args).await,
         Cmd::Verify {
@@ -309,26 +340,29 @@ pub async fn run(cli: Cli) -> i32 {
         } => verify::acknowledge_gap(&config, &server, &segment, note.as_deref().unwrap_or("")),
         Cmd::Verify {
             config,
+            repo,
             server,
             id,
             all,
             json,
             ..
-        } => tokio::task::block_in_place(|| verify::verify(&config, &server, id, all, json)),
+        } => tokio::task::block_in_place(|| verify::verify(&config, repo.as_deref(), &server, id, all, json)),
         Cmd::Restore(args) => tokio::task::block_in_place(|| restore::restore(args)),
         Cmd::WalGet {
             config,
+            repo,
             server,
             walfile,
             dest,
-        } => wal_get::wal_get(&config, &server, &walfile, &dest),
+        } => wal_get::wal_get(&config, repo.as_deref(), &server, &walfile, &dest),
         Cmd::WalPrefetch {
             config,
+            repo,
             server,
             after,
             spool,
             segment_size,
-        } => wal_get::wal_prefetch(&config, &server, &after, &spool, segment_size),
+        } => wal_get::wal_prefetch(&config, repo.as_deref(), &server, &after, &spool, segment_size),
         Cmd::Keygen => keygen::keygen(),
         Cmd::Demo { duration, metrics_listen } => demo::run((duration > 0).then_some(duration), &metrics_listen).await,
     }
@@ -349,6 +383,31 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, i32> {
         eprintln!("error: {e}");
         exit::USAGE
     })
+}
+
+/// The catalog a command works on: `--repo NAME` (a repository), `--repo local`, or without it
+/// the local catalog, followed by every repository in order when `chain` (reading commands).
+pub(crate) fn catalog_for(config: &Config, repo: Option<&str>, chain: bool) -> Result<crate::catalog::Catalog, i32> {
+    let repo = match repo {
+        None if !chain => Some(crate::config::repositories::LOCAL),
+        r => r,
+    };
+    config.read_catalog(repo).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })
+}
+
+/// The retention policy that applies to `server` in the catalog `--repo` names, and the
+/// repositories whose uploads hold it back (only the local catalog's prune waits for them).
+pub(crate) fn policy_for(config: &Config, server: &str, repo: Option<&str>) -> (crate::retention::Policy, Vec<String>) {
+    match repo.and_then(|r| config.repositories.iter().find(|c| c.name == r)) {
+        Some(r) => (r.retention.clone(), Vec::new()),
+        None => (
+            config.servers[server].retention.clone(),
+            config.servers[server].repositories.clone(),
+        ),
+    }
 }
 
 /// Checks that the config defines `server`.

@@ -24,9 +24,12 @@ pub struct RetentionView {
 }
 
 impl RetentionView {
-    pub fn load(catalog: &Catalog, server: &str, policy: &crate::retention::Policy) -> RetentionView {
+    /// `repositories`: whose upload progress holds the prune back (none for a repository's own
+    /// catalog).
+    pub fn load(catalog: &Catalog, server: &str, policy: &crate::retention::Policy, repositories: &[String]) -> RetentionView {
         let now = crate::util::time::unix_now();
-        let report = match crate::retention::prune(catalog, server, policy, now, Mode::Normal, true) {
+        let hold = crate::catalog::offsite_mark::OffsiteHold::load(catalog.store().as_ref(), server, repositories);
+        let report = match crate::retention::prune(catalog, server, policy, now, Mode::Normal, true, &hold) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("warning: {server}: cannot evaluate the retention policy: {e}");

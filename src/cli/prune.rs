@@ -1,6 +1,7 @@
 //! `pgark prune` (apply the retention policy now, or show what it would do) and `pgark keep`
 //! (pin a backup, or release a pin).
 
+use crate::catalog::offsite_mark::OffsiteHold;
 use crate::catalog::pin::{self, Pin, PinUntil};
 use crate::catalog::{backup_store, Catalog};
 use crate::cli::{exit, known_server, load_config};
@@ -11,7 +12,7 @@ use crate::util::units::human_bytes;
 use std::path::Path;
 
 /// `pgark prune`.
-pub fn prune(path: &Path, server: Option<&str>, dry_run: bool, json: bool) -> i32 {
+pub fn prune(path: &Path, repo: Option<&str>, server: Option<&str>, dry_run: bool, json: bool) -> i32 {
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -23,12 +24,17 @@ pub fn prune(path: &Path, server: Option<&str>, dry_run: bool, json: bool) -> i3
         },
         None => config.servers.keys().cloned().collect(),
     };
-    let catalog = Catalog::open(&config.catalog);
+    let catalog = match crate::cli::catalog_for(&config, repo, false) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let mut reports = Vec::new();
     let mut code = exit::OK;
     for s in &servers {
-        let policy = &config.servers[s].retention;
-        match crate::retention::prune(&catalog, s, policy, unix_now(), Mode::Normal, dry_run) {
+        let (policy, holders) = crate::cli::policy_for(&config, s, repo);
+        let policy = &policy;
+        let hold = OffsiteHold::load(catalog.store().as_ref(), s, &holders);
+        match crate::retention::prune(&catalog, s, policy, unix_now(), Mode::Normal, dry_run, &hold) {
             Ok(r) => {
                 if !json {
                     print_report(&r, policy);

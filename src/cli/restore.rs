@@ -64,6 +64,10 @@ pub struct RestoreArgs {
     /// Show the plan (backup, tablespaces, settings) and write nothing.
     #[arg(long)]
     pub print_only: bool,
+    /// Restore from this repository alone (`local`: the local catalog alone). Default: the local
+    /// catalog first, then each repository in the config's order, object by object.
+    #[arg(long, value_name = "NAME")]
+    pub repo: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -81,7 +85,7 @@ pub fn restore(a: RestoreArgs) -> i32 {
     };
     // Held until the last file is written, so `delete-backup` cannot remove the chosen backup's
     // chunks underneath; taken before choosing, so the choice only sees backups that stay.
-    let _reading = match crate::catalog::lock::CatalogLock::acquire_restore_reader(&req.catalog, &req.server) {
+    let _reading = match crate::catalog::lock::CatalogLock::acquire_restore_reader(req.catalog.root(), &req.server) {
         Ok(l) => l,
         Err(e) => return fail(e, exit::FAILURE),
     };
@@ -173,8 +177,10 @@ fn request(a: &RestoreArgs) -> Result<RestoreRequest, i32> {
     if a.owner.is_none() && crate::util::os::running_as_root() && !a.print_only {
         tracing::warn!("running as root without --owner: the restored files belong to root, and PostgreSQL must run as their owner (use --owner postgres)");
     }
+    let catalog = config.read_catalog(a.repo.as_deref()).map_err(|e| fail(e, exit::USAGE))?;
     Ok(RestoreRequest {
-        catalog: config.catalog.clone(),
+        catalog,
+        repo: a.repo.clone(),
         config_path: config.path.clone(),
         server: a.server.clone(),
         backup: a.backup.clone(),

@@ -145,6 +145,27 @@ fn print_details(status: &crate::service::status::DaemonStatus) {
         for w in s.slot_warning.iter().chain(s.monitor_error.iter()) {
             println!("  warning: {w}");
         }
+        for o in &s.offsite {
+            let lag = match (o.lag_bytes, o.lag_seconds) {
+                (Some(b), Some(t)) => format!("lag {} ({t:.1} s)", human_bytes(b)),
+                _ => "lag unknown".into(),
+            };
+            println!(
+                "  repository {}: {lag}, {} backups, {} queued ({}), {} uploaded",
+                o.repository,
+                o.backups,
+                o.queued_objects,
+                human_bytes(o.queued_bytes),
+                human_bytes(o.uploaded_bytes_total)
+            );
+            if let Some(e) = &o.last_error {
+                println!(
+                    "    FAILING since {}: {e}; retrying at {} (the local catalog keeps everything meanwhile)",
+                    time(o.failing_since),
+                    time(o.retry_at)
+                );
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 const SHOWN: usize = 50;
 
 /// `pgark verify`.
-pub fn verify(path: &Path, server: &str, id: Option<String>, all: bool, json: bool) -> i32 {
+pub fn verify(path: &Path, repo: Option<&str>, server: &str, id: Option<String>, all: bool, json: bool) -> i32 {
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -29,7 +29,10 @@ pub fn verify(path: &Path, server: &str, id: Option<String>, all: bool, json: bo
         (None, true) => Selection::All,
         (None, false) => Selection::Newest,
     };
-    let catalog = Catalog::open(&config.catalog);
+    let catalog = match crate::cli::catalog_for(&config, repo, false) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let mut progress = crate::cli::progress::for_terminal("verify");
     let report = match verify::verify(&catalog, server, &selection, &Options::default(), progress.as_mut()) {
         Ok(r) => r,

@@ -1,7 +1,6 @@
 //! `pgark wal-get` (PostgreSQL's restore_command) and `wal-prefetch`. Exit codes follow the
 //! restore_command contract (see `restore::wal_get`); `wal-prefetch` uses `cli::exit`.
 
-use crate::catalog::Catalog;
 use crate::cli::exit;
 use crate::config::Config;
 use crate::restore::wal_get;
@@ -13,7 +12,7 @@ fn fail(e: impl std::fmt::Display, code: i32) -> i32 {
 }
 
 /// `pgark wal-get`: exit 0 served, 1 absent, 126 damaged (PostgreSQL then stops recovery).
-pub fn wal_get(config_path: &Path, server: &str, name: &str, dest: &Path) -> i32 {
+pub fn wal_get(config_path: &Path, repo: Option<&str>, server: &str, name: &str, dest: &Path) -> i32 {
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => return fail(e, wal_get::DAMAGED),
@@ -21,7 +20,10 @@ pub fn wal_get(config_path: &Path, server: &str, name: &str, dest: &Path) -> i32
     if !config.servers.contains_key(server) {
         return fail(format!("{}: no server named {server:?}", config.path.display()), wal_get::DAMAGED);
     }
-    let store = Catalog::open(&config.catalog).store();
+    let store = match config.read_catalog(repo) {
+        Ok(c) => c.store(),
+        Err(e) => return fail(e, wal_get::DAMAGED),
+    };
     let seg_size = crate::catalog::state::load(store.as_ref(), server)
         .ok()
         .flatten()
@@ -35,6 +37,7 @@ pub fn wal_get(config_path: &Path, server: &str, name: &str, dest: &Path) -> i32
             .arg("wal-prefetch")
             .arg("--config")
             .arg(&config_path)
+            .args(repo.map(|r| vec!["--repo", r]).unwrap_or_default())
             .args([server, after])
             .arg(spool)
             .arg(seg.to_string())
@@ -65,11 +68,13 @@ pub fn wal_get(config_path: &Path, server: &str, name: &str, dest: &Path) -> i32
 }
 
 /// `pgark wal-prefetch` (internal, started by wal-get): fills the prefetch spool.
-pub fn wal_prefetch(config_path: &Path, server: &str, after: &str, spool: &Path, seg_size: u64) -> i32 {
+pub fn wal_prefetch(config_path: &Path, repo: Option<&str>, server: &str, after: &str, spool: &Path, seg_size: u64) -> i32 {
     let Ok(config) = Config::load(config_path) else {
         return exit::USAGE;
     };
-    let store = Catalog::open(&config.catalog).store();
+    let Ok(store) = config.read_catalog(repo).map(|c| c.store()) else {
+        return exit::USAGE;
+    };
     match wal_get::prefetch(store.as_ref(), server, after, spool, seg_size) {
         Ok(_) => exit::OK,
         Err(_) => exit::FAILURE,

@@ -147,6 +147,9 @@ impl Config {
         }
         one_entry_per_slot(&servers).map_err(err)?;
         let repositories = repositories::parse_repositories(raw.repositories, config_dir).map_err(err)?;
+        for s in servers.values_mut() {
+            s.repositories = repositories.iter().map(|r| r.name.clone()).collect();
+        }
         let encryption = repositories::parse_encryption(raw.encryption, config_dir).map_err(err)?;
         let offsite_partial_interval = repositories::parse_partial_interval(raw.offsite_partial_interval.as_deref()).map_err(err)?;
         if let Some(g) = &raw.catalog_group {

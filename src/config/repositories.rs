@@ -21,6 +21,7 @@
 
 use super::retention::RawRetention;
 use super::values::parse_duration;
+use crate::catalog::chain_store::{ChainStore, Opener};
 use crate::catalog::encryption::{Key, Keyring};
 use crate::catalog::remote_store::{parse_s3_url, RemoteStore, S3Spec};
 use crate::catalog::sealed_store::SealedStore;
@@ -31,6 +32,9 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// `--repo local`: the local catalog alone.
+pub const LOCAL: &str = "local";
 
 pub const DEFAULT_OFFSITE_PARTIAL_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -76,7 +80,12 @@ impl RepositoryConfig {
     /// The connection settings, with the secret read from its file.
     pub fn s3_spec(&self) -> Result<S3Spec, String> {
         let secret = match &self.secret_access_key_file {
-            Some(p) => Some(read_secret(p).map_err(|m| format!("repositories.{}.secret_access_key_file: {m}", self.name))?),
+            Some(p) => Some(
+                read_secret(p)
+                    .map_err(|m| format!("repositories.{}.secret_access_key_file: {m}", self.name))?
+                    .trim()
+                    .to_string(),
+            ),
             None => None,
         };
         Ok(S3Spec {
@@ -188,6 +197,31 @@ impl super::Config {
         })
     }
 
+    /// What a reading command (restore, wal-get, list-backups, show-backup) reads:
+    /// - `None`: the local catalog first, then each repository in order (`catalog::chain_store`);
+    /// - `Some("local")`: the local catalog alone;
+    /// - `Some(name)`: that repository alone.
+    pub fn read_catalog(&self, repo: Option<&str>) -> Result<Catalog, String> {
+        match repo {
+            Some(LOCAL) => Ok(Catalog::open(&self.catalog)),
+            Some(name) => Ok(self.open_repository(name)?.catalog),
+            None if self.repositories.is_empty() => Ok(Catalog::open(&self.catalog)),
+            None => {
+                let local = Catalog::open(&self.catalog).store();
+                let tails: Vec<(String, Opener)> = self
+                    .repositories
+                    .iter()
+                    .map(|r| {
+                        let (config, name) = (self.clone(), r.name.clone());
+                        let open: Opener = Box::new(move || config.open_repository(&name).map(|r| r.catalog.store()));
+                        (r.name.clone(), open)
+                    })
+                    .collect();
+                Ok(Catalog::with_store(&self.catalog, Arc::new(ChainStore::new(local, tails))))
+            }
+        }
+    }
+
     /// Every repository, opened, in the config's order.
     pub fn open_repositories(&self) -> Result<Vec<Repository>, String> {
         self.repositories.iter().map(|r| self.open_repository(&r.name)).collect()
@@ -200,6 +234,9 @@ fn read_secret(p: &Path) -> Result<String, String> {
 
 /// Names become metric labels and directory names: the server-name rules.
 fn validate_repository_name(name: &str) -> Result<(), String> {
+    if name == LOCAL {
+        return Err(format!("{LOCAL:?} is reserved (`--repo local` means the local catalog)"));
+    }
     super::values::validate_server_name(name).map_err(|m| m.replacen("server name", "repository name", 1))
 }
 

@@ -99,6 +99,7 @@ pub fn parse(name: &str, s: RawServer, top_retention: Option<&super::retention::
         monitor_conninfo,
         slot_retained_limit,
         retention,
+        repositories: Vec::new(),
         // Resolved with the top-level `drill` section by `Config::parse`.
         drill: super::drill::DrillSettings::defaults(std::path::Path::new("/")),
         verify_schedule,
@@ -139,6 +140,9 @@ pub struct ServerConfig {
     pub slot_retained_limit: Option<u64>,
     /// What the catalog keeps of this server (its own keys over the top-level `retention`).
     pub retention: crate::retention::Policy,
+    /// The off-site repositories that copy this server (every configured one): the local
+    /// prune keeps what they still lack.
+    pub repositories: Vec<String>,
     /// Restore drills of this server (`drill`, overridden by `servers.<name>.drill`).
     pub drill: super::drill::DrillSettings,
     /// When the daemon verifies this server's backups and WAL (`verify_schedule`; none: never).
@@ -190,6 +194,7 @@ impl PartialEq for ServerConfig {
             monitor_conninfo,
             slot_retained_limit,
             retention,
+            repositories,
             drill,
             verify_schedule,
             verify_max_rate,
@@ -207,6 +212,7 @@ impl PartialEq for ServerConfig {
             && monitor_conninfo.as_ref().map(|m| &m.0) == o.monitor_conninfo.as_ref().map(|m| &m.0)
             && *slot_retained_limit == o.slot_retained_limit
             && *retention == o.retention
+            && *repositories == o.repositories
             && *drill == o.drill
             && *verify_schedule == o.verify_schedule
             && *verify_max_rate == o.verify_max_rate
@@ -221,6 +227,7 @@ impl ServerConfig {
         let mut a = self.clone();
         a.backup = other.backup.clone();
         a.retention = other.retention.clone();
+        a.repositories = other.repositories.clone();
         a.verify_schedule = other.verify_schedule.clone();
         a.verify_max_rate = other.verify_max_rate;
         a.drill = other.drill.clone();

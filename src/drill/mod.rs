@@ -208,7 +208,8 @@ pub fn run(req: &DrillRequest, report: &mut dyn FnMut(&str)) -> Result<DrillReco
     let mut target = req.target.clone();
     target.action = Some("promote".into());
     let mut restore_req = RestoreRequest {
-        catalog: req.catalog.clone(),
+        catalog: crate::catalog::Catalog::open(&req.catalog),
+        repo: None,
         config_path: req.config_path.clone(),
         server: req.server.clone(),
         backup: req.backup.clone(),
@@ -331,7 +332,7 @@ fn drill_steps(
     let port = postgres::free_port();
     let mut settings = vec![(
         "restore_command".to_string(),
-        recovery::restore_command(&pgark, &config, &req.server),
+        recovery::restore_command(&pgark, &config, &req.server, None),
     )];
     let safe = safe_settings(major, port, &scratch.socket_dir(), &scratch.hba_file());
     settings.extend(

@@ -24,8 +24,10 @@ use std::sync::Arc;
 use target::RecoveryTarget;
 
 pub struct RestoreRequest {
-    /// The catalog's root directory.
-    pub catalog: PathBuf,
+    /// What to restore from: the local catalog, a repository, or both in order.
+    pub catalog: Catalog,
+    /// `--repo` as given, repeated in the restore_command written for PostgreSQL.
+    pub repo: Option<String>,
     /// The config file, named in the restore_command written for PostgreSQL (`pgark wal-get`).
     pub config_path: PathBuf,
     pub server: String,
@@ -157,7 +159,7 @@ pub fn plan(req: &RestoreRequest) -> Result<RestorePlan, RestoreError> {
 
 /// The catalog's usable backups and WAL, and the backup the request and target pick.
 fn choose_backup(req: &RestoreRequest) -> Result<(BackupIndex, plan::Choice), RestoreError> {
-    let store = Catalog::open(&req.catalog).store();
+    let store = req.catalog.store();
     let all = backup_store::load_all(store.as_ref(), &req.server)?;
     let usable: Vec<BackupIndex> = all
         .iter()
@@ -278,7 +280,7 @@ fn recovery_settings(req: &RestoreRequest) -> Result<Vec<(String, String)>, Rest
     let pgark =
         std::env::current_exe().map_err(|e| RestoreError::Io(std::io::Error::new(e.kind(), format!("locating the pgark binary: {e}"))))?;
     let config_path = std::fs::canonicalize(&req.config_path).unwrap_or_else(|_| absolute(&req.config_path));
-    let cmd = recovery::restore_command(&pgark, &config_path, &req.server);
+    let cmd = recovery::restore_command(&pgark, &config_path, &req.server, req.repo.as_deref());
     Ok(if req.standby {
         vec![
             ("restore_command".to_string(), cmd),
@@ -304,7 +306,7 @@ pub fn execute(req: &RestoreRequest, plan: &RestorePlan, progress: &mut dyn Prog
         Some(name) => Some(lookup_user(name)?),
         None => None,
     };
-    let store: Arc<dyn ObjectStore> = Catalog::open(&req.catalog).store();
+    let store: Arc<dyn ObjectStore> = req.catalog.store();
     // A stale postmaster.pid: the cluster crashed (a live one was refused by `plan`), and after a
     // crash file times on disk can lag behind their bytes: read everything.
     let crashed = plan.target_dir.join("postmaster.pid").exists();

@@ -12,7 +12,7 @@ pub fn quote(v: &str) -> String {
 }
 
 /// The restore_command line value.
-pub fn restore_command(pgark: &Path, config: &Path, server: &str) -> String {
+pub fn restore_command(pgark: &Path, config: &Path, server: &str, repo: Option<&str>) -> String {
     let sh = |s: &str| {
         format!(
             "\"{}\"",
@@ -20,9 +20,10 @@ pub fn restore_command(pgark: &Path, config: &Path, server: &str) -> String {
         )
     };
     format!(
-        "{} wal-get --config {} {} \"%f\" \"%p\"",
+        "{} wal-get --config {}{} {} \"%f\" \"%p\"",
         sh(&pgark.display().to_string()),
         sh(&config.display().to_string()),
+        repo.map(|r| format!(" --repo {}", sh(r))).unwrap_or_default(),
         sh(server)
     )
 }
@@ -96,7 +97,12 @@ mod tests {
             out.ends_with("restore_command = 'pgark wal-get'\nrecovery_target_name = 'it''s'\n"),
             "{out}"
         );
-        let cmd = restore_command(Path::new("/usr/bin/pgark"), Path::new("/etc/p g.yaml"), "main");
+        let cmd = restore_command(Path::new("/usr/bin/pgark"), Path::new("/etc/p g.yaml"), "main", None);
         assert_eq!(cmd, "\"/usr/bin/pgark\" wal-get --config \"/etc/p g.yaml\" \"main\" \"%f\" \"%p\"");
+        let cmd = restore_command(Path::new("/usr/bin/pgark"), Path::new("/etc/p.yaml"), "main", Some("offsite"));
+        assert_eq!(
+            cmd,
+            "\"/usr/bin/pgark\" wal-get --config \"/etc/p.yaml\" --repo \"offsite\" \"main\" \"%f\" \"%p\""
+        );
     }
 }

@@ -104,6 +104,10 @@ fn fetch_once(store: &dyn ObjectStore, server: &str, name: &str) -> Result<Vec<u
     if let Some(partial) = store.get_unrecycled(&format!("{dir}/{name}.partial"))? {
         return Ok(partial);
     }
+    // In a repository the open segment is a compressed snapshot (see `offsite::upload`).
+    if let Some(stored) = store.get(&format!("{dir}/{name}.partial.zst"))? {
+        return segment_file::decompress(&stored).map_err(|e| damaged(e.to_string()));
+    }
     Err(WalGetError::Absent {
         server: server.to_string(),
         name: name.to_string(),

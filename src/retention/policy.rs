@@ -105,6 +105,8 @@ pub enum Reason {
     NoPolicy,
     /// No backup counts as restorable: nothing is deleted until one does.
     NoRestorable,
+    /// An off-site repository does not have it yet (named): it stays until uploaded.
+    Offsite(String),
 }
 
 impl Reason {
@@ -121,6 +123,7 @@ impl Reason {
             Reason::UnusableInside => "unusable, inside the kept range".into(),
             Reason::NoPolicy => "no retention policy".into(),
             Reason::NoRestorable => "no restorable backup: nothing is deleted".into(),
+            Reason::Offsite(r) => format!("not yet in repository {r}"),
         }
     }
 

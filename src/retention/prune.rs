@@ -12,12 +12,15 @@
 //!   only segments older than the oldest backup a rule keeps (pinned backups keep their own
 //!   start-to-end WAL), never one the archiver has not processed yet, never a `.history` file
 //!   (a few hundred bytes each, and recovery reads them to follow timelines);
-//! - chunks no remaining backup references go last (`collect_garbage`).
+//! - chunks no remaining backup references go last (`collect_garbage`);
+//! - nothing an off-site repository still lacks is deleted (`OffsiteHold`), unless disk
+//!   pressure is critical (then it is deleted, logged and counted in the report).
 
 use super::policy::{decide, BackupFacts, Mode, Policy, Verdict};
 use crate::catalog::backup_store::{self, segment_range, BackupIndex, BackupStoreError};
 use crate::catalog::continuity::{list_wal, Continuity, WalObjectKind};
 use crate::catalog::lock::{CatalogLock, LockError};
+use crate::catalog::offsite_mark::OffsiteHold;
 use crate::catalog::pin;
 use crate::catalog::prune_intent::{self, PruneIntent};
 use crate::catalog::Catalog;
@@ -94,6 +97,11 @@ pub struct PruneReport {
     /// Bytes freed: WAL plus chunks no longer referenced (estimated in a dry run: WAL only).
     pub bytes_freed: u64,
     pub chunks_removed: usize,
+    /// Backups and WAL files the policy lets go but a repository still lacks: kept.
+    pub held_for_offsite: Vec<String>,
+    pub wal_held_for_offsite: usize,
+    /// At critical pressure: backups and WAL files deleted although a repository lacked them.
+    pub offsite_overridden: usize,
 }
 
 /// What one backup looks like to the policy, with its index.
@@ -179,8 +187,16 @@ pub fn current_window(catalog: &Catalog, server: &str) -> Result<Option<Recovery
 /// verify or drill of the server runs). A prune with nothing to delete and nothing to finish
 /// takes no lock at all (the daemon asks hourly and after every backup, and must not get in the
 /// way of a `pgark prune` or a backup starting then); a dry run never does.
-pub fn prune(catalog: &Catalog, server: &str, policy: &Policy, now: u64, mode: Mode, dry_run: bool) -> Result<PruneReport, PruneError> {
-    let look = plan(catalog, server, policy, now, mode, true)?;
+pub fn prune(
+    catalog: &Catalog,
+    server: &str,
+    policy: &Policy,
+    now: u64,
+    mode: Mode,
+    dry_run: bool,
+    hold: &OffsiteHold,
+) -> Result<PruneReport, PruneError> {
+    let look = plan(catalog, server, policy, now, mode, true, hold)?;
     let idle = look.backups.is_empty() && look.wal.is_empty() && look.resumed.is_none();
     if dry_run || idle {
         return Ok(PruneReport { dry_run, ..look });
@@ -188,17 +204,42 @@ pub fn prune(catalog: &Catalog, server: &str, policy: &Policy, now: u64, mode: M
     let _backup = CatalogLock::acquire_backup(catalog.root(), server)?;
     let _restore = CatalogLock::acquire_no_restore(catalog.root(), server)?;
     // Decided again under the locks: the catalog may have changed since the look.
-    plan(catalog, server, policy, now, mode, false)
+    plan(catalog, server, policy, now, mode, false, hold)
 }
 
 /// The decision, and with `look_only` false its execution (the caller holds the locks).
-fn plan(catalog: &Catalog, server: &str, policy: &Policy, now: u64, mode: Mode, look_only: bool) -> Result<PruneReport, PruneError> {
+fn plan(
+    catalog: &Catalog,
+    server: &str,
+    policy: &Policy,
+    now: u64,
+    mode: Mode,
+    look_only: bool,
+    hold: &OffsiteHold,
+) -> Result<PruneReport, PruneError> {
     let dry_run = look_only;
     let store = catalog.store();
     let leftover = prune_intent::load(store.as_ref(), server).map_err(io(format!("reading the prune intent of {server}")))?;
     let loaded = load_backups(catalog, server, now)?;
     let facts: Vec<BackupFacts> = loaded.iter().map(|l| l.facts.clone()).collect();
-    let verdicts = decide(policy, &facts, now, mode);
+    let mut verdicts = decide(policy, &facts, now, mode);
+    let (mut held, mut overridden) = (Vec::new(), 0usize);
+    // A backup a repository lacks stays (and so does its WAL) until it is uploaded.
+    for (l, v) in loaded.iter().zip(verdicts.iter_mut()) {
+        if v.keep() {
+            continue;
+        }
+        if let Some(repo) = hold.lacks_backup(&l.index.id) {
+            if mode == Mode::Critical {
+                tracing::warn!(server, backup = %l.index.id, repository = repo, "retention: critical disk pressure: deleting a backup the repository does not have yet");
+                overridden += 1;
+            } else {
+                held.push(l.index.id.clone());
+                v.kept_by.push(super::policy::Reason::Offsite(repo.to_string()));
+                v.prune_reason.clear();
+            }
+        }
+    }
     let seg = loaded.first().and_then(|l| WalSegSize::new(l.index.wal_segment_size).ok());
     let mut report = PruneReport {
         server: server.to_string(),
@@ -212,6 +253,9 @@ fn plan(catalog: &Catalog, server: &str, policy: &Policy, now: u64, mode: Mode, 
         window_after: None,
         bytes_freed: 0,
         chunks_removed: 0,
+        held_for_offsite: held,
+        wal_held_for_offsite: 0,
+        offsite_overridden: overridden,
     };
     let Some(seg) = seg else {
         finish_leftover(catalog, server, leftover.is_some(), dry_run)?;
@@ -248,7 +292,7 @@ fn plan(catalog: &Catalog, server: &str, policy: &Policy, now: u64, mode: Mode, 
             tracing::warn!(server, backups = ?undone, "an interrupted prune meant to delete these backups; the policy keeps them now, so they stay");
         }
     }
-    let wal_keys = wal_to_delete(catalog, server, seg, &loaded, &verdicts, now, &mut report)?;
+    let wal_keys = wal_to_delete(catalog, server, seg, &loaded, &verdicts, Occasion { now, hold, mode }, &mut report)?;
     // Nothing to delete and nothing left to finish: no intent record, no chunk walk (the
     // garbage collection reads every index, too much for a no-op).
     if dry_run || (report.backups.is_empty() && wal_keys.is_empty() && leftover.is_none()) {
@@ -332,6 +376,14 @@ fn leased_floor(catalog: &Catalog, server: &str, seg: WalSegSize, loaded: &[Load
         .min()
 }
 
+/// When a prune runs, and under which constraints: the time, what repositories still lack, and
+/// whether disk pressure is critical (then the repositories' lack is overridden).
+struct Occasion<'a> {
+    now: u64,
+    hold: &'a OffsiteHold,
+    mode: Mode,
+}
+
 /// The WAL objects that go (keys), and the ranges for the report.
 fn wal_to_delete(
     catalog: &Catalog,
@@ -339,7 +391,7 @@ fn wal_to_delete(
     seg: WalSegSize,
     loaded: &[Loaded],
     verdicts: &[Verdict],
-    now: u64,
+    Occasion { now, hold, mode }: Occasion,
     report: &mut PruneReport,
 ) -> Result<Vec<String>, PruneError> {
     // The oldest start among the backups a rule keeps: WAL before it serves no retained backup.
@@ -394,6 +446,14 @@ fn wal_to_delete(
         // carried its own WAL), and an ended timeline's last one is small.
         if archivers.contains(&o.name) || o.kind == WalObjectKind::Partial {
             continue;
+        }
+        if let Some(repo) = hold.lacks_wal(&o.name.format(seg)) {
+            if mode != Mode::Critical {
+                report.wal_held_for_offsite += 1;
+                continue;
+            }
+            tracing::warn!(server, segment = %o.name.format(seg), repository = repo, "retention: critical disk pressure: deleting WAL the repository does not have yet");
+            report.offsite_overridden += 1;
         }
         let size = store.size(&o.key).ok().flatten().unwrap_or(0);
         keys.push(o.key.clone());

@@ -105,6 +105,8 @@ pub struct Daemon {
     space_level: SharedLevel,
     /// The hook runner (its config replaced on reload), for the backup, verify and drill tasks.
     hooks: Hooks,
+    /// The uploaders to the off-site repositories (restarted by a reload that changes them).
+    offsite: Option<crate::service::offsite_task::Offsite>,
     _lock: CatalogLock,
     pub metrics_addr: String,
 }
@@ -158,12 +160,14 @@ impl Daemon {
             disk_pressure,
             space_level,
             hooks: Hooks::new(&config),
+            offsite: None,
             _lock: lock,
             metrics_addr,
         };
         for s in config.servers.values() {
             d.spawn_server(s.clone());
         }
+        d.offsite = Some(crate::service::offsite_task::Offsite::start(&config, &d.board));
         Ok(d)
     }
 
@@ -388,6 +392,13 @@ impl Daemon {
             self.config.catalog_group.clone(),
         );
         let pressure_changed = new.disk_pressure != self.config.disk_pressure;
+        if self.offsite.as_ref().is_none_or(|o| o.changed_by(&new)) {
+            tracing::info!("repositories, keys or servers changed; restarting the uploaders");
+            if let Some(o) = self.offsite.take() {
+                o.stop().await;
+            }
+            self.offsite = Some(crate::service::offsite_task::Offsite::start(&new, &self.board));
+        }
         self.hooks.update(&new.hooks);
         self.healthz_stream_timeout
             .store(new.healthz_stream_timeout.as_secs(), Ordering::Relaxed);
@@ -526,7 +537,14 @@ impl Daemon {
                     "the receiver did not stop in time; exiting anyway (the catalog is crash-safe: nothing acknowledged is lost)");
             }
         });
+        let offsite = self.offsite.take();
+        let offsite_stop = async move {
+            if let Some(o) = offsite {
+                o.stop().await;
+            }
+        };
         futures_join_all(waits).await;
+        offsite_stop.await;
         self.http_cancel.cancel();
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(200));
         if let Some(h) = self.http_task.take() {

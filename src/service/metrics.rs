@@ -493,6 +493,24 @@ pub fn pruned(server: &str, backups: usize, bytes: u64, result: &'static str) {
     counter!("pgark_pruned_bytes_total", "server" => server.to_string()).increment(bytes);
 }
 
+/// One repository's copy of one server (`offsite_task`, every second).
+pub fn offsite(server: &str, p: &crate::offsite::ServerProgress) {
+    let labels = [("server", server.to_string()), ("repository", p.repository.clone())];
+    if let Some(b) = p.lag_bytes {
+        gauge!("pgark_offsite_lag_bytes", &labels).set(b as f64);
+    }
+    if let Some(s) = p.lag_seconds {
+        gauge!("pgark_offsite_lag_seconds", &labels).set(s);
+    }
+    gauge!("pgark_offsite_queued_objects", &labels).set(p.queued_objects as f64);
+    gauge!("pgark_offsite_queued_bytes", &labels).set(p.queued_bytes as f64);
+    gauge!("pgark_offsite_backups", &labels).set(p.backups as f64);
+    gauge!("pgark_offsite_failing", &labels).set(if p.last_error.is_some() { 1.0 } else { 0.0 });
+    counter!("pgark_offsite_uploaded_objects_total", &labels).absolute(p.uploaded_objects_total);
+    counter!("pgark_offsite_uploaded_bytes_total", &labels).absolute(p.uploaded_bytes_total);
+    counter!("pgark_offsite_upload_errors_total", &labels).absolute(p.upload_errors_total);
+}
+
 /// Gaps in the server's WAL since its oldest backup.
 pub fn wal_gaps(server: &str, open: usize, acknowledged: usize) {
     gauge!("pgark_wal_gaps", "server" => server.to_string()).set(open as f64);

@@ -5,6 +5,7 @@
 //! (15 s by default), the WAL continuity index (gaps) for `status` and the metrics.
 
 use crate::catalog::continuity::Continuity;
+use crate::catalog::offsite_mark::OffsiteHold;
 use crate::catalog::space::Level;
 use crate::catalog::{backup_store, Catalog};
 use crate::pg::WalSegSize;
@@ -29,6 +30,8 @@ pub struct Pruner {
     server: String,
     catalog: Catalog,
     policy: Policy,
+    /// Repositories whose upload progress holds the local prune back.
+    repositories: Vec<String>,
     next_prune: Option<Instant>,
     next_continuity: Option<Instant>,
     next_critical: Option<Instant>,
@@ -39,11 +42,12 @@ pub struct Pruner {
 }
 
 impl Pruner {
-    pub fn new(server: &str, catalog: Catalog, policy: Policy) -> Pruner {
+    pub fn new(server: &str, catalog: Catalog, policy: Policy, repositories: Vec<String>) -> Pruner {
         Pruner {
             server: server.to_string(),
             catalog,
             policy,
+            repositories,
             next_prune: None,
             next_continuity: None,
             next_critical: None,
@@ -77,8 +81,12 @@ impl Pruner {
     /// Applies the policy; true when the report gave the recovery window.
     async fn prune(&mut self, board: &StatusBoard, mode: Mode) -> bool {
         let (catalog, server, policy) = (self.catalog.clone(), self.server.clone(), self.policy.clone());
-        let result =
-            tokio::task::spawn_blocking(move || crate::retention::prune(&catalog, &server, &policy, unix_now(), mode, false)).await;
+        let repositories = self.repositories.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let hold = OffsiteHold::load(catalog.store().as_ref(), &server, &repositories);
+            crate::retention::prune(&catalog, &server, &policy, unix_now(), mode, false, &hold)
+        })
+        .await;
         let server = self.server.as_str();
         let result = match result {
             Ok(r) => r,

@@ -79,7 +79,8 @@ pub async fn run(
     }
     let mut cache = Some(BackupFactsCache::default());
     let store = Catalog::open(&catalog).store();
-    let mut pruner = crate::service::retention_task::Pruner::new(&server, Catalog::open(&catalog), cfg.retention.clone());
+    let mut pruner =
+        crate::service::retention_task::Pruner::new(&server, Catalog::open(&catalog), cfg.retention.clone(), cfg.repositories.clone());
     let mut after_backup = false;
     // The newest backup's id last seen: a new one (also from `pgark backup`) triggers a prune.
     // By id, not by start time: two small backups can start in the same second.

@@ -59,6 +59,9 @@ pub struct ServerStatus {
     /// drill), filled in by `pgark status` from the kernel's lock table.
     #[serde(default)]
     pub locks: Vec<crate::catalog::lock::LockHolder>,
+    /// Each repository's copy of this server: lag, queue, errors (see `offsite_task`).
+    #[serde(default)]
+    pub offsite: Vec<crate::offsite::ServerProgress>,
 }
 
 /// What retention and the WAL continuity index say of one server.
@@ -123,6 +126,7 @@ impl ServerStatus {
             newest_backup_end: None,
             retention: None,
             locks: Vec::new(),
+            offsite: Vec::new(),
         }
     }
 }
@@ -228,6 +232,13 @@ impl StatusBoard {
         if let Ok(mut m) = self.inner.lock() {
             m.remove(server);
         }
+    }
+
+    /// The receiver's flushed timeline and position of `server`.
+    pub fn flushed(&self, server: &str) -> Option<(TimelineId, Lsn)> {
+        let m = self.inner.lock().ok()?;
+        let s = m.get(server)?;
+        Some((s.timeline?, s.flushed_lsn?))
     }
 
     pub fn snapshot(&self) -> Vec<ServerStatus> {

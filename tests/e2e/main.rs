@@ -20,6 +20,7 @@ mod monitoring;
 mod network;
 mod objectstore;
 mod prometheus;
+mod repository;
 mod restore;
 mod retention;
 mod streaming;
