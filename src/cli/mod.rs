@@ -13,6 +13,7 @@ pub mod keygen;
 pub mod output;
 pub mod progress;
 pub mod prune;
+pub mod repo;
 pub mod restore;
 pub mod serve;
 pub mod status;
@@ -260,6 +261,9 @@ pub enum Cmd {
         spool: PathBuf,
         segment_size: u64,
     },
+    /// Work with off-site repositories (see `repositories:` in the config).
+    #[command(subcommand)]
+    Repo(RepoCmd),
     /// Print a new random 256-bit encryption key (64 hexadecimal characters) for a key file.
     #[command(
         after_help = "The key id (the first 8 bytes of its SHA-256) goes to stderr; it is what encrypted objects record.\nKeep a copy of the key away from the backups: without it nothing encrypted with it can be read.\n\nExample:\n  (umask 077 && pgark keygen > /etc/pgark/repo.key)"
@@ -277,6 +281,27 @@ pub enum Cmd {
         /// Address for /metrics, /healthz and /status.
         #[arg(long, default_value = "127.0.0.1:9187")]
         metrics_listen: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCmd {
+    /// Copy backups and WAL that repository B lacks from repository A, as stored (compressed,
+    /// and encrypted when configured: nothing is re-compressed or re-encrypted).
+    #[command(
+        after_help = "Objects B has already are skipped, so an interrupted copy is finished by running it again.\n\nExit status: 0 copied, 1 failed (what was copied stays), 2 bad usage, 4 a prune of B is running.\n\nExamples:\n  pgark repo copy --config /etc/pgark.yaml --from offsite --to archive\n  pgark repo copy --config /etc/pgark.yaml --from offsite --to archive main --json"
+    )]
+    Copy {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        from: String,
+        #[arg(long, value_name = "NAME")]
+        to: String,
+        /// Only this server.
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -364,6 +389,13 @@ pub async fn run(cli: Cli) -> i32 {
             segment_size,
         } => wal_get::wal_prefetch(&config, repo.as_deref(), &server, &after, &spool, segment_size),
         Cmd::Keygen => keygen::keygen(),
+        Cmd::Repo(RepoCmd::Copy {
+            config,
+            from,
+            to,
+            server,
+            json,
+        }) => tokio::task::block_in_place(|| repo::copy(&config, &from, &to, server.as_deref(), json)),
         Cmd::Demo { duration, metrics_listen } => demo::run((duration > 0).then_some(duration), &metrics_listen).await,
     }
 }

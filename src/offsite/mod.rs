@@ -3,6 +3,7 @@
 //! catalog stays the hot tier: a synchronous acknowledgement still means "fsynced locally", and
 //! a repository trails it by the seconds the uploader needs.
 
+pub mod copy;
 pub mod lag;
 pub mod upload;
 

@@ -549,7 +549,7 @@ fn remote_position(k: &Known, seg: WalSegSize, tli: TimelineId) -> Lsn {
 
 /// Copies `keys` from `from` to `to` with `workers` in flight; the indexes copied (with their
 /// byte counts) and the first error. A key that vanished locally (recycled, pruned) is skipped.
-fn copy_objects(
+pub(crate) fn copy_objects(
     from: &dyn ObjectStore,
     to: &dyn ObjectStore,
     keys: &[String],

@@ -321,3 +321,121 @@ fn store_outage_queues_and_drains_without_stopping_acknowledgements() {
 fn pgark_status_text(p: &Pgark) -> String {
     text(&crate::support::cli::pgark(&p.config, &["status"]))
 }
+
+/// Two repositories with retentions of their own, pruned and verified where they are, and
+/// `repo copy` into a third one that the daemon does not upload to.
+#[test]
+fn repositories_keep_their_own_retention_verify_and_copy() {
+    let Some(sw) = Seaweed::start() else { return };
+    sw.create_bucket("pgark-two");
+    let secrets = Secrets::new();
+    let repos = format!(
+        "{}{}",
+        repo_yaml(&sw, "near", "pgark-two", "near", &secrets.secret, "retention: {redundancy: 1}"),
+        repo_yaml(&sw, "far", "pgark-two", "far", &secrets.secret, "retention: {redundancy: 2}")
+    );
+    let top = format!("encryption:\n  key_file: {}\nrepositories:\n{repos}", secrets.key.display());
+    let c = Cluster::init_with(&pg(), &[], &["--wal-segsize=1"]).unwrap();
+    c.start().unwrap();
+    let server = server_yaml("main", &c.conninfo(&c.superuser), "synchronous: false");
+    let p = Pgark::start_full("", &top, &server, &[]);
+    p.wait_streaming("main");
+    c.psql("CREATE TABLE t (id int)").unwrap();
+    let bin = Binary::new();
+    for i in 0..3 {
+        c.psql(&format!("INSERT INTO t SELECT generate_series(1, 1000) + {i} * 1000"))
+            .unwrap();
+        let o = bin.run(&p.config, &["backup", "main"]);
+        assert!(o.status.success(), "{}", text(&o));
+        c.psql("SELECT pg_switch_wal()").unwrap();
+    }
+    wait_caught_up(&p, "near", 3);
+    wait_caught_up(&p, "far", 3);
+    let count = |config: &Path, repo: &str| -> usize {
+        let o = bin.run(config, &["list-backups", "--repo", repo, "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+
+    let o = bin.run(&p.config, &["prune", "--repo", "near"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bin.run(&p.config, &["prune", "--repo", "far"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(count(&p.config, "near"), 1);
+    assert_eq!(count(&p.config, "far"), 2);
+    assert_eq!(count(&p.config, "local"), 3, "the local catalog has no retention rule");
+
+    let v = bin.run(&p.config, &["verify", "--repo", "far", "main", "--all"]);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+
+    // A third repository, known only to this config: the copy target.
+    let cli_config = p.dir.path().join("copy.yaml");
+    std::fs::write(
+        &cli_config,
+        format!(
+            "catalog: {}\nencryption:\n  key_file: {}\nrepositories:\n{repos}{}servers:\n{server}",
+            p.catalog.display(),
+            secrets.key.display(),
+            repo_yaml(&sw, "archive", "pgark-two", "archive", &secrets.secret, "")
+        ),
+    )
+    .unwrap();
+    let copy = || {
+        crate::support::cli::pgark_args(&[
+            "repo",
+            "copy",
+            "--config",
+            cli_config.to_str().unwrap(),
+            "--from",
+            "far",
+            "--to",
+            "archive",
+            "--json",
+        ])
+    };
+    let o = copy();
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r[0]["backups"].as_array().unwrap().len(), 2, "{r}");
+    assert!(
+        r[0]["chunks"].as_u64().unwrap() > 0 && r[0]["wal_objects"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert_eq!(count(&cli_config, "archive"), 2);
+    let again = copy();
+    let r: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        (r[0]["chunks"].as_u64(), r[0]["backups_present"].as_u64()),
+        (Some(0), Some(2)),
+        "{r}"
+    );
+    let v = bin.run(&cli_config, &["verify", "--repo", "archive", "main", "--all"]);
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "copied sealed objects open in the new place: {}",
+        text(&v)
+    );
+
+    // A damaged chunk in one repository is found there (exit 9), and named.
+    let raw = raw_store(&sw, "pgark-two", "archive");
+    let chunk = raw
+        .list_recursive("main/chunks")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .next()
+        .unwrap();
+    let mut b = raw.get(&chunk).unwrap().unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    raw.put(&chunk, &b).unwrap();
+    let v = bin.run(&cli_config, &["verify", "--repo", "archive", "main", "--all"]);
+    assert_eq!(v.status.code(), Some(9), "{}", text(&v));
+    let chunk_name = chunk.rsplit('/').next().unwrap();
+    assert!(text(&v).contains(chunk_name), "{}", text(&v));
+}
