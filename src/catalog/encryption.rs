@@ -164,6 +164,16 @@ pub enum CryptError {
     TooLarge { object: String, bytes: usize },
 }
 
+/// The id of the key that sealed `data`, read from its header (`None`: not an envelope).
+pub fn key_id_of(data: &[u8]) -> Option<KeyId> {
+    if data.len() < HEADER_LEN || &data[..8] != MAGIC {
+        return None;
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&data[9..17]);
+    Some(KeyId(id))
+}
+
 /// Whether `data` starts like an envelope (cheap: for stores that hold both kinds).
 pub fn is_sealed(data: &[u8]) -> bool {
     data.len() >= OVERHEAD && &data[..8] == MAGIC

@@ -29,6 +29,7 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("wal_gaps", wal_gaps),
     ("verify", verify),
     ("drill", drill),
+    ("repositories", repositories),
     ("synchronized_standby_slots", synchronized_standby_slots),
     ("idle_replication_slot_timeout", idle_replication_slot_timeout),
     ("data_checksums", data_checksums),
@@ -222,6 +223,66 @@ fn verify(f: &Facts) -> Outcome {
 /// How late the run after `last` is against `schedule` at `now`: `None` while not yet due, else
 /// (the due time, seconds late, one interval of the schedule: from that due time to the next).
 /// `next_due` is asked as of just after `last` (for cron it never answers a time before `now`).
+/// Every repository answers, holds this server's backups, and can be read with the keyring;
+/// its uploads are not stalled.
+fn repositories(f: &Facts) -> Outcome {
+    if f.repositories.is_empty() {
+        return Outcome::ok("no repositories configured (the local catalog is the only copy)");
+    }
+    let mut failed = Vec::new();
+    let mut warned = Vec::new();
+    let mut fine = Vec::new();
+    for r in &f.repositories {
+        match &r.holds {
+            Err(e) => failed.push(format!("{}: {e}", r.name)),
+            Ok(h) => {
+                let unknown: Vec<&String> = h.key_ids.iter().filter(|id| !h.keyring.contains(id)).collect();
+                if !unknown.is_empty() {
+                    failed.push(format!(
+                        "{}: objects sealed with key(s) {} that the keyring lacks (add them to encryption.old_key_files)",
+                        r.name,
+                        unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                    continue;
+                }
+                if !h.encrypted && !h.key_ids.is_empty() {
+                    failed.push(format!("{}: holds encrypted objects but no encryption key is configured", r.name));
+                    continue;
+                }
+                let stalled = matches!(f.daemon, Ok(Some(_))) && r.mark.as_ref().is_none_or(|m| f.now.saturating_sub(m.written_at) > 600);
+                if h.backups == 0 {
+                    warned.push(format!("{}: no backup of this server yet", r.name));
+                } else if stalled {
+                    warned.push(format!(
+                        "{}: the daemon has not recorded an upload pass for over 10 minutes (pgark status shows the uploader's error)",
+                        r.name
+                    ));
+                } else {
+                    let keys = if h.key_ids.is_empty() {
+                        "not encrypted".to_string()
+                    } else {
+                        format!("keys in use {}", h.key_ids.iter().cloned().collect::<Vec<_>>().join(", "))
+                    };
+                    fine.push(format!(
+                        "{}: {} backups (newest {}), {} WAL objects, {keys}",
+                        r.name,
+                        h.backups,
+                        h.newest_backup.as_deref().unwrap_or("-"),
+                        h.wal_objects
+                    ));
+                }
+            }
+        }
+    }
+    if !failed.is_empty() {
+        Outcome::failed(failed.join("; "))
+    } else if !warned.is_empty() {
+        Outcome::warning(warned.into_iter().chain(fine).collect::<Vec<_>>().join("; "))
+    } else {
+        Outcome::ok(fine.join("; "))
+    }
+}
+
 fn lateness(schedule: &crate::backup::schedule::Schedule, last: u64, now: u64) -> Option<(u64, u64, u64)> {
     let due = schedule.next_due(Some(last), last + 1);
     if now <= due {
@@ -641,6 +702,7 @@ mod tests {
                 settings,
             }),
             drills: Ok((None, None)),
+            repositories: vec![],
             verifies: Ok(vec![]),
             retention: Ok(super::super::facts::RetentionFacts {
                 has_rules: true,
@@ -671,6 +733,43 @@ mod tests {
             let o = check(&f);
             assert_eq!(o.level, Level::Ok, "{name}: {}", o.detail);
         }
+    }
+
+    #[test]
+    fn repository_states() {
+        use crate::check::facts::{RepositoryFacts, RepositoryHoldings};
+        let mut f = facts("");
+        assert_eq!(level(&f, "repositories").level, Level::Ok);
+        let holds = |ids: &[&str], ring: &[&str]| RepositoryHoldings {
+            backups: 2,
+            newest_backup: Some("b".into()),
+            wal_objects: 9,
+            key_ids: ids.iter().map(|s| s.to_string()).collect(),
+            keyring: ring.iter().map(|s| s.to_string()).collect(),
+            encrypted: !ring.is_empty(),
+        };
+        f.repositories = vec![RepositoryFacts {
+            name: "offsite".into(),
+            holds: Ok(holds(&["aa"], &["aa", "bb"])),
+            mark: Some(crate::catalog::offsite_mark::OffsiteMark {
+                written_at: f.now,
+                ..Default::default()
+            }),
+        }];
+        let o = level(&f, "repositories");
+        assert_eq!(o.level, Level::Ok, "{}", o.detail);
+        assert!(o.detail.contains("keys in use aa"), "{}", o.detail);
+        f.repositories[0].holds = Ok(holds(&["aa", "cc"], &["aa"]));
+        let o = level(&f, "repositories");
+        assert_eq!(o.level, Level::Failed);
+        assert!(o.detail.contains("cc") && o.detail.contains("old_key_files"), "{}", o.detail);
+        f.repositories[0].holds = Err("LIST main/wal: connection refused".into());
+        assert_eq!(level(&f, "repositories").level, Level::Failed);
+        f.repositories[0].holds = Ok(RepositoryHoldings {
+            backups: 0,
+            ..holds(&[], &[])
+        });
+        assert_eq!(level(&f, "repositories").level, Level::Warning);
     }
 
     #[test]

@@ -59,6 +59,30 @@ pub struct Facts {
     pub verifies: Result<Vec<crate::verify::record::VerifyRecord>, String>,
     /// The newest restore drill and the newest successful one (`pgark drill`, `drill.schedule`).
     pub drills: Result<(Option<DrillRecord>, Option<DrillRecord>), String>,
+    /// What each configured repository holds of this server.
+    pub repositories: Vec<RepositoryFacts>,
+}
+
+/// One repository as `check` sees it.
+#[derive(Debug, Clone)]
+pub struct RepositoryFacts {
+    pub name: String,
+    /// What it holds, or why it could not be read (unreachable, refused credentials, no key).
+    pub holds: Result<RepositoryHoldings, String>,
+    /// The uploader's last mark for this server (see `catalog::offsite_mark`).
+    pub mark: Option<crate::catalog::offsite_mark::OffsiteMark>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RepositoryHoldings {
+    pub backups: usize,
+    pub newest_backup: Option<String>,
+    pub wal_objects: usize,
+    /// Key ids that sealed the objects looked at (every index, the oldest and the newest WAL
+    /// object), and the ids the configured keyring has.
+    pub key_ids: std::collections::BTreeSet<String>,
+    pub keyring: Vec<String>,
+    pub encrypted: bool,
 }
 
 /// What retention and the WAL continuity index say of one server (a dry run: nothing deleted).
@@ -233,6 +257,21 @@ pub async fn gather(config: &Config, name: &str, timeout: Duration) -> Facts {
         sql,
         retention: retention(&catalog, name, &cfg, crate::util::time::unix_now()),
         drills: drill_record::latest(store.as_ref(), name).map_err(|e| e.to_string()),
+        repositories: {
+            let (cloned, server) = (config.clone(), name.to_string());
+            let all = tokio::task::spawn_blocking(move || repositories(&cloned, &server));
+            tokio::time::timeout(cut, all).await.ok().and_then(|r| r.ok()).unwrap_or_else(|| {
+                config
+                    .repositories
+                    .iter()
+                    .map(|r| RepositoryFacts {
+                        name: r.name.clone(),
+                        holds: Err(elapsed("repository")),
+                        mark: None,
+                    })
+                    .collect()
+            })
+        },
         verifies: backup_store::list_ids(store.as_ref(), name)
             .map(|ids| {
                 let mut v: Vec<_> = ids
@@ -245,6 +284,51 @@ pub async fn gather(config: &Config, name: &str, timeout: Duration) -> Facts {
             .map_err(|e| e.to_string()),
         cfg,
     }
+}
+
+/// Each repository's holdings of `server` (blocking: object-storage requests).
+fn repositories(config: &Config, server: &str) -> Vec<RepositoryFacts> {
+    let local = Catalog::open(&config.catalog).store();
+    config
+        .repositories
+        .iter()
+        .map(|r| RepositoryFacts {
+            name: r.name.clone(),
+            mark: crate::catalog::offsite_mark::load(local.as_ref(), server, &r.name).ok().flatten(),
+            holds: config.open_repository(&r.name).and_then(|repo| {
+                let raw = repo.raw.as_ref();
+                let err = |e: std::io::Error| e.to_string();
+                let ids = backup_store::list_ids(raw, server).map_err(err)?;
+                let wal: Vec<String> = raw
+                    .list(&crate::catalog::Layout::wal_key(server))
+                    .map_err(err)?
+                    .into_iter()
+                    .filter(|k| !k.ends_with(".partial.zst"))
+                    .collect();
+                let mut sample: Vec<String> = ids.iter().map(|id| backup_store::index_key(server, id)).collect();
+                sample.extend(wal.first().cloned());
+                sample.extend(wal.last().cloned());
+                let mut key_ids = std::collections::BTreeSet::new();
+                for k in &sample {
+                    if let Some(id) = raw.get(k).map_err(err)?.as_deref().and_then(crate::catalog::encryption::key_id_of) {
+                        key_ids.insert(id.to_string());
+                    }
+                }
+                let keyring = match &config.encryption {
+                    Some(e) => e.keyring()?.ids().iter().map(|i| i.to_string()).collect(),
+                    None => Vec::new(),
+                };
+                Ok(RepositoryHoldings {
+                    backups: ids.len(),
+                    newest_backup: ids.last().cloned(),
+                    wal_objects: wal.len(),
+                    key_ids,
+                    keyring,
+                    encrypted: repo.encrypted,
+                })
+            }),
+        })
+        .collect()
 }
 
 /// Creates and removes a probe file where the server's data goes (its directory, else the

@@ -361,6 +361,22 @@ fn repositories_keep_their_own_retention_verify_and_copy() {
             .len()
     };
 
+    let o = bin.run(&p.config, &["check", "main", "--json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    let repo_check = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "repositories")
+        .unwrap()
+        .clone();
+    assert_eq!(repo_check["level"], "ok", "{repo_check}");
+    let key_id = Key::parse(&std::fs::read_to_string(&secrets.key).unwrap(), "k")
+        .unwrap()
+        .id()
+        .to_string();
+    assert!(repo_check["detail"].as_str().unwrap().contains(&key_id), "{repo_check}");
+
     let o = bin.run(&p.config, &["prune", "--repo", "near"]);
     assert!(o.status.success(), "{}", text(&o));
     let o = bin.run(&p.config, &["prune", "--repo", "far"]);
