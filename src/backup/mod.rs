@@ -30,6 +30,7 @@ pub mod wal_wait;
 
 use crate::catalog::backup_store::{self, BackupIndex};
 use crate::catalog::lock::{CatalogLock, LockError};
+use crate::catalog::mirror_store::{Mirror, MirrorStore};
 use crate::catalog::store::ObjectStore;
 use crate::catalog::{Catalog, Compression, Layout};
 use crate::client::conninfo::ConnInfo;
@@ -60,6 +61,9 @@ pub struct BackupJob {
     /// Refuse to start while the catalog's free space is at the critical level.
     pub disk_pressure: crate::catalog::space::DiskThresholds,
     pub cancel: CancellationToken,
+    /// Repositories the backup is written to while it is taken (name and catalog; see
+    /// `catalog::mirror_store`).
+    pub mirrors: Vec<(String, Catalog)>,
 }
 
 /// A new backup id: the UTC start time, e.g. `20261123T231500Z`, made unique in the catalog.
@@ -128,8 +132,32 @@ pub fn spawn_on_own_thread(
 /// Takes one backup; see the module docs for the steps.
 pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result<BackupIndex, BackupError> {
     let server = job.server.clone();
-    let store: Arc<dyn ObjectStore> = Catalog::open(&job.catalog).store();
+    let local: Arc<dyn ObjectStore> = Catalog::open(&job.catalog).store();
     let _lock = CatalogLock::acquire_backup(&job.catalog, &server)?;
+    // Each repository's backup lock too: a prune of the repository must not collect the
+    // chunks this backup writes there before its index lands. One that is held (a prune is
+    // running) gets the backup from the uploader afterwards.
+    let mut _mirror_locks = Vec::new();
+    let mut mirrors = Vec::new();
+    for (name, repo) in &job.mirrors {
+        match CatalogLock::acquire_backup(repo.root(), &server) {
+            Ok(l) => {
+                _mirror_locks.push(l);
+                mirrors.push(Mirror {
+                    name: name.clone(),
+                    store: repo.store(),
+                });
+            }
+            Err(e) => {
+                tracing::info!(server = %server, repository = %name, reason = %e, "not writing this backup to the repository while it is taken; the uploader copies it afterwards")
+            }
+        }
+    }
+    let mirror = (!mirrors.is_empty()).then(|| Arc::new(MirrorStore::new(Arc::clone(&local), mirrors)));
+    let store: Arc<dyn ObjectStore> = match &mirror {
+        Some(m) => Arc::clone(m) as Arc<dyn ObjectStore>,
+        None => Arc::clone(&local),
+    };
     // The filesystem the backup goes to: `<catalog>/<server>`, which may be a volume of its own.
     let server_dir = Layout::new(&job.catalog).server_dir(&server);
     let cap = Catalog::open(&job.catalog).capacity(Some(&server))?;
@@ -146,6 +174,21 @@ pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result
     }
     let id = new_id(store.as_ref(), &server)?;
     let result = run(job, &id, &store, &server_dir, progress).await;
+    if let (Some(m), Ok(_)) = (&mirror, &result) {
+        let failed = m.failed();
+        for (name, why) in &failed {
+            tracing::warn!(server = %server, repository = %name, error = %why, "the backup is not in the repository yet; the uploader copies it when the repository answers");
+        }
+        let written: Vec<&str> = job
+            .mirrors
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !failed.iter().any(|(f, _)| f == n))
+            .collect();
+        if !written.is_empty() {
+            tracing::info!(server = %server, id, repositories = ?written, "the backup was written to the repositories as it was taken");
+        }
+    }
     if result.is_err() {
         // Remove this attempt's intent record and chunks now rather than at the next start.
         if let Err(e) = store.delete(&backup_store::running_key(&server, &id)) {

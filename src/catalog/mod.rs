@@ -15,6 +15,7 @@ pub mod continuity;
 pub mod drill_record;
 pub mod encryption;
 pub mod lock;
+pub mod mirror_store;
 pub mod offsite_mark;
 pub mod perms;
 pub mod pin;

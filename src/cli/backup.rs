@@ -67,6 +67,13 @@ pub async fn backup(
         }),
         disk_pressure: config.disk_pressure,
         cancel: cancel.clone(),
+        mirrors: match config.open_repositories() {
+            Ok(r) => r.into_iter().map(|r| (r.name, r.catalog)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the backup is written to the local catalog only; the daemon's uploader copies it when the repository can be opened");
+                Vec::new()
+            }
+        },
     };
     let handle = backup::spawn_on_own_thread(job, crate::cli::progress::for_terminal("backup"));
     let stop = cancel.clone();

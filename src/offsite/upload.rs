@@ -473,6 +473,11 @@ impl Uploader {
             Err(LockError::BackupRunning { .. }) => return Ok(false),
             Err(e) => return Err(io::Error::other(e.to_string())),
         };
+        // Written there while it was taken (see `catalog::mirror_store`): nothing to do.
+        if repo.size(&backup_store::index_key(server, id))?.is_some() {
+            k.backups.insert(id.to_string());
+            return Ok(true);
+        }
         let index: BackupIndex = match backup_store::load(local, server, id) {
             Ok(i) => i,
             // Deleted meanwhile (a critical-pressure prune): nothing to upload.
@@ -512,6 +517,19 @@ impl Uploader {
         }
         if self.stop.load(Ordering::Relaxed) {
             return Ok(true);
+        }
+        // A chunk missing locally (the backup deleted meanwhile) must not leave an index in the
+        // repository that references nothing.
+        if done.len() < keys.len() {
+            let missing = keys
+                .iter()
+                .enumerate()
+                .find(|(i, _)| !done.iter().any(|(d, _)| d == i))
+                .map(|(_, k)| k.clone());
+            return Err(io::Error::other(format!(
+                "backup {id}: {} is missing from the local catalog; not publishing it in the repository",
+                missing.unwrap_or_default()
+            )));
         }
         let manifest = backup_store::manifest_key(server, id);
         if let Some(m) = local.get(&manifest)? {

@@ -228,7 +228,19 @@ impl Daemon {
             self.board.clone(),
             self.hooks.clone(),
             r.tasks_cancel.clone(),
+            self.mirrors(),
         ))
+    }
+
+    /// The repositories scheduled backups are written to as they are taken.
+    fn mirrors(&self) -> Vec<(String, crate::catalog::Catalog)> {
+        match self.config.open_repositories() {
+            Ok(r) => r.into_iter().map(|r| (r.name, r.catalog)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduled backups go to the local catalog only until the repositories can be opened");
+                Vec::new()
+            }
+        }
     }
 
     /// What the systemd watchdog checks (see `service::systemd`): each server's receiver thread,

@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// A repository with a retention of its own is pruned this often (and when it gains a backup).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 struct Running {
     name: String,
@@ -24,6 +26,8 @@ pub struct Offsite {
     running: Vec<Running>,
     cancel: CancellationToken,
     publisher: Option<tokio::task::JoinHandle<()>>,
+    /// The repositories' own retention, one task per repository that has rules.
+    prunes: Vec<tokio::task::JoinHandle<()>>,
     /// What they were started from: a reload that changes it restarts them.
     basis: Basis,
 }
@@ -50,6 +54,8 @@ impl Offsite {
         let local = crate::catalog::Catalog::open(&config.catalog);
         let mut running = Vec::new();
         let mut progress: Vec<Progress> = Vec::new();
+        let cancel = CancellationToken::new();
+        let mut prunes = Vec::new();
         for r in &config.repositories {
             let repo = match config.open_repository(&r.name) {
                 Ok(repo) => repo,
@@ -96,6 +102,16 @@ impl Offsite {
             );
             progress.push(up.progress());
             let stop = up.stop_flag();
+            if crate::retention::Policy::default() != r.retention {
+                prunes.push(tokio::spawn(prune_repository(
+                    repo.catalog.clone(),
+                    r.name.clone(),
+                    r.retention.clone(),
+                    config.servers.keys().cloned().collect(),
+                    up.progress(),
+                    cancel.clone(),
+                )));
+            }
             let thread = std::thread::Builder::new()
                 .name(format!("pgark-upload-{}", r.name))
                 .spawn(move || up.run());
@@ -111,12 +127,12 @@ impl Offsite {
                 Err(e) => tracing::error!(repository = %r.name, error = %e, "cannot start the uploader thread"),
             }
         }
-        let cancel = CancellationToken::new();
         let publisher = (!progress.is_empty()).then(|| tokio::spawn(publish(progress, board.clone(), cancel.clone())));
         Offsite {
             running,
             cancel,
             publisher,
+            prunes,
             basis: basis(config),
         }
     }
@@ -144,6 +160,56 @@ impl Offsite {
         }
         if let Some(p) = self.publisher.take() {
             let _ = p.await;
+        }
+        for p in std::mem::take(&mut self.prunes) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
+        }
+    }
+}
+
+/// Applies a repository's retention to each server: hourly, and when the repository gains a
+/// backup. A prune refused by the lock (a backup or upload is writing there) waits for the
+/// next turn.
+async fn prune_repository(
+    repo: crate::catalog::Catalog,
+    name: String,
+    policy: crate::retention::Policy,
+    servers: Vec<String>,
+    progress: Progress,
+    cancel: CancellationToken,
+) {
+    let mut seen: Option<usize> = None;
+    let mut next = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let backups: usize = progress.lock().map(|p| p.values().map(|s| s.backups).sum()).unwrap_or(0);
+        let grew = seen.is_some_and(|s| backups > s);
+        seen = Some(backups);
+        if !grew && tokio::time::Instant::now() < next {
+            continue;
+        }
+        next = tokio::time::Instant::now() + PRUNE_EVERY;
+        for server in &servers {
+            let (repo, policy, server) = (repo.clone(), policy.clone(), server.clone());
+            let now = crate::util::time::unix_now();
+            let r = tokio::task::spawn_blocking(move || {
+                let hold = crate::catalog::offsite_mark::OffsiteHold::none();
+                crate::retention::prune(&repo, &server, &policy, now, crate::retention::policy::Mode::Normal, false, &hold)
+                    .map(|r| (server, r))
+            })
+            .await;
+            match r {
+                Ok(Ok((server, r))) if !r.backups.is_empty() || !r.wal.is_empty() => {
+                    tracing::info!(server = %server, repository = %name, backups = r.backups.len(), wal_ranges = r.wal.len(), bytes = r.bytes_freed, "repository retention applied");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(crate::retention::prune::PruneError::Locked(_))) => next = tokio::time::Instant::now() + Duration::from_secs(60),
+                Ok(Err(e)) => tracing::warn!(repository = %name, error = %e, "repository retention failed; retrying within the hour"),
+                Err(e) => tracing::error!(repository = %name, error = %e, "the repository prune task failed (a bug)"),
+            }
         }
     }
 }

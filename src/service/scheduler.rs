@@ -60,6 +60,7 @@ pub async fn run(
     board: StatusBoard,
     hooks: Hooks,
     cancel: CancellationToken,
+    mirrors: Vec<(String, Catalog)>,
 ) {
     let server = cfg.name.clone();
     let mut retry_at: Option<u64> = None;
@@ -160,6 +161,7 @@ pub async fn run(
                     wal_progress: std::sync::Arc::new(board.clone()),
                     disk_pressure: thresholds,
                     cancel: cancel.child_token(),
+                    mirrors: mirrors.clone(),
                 };
                 let handle = crate::backup::spawn_on_own_thread(job, Box::new(LogLines::new("backup")));
                 let result = handle.await;

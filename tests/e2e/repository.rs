@@ -347,10 +347,9 @@ fn repositories_keep_their_own_retention_verify_and_copy() {
             .unwrap();
         let o = bin.run(&p.config, &["backup", "main"]);
         assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("written to the repositories as it was taken"), "{}", text(&o));
         c.psql("SELECT pg_switch_wal()").unwrap();
     }
-    wait_caught_up(&p, "near", 3);
-    wait_caught_up(&p, "far", 3);
     let count = |config: &Path, repo: &str| -> usize {
         let o = bin.run(config, &["list-backups", "--repo", repo, "--json"]);
         assert!(o.status.success(), "{}", text(&o));
@@ -377,12 +376,16 @@ fn repositories_keep_their_own_retention_verify_and_copy() {
         .to_string();
     assert!(repo_check["detail"].as_str().unwrap().contains(&key_id), "{repo_check}");
 
-    let o = bin.run(&p.config, &["prune", "--repo", "near"]);
+    // The daemon applies each repository's own retention once it gains backups.
+    wait_until(Duration::from_secs(60), "the repositories' retention", || {
+        count(&p.config, "near") == 1 && count(&p.config, "far") == 2
+    });
+    wait_caught_up(&p, "near", 1);
+    wait_caught_up(&p, "far", 2);
+    let o = bin.run(&p.config, &["prune", "--repo", "far", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = bin.run(&p.config, &["prune", "--repo", "far"]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(count(&p.config, "near"), 1);
-    assert_eq!(count(&p.config, "far"), 2);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r[0]["backups"].as_array().map(|a| a.len()), Some(0), "nothing left to prune: {r}");
     assert_eq!(count(&p.config, "local"), 3, "the local catalog has no retention rule");
 
     let v = bin.run(&p.config, &["verify", "--repo", "far", "main", "--all"]);

@@ -202,6 +202,7 @@ fn start_backup(d: &Daemon, config: &Config, server_cfg: &crate::config::ServerC
         wal_progress: std::sync::Arc::new(d.board().clone()),
         disk_pressure: crate::catalog::space::DiskThresholds::default(),
         cancel: CancellationToken::new(),
+        mirrors: Vec::new(),
     };
     crate::backup::spawn_on_own_thread(job, Box::new(crate::util::progress::LogLines::new("backup")))
 }

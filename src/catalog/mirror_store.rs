@@ -1,0 +1,286 @@
+//! A backup's writes, mirrored into the repositories while the backup is taken: each chunk goes
+//! to the local catalog and to every repository as it is stored (deduplicated per repository:
+//! a chunk a repository has already is not sent again), then the manifest and the index last,
+//! so the repository's copy is complete when the backup is, instead of an upload afterwards.
+//!
+//! The local catalog is the primary: it answers every read, and its failure fails the backup.
+//! A repository that fails is dropped from this backup's mirrors (logged once, named in
+//! `failed()`); the uploader copies the backup there later, from the local catalog. Only what
+//! makes up a backup is mirrored (chunks, manifest, index): intent records and deletions stay
+//! local (a repository's stray chunks of a failed backup go at its next prune).
+
+use super::store::{Capacity, ObjectStore, Usage};
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+pub struct Mirror {
+    pub name: String,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+pub struct MirrorStore {
+    primary: Arc<dyn ObjectStore>,
+    mirrors: Vec<Mirror>,
+    /// Per mirror: why it was dropped.
+    failed: Mutex<Vec<Option<String>>>,
+    /// Per mirror: chunk keys known to be there (written, or found there).
+    present: Mutex<Vec<BTreeSet<String>>>,
+}
+
+impl MirrorStore {
+    pub fn new(primary: Arc<dyn ObjectStore>, mirrors: Vec<Mirror>) -> MirrorStore {
+        let n = mirrors.len();
+        MirrorStore {
+            primary,
+            mirrors,
+            failed: Mutex::new(vec![None; n]),
+            present: Mutex::new(vec![BTreeSet::new(); n]),
+        }
+    }
+
+    /// The repositories dropped from this backup, and why.
+    pub fn failed(&self) -> Vec<(String, String)> {
+        let f = self.failed.lock().map(|f| f.clone()).unwrap_or_default();
+        self.mirrors
+            .iter()
+            .zip(f)
+            .filter_map(|(m, why)| why.map(|w| (m.name.clone(), w)))
+            .collect()
+    }
+
+    fn healthy(&self, i: usize) -> bool {
+        self.failed.lock().map(|f| f[i].is_none()).unwrap_or(false)
+    }
+
+    fn drop_mirror(&self, i: usize, e: &io::Error) {
+        if let Ok(mut f) = self.failed.lock() {
+            if f[i].is_none() {
+                tracing::warn!(repository = %self.mirrors[i].name, error = %e,
+                    "cannot write the backup to the repository while it is taken; the uploader will copy it afterwards");
+                f[i] = Some(e.to_string());
+            }
+        }
+    }
+
+    fn mirrored(key: &str) -> bool {
+        key.contains("/chunks/") || (key.contains("/backups/") && (key.ends_with(".json") || key.ends_with(".manifest")))
+    }
+
+    fn each(&self, key: &str, f: impl Fn(usize, &dyn ObjectStore) -> io::Result<()>) {
+        if !Self::mirrored(key) {
+            return;
+        }
+        for (i, m) in self.mirrors.iter().enumerate() {
+            if self.healthy(i) {
+                if let Err(e) = f(i, m.store.as_ref()) {
+                    self.drop_mirror(i, &e);
+                }
+            }
+        }
+    }
+
+    fn mark_present(&self, i: usize, key: &str) {
+        if let Ok(mut p) = self.present.lock() {
+            p[i].insert(key.to_string());
+        }
+    }
+
+    fn is_present(&self, i: usize, key: &str) -> bool {
+        self.present.lock().map(|p| p[i].contains(key)).unwrap_or(false)
+    }
+
+    /// Before an index goes to mirror `i`: every chunk it references must be there. The
+    /// backup reuses chunks of earlier backups without writing them, and an earlier backup may
+    /// not be in the repository yet; those are copied from the local catalog now.
+    fn complete_chunks(&self, i: usize, store: &dyn ObjectStore, key: &str, index: &[u8]) -> io::Result<()> {
+        let id = key.rsplit('/').next().and_then(|n| n.strip_suffix(".json")).unwrap_or_default();
+        let index = super::backup_store::decode_index(key, id, index).map_err(|e| io::Error::other(e.to_string()))?;
+        let mut keys: Vec<String> = index
+            .files
+            .iter()
+            .flat_map(|f| f.chunks.iter().map(|c| super::backup_store::chunk_key(&index.server, &c.object)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            if self.is_present(i, &k) || store.size(&k)?.is_some() {
+                continue;
+            }
+            let data = self
+                .primary
+                .get(&k)?
+                .ok_or_else(|| io::Error::other(format!("{k}: referenced by {key} but missing from the local catalog")))?;
+            store.put(&k, &data)?;
+            self.mark_present(i, &k);
+        }
+        Ok(())
+    }
+}
+
+impl ObjectStore for MirrorStore {
+    fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+        self.primary.put(key, data)?;
+        self.each(key, |i, s| {
+            if key.ends_with(".json") {
+                self.complete_chunks(i, s, key, data)?;
+            }
+            s.put(key, data)
+        });
+        Ok(())
+    }
+
+    fn put_from(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+        let mut buf = Vec::new();
+        fill(&mut buf)?;
+        self.put(key, &buf)
+    }
+
+    /// A chunk: built once in memory (a few MiB at most), stored locally, then sent to each
+    /// repository that lacks it.
+    fn put_once(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<Option<u64>> {
+        let mut buf = Vec::new();
+        let mut filled = false;
+        let stored = self.primary.put_once(key, &mut |w| {
+            fill(&mut buf)?;
+            filled = true;
+            w.write_all(&buf)
+        })?;
+        if filled {
+            self.each(key, |i, s| {
+                s.put_once(key, &mut |w| w.write_all(&buf))?;
+                self.mark_present(i, key);
+                Ok(())
+            });
+        } else {
+            // The local catalog had it already: a repository that lacks it gets the local copy
+            // (read once, only if some repository needs it).
+            let local: std::cell::OnceCell<Option<Vec<u8>>> = std::cell::OnceCell::new();
+            self.each(key, |i, s| {
+                if s.size(key)?.is_none() {
+                    if let Some(b) = local.get_or_init(|| self.primary.get(key).ok().flatten()) {
+                        s.put(key, b)?;
+                    }
+                }
+                self.mark_present(i, key);
+                Ok(())
+            });
+        }
+        Ok(stored)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.primary.sync()
+    }
+
+    fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        self.primary.size(key)
+    }
+
+    fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        self.primary.get(key)
+    }
+
+    fn get_unrecycled(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        self.primary.get_unrecycled(key)
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        self.primary.list(prefix)
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        self.primary.delete(key)
+    }
+
+    fn usage(&self, prefix: &str) -> io::Result<Usage> {
+        self.primary.usage(prefix)
+    }
+
+    fn capacity(&self) -> io::Result<Option<Capacity>> {
+        self.primary.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::store::LocalStore;
+
+    struct Broken;
+    impl ObjectStore for Broken {
+        fn put_from(&self, _: &str, _: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+            Err(io::Error::other("store down"))
+        }
+        fn put_once(&self, _: &str, _: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<Option<u64>> {
+            Err(io::Error::other("store down"))
+        }
+        fn sync(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn size(&self, _: &str) -> io::Result<Option<u64>> {
+            Err(io::Error::other("store down"))
+        }
+        fn get(&self, _: &str) -> io::Result<Option<Vec<u8>>> {
+            Err(io::Error::other("store down"))
+        }
+        fn list(&self, _: &str) -> io::Result<Vec<String>> {
+            Err(io::Error::other("store down"))
+        }
+        fn delete(&self, _: &str) -> io::Result<()> {
+            Err(io::Error::other("store down"))
+        }
+        fn usage(&self, _: &str) -> io::Result<Usage> {
+            Err(io::Error::other("store down"))
+        }
+        fn capacity(&self) -> io::Result<Option<Capacity>> {
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn backups_reach_the_mirrors_as_they_are_written_and_a_failing_one_is_dropped() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(a.path()));
+        let repo: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(b.path()));
+        let m = MirrorStore::new(
+            Arc::clone(&local),
+            vec![
+                Mirror {
+                    name: "good".into(),
+                    store: Arc::clone(&repo),
+                },
+                Mirror {
+                    name: "down".into(),
+                    store: Arc::new(Broken),
+                },
+            ],
+        );
+        assert_eq!(
+            m.put_once("main/chunks/ab/abc.zst", &mut |w| w.write_all(b"chunk")).unwrap(),
+            Some(5)
+        );
+        assert_eq!(m.put_once("main/chunks/ab/abc.zst", &mut |w| w.write_all(b"chunk")).unwrap(), None);
+        // A chunk an earlier backup stored, reused by this one without a write.
+        local.put("main/chunks/ef/efg.zst", b"reused").unwrap();
+        m.put("main/backups/b1.running", b"intent").unwrap();
+        let index = serde_json::to_vec(&crate::catalog::backup_store::tests::index("b1", &["ab/abc.zst", "ef/efg.zst"])).unwrap();
+        m.put("main/backups/b1.json", &index).unwrap();
+        assert_eq!(repo.get("main/chunks/ab/abc.zst").unwrap().unwrap(), b"chunk");
+        assert_eq!(
+            repo.get("main/chunks/ef/efg.zst").unwrap().unwrap(),
+            b"reused",
+            "completed before the index"
+        );
+        assert_eq!(repo.get("main/backups/b1.json").unwrap().unwrap(), index);
+        assert_eq!(repo.get("main/backups/b1.running").unwrap(), None, "intent records stay local");
+        assert_eq!(local.get("main/backups/b1.running").unwrap().unwrap(), b"intent");
+        let failed = m.failed();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, "down");
+        // A chunk the local catalog had already still reaches a mirror that lacks it.
+        local.put("main/chunks/cd/cde.zst", b"old").unwrap();
+        assert_eq!(m.put_once("main/chunks/cd/cde.zst", &mut |w| w.write_all(b"old")).unwrap(), None);
+        assert_eq!(repo.get("main/chunks/cd/cde.zst").unwrap().unwrap(), b"old");
+    }
+}
