@@ -3,7 +3,10 @@
 //! every PromQL expression of the shipped dashboard and rules evaluates without error; and
 //! every dashboard panel returns data. Prometheus runs with docker/prometheus.yml, only its
 //! target, interval and rules path adapted, so the compose setup's config is exercised too.
+//! pgark uploads to an off-site repository on SeaweedFS (a real S3 API), so that the off-site
+//! panels and rules have series too.
 
+use crate::support::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
 use crate::support::{self, *};
 use serde_json::Value;
 use std::io::Write;
@@ -165,6 +168,21 @@ fn prometheus_scrapes_pgark_and_every_dashboard_and_rule_expression_works() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // An off-site repository, so that the off-site metrics exist (they have a series per server
+    // and repository only when one is configured). The secret is readable by PostgreSQL's user:
+    // the drill's restore_command (wal-get) opens the repository for WAL the local catalog lacks.
+    let Some(sw) = Seaweed::start() else { return };
+    sw.create_bucket("pgark-prometheus");
+    let secrets = tempfile::Builder::new().prefix("pgark-secrets-").tempdir().unwrap();
+    let secret = secrets.path().join("s3.secret");
+    std::fs::write(&secret, SECRET_KEY).unwrap();
+    open_for_postgres(secrets.path());
+    let repositories = format!(
+        "repositories:\n  offsite:\n    url: s3://pgark-prometheus/site1\n    endpoint: {}\n    region: us-east-1\n    access_key_id: {ACCESS_KEY}\n    secret_access_key_file: {}",
+        sw.endpoint,
+        secret.display()
+    );
+
     let c = Cluster::init(&pg(), &["synchronous_standby_names = 'pgark'", "max_slot_wal_keep_size = '2GB'"]).unwrap();
     c.start().unwrap();
     let servers = server_yaml(
@@ -174,7 +192,12 @@ fn prometheus_scrapes_pgark_and_every_dashboard_and_rule_expression_works() {
     );
     // The catalog watch measures every second (by default every 15 s), so that its panels
     // have data soon.
-    let p = Pgark::start_full("", "disk_pressure:\n  check_interval: 1s\n  usage_interval: 2s", &servers, &[]);
+    let p = Pgark::start_full(
+        "",
+        &format!("disk_pressure:\n  check_interval: 1s\n  usage_interval: 2s\n{repositories}"),
+        &servers,
+        &[],
+    );
     p.wait_streaming("main");
     // A backup, so the backup and recovery-window panels have data; then a scheduled verify and
     // drill (added after the backup: before it, a drill could not start), so theirs do too.
@@ -189,6 +212,15 @@ fn prometheus_scrapes_pgark_and_every_dashboard_and_rule_expression_works() {
     wait_until(Duration::from_secs(120), "the scheduled verify and drill", || {
         p.metric("pgark_verify_last_success_timestamp_seconds{server=\"main\"}").is_some()
             && p.metric("pgark_drill_last_success_timestamp_seconds{server=\"main\"}").is_some()
+    });
+    // The backup reached the repository without an upload error (else PgarkOffsiteNoBackup's
+    // and PgarkOffsiteUploadsFailing's expressions would hold below), and its lag is measured.
+    wait_until(Duration::from_secs(120), "the backup in the repository", || {
+        p.server("main").is_some_and(|s| {
+            s.offsite
+                .iter()
+                .any(|o| o.repository == "offsite" && o.backups >= 1 && o.lag_seconds.is_some() && o.last_error.is_none())
+        })
     });
 
     // The exposition passes promtool's linter (HELP and TYPE for every metric, naming rules).
