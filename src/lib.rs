@@ -4,10 +4,11 @@
 //! `tests/architecture.rs`, see `docs/architecture.md` for the module map):
 //!
 //! ```text
-//! L7  cli        one file per command; the one place exit codes live
-//! L6  service    daemon, scheduler, HTTP, metrics, status board, telemetry
-//! L5  config     YAML -> Config, built from the domain modules' settings types
-//! L4  receiver · backup · restore · monitor · verify   (siblings; they never import each other)
+//! L8  cli        one file per command; the one place exit codes live
+//! L7  service    daemon, scheduler, uploaders, HTTP, metrics, status board, telemetry
+//! L6  check · drill  operations that combine domains (diagnosis, restore drills)
+//! L5  config     YAML -> Config (and opening repositories), from the domain modules' settings types
+//! L4  receiver · backup · restore · monitor · retention · verify · offsite   (siblings; they never import each other)
 //! L3  catalog    the only code that builds catalog paths; storage behind `ObjectStore`
 //! L2  client     sockets, TLS, authentication, replication commands
 //! L1  protocol   the wire format, sans I/O          pg   PostgreSQL value types

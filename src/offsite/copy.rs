@@ -70,7 +70,7 @@ pub fn copy_server(from: &Side, to: &Side, server: &str) -> Result<CopyReport, C
             None => true,
         })
         .collect();
-    let (done, failed) = copy_objects(from.raw, to.raw, &wal, WORKERS, &stop);
+    let (done, failed) = copy_objects(from.raw, to.raw, &wal, WORKERS, &stop, &|_, _| {});
     report.wal_objects = done.len();
     report.bytes += done.iter().map(|(_, n)| n).sum::<u64>();
     if let Some(e) = failed {
@@ -109,7 +109,7 @@ pub fn copy_server(from: &Side, to: &Side, server: &str) -> Result<CopyReport, C
             .collect();
         keys.sort();
         keys.dedup();
-        let (done, failed) = copy_objects(from.raw, to.raw, &keys, WORKERS, &stop);
+        let (done, failed) = copy_objects(from.raw, to.raw, &keys, WORKERS, &stop, &|_, _| {});
         report.chunks += done.len();
         report.bytes += done.iter().map(|(_, n)| n).sum::<u64>();
         for (i, _) in &done {

@@ -296,11 +296,17 @@ impl Uploader {
         }
         let wal_dir = Layout::wal_key(server);
         let keys: Vec<String> = todo.iter().map(|f| format!("{wal_dir}/{f}")).collect();
-        let (done, failed) = copy_objects(local.as_ref(), repo.as_ref(), &keys, self.settings.workers, &self.stop);
+        let (done, failed) = copy_objects(
+            local.as_ref(),
+            repo.as_ref(),
+            &keys,
+            self.settings.workers,
+            &self.stop,
+            &|_, bytes| self.count(server, bytes),
+        );
         let mut did = !done.is_empty();
-        for &(i, bytes) in &done {
+        for &(i, _) in &done {
             k.wal.insert(todo[i].clone());
-            self.count(server, bytes);
         }
         // A complete segment replaces its partial object.
         let stale: Vec<String> = k
@@ -333,6 +339,8 @@ impl Uploader {
                 did |= self.upload_partial(server, seg, tli, pos, k, local.as_ref(), repo.as_ref())?;
             }
         }
+        // The lag as of the WAL just uploaded, before a backup's chunks (which may take long).
+        self.report_lag(server, seg, flushed, k);
 
         // 3. Backups.
         for id in backup_store::list_ids(local.as_ref(), server)? {
@@ -507,10 +515,11 @@ impl Uploader {
         objects.dedup();
         let keys: Vec<String> = objects.iter().map(|o| backup_store::chunk_key(server, o)).collect();
         self.update(server, |p| p.queued_objects += keys.len() as u64 + 1);
-        let (done, failed) = copy_objects(local, repo, &keys, self.settings.workers, &self.stop);
-        for &(i, bytes) in &done {
+        let (done, failed) = copy_objects(local, repo, &keys, self.settings.workers, &self.stop, &|_, bytes| {
+            self.count(server, bytes)
+        });
+        for &(i, _) in &done {
             have.insert(objects[i].clone());
-            self.count(server, bytes);
         }
         if let Some(e) = failed {
             return Err(e);
@@ -567,12 +576,14 @@ fn remote_position(k: &Known, seg: WalSegSize, tli: TimelineId) -> Lsn {
 
 /// Copies `keys` from `from` to `to` with `workers` in flight; the indexes copied (with their
 /// byte counts) and the first error. A key that vanished locally (recycled, pruned) is skipped.
+/// `on_done` is told of each object as it lands (the progress counters move during a long batch).
 pub(crate) fn copy_objects(
     from: &dyn ObjectStore,
     to: &dyn ObjectStore,
     keys: &[String],
     workers: usize,
     stop: &AtomicBool,
+    on_done: &(dyn Fn(usize, u64) + Sync),
 ) -> (Vec<(usize, u64)>, Option<io::Error>) {
     let next = AtomicUsize::new(0);
     let done = Mutex::new(Vec::new());
@@ -596,6 +607,7 @@ pub(crate) fn copy_objects(
                 });
                 match result {
                     Ok(Some(n)) => {
+                        on_done(i, n);
                         if let Ok(mut d) = done.lock() {
                             d.push((i, n));
                         }
