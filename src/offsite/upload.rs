@@ -544,6 +544,7 @@ impl Uploader {
         if let Some(m) = local.get(&manifest)? {
             repo.put(&manifest, &m)?;
         }
+        fail::fail_point!("offsite-before-index");
         backup_store::publish(repo, &index)?;
         tracing::info!(server, repository = %self.repository, backup = id, chunks = done.len(), "backup uploaded to the repository");
         k.backups.insert(id.to_string());

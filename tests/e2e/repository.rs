@@ -458,3 +458,52 @@ fn repositories_keep_their_own_retention_verify_and_copy() {
     let chunk_name = chunk.rsplit('/').next().unwrap();
     assert!(text(&v).contains(chunk_name), "{}", text(&v));
 }
+
+/// pgark SIGKILLed while it uploads a backup to a repository it was just given (a reload adds
+/// the repository to a catalog that has a backup): the chunks are there, the index is not, and
+/// the repository lists no backup (nothing half-uploaded is visible). Restarted, it finishes the
+/// upload, and the repository's copy verifies.
+#[test]
+fn sigkill_during_a_backup_upload_leaves_nothing_half_visible() {
+    let Some(sw) = Seaweed::start() else { return };
+    sw.create_bucket("pgark-kill");
+    let secrets = Secrets::new();
+    let c = Cluster::init_with(&pg(), &[], &["--wal-segsize=1"]).unwrap();
+    c.start().unwrap();
+    c.psql("CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 200000) g")
+        .unwrap();
+    let server = server_yaml("main", &c.conninfo(&c.superuser), "synchronous: false");
+    let mut p = Pgark::start_env(&server, &[("FAILPOINTS", "offsite-before-index=sleep(600000)")]);
+    p.wait_streaming("main");
+    let bin = Binary::new();
+    let o = bin.run(&p.config, &["backup", "main"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The repository arrives by a reload: the uploader has a backup to catch up on.
+    p.set_top(&format!(
+        "repositories:\n{}",
+        repo_yaml(&sw, "offsite", "pgark-kill", "", &secrets.secret, "")
+    ));
+    p.rewrite_servers(&server);
+    p.hup();
+    let raw = raw_store(&sw, "pgark-kill", "");
+    wait_until(
+        Duration::from_secs(60),
+        "the backup's chunks and manifest in the repository",
+        || {
+            raw.list("main/backups")
+                .unwrap_or_default()
+                .iter()
+                .any(|k| k.ends_with(".manifest"))
+        },
+    );
+    p.kill9();
+    assert!(!raw.list_recursive("main/chunks").unwrap().is_empty());
+    let listed = bin.run(&p.config, &["list-backups", "--repo", "offsite", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]", "{}", text(&listed));
+
+    p.set_env(&[]);
+    p.spawn();
+    wait_caught_up(&p, "offsite", 1);
+    let v = bin.run(&p.config, &["verify", "--repo", "offsite", "main", "--all"]);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+}
