@@ -64,6 +64,8 @@ pub struct BackupJob {
     /// Repositories the backup is written to while it is taken (name and catalog; see
     /// `catalog::mirror_store`).
     pub mirrors: Vec<(String, Catalog)>,
+    /// Chunks stored in the local catalog too (`backups_local`); false: in the mirrors only.
+    pub chunks_local: bool,
 }
 
 /// A new backup id: the UTC start time, e.g. `20261123T231500Z`, made unique in the catalog.
@@ -153,7 +155,12 @@ pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result
             }
         }
     }
-    let mirror = (!mirrors.is_empty()).then(|| Arc::new(MirrorStore::new(Arc::clone(&local), mirrors)));
+    if !job.chunks_local && mirrors.is_empty() {
+        return Err(BackupError::Io(std::io::Error::other(
+            "backups_local is false but no repository can be written to now (see the messages above); the backup is not started",
+        )));
+    }
+    let mirror = (!mirrors.is_empty()).then(|| Arc::new(MirrorStore::new(Arc::clone(&local), mirrors, job.chunks_local)));
     let store: Arc<dyn ObjectStore> = match &mirror {
         Some(m) => Arc::clone(m) as Arc<dyn ObjectStore>,
         None => Arc::clone(&local),

@@ -21,6 +21,9 @@ pub struct Mirror {
 
 pub struct MirrorStore {
     primary: Arc<dyn ObjectStore>,
+    /// False (`backups_local: false`): chunks go to the mirrors only, and a chunk no mirror
+    /// took fails the backup.
+    chunks_local: bool,
     mirrors: Vec<Mirror>,
     /// Per mirror: why it was dropped.
     failed: Mutex<Vec<Option<String>>>,
@@ -29,10 +32,11 @@ pub struct MirrorStore {
 }
 
 impl MirrorStore {
-    pub fn new(primary: Arc<dyn ObjectStore>, mirrors: Vec<Mirror>) -> MirrorStore {
+    pub fn new(primary: Arc<dyn ObjectStore>, mirrors: Vec<Mirror>, chunks_local: bool) -> MirrorStore {
         let n = mirrors.len();
         MirrorStore {
             primary,
+            chunks_local,
             mirrors,
             failed: Mutex::new(vec![None; n]),
             present: Mutex::new(vec![BTreeSet::new(); n]),
@@ -61,6 +65,21 @@ impl MirrorStore {
                 f[i] = Some(e.to_string());
             }
         }
+    }
+
+    /// A chunk's bytes from the local catalog, else from another healthy mirror than `except`.
+    fn find_chunk(&self, key: &str, except: usize) -> io::Result<Option<Vec<u8>>> {
+        if let Some(b) = self.primary.get(key)? {
+            return Ok(Some(b));
+        }
+        for (j, m) in self.mirrors.iter().enumerate() {
+            if j != except && self.healthy(j) {
+                if let Ok(Some(b)) = m.store.get(key) {
+                    return Ok(Some(b));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn mirrored(key: &str) -> bool {
@@ -107,14 +126,45 @@ impl MirrorStore {
             if self.is_present(i, &k) || store.size(&k)?.is_some() {
                 continue;
             }
-            let data = self
-                .primary
-                .get(&k)?
-                .ok_or_else(|| io::Error::other(format!("{k}: referenced by {key} but missing from the local catalog")))?;
+            let data = self.find_chunk(&k, i)?.ok_or_else(|| {
+                io::Error::other(format!(
+                    "{k}: referenced by {key} but neither the local catalog nor another repository has it"
+                ))
+            })?;
             store.put(&k, &data)?;
             self.mark_present(i, &k);
         }
         Ok(())
+    }
+}
+
+impl MirrorStore {
+    /// `backups_local: false`: the chunk goes to every healthy mirror and nowhere else; at least
+    /// one must take it.
+    fn put_once_remote_only(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<Option<u64>> {
+        let mut buf = Vec::new();
+        fill(&mut buf)?;
+        let stored = std::sync::atomic::AtomicBool::new(false);
+        self.each(key, |i, s| {
+            if s.put_once(key, &mut |w| w.write_all(&buf))?.is_some() {
+                stored.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.mark_present(i, key);
+            Ok(())
+        });
+        let alive = self.failed.lock().map(|f| f.iter().any(Option::is_none)).unwrap_or(false);
+        if !alive {
+            let why = self
+                .failed()
+                .into_iter()
+                .map(|(n, w)| format!("{n}: {w}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(io::Error::other(format!(
+                "{key}: no repository took the chunk (backups_local is false, so the backup cannot go on): {why}"
+            )));
+        }
+        Ok(stored.into_inner().then_some(buf.len() as u64))
     }
 }
 
@@ -139,6 +189,9 @@ impl ObjectStore for MirrorStore {
     /// A chunk: built once in memory (a few MiB at most), stored locally, then sent to each
     /// repository that lacks it.
     fn put_once(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<Option<u64>> {
+        if !self.chunks_local && key.contains("/chunks/") {
+            return self.put_once_remote_only(key, fill);
+        }
         let mut buf = Vec::new();
         let mut filled = false;
         let stored = self.primary.put_once(key, &mut |w| {
@@ -255,6 +308,7 @@ mod tests {
                     store: Arc::new(Broken),
                 },
             ],
+            true,
         );
         assert_eq!(
             m.put_once("main/chunks/ab/abc.zst", &mut |w| w.write_all(b"chunk")).unwrap(),
@@ -282,5 +336,27 @@ mod tests {
         local.put("main/chunks/cd/cde.zst", b"old").unwrap();
         assert_eq!(m.put_once("main/chunks/cd/cde.zst", &mut |w| w.write_all(b"old")).unwrap(), None);
         assert_eq!(repo.get("main/chunks/cd/cde.zst").unwrap().unwrap(), b"old");
+    }
+
+    #[test]
+    fn without_local_chunks_they_go_to_the_repositories_only_and_one_must_take_them() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(a.path()));
+        let repo: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(b.path()));
+        let mirror = |store: Arc<dyn ObjectStore>| Mirror { name: "r".into(), store };
+        let m = MirrorStore::new(Arc::clone(&local), vec![mirror(Arc::clone(&repo)), mirror(Arc::new(Broken))], false);
+        assert_eq!(
+            m.put_once("main/chunks/ab/abc.zst", &mut |w| w.write_all(b"chunk")).unwrap(),
+            Some(5)
+        );
+        assert_eq!(local.get("main/chunks/ab/abc.zst").unwrap(), None, "not stored locally");
+        assert_eq!(repo.get("main/chunks/ab/abc.zst").unwrap().unwrap(), b"chunk");
+        let index = serde_json::to_vec(&crate::catalog::backup_store::tests::index("b1", &["ab/abc.zst"])).unwrap();
+        m.put("main/backups/b1.json", &index).unwrap();
+        assert!(local.get("main/backups/b1.json").unwrap().is_some(), "the index stays local too");
+        assert!(repo.get("main/backups/b1.json").unwrap().is_some());
+        let alone = MirrorStore::new(local, vec![mirror(Arc::new(Broken))], false);
+        let e = alone.put_once("main/chunks/cd/cde.zst", &mut |w| w.write_all(b"x")).unwrap_err();
+        assert!(e.to_string().contains("no repository took the chunk"), "{e}");
     }
 }

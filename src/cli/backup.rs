@@ -74,6 +74,7 @@ pub async fn backup(
                 Vec::new()
             }
         },
+        chunks_local: config.backups_local,
     };
     let handle = backup::spawn_on_own_thread(job, crate::cli::progress::for_terminal("backup"));
     let stop = cancel.clone();

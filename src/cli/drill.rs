@@ -69,6 +69,7 @@ pub async fn drill(a: DrillArgs) -> i32 {
     let server = &config.servers[&a.server];
     let req = DrillRequest {
         catalog: config.catalog.clone(),
+        source: config.backup_catalog(),
         config_path: config.path.clone(),
         server: a.server.clone(),
         conninfo_user: Some(server.conninfo.user.clone()),

@@ -29,9 +29,13 @@ pub fn verify(path: &Path, repo: Option<&str>, server: &str, id: Option<String>,
         (None, true) => Selection::All,
         (None, false) => Selection::Newest,
     };
-    let catalog = match crate::cli::catalog_for(&config, repo, false) {
-        Ok(c) => c,
-        Err(code) => return code,
+    let catalog = match repo {
+        // The local catalog, and with `backups_local: false` the repositories' chunks.
+        None => config.backup_catalog(),
+        Some(_) => match crate::cli::catalog_for(&config, repo, false) {
+            Ok(c) => c,
+            Err(code) => return code,
+        },
     };
     let mut progress = crate::cli::progress::for_terminal("verify");
     let report = match verify::verify(&catalog, server, &selection, &Options::default(), progress.as_mut()) {

@@ -59,6 +59,13 @@ pub fn wal_get(config_path: &Path, repo: Option<&str>, server: &str, name: &str,
             let code = e.exit_code();
             if code == wal_get::ABSENT {
                 tracing::info!("{e}");
+            } else if repo.is_none() && !config.repositories.is_empty() && e.to_string().contains("repository ") {
+                // The local catalog lacked the file and a repository did not answer: recovery
+                // stops rather than taking the silence for the end of the archive.
+                tracing::error!(
+                    "{e}; recovery stops here rather than end early. If the local catalog holds all the WAL this recovery needs, \
+                     put --repo local in restore_command (pgark restore --repo local writes it so)"
+                );
             } else {
                 tracing::error!("{e}");
             }

@@ -54,6 +54,9 @@ pub struct Config {
     pub encryption: Option<repositories::EncryptionConfig>,
     /// How often the open segment is uploaded as a partial object.
     pub offsite_partial_interval: Duration,
+    /// Whether backup chunks are stored in the local catalog too (`backups_local`, default
+    /// true); false: only in the repositories, the local catalog keeps each backup's index.
+    pub backups_local: bool,
 }
 
 impl Config {
@@ -152,6 +155,12 @@ impl Config {
         }
         let encryption = repositories::parse_encryption(raw.encryption, config_dir).map_err(err)?;
         let offsite_partial_interval = repositories::parse_partial_interval(raw.offsite_partial_interval.as_deref()).map_err(err)?;
+        let backups_local = raw.backups_local.unwrap_or(true);
+        if !backups_local && repositories.is_empty() {
+            return Err(err(
+                "backups_local: false keeps backup data only in the repositories, but no repository is configured".into(),
+            ));
+        }
         if let Some(g) = &raw.catalog_group {
             crate::catalog::perms::group_id(g).map_err(|m| err(format!("catalog_group: {m}")))?;
         }
@@ -167,6 +176,7 @@ impl Config {
             repositories,
             encryption,
             offsite_partial_interval,
+            backups_local,
         })
     }
 

@@ -37,6 +37,9 @@ pub struct RawConfig {
     pub encryption: Option<super::repositories::RawEncryption>,
     #[serde(default)]
     pub offsite_partial_interval: Option<String>,
+    /// `false`: backup chunks go to the repositories only (see `config::repositories`).
+    #[serde(default)]
+    pub backups_local: Option<bool>,
     #[serde(deserialize_with = "unique_servers")]
     pub servers: BTreeMap<String, RawServer>,
 }

@@ -222,6 +222,16 @@ impl super::Config {
         }
     }
 
+    /// Where complete backups are read (verify, drills, the uploader's chunks): the local
+    /// catalog, or with `backups_local: false` the local catalog (which keeps the indexes)
+    /// followed by the repositories (which hold the chunks).
+    pub fn backup_catalog(&self) -> Catalog {
+        if self.backups_local {
+            return Catalog::open(&self.catalog);
+        }
+        self.read_catalog(None).unwrap_or_else(|_| Catalog::open(&self.catalog))
+    }
+
     /// Every repository, opened, in the config's order.
     pub fn open_repositories(&self) -> Result<Vec<Repository>, String> {
         self.repositories.iter().map(|r| self.open_repository(&r.name)).collect()

@@ -39,8 +39,11 @@ const LOG_TAIL_LINES: usize = 40;
 
 /// What to drill.
 pub struct DrillRequest {
-    /// The catalog's root directory.
+    /// The catalog's root directory (locks, drill records).
     pub catalog: PathBuf,
+    /// Where the backup is read from (`Config::backup_catalog`: the local catalog, or with
+    /// `backups_local: false` the local indexes and the repositories' chunks).
+    pub source: Catalog,
     /// The config file, named in the restore_command (`pgark wal-get --config`).
     pub config_path: PathBuf,
     pub server: String,
@@ -208,7 +211,7 @@ pub fn run(req: &DrillRequest, report: &mut dyn FnMut(&str)) -> Result<DrillReco
     let mut target = req.target.clone();
     target.action = Some("promote".into());
     let mut restore_req = RestoreRequest {
-        catalog: crate::catalog::Catalog::open(&req.catalog),
+        catalog: req.source.clone(),
         repo: None,
         config_path: req.config_path.clone(),
         server: req.server.clone(),

@@ -113,6 +113,9 @@ struct Known {
 pub struct Uploader {
     pub repository: String,
     local: Catalog,
+    /// Where a backup's chunks are read: the local catalog, or with `backups_local: false` the
+    /// local catalog followed by the other repositories.
+    chunks: Arc<dyn ObjectStore>,
     repo: Catalog,
     sources: Vec<Source>,
     settings: Settings,
@@ -121,7 +124,14 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    pub fn new(repository: &str, local: Catalog, repo: Catalog, sources: Vec<Source>, settings: Settings) -> Uploader {
+    pub fn new(
+        repository: &str,
+        local: Catalog,
+        chunks: Arc<dyn ObjectStore>,
+        repo: Catalog,
+        sources: Vec<Source>,
+        settings: Settings,
+    ) -> Uploader {
         let progress: Progress = Arc::new(Mutex::new(
             sources
                 .iter()
@@ -139,6 +149,7 @@ impl Uploader {
         Uploader {
             repository: repository.to_string(),
             local,
+            chunks,
             repo,
             sources,
             settings,
@@ -515,7 +526,7 @@ impl Uploader {
         objects.dedup();
         let keys: Vec<String> = objects.iter().map(|o| backup_store::chunk_key(server, o)).collect();
         self.update(server, |p| p.queued_objects += keys.len() as u64 + 1);
-        let (done, failed) = copy_objects(local, repo, &keys, self.settings.workers, &self.stop, &|_, bytes| {
+        let (done, failed) = copy_objects(self.chunks.as_ref(), repo, &keys, self.settings.workers, &self.stop, &|_, bytes| {
             self.count(server, bytes)
         });
         for &(i, _) in &done {

@@ -229,6 +229,7 @@ impl Daemon {
             self.hooks.clone(),
             r.tasks_cancel.clone(),
             self.mirrors(),
+            self.config.backups_local,
         ))
     }
 
@@ -292,7 +293,7 @@ impl Daemon {
     fn spawn_verifies(&self, r: &Running) -> JoinHandle<()> {
         tokio::spawn(crate::service::verify_task::run(
             r.config.clone(),
-            self.layout.root().to_path_buf(),
+            self.config.backup_catalog(),
             self.hooks.clone(),
             r.tasks_cancel.clone(),
         ))
@@ -303,6 +304,7 @@ impl Daemon {
         tokio::spawn(crate::service::drill_task::run(
             r.config.clone(),
             catalog,
+            self.config.backup_catalog(),
             config,
             self.hooks.clone(),
             r.tasks_cancel.clone(),

@@ -53,6 +53,7 @@ fn refresh(catalog: &std::path::Path, server: &str) -> Option<u64> {
 pub async fn run(
     cfg: ServerConfig,
     catalog: PathBuf,
+    source: crate::catalog::Catalog,
     config_path: PathBuf,
     hooks: crate::service::hooks::Hooks,
     cancel: CancellationToken,
@@ -76,7 +77,7 @@ pub async fn run(
                     g = ONE_AT_A_TIME.lock() => g,
                 };
                 tracing::info!(server = %server, "scheduled restore drill is due; starting it");
-                let result = drill_now(&cfg, &catalog, &config_path, &cancel).await;
+                let result = drill_now(&cfg, &source, &catalog, &config_path, &cancel).await;
                 drop(guard);
                 match result {
                     Some(Ok(record)) => {
@@ -119,6 +120,7 @@ pub async fn run(
 /// Runs one drill on a blocking thread; `None` when the daemon stopped it.
 async fn drill_now(
     cfg: &ServerConfig,
+    source: &crate::catalog::Catalog,
     catalog: &std::path::Path,
     config_path: &std::path::Path,
     cancel: &CancellationToken,
@@ -139,6 +141,7 @@ async fn drill_now(
     let interrupted = Arc::new(AtomicBool::new(false));
     let req = DrillRequest {
         catalog: catalog.to_path_buf(),
+        source: source.clone(),
         config_path: config_path.to_path_buf(),
         server: cfg.name.clone(),
         conninfo_user: Some(cfg.conninfo.user.clone()),

@@ -93,6 +93,7 @@ impl Offsite {
             let up = Uploader::new(
                 &r.name,
                 local.clone(),
+                config.backup_catalog().store(),
                 repo.catalog.clone(),
                 sources,
                 Settings {

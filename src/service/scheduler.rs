@@ -61,6 +61,7 @@ pub async fn run(
     hooks: Hooks,
     cancel: CancellationToken,
     mirrors: Vec<(String, Catalog)>,
+    chunks_local: bool,
 ) {
     let server = cfg.name.clone();
     let mut retry_at: Option<u64> = None;
@@ -162,6 +163,7 @@ pub async fn run(
                     disk_pressure: thresholds,
                     cancel: cancel.child_token(),
                     mirrors: mirrors.clone(),
+                    chunks_local,
                 };
                 let handle = crate::backup::spawn_on_own_thread(job, Box::new(LogLines::new("backup")));
                 let result = handle.await;

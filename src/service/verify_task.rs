@@ -9,7 +9,6 @@ use crate::config::ServerConfig;
 use crate::util::progress::LogLines;
 use crate::util::time::unix_now;
 use crate::verify::{Options, Selection, VerifyError};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,14 +53,14 @@ fn last_stored(catalog: &Catalog, server: &str) -> Option<(u64, bool)> {
 }
 
 /// Runs until `cancel`; returns at once when the server has no `verify_schedule`.
-pub async fn run(cfg: ServerConfig, catalog_root: PathBuf, hooks: crate::service::hooks::Hooks, cancel: CancellationToken) {
+/// `catalog`: where backups are read (`Config::backup_catalog`).
+pub async fn run(cfg: ServerConfig, catalog: Catalog, hooks: crate::service::hooks::Hooks, cancel: CancellationToken) {
     let Some(schedule) = cfg.verify_schedule.clone() else {
         // Nothing to do, but stay: the daemon supervises this task and restarts it when it ends.
         cancel.cancelled().await;
         return;
     };
     let server = cfg.name.clone();
-    let catalog = Catalog::open(&catalog_root);
     let (c, s) = (catalog.clone(), server.clone());
     let stored = tokio::task::spawn_blocking(move || last_stored(&c, &s)).await.ok().flatten();
     crate::service::metrics::register_verify(&server, stored.filter(|(_, ok)| *ok).map(|(t, _)| t));
@@ -117,7 +116,7 @@ pub async fn run(cfg: ServerConfig, catalog_root: PathBuf, hooks: crate::service
                 }
                 tracing::error!(server = %server, problems = report.problems.len(), "scheduled verify found damaged or missing data; `pgark verify --all` shows it");
                 crate::service::metrics::verify_finished(&server, "damaged", Some(report.problems.len() as u64), ended);
-                if let Some(event) = crate::service::hooks::HookEvent::verify_found(&catalog_root, &report) {
+                if let Some(event) = crate::service::hooks::HookEvent::verify_found(catalog.root(), &report) {
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = hooks.run(event) => {}

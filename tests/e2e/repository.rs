@@ -507,3 +507,51 @@ fn sigkill_during_a_backup_upload_leaves_nothing_half_visible() {
     let v = bin.run(&p.config, &["verify", "--repo", "offsite", "main", "--all"]);
     assert_eq!(v.status.code(), Some(0), "{}", text(&v));
 }
+
+/// `backups_local: false`: a backup's chunks go to the repository only (the local catalog keeps
+/// its index, the WAL as always); verify and restore without `--repo` read the chunks from
+/// there, and a repository that cannot be written refuses the backup rather than keeping it
+/// nowhere.
+#[test]
+fn backups_kept_only_in_the_repository() {
+    let Some(mut sw) = Seaweed::start() else { return };
+    sw.create_bucket("pgark-remote-only");
+    let secrets = Secrets::new();
+    let top = format!(
+        "backups_local: false\nencryption:\n  key_file: {}\nrepositories:\n{}",
+        secrets.key.display(),
+        repo_yaml(&sw, "offsite", "pgark-remote-only", "", &secrets.secret, "")
+    );
+    let c = Cluster::init_with(&pg(), &[], &["--wal-segsize=1"]).unwrap();
+    c.start().unwrap();
+    c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 50000) g").unwrap();
+    let p = Pgark::start_full("", &top, &server_yaml("main", &c.conninfo(&c.superuser), "synchronous: false"), &[]);
+    p.wait_streaming("main");
+    let bin = Binary::new();
+    let o = bin.run(&p.config, &["backup", "main"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let local_chunks = p.catalog.join("main/chunks");
+    let n = std::fs::read_dir(&local_chunks).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(n, 0, "chunks were stored locally");
+    let raw = raw_store(&sw, "pgark-remote-only", "");
+    assert!(!raw.list_recursive("main/chunks").unwrap().is_empty());
+    let v = bin.run(&p.config, &["verify", "main"]);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    c.psql("INSERT INTO t VALUES (-1)").unwrap();
+    c.psql("SELECT pg_switch_wal()").unwrap();
+    wait_caught_up(&p, "offsite", 1);
+    open_for_postgres(p.dir.path());
+    let (data, tmp, _) = restore(&bin, &p.config, "main", &[]);
+    open_for_postgres(p.dir.path());
+    let r = start_restored(&c.bins, tmp, data, None);
+    assert_eq!(r.psql("SELECT count(*) FROM t").unwrap(), "50001");
+
+    sw.stop();
+    let o = bin.run(&p.config, &["backup", "main"]);
+    assert!(
+        !o.status.success(),
+        "a backup with no repository to hold it succeeded: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("no repository took the chunk"), "{}", text(&o));
+}

@@ -203,6 +203,7 @@ fn start_backup(d: &Daemon, config: &Config, server_cfg: &crate::config::ServerC
         disk_pressure: crate::catalog::space::DiskThresholds::default(),
         cancel: CancellationToken::new(),
         mirrors: Vec::new(),
+        chunks_local: true,
     };
     crate::backup::spawn_on_own_thread(job, Box::new(crate::util::progress::LogLines::new("backup")))
 }
