@@ -438,9 +438,9 @@ class Pgark:
         self.config = os.path.join(self.dir, "pgark.yaml")
         with open(self.config, "w") as f:
             f.write(
-                f"catalog: {self.dir}/catalog\nmetrics:\n  listen: {self.metrics}\n{enc}"
+                f"catalog: {self.dir}/catalog\nmetrics:\n  listen: {self.metrics}\n{enc}backups_local: false\n"
                 f"repositories:\n  s3:\n    url: s3://{BUCKET}/{prefix}\n    endpoint: {endpoint}\n    region: {REGION}\n"
-                f"    access_key_id: {ACCESS_KEY}\n    secret_access_key_file: {secret}\n    backups_local: false\n{tls}"
+                f"    access_key_id: {ACCESS_KEY}\n    secret_access_key_file: {secret}\n{tls}"
                 f"servers:\n  bench:\n    conninfo: \"{cluster.conninfo('pgark')}\"\n    slot: {slot}\n"
                 f"    synchronous: false\n    backup_compression: zstd:3\n    backup_workers: 2\n"
             )
@@ -482,7 +482,7 @@ class Pgark:
     @staticmethod
     def offsite(s):
         for o in (s or {}).get("offsite", []) or []:
-            if o.get("repo") == "s3":
+            if o.get("repository") == "s3":
                 return o
         return None
 
@@ -492,7 +492,7 @@ class Pgark:
         o = self.offsite(s)
         if o is None:
             return None
-        for k in ("uploaded_lsn", "lsn", "end_lsn"):
+        for k in ("remote_lsn",):
             if o.get(k):
                 return wb.lsn_int(o[k])
         if s.get("flushed_lsn") and o.get("lag_bytes") is not None:

@@ -228,8 +228,7 @@ impl Daemon {
             self.board.clone(),
             self.hooks.clone(),
             r.tasks_cancel.clone(),
-            self.mirrors(),
-            self.config.backups_local,
+            (self.mirrors(), self.config.backups_local),
         ))
     }
 

@@ -60,8 +60,7 @@ pub async fn run(
     board: StatusBoard,
     hooks: Hooks,
     cancel: CancellationToken,
-    mirrors: Vec<(String, Catalog)>,
-    chunks_local: bool,
+    (mirrors, chunks_local): (Vec<(String, Catalog)>, bool),
 ) {
     let server = cfg.name.clone();
     let mut retry_at: Option<u64> = None;
