@@ -4,9 +4,10 @@
 //! catalog, is served from the first repository that has each object.
 //!
 //! Repositories are opened only when the local catalog lacks something (opening one reads its
-//! secrets, and may run `encryption.key_command`: `wal-get` runs once per segment). An error
-//! from a repository is an error, never "absent": ending recovery early because a store did
-//! not answer would silently lose the WAL it holds.
+//! secrets, and may run `encryption.key_command`: `wal-get` runs once per segment). Reading an
+//! object from a repository that does not answer is an error, never "absent": ending recovery
+//! early because a store did not answer would silently lose the WAL it holds. Listings leave
+//! such a repository out, with a warning, so a restore from the local catalog still works.
 //!
 //! Writes (a restore's record, a lock's directory) go to the local catalog only.
 
@@ -93,11 +94,18 @@ impl ObjectStore for ChainStore {
         self.first(|s| s.get_unrecycled(key))
     }
 
-    /// The union of every source's keys.
+    /// The union of every source's keys. A repository that cannot be listed is left out with a
+    /// warning: a restore from the local catalog must not fail because object storage is
+    /// down (reading an object the local catalog lacks still fails loudly).
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
         let mut out = self.local.list(prefix)?;
         for t in &self.tails {
-            out.extend(self.tail(t)?.list(prefix)?);
+            match self.tail(t).and_then(|s| s.list(prefix)) {
+                Ok(keys) => out.extend(keys),
+                Err(e) => {
+                    tracing::warn!(repository = %t.name, error = %e, "cannot list the repository; going on with what the local catalog and the other repositories hold")
+                }
+            }
         }
         out.sort();
         out.dedup();
@@ -165,6 +173,11 @@ mod tests {
             vec![("down".into(), Box::new(|| Err("no key".to_string())))],
         );
         assert_eq!(broken.get("s/wal/a").unwrap().unwrap(), b"local");
+        assert_eq!(
+            broken.list("s/wal").unwrap(),
+            ["s/wal/a"],
+            "a repository that does not answer is left out of listings"
+        );
         let e = broken.get("s/wal/z").unwrap_err().to_string();
         assert!(e.contains("repository down") && e.contains("no key"), "{e}");
     }
