@@ -27,8 +27,11 @@ pub struct MirrorStore {
     mirrors: Vec<Mirror>,
     /// Per mirror: why it was dropped.
     failed: Mutex<Vec<Option<String>>>,
-    /// Per mirror: chunk keys known to be there (written, or found there).
+    /// Per mirror: chunk keys known to be there (listed once, then written).
     present: Mutex<Vec<BTreeSet<String>>>,
+    /// Per mirror: whether its chunks were listed (then a chunk not in `present` is absent,
+    /// and is written without asking first: one request per chunk, not two).
+    listed: Mutex<Vec<bool>>,
 }
 
 impl MirrorStore {
@@ -40,6 +43,7 @@ impl MirrorStore {
             mirrors,
             failed: Mutex::new(vec![None; n]),
             present: Mutex::new(vec![BTreeSet::new(); n]),
+            listed: Mutex::new(vec![false; n]),
         }
     }
 
@@ -99,6 +103,22 @@ impl MirrorStore {
         }
     }
 
+    /// Lists mirror `i`'s chunks of the server `key` belongs to, once per backup.
+    fn ensure_listed(&self, i: usize, store: &dyn ObjectStore, key: &str) -> io::Result<()> {
+        if self.listed.lock().map(|l| l[i]).unwrap_or(false) {
+            return Ok(());
+        }
+        let Some(at) = key.find("/chunks/") else { return Ok(()) };
+        let keys = store.list_all(&key[..at + "/chunks".len()])?;
+        if let Ok(mut p) = self.present.lock() {
+            p[i].extend(keys);
+        }
+        if let Ok(mut l) = self.listed.lock() {
+            l[i] = true;
+        }
+        Ok(())
+    }
+
     fn mark_present(&self, i: usize, key: &str) {
         if let Ok(mut p) = self.present.lock() {
             p[i].insert(key.to_string());
@@ -123,7 +143,8 @@ impl MirrorStore {
         keys.sort();
         keys.dedup();
         for k in keys {
-            if self.is_present(i, &k) || store.size(&k)?.is_some() {
+            self.ensure_listed(i, store, &k)?;
+            if self.is_present(i, &k) {
                 continue;
             }
             let data = self.find_chunk(&k, i)?.ok_or_else(|| {
@@ -146,7 +167,9 @@ impl MirrorStore {
         fill(&mut buf)?;
         let stored = std::sync::atomic::AtomicBool::new(false);
         self.each(key, |i, s| {
-            if s.put_once(key, &mut |w| w.write_all(&buf))?.is_some() {
+            self.ensure_listed(i, s, key)?;
+            if !self.is_present(i, key) {
+                s.put(key, &buf)?;
                 stored.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             self.mark_present(i, key);
@@ -199,26 +222,21 @@ impl ObjectStore for MirrorStore {
             filled = true;
             w.write_all(&buf)
         })?;
-        if filled {
-            self.each(key, |i, s| {
-                s.put_once(key, &mut |w| w.write_all(&buf))?;
-                self.mark_present(i, key);
-                Ok(())
-            });
-        } else {
-            // The local catalog had it already: a repository that lacks it gets the local copy
-            // (read once, only if some repository needs it).
-            let local: std::cell::OnceCell<Option<Vec<u8>>> = std::cell::OnceCell::new();
-            self.each(key, |i, s| {
-                if s.size(key)?.is_none() {
-                    if let Some(b) = local.get_or_init(|| self.primary.get(key).ok().flatten()) {
-                        s.put(key, b)?;
-                    }
+        // The local catalog had it already when `filled` is false: a repository that lacks it
+        // gets the local copy (read once, only if some repository needs it).
+        let local: std::cell::OnceCell<Option<Vec<u8>>> = std::cell::OnceCell::new();
+        self.each(key, |i, s| {
+            self.ensure_listed(i, s, key)?;
+            if !self.is_present(i, key) {
+                if filled {
+                    s.put(key, &buf)?;
+                } else if let Some(b) = local.get_or_init(|| self.primary.get(key).ok().flatten()) {
+                    s.put(key, b)?;
                 }
-                self.mark_present(i, key);
-                Ok(())
-            });
-        }
+            }
+            self.mark_present(i, key);
+            Ok(())
+        });
         Ok(stored)
     }
 

@@ -296,6 +296,10 @@ impl ObjectStore for RemoteStore {
         Ok(out)
     }
 
+    fn list_all(&self, prefix: &str) -> io::Result<Vec<String>> {
+        Ok(self.list_recursive(prefix)?.into_iter().map(|(k, _, _)| k).collect())
+    }
+
     fn delete(&self, key: &str) -> io::Result<()> {
         let (s3, path) = (Arc::clone(&self.s3), self.path(key));
         match wait(async move { s3.delete(&path).await })? {

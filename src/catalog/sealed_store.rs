@@ -88,6 +88,10 @@ impl ObjectStore for SealedStore {
         self.inner.list(prefix)
     }
 
+    fn list_all(&self, prefix: &str) -> io::Result<Vec<String>> {
+        self.inner.list_all(prefix)
+    }
+
     fn delete(&self, key: &str) -> io::Result<()> {
         self.inner.delete(key)
     }

@@ -38,6 +38,24 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
     /// Keys directly under `prefix` (a "directory"), sorted.
     fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
+    /// Every key under `prefix`, at any depth, sorted. The default walks `list` level by level;
+    /// object storage answers it with one request per thousand keys.
+    fn list_all(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut todo = vec![prefix.trim_end_matches('/').to_string()];
+        while let Some(p) = todo.pop() {
+            for k in self.list(&p)? {
+                // A "directory" lists children; an object lists nothing (or fails as not a
+                // directory): both end the descent.
+                match self.list(&k) {
+                    Ok(children) if !children.is_empty() => todo.push(k),
+                    _ => out.push(k),
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
     /// Removes the object; removing a missing object succeeds.
     fn delete(&self, key: &str) -> io::Result<()>;
     /// How many objects, and how many bytes, live under `prefix` at any depth.
