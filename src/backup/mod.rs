@@ -160,7 +160,7 @@ pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result
             "backups_local is false but no repository can be written to now (see the messages above); the backup is not started",
         )));
     }
-    let mirror = (!mirrors.is_empty()).then(|| Arc::new(MirrorStore::new(Arc::clone(&local), mirrors, job.chunks_local)));
+    let mirror = (!mirrors.is_empty()).then(|| MirrorStore::start(Arc::clone(&local), mirrors, job.chunks_local));
     let store: Arc<dyn ObjectStore> = match &mirror {
         Some(m) => Arc::clone(m) as Arc<dyn ObjectStore>,
         None => Arc::clone(&local),

@@ -32,19 +32,123 @@ pub struct MirrorStore {
     /// Per mirror: whether its chunks were listed (then a chunk not in `present` is absent,
     /// and is written without asking first: one request per chunk, not two).
     listed: Mutex<Vec<bool>>,
+    /// Chunk uploads in flight: the backup's compression workers hand a chunk over and go on,
+    /// `UPLOADERS` threads send them; bounded, so at most `QUEUED` chunks wait in memory. The
+    /// index waits until every upload has landed.
+    queue: Mutex<Option<std::sync::mpsc::SyncSender<Upload>>>,
+    pending: Arc<(Mutex<usize>, std::sync::Condvar)>,
+}
+
+/// One chunk for one mirror.
+type Upload = (usize, String, Arc<Vec<u8>>);
+
+const UPLOADERS: usize = 4;
+const QUEUED: usize = 8;
+
+impl Drop for MirrorStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the upload threads (they hold no reference to the store
+        // between jobs).
+        if let Ok(mut q) = self.queue.lock() {
+            q.take();
+        }
+    }
 }
 
 impl MirrorStore {
-    pub fn new(primary: Arc<dyn ObjectStore>, mirrors: Vec<Mirror>, chunks_local: bool) -> MirrorStore {
+    pub fn start(primary: Arc<dyn ObjectStore>, mirrors: Vec<Mirror>, chunks_local: bool) -> Arc<MirrorStore> {
         let n = mirrors.len();
-        MirrorStore {
-            primary,
-            chunks_local,
-            mirrors,
-            failed: Mutex::new(vec![None; n]),
-            present: Mutex::new(vec![BTreeSet::new(); n]),
-            listed: Mutex::new(vec![false; n]),
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Upload>(QUEUED);
+        let rx = Arc::new(Mutex::new(rx));
+        let pending: Arc<(Mutex<usize>, std::sync::Condvar)> = Default::default();
+        Arc::new_cyclic(|me: &std::sync::Weak<MirrorStore>| {
+            for _ in 0..UPLOADERS {
+                let (me, rx, pending) = (me.clone(), Arc::clone(&rx), Arc::clone(&pending));
+                let spawned = std::thread::Builder::new().name("pgark-mirror".into()).spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((i, key, data)) = job else { return };
+                    if let Some(store) = me.upgrade() {
+                        store.upload(i, &key, &data);
+                    }
+                    let (count, cv) = &*pending;
+                    if let Ok(mut c) = count.lock() {
+                        *c = c.saturating_sub(1);
+                    }
+                    cv.notify_all();
+                });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot start a mirror upload thread");
+                }
+            }
+            MirrorStore {
+                primary,
+                chunks_local,
+                mirrors,
+                failed: Mutex::new(vec![None; n]),
+                present: Mutex::new(vec![BTreeSet::new(); n]),
+                listed: Mutex::new(vec![false; n]),
+                queue: Mutex::new(Some(tx)),
+                pending,
+            }
+        })
+    }
+
+    /// Hands a chunk to the upload threads (waits while the queue is full).
+    fn enqueue(&self, i: usize, key: &str, data: &Arc<Vec<u8>>) {
+        let tx = self.queue.lock().ok().and_then(|q| q.clone());
+        let Some(tx) = tx else { return };
+        if let Ok(mut c) = self.pending.0.lock() {
+            *c += 1;
         }
+        if tx.send((i, key.to_string(), Arc::clone(data))).is_err() {
+            if let Ok(mut c) = self.pending.0.lock() {
+                *c = c.saturating_sub(1);
+            }
+            self.drop_mirror(i, &io::Error::other("the upload threads stopped"));
+        }
+    }
+
+    fn upload(&self, i: usize, key: &str, data: &[u8]) {
+        if !self.healthy(i) {
+            return;
+        }
+        if let Err(e) = self.mirrors[i].store.put(key, data) {
+            self.drop_mirror(i, &e);
+        }
+    }
+
+    /// Waits until every queued chunk has landed (or failed, dropping its mirror); then, with
+    /// `backups_local: false`, at least one mirror must still hold the backup.
+    fn drain(&self) -> io::Result<()> {
+        let (count, cv) = &*self.pending;
+        let mut c = count.lock().map_err(|_| io::Error::other("mirror queue poisoned"))?;
+        while *c > 0 {
+            c = cv.wait(c).map_err(|_| io::Error::other("mirror queue poisoned"))?;
+        }
+        drop(c);
+        if !self.chunks_local && !self.any_healthy() {
+            return Err(self.none_left("the backup's chunks"));
+        }
+        Ok(())
+    }
+
+    fn any_healthy(&self) -> bool {
+        self.failed.lock().map(|f| f.iter().any(Option::is_none)).unwrap_or(false)
+    }
+
+    fn none_left(&self, what: &str) -> io::Error {
+        let why = self
+            .failed()
+            .into_iter()
+            .map(|(n, w)| format!("{n}: {w}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        io::Error::other(format!(
+            "{what}: no repository took the chunk (backups_local is false, so the backup cannot go on): {why}"
+        ))
     }
 
     /// The repositories dropped from this backup, and why.
@@ -165,34 +269,30 @@ impl MirrorStore {
     fn put_once_remote_only(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<Option<u64>> {
         let mut buf = Vec::new();
         fill(&mut buf)?;
+        let data = Arc::new(buf);
         let stored = std::sync::atomic::AtomicBool::new(false);
         self.each(key, |i, s| {
             self.ensure_listed(i, s, key)?;
             if !self.is_present(i, key) {
-                s.put(key, &buf)?;
+                self.enqueue(i, key, &data);
                 stored.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             self.mark_present(i, key);
             Ok(())
         });
-        let alive = self.failed.lock().map(|f| f.iter().any(Option::is_none)).unwrap_or(false);
-        if !alive {
-            let why = self
-                .failed()
-                .into_iter()
-                .map(|(n, w)| format!("{n}: {w}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(io::Error::other(format!(
-                "{key}: no repository took the chunk (backups_local is false, so the backup cannot go on): {why}"
-            )));
+        if !self.any_healthy() {
+            return Err(self.none_left(key));
         }
-        Ok(stored.into_inner().then_some(buf.len() as u64))
+        Ok(stored.into_inner().then_some(data.len() as u64))
     }
 }
 
 impl ObjectStore for MirrorStore {
     fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+        if key.ends_with(".json") && Self::mirrored(key) {
+            // The index goes last: after every chunk has landed.
+            self.drain()?;
+        }
         self.primary.put(key, data)?;
         self.each(key, |i, s| {
             if key.ends_with(".json") {
@@ -224,14 +324,15 @@ impl ObjectStore for MirrorStore {
         })?;
         // The local catalog had it already when `filled` is false: a repository that lacks it
         // gets the local copy (read once, only if some repository needs it).
-        let local: std::cell::OnceCell<Option<Vec<u8>>> = std::cell::OnceCell::new();
+        let data: std::cell::OnceCell<Option<Arc<Vec<u8>>>> = std::cell::OnceCell::new();
+        if filled {
+            let _ = data.set(Some(Arc::new(buf)));
+        }
         self.each(key, |i, s| {
             self.ensure_listed(i, s, key)?;
             if !self.is_present(i, key) {
-                if filled {
-                    s.put(key, &buf)?;
-                } else if let Some(b) = local.get_or_init(|| self.primary.get(key).ok().flatten()) {
-                    s.put(key, b)?;
+                if let Some(b) = data.get_or_init(|| self.primary.get(key).ok().flatten().map(Arc::new)) {
+                    self.enqueue(i, key, b);
                 }
             }
             self.mark_present(i, key);
@@ -241,6 +342,7 @@ impl ObjectStore for MirrorStore {
     }
 
     fn sync(&self) -> io::Result<()> {
+        self.drain()?;
         self.primary.sync()
     }
 
@@ -314,7 +416,7 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(a.path()));
         let repo: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(b.path()));
-        let m = MirrorStore::new(
+        let m = MirrorStore::start(
             Arc::clone(&local),
             vec![
                 Mirror {
@@ -353,6 +455,7 @@ mod tests {
         // A chunk the local catalog had already still reaches a mirror that lacks it.
         local.put("main/chunks/cd/cde.zst", b"old").unwrap();
         assert_eq!(m.put_once("main/chunks/cd/cde.zst", &mut |w| w.write_all(b"old")).unwrap(), None);
+        m.sync().unwrap();
         assert_eq!(repo.get("main/chunks/cd/cde.zst").unwrap().unwrap(), b"old");
     }
 
@@ -362,18 +465,19 @@ mod tests {
         let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(a.path()));
         let repo: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(b.path()));
         let mirror = |store: Arc<dyn ObjectStore>| Mirror { name: "r".into(), store };
-        let m = MirrorStore::new(Arc::clone(&local), vec![mirror(Arc::clone(&repo)), mirror(Arc::new(Broken))], false);
+        let m = MirrorStore::start(Arc::clone(&local), vec![mirror(Arc::clone(&repo)), mirror(Arc::new(Broken))], false);
         assert_eq!(
             m.put_once("main/chunks/ab/abc.zst", &mut |w| w.write_all(b"chunk")).unwrap(),
             Some(5)
         );
         assert_eq!(local.get("main/chunks/ab/abc.zst").unwrap(), None, "not stored locally");
+        m.sync().unwrap();
         assert_eq!(repo.get("main/chunks/ab/abc.zst").unwrap().unwrap(), b"chunk");
         let index = serde_json::to_vec(&crate::catalog::backup_store::tests::index("b1", &["ab/abc.zst"])).unwrap();
         m.put("main/backups/b1.json", &index).unwrap();
         assert!(local.get("main/backups/b1.json").unwrap().is_some(), "the index stays local too");
         assert!(repo.get("main/backups/b1.json").unwrap().is_some());
-        let alone = MirrorStore::new(local, vec![mirror(Arc::new(Broken))], false);
+        let alone = MirrorStore::start(local, vec![mirror(Arc::new(Broken))], false);
         let e = alone.put_once("main/chunks/cd/cde.zst", &mut |w| w.write_all(b"x")).unwrap_err();
         assert!(e.to_string().contains("no repository took the chunk"), "{e}");
     }
