@@ -186,11 +186,12 @@ pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result
         for (name, why) in &failed {
             tracing::warn!(server = %server, repository = %name, error = %why, "the backup is not in the repository yet; the uploader copies it when the repository answers");
         }
+        let deferred = m.deferred();
         let written: Vec<&str> = job
             .mirrors
             .iter()
             .map(|(n, _)| n.as_str())
-            .filter(|n| !failed.iter().any(|(f, _)| f == n))
+            .filter(|n| !failed.iter().any(|(f, _)| f == n) && !deferred.iter().any(|d| d == n))
             .collect();
         if !written.is_empty() {
             tracing::info!(server = %server, id, repositories = ?written, "the backup was written to the repositories as it was taken");

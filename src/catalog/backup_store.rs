@@ -420,6 +420,29 @@ pub fn wal_segment_stored(store: &dyn ObjectStore, server: &str, name: &str) -> 
         .any(|ext| matches!(store.size(&format!("{}/{name}{ext}", super::Layout::wal_key(server))), Ok(Some(_))))
 }
 
+/// The complete WAL segments (plain or `.zst`, not a `.partial`) `index` needs that `store`
+/// lacks; empty when the backup carries its own WAL. What a repository must hold before the
+/// backup's index is written there: an index in a repository means "restorable from here".
+pub fn missing_complete_wal(store: &dyn ObjectStore, index: &BackupIndex) -> Vec<String> {
+    let Ok(seg) = WalSegSize::new(index.wal_segment_size) else {
+        return vec!["(invalid wal_segment_size in the index)".into()];
+    };
+    if index.wal_source == WalSource::Backup {
+        return vec![];
+    }
+    let dir = super::Layout::wal_key(&index.server);
+    index
+        .required_wal()
+        .iter()
+        .map(|n| n.format(seg))
+        .filter(|n| {
+            !["", ".zst"]
+                .iter()
+                .any(|ext| matches!(store.size(&format!("{dir}/{n}{ext}")), Ok(Some(_))))
+        })
+        .collect()
+}
+
 /// Checks the catalog's WAL directory for the segments a backup needs. Read-only (safe while
 /// `pgark serve` writes): a segment counts if it is complete (plain or `.zst`) or is the open
 /// `.partial` the receiver flushed past the backup's end before the backup was published.

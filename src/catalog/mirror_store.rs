@@ -37,10 +37,16 @@ pub struct MirrorStore {
     /// index waits until every upload has landed.
     queue: Mutex<Option<std::sync::mpsc::SyncSender<Upload>>>,
     pending: Arc<(Mutex<usize>, std::sync::Condvar)>,
+    deferred: Mutex<Vec<String>>,
 }
 
 /// One chunk for one mirror.
 type Upload = (usize, String, Arc<Vec<u8>>);
+
+/// How long the index waits for a repository to hold the backup's WAL (the daemon's uploader
+/// sends the last segment a moment after the backup ends); past it the uploader writes the
+/// index when the WAL is there.
+const WAL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const UPLOADERS: usize = 4;
 const QUEUED: usize = 8;
@@ -92,6 +98,7 @@ impl MirrorStore {
                 listed: Mutex::new(vec![false; n]),
                 queue: Mutex::new(Some(tx)),
                 pending,
+                deferred: Mutex::new(Vec::new()),
             }
         })
     }
@@ -207,6 +214,27 @@ impl MirrorStore {
         }
     }
 
+    /// Waits (up to `WAL_WAIT`) until `store` holds every complete WAL segment the index needs.
+    fn wal_arrived(&self, store: &dyn ObjectStore, key: &str, index: &[u8]) -> io::Result<bool> {
+        let id = key.rsplit('/').next().and_then(|n| n.strip_suffix(".json")).unwrap_or_default();
+        let index = super::backup_store::decode_index(key, id, index).map_err(|e| io::Error::other(e.to_string()))?;
+        let until = std::time::Instant::now() + WAL_WAIT;
+        loop {
+            if super::backup_store::missing_complete_wal(store, &index).is_empty() {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= until {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Repositories whose copy of the index waits for the uploader (its WAL was not there).
+    pub fn deferred(&self) -> Vec<String> {
+        self.deferred.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
     /// Lists mirror `i`'s chunks of the server `key` belongs to, once per backup.
     fn ensure_listed(&self, i: usize, store: &dyn ObjectStore, key: &str) -> io::Result<()> {
         if self.listed.lock().map(|l| l[i]).unwrap_or(false) {
@@ -289,14 +317,23 @@ impl MirrorStore {
 
 impl ObjectStore for MirrorStore {
     fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
-        if key.ends_with(".json") && Self::mirrored(key) {
+        let is_index = key.ends_with(".json") && Self::mirrored(key);
+        if is_index {
             // The index goes last: after every chunk has landed.
             self.drain()?;
         }
         self.primary.put(key, data)?;
         self.each(key, |i, s| {
-            if key.ends_with(".json") {
+            if is_index {
                 self.complete_chunks(i, s, key, data)?;
+                if !self.wal_arrived(s, key, data)? {
+                    tracing::info!(repository = %self.mirrors[i].name, index = key,
+                        "the backup's WAL is not in the repository yet; the uploader writes its index there once it is");
+                    if let Ok(mut d) = self.deferred.lock() {
+                        d.push(self.mirrors[i].name.clone());
+                    }
+                    return Ok(());
+                }
             }
             s.put(key, data)
         });
@@ -380,6 +417,13 @@ mod tests {
     use super::*;
     use crate::catalog::store::LocalStore;
 
+    /// A backup index that carries its own WAL (nothing to wait for in the repository).
+    fn own_wal(chunks: &[&str]) -> crate::catalog::backup_store::BackupIndex {
+        let mut i = crate::catalog::backup_store::tests::index("b1", chunks);
+        i.wal_source = crate::catalog::backup_store::WalSource::Backup;
+        i
+    }
+
     struct Broken;
     impl ObjectStore for Broken {
         fn put_from(&self, _: &str, _: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
@@ -438,7 +482,7 @@ mod tests {
         // A chunk an earlier backup stored, reused by this one without a write.
         local.put("main/chunks/ef/efg.zst", b"reused").unwrap();
         m.put("main/backups/b1.running", b"intent").unwrap();
-        let index = serde_json::to_vec(&crate::catalog::backup_store::tests::index("b1", &["ab/abc.zst", "ef/efg.zst"])).unwrap();
+        let index = serde_json::to_vec(&own_wal(&["ab/abc.zst", "ef/efg.zst"])).unwrap();
         m.put("main/backups/b1.json", &index).unwrap();
         assert_eq!(repo.get("main/chunks/ab/abc.zst").unwrap().unwrap(), b"chunk");
         assert_eq!(
@@ -473,7 +517,7 @@ mod tests {
         assert_eq!(local.get("main/chunks/ab/abc.zst").unwrap(), None, "not stored locally");
         m.sync().unwrap();
         assert_eq!(repo.get("main/chunks/ab/abc.zst").unwrap().unwrap(), b"chunk");
-        let index = serde_json::to_vec(&crate::catalog::backup_store::tests::index("b1", &["ab/abc.zst"])).unwrap();
+        let index = serde_json::to_vec(&own_wal(&["ab/abc.zst"])).unwrap();
         m.put("main/backups/b1.json", &index).unwrap();
         assert!(local.get("main/backups/b1.json").unwrap().is_some(), "the index stays local too");
         assert!(repo.get("main/backups/b1.json").unwrap().is_some());

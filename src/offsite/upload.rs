@@ -503,6 +503,18 @@ impl Uploader {
             Err(backup_store::BackupStoreError::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(io::Error::other(e.to_string())),
         };
+        // An index in a repository means "restorable from there": not before its WAL is.
+        if let Ok(seg) = WalSegSize::new(index.wal_segment_size) {
+            if index.wal_source == backup_store::WalSource::Catalog
+                && index
+                    .required_wal()
+                    .iter()
+                    .map(|n| n.format(seg))
+                    .any(|n| !k.wal.contains(&format!("{n}.zst")) && !k.wal.contains(&n))
+            {
+                return Ok(false);
+            }
+        }
         if k.chunks.is_none() {
             let prefix = backup_store::chunks_key(server);
             let mut set = BTreeSet::new();
