@@ -3,9 +3,9 @@
 //! harness itself: the S3 API answers on its reserved port and refuses requests without valid
 //! credentials.
 
-use crate::support::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
+use crate::support::seaweed::{Seaweed, SECRET_KEY};
 use pgark::catalog::encryption::{Key, Keyring};
-use pgark::catalog::remote_store::{RemoteStore, S3Spec};
+use pgark::catalog::remote_store::RemoteStore;
 use pgark::catalog::sealed_store::SealedStore;
 use pgark::catalog::store::ObjectStore;
 use std::io::{Read, Write};
@@ -50,28 +50,14 @@ fn seaweedfs_runs_on_reserved_ports_and_checks_credentials() {
     sw.stop();
 }
 
-fn spec(sw: &Seaweed, bucket: &str, prefix: &str, secret: &str) -> S3Spec {
-    S3Spec {
-        name: "offsite".into(),
-        url: format!("s3://{bucket}/{prefix}"),
-        bucket: bucket.into(),
-        prefix: prefix.into(),
-        endpoint: Some(sw.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        access_key_id: Some(ACCESS_KEY.into()),
-        secret_access_key: Some(secret.into()),
-        allow_invalid_certificates: false,
-    }
-}
-
 /// The repository store against a real S3 API: every trait operation, the prefix kept apart,
 /// sealing on top, and a wrong secret refused with the repository named.
 #[test]
 fn remote_store_speaks_s3_under_its_prefix() {
     let Some(sw) = Seaweed::start() else { return };
     sw.create_bucket("pgark-repo");
-    let store = RemoteStore::new(spec(&sw, "pgark-repo", "site/a", SECRET_KEY)).unwrap();
-    let other = RemoteStore::new(spec(&sw, "pgark-repo", "site/b", SECRET_KEY)).unwrap();
+    let store = RemoteStore::new(sw.s3_spec("pgark-repo", "site/a", SECRET_KEY)).unwrap();
+    let other = RemoteStore::new(sw.s3_spec("pgark-repo", "site/b", SECRET_KEY)).unwrap();
     store.probe().unwrap();
     assert_eq!(store.get("main/wal/x").unwrap(), None);
     assert_eq!(store.size("main/wal/x").unwrap(), None);
@@ -104,7 +90,7 @@ fn remote_store_speaks_s3_under_its_prefix() {
     assert!(!at_rest.windows(4).any(|w| w == b"4242"));
     assert_eq!(sealed.get("main/wal/secret").unwrap().unwrap(), b"INSERT row 4242");
 
-    let wrong = RemoteStore::new(spec(&sw, "pgark-repo", "site/a", "not-the-secret")).unwrap();
+    let wrong = RemoteStore::new(sw.s3_spec("pgark-repo", "site/a", "not-the-secret")).unwrap();
     let e = wrong.get("main/backups/b1.json").unwrap_err().to_string();
     assert!(e.contains("repository offsite") && e.contains("main/backups/b1.json"), "{e}");
 }

@@ -6,7 +6,7 @@
 //! pgark uploads to an off-site repository on SeaweedFS (a real S3 API), so that the off-site
 //! panels and rules have series too.
 
-use crate::support::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
+use crate::support::seaweed::{Seaweed, SECRET_KEY};
 use crate::support::{self, *};
 use serde_json::Value;
 use std::io::Write;
@@ -178,9 +178,8 @@ fn prometheus_scrapes_pgark_and_every_dashboard_and_rule_expression_works() {
     std::fs::write(&secret, SECRET_KEY).unwrap();
     open_for_postgres(secrets.path());
     let repositories = format!(
-        "repositories:\n  offsite:\n    url: s3://pgark-prometheus/site1\n    endpoint: {}\n    region: us-east-1\n    access_key_id: {ACCESS_KEY}\n    secret_access_key_file: {}",
-        sw.endpoint,
-        secret.display()
+        "repositories:\n{}",
+        sw.repo_yaml("offsite", "pgark-prometheus", "site1", &secret, "")
     );
 
     let c = Cluster::init(&pg(), &["synchronous_standby_names = 'pgark'", "max_slot_wal_keep_size = '2GB'"]).unwrap();

@@ -6,11 +6,11 @@ use crate::support::cli::{text, Binary};
 use crate::support::daemon::Pgark;
 use crate::support::pgcluster::Cluster;
 use crate::support::restore::{open_for_postgres, restore, start_restored};
-use crate::support::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
+use crate::support::seaweed::{Seaweed, SECRET_KEY};
 use crate::support::writers::{assert_all_acked_present, Writers};
 use crate::support::{pg, server_yaml, wait_until};
 use pgark::catalog::encryption::{self, Key, Keyring};
-use pgark::catalog::remote_store::{RemoteStore, S3Spec};
+use pgark::catalog::remote_store::RemoteStore;
 use pgark::catalog::store::ObjectStore;
 use pgark::offsite::ServerProgress;
 use std::path::{Path, PathBuf};
@@ -36,31 +36,12 @@ impl Secrets {
 }
 
 fn repo_yaml(sw: &Seaweed, name: &str, bucket: &str, prefix: &str, secret: &Path, extra: &str) -> String {
-    let mut s = format!(
-        "  {name}:\n    url: s3://{bucket}/{prefix}\n    endpoint: {}\n    region: us-east-1\n    access_key_id: {ACCESS_KEY}\n    secret_access_key_file: {}\n",
-        sw.endpoint,
-        secret.display()
-    );
-    for l in extra.lines().filter(|l| !l.trim().is_empty()) {
-        s.push_str(&format!("    {}\n", l.trim()));
-    }
-    s
+    sw.repo_yaml(name, bucket, prefix, secret, extra)
 }
 
 /// The raw (sealed) objects of a repository.
 fn raw_store(sw: &Seaweed, bucket: &str, prefix: &str) -> RemoteStore {
-    RemoteStore::new(S3Spec {
-        name: "raw".into(),
-        url: format!("s3://{bucket}/{prefix}"),
-        bucket: bucket.into(),
-        prefix: prefix.into(),
-        endpoint: Some(sw.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        access_key_id: Some(ACCESS_KEY.into()),
-        secret_access_key: Some(SECRET_KEY.into()),
-        allow_invalid_certificates: false,
-    })
-    .unwrap()
+    RemoteStore::new(sw.s3_spec(bucket, prefix, SECRET_KEY)).unwrap()
 }
 
 fn offsite(p: &Pgark, repo: &str) -> Option<ServerProgress> {

@@ -142,6 +142,38 @@ impl Seaweed {
         self.spawn();
     }
 
+    /// What pgark needs to reach `s3://bucket/prefix` here with the test's credentials (and
+    /// `secret` as the secret key: a wrong one for the refusal tests).
+    #[allow(dead_code)]
+    pub fn s3_spec(&self, bucket: &str, prefix: &str, secret: &str) -> pgark::catalog::remote_store::S3Spec {
+        pgark::catalog::remote_store::S3Spec {
+            name: "offsite".into(),
+            url: format!("s3://{bucket}/{prefix}"),
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some(ACCESS_KEY.into()),
+            secret_access_key: Some(secret.into()),
+            allow_invalid_certificates: false,
+        }
+    }
+
+    /// One entry of a config's `repositories:` map (indented by 2) for `s3://bucket/prefix`
+    /// here, the secret in `secret_file`, and `extra` keys (one per line).
+    #[allow(dead_code)]
+    pub fn repo_yaml(&self, name: &str, bucket: &str, prefix: &str, secret_file: &std::path::Path, extra: &str) -> String {
+        let mut s = format!(
+            "  {name}:\n    url: s3://{bucket}/{prefix}\n    endpoint: {}\n    region: us-east-1\n    access_key_id: {ACCESS_KEY}\n    secret_access_key_file: {}\n",
+            self.endpoint,
+            secret_file.display()
+        );
+        for l in extra.lines().filter(|l| !l.trim().is_empty()) {
+            s.push_str(&format!("    {}\n", l.trim()));
+        }
+        s
+    }
+
     /// Creates a bucket (through `weed shell`, as an administrator would).
     #[allow(dead_code)]
     pub fn create_bucket(&self, name: &str) {
