@@ -38,6 +38,9 @@ pub struct MirrorStore {
     queue: Mutex<Option<std::sync::mpsc::SyncSender<Upload>>>,
     pending: Arc<(Mutex<usize>, std::sync::Condvar)>,
     deferred: Mutex<Vec<String>>,
+    /// `backups_local: false`: stored sizes of the chunks this backup handed to the mirrors
+    /// (the local catalog cannot answer `size` for them; the upload may still be in flight).
+    sizes: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// One chunk for one mirror.
@@ -99,6 +102,7 @@ impl MirrorStore {
                 queue: Mutex::new(Some(tx)),
                 pending,
                 deferred: Mutex::new(Vec::new()),
+                sizes: Mutex::new(std::collections::HashMap::new()),
             }
         })
     }
@@ -298,6 +302,9 @@ impl MirrorStore {
         let mut buf = Vec::new();
         fill(&mut buf)?;
         let data = Arc::new(buf);
+        if let Ok(mut s) = self.sizes.lock() {
+            s.entry(key.to_string()).or_insert(data.len() as u64);
+        }
         let stored = std::sync::atomic::AtomicBool::new(false);
         self.each(key, |i, s| {
             self.ensure_listed(i, s, key)?;
@@ -383,7 +390,22 @@ impl ObjectStore for MirrorStore {
         self.primary.sync()
     }
 
+    /// With `backups_local: false` a chunk's size comes from this backup's own writes, else
+    /// from the first healthy mirror that has it (a chunk an earlier backup stored there).
     fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        if self.chunks_local || !key.contains("/chunks/") {
+            return self.primary.size(key);
+        }
+        if let Some(n) = self.sizes.lock().ok().and_then(|s| s.get(key).copied()) {
+            return Ok(Some(n));
+        }
+        for (i, m) in self.mirrors.iter().enumerate() {
+            if self.healthy(i) {
+                if let Some(n) = m.store.size(key)? {
+                    return Ok(Some(n));
+                }
+            }
+        }
         self.primary.size(key)
     }
 
@@ -522,6 +544,10 @@ mod tests {
         assert!(local.get("main/backups/b1.json").unwrap().is_some(), "the index stays local too");
         assert!(repo.get("main/backups/b1.json").unwrap().is_some());
         let alone = MirrorStore::start(local, vec![mirror(Arc::new(Broken))], false);
+        // A second writer of the same chunk (another file with the same bytes) learns its size
+        // although the local catalog does not have it.
+        assert_eq!(m.put_once("main/chunks/ab/abc.zst", &mut |w| w.write_all(b"chunk")).unwrap(), None);
+        assert_eq!(m.size("main/chunks/ab/abc.zst").unwrap(), Some(5));
         let e = alone.put_once("main/chunks/cd/cde.zst", &mut |w| w.write_all(b"x")).unwrap_err();
         assert!(e.to_string().contains("no repository took the chunk"), "{e}");
     }
