@@ -49,7 +49,16 @@ impl Catalog {
 pub fn backup(config: &Path, server: &str, extra: &[&str]) -> Value {
     let mut args = vec!["backup", server, "--json", "--checkpoint", "fast"];
     args.extend_from_slice(extra);
-    let o = pgark(config, &args);
+    // A scheduled backup whose index is already listed may hold its lock a moment longer:
+    // that refusal (exit 4) is retried, anything else is a failure.
+    let mut o = pgark(config, &args);
+    for _ in 0..20 {
+        if o.status.code() != Some(4) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        o = pgark(config, &args);
+    }
     assert!(o.status.success(), "pgark backup failed: {}", text(&o));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("backup --json output: {e}: {}", text(&o)))
 }
