@@ -66,6 +66,9 @@ pub struct BackupJob {
     pub mirrors: Vec<(String, Catalog)>,
     /// Chunks stored in the local catalog too (`backups_local`); false: in the mirrors only.
     pub chunks_local: bool,
+    /// How long to wait while another backup or a prune of the server holds its lock
+    /// (`pgark backup --wait`); zero: refuse at once.
+    pub lock_wait: std::time::Duration,
 }
 
 /// A new backup id: the UTC start time, e.g. `20261123T231500Z`, made unique in the catalog.
@@ -131,11 +134,33 @@ pub fn spawn_on_own_thread(
     rx
 }
 
+/// The server's backup lock, waiting up to `job.lock_wait` (polled; flock has no timeout)
+/// while another backup or a prune holds it. Cancellation ends the wait.
+async fn backup_lock_waiting(job: &BackupJob) -> Result<CatalogLock, BackupError> {
+    let deadline = std::time::Instant::now() + job.lock_wait;
+    let mut told = false;
+    loop {
+        match CatalogLock::acquire_backup(&job.catalog, &job.server) {
+            Err(e @ LockError::BackupRunning { .. }) if std::time::Instant::now() < deadline => {
+                if !told {
+                    tracing::info!(server = %job.server, wait = %humantime::format_duration(job.lock_wait), "{e}; waiting for it (--wait)");
+                    told = true;
+                }
+                tokio::select! {
+                    _ = job.cancel.cancelled() => return Err(BackupError::Cancelled),
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                }
+            }
+            other => return other.map_err(Into::into),
+        }
+    }
+}
+
 /// Takes one backup; see the module docs for the steps.
 pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result<BackupIndex, BackupError> {
     let server = job.server.clone();
     let local: Arc<dyn ObjectStore> = Catalog::open(&job.catalog).store();
-    let _lock = CatalogLock::acquire_backup(&job.catalog, &server)?;
+    let _lock = backup_lock_waiting(job).await?;
     // Each repository's backup lock too: a prune of the repository must not collect the
     // chunks this backup writes there before its index lands. One that is held (a prune is
     // running) gets the backup from the uploader afterwards.

@@ -9,16 +9,30 @@ use crate::service::hooks::{HookEvent, Hooks};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
+/// The options of `pgark backup` besides the config and the server.
+#[derive(Debug, Default)]
+pub struct BackupOptions {
+    pub label: Option<String>,
+    /// `fast` or `spread`; `None`: the config's.
+    pub checkpoint: Option<String>,
+    pub max_rate_kb: Option<u32>,
+    /// `--keep`: a pin, checked before anything starts.
+    pub keep: Option<String>,
+    pub json: bool,
+    /// `--wait`: how long to wait for a running backup or prune of the server.
+    pub lock_wait: std::time::Duration,
+}
+
 /// `pgark backup`.
-pub async fn backup(
-    path: &Path,
-    server: &str,
-    label: Option<String>,
-    checkpoint: Option<String>,
-    max_rate_kb: Option<u32>,
-    keep: Option<String>,
-    json: bool,
-) -> i32 {
+pub async fn backup(path: &Path, server: &str, options: BackupOptions) -> i32 {
+    let BackupOptions {
+        label,
+        checkpoint,
+        max_rate_kb,
+        keep,
+        json,
+        lock_wait,
+    } = options;
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -75,6 +89,7 @@ pub async fn backup(
             }
         },
         chunks_local: config.backups_local,
+        lock_wait,
     };
     let handle = backup::spawn_on_own_thread(job, crate::cli::progress::for_terminal("backup"));
     let stop = cancel.clone();

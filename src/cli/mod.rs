@@ -89,7 +89,7 @@ pub enum Cmd {
     },
     /// Take a base backup of one server now (pgark serve may keep running on the same catalog).
     #[command(
-        after_help = "The backup is published only when complete: every file checked against PostgreSQL's backup_manifest and the WAL from its start to its end durable in the catalog (streamed by pgark serve, or included in the backup when no receiver streams the server).\n\nExit status: 0 done, 1 failed (nothing kept), 2 bad usage or config, 4 another backup of this server is running.\n\nExamples:\n  pgark backup --config /etc/pgark.yaml main\n  pgark backup --config /etc/pgark.yaml main --label before-upgrade --checkpoint fast\n  pgark backup --config /etc/pgark.yaml main --max-rate 50000 --json"
+        after_help = "The backup is published only when complete: every file checked against PostgreSQL's backup_manifest and the WAL from its start to its end durable in the catalog (streamed by pgark serve, or included in the backup when no receiver streams the server).\n\nExit status: 0 done, 1 failed (nothing kept), 2 bad usage or config, 4 another backup or a prune of this server is running (after --wait, if given).\n\nExamples:\n  pgark backup --config /etc/pgark.yaml main\n  pgark backup --config /etc/pgark.yaml main --label before-upgrade --checkpoint fast\n  pgark backup --config /etc/pgark.yaml main --max-rate 50000 --json\n  pgark backup --config /etc/pgark.yaml main --wait 1h   # from cron, beside the daemon's schedule"
     )]
     Backup {
         #[arg(long, short, value_name = "FILE")]
@@ -111,6 +111,11 @@ pub enum Cmd {
         /// Print the finished backup as JSON.
         #[arg(long)]
         json: bool,
+        /// If another backup or a prune of this server is running (the daemon prunes right
+        /// after each scheduled backup), wait up to this long for it (e.g. 30s, 2h) instead of
+        /// refusing at once with exit 4.
+        #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+        wait: Option<std::time::Duration>,
     },
     /// List the backups in the catalog: id, status, times, LSNs, sizes.
     #[command(
@@ -325,7 +330,18 @@ pub async fn run(cli: Cli) -> i32 {
             max_rate,
             keep,
             json,
-        } => backup::backup(&config, &server, label, checkpoint, max_rate, keep, json).await,
+            wait,
+        } => {
+            let options = backup::BackupOptions {
+                label,
+                checkpoint,
+                max_rate_kb: max_rate,
+                keep,
+                json,
+                lock_wait: wait.unwrap_or_default(),
+            };
+            backup::backup(&config, &server, options).await
+        }
         Cmd::Prune {
             config,
             repo,

@@ -163,6 +163,8 @@ pub async fn run(
                     cancel: cancel.child_token(),
                     mirrors: mirrors.clone(),
                     chunks_local,
+                    // A `pgark backup` or prune running now: this turn is retried later.
+                    lock_wait: std::time::Duration::ZERO,
                 };
                 let handle = crate::backup::spawn_on_own_thread(job, Box::new(LogLines::new("backup")));
                 let result = handle.await;

@@ -53,7 +53,7 @@ fn failover_scenario(attempt: u32) -> bool {
     replica.stop("fast").unwrap();
     replica.start().unwrap();
     // A backup the restore can start from.
-    let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
+    let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast", "--wait", "60s"]);
     assert!(o.status.success(), "{}", text(&o));
     primary.psql("INSERT INTO t SELECT generate_series(1, 100)").unwrap();
     // The switch: the new segment starts at S. replica1 receives up to S and stops.

@@ -80,7 +80,7 @@ fn hooks_scheduled_and_manual_backups_run_pre_and_post_with_their_environment() 
     // `pgark backup` runs them too.
     std::fs::remove_file(&pre).unwrap();
     std::fs::remove_file(&post).unwrap();
-    let o = pgark(&p.config, &["backup", "main", "--json", "--checkpoint", "fast"]);
+    let o = pgark(&p.config, &["backup", "main", "--json", "--checkpoint", "fast", "--wait", "60s"]);
     assert!(o.status.success(), "{}", text(&o));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let (pre_env, post_env) = (env_file(&pre), env_file(&post));
@@ -123,7 +123,7 @@ fn hooks_failing_post_hook_is_counted_and_streaming_goes_on_and_a_failing_pre_ho
     // A failing pre_backup hook (here for `pgark backup`, read from the config file) vetoes.
     p.set_top("hooks:\n  pre_backup: \"exit 3\"");
     p.rewrite_servers(&server_yaml("main", &c.conninfo("postgres"), SCHEDULED));
-    let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
+    let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast", "--wait", "60s"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains("vetoed by the pre_backup hook, which exited with status 3"),

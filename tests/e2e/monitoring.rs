@@ -160,7 +160,7 @@ fn critical_disk_pressure_is_reported_and_streaming_goes_on() {
 fn pgark_backup_is_refused_with_exit_8_at_the_critical_level() {
     let (_c, p, _) = streaming_under_pressure(ALWAYS_CRITICAL, "");
     wait_level(&p, Level::Critical);
-    let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
+    let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast", "--wait", "60s"]);
     assert_eq!(o.status.code(), Some(8), "{}", text(&o));
     assert!(text(&o).contains("catalog_free_critical"), "{}", text(&o));
     assert!(list(&p.config).is_empty(), "no backup may be taken at the critical level");
@@ -325,7 +325,7 @@ fn small_catalog_filesystem_crosses_both_levels_while_streaming_goes_on() {
     assert!(log.contains("catalog free space is CRITICAL"), "{}", tail(&log));
     assert_eq!(log.matches("warning level").count(), 1, "the warning is logged once");
     assert_eq!(log.matches("is CRITICAL").count(), 1, "the critical level is logged once");
-    let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast"]);
+    let o = pgark(&p.config, &["backup", "main", "--checkpoint", "fast", "--wait", "60s"]);
     assert_eq!(o.status.code(), Some(8), "{}", text(&o));
     let cli = pgark_args(&["status", "--config", p.config.to_str().unwrap()]);
     let shown = String::from_utf8_lossy(&cli.stdout);

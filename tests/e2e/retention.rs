@@ -280,6 +280,15 @@ fn prune_killed_midway_is_finished_by_the_next() {
     );
     let o = pgark(&p.config, &["backup", "main"]);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    // `--wait` waits, then gives up with the same refusal.
+    let t = std::time::Instant::now();
+    let o = pgark(&p.config, &["backup", "main", "--wait", "1s"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(
+        t.elapsed() >= Duration::from_secs(1) && text(&o).contains("waiting for it"),
+        "{}",
+        text(&o)
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = child.wait();
     let intent = p.catalog.join("main/prune.intent");

@@ -204,6 +204,7 @@ fn start_backup(d: &Daemon, config: &Config, server_cfg: &crate::config::ServerC
         cancel: CancellationToken::new(),
         mirrors: Vec::new(),
         chunks_local: true,
+        lock_wait: std::time::Duration::ZERO,
     };
     crate::backup::spawn_on_own_thread(job, Box::new(crate::util::progress::LogLines::new("backup")))
 }

@@ -47,18 +47,11 @@ impl Catalog {
 
 /// Runs `pgark backup SERVER --json ...`, asserts success, returns the printed summary.
 pub fn backup(config: &Path, server: &str, extra: &[&str]) -> Value {
-    let mut args = vec!["backup", server, "--json", "--checkpoint", "fast"];
+    // A scheduled backup whose index is already listed may hold its lock a moment longer
+    // (the daemon prunes after it): waited for, as a cron job beside the daemon would.
+    let mut args = vec!["backup", server, "--json", "--checkpoint", "fast", "--wait", "60s"];
     args.extend_from_slice(extra);
-    // A scheduled backup whose index is already listed may hold its lock a moment longer:
-    // that refusal (exit 4) is retried, anything else is a failure.
-    let mut o = pgark(config, &args);
-    for _ in 0..20 {
-        if o.status.code() != Some(4) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        o = pgark(config, &args);
-    }
+    let o = pgark(config, &args);
     assert!(o.status.success(), "pgark backup failed: {}", text(&o));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("backup --json output: {e}: {}", text(&o)))
 }
