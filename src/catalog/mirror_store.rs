@@ -281,6 +281,9 @@ impl MirrorStore {
         for k in keys {
             self.ensure_listed(i, store, &k)?;
             if self.is_present(i, &k) {
+                // Perhaps an earlier backup's: with object lock, locked as long as this one
+                // needs it (a no-op otherwise).
+                store.retain(&k)?;
                 continue;
             }
             let data = self.find_chunk(&k, i)?.ok_or_else(|| {

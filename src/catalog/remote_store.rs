@@ -11,7 +11,15 @@
 //! Writes are verified: a single PUT's ETag is the MD5 of the body on S3 and its compatibles, and
 //! it is compared with the MD5 of what was sent; when a store answers with another kind of ETag,
 //! the object's size is read back instead.
+//!
+//! With object lock (`catalog::object_lock`), objects written once go up with a retention
+//! (`catalog::s3_raw` makes those requests), a locked object is never deleted (the delete is
+//! refused before it is sent: on a versioned bucket S3 would accept it as a delete marker and
+//! hide the object), and a deletion removes every version of the key, so nothing unlocked
+//! lingers as a hidden version.
 
+use super::object_lock::{self, ObjectLock};
+use super::s3_raw::S3Raw;
 use super::store::{Capacity, ObjectStore, Usage};
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
@@ -38,6 +46,8 @@ pub struct S3Spec {
     pub secret_access_key: Option<String>,
     /// Accept a certificate that does not verify (a test store with a self-signed one).
     pub allow_invalid_certificates: bool,
+    /// Write objects with a retention (`object_lock: true`).
+    pub object_lock: Option<ObjectLock>,
 }
 
 /// Splits `s3://bucket/some/prefix` into bucket and prefix (without slashes at either end).
@@ -94,6 +104,8 @@ fn wait<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 's
 pub struct RemoteStore {
     spec: Arc<S3Spec>,
     s3: Arc<dyn object_store::ObjectStore>,
+    /// Signed requests `object_store` does not make (object lock).
+    raw: Arc<S3Raw>,
 }
 
 impl std::fmt::Debug for RemoteStore {
@@ -105,15 +117,14 @@ impl std::fmt::Debug for RemoteStore {
 impl RemoteStore {
     /// Builds the client (nothing is sent yet).
     pub fn new(spec: S3Spec) -> io::Result<RemoteStore> {
+        let options = ClientOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_allow_http(spec.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
+            .with_allow_invalid_certificates(spec.allow_invalid_certificates);
         let mut b = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(&spec.bucket)
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(REQUEST_TIMEOUT)
-                    .with_connect_timeout(CONNECT_TIMEOUT)
-                    .with_allow_http(spec.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
-                    .with_allow_invalid_certificates(spec.allow_invalid_certificates),
-            )
+            .with_client_options(options.clone())
             .with_retry(RetryConfig {
                 max_retries: 3,
                 retry_timeout: Duration::from_secs(30),
@@ -130,9 +141,18 @@ impl RemoteStore {
             b = b.with_access_key_id(id).with_secret_access_key(secret);
         }
         let s3 = b.build().map_err(|e| io::Error::other(format!("repository {}: {e}", spec.name)))?;
+        let raw = S3Raw::new(
+            &spec.name,
+            &options,
+            Arc::clone(s3.credentials()),
+            spec.endpoint.as_deref(),
+            spec.region.as_deref(),
+            &spec.bucket,
+        )?;
         Ok(RemoteStore {
             spec: Arc::new(spec),
             s3: Arc::new(s3),
+            raw: Arc::new(raw),
         })
     }
 
@@ -165,14 +185,28 @@ impl RemoteStore {
         io::Error::other(format!("repository {} ({}): {op} {key}: {e}", self.spec.name, self.spec.url))
     }
 
-    /// Stores `data` under `key` and checks what the store received.
+    /// Stores `data` under `key` and checks what the store received. With object lock, an
+    /// object written once goes up locked; one rewritten in place leaves no older version.
     fn put_verified(&self, key: &str, data: Vec<u8>) -> io::Result<()> {
         use md5::{Digest, Md5};
         let digest = hex(&Md5::digest(&data));
         let len = data.len() as u64;
         let (s3, path) = (Arc::clone(&self.s3), self.path(key));
-        let res = wait(async move { s3.put(&path, PutPayload::from(data)).await })?.map_err(|e| self.err("PUT", key, e))?;
-        match res.e_tag.as_deref().map(|t| t.trim_matches('"').to_ascii_lowercase()) {
+        let e_tag = match self.spec.object_lock {
+            Some(lock) if object_lock::is_locked_kind(key) => {
+                let (raw, path) = (Arc::clone(&self.raw), path.to_string());
+                let until = chrono::Utc::now() + lock.period;
+                wait(async move { raw.put_locked(&path, data, lock.mode, until).await })??
+            }
+            _ => {
+                let res = wait(async move { s3.put(&path, PutPayload::from(data)).await })?.map_err(|e| self.err("PUT", key, e))?;
+                if self.spec.object_lock.is_some() {
+                    self.delete_versions(key, false)?;
+                }
+                res.e_tag
+            }
+        };
+        match e_tag.as_deref().map(|t| t.trim_matches('"').to_ascii_lowercase()) {
             Some(t) if t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 if t != digest {
                     return Err(io::Error::other(format!(
@@ -212,6 +246,36 @@ impl RemoteStore {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// Deletes the versions of `key` (all of them, or only the older ones): on a versioned
+    /// bucket a plain DELETE only hides an object behind a delete marker.
+    fn delete_versions(&self, key: &str, all: bool) -> io::Result<()> {
+        for v in self.versions(key)? {
+            if all || !v.latest {
+                self.delete_version(key, &v.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every version (and delete marker) of `key` on a versioned bucket.
+    pub fn versions(&self, key: &str) -> io::Result<Vec<super::s3_raw::Version>> {
+        let (raw, path) = (Arc::clone(&self.raw), self.path(key).to_string());
+        wait(async move { raw.versions(&path).await })?
+    }
+
+    /// Deletes one version of `key` for good (the store refuses a locked one).
+    pub fn delete_version(&self, key: &str, version: &str) -> io::Result<()> {
+        let (raw, path, version) = (Arc::clone(&self.raw), self.path(key).to_string(), version.to_string());
+        wait(async move { raw.delete_version(&path, &version).await })?
+    }
+
+    /// The bucket's object lock configuration: `None` when it is not enabled, else the default
+    /// retention rule if one is set (`pgark check`).
+    pub fn bucket_lock(&self) -> io::Result<Option<Option<String>>> {
+        let raw = Arc::clone(&self.raw);
+        wait(async move { raw.bucket_lock().await })?
     }
 
     /// Whether the bucket answers (a LIST of at most one key under the prefix).
@@ -301,12 +365,46 @@ impl ObjectStore for RemoteStore {
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {
+        if self.spec.object_lock.is_some() {
+            if let Some(until) = self.locked_until(key)?.filter(|&t| t > crate::util::time::unix_now() as i64) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "repository {}: {key} is locked until {} (object lock); not deleted",
+                        self.spec.name,
+                        crate::util::time::format_utc(until as u64)
+                    ),
+                ));
+            }
+            return self.delete_versions(key, true);
+        }
         let (s3, path) = (Arc::clone(&self.s3), self.path(key));
         match wait(async move { s3.delete(&path).await })? {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(self.err("DELETE", key, e)),
         }
+    }
+
+    fn locked_until(&self, key: &str) -> io::Result<Option<i64>> {
+        if self.spec.object_lock.is_none() || !object_lock::is_locked_kind(key) {
+            return Ok(None);
+        }
+        let (raw, path) = (Arc::clone(&self.raw), self.path(key).to_string());
+        Ok(wait(async move { raw.retained_until(&path).await })??.map(|t| t.timestamp()))
+    }
+
+    fn retain(&self, key: &str) -> io::Result<()> {
+        let Some(lock) = self.spec.object_lock.filter(|_| object_lock::is_locked_kind(key)) else {
+            return Ok(());
+        };
+        let now = crate::util::time::unix_now() as i64;
+        if !object_lock::needs_relock(&lock, self.locked_until(key)?, now) {
+            return Ok(());
+        }
+        let (raw, path) = (Arc::clone(&self.raw), self.path(key).to_string());
+        let until = chrono::Utc::now() + lock.period;
+        wait(async move { raw.extend(&path, lock.mode, until).await })?
     }
 
     fn usage(&self, prefix: &str) -> io::Result<Usage> {

@@ -96,6 +96,14 @@ impl ObjectStore for SealedStore {
         self.inner.delete(key)
     }
 
+    fn locked_until(&self, key: &str) -> io::Result<Option<i64>> {
+        self.inner.locked_until(key)
+    }
+
+    fn retain(&self, key: &str) -> io::Result<()> {
+        self.inner.retain(key)
+    }
+
     fn usage(&self, prefix: &str) -> io::Result<Usage> {
         self.inner.usage(prefix)
     }

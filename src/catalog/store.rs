@@ -56,8 +56,19 @@ pub trait ObjectStore: Send + Sync + 'static {
         out.sort();
         Ok(out)
     }
-    /// Removes the object; removing a missing object succeeds.
+    /// Removes the object; removing a missing object succeeds. A store with object lock
+    /// refuses a locked object (`ErrorKind::PermissionDenied`, with the date it is locked until).
     fn delete(&self, key: &str) -> io::Result<()>;
+    /// Until when (Unix seconds) the object is locked against deletion; `None`: not locked,
+    /// which is every object of a store without object lock.
+    fn locked_until(&self, _key: &str) -> io::Result<Option<i64>> {
+        Ok(None)
+    }
+    /// A new backup reuses the stored object `key`: a store with object lock extends its lock
+    /// to a full period from now (the backup needs it that long); other stores do nothing.
+    fn retain(&self, _key: &str) -> io::Result<()> {
+        Ok(())
+    }
     /// How many objects, and how many bytes, live under `prefix` at any depth.
     fn usage(&self, prefix: &str) -> io::Result<Usage>;
     /// Free and total bytes of the space objects are stored in, when the backend has a limit

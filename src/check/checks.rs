@@ -249,6 +249,26 @@ fn repositories(f: &Facts) -> Outcome {
                     failed.push(format!("{}: holds encrypted objects but no encryption key is configured", r.name));
                     continue;
                 }
+                if let Some(l) = &h.lock {
+                    match (&l.bucket, l.newest_index_until) {
+                        (None, _) => {
+                            failed.push(format!(
+                                "{}: object_lock is set but the bucket does not have object lock enabled (it can only be enabled when the bucket is created: aws s3api create-bucket --object-lock-enabled-for-bucket)",
+                                r.name
+                            ));
+                            continue;
+                        }
+                        (Some(_), until) if h.backups > 0 && until.is_none_or(|t| t <= f.now as i64) => {
+                            failed.push(format!("{}: the newest backup's index is not under object lock", r.name));
+                            continue;
+                        }
+                        (Some(Some(rule)), _) => warned.push(format!(
+                            "{}: the bucket has a default retention ({rule}): every rewrite of an object pgark keeps up to date (the open segment's partial, every offsite_partial_interval) is kept locked; remove the default rule, pgark locks what it must itself",
+                            r.name
+                        )),
+                        _ => {}
+                    }
+                }
                 let stalled = matches!(f.daemon, Ok(Some(_))) && r.mark.as_ref().is_none_or(|m| f.now.saturating_sub(m.written_at) > 600);
                 if h.backups == 0 {
                     warned.push(format!("{}: no backup of this server yet", r.name));
@@ -258,11 +278,21 @@ fn repositories(f: &Facts) -> Outcome {
                         r.name
                     ));
                 } else {
-                    let keys = if h.key_ids.is_empty() {
+                    let mut keys = if h.key_ids.is_empty() {
                         "not encrypted".to_string()
                     } else {
                         format!("keys in use {}", h.key_ids.iter().cloned().collect::<Vec<_>>().join(", "))
                     };
+                    if let Some(l) = &h.lock {
+                        keys.push_str(&format!(
+                            ", object lock {} for {} (newest index locked until {})",
+                            l.configured.mode.as_s3(),
+                            humantime::format_duration(l.configured.period),
+                            l.newest_index_until
+                                .map(|t| crate::util::time::format_utc(t.max(0) as u64))
+                                .unwrap_or_else(|| "-".into())
+                        ));
+                    }
                     fine.push(format!(
                         "{}: {} backups (newest {}), {} WAL objects, {keys}",
                         r.name,
@@ -747,6 +777,7 @@ mod tests {
             key_ids: ids.iter().map(|s| s.to_string()).collect(),
             keyring: ring.iter().map(|s| s.to_string()).collect(),
             encrypted: !ring.is_empty(),
+            lock: None,
         };
         f.repositories = vec![RepositoryFacts {
             name: "offsite".into(),
@@ -770,6 +801,47 @@ mod tests {
             ..holds(&[], &[])
         });
         assert_eq!(level(&f, "repositories").level, Level::Warning);
+        // Object lock: the bucket must have it; a default rule is a warning; the newest index
+        // must be locked.
+        let lock = |bucket: Option<Option<String>>, until: Option<i64>| {
+            Ok(RepositoryHoldings {
+                lock: Some(crate::check::facts::LockFacts {
+                    configured: crate::catalog::object_lock::ObjectLock {
+                        mode: crate::catalog::object_lock::LockMode::Compliance,
+                        period: std::time::Duration::from_secs(86_400),
+                    },
+                    bucket,
+                    newest_index_until: until,
+                }),
+                ..holds(&["aa"], &["aa"])
+            })
+        };
+        let later = Some(f.now as i64 + 3600);
+        f.repositories[0].holds = lock(Some(None), later);
+        let o = level(&f, "repositories");
+        assert_eq!(o.level, Level::Ok, "{}", o.detail);
+        assert!(o.detail.contains("object lock COMPLIANCE for 1day"), "{}", o.detail);
+        f.repositories[0].holds = lock(None, later);
+        let o = level(&f, "repositories");
+        assert!(
+            o.level == Level::Failed && o.detail.contains("does not have object lock enabled"),
+            "{}",
+            o.detail
+        );
+        f.repositories[0].holds = lock(Some(None), None);
+        let o = level(&f, "repositories");
+        assert!(
+            o.level == Level::Failed && o.detail.contains("not under object lock"),
+            "{}",
+            o.detail
+        );
+        f.repositories[0].holds = lock(Some(Some("GOVERNANCE 30 days".into())), later);
+        let o = level(&f, "repositories");
+        assert!(
+            o.level == Level::Warning && o.detail.contains("default retention (GOVERNANCE 30 days)"),
+            "{}",
+            o.detail
+        );
     }
 
     #[test]

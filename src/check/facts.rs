@@ -83,6 +83,18 @@ pub struct RepositoryHoldings {
     pub key_ids: std::collections::BTreeSet<String>,
     pub keyring: Vec<String>,
     pub encrypted: bool,
+    /// `object_lock` as configured, with what the bucket says: `None` when not configured.
+    pub lock: Option<LockFacts>,
+}
+
+/// Object lock as a repository's bucket and newest backup show it.
+#[derive(Debug, Clone)]
+pub struct LockFacts {
+    pub configured: crate::catalog::object_lock::ObjectLock,
+    /// `None`: object lock is not enabled on the bucket; else its default retention rule.
+    pub bucket: Option<Option<String>>,
+    /// Until when the newest backup's index is locked (Unix seconds).
+    pub newest_index_until: Option<i64>,
 }
 
 /// What retention and the WAL continuity index say of one server (a dry run: nothing deleted).
@@ -318,6 +330,17 @@ fn repositories(config: &Config, server: &str) -> Vec<RepositoryFacts> {
                     Some(e) => e.keyring()?.ids().iter().map(|i| i.to_string()).collect(),
                     None => Vec::new(),
                 };
+                let lock = match r.object_lock {
+                    None => None,
+                    Some(configured) => Some(LockFacts {
+                        configured,
+                        bucket: repo.remote.bucket_lock().map_err(err)?,
+                        newest_index_until: match ids.last() {
+                            Some(id) => raw.locked_until(&backup_store::index_key(server, id)).map_err(err)?,
+                            None => None,
+                        },
+                    }),
+                };
                 Ok(RepositoryHoldings {
                     backups: ids.len(),
                     newest_backup: ids.last().cloned(),
@@ -325,6 +348,7 @@ fn repositories(config: &Config, server: &str) -> Vec<RepositoryFacts> {
                     key_ids,
                     keyring,
                     encrypted: repo.encrypted,
+                    lock,
                 })
             }),
         })

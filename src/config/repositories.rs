@@ -14,6 +14,9 @@
 //!     access_key_id: AKIA...
 //!     secret_access_key_file: /etc/pgark/s3.secret
 //!     retention: { redundancy: 4 }
+//!     object_lock: true                     # WORM: see catalog::object_lock
+//!     object_lock_period: 45d               # default: the retention's span + 7 days
+//!     object_lock_mode: compliance          # or governance
 //! ```
 //!
 //! Secrets are read when a repository is opened, not at parse time, so `check-config` works
@@ -23,6 +26,7 @@ use super::retention::RawRetention;
 use super::values::parse_duration;
 use crate::catalog::chain_store::{ChainStore, Opener};
 use crate::catalog::encryption::{Key, Keyring};
+use crate::catalog::object_lock::{LockMode, ObjectLock};
 use crate::catalog::remote_store::{parse_s3_url, RemoteStore, S3Spec};
 use crate::catalog::sealed_store::SealedStore;
 use crate::catalog::store::ObjectStore;
@@ -49,6 +53,10 @@ pub struct RawRepository {
     #[serde(default)]
     pub allow_invalid_certificates: bool,
     pub retention: Option<RawRetention>,
+    #[serde(default)]
+    pub object_lock: bool,
+    pub object_lock_period: Option<String>,
+    pub object_lock_mode: Option<String>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -74,6 +82,8 @@ pub struct RepositoryConfig {
     pub allow_invalid_certificates: bool,
     /// The repository's own retention (the catalog's keys; no rule: nothing is deleted there).
     pub retention: Policy,
+    /// `object_lock: true`: how objects are locked.
+    pub object_lock: Option<ObjectLock>,
 }
 
 impl RepositoryConfig {
@@ -98,6 +108,7 @@ impl RepositoryConfig {
             access_key_id: self.access_key_id.clone(),
             secret_access_key: secret,
             allow_invalid_certificates: self.allow_invalid_certificates,
+            object_lock: self.object_lock,
         })
     }
 }
@@ -251,6 +262,58 @@ fn validate_repository_name(name: &str) -> Result<(), String> {
 }
 
 /// The `repositories` map, in the order written (restore tries them in that order).
+/// The margin added to the retention's span when `object_lock_period` is not given: the
+/// interval between backups (a backup stays the window's base until the next one is old enough).
+pub const DEFAULT_LOCK_MARGIN: Duration = Duration::from_secs(7 * 86_400);
+
+/// The lock period of a repository: `given`, which must cover the retention's span, or that
+/// span plus `DEFAULT_LOCK_MARGIN`. The error says what to set.
+fn lock_period(policy: &Policy, given: Option<Duration>) -> Result<Duration, String> {
+    match (given, policy.span()) {
+        (Some(p), Some(s)) if p < s => Err(format!(
+            "object_lock_period {} is shorter than the repository's retention keeps backups ({}): a locked object must stay locked as long as retention needs it",
+            humantime::format_duration(p),
+            humantime::format_duration(s)
+        )),
+        (Some(p), _) => Ok(p),
+        (None, Some(s)) => Ok(s + DEFAULT_LOCK_MARGIN),
+        (None, None) => Err(
+            "object_lock needs object_lock_period (e.g. 45d) when the repository's retention has no recovery_window or keep_daily/weekly/monthly: how long redundancy keeps a backup depends on how often backups are taken".into(),
+        ),
+    }
+}
+
+/// `object_lock`, `object_lock_period`, `object_lock_mode` of one repository.
+fn parse_object_lock(r: &RawRepository, retention: &Policy) -> Result<Option<ObjectLock>, String> {
+    if !r.object_lock {
+        if r.object_lock_period.is_some() || r.object_lock_mode.is_some() {
+            return Err("object_lock_period and object_lock_mode need object_lock: true".into());
+        }
+        return Ok(None);
+    }
+    let mode = match r.object_lock_mode.as_deref() {
+        None | Some("compliance") => LockMode::Compliance,
+        Some("governance") => LockMode::Governance,
+        Some(other) => return Err(format!("object_lock_mode: {other:?}: expected compliance or governance")),
+    };
+    let given = match r.object_lock_period.as_deref() {
+        None => None,
+        Some(t) => Some(
+            parse_duration(Some(t), Duration::ZERO)
+                .map_err(|m| format!("object_lock_period: {m}"))
+                .and_then(|d| {
+                    if d < Duration::from_secs(1) {
+                        Err(format!("object_lock_period: {t:?}: at least 1s"))
+                    } else {
+                        Ok(d)
+                    }
+                })?,
+        ),
+    };
+    let period = lock_period(retention, given)?;
+    Ok(Some(ObjectLock { mode, period }))
+}
+
 pub fn parse_repositories(raw: Option<serde_yaml::Mapping>, config_dir: &Path) -> Result<Vec<RepositoryConfig>, String> {
     let Some(map) = raw else { return Ok(vec![]) };
     let mut out: Vec<RepositoryConfig> = Vec::new();
@@ -282,6 +345,7 @@ pub fn parse_repositories(raw: Option<serde_yaml::Mapping>, config_dir: &Path) -
         // Only the repository's own section: the catalog's retention is not inherited (an
         // off-site copy usually keeps longer); without rules nothing is deleted there.
         let retention = super::retention::parse(r.retention.as_ref(), None, &format!("{key}.retention"))?;
+        let object_lock = parse_object_lock(&r, &retention).map_err(|m| format!("{key}: {m}"))?;
         out.push(RepositoryConfig {
             name,
             url: r.url.clone(),
@@ -293,6 +357,7 @@ pub fn parse_repositories(raw: Option<serde_yaml::Mapping>, config_dir: &Path) -
             secret_access_key_file: r.secret_access_key_file.map(|p| relative_to(config_dir, p)),
             allow_invalid_certificates: r.allow_invalid_certificates,
             retention,
+            object_lock,
         });
     }
     Ok(out)
@@ -333,6 +398,49 @@ mod tests {
     fn repos(yaml: &str) -> Result<Vec<RepositoryConfig>, String> {
         let m: serde_yaml::Mapping = serde_yaml::from_str(yaml).unwrap();
         parse_repositories(Some(m), Path::new("/etc"))
+    }
+
+    #[test]
+    fn object_lock_takes_its_period_from_retention_or_checks_the_given_one() {
+        let day = Duration::from_secs(86_400);
+        let r = repos("v:\n  url: s3://b/v\n  object_lock: true\n  retention: {recovery_window: 14d, keep_weekly: 4}\n").unwrap();
+        assert_eq!(
+            r[0].object_lock,
+            Some(ObjectLock {
+                mode: LockMode::Compliance,
+                period: 35 * day
+            })
+        );
+        let r = repos("v:\n  url: s3://b/v\n  object_lock: true\n  object_lock_mode: governance\n  object_lock_period: 30d\n  retention: {redundancy: 2}\n").unwrap();
+        assert_eq!(
+            r[0].object_lock,
+            Some(ObjectLock {
+                mode: LockMode::Governance,
+                period: 30 * day
+            })
+        );
+        for (yaml, wanted) in [
+            (
+                "v:\n  url: s3://b/v\n  object_lock: true\n  retention: {redundancy: 2}\n",
+                "repositories.v: object_lock needs object_lock_period",
+            ),
+            (
+                "v:\n  url: s3://b/v\n  object_lock: true\n  object_lock_period: 7d\n  retention: {recovery_window: 14d}\n",
+                "shorter than",
+            ),
+            ("v:\n  url: s3://b/v\n  object_lock_period: 7d\n", "need object_lock: true"),
+            (
+                "v:\n  url: s3://b/v\n  object_lock: true\n  object_lock_mode: strict\n  object_lock_period: 7d\n",
+                "expected compliance or governance",
+            ),
+            (
+                "v:\n  url: s3://b/v\n  object_lock: true\n  object_lock_period: soon\n",
+                "object_lock_period: \"soon\"",
+            ),
+        ] {
+            let e = repos(yaml).unwrap_err();
+            assert!(e.contains(wanted), "{e}");
+        }
     }
 
     #[test]

@@ -528,14 +528,13 @@ impl Uploader {
             k.chunks = Some(set);
         }
         let have = k.chunks.get_or_insert_with(BTreeSet::new);
-        let mut objects: Vec<String> = index
-            .files
-            .iter()
-            .flat_map(|f| f.chunks.iter().map(|c| c.object.clone()))
-            .filter(|o| !have.contains(o))
-            .collect();
-        objects.sort();
-        objects.dedup();
+        let referenced: BTreeSet<String> = index.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.object.clone())).collect();
+        // Chunks the repository has already are reused by this backup: with object lock,
+        // their lock must last as long as this backup may be kept (a no-op otherwise).
+        for o in referenced.iter().filter(|o| have.contains(*o)) {
+            repo.retain(&backup_store::chunk_key(server, o))?;
+        }
+        let objects: Vec<String> = referenced.into_iter().filter(|o| !have.contains(o)).collect();
         let keys: Vec<String> = objects.iter().map(|o| backup_store::chunk_key(server, o)).collect();
         self.update(server, |p| p.queued_objects += keys.len() as u64 + 1);
         let (done, failed) = copy_objects(self.chunks.as_ref(), repo, &keys, self.settings.workers, &self.stop, &|_, bytes| {

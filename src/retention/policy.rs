@@ -58,6 +58,22 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// How long the time-based rules keep a backup: the recovery window or the longest GFS
+    /// span (a month counted as 31 days). `None` with only `redundancy`: how long that keeps a
+    /// backup depends on how often backups are taken. (An object lock must last this long.)
+    pub fn span(&self) -> Option<Duration> {
+        let day = 86_400u64;
+        [
+            self.recovery_window,
+            self.keep_daily.map(|n| Duration::from_secs(u64::from(n) * day)),
+            self.keep_weekly.map(|n| Duration::from_secs(u64::from(n) * 7 * day)),
+            self.keep_monthly.map(|n| Duration::from_secs(u64::from(n) * 31 * day)),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
+
     /// Whether any rule is set (without one, nothing is ever pruned by the policy).
     pub fn has_rules(&self) -> bool {
         self.redundancy.is_some()
@@ -107,6 +123,8 @@ pub enum Reason {
     NoRestorable,
     /// An off-site repository does not have it yet (named): it stays until uploaded.
     Offsite(String),
+    /// In a repository with object lock: its index is locked until this unix time.
+    Locked(i64),
 }
 
 impl Reason {
@@ -124,6 +142,7 @@ impl Reason {
             Reason::NoPolicy => "no retention policy".into(),
             Reason::NoRestorable => "no restorable backup: nothing is deleted".into(),
             Reason::Offsite(r) => format!("not yet in repository {r}"),
+            Reason::Locked(t) => format!("object lock until {}", crate::util::time::format_utc((*t).max(0) as u64)),
         }
     }
 

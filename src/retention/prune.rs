@@ -100,6 +100,8 @@ pub struct PruneReport {
     /// Backups and WAL files the policy lets go but a repository still lacks: kept.
     pub held_for_offsite: Vec<String>,
     pub wal_held_for_offsite: usize,
+    /// WAL files the policy lets go but object lock still protects (a repository's): kept.
+    pub wal_locked: usize,
     /// At critical pressure: backups and WAL files deleted although a repository lacked them.
     pub offsite_overridden: usize,
 }
@@ -240,6 +242,22 @@ fn plan(
             }
         }
     }
+    // A repository with object lock: a backup whose index is still locked stays (its delete
+    // would be refused; pgark never tries). Free on any other store (no lock, no request).
+    for (l, v) in loaded.iter().zip(verdicts.iter_mut()) {
+        if v.keep() {
+            continue;
+        }
+        let key = backup_store::index_key(server, &l.index.id);
+        if let Some(until) = store
+            .locked_until(&key)
+            .map_err(io(format!("reading the lock of {key}")))?
+            .filter(|&t| t > now as i64)
+        {
+            v.kept_by.push(super::policy::Reason::Locked(until));
+            v.prune_reason.clear();
+        }
+    }
     let seg = loaded.first().and_then(|l| WalSegSize::new(l.index.wal_segment_size).ok());
     let mut report = PruneReport {
         server: server.to_string(),
@@ -255,6 +273,7 @@ fn plan(
         chunks_removed: 0,
         held_for_offsite: held,
         wal_held_for_offsite: 0,
+        wal_locked: 0,
         offsite_overridden: overridden,
     };
     let Some(seg) = seg else {
@@ -454,6 +473,15 @@ fn wal_to_delete(
             }
             tracing::warn!(server, segment = %o.name.format(seg), repository = repo, "retention: critical disk pressure: deleting WAL the repository does not have yet");
             report.offsite_overridden += 1;
+        }
+        if store
+            .locked_until(&o.key)
+            .map_err(io(format!("reading the lock of {}", o.key)))?
+            .is_some_and(|t| t > now as i64)
+        {
+            // Below every retained backup's start, so a hole here harms no restore.
+            report.wal_locked += 1;
+            continue;
         }
         let size = store.size(&o.key).ok().flatten().unwrap_or(0);
         keys.push(o.key.clone());

@@ -536,3 +536,160 @@ fn backups_kept_only_in_the_repository() {
     );
     assert!(text(&o).contains("no repository took the chunk"), "{}", text(&o));
 }
+
+/// `object_lock: true` on a bucket created with object lock: what a restore needs goes up
+/// locked (the store itself refuses to delete a version of it), retention keeps a backup whose
+/// lock has not ended instead of trying to delete it, and deletes it (every version, nothing
+/// hidden left) once the lock ends. The open segment's partial object, rewritten in place, is
+/// not locked and keeps no older versions. `check` reports the lock, and fails for a bucket
+/// without object lock.
+#[test]
+fn object_lock_keeps_backups_until_the_lock_ends() {
+    let Some(sw) = Seaweed::start() else { return };
+    sw.create_locked_bucket("pgark-vault");
+    sw.create_bucket("pgark-plain");
+    let secrets = Secrets::new();
+    let lock = "retention: {redundancy: 1}\nobject_lock: true\nobject_lock_period: 40s";
+    let top = format!(
+        "encryption:\n  key_file: {}\noffsite_partial_interval: 500ms\nrepositories:\n{}",
+        secrets.key.display(),
+        repo_yaml(&sw, "vault", "pgark-vault", "v", &secrets.secret, lock)
+    );
+    let c = Cluster::init_with(&pg(), &[], &["--wal-segsize=1"]).unwrap();
+    c.start().unwrap();
+    let server = server_yaml("main", &c.conninfo(&c.superuser), "synchronous: false");
+    let p = Pgark::start_full("", &top, &server, &[]);
+    p.wait_streaming("main");
+    let bin = Binary::new();
+    c.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id").unwrap();
+    let o = bin.run(&p.config, &["backup", "main", "--json", "--wait", "60s"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let first = first["id"].as_str().unwrap().to_string();
+    c.psql("SELECT pg_switch_wal()").unwrap();
+    wait_caught_up(&p, "vault", 1);
+
+    // Locked in the store, not only in pgark's bookkeeping: the store refuses to delete the
+    // index's version, which S3 would otherwise do for anyone with the credentials.
+    let mut spec = sw.s3_spec("pgark-vault", "v", SECRET_KEY);
+    spec.object_lock = None; // the raw requests, without pgark's own guard
+    let raw = RemoteStore::new(spec).unwrap();
+    let index_key = format!("main/backups/{first}.json");
+    let versions = raw.versions(&index_key).unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    let refused = raw.delete_version(&index_key, &versions[0].id).unwrap_err();
+    assert!(refused.to_string().contains("403"), "{refused}");
+    let wal = raw.list("main/wal").unwrap();
+    let segment = wal.iter().find(|k| k.ends_with(".zst") && !k.contains(".partial")).unwrap();
+    let v = raw.versions(segment).unwrap();
+    assert!(raw.delete_version(segment, &v[0].id).is_err(), "a WAL segment must be locked too");
+    // The partial, rewritten every 500 ms, is not locked and keeps one version.
+    c.psql("INSERT INTO t SELECT generate_series(1001, 1100)").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    if let Some(partial) = raw.list("main/wal").unwrap().iter().find(|k| k.ends_with(".partial.zst")) {
+        let v = raw.versions(partial).unwrap();
+        assert!(v.len() <= 2, "older versions of {partial} are trimmed: {v:?}");
+    }
+
+    let check = || -> serde_json::Value {
+        let o = bin.run(&p.config, &["check", "main", "--json"]);
+        let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "repositories")
+            .unwrap()
+            .clone()
+    };
+    let r = check();
+    assert_eq!(r["level"], "ok", "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("object lock COMPLIANCE for 40s"), "{r}");
+
+    // A second backup: retention (redundancy 1) lets the first go, but its lock holds it.
+    let o = bin.run(&p.config, &["backup", "main", "--json", "--wait", "60s"]);
+    assert!(o.status.success(), "{}", text(&o));
+    c.psql("SELECT pg_switch_wal()").unwrap();
+    wait_caught_up(&p, "vault", 2);
+    let prune = || -> serde_json::Value {
+        // The daemon prunes the repository too when it gains a backup: wait for its turn.
+        let o = bin.run(&p.config, &["prune", "--repo", "vault", "--json"]);
+        assert!(o.status.success() || o.status.code() == Some(4), "{}", text(&o));
+        if o.status.code() == Some(4) {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let mut locking = sw.s3_spec("pgark-vault", "v", SECRET_KEY);
+    locking.object_lock = Some(pgark::catalog::object_lock::ObjectLock {
+        mode: pgark::catalog::object_lock::LockMode::Compliance,
+        period: Duration::from_secs(40),
+    });
+    let until = RemoteStore::new(locking)
+        .unwrap()
+        .locked_until(&index_key)
+        .unwrap()
+        .expect("the index is locked");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    assert!(until > now() && until <= now() + 41, "locked until {until}");
+    let r = loop {
+        let r = prune();
+        if !r.is_null() {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("object lock test: the first backup's lock has {} s left at the prune", until - now());
+    if now() + 2 < until {
+        let held = r[0]["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == first.as_str())
+            .unwrap()
+            .clone();
+        assert!(held["kept_by"].to_string().contains("\"locked\""), "{r}");
+        assert!(r[0]["backups"].as_array().unwrap().is_empty(), "{r}");
+        assert!(raw.get(&index_key).unwrap().is_some(), "a locked backup stays listed");
+    }
+
+    // Once the 40 s have passed, retention deletes it: every version, no delete marker left.
+    wait_until(Duration::from_secs(120), "the first backup to leave the repository", || {
+        let _ = prune();
+        raw.versions(&index_key).unwrap().is_empty()
+    });
+    let o = bin.run(&p.config, &["list-backups", "--repo", "vault", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let v = bin.run(&p.config, &["verify", "--repo", "vault", "main", "--all"]);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+
+    // `check` fails for a bucket without object lock.
+    let plain = p.dir.path().join("plain.yaml");
+    std::fs::write(
+        &plain,
+        format!(
+            "catalog: {}\nencryption:\n  key_file: {}\nrepositories:\n{}servers:\n{server}",
+            p.catalog.display(),
+            secrets.key.display(),
+            repo_yaml(&sw, "vault", "pgark-plain", "v", &secrets.secret, lock)
+        ),
+    )
+    .unwrap();
+    let o = bin.run(&plain, &["check", "main", "--json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    let r = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "repositories")
+        .unwrap()
+        .clone();
+    assert_eq!(r["level"], "failed", "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("does not have object lock enabled"), "{r}");
+}

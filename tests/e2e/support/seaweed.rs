@@ -156,6 +156,7 @@ impl Seaweed {
             access_key_id: Some(ACCESS_KEY.into()),
             secret_access_key: Some(secret.into()),
             allow_invalid_certificates: false,
+            object_lock: None,
         }
     }
 
@@ -177,6 +178,16 @@ impl Seaweed {
     /// Creates a bucket (through `weed shell`, as an administrator would).
     #[allow(dead_code)]
     pub fn create_bucket(&self, name: &str) {
+        self.create_bucket_with(name, "")
+    }
+
+    /// Creates a bucket with object lock (and so versioning) enabled.
+    #[allow(dead_code)]
+    pub fn create_locked_bucket(&self, name: &str) {
+        self.create_bucket_with(name, " -withLock")
+    }
+
+    fn create_bucket_with(&self, name: &str, flags: &str) {
         use std::io::Write;
         let mut c = Command::new(&self.weed)
             .args(["shell", &format!("-master=127.0.0.1:{}", self.master_port)])
@@ -188,7 +199,7 @@ impl Seaweed {
         c.stdin
             .take()
             .unwrap()
-            .write_all(format!("s3.bucket.create -name {name}\n").as_bytes())
+            .write_all(format!("s3.bucket.create -name {name}{flags}\n").as_bytes())
             .unwrap();
         let out = c.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
