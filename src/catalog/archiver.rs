@@ -100,7 +100,9 @@ impl Archiver {
         let mut queue: VecDeque<WalFileName> = VecDeque::new();
         let mut queued: HashSet<WalFileName> = HashSet::new();
         let mut disconnected = false;
-        let mut buf = Buffers::default();
+        // Buffers are leased per segment from the process's pool (`archive_buffers`): memory
+        // follows the work, not the number of servers.
+        let pool = super::archive_buffers::BufferPool::shared();
         fn enqueue(queue: &mut VecDeque<WalFileName>, queued: &mut HashSet<WalFileName>, n: WalFileName) {
             if queued.insert(n) {
                 queue.push_back(n);
@@ -114,7 +116,8 @@ impl Archiver {
                 enqueue(&mut queue, &mut queued, n);
             }
             if let Some(&name) = queue.front() {
-                match self.archive(name, &mut buf) {
+                let result = self.archive(name, &mut pool.lease());
+                match result {
                     Ok(()) => {
                         queue.pop_front();
                         queued.remove(&name);
@@ -140,7 +143,10 @@ impl Archiver {
                 Ok(n) => enqueue(&mut queue, &mut queued, n),
                 // A second without a completed segment: the receiver is at the tip, not catching
                 // up, so prepare a spare now rather than compete with a catch-up for the disk.
-                Err(mpsc::RecvTimeoutError::Timeout) => self.ensure_spare(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.ensure_spare();
+                    pool.trim(super::archive_buffers::IDLE);
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
             }
         }
@@ -172,6 +178,10 @@ impl Archiver {
         let open = || std::fs::File::open(&plain).map_err(ctx("open", &plain));
         let size = self.seg.bytes() as usize;
         let in_memory = if size <= MAX_BUFFERED_SEGMENT {
+            // The set may have served a server with smaller segments (the pool is shared).
+            if work.input.as_ref().is_some_and(|b| b.capacity() < size) {
+                work.input = None;
+            }
             let b = work.input.get_or_insert_with(|| AlignedBuf::new(size));
             match open() {
                 Ok(f) => {
@@ -182,7 +192,7 @@ impl Archiver {
                             plain.display()
                         )));
                     }
-                    let read = direct::read_at(&self.direct, &plain, &f, b.as_mut_slice(), 0).map_err(|e| {
+                    let read = direct::read_at(&self.direct, &plain, &f, &mut b.as_mut_slice()[..size], 0).map_err(|e| {
                         if e.kind() == std::io::ErrorKind::UnexpectedEof {
                             std::io::Error::other(format!("{} is shorter than a {size}-byte segment", plain.display()))
                         } else {
@@ -224,7 +234,11 @@ impl Archiver {
                             Some((l, c)) if *l == level => c,
                             slot => &mut slot.insert((level, segment_file::compressor(level)?)).1,
                         };
-                        let out = work.out.get_or_insert_with(|| AlignedBuf::new(segment_file::stored_bound(size)));
+                        let bound = segment_file::stored_bound(size);
+                        if work.out.as_ref().is_some_and(|b| b.capacity() < bound) {
+                            work.out = None;
+                        }
+                        let out = work.out.get_or_insert_with(|| AlignedBuf::new(bound));
                         let n = segment_file::compress_to_slice(bytes, sum, c, out.as_mut_slice())?;
                         self.store.put(&key, out.slice(n))?;
                         n as u64
@@ -263,11 +277,55 @@ impl Archiver {
     }
 }
 
-/// What the archiver thread reuses from segment to segment: the segment read into memory, its
-/// compressed form, the zstd context (with its level).
+/// What archiving a segment works in, reused from segment to segment (leased from
+/// `archive_buffers`): the segment read into memory, its compressed form, the zstd context
+/// (with its level).
 #[derive(Default)]
 pub struct Buffers {
     input: Option<AlignedBuf>,
     out: Option<AlignedBuf>,
     compressor: Option<(i32, zstd::bulk::Compressor<'static>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::store::LocalStore;
+
+    struct Quiet;
+    impl ArchiveObserver for Quiet {
+        fn segment_archived(&self, _: u64, _: u64) {}
+    }
+
+    /// The pool hands one set to servers of every segment size: a set sized for 1 MiB
+    /// segments grows for a 16 MiB one, and a larger set serves a smaller segment.
+    #[test]
+    fn one_buffer_set_serves_servers_with_different_segment_sizes() {
+        let d = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(d.path()));
+        let mut work = Buffers::default();
+        for (server, bytes) in [("small", 1u64 << 20), ("big", 16 << 20), ("small2", 1 << 20)] {
+            let seg = WalSegSize::new(bytes).unwrap();
+            let dir = d.path().join(server).join("wal");
+            std::fs::create_dir_all(&dir).unwrap();
+            let name = WalFileName::parse("000000010000000000000003", seg).unwrap();
+            let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8 ^ server.len() as u8).collect();
+            std::fs::write(dir.join(name.format(seg)), &data).unwrap();
+            let a = Archiver {
+                server: server.into(),
+                compression: Compression::Zstd(1),
+                seg,
+                dir: dir.clone(),
+                store: Arc::clone(&store),
+                key_prefix: format!("{server}/wal"),
+                spares: SparePool::default(),
+                space: SharedLevel::default(),
+                events: Arc::new(Quiet),
+                direct: Default::default(),
+            };
+            a.archive(name, &mut work).unwrap();
+            let stored = store.get(&format!("{server}/wal/{}{ZST_SUFFIX}", name.format(seg))).unwrap().unwrap();
+            assert_eq!(segment_file::decompress(&stored).unwrap(), data, "{server}");
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //!     wal/                          see wal_store: .partial, plain, .zst, .sum, .history
 //! ```
 
+pub mod archive_buffers;
 pub mod archiver;
 pub mod backup_store;
 pub mod chain_store;
