@@ -99,10 +99,17 @@ impl BufferPool {
         let freed: Vec<(Instant, Buffers)> = {
             let mut s = self.lock();
             let now = Instant::now();
-            let keep = s.free.iter().position(|(t, _)| now.duration_since(*t) < idle).unwrap_or(s.free.len());
+            let keep = s
+                .free
+                .iter()
+                .position(|(t, _)| now.duration_since(*t) < idle)
+                .unwrap_or(s.free.len());
             s.free.drain(..keep).collect()
         };
-        drop(freed); // outside the lock: freeing 33 MiB takes a moment
+        if !freed.is_empty() {
+            drop(freed); // outside the lock: freeing 33 MiB takes a moment
+            crate::util::memory::release_freed();
+        }
     }
 
     /// Sets leased now, and sets held free.

@@ -324,7 +324,10 @@ mod tests {
                 direct: Default::default(),
             };
             a.archive(name, &mut work).unwrap();
-            let stored = store.get(&format!("{server}/wal/{}{ZST_SUFFIX}", name.format(seg))).unwrap().unwrap();
+            let stored = store
+                .get(&format!("{server}/wal/{}{ZST_SUFFIX}", name.format(seg)))
+                .unwrap()
+                .unwrap();
             assert_eq!(segment_file::decompress(&stored).unwrap(), data, "{server}");
         }
     }

@@ -582,6 +582,14 @@ impl Connection {
         }
     }
 
+    /// The stream has been idle a while: drop the read buffer's capacity (256 KiB or more,
+    /// reserved again by the next read) unless it holds unread bytes.
+    pub fn release_idle(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
     /// Blocking mode: waits at most `timeout` for the socket to become readable.
     pub fn wait_readable(&mut self, timeout: Duration) -> Result<bool, ClientError> {
         let r = self.io.wait_readable(timeout);

@@ -3,6 +3,7 @@
 
 pub mod hex;
 pub mod io;
+pub mod memory;
 pub mod os;
 pub mod progress;
 pub mod time;

@@ -644,7 +644,10 @@ fn object_lock_keeps_backups_until_the_lock_ends() {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    eprintln!("object lock test: the first backup's lock has {} s left at the prune", until - now());
+    eprintln!(
+        "object lock test: the first backup's lock has {} s left at the prune",
+        until - now()
+    );
     if now() + 2 < until {
         let held = r[0]["verdicts"]
             .as_array()
