@@ -6,7 +6,7 @@ synchronous one on a cluster of its own that runs pgbench throughout. For each p
 (this build, and a baseline given with --baseline) in one run:
 
 1. alone: the synchronous server is the only one configured; pgbench -N for --seconds gives its
-   acknowledgement latency (pgark_ack_latency_seconds p50/p99, and pgbench's average).
+   commit latency (p50/p99 of every transaction pgbench logs) and pgark_ack_latency_seconds.
 2. fleet: all N servers configured and streaming; RSS and CPU after they settle (steady, idle).
 3. burst: pgark stopped, --burst-mb of WAL written on every async cluster (kept by the slots),
    pgark started: all N-1 catch up at once while pgbench runs on the synchronous server. Peak
@@ -317,7 +317,7 @@ def report(results, args):
         )
     lines += [
         "",
-        "Synchronous server's acknowledgement latency (pgark_ack_latency_seconds bucket bounds, and pgbench -N -c 1 average):",
+        "The synchronous server's commit latency (pgbench -N -c 1, every transaction logged) and pgark's acknowledgement latency (pgark_ack_latency_seconds, bucket bounds):",
         "",
         "| build | commit p50 / p99 ms alone | commit p50 / p99 ms during the burst (commits) | burst / alone p50, p99 | pgark ack p50 / p99 ms alone, burst (bucket bounds) |",
         "|---|---|---|---|---|",
