@@ -44,6 +44,35 @@ fn raw_store(sw: &Seaweed, bucket: &str, prefix: &str) -> RemoteStore {
     RemoteStore::new(sw.s3_spec(bucket, prefix, SECRET_KEY)).unwrap()
 }
 
+/// The `repositories` entry of `pgark check main --json` with `config`.
+fn repositories_check(bin: &Binary, config: &Path) -> serde_json::Value {
+    let o = bin.run(config, &["check", "main", "--json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "repositories")
+        .unwrap()
+        .clone()
+}
+
+/// A config beside the daemon's (`name` in its directory): the same catalog, key and server,
+/// with `repos` as its `repositories:` body.
+fn side_config(p: &Pgark, secrets: &Secrets, name: &str, repos: &str, server: &str) -> PathBuf {
+    let path = p.dir.path().join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "catalog: {}\nencryption:\n  key_file: {}\nrepositories:\n{repos}servers:\n{server}",
+            p.catalog.display(),
+            secrets.key.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
 fn offsite(p: &Pgark, repo: &str) -> Option<ServerProgress> {
     p.server("main")?.offsite.into_iter().find(|o| o.repository == repo)
 }
@@ -341,15 +370,7 @@ fn repositories_keep_their_own_retention_verify_and_copy() {
             .len()
     };
 
-    let o = bin.run(&p.config, &["check", "main", "--json"]);
-    let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
-    let repo_check = checks
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "repositories")
-        .unwrap()
-        .clone();
+    let repo_check = repositories_check(&bin, &p.config);
     assert_eq!(repo_check["level"], "ok", "{repo_check}");
     let key_id = Key::parse(&std::fs::read_to_string(&secrets.key).unwrap(), "k")
         .unwrap()
@@ -373,17 +394,13 @@ fn repositories_keep_their_own_retention_verify_and_copy() {
     assert_eq!(v.status.code(), Some(0), "{}", text(&v));
 
     // A third repository, known only to this config: the copy target.
-    let cli_config = p.dir.path().join("copy.yaml");
-    std::fs::write(
-        &cli_config,
-        format!(
-            "catalog: {}\nencryption:\n  key_file: {}\nrepositories:\n{repos}{}servers:\n{server}",
-            p.catalog.display(),
-            secrets.key.display(),
-            repo_yaml(&sw, "archive", "pgark-two", "archive", &secrets.secret, "")
-        ),
-    )
-    .unwrap();
+    let cli_config = side_config(
+        &p,
+        &secrets,
+        "copy.yaml",
+        &format!("{repos}{}", repo_yaml(&sw, "archive", "pgark-two", "archive", &secrets.secret, "")),
+        &server,
+    );
     let copy = || {
         crate::support::cli::pgark_args(&[
             "repo",
@@ -591,17 +608,7 @@ fn object_lock_keeps_backups_until_the_lock_ends() {
         assert!(v.len() <= 2, "older versions of {partial} are trimmed: {v:?}");
     }
 
-    let check = || -> serde_json::Value {
-        let o = bin.run(&p.config, &["check", "main", "--json"]);
-        let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
-        checks
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["check"] == "repositories")
-            .unwrap()
-            .clone()
-    };
+    let check = || repositories_check(&bin, &p.config);
     let r = check();
     assert_eq!(r["level"], "ok", "{r}");
     assert!(r["detail"].as_str().unwrap().contains("object lock COMPLIANCE for 40s"), "{r}");
@@ -673,26 +680,14 @@ fn object_lock_keeps_backups_until_the_lock_ends() {
     assert_eq!(v.status.code(), Some(0), "{}", text(&v));
 
     // `check` fails for a bucket without object lock.
-    let plain = p.dir.path().join("plain.yaml");
-    std::fs::write(
-        &plain,
-        format!(
-            "catalog: {}\nencryption:\n  key_file: {}\nrepositories:\n{}servers:\n{server}",
-            p.catalog.display(),
-            secrets.key.display(),
-            repo_yaml(&sw, "vault", "pgark-plain", "v", &secrets.secret, lock)
-        ),
-    )
-    .unwrap();
-    let o = bin.run(&plain, &["check", "main", "--json"]);
-    let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
-    let r = checks
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "repositories")
-        .unwrap()
-        .clone();
+    let plain = side_config(
+        &p,
+        &secrets,
+        "plain.yaml",
+        &repo_yaml(&sw, "vault", "pgark-plain", "v", &secrets.secret, lock),
+        &server,
+    );
+    let r = repositories_check(&bin, &plain);
     assert_eq!(r["level"], "failed", "{r}");
     assert!(r["detail"].as_str().unwrap().contains("does not have object lock enabled"), "{r}");
 }
