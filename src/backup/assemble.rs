@@ -6,12 +6,11 @@ use super::pipeline::ChunkDone;
 use super::receive::FileBuild;
 use crate::catalog::backup_store::{combine_crc, FileKind, StoredFile};
 
-/// The files, and the bytes stored: new to the catalog, and referenced in all.
+/// The files, and the bytes new to the catalog (each file records the bytes it references).
 #[derive(Debug)]
 pub struct Assembled {
     pub files: Vec<StoredFile>,
     pub stored_new: u64,
-    pub stored_total: u64,
 }
 
 /// Puts each chunk result at its place; a file missing a chunk is an error (never a silently
@@ -30,7 +29,6 @@ pub fn assemble(server: &str, built: Vec<FileBuild>, results: Vec<ChunkDone>) ->
         *slot = Some(r);
     }
     let mut files = Vec::with_capacity(built.len());
-    let mut stored_total = 0u64;
     for (fb, chunks) in built.into_iter().zip(per_file) {
         let mut sf = fb.stored;
         if sf.kind == FileKind::File {
@@ -42,16 +40,11 @@ pub fn assemble(server: &str, built: Vec<FileBuild>, results: Vec<ChunkDone>) ->
                 &chunks.iter().map(|c| (c.crc32c, c.chunk_ref.size)).collect::<Vec<_>>(),
             ));
             sf.stored_bytes = chunks.iter().map(|c| c.chunk_ref.stored).sum::<u64>();
-            stored_total += sf.stored_bytes;
             sf.chunks = chunks.into_iter().map(|c| c.chunk_ref).collect();
         }
         files.push(sf);
     }
-    Ok(Assembled {
-        files,
-        stored_new,
-        stored_total,
-    })
+    Ok(Assembled { files, stored_new })
 }
 
 #[cfg(test)]
@@ -86,6 +79,7 @@ mod tests {
                 size: data.len() as u64,
                 stored: data.len() as u64 / 2,
                 blake3: None,
+                crc32c: None,
             },
             new,
         }
@@ -98,7 +92,8 @@ mod tests {
         let f = &a.files[0];
         assert_eq!(f.chunks.iter().map(|c| c.object.as_str()).collect::<Vec<_>>(), ["0-0", "0-1"]);
         assert_eq!(f.crc32c, Some(crc32c::crc32c(b"hello world")));
-        assert_eq!((a.stored_new, a.stored_total), (2, 5));
+        assert_eq!(a.stored_new, 2);
+        assert_eq!(a.files.iter().map(|f| f.stored_bytes).sum::<u64>(), 5);
         assert_eq!(a.files[1].crc32c, None, "a directory has no contents");
     }
 

@@ -58,6 +58,8 @@ pub enum BackupError {
     Cancelled,
     #[error("{server}: backup not started: {reason}")]
     DiskPressure { server: String, reason: String },
+    #[error("{server}: no incremental backup possible: {reason}")]
+    IncrementalUnavailable { server: String, reason: String },
 }
 
 impl From<tar::TarError> for BackupError {

@@ -16,6 +16,7 @@
 
 mod assemble;
 pub mod error;
+pub mod incremental;
 pub mod manifest;
 pub mod pipeline;
 mod receive;
@@ -38,6 +39,7 @@ use crate::protocol::basebackup::BaseBackupRequest;
 use crate::util::progress::Progress;
 use crate::util::time::unix_now;
 pub use error::BackupError;
+pub use incremental::IncrementalMode;
 pub use settings::BackupSettings;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,6 +71,8 @@ pub struct BackupJob {
     /// How long to wait while another backup or a prune of the server holds its lock
     /// (`pgark backup --wait`); zero: refuse at once.
     pub lock_wait: std::time::Duration,
+    /// Only the blocks changed since the newest backup (PostgreSQL 17+; see `incremental`).
+    pub incremental: IncrementalMode,
 }
 
 /// A new backup id: the UTC start time, e.g. `20261123T231500Z`, made unique in the catalog.
@@ -205,7 +209,12 @@ pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result
             "removed what interrupted backups left");
     }
     let id = new_id(store.as_ref(), &server)?;
-    let result = run(job, &id, &store, &server_dir, progress).await;
+    let mut result = run(job, &id, &store, &server_dir, job.incremental, progress).await;
+    if let (IncrementalMode::Auto, Err(BackupError::IncrementalUnavailable { reason, .. })) = (job.incremental, &result) {
+        tracing::info!(server = %server, id, "{reason}; taking a full backup instead of an incremental one");
+        progress.phase(&format!("{server}: no incremental backup possible; taking a full one"));
+        result = run(job, &id, &store, &server_dir, IncrementalMode::Off, progress).await;
+    }
     if let (Some(m), Ok(_)) = (&mirror, &result) {
         let failed = m.failed();
         for (name, why) in &failed {
@@ -239,23 +248,61 @@ pub async fn take_backup(job: &BackupJob, progress: &mut dyn Progress) -> Result
     result
 }
 
+/// Makes `conn` ready for `BASE_BACKUP ( INCREMENTAL )`: a parent in the catalog, WAL
+/// summaries on, the parent's manifest sent. `IncrementalUnavailable` says why not.
+async fn prepare_incremental(
+    conn: &mut crate::client::Connection,
+    job: &BackupJob,
+    store: &dyn ObjectStore,
+    sys: &crate::client::replication::SystemInfo,
+    pg_version: u32,
+) -> Result<incremental::Parent, BackupError> {
+    let server = job.server.as_str();
+    let unavailable = |reason: String| BackupError::IncrementalUnavailable {
+        server: server.to_string(),
+        reason,
+    };
+    let parent = incremental::choose_parent(store, server, pg_version, sys.system_identifier, job.chunks_local).map_err(unavailable)?;
+    let summarize = conn.show("summarize_wal").await.map_err(session::client_error(server))?;
+    if summarize != "on" {
+        return Err(unavailable(
+            "summarize_wal is off on the server; turn it on with ALTER SYSTEM SET summarize_wal = on and SELECT pg_reload_conf()".into(),
+        ));
+    }
+    match conn.upload_manifest(&parent.manifest).await {
+        Ok(()) => Ok(parent),
+        Err(crate::client::ClientError::Server(e)) => Err(unavailable(format!(
+            "the server refused the manifest of backup {}: {e}",
+            parent.index.id
+        ))),
+        Err(e) => Err(session::client_error(server)(e)),
+    }
+}
+
 /// Steps 2 to 5 of the module comment, under the lock taken by `take_backup`.
 async fn run(
     job: &BackupJob,
     id: &str,
     store: &Arc<dyn ObjectStore>,
     server_dir: &std::path::Path,
+    mode: IncrementalMode,
     progress: &mut dyn Progress,
 ) -> Result<BackupIndex, BackupError> {
     let (cfg, server) = (&job.settings, job.server.as_str());
     let started = Instant::now();
     let start_time = unix_now();
     let session::Session {
-        conn,
+        mut conn,
         sys,
         seg,
         pg_version,
     } = session::open(job, store, id, start_time).await?;
+    let parent = match mode {
+        IncrementalMode::Off => None,
+        IncrementalMode::Auto | IncrementalMode::Require => {
+            Some(prepare_incremental(&mut conn, job, store.as_ref(), &sys, pg_version).await?)
+        }
+    };
     let names = tablespaces::tablespace_names(server, &job.conninfo).await;
     let streaming = job.wal_progress.receiver(server).await.is_some_and(|p| p.streaming);
     if streaming {
@@ -269,6 +316,7 @@ async fn run(
         fast_checkpoint: job.fast_checkpoint,
         include_wal: !streaming,
         max_rate_kb: job.max_rate_kb,
+        incremental: parent.is_some(),
     };
     let target = session::Target {
         id,
@@ -278,7 +326,8 @@ async fn run(
         names,
     };
     progress.phase(&format!(
-        "{server}: starting backup {id} ({} checkpoint)",
+        "{server}: starting {} backup {id} ({} checkpoint)",
+        if parent.is_some() { "incremental" } else { "full" },
         if job.fast_checkpoint { "fast" } else { "spread" }
     ));
     let got = session::receive(conn, job, &request, &target, progress).await?;
@@ -289,9 +338,54 @@ async fn run(
     let checked = verify::against_manifest(&manifest, sys.system_identifier, &assembled.files, request.include_wal)?;
     tracing::info!(server = %server, id, files = checked, "every file matches the server's backup_manifest");
     store.put(&backup_store::manifest_key(server, id), &got.manifest)?;
+    let (files, stored_new, origin) = match &parent {
+        None => (assembled.files, assembled.stored_new, None),
+        Some(p) => {
+            progress.phase(&format!(
+                "{server}: rebuilding whole files from the changed blocks over backup {}",
+                p.index.id
+            ));
+            let reusable = backup_store::reusable_chunks(store.as_ref(), server)?;
+            let cfg = pipeline::PipelineConfig {
+                server: server.to_string(),
+                compression: cfg.compression,
+                workers: cfg.workers,
+                reusable,
+                catalog_root: server_dir.to_path_buf(),
+                min_free: cfg.min_free,
+                estimated_total: 0,
+            };
+            let incremental_stored: u64 = assembled
+                .files
+                .iter()
+                .filter(|f| crate::pg::incremental::full_path(&f.path).is_some())
+                .map(|f| f.stored_bytes)
+                .sum();
+            let r = incremental::rebuild(server, &p.index, assembled.files, store, cfg, &job.cancel)?;
+            let from_lsn = crate::pg::incremental::incremental_from(&got.rx.backup_label)
+                .map(|(l, _)| l)
+                .unwrap_or(p.index.start_lsn);
+            tracing::info!(server = %server, id, parent = %p.index.id, changed_files = r.incremental_files, changed_bytes = r.incremental_bytes,
+                received_bytes = got.rx.bytes, rebuilt_new_bytes = r.stored_new, "incremental backup: the server sent the changed blocks; every file is whole again");
+            let origin = backup_store::IncrementalOrigin {
+                parent: p.index.id.clone(),
+                from_lsn,
+                full: p.index.incremental.as_ref().map_or_else(|| p.index.id.clone(), |i| i.full.clone()),
+                incremental_files: r.incremental_files,
+                incremental_bytes: r.incremental_bytes,
+            };
+            // The INCREMENTAL.* chunks are referenced by nothing once the index lands (the
+            // garbage collection after publishing removes them).
+            (
+                r.files,
+                assembled.stored_new.saturating_sub(incremental_stored) + r.stored_new,
+                Some(origin),
+            )
+        }
+    };
 
     // The WAL from start to end must be durable before the backup may exist.
-    let wal_source = verify::wal_is_durable(job, store.as_ref(), seg, got.start, got.end, streaming, &assembled.files, progress).await?;
+    let wal_source = verify::wal_is_durable(job, store.as_ref(), seg, got.start, got.end, streaming, &files, progress).await?;
 
     store.sync()?;
     let label_text = String::from_utf8_lossy(&got.rx.backup_label).into_owned();
@@ -313,17 +407,28 @@ async fn run(
         checkpoint: if job.fast_checkpoint { "fast" } else { "spread" }.into(),
         wal_source,
         compression: compression_name(cfg.compression),
-        original_bytes: assembled.files.iter().map(|f| f.size).sum(),
-        stored_new_bytes: assembled.stored_new,
-        stored_total_bytes: assembled.stored_total,
+        original_bytes: files
+            .iter()
+            .filter(|f| f.kind == backup_store::FileKind::File)
+            .map(|f| f.size)
+            .sum(),
+        stored_new_bytes: stored_new,
+        stored_total_bytes: files.iter().map(|f| f.stored_bytes).sum(),
         tablespaces: got.tablespaces,
-        files: assembled.files,
+        files,
+        incremental: origin,
+        received_bytes: Some(got.rx.bytes),
     };
     if let Err(e) = backup_store::publish(store.as_ref(), &index) {
         // A publish that failed half-way (the index renamed, its directory fsync failed) must
         // not leave a backup that looks published while the command reports failure.
         let _ = store.delete(&backup_store::index_key(server, id));
         return Err(e.into());
+    }
+    if index.incremental.is_some() {
+        if let Err(e) = backup_store::collect_garbage(store.as_ref(), server) {
+            tracing::warn!(server = %server, error = %e, "could not remove the changed-block files the incremental backup was rebuilt from; the next backup will");
+        }
     }
     progress.end();
     tracing::info!(server = %server, id, start_lsn = %index.start_lsn, end_lsn = %index.end_lsn, original_bytes = index.original_bytes,

@@ -255,6 +255,7 @@ fn store_chunk(shared: &Shared, job: Job) -> Result<ChunkDone, PipelineError> {
                 size: job.data.len() as u64,
                 stored: existing,
                 blake3: Some(blake),
+                crc32c: None,
             };
             if let Ok(mut m) = shared.stored_now.lock() {
                 m.insert(hash, c.clone());
@@ -284,6 +285,7 @@ fn store_chunk(shared: &Shared, job: Job) -> Result<ChunkDone, PipelineError> {
         size: job.data.len() as u64,
         stored,
         blake3: Some(blake),
+        crc32c: None,
     };
     if let Ok(mut m) = shared.stored_now.lock() {
         m.insert(hash, c.clone());
@@ -300,7 +302,8 @@ fn estimate_remaining(estimated_raw_total: u64, raw_so_far: u64, stored_so_far: 
     (left as f64 * stored_so_far as f64 / raw_so_far as f64) as u64
 }
 
-fn done(job: &Job, crc32c: u32, chunk_ref: ChunkRef, new: bool) -> ChunkDone {
+fn done(job: &Job, crc32c: u32, mut chunk_ref: ChunkRef, new: bool) -> ChunkDone {
+    chunk_ref.crc32c = Some(crc32c);
     ChunkDone {
         file: job.file,
         chunk: job.chunk,

@@ -14,7 +14,7 @@ use crate::catalog::Layout;
 use crate::client::replication::SystemInfo;
 use crate::client::{ClientError, Connection};
 use crate::pg::{Lsn, TimelineId, WalSegSize};
-use crate::protocol::basebackup::{BackupEvent, BaseBackupReader, BaseBackupRequest};
+use crate::protocol::basebackup::{BackupEvent, BackupReplyError, BaseBackupReader, BaseBackupRequest};
 use crate::util::progress::Progress;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -137,9 +137,17 @@ pub async fn receive(
             conn.set_phase("BASE_BACKUP stream");
             conn.set_io_timeout(cfg.stream_timeout);
         }
-        let events = reader.on_message(msg).map_err(|source| BackupError::Reply {
-            server: server.to_string(),
-            source: Box::new(source),
+        let events = reader.on_message(msg).map_err(|source| match source {
+            // Refused before any data (WAL summaries missing or off, a manifest it cannot use):
+            // the caller may take a full backup instead.
+            BackupReplyError::Server(e) if request.incremental && tablespaces.is_empty() => BackupError::IncrementalUnavailable {
+                server: server.to_string(),
+                reason: format!("the server refused it: {e}"),
+            },
+            source => BackupError::Reply {
+                server: server.to_string(),
+                source: Box::new(source),
+            },
         })?;
         for ev in events {
             match ev {

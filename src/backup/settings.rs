@@ -27,6 +27,9 @@ pub struct BackupSettings {
     pub wal_timeout: Duration,
     /// Longest silence of the server during the BASE_BACKUP stream.
     pub stream_timeout: Duration,
+    /// `backup_full_every`: scheduled backups are incremental (PostgreSQL 17+) except when the
+    /// newest full backup started longer ago than this. None: every scheduled backup is full.
+    pub full_every: Option<Duration>,
 }
 
 impl Default for BackupSettings {
@@ -39,6 +42,7 @@ impl Default for BackupSettings {
             min_free: DEFAULT_BACKUP_MIN_FREE,
             wal_timeout: DEFAULT_BACKUP_WAL_TIMEOUT,
             stream_timeout: DEFAULT_BACKUP_STREAM_TIMEOUT,
+            full_every: None,
         }
     }
 }

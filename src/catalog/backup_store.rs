@@ -52,6 +52,10 @@ pub struct ChunkRef {
     /// at several GB/s with a 256-bit hash (SHA-256, the name, is about three times slower).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// CRC-32C of the raw bytes: lets an incremental backup take the chunk over into a new file
+    /// (whose CRC is combined from its chunks') without reading it. Absent in older indexes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<u32>,
 }
 
 /// What a stored entry is. The JSON names (`file`, `directory`, `symlink`) are part of the index
@@ -128,9 +132,41 @@ pub struct BackupIndex {
     pub stored_total_bytes: u64,
     pub tablespaces: Vec<TablespaceRecord>,
     pub files: Vec<StoredFile>,
+    /// Set when the server sent only the blocks changed since `parent` (PostgreSQL 17+
+    /// incremental backup); the files here are nevertheless whole, rebuilt at backup time, so
+    /// the backup restores, verifies and is deleted on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalOrigin>,
+    /// Bytes of file data the server sent (absent in older indexes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_bytes: Option<u64>,
+}
+
+/// What an incremental backup was taken against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncrementalOrigin {
+    /// The backup whose manifest was sent to the server (UPLOAD_MANIFEST) and whose files
+    /// supplied the unchanged blocks.
+    pub parent: String,
+    /// `INCREMENTAL FROM LSN` of the backup_label: the parent's start.
+    pub from_lsn: Lsn,
+    /// The newest full backup (taken whole from the server) this one descends from.
+    pub full: String,
+    /// Files the server sent as changed blocks only, and those blocks' bytes.
+    pub incremental_files: u64,
+    pub incremental_bytes: u64,
 }
 
 impl BackupIndex {
+    /// `full` or `incremental`, as `list-backups` shows it.
+    pub fn kind(&self) -> &'static str {
+        if self.incremental.is_some() {
+            "incremental"
+        } else {
+            "full"
+        }
+    }
+
     pub fn file_count(&self) -> usize {
         self.files.iter().filter(|f| f.kind == FileKind::File).count()
     }
@@ -543,6 +579,8 @@ pub(crate) mod tests {
             stored_new_bytes: 5,
             stored_total_bytes: 5,
             tablespaces: vec![],
+            incremental: None,
+            received_bytes: None,
             files: vec![StoredFile {
                 path: "f".into(),
                 kind: FileKind::File,
@@ -559,6 +597,7 @@ pub(crate) mod tests {
                         size: 10,
                         stored: 5,
                         blake3: None,
+                        crc32c: None,
                     })
                     .collect(),
             }],

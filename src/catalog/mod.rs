@@ -15,6 +15,7 @@ pub mod chain_store;
 pub mod continuity;
 pub mod drill_record;
 pub mod encryption;
+pub mod file_reader;
 pub mod lock;
 pub mod mirror_store;
 pub mod object_lock;

@@ -33,6 +33,7 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("synchronized_standby_slots", synchronized_standby_slots),
     ("idle_replication_slot_timeout", idle_replication_slot_timeout),
     ("data_checksums", data_checksums),
+    ("incremental_backups", incremental_backups),
 ];
 
 /// WAL older than this (and the server ahead of pgark) fails `wal_recent`, unless twice the
@@ -672,6 +673,30 @@ fn data_checksums(f: &Facts) -> Outcome {
     }
 }
 
+/// Whether the server can give incremental backups (PostgreSQL 17+ with summarize_wal): a
+/// failure when `backup_full_every` asks for them (every scheduled backup would be full), a
+/// note otherwise.
+fn incremental_backups(f: &Facts) -> Outcome {
+    let s = match sql(f) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let wanted = f.cfg.backup.full_every.is_some();
+    match s.setting("summarize_wal") {
+        None if wanted => Outcome::failed(format!(
+            "backup_full_every is set, but PostgreSQL {} has no incremental backups (17 or later): every scheduled backup is full",
+            major(f)
+        )),
+        None => Outcome::ok(format!("not available (PostgreSQL {} has no incremental backups)", major(f))),
+        Some("on") if wanted => Outcome::ok("summarize_wal is on: scheduled backups are incremental between full ones (backup_full_every)"),
+        Some("on") => Outcome::ok("summarize_wal is on: `pgark backup --incremental` and backup_full_every can be used"),
+        Some(_) if wanted => Outcome::failed(
+            "summarize_wal is off, so backup_full_every cannot work (every scheduled backup is full): ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf();",
+        ),
+        Some(_) => Outcome::ok("summarize_wal is off: incremental backups are not possible (ALTER SYSTEM SET summarize_wal = on enables them)"),
+    }
+}
+
 /// The level of the worst result.
 pub fn worst(levels: impl IntoIterator<Item = Level>) -> Level {
     levels.into_iter().max().unwrap_or(Level::Ok)
@@ -942,6 +967,19 @@ mod tests {
         let o = level(&f, "data_checksums");
         assert_eq!(o.level, Level::Warning);
         assert!(o.detail.contains("pg_checksums"), "{}", o.detail);
+        assert_eq!(level(&f, "incremental_backups").level, Level::Ok);
+        f.cfg.backup.full_every = Some(std::time::Duration::from_secs(7 * 86400));
+        assert_eq!(
+            level(&f, "incremental_backups").level,
+            Level::Failed,
+            "no summarize_wal (before 17)"
+        );
+        sql_mut(&mut f).settings.insert("summarize_wal".into(), ("off".into(), None));
+        let o = level(&f, "incremental_backups");
+        assert_eq!(o.level, Level::Failed);
+        assert!(o.detail.contains("ALTER SYSTEM SET summarize_wal"), "{}", o.detail);
+        sql_mut(&mut f).settings.insert("summarize_wal".into(), ("on".into(), None));
+        assert_eq!(level(&f, "incremental_backups").level, Level::Ok);
     }
 
     #[test]

@@ -195,8 +195,9 @@ impl Sql {
 }
 
 /// Settings `pgark check` reads from `pg_settings`.
-const SETTINGS: [&str; 5] = [
+const SETTINGS: [&str; 6] = [
     "data_checksums",
+    "summarize_wal",
     "archive_timeout",
     "synchronized_standby_slots",
     "idle_replication_slot_timeout",

@@ -21,6 +21,8 @@ pub struct BackupOptions {
     pub json: bool,
     /// `--wait`: how long to wait for a running backup or prune of the server.
     pub lock_wait: std::time::Duration,
+    /// `--incremental`.
+    pub incremental: crate::backup::IncrementalMode,
 }
 
 /// `pgark backup`.
@@ -32,6 +34,7 @@ pub async fn backup(path: &Path, server: &str, options: BackupOptions) -> i32 {
         keep,
         json,
         lock_wait,
+        incremental,
     } = options;
     let config = match load_config(path) {
         Ok(c) => c,
@@ -90,6 +93,7 @@ pub async fn backup(path: &Path, server: &str, options: BackupOptions) -> i32 {
         },
         chunks_local: config.backups_local,
         lock_wait,
+        incremental,
     };
     let handle = backup::spawn_on_own_thread(job, crate::cli::progress::for_terminal("backup"));
     let stop = cancel.clone();

@@ -80,8 +80,8 @@ pub fn list_backups(path: &Path, repo: Option<&str>, server: Option<&str>, json:
         return done;
     }
     println!(
-        "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10} {:<8}  {:<28} LABEL",
-        "SERVER", "ID", "STATUS", "START", "SECS", "START LSN", "END LSN", "TLI", "SIZE", "STORED", "VERIFIED", "KEPT BY"
+        "{:<12} {:<18} {:<12} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10} {:>10} {:<8}  {:<28} LABEL",
+        "SERVER", "ID", "STATUS", "TYPE", "START", "SECS", "START LSN", "END LSN", "TLI", "SIZE", "SENT", "STORED", "VERIFIED", "KEPT BY"
     );
     for b in &all {
         let kept = if b.kept_by.is_empty() {
@@ -90,16 +90,18 @@ pub fn list_backups(path: &Path, repo: Option<&str>, server: Option<&str>, json:
             b.kept_by.join(",")
         };
         println!(
-            "{:<12} {:<18} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10} {:<8}  {:<28} {}",
+            "{:<12} {:<18} {:<12} {:<12} {:<24} {:>6} {:>14} {:>14} {:>4} {:>10} {:>10} {:>10} {:<8}  {:<28} {}",
             b.server,
             b.id,
             b.status,
+            b.kind,
             b.start_time,
             b.duration_seconds,
             b.start_lsn,
             b.end_lsn,
             b.end_timeline,
             crate::util::units::human_bytes(b.original_bytes),
+            b.received_bytes.map_or_else(|| "-".to_string(), crate::util::units::human_bytes),
             crate::util::units::human_bytes(b.stored_new_bytes),
             b.verify_status,
             kept,
@@ -150,6 +152,13 @@ pub fn show_backup(path: &Path, repo: Option<&str>, server: &str, id: &str, json
         s.status,
         if s.usable { "" } else { " (not usable for a restore)" }
     );
+    match &s.parent {
+        Some(p) => println!(
+            "  type:               incremental: the server sent only the blocks changed since backup {p}{}; the files are whole again (restoring needs no other backup)",
+            s.received_bytes.map(|b| format!(" ({})", crate::util::units::human_bytes(b))).unwrap_or_default()
+        ),
+        None => println!("  type:               full"),
+    }
     println!("  start / end time:   {} / {} ({}s)", s.start_time, s.end_time, s.duration_seconds);
     println!("  start / end LSN:    {} / {}", s.start_lsn, s.end_lsn);
     println!("  timeline:           {} (end {})", s.timeline, s.end_timeline);

@@ -31,12 +31,16 @@ pub const DISK_PRESSURE: i32 = 8;
 /// `verify`, `check`, `drill`: something is damaged, missing or misconfigured (each problem is
 /// printed), or the drill failed.
 pub const DAMAGED: i32 = 9;
+/// `backup --incremental=require`: the server or the catalog cannot give an incremental backup
+/// (PostgreSQL before 17, summarize_wal off, WAL summaries missing, no parent backup).
+pub const NO_INCREMENTAL: i32 = 10;
 
 /// `pgark backup`.
 pub fn for_backup(e: &BackupError) -> i32 {
     match e {
         BackupError::Locked(_) => LOCKED,
         BackupError::DiskPressure { .. } => DISK_PRESSURE,
+        BackupError::IncrementalUnavailable { .. } => NO_INCREMENTAL,
         _ => FAILURE,
     }
 }

@@ -89,7 +89,7 @@ pub enum Cmd {
     },
     /// Take a base backup of one server now (pgark serve may keep running on the same catalog).
     #[command(
-        after_help = "The backup is published only when complete: every file checked against PostgreSQL's backup_manifest and the WAL from its start to its end durable in the catalog (streamed by pgark serve, or included in the backup when no receiver streams the server).\n\nExit status: 0 done, 1 failed (nothing kept), 2 bad usage or config, 4 another backup or a prune of this server is running (after --wait, if given).\n\nExamples:\n  pgark backup --config /etc/pgark.yaml main\n  pgark backup --config /etc/pgark.yaml main --label before-upgrade --checkpoint fast\n  pgark backup --config /etc/pgark.yaml main --max-rate 50000 --json\n  pgark backup --config /etc/pgark.yaml main --wait 1h   # from cron, beside the daemon's schedule"
+        after_help = "The backup is published only when complete: every file checked against PostgreSQL's backup_manifest and the WAL from its start to its end durable in the catalog (streamed by pgark serve, or included in the backup when no receiver streams the server).\n\nWith --incremental (PostgreSQL 17+, summarize_wal = on) the server sends only the blocks changed since the newest backup, and pgark rebuilds whole files from them: the backup restores, verifies and can be deleted on its own, like a full one. When an incremental is not possible it takes a full backup and says why; --incremental=require fails instead (exit 10).\n\nExit status: 0 done, 1 failed (nothing kept), 2 bad usage or config, 4 another backup or a prune of this server is running (after --wait, if given), 10 --incremental=require and no incremental backup possible.\n\nExamples:\n  pgark backup --config /etc/pgark.yaml main\n  pgark backup --config /etc/pgark.yaml main --incremental\n  pgark backup --config /etc/pgark.yaml main --label before-upgrade --checkpoint fast\n  pgark backup --config /etc/pgark.yaml main --max-rate 50000 --json\n  pgark backup --config /etc/pgark.yaml main --wait 1h   # from cron, beside the daemon's schedule"
     )]
     Backup {
         #[arg(long, short, value_name = "FILE")]
@@ -116,6 +116,10 @@ pub enum Cmd {
         /// refusing at once with exit 4.
         #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
         wait: Option<std::time::Duration>,
+        /// Send only the blocks changed since the newest backup (PostgreSQL 17+): `auto` (the
+        /// default when given without a value) falls back to a full backup, `require` fails.
+        #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "auto", value_parser = ["auto", "require", "off"])]
+        incremental: Option<String>,
     },
     /// List the backups in the catalog: id, status, times, LSNs, sizes.
     #[command(
@@ -331,6 +335,7 @@ pub async fn run(cli: Cli) -> i32 {
             keep,
             json,
             wait,
+            incremental,
         } => {
             let options = backup::BackupOptions {
                 label,
@@ -339,6 +344,12 @@ pub async fn run(cli: Cli) -> i32 {
                 keep,
                 json,
                 lock_wait: wait.unwrap_or_default(),
+                incremental: incremental
+                    .as_deref()
+                    .map(crate::backup::IncrementalMode::parse)
+                    .transpose()
+                    .unwrap_or_default()
+                    .unwrap_or_default(),
             };
             backup::backup(&config, &server, options).await
         }

@@ -104,6 +104,13 @@ pub struct BackupSummary {
     pub verified_at: String,
     /// That verify's result: `ok`, `damaged`, or `never`.
     pub verify_status: String,
+    /// `full`, or `incremental` (the server sent only the blocks changed since `parent`; the
+    /// backup is nevertheless whole: restoring it needs no other backup).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub parent: Option<String>,
+    /// Bytes of file data the server sent (absent for backups taken before pgark recorded it).
+    pub received_bytes: Option<u64>,
 }
 
 pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex, view: &RetentionView) -> BackupSummary {
@@ -146,6 +153,9 @@ pub fn summarize(store: &dyn ObjectStore, idx: &BackupIndex, view: &RetentionVie
         original_bytes: idx.original_bytes,
         stored_new_bytes: idx.stored_new_bytes,
         stored_total_bytes: idx.stored_total_bytes,
+        kind: idx.kind(),
+        parent: idx.incremental.as_ref().map(|i| i.parent.clone()),
+        received_bytes: idx.received_bytes,
         file_count: idx.file_count(),
         wal_source: idx.wal_source,
         wal,

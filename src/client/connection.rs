@@ -641,6 +641,49 @@ impl Connection {
         self.flush().await
     }
 
+    /// `UPLOAD_MANIFEST` (PostgreSQL 17+): sends a prior backup's backup_manifest in COPY IN,
+    /// so that the next `BASE_BACKUP ( INCREMENTAL )` on this connection sends only what changed
+    /// since it. The server's refusal (it cannot parse the manifest) is `ClientError::Server`.
+    pub async fn upload_manifest(&mut self, manifest: &[u8]) -> Result<(), ClientError> {
+        self.send_query("UPLOAD_MANIFEST").await?;
+        let mut error = None;
+        loop {
+            match self.next_message().await? {
+                BackendMessage::CopyInResponse => break,
+                BackendMessage::Error(e) => error = Some(e),
+                BackendMessage::ReadyForQuery(_) => {
+                    return Err(match error {
+                        Some(e) => ClientError::Server(e),
+                        None => ProtocolError::new("UPLOAD_MANIFEST ended without COPY IN").into(),
+                    })
+                }
+                BackendMessage::Notice(_) | BackendMessage::ParameterStatus { .. } => {}
+                other => return Err(ProtocolError::new(format!("unexpected {other:?} in reply to UPLOAD_MANIFEST")).into()),
+            }
+        }
+        self.phase = "UPLOAD_MANIFEST: sending the prior backup's manifest".into();
+        for part in manifest.chunks(64 * 1024) {
+            frontend::CopyData::new(part).map_err(encode_err)?.write(&mut self.wbuf);
+            if self.wbuf.len() >= 256 * 1024 {
+                self.flush().await?;
+            }
+        }
+        frontend::copy_done(&mut self.wbuf);
+        self.flush().await?;
+        loop {
+            match self.next_message().await? {
+                BackendMessage::Error(e) => error = Some(e),
+                BackendMessage::ReadyForQuery(_) => break,
+                BackendMessage::CommandComplete(_) | BackendMessage::Notice(_) | BackendMessage::ParameterStatus { .. } => {}
+                other => return Err(ProtocolError::new(format!("unexpected {other:?} after UPLOAD_MANIFEST")).into()),
+            }
+        }
+        match error {
+            Some(e) => Err(ClientError::Server(e)),
+            None => Ok(()),
+        }
+    }
+
     /// Sends CopyDone.
     pub async fn send_copy_done(&mut self) -> Result<(), ClientError> {
         frontend::copy_done(&mut self.wbuf);

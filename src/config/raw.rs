@@ -95,6 +95,7 @@ pub struct RawServer {
     pub receiver_timeout: Option<String>,
     pub compression: Option<serde_yaml::Value>,
     pub backup_schedule: Option<String>,
+    pub backup_full_every: Option<String>,
     pub backup_compression: Option<serde_yaml::Value>,
     pub backup_workers: Option<usize>,
     pub backup_checkpoint: Option<String>,

@@ -34,6 +34,20 @@ pub fn parse(name: &str, s: RawServer, top_retention: Option<&super::retention::
     if let Some(t) = &s.backup_schedule {
         backup.schedule = Some(crate::backup::schedule::Schedule::parse(t).map_err(|m| err(format!("{}: {m}", key("backup_schedule"))))?);
     }
+    if let Some(t) = &s.backup_full_every {
+        let every = humantime::parse_duration(t.trim())
+            .map_err(|_| err(format!("{}: {t:?}: expected a duration such as 7d", key("backup_full_every"))))?;
+        if every < Duration::from_secs(3600) {
+            return Err(err(format!("{}: {t:?}: must be at least 1h", key("backup_full_every"))));
+        }
+        if s.backup_schedule.is_none() {
+            return Err(err(format!(
+                "{}: applies to scheduled backups, but backup_schedule is not set",
+                key("backup_full_every")
+            )));
+        }
+        backup.full_every = Some(every);
+    }
     if s.backup_compression.is_some() {
         backup.compression =
             parse_compression(s.backup_compression.as_ref()).map_err(|m| err(format!("{}: {m}", key("backup_compression"))))?;

@@ -3,6 +3,7 @@
 //! Every coordinate is a newtype so that a segment number can never be passed where an LSN is
 //! expected, and every parser returns a typed error naming the text it refused.
 
+pub mod incremental;
 pub mod lsn;
 pub mod manifest;
 pub mod segment;

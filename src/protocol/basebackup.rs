@@ -22,6 +22,8 @@ pub struct BaseBackupRequest {
     pub include_wal: bool,
     /// Server-side throttle in kB/s (32 to 1048576).
     pub max_rate_kb: Option<u32>,
+    /// Only what changed since the manifest sent by UPLOAD_MANIFEST (17+).
+    pub incremental: bool,
 }
 
 fn quote(s: &str) -> String {
@@ -58,6 +60,9 @@ impl BaseBackupRequest {
             }
             if let Some(r) = self.max_rate_kb {
                 opts.push(format!("MAX_RATE {r}"));
+            }
+            if self.incremental {
+                opts.push("INCREMENTAL".to_string());
             }
             format!("BASE_BACKUP ({})", opts.join(", "))
         }
@@ -379,6 +384,7 @@ mod tests {
             fast_checkpoint: true,
             include_wal: false,
             max_rate_kb: Some(64),
+            incremental: false,
         };
         let old = r.command(140011);
         assert!(
@@ -391,6 +397,9 @@ mod tests {
             new.starts_with("BASE_BACKUP (LABEL 'it''s', PROGRESS, CHECKPOINT 'fast', WAIT false"),
             "{new}"
         );
+        assert!(!new.contains("INCREMENTAL"));
+        let incr = BaseBackupRequest { incremental: true, ..r }.command(170000);
+        assert!(incr.ends_with(", INCREMENTAL)"), "{incr}");
     }
 
     #[test]

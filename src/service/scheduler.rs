@@ -165,6 +165,12 @@ pub async fn run(
                     chunks_local,
                     // A `pgark backup` or prune running now: this turn is retried later.
                     lock_wait: std::time::Duration::ZERO,
+                    incremental: crate::backup::incremental::scheduled_mode(
+                        Catalog::open(&catalog).store().as_ref(),
+                        &server,
+                        cfg.backup.full_every,
+                        unix_now(),
+                    ),
                 };
                 let handle = crate::backup::spawn_on_own_thread(job, Box::new(LogLines::new("backup")));
                 let result = handle.await;

@@ -179,6 +179,7 @@ mod tests {
             size: data.len() as u64,
             stored: bytes.len() as u64,
             blake3: Some(blake3::hash(data).to_hex().to_string()),
+            crc32c: None,
         }
     }
 

@@ -455,10 +455,35 @@ impl Run<'_> {
                     // WAL the server appended to the backup itself is not in its manifest.
                     let own_wal =
                         |p: &str| idx.wal_source == WalSource::Backup && p.strip_prefix("pg_wal/").is_some_and(|rest| !rest.contains('/'));
-                    for f in by_path.keys().filter(|p| !listed.contains_key(**p) && !own_wal(p)) {
+                    // An incremental backup's manifest lists what the server sent: the changed
+                    // blocks of a file as `INCREMENTAL.<name>`, the label with its INCREMENTAL
+                    // FROM lines. The index holds the rebuilt files (their chunks are checked
+                    // above against the CRCs recorded when they were rebuilt).
+                    let rebuilt: HashMap<String, String> = if idx.incremental.is_some() {
+                        listed
+                            .keys()
+                            .filter_map(|p| crate::pg::incremental::full_path(p).map(|w| (p.clone(), w)))
+                            .chain(std::iter::once(("backup_label".to_string(), "backup_label".to_string())))
+                            .collect()
+                    } else {
+                        HashMap::new()
+                    };
+                    let wholes: std::collections::HashSet<&str> = rebuilt.values().map(String::as_str).collect();
+                    let in_manifest = |p: &str| listed.contains_key(p) || wholes.contains(p);
+                    for f in by_path.keys().filter(|p| !in_manifest(p) && !own_wal(p)) {
                         problem(Subject::File, f, "in the backup but not in its backup_manifest".into());
                     }
                     for (path, m) in &listed {
+                        if let Some(whole) = rebuilt.get(path) {
+                            if !by_path.contains_key(whole.as_str()) {
+                                problem(
+                                    Subject::File,
+                                    whole,
+                                    format!("the backup_manifest lists {path} but the backup has no {whole}"),
+                                );
+                            }
+                            continue;
+                        }
                         match by_path.get(path.as_str()) {
                             None => problem(Subject::File, path, "listed in the backup_manifest but not in the backup".into()),
                             Some(f) if f.size != m.size => problem(
@@ -712,6 +737,8 @@ mod tests {
             stored_new_bytes: 0,
             stored_total_bytes: 0,
             tablespaces: vec![],
+            incremental: None,
+            received_bytes: None,
             files: vec![StoredFile {
                 path: "base/1/1".into(),
                 kind: FileKind::File,
@@ -726,6 +753,7 @@ mod tests {
                     size: data.len() as u64,
                     stored: stored.len() as u64,
                     blake3: None,
+                    crc32c: None,
                 }],
             }],
         };

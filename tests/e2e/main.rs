@@ -15,6 +15,7 @@ mod drill;
 mod durability;
 mod harness;
 mod hooks;
+mod incremental;
 mod malformed;
 mod monitoring;
 mod network;

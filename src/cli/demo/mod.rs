@@ -205,6 +205,7 @@ fn start_backup(d: &Daemon, config: &Config, server_cfg: &crate::config::ServerC
         mirrors: Vec::new(),
         chunks_local: true,
         lock_wait: std::time::Duration::ZERO,
+        incremental: crate::backup::IncrementalMode::Off,
     };
     crate::backup::spawn_on_own_thread(job, Box::new(crate::util::progress::LogLines::new("backup")))
 }
