@@ -452,6 +452,40 @@ mod tests {
     }
 
     #[test]
+    fn backup_full_every_picks_full_or_incremental() {
+        use crate::catalog::backup_store::{publish, tests::index, IncrementalOrigin};
+        use crate::catalog::store::LocalStore;
+        use crate::pg::Lsn;
+        let d = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(d.path());
+        let every = Some(std::time::Duration::from_secs(7 * 86400));
+        let t0 = 1_800_000_000;
+        assert_eq!(scheduled_mode(&store, "main", every, t0), IncrementalMode::Off, "no backup yet");
+        let mut full = index("20270115T080000Z", &[]);
+        full.start_time = t0;
+        publish(&store, &full).unwrap();
+        let mut inc = index("20270116T080000Z", &[]);
+        inc.start_time = t0 + 86400;
+        inc.incremental = Some(IncrementalOrigin {
+            parent: full.id.clone(),
+            from_lsn: Lsn(0),
+            full: full.id.clone(),
+            incremental_files: 1,
+            incremental_bytes: 1,
+        });
+        publish(&store, &inc).unwrap();
+        assert_eq!(scheduled_mode(&store, "main", every, t0 + 6 * 86400), IncrementalMode::Auto);
+        assert_eq!(
+            scheduled_mode(&store, "main", every, t0 + 8 * 86400),
+            IncrementalMode::Off,
+            "the full is a week old"
+        );
+        assert_eq!(scheduled_mode(&store, "main", None, t0 + 86400), IncrementalMode::Off);
+        assert_eq!(IncrementalMode::parse("require"), Ok(IncrementalMode::Require));
+        assert!(IncrementalMode::parse("maybe").is_err());
+    }
+
+    #[test]
     fn zeroes_only_the_named_pages_of_the_piece() {
         let b = incremental::BLCKSZ as usize;
         // The piece holds pages 2 and 3 of the file.

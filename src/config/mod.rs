@@ -396,6 +396,14 @@ mod tests {
                 "servers.main.backup_schedule",
             ),
             (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    backup_full_every: 7d\n",
+                "servers.main.backup_full_every",
+            ),
+            (
+                "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    backup_schedule: 1d\n    backup_full_every: 10m\n",
+                "servers.main.backup_full_every",
+            ),
+            (
                 "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    backup_min_free: lots\n",
                 "servers.main.backup_min_free",
             ),
