@@ -4,9 +4,10 @@ and against PostgreSQL's own pg_basebackup --incremental + pg_combinebackup, in 
 
 One cluster (PostgreSQL 18 from the version matrix, summarize_wal = on), pgbench -i -s SCALE,
 pgark serve streaming its WAL. Each round:
-  1. a full backup: pgark backup, and pg_basebackup -Fp -X none;
+  1. a full backup: pgark backup (its catalog emptied first), and pg_basebackup -Fp -X none;
   2. 1% of pgbench_accounts updated (a contiguous range of aids: the changed blocks are 1% of the
-     table; a scattered 1% would touch about half of its pages, for every tool alike);
+     table; a scattered 1% would touch about half of its pages, for every tool alike), then a
+     CHECKPOINT, so that each backup's own checkpoint finds as little to flush as the full's did;
   3. an incremental: pgark backup --incremental=require, and pg_basebackup --incremental
      against the full one's manifest;
   4. restores: pgark restore of the incremental and of the full (--target-dir, not started),
@@ -79,30 +80,41 @@ def fresh_dir(base, name):
 
 
 def round_(base, c, conf, scale, r):
+    """One round; `os.sync()` before each timed step, so that no tool pays for the writeback of
+    the copy the one before it left dirty."""
     res = {}
     accounts = scale * 100000
-    # 1. full backups
+    # 1. full backups; pgark's into an empty catalog, so that it stores everything (a full
+    # backup that finds the previous round's chunks would only reference them)
+    bb.pgark_delete_all(conf)
+    os.sync()
     secs, rss, cpu, b = pgark(conf, "backup", "bench", "--checkpoint", "fast", "--json")
     res["pgark_full"] = dict(seconds=secs, sent=b["received_bytes"], stored=b["stored_new_bytes"], rss=rss, cpu=cpu, id=b["id"])
     full_dir = fresh_dir(base, f"pgbb/full{r}")
+    os.sync()
     secs, rss, cpu, _ = basebackup(c, full_dir)
     res["pgbb_full"] = dict(seconds=secs, sent=bb.dir_bytes(full_dir), rss=rss, cpu=cpu)
     # 2. 1% of the rows, contiguous
     lo = 1 + r * (accounts // 100)
     c.psql(f"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN {lo} AND {lo + accounts // 100 - 1}")
     # 3. incrementals
+    c.psql("CHECKPOINT")
+    os.sync()
     secs, rss, cpu, b = pgark(conf, "backup", "bench", "--checkpoint", "fast", "--json", "--incremental=require")
     res["pgark_incr"] = dict(seconds=secs, sent=b["received_bytes"], stored=b["stored_new_bytes"], rss=rss, cpu=cpu, id=b["id"])
     incr_dir = fresh_dir(base, f"pgbb/incr{r}")
+    os.sync()
     secs, rss, cpu, _ = basebackup(c, incr_dir, [f"--incremental={full_dir}/backup_manifest"])
     res["pgbb_incr"] = dict(seconds=secs, sent=bb.dir_bytes(incr_dir), rss=rss, cpu=cpu)
     # 4. restores
     for kind in ("incr", "full"):
         target = os.path.join(base, f"restore_{kind}{r}")
+        os.sync()
         secs, rss, cpu, _ = pgark(conf, "restore", "bench", res[f"pgark_{kind}"]["id"], "--target-dir", target, "--json")
         res[f"restore_pgark_{kind}"] = dict(seconds=secs, rss=rss, cpu=cpu)
         shutil.rmtree(target, ignore_errors=True)
     out = os.path.join(base, f"combined{r}")
+    os.sync()
     secs, rss, cpu, _ = bb.timed([f"{CLIENT_BIN}/pg_combinebackup", full_dir, incr_dir, "-o", out, "--no-sync"])
     res["combine"] = dict(seconds=secs, rss=rss, cpu=cpu)
     for d in (out, full_dir, incr_dir):
@@ -122,7 +134,8 @@ def report(rounds, size, scale, args):
       f"{os.cpu_count()} cores, PostgreSQL 18 (server {wb.run([f'{SERVER_BIN}/postgres', '--version']).stdout.split()[2]}, "
       f"client tools {wb.run([f'{CLIENT_BIN}/pg_combinebackup', '--version']).stdout.split()[2]}), pgbench scale {scale} "
       f"({size / 1e9:.2f} GB), pgark serve streaming the WAL. Each round: a full backup, 1% of pgbench_accounts "
-      f"updated (a contiguous range), an incremental, then restores. Medians of {len(rounds)} rounds; WAL not counted.")
+      f"updated (a contiguous range) and a CHECKPOINT, an incremental, then restores; `sync` before each timed step. "
+      f"Medians of {len(rounds)} rounds; WAL not counted.")
     w("")
     w("| operation | seconds | server sent MB | pgark stored new MB | peak RSS MB | CPU s |")
     w("|---|---|---|---|---|---|")
@@ -148,17 +161,6 @@ def report(rounds, size, scale, args):
     w("")
     w(END)
     return "\n".join(lines)
-
-
-def write_section(path, section):
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text += "\n" + section + "\n"
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def main():
@@ -192,7 +194,7 @@ def main():
         rounds = [round_(base, c, conf, args.scale, r) for r in range(args.rounds)]
         section = report(rounds, size, args.scale, args)
         print(section)
-        write_section(args.out, section)
+        wb.write_marked_section(args.out, section, START, END)
     finally:
         if serve:
             serve.terminate()

@@ -415,6 +415,19 @@ def main():
         cleanup(base)
 
 
+def write_marked_section(path, section, start, end):
+    """Replaces the text between the `start` and `end` markers of `path` with `section` (which
+    carries the markers), or appends it: each script owns one section of BENCHMARKS.md."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text += "\n" + section + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def cleanup(base):
     for d in os.listdir(base):
         data = os.path.join(base, d, "data")

@@ -39,6 +39,19 @@ pub enum LockError {
 pub struct CatalogLock {
     _file: File,
     pub path: PathBuf,
+    /// The file holds this process's pid (an exclusive lock taken by `acquire_file`): emptied
+    /// on release, so that only a lock left by a process that died names a pid to the next one.
+    owns_pid: bool,
+}
+
+impl Drop for CatalogLock {
+    fn drop(&mut self) {
+        if self.owns_pid {
+            // Still under the flock (closing the file releases it); a failure only costs the
+            // next holder a needless "stale lock" warning.
+            let _ = self._file.set_len(0);
+        }
+    }
 }
 
 impl CatalogLock {
@@ -86,7 +99,11 @@ impl CatalogLock {
         loop {
             // SAFETY: flock on a valid, owned file descriptor.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } == 0 {
-                return Ok(Some(CatalogLock { _file: file, path }));
+                return Ok(Some(CatalogLock {
+                    _file: file,
+                    path,
+                    owns_pid: false,
+                }));
             }
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
@@ -129,7 +146,11 @@ impl CatalogLock {
             }
             return Err(io(&path, err));
         }
-        Ok(CatalogLock { _file: file, path })
+        Ok(CatalogLock {
+            _file: file,
+            path,
+            owns_pid: false,
+        })
     }
 
     /// Whether a `pgark serve` holds `<catalog>/serve.lock` now: `Some(pid as recorded)` if so
@@ -192,7 +213,11 @@ impl CatalogLock {
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(format!("{me}\n").as_bytes()).map_err(io)?;
         file.sync_all().map_err(io)?;
-        Ok(CatalogLock { _file: file, path })
+        Ok(CatalogLock {
+            _file: file,
+            path,
+            owns_pid: true,
+        })
     }
 }
 
@@ -296,6 +321,23 @@ mod tests {
         let del = CatalogLock::acquire_no_restore(dir.path(), "main").unwrap();
         drop(del);
         assert!(CatalogLock::acquire_restore_reader(dir.path(), "main").unwrap().is_some());
+    }
+
+    /// A clean release leaves no pid behind (the next holder has nothing to call stale); a lock
+    /// left by a dead process keeps its pid until the next holder writes its own.
+    #[test]
+    fn a_released_lock_names_no_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("main")).unwrap();
+        let path = dir.path().join("main").join(BACKUP_LOCK_FILE);
+        let held = CatalogLock::acquire_backup(dir.path(), "main").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), std::process::id().to_string());
+        drop(held);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        std::fs::write(&path, "4194304\n").unwrap(); // a holder that died (SIGKILL)
+        let held = CatalogLock::acquire_backup(dir.path(), "main").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), std::process::id().to_string());
+        drop(held);
     }
 
     #[test]

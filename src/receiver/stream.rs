@@ -355,6 +355,7 @@ impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
                         }
                         if !released && now.duration_since(last_wal) >= IDLE_RELEASE {
                             released = true;
+                            tracing::debug!(server = %self.opts.server, "no WAL for {}s: gave back its write buffers until WAL flows again", IDLE_RELEASE.as_secs());
                             self.conn.release_idle();
                             self.store.release_idle();
                             crate::util::memory::release_freed();
