@@ -2,6 +2,10 @@
 //! against the disk-pressure thresholds (logged once per change of level), each server's share
 //! of the catalog, its WAL ingest rate, and the projected time until the filesystem is full.
 //!
+//! The usage walk (every `disk_pressure.usage_interval`) keeps what it found between rounds
+//! (`catalog::usage::UsageCache`): it lists only directories that changed and stats only new
+//! or in-place-growing files, so its cost follows the catalog's changes, not its size.
+//!
 //! Ingest rate: how fast each server's flushed LSN advanced over the last `RATE_WINDOW`, times
 //! the stored/original ratio of its compressed segments. The LSN is monotonic and exact, so the
 //! rate is smooth even when segments are rare; the ratio turns raw WAL into catalog bytes. The
@@ -65,6 +69,9 @@ struct Watch {
     failing: bool,
     usage: Vec<(String, usage::ServerUsage)>,
     last_walk: Option<Instant>,
+    /// What the last walk found, so the next one looks at what changed only (taken while a
+    /// walk runs on the blocking pool).
+    cache: Option<usage::UsageCache>,
 }
 
 /// Measures the catalog every `disk_pressure.check_interval`, publishing to the board, the
@@ -85,6 +92,7 @@ pub async fn run(
         failing: false,
         usage: Vec::new(),
         last_walk: None,
+        cache: Some(usage::UsageCache::default()),
     };
     loop {
         fail::fail_point!("catalog-watch");
@@ -137,24 +145,37 @@ impl Watch {
 
     /// Free space (one statvfs) and, when due, the usage walk, off the async threads. They are
     /// reported apart: a walk that fails (an unreadable file) must not freeze the pressure level.
-    async fn measure(&self, names: Vec<String>, walk: bool) -> Measured {
+    async fn measure(&mut self, names: Vec<String>, walk: bool) -> Measured {
         let root = self.layout.root().to_path_buf();
+        let mut cache = self.cache.take().unwrap_or_default();
         let measured = tokio::task::spawn_blocking(move || {
-            let store = Catalog::open(&root).store();
+            let catalog = Catalog::open(&root);
+            let store = catalog.store();
             let cap = store.capacity();
+            let layout = Layout::new(&root);
             let per_server = walk.then(|| {
-                names
+                cache.begin_round();
+                let r = names
                     .into_iter()
-                    .map(|n| usage::server_usage(store.as_ref(), &n).map(|u| (n, u)))
-                    .collect::<std::io::Result<Vec<_>>>()
+                    .map(|n| usage::server_usage_cached(&mut cache, &layout, store.as_ref(), &n).map(|u| (n, u)))
+                    .collect::<std::io::Result<Vec<_>>>();
+                cache.end_round();
+                tracing::debug!(stats = cache.stats, "catalog usage walked (only what changed was looked at)");
+                r
             });
-            (cap, per_server)
+            ((cap, per_server), cache)
         })
         .await;
-        measured.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "catalog measurement task failed");
-            (Err(std::io::Error::other("measurement task failed")), None)
-        })
+        match measured {
+            Ok((m, cache)) => {
+                self.cache = Some(cache);
+                m
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "catalog measurement task failed");
+                (Err(std::io::Error::other("measurement task failed")), None)
+            }
+        }
     }
 
     /// Each server's share and stored ingest rate; returns the total rate.
