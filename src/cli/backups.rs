@@ -47,6 +47,8 @@ pub fn list_backups(path: &Path, repo: Option<&str>, server: Option<&str>, json:
         for id in ids {
             match backup_store::load(store.as_ref(), s, &id) {
                 Ok(i) => all.push(summarize(store.as_ref(), &i, &view)),
+                // Deleted since it was listed (a prune, `delete-backup`): not there, not damaged.
+                Err(backup_store::BackupStoreError::NotFound { .. }) => {}
                 Err(e) => {
                     eprintln!(
                         "error: {e}; pgark delete-backup --config {} --force {s} {id} removes it",

@@ -210,7 +210,10 @@ fn drill_scheduled_in_serve_sets_metrics() {
     assert!(rto > 0.0, "{rto}");
     assert_eq!(records(&p.catalog).len(), 1);
     // The post_drill hook ran with the drill's outcome and its record.
-    wait_until(Duration::from_secs(30), "the post_drill hook", || env_file.exists());
+    // The shell creates the file before `env | grep` has written to it.
+    wait_until(Duration::from_secs(30), "the post_drill hook", || {
+        std::fs::read_to_string(&env_file).is_ok_and(|e| e.contains("PGARK_DRILL_REPORT="))
+    });
     let env = std::fs::read_to_string(&env_file).unwrap();
     assert!(env.contains("PGARK_HOOK=post_drill") && env.contains("PGARK_STATUS=ok"), "{env}");
     let report = env.lines().find_map(|l| l.strip_prefix("PGARK_DRILL_REPORT=")).unwrap();
