@@ -170,6 +170,7 @@ pub fn rebuild(
             break;
         }
         let Some(f) = files[i].take() else { continue };
+        fail::fail_point!("incremental-rebuild");
         let whole = whole_path(&f);
         let vm_pages = visibility_map_of(&whole)
             .and_then(|rel| stale.get(&rel))

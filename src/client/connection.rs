@@ -56,8 +56,9 @@ const READ_CHUNK: usize = 256 * 1024;
 pub enum ClientError {
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
-    #[error("connection closed by the server")]
-    Closed,
+    /// The server (or the network) closed the connection; says where and in which phase.
+    #[error("connection closed by the server ({0})")]
+    Closed(String),
     #[error("TLS: {0}")]
     Tls(String),
     #[error(transparent)]
@@ -538,7 +539,7 @@ impl Connection {
                 })?,
             };
             if n == 0 {
-                return Err(ClientError::Closed);
+                return Err(ClientError::Closed(format!("{}, phase: {}", self.describe, self.phase)));
             }
         }
     }
@@ -575,7 +576,7 @@ impl Connection {
     /// the read buffer without waiting; false when nothing was there (inbound data has paused).
     pub fn fill_now(&mut self) -> Result<bool, ClientError> {
         match self.io.read_now(&mut self.rbuf, READ_CHUNK) {
-            Ok(Some(0)) => Err(ClientError::Closed),
+            Ok(Some(0)) => Err(ClientError::Closed(format!("{}, phase: {}", self.describe, self.phase))),
             Ok(Some(_)) => Ok(true),
             Ok(None) => Ok(false),
             Err(e) => Err(self.io_error("reading from", e)),

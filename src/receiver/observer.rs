@@ -73,7 +73,7 @@ impl From<&ReceiverError> for DisconnectReason {
     fn from(e: &ReceiverError) -> Self {
         match e {
             // A cancelled session is a stop, not a disconnect; it is never reported as one.
-            ReceiverError::Client(ClientError::Io { .. } | ClientError::Closed | ClientError::Cancelled) => DisconnectReason::Network,
+            ReceiverError::Client(ClientError::Io { .. } | ClientError::Closed(_) | ClientError::Cancelled) => DisconnectReason::Network,
             ReceiverError::Client(ClientError::Timeout(_)) | ReceiverError::Timeout(_) => DisconnectReason::Timeout,
             ReceiverError::Client(ClientError::Tls(_)) => DisconnectReason::Tls,
             ReceiverError::Client(ClientError::Auth(_)) => DisconnectReason::Auth,

@@ -9,6 +9,7 @@ use pgark::pg::incremental::{self, IncrementalHeader, ReadAt};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// Every stored path of a backup.
 fn paths(catalog: &Path, id: &str) -> Vec<String> {
@@ -179,6 +180,99 @@ fn incremental_falls_back_to_full_or_refuses() {
     // The next one continues from it.
     let b = backup(&cat.config, "main", &["--incremental=require"]);
     assert_eq!(b["type"], "incremental", "{b}");
+}
+
+/// SIGKILL of `pgark backup --incremental` while it rebuilds files (held there by a
+/// failpoint): nothing of it is listed, and the next incremental continues from the full one,
+/// verifies, and has not kept what the killed one stored.
+#[test]
+fn incremental_killed_while_rebuilding_leaves_nothing() {
+    let Some(bins) = matrix().into_iter().find(|b| b.major == 17) else {
+        return;
+    };
+    let c = Cluster::init(&bins, &["summarize_wal = on"]).unwrap();
+    c.start().unwrap();
+    c.psql("CREATE TABLE t AS SELECT g, 0 AS v FROM generate_series(1, 100000) g")
+        .unwrap();
+    let cat = Catalog::new(&server_yaml("main", &c.conninfo("postgres"), ""));
+    let full = backup(&cat.config, "main", &[]);
+    c.psql("UPDATE t SET v = 1 WHERE g < 5000").unwrap();
+    let log = cat.config.with_file_name("killed.log");
+    let mut child = Command::new(pgark_bin())
+        .args([
+            "backup",
+            "--config",
+            cat.config.to_str().unwrap(),
+            "main",
+            "--incremental=require",
+            "--checkpoint",
+            "fast",
+        ])
+        .env("PGARK_LOG", "info")
+        .env("FAILPOINTS", "incremental-rebuild=sleep(60000)")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(60), "the backup to reach the rebuild", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("rebuilding whole files"))
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    let listed = list(&cat.config);
+    assert_eq!(listed.len(), 1, "the killed backup is listed: {listed:?}");
+    let inc = backup(&cat.config, "main", &["--incremental=require"]);
+    assert_eq!(inc["parent"], full["id"], "{inc}");
+    let o = pgark(&cat.config, &["verify", "main"]);
+    assert!(o.status.success(), "verify: {}", text(&o));
+    assert!(
+        !cat.catalog
+            .join("main/backups")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".running")),
+        "the killed backup's intent record is left"
+    );
+}
+
+/// The network stalls, then is cut, just as pgark sends the parent's manifest: each attempt
+/// fails within backup_stream_timeout naming UPLOAD_MANIFEST (a broken network is no reason
+/// to take a full backup instead), nothing is listed; healed, the incremental succeeds.
+#[test]
+fn upload_manifest_through_a_stalled_or_cut_network() {
+    use crate::support::faultproxy::{Fault, FaultProxy, Trigger};
+    let Some(bins) = matrix().into_iter().find(|b| b.major == 17) else {
+        return;
+    };
+    let c = Cluster::init(&bins, &["summarize_wal = on"]).unwrap();
+    c.start().unwrap();
+    c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g").unwrap();
+    let proxy = FaultProxy::start(&format!("127.0.0.1:{}", c.port));
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={} sslmode=disable connect_timeout=3",
+        proxy.port, c.superuser
+    );
+    let cat = Catalog::new(&server_yaml("main", &conninfo, "backup_stream_timeout: 3s"));
+    backup(&cat.config, "main", &[]);
+    for (i, fault) in [Fault::Stall, Fault::Reset].into_iter().enumerate() {
+        proxy.arm(Trigger::ClientSends("UPLOAD_MANIFEST".into()), fault);
+        let start = std::time::Instant::now();
+        let o = pgark(&cat.config, &["backup", "main", "--incremental", "--checkpoint", "fast"]);
+        let took = start.elapsed();
+        assert_eq!(o.status.code(), Some(1), "{fault:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("UPLOAD_MANIFEST"),
+            "{fault:?}: the error does not name the phase: {}",
+            text(&o)
+        );
+        assert!(took < Duration::from_secs(15), "{fault:?}: took {took:?}");
+        assert_eq!(proxy.fired(), i + 1, "{fault:?}: the fault did not fire");
+        assert_eq!(list(&cat.config).len(), 1, "{fault:?}: a failed backup is listed");
+        proxy.heal();
+    }
+    let inc = backup(&cat.config, "main", &["--incremental=require"]);
+    assert_eq!(inc["type"], "incremental", "{inc}");
 }
 
 /// PostgreSQL 18's client tools from PyPI (installed by .ci/install-pg-matrix).
