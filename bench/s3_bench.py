@@ -896,14 +896,7 @@ def report(args, size, br, extra, wal, backlog, lag, rate, full_tps, usage, pgar
 
 
 def write_section(path, section):
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text += "\n" + section + "\n"
-    with open(path, "w") as f:
-        f.write(text)
+    wb.write_marked_section(path, section, START, END)
 
 
 def main():
