@@ -78,26 +78,42 @@ def histogram(addr, name, server):
 
 
 def quantile(before, after, q):
-    """q-quantile of the observations between two cumulative snapshots (upper bucket bound)."""
+    """q-quantile of the observations between two cumulative snapshots, interpolated linearly
+    inside its bucket as Prometheus' histogram_quantile does (the buckets are 2-2.5x apart)."""
     les = sorted(after)
     counts = [after[le] - before.get(le, 0.0) for le in les]
     total = counts[-1] if counts else 0
     if total <= 0:
         return None
+    prev_le, prev_c = 0.0, 0.0
     for le, c in zip(les, counts):
         if c >= q * total:
-            return le
+            if le == float("inf") or c == prev_c:
+                return prev_le if le == float("inf") else le
+            return prev_le + (le - prev_le) * (q * total - prev_c) / (c - prev_c)
+        prev_le, prev_c = le, c
     return les[-1]
 
 
+def mean(addr, name, server):
+    """(sum, count) of one server's histogram."""
+    _, body = fetch(addr, "/metrics")
+    out = [0.0, 0.0]
+    for line in body.decode().splitlines():
+        for i, suffix in enumerate(("_sum", "_count")):
+            if line.startswith(f"{name}{suffix}{{") and f'server="{server}"' in line:
+                out[i] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 class Daemon:
-    def __init__(self, base, binary, servers, name):
+    def __init__(self, base, binary, servers, name, extra=""):
         self.dir = os.path.join(base, name)
         os.makedirs(self.dir, exist_ok=True)
         self.binary = binary
         self.metrics = f"127.0.0.1:{wb.free_port()}"
         self.config = os.path.join(self.dir, "pgark.yaml")
-        lines = [f"catalog: {self.dir}/catalog", f"metrics:\n  listen: {self.metrics}", "servers:"]
+        lines = [f"catalog: {self.dir}/catalog", f"metrics:\n  listen: {self.metrics}"] + ([extra] if extra else []) + ["servers:"]
         for s in servers:
             lines.append(
                 f"  {s['name']}:\n    conninfo: \"{s['conninfo']}\"\n    slot: {s['name']}\n"
@@ -157,6 +173,7 @@ def sync_latency(d, sync_cluster, seconds, until=None):
     """The synchronous server's commit latency under pgbench: for `seconds`, or in 2 s slices
     while `until()` is false. p50/p99 over every transaction, and pgark's histogram."""
     before = histogram(d.metrics, "pgark_ack_latency_seconds", "sync")
+    sum0, n0 = mean(d.metrics, "pgark_ack_latency_seconds", "sync")
     logdir = tempfile.mkdtemp(prefix="pgbench-log-")
     lat = []
     if until is None:
@@ -166,6 +183,7 @@ def sync_latency(d, sync_cluster, seconds, until=None):
             lat += pgbench_slice(sync_cluster, 2, logdir)
     shutil.rmtree(logdir, ignore_errors=True)
     after = histogram(d.metrics, "pgark_ack_latency_seconds", "sync")
+    sum1, n1 = mean(d.metrics, "pgark_ack_latency_seconds", "sync")
     lat.sort()
     pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None  # noqa: E731
     return {
@@ -174,6 +192,7 @@ def sync_latency(d, sync_cluster, seconds, until=None):
         "commit_p99_ms": pick(0.99),
         "ack_p50": quantile(before, after, 0.5),
         "ack_p99": quantile(before, after, 0.99),
+        "ack_mean": (sum1 - sum0) / (n1 - n0) if n1 > n0 else None,
     }
 
 
@@ -189,7 +208,7 @@ def sample_until(d, done, every=0.5):
     return peak_cur
 
 
-def run_binary(base, label, binary, clusters, sync_cluster, args):
+def run_binary(base, label, binary, clusters, sync_cluster, args, extra="", tag=None):
     n_async = args.servers - 1
     async_servers = [
         {"name": f"s{i:03d}", "conninfo": clusters[i % len(clusters)].conninfo(f"s{i:03d}"), "sync": False}
@@ -199,7 +218,8 @@ def run_binary(base, label, binary, clusters, sync_cluster, args):
     r = {"tool": label}
 
     # 1. alone.
-    alone = Daemon(base, binary, [sync], f"{label}-alone")
+    tag = tag or label
+    alone = Daemon(base, binary, [sync], f"{tag}-alone", extra)
     alone.start()
     alone.wait_streaming(1)
     wb.wait_sync(sync_cluster, "sync")
@@ -208,7 +228,7 @@ def run_binary(base, label, binary, clusters, sync_cluster, args):
     drop_slots([sync_cluster])
 
     # 2. the fleet, settled.
-    d = Daemon(base, binary, async_servers + [sync], f"{label}-fleet")
+    d = Daemon(base, binary, async_servers + [sync], f"{tag}-fleet", extra)
     d.start()
     r["startup_s"] = d.wait_streaming(args.servers)
     wb.wait_sync(sync_cluster, "sync")
@@ -317,10 +337,11 @@ def report(results, args):
         )
     lines += [
         "",
-        "The synchronous server's commit latency (pgbench -N -c 1, every transaction logged) and pgark's acknowledgement latency (pgark_ack_latency_seconds, bucket bounds):",
+        "The synchronous server's commit latency (pgbench -N -c 1, every transaction logged), and pgark's acknowledgement latency: "
+        "p50 and p99 from pgark_ack_latency_seconds, interpolated inside their buckets as histogram_quantile does; the mean is exact (sum / count):",
         "",
-        "| build | commit p50 / p99 ms alone | commit p50 / p99 ms during the burst (commits) | burst / alone p50, p99 | pgark ack p50 / p99 ms alone, burst (bucket bounds) |",
-        "|---|---|---|---|---|",
+        "| build | commit p50 / p99 ms alone | commit p50 / p99 ms during the burst (commits) | burst / alone p50, p99 | pgark ack p50 / p99 / mean ms alone | during the burst | burst / alone p50, p99, mean |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         a, b = r["alone"], r["burst"]
@@ -330,7 +351,9 @@ def report(results, args):
             f"| {r['tool']} | {fmt(a['commit_p50_ms'], '.2f')} / {fmt(a['commit_p99_ms'], '.2f')} | "
             f"{fmt(b['commit_p50_ms'], '.2f')} / {fmt(b['commit_p99_ms'], '.2f')} ({b['commits']}) | "
             f"{fmt(ratio('commit_p50_ms'), '.2f')}x, {fmt(ratio('commit_p99_ms'), '.2f')}x | "
-            f"{fmt(ms(a['ack_p50']), '.2f')} / {fmt(ms(a['ack_p99']), '.2f')}, {fmt(ms(b['ack_p50']), '.2f')} / {fmt(ms(b['ack_p99']), '.2f')} |"
+            f"{fmt(ms(a['ack_p50']), '.3f')} / {fmt(ms(a['ack_p99']), '.2f')} / {fmt(ms(a.get('ack_mean')), '.3f')} | "
+            f"{fmt(ms(b['ack_p50']), '.3f')} / {fmt(ms(b['ack_p99']), '.2f')} / {fmt(ms(b.get('ack_mean')), '.3f')} | "
+            f"{fmt(ratio('ack_p50'), '.2f')}x, {fmt(ratio('ack_p99'), '.2f')}x, {fmt(ratio('ack_mean'), '.2f')}x |"
         )
     return "\n".join(lines) + "\n"
 
@@ -344,6 +367,7 @@ def main():
     ap.add_argument("--idle-seconds", type=int, default=30)
     ap.add_argument("--baseline", help="an older pgark binary to run side by side")
     ap.add_argument("--out")
+    ap.add_argument("--only", help="run only these builds (labels separated by ';')")
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="pgark-fleet-")
     os.chmod(base, 0o755)
@@ -363,11 +387,16 @@ def main():
         wb.run([f"{wb.BIN}/pgbench", "-i", "-s", "1", "-h", sync_cluster.sock, "-p", str(sync_cluster.port), "-U", sync_cluster.user, "postgres"])
         sync_cluster.psql("ALTER SYSTEM SET synchronous_standby_names = 'sync'")
         sync_cluster.psql("SELECT pg_reload_conf()")
-        builds = [("pgark", wb.PGARK)] + ([("baseline", args.baseline)] if args.baseline else [])
+        # This build as it ships, this build without pacing (what the pacing costs the catch-up and
+        # buys the synchronous server), and the baseline.
+        builds = [("pgark", wb.PGARK, ""), ("pgark, catchup_pacing: false", wb.PGARK, "catchup_pacing: false")]
+        builds += [("baseline", args.baseline, "")] if args.baseline else []
         results = []
-        for label, binary in builds:
+        for i, (label, binary, extra) in enumerate(builds):
+            if args.only and label not in args.only.split(";"):
+                continue
             print(f"== {label}: {binary}", flush=True)
-            r = run_binary(base, label, binary, clusters, sync_cluster, args)
+            r = run_binary(base, label, binary, clusters, sync_cluster, args, extra, tag=f"b{i}")
             print(json.dumps(r), flush=True)
             results.append(r)
             drop_slots(clusters + [sync_cluster])

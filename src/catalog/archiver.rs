@@ -24,6 +24,11 @@ const MAX_SPARES: usize = 2;
 /// Segments up to this size are read into memory once; larger ones are streamed.
 const MAX_BUFFERED_SEGMENT: usize = 64 << 20;
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// After a completed segment, the archiver waits this long for the next one before it prepares
+/// a spare (a receiver at the tip, not catching up); idle, its wait doubles up to
+/// `IDLE_WAIT_MAX`. Stopping never waits for it: the receiver drops the channel first.
+const IDLE_WAIT_FIRST: Duration = Duration::from_secs(1);
+const IDLE_WAIT_MAX: Duration = Duration::from_secs(8);
 
 #[derive(Clone)]
 pub struct Archiver {
@@ -100,6 +105,7 @@ impl Archiver {
         let mut queue: VecDeque<WalFileName> = VecDeque::new();
         let mut queued: HashSet<WalFileName> = HashSet::new();
         let mut disconnected = false;
+        let mut idle_wait = IDLE_WAIT_FIRST;
         // Buffers are leased per segment from the process's pool (`archive_buffers`): memory
         // follows the work, not the number of servers.
         let pool = super::archive_buffers::BufferPool::shared();
@@ -139,13 +145,20 @@ impl Archiver {
             if disconnected {
                 return;
             }
-            match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(n) => enqueue(&mut queue, &mut queued, n),
+            match rx.recv_timeout(idle_wait) {
+                Ok(n) => {
+                    idle_wait = IDLE_WAIT_FIRST;
+                    enqueue(&mut queue, &mut queued, n)
+                }
                 // A second without a completed segment: the receiver is at the tip, not catching
                 // up, so prepare a spare now rather than compete with a catch-up for the disk.
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.ensure_spare();
                     pool.trim(super::archive_buffers::IDLE);
+                    crate::util::memory::release_pending();
+                    // Idle: wake less and less often (100 archivers waking every second cost
+                    // an idle daemon about half a percent of a core for nothing).
+                    idle_wait = (idle_wait * 2).min(IDLE_WAIT_MAX);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
             }

@@ -96,6 +96,8 @@ pub struct Connection {
     channel_binding: Option<Result<Vec<u8>, String>>,
     io_timeout: Duration,
     cancel: CancellationToken,
+    /// `cancel` as a descriptor, made on the first blocking wait (`wait_readable`).
+    cancel_fd: Option<crate::util::cancel_fd::CancelFd>,
     /// What the connection is doing, for timeout messages and logs.
     phase: String,
     /// Set after a timeout or cancellation: the stream may be mid-message.
@@ -215,6 +217,7 @@ impl Connection {
             // Inside connect_timeout, which bounds the whole attempt.
             io_timeout: Duration::MAX,
             cancel: CancellationToken::new(),
+            cancel_fd: None,
             phase: "startup".into(),
             broken: false,
         };
@@ -434,6 +437,7 @@ impl Connection {
     /// Every later wait ends with `ClientError::Cancelled` as soon as `cancel` fires.
     pub fn set_cancel(&mut self, cancel: CancellationToken) {
         self.cancel = cancel;
+        self.cancel_fd = None;
     }
 
     /// Names what the connection is doing now (shown when a wait times out).
@@ -593,8 +597,22 @@ impl Connection {
 
     /// Blocking mode: waits at most `timeout` for the socket to become readable.
     pub fn wait_readable(&mut self, timeout: Duration) -> Result<bool, ClientError> {
-        let r = self.io.wait_readable(timeout);
+        if self.cancel_fd.is_none() {
+            match crate::util::cancel_fd::CancelFd::new(&self.cancel) {
+                Ok(c) => self.cancel_fd = Some(c),
+                Err(e) => tracing::debug!(error = %e, "no eventfd for cancellation; polling for it instead"),
+            }
+        }
+        let r = match &self.cancel_fd {
+            Some(c) => self.io.wait_readable_or(c.raw(), timeout),
+            None => self.io.wait_readable(timeout),
+        };
         r.map_err(|e| self.io_error("waiting for", e))
+    }
+
+    /// Whether `wait_readable` ends by itself when the cancellation token fires.
+    pub fn wakes_on_cancel(&self) -> bool {
+        self.cancel_fd.is_some()
     }
 
     /// Blocking mode: sends raw frontend bytes (already framed) at once. While the server does

@@ -115,6 +115,24 @@ impl Transport {
     pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
         poll_fd(self.fd(), libc::POLLIN, timeout)
     }
+
+    /// As `wait_readable`, but also ends (false) as soon as `wake` is readable: the receiver's
+    /// cancellation (`util::cancel_fd`), so that it needs no periodic wake-up to notice it.
+    pub fn wait_readable_or(&self, wake: RawFd, timeout: Duration) -> io::Result<bool> {
+        let mut p = [
+            libc::pollfd {
+                fd: self.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        Ok(poll_fds(&mut p, timeout)? && p[0].revents != 0)
+    }
 }
 
 /// How long an answer rustls owes the server mid-read (an alert, a key update) may wait for room.
@@ -220,10 +238,14 @@ fn write_tls_blocking(session: &mut rustls::ClientConnection, fd: RawFd, wait: &
 /// `poll(2)` on one descriptor: true when `events` are ready (or an error or hang-up is, which
 /// the next read or write then reports), false on timeout or a signal.
 fn poll_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
-    let mut p = libc::pollfd { fd, events, revents: 0 };
+    poll_fds(&mut [libc::pollfd { fd, events, revents: 0 }], timeout)
+}
+
+/// `poll(2)` on `fds`: true when any is ready, false on timeout or a signal.
+fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<bool> {
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    // SAFETY: `fds` is a valid slice of pollfds of the length given.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     if r < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::Interrupted {

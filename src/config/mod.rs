@@ -57,6 +57,9 @@ pub struct Config {
     /// Whether backup chunks are stored in the local catalog too (`backups_local`, default
     /// true); false: only in the repositories, the local catalog keeps each backup's index.
     pub backups_local: bool,
+    /// Whether asynchronous servers' WAL is paced while a synchronous server commits, to hold
+    /// its acknowledgement latency (`catchup_pacing`, default true; see `receiver::pacing`).
+    pub catchup_pacing: bool,
 }
 
 impl Config {
@@ -177,6 +180,7 @@ impl Config {
             encryption,
             offsite_partial_interval,
             backups_local,
+            catchup_pacing: raw.catchup_pacing.unwrap_or(true),
         })
     }
 

@@ -40,6 +40,9 @@ pub struct RawConfig {
     /// `false`: backup chunks go to the repositories only (see `config::repositories`).
     #[serde(default)]
     pub backups_local: Option<bool>,
+    /// `false`: asynchronous servers' WAL is never paced for the synchronous ones.
+    #[serde(default)]
+    pub catchup_pacing: Option<bool>,
     #[serde(deserialize_with = "unique_servers")]
     pub servers: BTreeMap<String, RawServer>,
 }

@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod observer;
+pub mod pacing;
 pub mod settings;
 pub mod stream;
 pub mod timeline;
@@ -170,6 +171,8 @@ pub struct Env {
     pub layout: Layout,
     pub observer: Arc<dyn ReceiverObserver>,
     pub space: SharedLevel,
+    /// The daemon's pacing of asynchronous WAL (see `pacing`).
+    pub pacer: Arc<pacing::Pacer>,
 }
 
 /// Hands the archiver's reports to the receiver's observer.
@@ -286,6 +289,7 @@ async fn session(
         synchronous: cfg.synchronous,
         status_interval: cfg.status_interval,
         receiver_timeout: cfg.receiver_timeout,
+        pacer: &env.pacer,
     };
     loop {
         if tli.0 > 1 && !sp.store.has_history(tli) {

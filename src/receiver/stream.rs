@@ -24,6 +24,7 @@
 //! every wake; on cancel the loop fsyncs, sends a last status update and CopyDone.
 
 use super::observer::{Positions, ReceiverObserver};
+use super::pacing::Pacer;
 use super::ReceiverError;
 use crate::catalog::wal_store::{WalSink, WalStore};
 use crate::client::replication::TimelineEnd;
@@ -50,6 +51,11 @@ pub trait ReplicationLink {
     fn send(&mut self, bytes: &[u8], last: bool) -> Result<(), ClientError>;
     /// The stream has been idle a while: give back buffers sized for a flow of WAL.
     fn release_idle(&mut self) {}
+    /// Whether `wait_readable` ends by itself on cancellation (else the loop wakes every
+    /// `CANCEL_CHECK` to look).
+    fn wakes_on_cancel(&self) -> bool {
+        false
+    }
 }
 
 impl ReplicationLink for Connection {
@@ -65,6 +71,9 @@ impl ReplicationLink for Connection {
     fn release_idle(&mut self) {
         Connection::release_idle(self)
     }
+    fn wakes_on_cancel(&self) -> bool {
+        Connection::wakes_on_cancel(self)
+    }
     fn send(&mut self, bytes: &[u8], last: bool) -> Result<(), ClientError> {
         if last {
             self.send_raw_blocking_final(bytes)
@@ -77,9 +86,10 @@ impl ReplicationLink for Connection {
 /// Lag beyond which a pause does not trigger an fsync (see the module comment).
 pub const CATCHUP_DEFER_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Longest sleep in `poll` before the cancel token is looked at again (the shutdown delay).
-/// Every idle receiver wakes this often: with 100 servers, 100 ms cost 1000 wake-ups a second
-/// and most of an idle daemon's CPU; 500 ms still stops the daemon well within its 5 s.
+/// Longest sleep in `poll` before the cancel token is looked at again, where the connection
+/// cannot wake on cancellation itself (`ReplicationLink::wakes_on_cancel`; a real connection
+/// can, through an eventfd: an idle receiver then sleeps until its next status update). Also
+/// the longest single pacing sleep.
 const CANCEL_CHECK: Duration = Duration::from_millis(500);
 
 /// No WAL for this long: the receiver gives back its buffers sized for a flow of WAL (the
@@ -91,6 +101,9 @@ pub struct StreamOptions<'a> {
     pub synchronous: bool,
     pub status_interval: Duration,
     pub receiver_timeout: Duration,
+    /// Asynchronous receivers wait here after each WAL message; synchronous ones report their
+    /// acknowledgement latency to it (see `pacing`).
+    pub pacer: &'a Pacer,
 }
 
 #[derive(Debug)]
@@ -191,7 +204,11 @@ impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
         self.conn.send(&self.out, self.stopping).map_err(ReceiverError::Client)?;
         if flush > self.last_reported.1 {
             if let Some(t) = self.unacked_since.take() {
-                self.observer.acked(t.elapsed());
+                let latency = t.elapsed();
+                self.observer.acked(latency);
+                if self.opts.synchronous {
+                    self.opts.pacer.sync_ack(latency);
+                }
             }
             if self.store.has_unflushed() {
                 self.unacked_since = Some(Instant::now());
@@ -219,6 +236,16 @@ impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
             self.report(false)
         } else {
             Ok(())
+        }
+    }
+
+    /// Asynchronous WAL waits its turn while a synchronous server needs the disk and CPUs (see
+    /// `pacing`); the socket fills meanwhile and TCP holds the walsender back. Sleeps at most
+    /// `CANCEL_CHECK` at a time, so cancellation and the status interval still hold.
+    fn pace(&mut self, bytes: usize) {
+        let wait = self.opts.pacer.reserve(bytes);
+        if !wait.is_zero() {
+            std::thread::sleep(wait.min(CANCEL_CHECK));
         }
     }
 
@@ -369,7 +396,13 @@ impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
                             pinged = true;
                             self.report(true)?;
                         }
-                        let mut wake = next_status.min(silence_limit).min(now + CANCEL_CHECK);
+                        let mut wake = next_status.min(silence_limit);
+                        if !self.conn.wakes_on_cancel() {
+                            wake = wake.min(now + CANCEL_CHECK);
+                        }
+                        if !released {
+                            wake = wake.min(last_wal + IDLE_RELEASE);
+                        }
                         if !pinged {
                             wake = wake.min(ping_at);
                         }
@@ -397,6 +430,9 @@ impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
                         self.server_wal_end = self.server_wal_end.max(server_wal_end);
                         (last_wal, released) = (last_recv, false);
                         self.on_wal(start, &data)?;
+                        if !self.opts.synchronous {
+                            self.pace(data.len());
+                        }
                         self.mark(Lsn(start.0.saturating_add(data.len() as u64)));
                     }
                     ReplicationMessage::Keepalive {
@@ -618,11 +654,13 @@ mod tests {
     }
 
     fn options(synchronous: bool) -> StreamOptions<'static> {
+        static OFF: std::sync::LazyLock<Pacer> = std::sync::LazyLock::new(Pacer::off);
         StreamOptions {
             server: "main",
             synchronous,
             status_interval: Duration::from_secs(3600),
             receiver_timeout: Duration::from_secs(3600),
+            pacer: &OFF,
         }
     }
 

@@ -107,6 +107,8 @@ pub struct Daemon {
     hooks: Hooks,
     /// The uploaders to the off-site repositories (restarted by a reload that changes them).
     offsite: Option<crate::service::offsite_task::Offsite>,
+    /// Paces asynchronous WAL while synchronous servers commit (`catchup_pacing`).
+    pacer: Arc<crate::receiver::pacing::Pacer>,
     _lock: CatalogLock,
     pub metrics_addr: String,
 }
@@ -161,6 +163,7 @@ impl Daemon {
             space_level,
             hooks: Hooks::new(&config),
             offsite: None,
+            pacer: Arc::new(crate::receiver::pacing::Pacer::new(config.catchup_pacing)),
             _lock: lock,
             metrics_addr,
         };
@@ -200,6 +203,7 @@ impl Daemon {
             layout: self.layout.clone(),
             observer: Arc::new(ServerTelemetry::with_heartbeat(&cfg.name, self.board.clone(), r.heartbeat.clone())),
             space: self.space_level.clone(),
+            pacer: self.pacer.clone(),
         };
         match crate::receiver::spawn_on_own_thread(cfg.receiver_settings(), env, r.cancel.clone()) {
             Ok(t) => Some(t),
@@ -413,6 +417,10 @@ impl Daemon {
             self.offsite = Some(crate::service::offsite_task::Offsite::start(&new, &self.board));
         }
         self.hooks.update(&new.hooks);
+        if new.catchup_pacing != self.config.catchup_pacing {
+            tracing::info!(catchup_pacing = new.catchup_pacing, "catchup_pacing changed; applying it");
+            self.pacer.set_enabled(new.catchup_pacing);
+        }
         self.healthz_stream_timeout
             .store(new.healthz_stream_timeout.as_secs(), Ordering::Relaxed);
         self.config = new;
@@ -653,6 +661,7 @@ pub async fn run(config: Config, stop: CancellationToken, mut control: tokio::sy
                     break;
                 }
                 notify.status(crate::service::systemd::summary(&daemon.board.snapshot()));
+                crate::service::metrics::catchup_pacing(&daemon.pacer.snapshot());
             }
             _ = ping.tick(), if watchdog => notify.watchdog(&daemon.probes(), Instant::now()),
         }

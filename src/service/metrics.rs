@@ -478,6 +478,15 @@ pub fn register_daemon() {
     }
 }
 
+/// The pacing of asynchronous WAL for the synchronous servers (see `receiver::pacing`).
+pub fn catchup_pacing(p: &crate::receiver::pacing::PacingSnapshot) {
+    gauge!("pgark_async_pacing_active").set(if p.rate.is_some() { 1.0 } else { 0.0 });
+    gauge!("pgark_async_pacing_rate_bytes_per_second").set(p.rate.unwrap_or(0.0));
+    gauge!("pgark_async_pacing_target_seconds").set(p.target.map_or(0.0, |t| t.as_secs_f64()));
+    counter!("pgark_async_paced_seconds_total").absolute(p.paced.as_secs());
+    counter!("pgark_async_pacing_probes_total").absolute(p.probes);
+}
+
 /// One server's share of the catalog (`kind`: wal or backups) and its WAL ingest rate.
 pub fn server_catalog(server: &str, c: &crate::service::status::ServerCatalog) {
     let s = || server.to_string();

@@ -253,3 +253,59 @@ fn disk_full_holds_back_acknowledgement_and_recovers() {
     let count: usize = c.psql("SELECT count(*) FROM acked").unwrap().parse().unwrap();
     assert!(count >= acked.len());
 }
+
+/// Synchronous first (`receiver::pacing`): commits run on a synchronous primary while a second,
+/// asynchronous server (`synchronous: false`) streams WAL without a pause (pgbench -i, then pgbench). No window is quiet
+/// for the pacer, so within `PROBE_EVERY` it probes: asynchronous WAL stops briefly to measure
+/// the synchronous latency alone. The asynchronous WAL still arrives whole, byte for byte and
+/// without a gap. Then SIGKILL of the synchronous primary and of pgark: every acknowledged commit
+/// is in the catalog.
+#[test]
+fn paced_catch_up_beside_a_synchronous_server_loses_nothing() {
+    let bins = pg();
+    let s = Cluster::init_with(&bins, &["synchronous_commit = on"], &["--wal-segsize=1"]).unwrap();
+    s.start().unwrap();
+    s.psql("CREATE TABLE acked (id bigint PRIMARY KEY, pad text)").unwrap();
+    let backup = s.base_dir().join("backup");
+    pg_basebackup(&s, &backup, &["-X", "none"]);
+    s.psql("ALTER SYSTEM SET synchronous_standby_names = 'pgark'").unwrap();
+    s.reload().unwrap();
+    let bulk = Cluster::init(&bins, &["max_wal_size = 2GB"]).unwrap();
+    bulk.start().unwrap();
+
+    let servers = server_yaml("main", &s.conninfo(&s.superuser), "synchronous: true")
+        + &server_yaml("bulk", &bulk.conninfo(&bulk.superuser), "synchronous: false");
+    let mut p = Pgark::start(&servers);
+    p.wait_streaming("main");
+    p.wait_streaming("bulk");
+    let writers = Writers::start(&s, 4);
+    pgbench_init(&bulk, 10);
+    let mut load = pgbench(&bulk, &["-c", "2", "-T", "60"]);
+    p.wait_metric(
+        "pgark_async_pacing_probes_total",
+        "a probe while bulk streams without a pause beside the synchronous main",
+        |v| v >= 1.0,
+    );
+    let _ = load.kill();
+    let _ = load.wait();
+    bulk.psql("SELECT pg_switch_wal()").unwrap();
+    p.wait_flushed("bulk", current_flush_lsn(&bulk));
+    let before = writers.count();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(writers.count() > before, "commits stopped");
+    s.kill9().unwrap();
+    let acked = writers.finish();
+    p.kill9();
+    assert!(acked.len() > 20, "too few commits before the kill: {}", acked.len());
+
+    let bulk_seg = seg_size(&bulk);
+    let compared = assert_byte_exact(&p.wal_dir("bulk"), &bulk.pg_wal(), bulk_seg);
+    assert!(compared >= 5, "only {compared} of bulk's segments compared");
+    assert_no_gap(&p.wal_dir("bulk"), bulk_seg);
+    let r = recover_from_catalog(&bins, &backup, &p.wal_dir("main"), seg_size_offline(&p));
+    assert_all_acked_present(&r, &acked, "after a paced catch-up beside the synchronous server");
+    eprintln!(
+        "paced stream: {compared} segments of bulk byte-exact; {} acknowledged commits on main all recovered",
+        acked.len()
+    );
+}
