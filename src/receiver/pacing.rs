@@ -33,7 +33,7 @@
 //! `catchup_pacing: off` in the config turns it off.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -253,6 +253,12 @@ pub struct Pacer {
     /// `catchup_pacing` (changed by a reload).
     enabled: AtomicBool,
     inner: Mutex<Controller>,
+    /// When the pacer was made, the clock of `last_sync_ack_ms`.
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the newest synchronous acknowledgement, plus one (0: none
+    /// yet). Without one for `SYNC_IDLE` nothing is paced, so asynchronous receivers skip the
+    /// lock altogether: a fleet with no synchronous server pays one atomic load per message.
+    last_sync_ack_ms: AtomicU64,
 }
 
 impl Pacer {
@@ -260,6 +266,8 @@ impl Pacer {
         Pacer {
             enabled: AtomicBool::new(enabled),
             inner: Mutex::new(Controller::new(Instant::now())),
+            epoch: Instant::now(),
+            last_sync_ack_ms: AtomicU64::new(0),
         }
     }
 
@@ -289,7 +297,10 @@ impl Pacer {
 
     pub fn sync_ack(&self, latency: Duration) {
         if self.enabled() {
-            self.lock().sync_ack(latency, Instant::now());
+            let now = Instant::now();
+            let ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+            self.last_sync_ack_ms.store(ms, Ordering::Relaxed);
+            self.lock().sync_ack(latency, now);
         }
     }
 
@@ -299,6 +310,13 @@ impl Pacer {
             return Duration::ZERO;
         }
         let now = Instant::now();
+        let last = self.last_sync_ack_ms.load(Ordering::Relaxed);
+        let since = (now.saturating_duration_since(self.epoch).as_millis() as u64 + 1).saturating_sub(last);
+        if last == 0 || since >= SYNC_IDLE.as_millis() as u64 {
+            // Nobody to protect (`tick` ends any pacing the same way; the daemon's snapshot
+            // every second runs it).
+            return Duration::ZERO;
+        }
         match self.lock().reserve(bytes, now) {
             Some(at) => at.saturating_duration_since(now),
             None => Duration::ZERO,
@@ -452,6 +470,24 @@ mod tests {
         assert_eq!(p.snapshot().rate, None);
         p.set_enabled(true);
         assert_eq!(p.snapshot(), PacingSnapshot::default());
+    }
+
+    #[test]
+    fn without_a_synchronous_acknowledgement_readers_skip_the_controller() {
+        let p = Pacer::new(true);
+        {
+            let mut c = p.lock();
+            let mut t = Instant::now();
+            drive(&mut c, &mut t, 10, 50, ms(0.4), 0);
+            drive(&mut c, &mut t, 40, 50, ms(3.0), 10 * MB);
+            assert_eq!(c.snapshot().rate, Some(MIN_RATE));
+        }
+        // The controller is pacing (on its driven clock), but this pacer has never seen a
+        // synchronous acknowledgement: nobody waits.
+        assert_eq!(p.reserve(64 * MB), Duration::ZERO);
+        // Once one comes, readers take their turn on the shared clock again.
+        p.sync_ack(ms(0.4));
+        assert!(p.reserve(64 * MB) > Duration::ZERO);
     }
 
     #[test]

@@ -17,11 +17,17 @@
 //! Blocking I/O: the loop runs on the receiver's own thread and uses the connection's blocking
 //! calls (`Connection::fill_now`, `wait_readable`, `send_raw_blocking`; see
 //! `client::transport`): `recv` until the socket is empty, fsync, `send` the reply, sleep in
-//! `poll(2)` on the one descriptor, as pg_receivewal does. Timers (status interval, keepalive
-//! ping, silence limit) are deadlines checked around that poll, not runtime timers.
+//! `poll(2)` on the socket, as pg_receivewal does. Timers (status interval, keepalive ping,
+//! silence limit, idle release) are deadlines checked around that poll, not runtime timers.
 //!
-//! Cancellation: the poll sleeps at most `CANCEL_CHECK` at a time and the token is checked on
-//! every wake; on cancel the loop fsyncs, sends a last status update and CopyDone.
+//! Cancellation: the poll also watches the token's eventfd (`util::cancel_fd`), so an idle
+//! receiver sleeps until its next deadline and still stops at once (a link without one is
+//! woken every `CANCEL_CHECK`); on cancel the loop fsyncs, sends a last status update and
+//! CopyDone.
+//!
+//! Pacing: a `synchronous: false` receiver waits its turn after each WAL message while a
+//! synchronous server needs the disk and CPUs (`pacing`); a synchronous one reports each
+//! acknowledgement's latency to it.
 
 use super::observer::{Positions, ReceiverObserver};
 use super::pacing::Pacer;

@@ -1,6 +1,7 @@
 //! Byte-exactness across segment switches, on PostgreSQL 15 and every major of the matrix.
 
 use crate::support::*;
+use std::time::Duration;
 
 fn byte_exact_on(bins: &PgBinaries) {
     eprintln!("byte-exact test on PostgreSQL {} ({})", bins.major, bins.bindir.display());
@@ -66,5 +67,40 @@ fn uncompressed_catalog_records_checksums() {
         let sum = pgark::catalog::segment_file::SegmentChecksum::from_sum_text(&sum).unwrap();
         let data = std::fs::read(p.wal_dir("main").join(&name)).unwrap();
         pgark::catalog::segment_file::verify(&data, sum).unwrap();
+    }
+}
+
+/// Idle receivers sleep until WAL comes or their status update is due (here every 30 s); a
+/// SIGTERM wakes them through their cancellation eventfd (`util::cancel_fd`), not a periodic
+/// check. Twice: the daemon exits 0 in well under the 4 s after which it would abandon a
+/// receiver, and none is abandoned.
+#[test]
+fn idle_receivers_wake_for_sigterm_at_once() {
+    let c = Cluster::init(&pg(), &[]).unwrap();
+    c.start().unwrap();
+    let ci = c.conninfo(&c.superuser);
+    let servers = ["a", "b", "c"]
+        .iter()
+        .map(|n| format!("  {n}:\n    conninfo: \"{ci}\"\n    slot: pgark_{n}\n    synchronous: false\n    status_interval: 30s\n"))
+        .collect::<String>();
+    let mut p = Pgark::start(&servers);
+    for round in 0..2 {
+        for n in ["a", "b", "c"] {
+            p.wait_streaming(n);
+        }
+        // Idle on purpose: every receiver is asleep in poll(2) when the signal comes.
+        std::thread::sleep(Duration::from_secs(3));
+        let (code, took) = p.term_timed();
+        assert_eq!(code, 0, "round {round}: exit code\n{}", tail(&p.log_text()));
+        assert!(took < Duration::from_secs(2), "round {round}: SIGTERM took {took:?}");
+        assert!(
+            !p.log_text().contains("did not stop in time"),
+            "round {round}: a receiver was abandoned\n{}",
+            tail(&p.log_text())
+        );
+        eprintln!("idle receivers: SIGTERM round {round} stopped in {took:?}");
+        if round == 0 {
+            p.spawn();
+        }
     }
 }
