@@ -16,6 +16,7 @@ pub mod continuity;
 pub mod drill_record;
 pub mod encryption;
 pub mod file_reader;
+pub mod local_store_sealing;
 pub mod lock;
 pub mod mirror_store;
 pub mod object_lock;
@@ -58,8 +59,18 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The catalog rooted at `root` (nothing is created or checked here).
+    /// The catalog rooted at `root` (nothing is created or checked here); its objects are
+    /// sealed when a config with `encryption.local: true` registered it
+    /// (`local_store_sealing`).
     pub fn open(root: impl Into<PathBuf>) -> Catalog {
+        let layout = Layout::new(root);
+        let store = local_store_sealing::store_for(layout.root());
+        Catalog { layout, store }
+    }
+
+    /// The local catalog at `root` as stored: reads return sealed objects unopened (for
+    /// `check`, which reads which keys sealed them). Never for writing.
+    pub fn open_as_stored(root: impl Into<PathBuf>) -> Catalog {
         let layout = Layout::new(root);
         let store: Arc<dyn store::ObjectStore> = Arc::new(store::LocalStore::new(layout.root()));
         Catalog { layout, store }

@@ -603,12 +603,6 @@ impl WalStore {
         Ok(())
     }
 
-    /// Stores a timeline history file atomically (before streaming that timeline).
-    pub fn store_history(&self, tli: TimelineId, content: &[u8]) -> io::Result<()> {
-        durable::create_dir_durable(&self.dir)?;
-        durable::write_atomic(&self.dir.join(tli.history_file_name()), content)
-    }
-
     pub fn has_history(&self, tli: TimelineId) -> bool {
         self.dir.join(tli.history_file_name()).exists()
     }

@@ -30,6 +30,7 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("verify", verify),
     ("drill", drill),
     ("repositories", repositories),
+    ("local_encryption", local_encryption),
     ("synchronized_standby_slots", synchronized_standby_slots),
     ("idle_replication_slot_timeout", idle_replication_slot_timeout),
     ("data_checksums", data_checksums),
@@ -224,6 +225,43 @@ fn verify(f: &Facts) -> Outcome {
 /// How late the run after `last` is against `schedule` at `now`: `None` while not yet due, else
 /// (the due time, seconds late, one interval of the schedule: from that due time to the next).
 /// `next_due` is asked as of just after `last` (for cron it never answers a time before `now`).
+/// With `encryption.local: true`, the local catalog's objects can be opened with the keyring
+/// (which key ids it still needs); without, it holds no sealed object it could not read.
+fn local_encryption(f: &Facts) -> Outcome {
+    let k = match &f.local_keys {
+        Err(e) => return Outcome::failed(format!("cannot read the local catalog's objects: {e}")),
+        Ok(k) => k,
+    };
+    let ids = k.key_ids.iter().cloned().collect::<Vec<_>>().join(", ");
+    if !k.configured {
+        if k.key_ids.is_empty() {
+            return Outcome::ok("the local catalog is not encrypted (encryption.local is off)");
+        }
+        return Outcome::failed(format!(
+            "the local catalog holds objects sealed with key(s) {ids}, but encryption.local is not true: set it, with those keys, or they cannot be read"
+        ));
+    }
+    let unknown: Vec<&String> = k.key_ids.iter().filter(|id| !k.keyring.contains(id)).collect();
+    if !unknown.is_empty() {
+        return Outcome::failed(format!(
+            "local catalog objects are sealed with key(s) {} that the keyring lacks (add them to encryption.old_key_files)",
+            unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let keys = if ids.is_empty() { "none yet".to_string() } else { ids };
+    if k.plaintext > 0 {
+        return Outcome::warning(format!(
+            "{} of the {} local catalog objects looked at were written before encryption.local: true and are not encrypted (retention replaces them; a new backup is sealed); keys in use {keys}",
+            k.plaintext, k.looked_at
+        ));
+    }
+    Outcome::ok(format!(
+        "the local catalog is encrypted: {} objects looked at, keys in use {keys} (the keyring has {})",
+        k.looked_at,
+        k.keyring.join(", ")
+    ))
+}
+
 /// Every repository answers, holds this server's backups, and can be read with the keyring;
 /// its uploads are not stalled.
 fn repositories(f: &Facts) -> Outcome {
@@ -758,6 +796,7 @@ mod tests {
             }),
             drills: Ok((None, None)),
             repositories: vec![],
+            local_keys: Ok(Default::default()),
             verifies: Ok(vec![]),
             retention: Ok(super::super::facts::RetentionFacts {
                 has_rules: true,
@@ -788,6 +827,41 @@ mod tests {
             let o = check(&f);
             assert_eq!(o.level, Level::Ok, "{name}: {}", o.detail);
         }
+    }
+
+    #[test]
+    fn local_encryption_states() {
+        use crate::check::facts::LocalKeyFacts;
+        let mut f = facts("");
+        let with = |configured: bool, ids: &[&str], ring: &[&str], plaintext: usize| {
+            Ok(LocalKeyFacts {
+                configured,
+                key_ids: ids.iter().map(|s| s.to_string()).collect(),
+                plaintext,
+                looked_at: 3,
+                keyring: ring.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        assert_eq!(level(&f, "local_encryption").level, Level::Ok);
+        f.local_keys = with(false, &["aa"], &[], 0);
+        let o = level(&f, "local_encryption");
+        assert!(
+            o.level == Level::Failed && o.detail.contains("encryption.local is not true"),
+            "{}",
+            o.detail
+        );
+        f.local_keys = with(true, &["aa", "bb"], &["bb"], 0);
+        let o = level(&f, "local_encryption");
+        assert!(
+            o.level == Level::Failed && o.detail.contains("aa") && !o.detail.contains("bb"),
+            "{}",
+            o.detail
+        );
+        f.local_keys = with(true, &["aa", "bb"], &["bb", "aa"], 1);
+        assert_eq!(level(&f, "local_encryption").level, Level::Warning);
+        f.local_keys = with(true, &["aa", "bb"], &["bb", "aa"], 0);
+        let o = level(&f, "local_encryption");
+        assert!(o.level == Level::Ok && o.detail.contains("keys in use aa, bb"), "{}", o.detail);
     }
 
     #[test]

@@ -61,6 +61,65 @@ pub struct Facts {
     pub drills: Result<(Option<DrillRecord>, Option<DrillRecord>), String>,
     /// What each configured repository holds of this server.
     pub repositories: Vec<RepositoryFacts>,
+    /// The local catalog's encryption (`encryption.local`), from a sample of its objects.
+    pub local_keys: Result<LocalKeyFacts, String>,
+}
+
+/// Which keys the local catalog's objects need, from every backup index, the server state and
+/// the oldest and newest compressed segment (as stored, read without opening them).
+#[derive(Debug, Clone, Default)]
+pub struct LocalKeyFacts {
+    /// `encryption.local: true` in the config.
+    pub configured: bool,
+    /// Ids of the keys that sealed the objects looked at.
+    pub key_ids: std::collections::BTreeSet<String>,
+    /// Objects looked at that are not sealed (written before `encryption.local`).
+    pub plaintext: usize,
+    pub looked_at: usize,
+    /// Ids of the configured keyring (empty without `local: true`).
+    pub keyring: Vec<String>,
+}
+
+/// Reads the sample of `local_keys` (blocking).
+fn local_keys(config: &Config, server: &str) -> Result<LocalKeyFacts, String> {
+    let raw = Catalog::open_as_stored(&config.catalog).store();
+    let raw = raw.as_ref();
+    let err = |e: std::io::Error| e.to_string();
+    let mut sample: Vec<String> = backup_store::list_ids(raw, server)
+        .map_err(err)?
+        .iter()
+        .map(|id| backup_store::index_key(server, id))
+        .collect();
+    sample.push(crate::catalog::state::key(server));
+    let wal: Vec<String> = raw
+        .list(&crate::catalog::Layout::wal_key(server))
+        .map_err(err)?
+        .into_iter()
+        .filter(|k| k.ends_with(crate::catalog::wal_store::ZST_SUFFIX))
+        .collect();
+    sample.extend(wal.first().cloned());
+    sample.extend(wal.last().cloned());
+    sample.dedup();
+    let configured = config.encryption.as_ref().is_some_and(|e| e.local);
+    let mut f = LocalKeyFacts {
+        configured,
+        keyring: match crate::catalog::local_store_sealing::keyring_for(&config.catalog) {
+            Some(ring) => ring.ids().iter().map(|i| i.to_string()).collect(),
+            None => Vec::new(),
+        },
+        ..Default::default()
+    };
+    for k in &sample {
+        let Some(data) = raw.get(k).map_err(err)? else { continue };
+        f.looked_at += 1;
+        match crate::catalog::encryption::key_id_of(&data) {
+            Some(id) => {
+                f.key_ids.insert(id.to_string());
+            }
+            None => f.plaintext += 1,
+        }
+    }
+    Ok(f)
 }
 
 /// One repository as `check` sees it.
@@ -284,6 +343,12 @@ pub async fn gather(config: &Config, name: &str, timeout: Duration) -> Facts {
                     })
                     .collect()
             })
+        },
+        local_keys: {
+            let (cloned, server) = (config.clone(), name.to_string());
+            tokio::task::spawn_blocking(move || local_keys(&cloned, &server))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
         },
         verifies: backup_store::list_ids(store.as_ref(), name)
             .map(|ids| {

@@ -72,6 +72,7 @@ impl Config {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the config file: {e}")))?;
         let config = Self::parse(&text, path)?;
+        config.register_local_encryption()?;
         // Every command that loads a config may write to its catalog (or to a restored data
         // directory): files it creates are never readable by others (see catalog::perms).
         crate::catalog::perms::apply_umask(config.catalog_group.is_some());
@@ -158,6 +159,14 @@ impl Config {
         }
         let encryption = repositories::parse_encryption(raw.encryption, config_dir).map_err(err)?;
         let offsite_partial_interval = repositories::parse_partial_interval(raw.offsite_partial_interval.as_deref()).map_err(err)?;
+        if encryption.as_ref().is_some_and(|e| e.local) {
+            if let Some((name, _)) = servers.iter().find(|(_, s)| s.compression == crate::catalog::Compression::None) {
+                return Err(err(format!(
+                    "servers.{name}.compression: none cannot be combined with encryption.local: true \
+                     (uncompressed segments stay where the receiver wrote them, unsealed); use zstd"
+                )));
+            }
+        }
         let backups_local = raw.backups_local.unwrap_or(true);
         if !backups_local && repositories.is_empty() {
             return Err(err(
@@ -182,6 +191,22 @@ impl Config {
             backups_local,
             catchup_pacing: raw.catchup_pacing.unwrap_or(true),
         })
+    }
+
+    /// With `encryption.local: true`, reads the keys now and registers them for the catalog, so
+    /// that every `Catalog::open` of it in this process seals (`catalog::local_store_sealing`);
+    /// without, registers plaintext (a reload may turn it off). A key that cannot be read is a
+    /// config error: no command can use an encrypted catalog without it.
+    pub fn register_local_encryption(&self) -> Result<(), ConfigError> {
+        let ring = match self.encryption.as_ref().filter(|e| e.local) {
+            Some(e) => Some(std::sync::Arc::new(e.keyring().map_err(|m| ConfigError {
+                file: self.path.display().to_string(),
+                message: format!("{m} (encryption.local: true needs the key to open the catalog)"),
+            })?)),
+            None => None,
+        };
+        crate::catalog::local_store_sealing::register(&self.catalog, ring);
+        Ok(())
     }
 
     /// Checks that the catalog directory exists (creating it, owner-only or with
@@ -349,10 +374,44 @@ mod tests {
                 "catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    verify_max_rate: 0\n",
                 "servers.main.verify_max_rate",
             ),
+            (
+                "catalog: /x\nencryption:\n  key_file: /k\n  local: true\nservers:\n  main:\n    conninfo: host=/tmp\n    compression: none\n",
+                "servers.main.compression: none cannot be combined with encryption.local",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{needle}: {e}");
         }
+    }
+
+    #[test]
+    fn encryption_local_reads_the_key_at_load_and_seals_the_catalog() {
+        let d = tempfile::tempdir().unwrap();
+        let (catalog, key, file) = (d.path().join("catalog"), d.path().join("k"), d.path().join("pgark.yaml"));
+        let text = format!(
+            "catalog: {}\nencryption:\n  key_file: {}\n  local: true\nservers:\n  main:\n    conninfo: host=/tmp\n",
+            catalog.display(),
+            key.display()
+        );
+        std::fs::write(&file, &text).unwrap();
+        let e = Config::load(&file).unwrap_err().to_string();
+        assert!(e.contains("encryption.key_file") && e.contains("encryption.local"), "{e}");
+        std::fs::write(&key, format!("{}\n", crate::catalog::encryption::Key::generate().to_hex())).unwrap();
+        Config::load(&file).unwrap();
+        crate::catalog::Catalog::open(&catalog)
+            .store()
+            .put("main/server.state", b"x")
+            .unwrap();
+        assert!(crate::catalog::encryption::is_sealed(
+            &std::fs::read(catalog.join("main/server.state")).unwrap()
+        ));
+        // Off again (a reload): new objects are plaintext, sealed ones are refused by name.
+        std::fs::write(&file, text.replace("  local: true\n", "")).unwrap();
+        Config::load(&file).unwrap();
+        let store = crate::catalog::Catalog::open(&catalog).store();
+        store.put("main/other", b"y").unwrap();
+        assert_eq!(std::fs::read(catalog.join("main/other")).unwrap(), b"y");
+        assert!(store.get("main/server.state").unwrap_err().to_string().contains("encryption.local"));
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct RawEncryption {
     pub key_command: Option<String>,
     #[serde(default)]
     pub old_key_files: Vec<PathBuf>,
+    #[serde(default)]
+    pub local: bool,
 }
 
 /// One repository, validated.
@@ -119,6 +121,8 @@ pub struct EncryptionConfig {
     pub key_file: Option<PathBuf>,
     pub key_command: Option<String>,
     pub old_key_files: Vec<PathBuf>,
+    /// `local: true`: the local catalog's objects are sealed too (`catalog::local_store_sealing`).
+    pub local: bool,
 }
 
 impl EncryptionConfig {
@@ -372,6 +376,7 @@ pub fn parse_encryption(raw: Option<RawEncryption>, config_dir: &Path) -> Result
         key_file: r.key_file.map(|p| relative_to(config_dir, p)),
         key_command: r.key_command,
         old_key_files: r.old_key_files.into_iter().map(|p| relative_to(config_dir, p)).collect(),
+        local: r.local,
     }))
 }
 
@@ -483,12 +488,14 @@ mod tests {
             key_file: None,
             key_command: Some(format!("echo {}", k.to_hex())),
             old_key_files: vec![d.path().join("k")],
+            local: false,
         };
         assert_eq!(c.keyring().unwrap().ids().len(), 2);
         let bad = EncryptionConfig {
             key_file: None,
             key_command: Some("exit 3".into()),
             old_key_files: vec![],
+            local: false,
         };
         assert!(bad.keyring().unwrap_err().contains("failed"));
         assert!(parse_encryption(Some(RawEncryption::default()), d.path())
@@ -498,6 +505,7 @@ mod tests {
             key_file: Some(d.path().join("nope")),
             key_command: None,
             old_key_files: vec![],
+            local: false,
         };
         assert!(missing.keyring().unwrap_err().contains("nope"));
     }

@@ -295,7 +295,9 @@ async fn session(
         if tli.0 > 1 && !sp.store.has_history(tli) {
             let (name, content) = conn.timeline_history(tli).await.map_err(ReceiverError::Client)?;
             TimelineHistory::parse(&content).map_err(|e| ProtocolError::new(format!("history file {name}: {e}")))?;
-            sp.store.store_history(tli, &content).map_err(ReceiverError::Store)?;
+            // Through the catalog's store, so that it is sealed under encryption.local.
+            let key = format!("{}/{}", Layout::wal_key(server), tli.history_file_name());
+            store.put(&key, &content).map_err(ReceiverError::Store)?;
             tracing::info!(file = %name, "stored timeline history file");
         }
         sp.store.begin(tli, start).map_err(ReceiverError::Store)?;
