@@ -165,15 +165,15 @@ def make_dataset(base, kind, scale):
     return c, size
 
 
-def pgark_setup(base, c):
-    d = os.path.join(base, "pgark")
+def pgark_setup(base, c, name="pgark", slot="pgark_bench", top=""):
+    d = os.path.join(base, name)
     os.makedirs(d, exist_ok=True)
     metrics = f"127.0.0.1:{wb.free_port()}"
     conf = os.path.join(d, "pgark.yaml")
     with open(conf, "w") as f:
         f.write(
-            f"catalog: {d}/catalog\nmetrics:\n  listen: {metrics}\nservers:\n  bench:\n    conninfo: \"{c.conninfo('pgark')}\"\n"
-            f"    slot: pgark_bench\n    synchronous: false\n    backup_compression: zstd:3\n    backup_workers: 2\n"
+            f"catalog: {d}/catalog\n{top}metrics:\n  listen: {metrics}\nservers:\n  bench:\n    conninfo: \"{c.conninfo('pgark')}\"\n"
+            f"    slot: {slot}\n    synchronous: false\n    backup_compression: zstd:3\n    backup_workers: 2\n"
         )
     log = open(os.path.join(d, "serve.log"), "w")
     serve = subprocess.Popen([wb.PGARK, "serve", "--config", conf], stdout=log, stderr=log, env={**os.environ, "PGARK_LOG": "warn"})

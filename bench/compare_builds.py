@@ -7,6 +7,12 @@ within this run means anything.
 
 Usage: python3 bench/compare_builds.py OLD_BIN NEW_BIN [--gigabytes 1] [--scale 50] [--rounds 3]
        [--out BENCHMARKS.md]   (appends or replaces the "Build comparison" section)
+       [--new-top FILE --section TITLE]
+
+With --new-top, NEW runs with FILE's top-level YAML added to its config (say an `encryption:`
+section): one build, two configs. Each variant then has its own daemon and catalog for the
+backups and restores, and the ingest waits until the last segment is archived (compressed and
+stored), not only received.
 
 Needs what bench/wal_bench.py and bench/backup_bench.py need (PostgreSQL, pgbench; runs as root
 with servers as the postgres user, or as an ordinary user).
@@ -27,7 +33,7 @@ import wal_bench as wb  # noqa: E402
 SECTION = "## Build comparison"
 
 
-def ingest(base, bins, gigabytes, rounds):
+def ingest(base, bins, gigabytes, rounds, tops=None, archived=False):
     """Each build catches up on its own slot's retained WAL, alternating; seconds to durable."""
     primary = wb.Cluster(base, "ingest")
     primary.initdb("shared_buffers = 256MB\nmax_wal_size = 8GB\ncheckpoint_timeout = 30min\nsynchronous_commit = off\nwal_keep_size = 0\nautovacuum = off\nmax_replication_slots = 64\n")
@@ -48,9 +54,10 @@ def ingest(base, bins, gigabytes, rounds):
         order = list(bins) if i % 2 == 0 else list(reversed(list(bins)))
         for name in order:
             wb.PGARK = bins[name]
+            wb.EXTRA_TOP = (tops or {}).get(name, "")
             t0 = time.time()
             rec = wb.Pgark(base, primary, f"cmp_{name}_{i}", synchronous=True, compression="zstd")
-            while not rec.has_segment(last):
+            while not rec.has_segment(last, archived):
                 if rec.proc.poll() is not None:
                     raise RuntimeError(f"{name} exited early")
                 time.sleep(0.05)
@@ -62,12 +69,17 @@ def ingest(base, bins, gigabytes, rounds):
     return results, end - start
 
 
-def backup_and_restore(base, bins, scale, rounds):
+def backup_and_restore(base, bins, scale, rounds, tops=None):
     """Backups (after deleting the previous, so nothing is deduplicated) and restores of the
-    same state, alternating builds. The daemon that streams is the new build throughout."""
+    same state, alternating builds. The daemon that streams is the new build throughout; with
+    `tops`, each variant has a daemon and catalog of its own, configured so."""
     c, size = bb.make_dataset(base, "pgbench", scale)
     wb.PGARK = bins["new"]
-    d, conf, serve = bb.pgark_setup(base, c)
+    if tops:
+        setups = {name: bb.pgark_setup(base, c, f"pgark_{name}", f"pgark_{name}", tops.get(name, "")) for name in bins}
+    else:
+        one = bb.pgark_setup(base, c)
+        setups = {name: one for name in bins}
     backups = {name: [] for name in bins}
     restores = {name: [] for name in bins}
     try:
@@ -75,12 +87,14 @@ def backup_and_restore(base, bins, scale, rounds):
             order = list(bins) if r % 2 == 0 else list(reversed(list(bins)))
             for name in order:
                 wb.PGARK = bins[name]
+                conf = setups[name][1]
                 bb.pgark_delete_all(conf)
                 secs, _, _, _ = bb.pgark_backup(conf)
                 backups[name].append(size / 1e6 / secs)
                 print(f"backup round {r + 1} {name}: {secs:.1f}s {size / 1e6 / secs:.0f} MB/s", flush=True)
             for name in order:
                 wb.PGARK = bins[name]
+                conf = setups[name][1]
                 target = os.path.join(base, f"restore_{name}")
                 shutil.rmtree(target, ignore_errors=True)
                 os.makedirs(target)
@@ -92,8 +106,9 @@ def backup_and_restore(base, bins, scale, rounds):
                 restores[name].append(size / 1e6 / secs)
                 print(f"restore round {r + 1} {name}: {secs:.1f}s {size / 1e6 / secs:.0f} MB/s", flush=True)
     finally:
-        serve.terminate()
-        serve.wait(timeout=60)
+        for serve in {id(x[2]): x[2] for x in setups.values()}.values():
+            serve.terminate()
+            serve.wait(timeout=60)
         c.stop()
     return backups, restores, size
 
@@ -106,7 +121,10 @@ def main():
     ap.add_argument("--scale", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out")
+    ap.add_argument("--new-top", help="file of top-level YAML for NEW's config (one build, two configs)")
+    ap.add_argument("--section", default=SECTION, help="the BENCHMARKS.md section written (with --new-top)")
     args = ap.parse_args()
+    tops = {"old": "", "new": open(args.new_top).read()} if args.new_top else None
     bins = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new)}
     for b in bins.values():
         if not os.path.exists(b):
@@ -114,17 +132,25 @@ def main():
     base = tempfile.mkdtemp(prefix="pgark-cmp-", dir="/var/tmp")
     os.chmod(base, 0o755)
     try:
-        ing, wal = ingest(base, bins, args.gigabytes, args.rounds)
-        bk, rs, size = backup_and_restore(base, bins, args.scale, args.rounds)
+        ing, wal = ingest(base, bins, args.gigabytes, args.rounds, tops, archived=tops is not None)
+        bk, rs, size = backup_and_restore(base, bins, args.scale, args.rounds, tops)
     finally:
         wb.cleanup(base)
-    rows = [("WAL ingest (catch-up), MB/s", ing), ("base backup, MB/s", bk), ("restore (2 jobs), MB/s", rs)]
+    section = args.section if tops else SECTION
+    ingest_label = "WAL ingest to archived (catch-up), MB/s" if tops else "WAL ingest (catch-up), MB/s"
+    rows = [(ingest_label, ing), ("base backup, MB/s", bk), ("restore (2 jobs), MB/s", rs)]
+    command = f"`python3 bench/compare_builds.py OLD NEW --gigabytes {args.gigabytes} --scale {args.scale} --rounds {args.rounds}`"
+    what = "alternating the builds"
+    if tops:
+        command = (f"`python3 bench/compare_builds.py BIN BIN --new-top TOP --gigabytes {args.gigabytes} --scale {args.scale} "
+                   f"--rounds {args.rounds}`")
+        what = "alternating the configs; old: no top-level additions, new: TOP = " + " ".join(
+            f"`{line.strip()}`" for line in tops["new"].splitlines() if line.strip() and "key_file" not in line)
     lines = [
-        SECTION,
+        section,
         "",
-        f"`python3 bench/compare_builds.py OLD NEW --gigabytes {args.gigabytes} --scale {args.scale} --rounds {args.rounds}` on "
-        f"{time.strftime('%Y-%m-%d')}: {wal / (1 << 30):.2f} GiB of WAL, a {size / 1e9:.2f} GB pgbench database, {args.rounds} "
-        "rounds alternating the builds; medians. Only the ratio means anything on this noisy machine.",
+        f"{command} on {time.strftime('%Y-%m-%d')}: {wal / (1 << 30):.2f} GiB of WAL, a {size / 1e9:.2f} GB pgbench database, "
+        f"{args.rounds} rounds {what}; medians. Only the ratio means anything on this noisy machine.",
         "",
         "| operation | old | new | new / old |",
         "|---|---|---|---|",
@@ -136,8 +162,8 @@ def main():
     print(text)
     if args.out:
         old = open(args.out).read() if os.path.exists(args.out) else ""
-        if SECTION in old:
-            head, rest = old.split(SECTION, 1)
+        if section in old:
+            head, rest = old.split(section, 1)
             nxt = rest.find("\n## ")
             old = head + (rest[nxt + 1:] if nxt >= 0 else "")
         with open(args.out, "w") as f:

@@ -31,6 +31,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PGARK = os.environ.get("PGARK_BIN", os.path.join(ROOT, "target", "release", "pgark"))
 IS_ROOT = os.geteuid() == 0
+# Top-level YAML added to every pgark config this module writes (compare_builds --new-top).
+EXTRA_TOP = ""
 
 
 def bindir():
@@ -129,7 +131,7 @@ class Pgark:
         self.config = os.path.join(self.dir, "pgark.yaml")
         with open(self.config, "w") as f:
             f.write(
-                f"catalog: {self.dir}/catalog\nmetrics:\n  listen: {self.metrics}\nservers:\n  bench:\n"
+                f"catalog: {self.dir}/catalog\n{EXTRA_TOP}metrics:\n  listen: {self.metrics}\nservers:\n  bench:\n"
                 f"    conninfo: \"{primary.conninfo('pgark')}\"\n    slot: {slot}\n"
                 f"    synchronous: {'true' if synchronous else 'false'}\n    compression: {compression}\n"
             )
@@ -143,9 +145,9 @@ class Pgark:
         except Exception:
             return None
 
-    def has_segment(self, name):
+    def has_segment(self, name, archived=False):
         wal = os.path.join(self.dir, "catalog", "bench", "wal")
-        return os.path.exists(os.path.join(wal, name)) or os.path.exists(os.path.join(wal, name + ".zst"))
+        return (not archived and os.path.exists(os.path.join(wal, name))) or os.path.exists(os.path.join(wal, name + ".zst"))
 
     def archived(self):
         wal = os.path.join(self.dir, "catalog", "bench", "wal")

@@ -55,21 +55,26 @@ pub fn register(root: &Path, ring: Option<Arc<Keyring>>) {
 
 /// The keyring registered for the catalog at `root`, if its objects are sealed.
 pub fn keyring_for(root: &Path) -> Option<Arc<Keyring>> {
-    let reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-    if reg.is_empty() {
+    if REGISTRY.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
         return None;
     }
-    let names = spellings(root);
+    lookup(&spellings(root))
+}
+
+fn lookup(names: &[PathBuf]) -> Option<Arc<Keyring>> {
+    let reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
     reg.iter()
         .find(|(r, _)| r.iter().any(|n| names.contains(n)))
         .map(|(_, k)| Arc::clone(k))
 }
 
-/// The store of the local catalog at `root`: sealing when registered so.
+/// The store of the local catalog at `root`: sealing while registered so.
 pub fn store_for(root: &Path) -> Arc<dyn ObjectStore> {
     Arc::new(LocalSealedStore {
         inner: LocalStore::new(root),
-        ring: keyring_for(root),
+        names: Arc::new(spellings(root)),
+        #[cfg(test)]
+        fixed: None,
     })
 }
 
@@ -87,16 +92,33 @@ pub fn is_spool_key(key: &str) -> bool {
 }
 
 /// The local filesystem store with sealing on top (see the module header).
+///
+/// The keyring is looked up in the registry at each operation, not once when the catalog is
+/// opened: the daemon's long-running tasks (receivers, archivers, schedulers) keep their store
+/// across reloads, and a reload that turns `encryption.local` on or rotates the key must reach
+/// them at once (a rotation after a leaked key must not keep writing with the old one).
 #[derive(Clone)]
 pub struct LocalSealedStore {
     inner: LocalStore,
-    /// `Some`: new objects are sealed and sealed ones open; `None`: plaintext.
-    ring: Option<Arc<Keyring>>,
+    /// The catalog root's spellings, resolved once (the registry's lookup key).
+    names: Arc<Vec<PathBuf>>,
+    /// Tests: a keyring of their own instead of the registry's.
+    #[cfg(test)]
+    fixed: Option<Option<Arc<Keyring>>>,
 }
 
 impl LocalSealedStore {
-    fn sealing(&self, key: &str) -> Option<&Keyring> {
-        self.ring.as_deref().filter(|_| !is_spool_key(key))
+    /// `Some`: new objects are sealed and sealed ones open; `None`: plaintext.
+    fn ring(&self) -> Option<Arc<Keyring>> {
+        #[cfg(test)]
+        if let Some(f) = &self.fixed {
+            return f.clone();
+        }
+        lookup(&self.names)
+    }
+
+    fn sealing(&self, key: &str) -> Option<Arc<Keyring>> {
+        self.ring().filter(|_| !is_spool_key(key))
     }
 
     fn seal(ring: &Keyring, key: &str, plain: &[u8]) -> io::Result<Vec<u8>> {
@@ -108,8 +130,8 @@ impl LocalSealedStore {
         if !encryption::is_sealed(&data) {
             return Ok(data);
         }
-        match &self.ring {
-            Some(ring) => encryption::open(ring, key, &data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        match self.ring() {
+            Some(ring) => encryption::open(&ring, key, &data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
             None => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -141,7 +163,7 @@ impl LocalSealedStore {
 impl ObjectStore for LocalSealedStore {
     fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
         match self.sealing(key) {
-            Some(ring) => self.inner.put(key, &Self::seal(ring, key, data)?),
+            Some(ring) => self.inner.put(key, &Self::seal(&ring, key, data)?),
             None => self.inner.put(key, data),
         }
     }
@@ -151,7 +173,7 @@ impl ObjectStore for LocalSealedStore {
             Some(ring) => {
                 let mut plain = Vec::new();
                 fill(&mut plain)?;
-                self.inner.put(key, &Self::seal(ring, key, &plain)?)
+                self.inner.put(key, &Self::seal(&ring, key, &plain)?)
             }
             None => self.inner.put_from(key, fill),
         }
@@ -168,7 +190,7 @@ impl ObjectStore for LocalSealedStore {
             let mut plain = Vec::new();
             fill(&mut plain)?;
             plain_len = plain.len() as u64;
-            w.write_all(&Self::seal(ring, key, &plain)?)
+            w.write_all(&Self::seal(&ring, key, &plain)?)
         })?;
         Ok(stored.map(|_| plain_len))
     }
@@ -182,7 +204,7 @@ impl ObjectStore for LocalSealedStore {
         let Some(n) = self.inner.size(key)? else {
             return Ok(None);
         };
-        if n >= OVERHEAD as u64 && !is_spool_key(key) && self.stored_sealed(key)? {
+        if n >= OVERHEAD as u64 && !is_spool_key(key) && self.ring().is_some() && self.stored_sealed(key)? {
             return Ok(Some(n - OVERHEAD as u64));
         }
         Ok(Some(n))
@@ -230,11 +252,16 @@ mod tests {
     use super::*;
     use crate::catalog::encryption::Key;
 
-    fn sealed(root: &Path) -> LocalSealedStore {
+    fn with_ring(root: &Path, ring: Option<Arc<Keyring>>) -> LocalSealedStore {
         LocalSealedStore {
             inner: LocalStore::new(root),
-            ring: Some(Arc::new(Keyring::new(Key::generate(), vec![]))),
+            names: Arc::new(vec![]),
+            fixed: Some(ring),
         }
+    }
+
+    fn sealed(root: &Path) -> LocalSealedStore {
+        with_ring(root, Some(Arc::new(Keyring::new(Key::generate(), vec![]))))
     }
 
     #[test]
@@ -293,10 +320,7 @@ mod tests {
     #[test]
     fn plaintext_from_before_reads_and_sealed_without_a_key_is_named() {
         let d = tempfile::tempdir().unwrap();
-        let plain = LocalSealedStore {
-            inner: LocalStore::new(d.path()),
-            ring: None,
-        };
+        let plain = with_ring(d.path(), None);
         plain.put("main/server.state", b"before").unwrap();
         let s = sealed(d.path());
         assert_eq!(s.get("main/server.state").unwrap().unwrap(), b"before");
@@ -318,13 +342,23 @@ mod tests {
     fn the_registry_seals_every_open_of_a_registered_root() {
         let d = tempfile::tempdir().unwrap();
         let ring = Arc::new(Keyring::new(Key::generate(), vec![]));
+        // A store opened before the registration (a daemon task across a reload) follows it.
+        let before = crate::catalog::Catalog::open(d.path()).store();
+        before.put("main/a", b"x").unwrap();
+        assert_eq!(std::fs::read(d.path().join("main/a")).unwrap(), b"x");
         register(d.path(), Some(ring));
+        before.put("main/b", b"x").unwrap();
+        assert!(encryption::is_sealed(&std::fs::read(d.path().join("main/b")).unwrap()));
         crate::catalog::Catalog::open(d.path())
             .store()
             .put("main/server.state", b"x")
             .unwrap();
         assert!(encryption::is_sealed(&std::fs::read(d.path().join("main/server.state")).unwrap()));
+        assert_eq!(before.get("main/server.state").unwrap().unwrap(), b"x");
+        assert_eq!(before.size("main/server.state").unwrap(), Some(1));
         register(d.path(), None);
         assert!(keyring_for(d.path()).is_none());
+        before.put("main/c", b"x").unwrap();
+        assert_eq!(std::fs::read(d.path().join("main/c")).unwrap(), b"x");
     }
 }

@@ -112,17 +112,14 @@ impl HookEvent {
             rec.error.as_deref().unwrap_or("failed")
         );
         let result = if rec.success { Ok(()) } else { Err(error.as_str()) };
-        Some(
-            Self::post_drill(&rec.server, rec.backup_id.as_deref(), result)
-                .var(
-                    "DRILL_REPORT",
-                    catalog
-                        .join(crate::catalog::drill_record::key(&rec.server, rec.started_at))
-                        .display()
-                        .to_string(),
-                )
-                .var("DRILL_DURATION_SECONDS", format!("{:.1}", rec.total_seconds.unwrap_or_default())),
-        )
+        let mut e = Self::post_drill(&rec.server, rec.backup_id.as_deref(), result)
+            .var("DRILL_DURATION_SECONDS", format!("{:.1}", rec.total_seconds.unwrap_or_default()));
+        // A sealed record (encryption.local) is no file a hook could read.
+        if crate::catalog::local_store_sealing::keyring_for(catalog).is_none() {
+            let key = crate::catalog::drill_record::key(&rec.server, rec.started_at);
+            e = e.var("DRILL_REPORT", catalog.join(key).display().to_string());
+        }
+        Some(e)
     }
 
     /// After a restore drill of `backup_id`: `Ok(())` or `Err(error)`. Callers add
@@ -150,7 +147,8 @@ impl HookEvent {
         let damaged: Vec<String> = report.backups.iter().filter(|b| b.status != "ok").map(|b| b.id.clone()).collect();
         let summary = report.problems.first().map(|p| p.to_string()).unwrap_or_default();
         let mut e = Self::on_verify_failure(&report.server, &damaged, report.problems.len(), &summary);
-        if let Some(id) = damaged.first() {
+        let sealed = crate::catalog::local_store_sealing::keyring_for(catalog).is_some();
+        if let Some(id) = damaged.first().filter(|_| !sealed) {
             let key = crate::catalog::backup_store::verify_key(&report.server, id);
             e = e.var("VERIFY_REPORT", catalog.join(key).display().to_string());
         }
