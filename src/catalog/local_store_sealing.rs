@@ -19,8 +19,9 @@
 //!
 //! Reading: a sealed object is opened (authenticated) with the keyring; an object without an
 //! envelope was written before `encryption.local` was turned on and is read as it is (the
-//! local catalog is migrated by time: retention replaces it). A sealed object read without a
-//! keyring is an error that says so.
+//! local catalog is migrated by time: retention replaces it), unless `encryption.local:
+//! require` (once migrated): then it is refused, since plaintext would be believed without
+//! authentication. A sealed object read without a keyring is an error that says so.
 
 use super::encryption::{self, Keyring, MAGIC, OVERHEAD};
 use super::store::{Capacity, LocalStore, ObjectStore, Usage};
@@ -28,8 +29,16 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Catalog roots whose objects are sealed (as configured and as resolved), with their keyring.
-static REGISTRY: Mutex<Vec<(Vec<PathBuf>, Arc<Keyring>)>> = Mutex::new(Vec::new());
+/// How a registered catalog is sealed.
+#[derive(Clone)]
+struct Sealing {
+    ring: Arc<Keyring>,
+    /// `encryption.local: require`: an object without an envelope is refused, not read.
+    require: bool,
+}
+
+/// Catalog roots whose objects are sealed (as configured and as resolved), and how.
+static REGISTRY: Mutex<Vec<(Vec<PathBuf>, Sealing)>> = Mutex::new(Vec::new());
 
 /// The spellings of `root` a lookup matches: as given, and resolved (when it exists).
 fn spellings(root: &Path) -> Vec<PathBuf> {
@@ -43,13 +52,14 @@ fn spellings(root: &Path) -> Vec<PathBuf> {
 }
 
 /// From now on, objects of the catalog at `root` are sealed with `ring` (`None`: written in
-/// plaintext; sealed ones still refuse to open without a key). A reload registers again.
-pub fn register(root: &Path, ring: Option<Arc<Keyring>>) {
+/// plaintext; sealed ones still refuse to open without a key); with `require`, an object
+/// without an envelope is refused. A reload registers again.
+pub fn register(root: &Path, ring: Option<Arc<Keyring>>, require: bool) {
     let names = spellings(root);
     let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
     reg.retain(|(r, _)| !r.iter().any(|n| names.contains(n)));
     if let Some(ring) = ring {
-        reg.push((names, ring));
+        reg.push((names, Sealing { ring, require }));
     }
 }
 
@@ -58,14 +68,14 @@ pub fn keyring_for(root: &Path) -> Option<Arc<Keyring>> {
     if REGISTRY.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
         return None;
     }
-    lookup(&spellings(root))
+    lookup(&spellings(root)).map(|s| s.ring)
 }
 
-fn lookup(names: &[PathBuf]) -> Option<Arc<Keyring>> {
+fn lookup(names: &[PathBuf]) -> Option<Sealing> {
     let reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
     reg.iter()
         .find(|(r, _)| r.iter().any(|n| names.contains(n)))
-        .map(|(_, k)| Arc::clone(k))
+        .map(|(_, s)| s.clone())
 }
 
 /// The store of the local catalog at `root`: sealing while registered so.
@@ -102,19 +112,23 @@ pub struct LocalSealedStore {
     inner: LocalStore,
     /// The catalog root's spellings, resolved once (the registry's lookup key).
     names: Arc<Vec<PathBuf>>,
-    /// Tests: a keyring of their own instead of the registry's.
+    /// Tests: a sealing of their own instead of the registry's.
     #[cfg(test)]
-    fixed: Option<Option<Arc<Keyring>>>,
+    fixed: Option<Option<Sealing>>,
 }
 
 impl LocalSealedStore {
-    /// `Some`: new objects are sealed and sealed ones open; `None`: plaintext.
-    fn ring(&self) -> Option<Arc<Keyring>> {
+    fn current(&self) -> Option<Sealing> {
         #[cfg(test)]
         if let Some(f) = &self.fixed {
             return f.clone();
         }
         lookup(&self.names)
+    }
+
+    /// `Some`: new objects are sealed and sealed ones open; `None`: plaintext.
+    fn ring(&self) -> Option<Arc<Keyring>> {
+        self.current().map(|s| s.ring)
     }
 
     fn sealing(&self, key: &str) -> Option<Arc<Keyring>> {
@@ -128,6 +142,16 @@ impl LocalSealedStore {
     /// What was read under `key`, opened when it is sealed.
     fn open(&self, key: &str, data: Vec<u8>) -> io::Result<Vec<u8>> {
         if !encryption::is_sealed(&data) {
+            if self.current().is_some_and(|s| s.require) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{key}: not encrypted, and encryption.local: require refuses plaintext objects \
+                         (written before encryption, or put there without the key); \
+                         restore it from a repository, or set local: true to read it"
+                    ),
+                ));
+            }
             return Ok(data);
         }
         match self.ring() {
@@ -256,7 +280,7 @@ mod tests {
         LocalSealedStore {
             inner: LocalStore::new(root),
             names: Arc::new(vec![]),
-            fixed: Some(ring),
+            fixed: Some(ring.map(|ring| Sealing { ring, require: false })),
         }
     }
 
@@ -324,6 +348,15 @@ mod tests {
         plain.put("main/server.state", b"before").unwrap();
         let s = sealed(d.path());
         assert_eq!(s.get("main/server.state").unwrap().unwrap(), b"before");
+        // `local: require` refuses it, naming it; the spool still passes.
+        let strict = LocalSealedStore {
+            fixed: Some(s.current().map(|x| Sealing { require: true, ..x })),
+            ..s.clone()
+        };
+        let e = strict.get("main/server.state").unwrap_err().to_string();
+        assert!(e.contains("main/server.state") && e.contains("require"), "{e}");
+        plain.put("main/wal/000000010000000000000001", b"wal").unwrap();
+        assert_eq!(strict.get("main/wal/000000010000000000000001").unwrap().unwrap(), b"wal");
         assert_eq!(s.size("main/server.state").unwrap(), Some(6));
         s.put("main/wal/00000002.history", b"1\t0/5000000\tpromoted\n").unwrap();
         let e = plain.get("main/wal/00000002.history").unwrap_err().to_string();
@@ -346,7 +379,7 @@ mod tests {
         let before = crate::catalog::Catalog::open(d.path()).store();
         before.put("main/a", b"x").unwrap();
         assert_eq!(std::fs::read(d.path().join("main/a")).unwrap(), b"x");
-        register(d.path(), Some(ring));
+        register(d.path(), Some(ring), false);
         before.put("main/b", b"x").unwrap();
         assert!(encryption::is_sealed(&std::fs::read(d.path().join("main/b")).unwrap()));
         crate::catalog::Catalog::open(d.path())
@@ -356,7 +389,7 @@ mod tests {
         assert!(encryption::is_sealed(&std::fs::read(d.path().join("main/server.state")).unwrap()));
         assert_eq!(before.get("main/server.state").unwrap().unwrap(), b"x");
         assert_eq!(before.size("main/server.state").unwrap(), Some(1));
-        register(d.path(), None);
+        register(d.path(), None, false);
         assert!(keyring_for(d.path()).is_none());
         before.put("main/c", b"x").unwrap();
         assert_eq!(std::fs::read(d.path().join("main/c")).unwrap(), b"x");

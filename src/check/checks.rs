@@ -249,6 +249,12 @@ fn local_encryption(f: &Facts) -> Outcome {
         ));
     }
     let keys = if ids.is_empty() { "none yet".to_string() } else { ids };
+    if k.plaintext > 0 && k.require {
+        return Outcome::failed(format!(
+            "{} of the {} local catalog objects looked at are not encrypted, and encryption.local: require refuses them (reads fail): restore them from a repository, or set local: true until retention has replaced them",
+            k.plaintext, k.looked_at
+        ));
+    }
     if k.plaintext > 0 {
         return Outcome::warning(format!(
             "{} of the {} local catalog objects looked at were written before encryption.local: true and are not encrypted (retention replaces them; a new backup is sealed); keys in use {keys}",
@@ -838,6 +844,7 @@ mod tests {
                 configured,
                 key_ids: ids.iter().map(|s| s.to_string()).collect(),
                 plaintext,
+                require: false,
                 looked_at: 3,
                 keyring: ring.iter().map(|s| s.to_string()).collect(),
             })
@@ -859,6 +866,10 @@ mod tests {
         );
         f.local_keys = with(true, &["aa", "bb"], &["bb", "aa"], 1);
         assert_eq!(level(&f, "local_encryption").level, Level::Warning);
+        if let Ok(k) = &mut f.local_keys {
+            k.require = true;
+        }
+        assert_eq!(level(&f, "local_encryption").level, Level::Failed);
         f.local_keys = with(true, &["aa", "bb"], &["bb", "aa"], 0);
         let o = level(&f, "local_encryption");
         assert!(o.level == Level::Ok && o.detail.contains("keys in use aa, bb"), "{}", o.detail);

@@ -69,8 +69,10 @@ pub struct Facts {
 /// the oldest and newest compressed segment (as stored, read without opening them).
 #[derive(Debug, Clone, Default)]
 pub struct LocalKeyFacts {
-    /// `encryption.local: true` in the config.
+    /// `encryption.local: true` (or `require`) in the config.
     pub configured: bool,
+    /// `encryption.local: require`: plaintext objects are refused.
+    pub require: bool,
     /// Ids of the keys that sealed the objects looked at.
     pub key_ids: std::collections::BTreeSet<String>,
     /// Objects looked at that are not sealed (written before `encryption.local`).
@@ -103,6 +105,7 @@ fn local_keys(config: &Config, server: &str) -> Result<LocalKeyFacts, String> {
     let configured = config.encryption.as_ref().is_some_and(|e| e.local);
     let mut f = LocalKeyFacts {
         configured,
+        require: config.encryption.as_ref().is_some_and(|e| e.local_require),
         keyring: match crate::catalog::local_store_sealing::keyring_for(&config.catalog) {
             Some(ring) => ring.ids().iter().map(|i| i.to_string()).collect(),
             None => Vec::new(),

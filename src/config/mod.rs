@@ -205,7 +205,8 @@ impl Config {
             })?)),
             None => None,
         };
-        crate::catalog::local_store_sealing::register(&self.catalog, ring);
+        let require = self.encryption.as_ref().is_some_and(|e| e.local_require);
+        crate::catalog::local_store_sealing::register(&self.catalog, ring, require);
         Ok(())
     }
 
@@ -377,6 +378,10 @@ mod tests {
             (
                 "catalog: /x\nencryption:\n  key_file: /k\n  local: true\nservers:\n  main:\n    conninfo: host=/tmp\n    compression: none\n",
                 "servers.main.compression: none cannot be combined with encryption.local",
+            ),
+            (
+                "catalog: /x\nencryption:\n  key_file: /k\n  local: always\nservers:\n  main:\n    conninfo: host=/tmp\n",
+                "encryption.local: expected true, false or require, got always",
             ),
         ] {
             let e = parse(text).unwrap_err().to_string();

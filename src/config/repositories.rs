@@ -66,8 +66,8 @@ pub struct RawEncryption {
     pub key_command: Option<String>,
     #[serde(default)]
     pub old_key_files: Vec<PathBuf>,
-    #[serde(default)]
-    pub local: bool,
+    /// `true`, `false` or `require`.
+    pub local: Option<serde_yaml::Value>,
 }
 
 /// One repository, validated.
@@ -123,6 +123,8 @@ pub struct EncryptionConfig {
     pub old_key_files: Vec<PathBuf>,
     /// `local: true`: the local catalog's objects are sealed too (`catalog::local_store_sealing`).
     pub local: bool,
+    /// `local: require`: sealed, and objects without an envelope are refused.
+    pub local_require: bool,
 }
 
 impl EncryptionConfig {
@@ -372,11 +374,23 @@ pub fn parse_encryption(raw: Option<RawEncryption>, config_dir: &Path) -> Result
     if r.key_file.is_some() == r.key_command.is_some() {
         return Err("encryption: expected exactly one of key_file and key_command".into());
     }
+    let (local, local_require) = match &r.local {
+        None | Some(serde_yaml::Value::Bool(false)) => (false, false),
+        Some(serde_yaml::Value::Bool(true)) => (true, false),
+        Some(serde_yaml::Value::String(s)) if s == "require" => (true, true),
+        Some(other) => {
+            return Err(format!(
+                "encryption.local: expected true, false or require, got {}",
+                serde_yaml::to_string(other).unwrap_or_default().trim()
+            ))
+        }
+    };
     Ok(Some(EncryptionConfig {
         key_file: r.key_file.map(|p| relative_to(config_dir, p)),
         key_command: r.key_command,
         old_key_files: r.old_key_files.into_iter().map(|p| relative_to(config_dir, p)).collect(),
-        local: r.local,
+        local,
+        local_require,
     }))
 }
 
@@ -489,6 +503,7 @@ mod tests {
             key_command: Some(format!("echo {}", k.to_hex())),
             old_key_files: vec![d.path().join("k")],
             local: false,
+            local_require: false,
         };
         assert_eq!(c.keyring().unwrap().ids().len(), 2);
         let bad = EncryptionConfig {
@@ -496,6 +511,7 @@ mod tests {
             key_command: Some("exit 3".into()),
             old_key_files: vec![],
             local: false,
+            local_require: false,
         };
         assert!(bad.keyring().unwrap_err().contains("failed"));
         assert!(parse_encryption(Some(RawEncryption::default()), d.path())
@@ -506,6 +522,7 @@ mod tests {
             key_command: None,
             old_key_files: vec![],
             local: false,
+            local_require: false,
         };
         assert!(missing.keyring().unwrap_err().contains("nope"));
     }

@@ -863,5 +863,22 @@ fn local_catalog_sealed_at_rest_restores_and_refuses_tampering() {
         "{}",
         newest.display()
     );
+
+    // `local: require` on a catalog sealed from the start: everything still reads; a plaintext
+    // object put in place of a sealed one is refused by name (under `true` it would be read).
+    let rotated = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(&p.config, rotated.replace("  local: true\n", "  local: require\n")).unwrap();
+    let v = bin.run(&p.config, &["verify", "main"]);
+    assert!(v.status.success(), "verify under local: require: {}", text(&v));
+    let history_like = p.catalog.join("main").join("wal").join("00000009.history");
+    std::fs::write(&history_like, "8\t0/9000000\tplanted\n").unwrap();
+    let planted = bin.run(&p.config, &["wal-get", "main", "00000009.history", dest.to_str().unwrap()]);
+    assert_eq!(planted.status.code(), Some(126), "{}", text(&planted));
+    assert!(
+        text(&planted).contains("00000009.history") && text(&planted).contains("require"),
+        "{}",
+        text(&planted)
+    );
+    std::fs::remove_file(&history_like).unwrap();
     drop(secrets.dir);
 }
