@@ -7,7 +7,10 @@ within this run means anything.
 
 Usage: python3 bench/compare_builds.py OLD_BIN NEW_BIN [--gigabytes 1] [--scale 50] [--rounds 3]
        [--out BENCHMARKS.md]   (appends or replaces the "Build comparison" section)
-       [--new-top FILE --section TITLE]
+       [--new-top FILE --section TITLE] [--commit-seconds 15]
+
+With --commit-seconds, each variant is also the synchronous standby of a primary running
+pgbench -N with one client (commit latency: lower is better).
 
 With --new-top, NEW runs with FILE's top-level YAML added to its config (say an `encryption:`
 section): one build, two configs. Each variant then has its own daemon and catalog for the
@@ -69,6 +72,35 @@ def ingest(base, bins, gigabytes, rounds, tops=None, archived=False):
     return results, end - start
 
 
+def commit_latency(base, bins, rounds, tops, seconds):
+    """Synchronous commit latency with each variant as the synchronous standby: pgbench -N with
+    one client, alternating; milliseconds per commit (lower is better)."""
+    primary = wb.Cluster(base, "commit")
+    primary.initdb("shared_buffers = 256MB\nmax_wal_size = 4GB\nsynchronous_commit = on\nwal_keep_size = 0\nmax_replication_slots = 16\n")
+    primary.start()
+    wb.run([f"{wb.BIN}/pgbench", "-i", "-s", "10", "-q", "-h", primary.sock, "-p", str(primary.port), "-U", primary.user, "postgres"])
+    for name in bins:
+        primary.psql(f"SELECT pg_create_physical_replication_slot('cmpc_{name}', true)")
+    results = {name: [] for name in bins}
+    for i in range(rounds):
+        order = list(bins) if i % 2 == 0 else list(reversed(list(bins)))
+        for name in order:
+            wb.PGARK = bins[name]
+            wb.EXTRA_TOP = (tops or {}).get(name, "")
+            rec = wb.Pgark(base, primary, f"cmpc_{name}")
+            primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'pgark'")
+            primary.psql("SELECT pg_reload_conf()")
+            wb.wait_sync(primary, "pgark")
+            _, lat = wb.pgbench(primary, 1, seconds)
+            results[name].append(lat)
+            print(f"commit round {i + 1} {name}: {lat:.3f} ms", flush=True)
+            primary.psql("ALTER SYSTEM SET synchronous_standby_names = ''")
+            primary.psql("SELECT pg_reload_conf()")
+            rec.stop()
+    primary.stop()
+    return results
+
+
 def backup_and_restore(base, bins, scale, rounds, tops=None):
     """Backups (after deleting the previous, so nothing is deduplicated) and restores of the
     same state, alternating builds. The daemon that streams is the new build throughout; with
@@ -123,6 +155,8 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--new-top", help="file of top-level YAML for NEW's config (one build, two configs)")
     ap.add_argument("--section", default=SECTION, help="the BENCHMARKS.md section written (with --new-top)")
+    ap.add_argument("--commit-seconds", type=int, default=0,
+                    help="also measure synchronous commit latency (pgbench -N, 1 client) for this many seconds per round")
     args = ap.parse_args()
     tops = {"old": "", "new": open(args.new_top).read()} if args.new_top else None
     bins = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new)}
@@ -134,16 +168,20 @@ def main():
     try:
         ing, wal = ingest(base, bins, args.gigabytes, args.rounds, tops, archived=tops is not None)
         bk, rs, size = backup_and_restore(base, bins, args.scale, args.rounds, tops)
+        commits = commit_latency(base, bins, args.rounds, tops, args.commit_seconds) if args.commit_seconds else None
     finally:
         wb.cleanup(base)
     section = args.section if tops else SECTION
     ingest_label = "WAL ingest to archived (catch-up), MB/s" if tops else "WAL ingest (catch-up), MB/s"
     rows = [(ingest_label, ing), ("base backup, MB/s", bk), ("restore (2 jobs), MB/s", rs)]
-    command = f"`python3 bench/compare_builds.py OLD NEW --gigabytes {args.gigabytes} --scale {args.scale} --rounds {args.rounds}`"
+    if commits:
+        rows.append((f"synchronous commit latency (pgbench -N, 1 client, {args.commit_seconds} s), ms; lower is better", commits))
+    more = f" --commit-seconds {args.commit_seconds}" if args.commit_seconds else ""
+    command = f"`python3 bench/compare_builds.py OLD NEW --gigabytes {args.gigabytes} --scale {args.scale} --rounds {args.rounds}{more}`"
     what = "alternating the builds"
     if tops:
         command = (f"`python3 bench/compare_builds.py BIN BIN --new-top TOP --gigabytes {args.gigabytes} --scale {args.scale} "
-                   f"--rounds {args.rounds}`")
+                   f"--rounds {args.rounds}{more}`")
         what = "alternating the configs; old: no top-level additions, new: TOP = " + " ".join(
             f"`{line.strip()}`" for line in tops["new"].splitlines() if line.strip() and "key_file" not in line)
     lines = [
@@ -157,7 +195,8 @@ def main():
     ]
     for label, res in rows:
         o, n = statistics.median(res["old"]), statistics.median(res["new"])
-        lines.append(f"| {label} | {o:.0f} | {n:.0f} | {n / o:.2f} |")
+        digits = 3 if o < 10 else 0
+        lines.append(f"| {label} | {o:.{digits}f} | {n:.{digits}f} | {n / o:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

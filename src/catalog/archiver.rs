@@ -4,12 +4,15 @@
 //! publish `<name>.zst` atomically (then recycle the plain file as a spare for the receiver) or,
 //! with compression off, publish `<name>.sum`. When idle it also keeps one zero-filled spare ready
 //! so that the receiver, acknowledging at the tip, never has to zero-fill a segment at a boundary. Failures (a full disk) are logged and retried;
-//! the plain segment stays until its archived form is durable.
+//! the plain segment stays until its archived form is durable. A segment the receiver encrypted
+//! (`spool_cipher`, `encryption.local`) is decrypted as it is read, then sealed by the store.
 
+use super::local_store_sealing;
 use super::segment_file;
 use super::space::{Level, SharedLevel};
+use super::spool_cipher;
 use super::store::ObjectStore;
-use super::wal_store::{create_zero_filled, SparePool, SUM_SUFFIX, ZST_SUFFIX};
+use super::wal_store::{create_zero_filled, full_size, SparePool, SUM_SUFFIX, ZST_SUFFIX};
 use super::Compression;
 use crate::fsio::direct::{self, AlignedBuf, DirectSupport};
 use crate::pg::{WalFileName, WalSegSize};
@@ -190,6 +193,14 @@ impl Archiver {
         let plain = self.dir.join(&file_name);
         let open = || std::fs::File::open(&plain).map_err(ctx("open", &plain));
         let size = self.seg.bytes() as usize;
+        let ring = local_store_sealing::keyring_for_spool(&self.dir);
+        // The segment's bytes (decrypted when the receiver encrypted them), for the streamed path.
+        let open_plain = || -> std::io::Result<spool_cipher::DecryptingReader<std::fs::File>> {
+            let f = open()?;
+            let len = f.metadata().map_err(ctx("stat", &plain))?.len();
+            let cipher = spool_cipher::of_file(&f, len, ring.as_deref(), &plain)?;
+            Ok(spool_cipher::DecryptingReader::new(f, size as u64, cipher))
+        };
         let in_memory = if size <= MAX_BUFFERED_SEGMENT {
             // The set may have served a server with smaller segments (the pool is shared).
             if work.input.as_ref().is_some_and(|b| b.capacity() < size) {
@@ -199,12 +210,14 @@ impl Archiver {
             match open() {
                 Ok(f) => {
                     let len = f.metadata().map_err(ctx("stat", &plain))?.len();
-                    if len != size as u64 {
+                    if !full_size(len, self.seg) {
                         return Err(std::io::Error::other(format!(
-                            "{} has {len} bytes, expected {size}",
-                            plain.display()
+                            "{} has {len} bytes, expected {size} (or {} encrypted)",
+                            plain.display(),
+                            size as u64 + spool_cipher::TRAILER_LEN
                         )));
                     }
+                    let cipher = spool_cipher::of_file(&f, len, ring.as_deref(), &plain)?;
                     let read = direct::read_at(&self.direct, &plain, &f, &mut b.as_mut_slice()[..size], 0).map_err(|e| {
                         if e.kind() == std::io::ErrorKind::UnexpectedEof {
                             std::io::Error::other(format!("{} is shorter than a {size}-byte segment", plain.display()))
@@ -213,6 +226,9 @@ impl Archiver {
                         }
                     });
                     read?;
+                    if let Some(c) = cipher {
+                        c.apply(0, &mut b.as_mut_slice()[..size]);
+                    }
                     Some(b.slice(size))
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -223,7 +239,7 @@ impl Archiver {
         };
         let sum = match in_memory {
             Some(bytes) => segment_file::SegmentChecksum::of(bytes),
-            None => match open() {
+            None => match open_plain() {
                 Ok(mut f) => segment_file::checksum_stream(&mut f).map_err(ctx("read", &plain))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(e),
@@ -260,7 +276,7 @@ impl Archiver {
                         let mut counted = 0u64;
                         self.store.put_from(&key, &mut |w| {
                             let mut out = crate::util::io::CountingWriter::new(w);
-                            let mut input = std::io::BufReader::with_capacity(1 << 20, open()?);
+                            let mut input = std::io::BufReader::with_capacity(1 << 20, open_plain()?);
                             let result = segment_file::compress_stream(&mut input, sum, level, &mut out);
                             counted = out.count();
                             result
@@ -343,5 +359,110 @@ mod tests {
                 .unwrap();
             assert_eq!(segment_file::decompress(&stored).unwrap(), data, "{server}");
         }
+    }
+
+    /// `encryption.local`: the receiver writes its spool encrypted (no plaintext on disk, a
+    /// trailer of its own per file, a fresh nonce for a recycled spare), the store and the
+    /// archiver read it as plaintext, and a `.partial` opened again keeps its keystream.
+    #[test]
+    fn with_encryption_local_the_spool_is_encrypted_and_everything_reads_it_back() {
+        use super::super::encryption::{Key, Keyring};
+        use super::super::local_store_sealing;
+        use super::super::wal_store::WalStore;
+        use crate::pg::{Lsn, TimelineId};
+        let d = tempfile::tempdir().unwrap();
+        let ring = Arc::new(Keyring::new(Key::generate(), vec![]));
+        local_store_sealing::register(d.path(), Some(Arc::clone(&ring)), false);
+        let store = local_store_sealing::store_for(d.path());
+        let bytes = 1u64 << 20;
+        let seg = WalSegSize::new(bytes).unwrap();
+        let dir = d.path().join("main").join("wal");
+        let spares = SparePool::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut w = WalStore::new(dir.clone(), seg, spares.clone(), tx);
+        w.begin(TimelineId(1), Lsn(0)).unwrap();
+        let marker = b"a row no spool file may show";
+        let data: Vec<u8> = (0..3 * bytes as usize + 5000)
+            .map(|i| marker[i % marker.len()] ^ (i / 4096 % 2) as u8)
+            .collect();
+        let mut pos = 0usize;
+        for len in [1usize, 4095, 4096, 5000, 3, 70_000].iter().cycle() {
+            let end = (pos + len).min(bytes as usize + 4000);
+            w.write(Lsn(pos as u64), &data[pos..end]).unwrap();
+            pos = end;
+            w.sync().unwrap();
+            if pos == bytes as usize + 4000 {
+                break;
+            }
+        }
+        let first = WalFileName::parse("000000010000000000000000", seg).unwrap();
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![first]);
+        let partial_key = "main/wal/000000010000000000000001.partial";
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap();
+            let raw = std::fs::read(f.path()).unwrap();
+            assert_eq!(raw.len() as u64, bytes + spool_cipher::TRAILER_LEN, "{:?}", f.file_name());
+            assert!(
+                !raw.windows(marker.len()).any(|x| x == marker),
+                "{:?} holds plaintext",
+                f.file_name()
+            );
+        }
+        assert_eq!(
+            store.get_unrecycled("main/wal/000000010000000000000000").unwrap().unwrap(),
+            data[..bytes as usize]
+        );
+        assert_eq!(store.size("main/wal/000000010000000000000000").unwrap(), Some(bytes));
+        let open = store.get(partial_key).unwrap().unwrap();
+        assert_eq!(open.len() as u64, bytes);
+        assert_eq!(open[..4000], data[bytes as usize..pos]);
+
+        // The archiver decrypts, the store seals; the file becomes a spare.
+        let a = Archiver {
+            server: "main".into(),
+            compression: Compression::Zstd(1),
+            seg,
+            dir: dir.clone(),
+            store: Arc::clone(&store),
+            key_prefix: "main/wal".into(),
+            spares: spares.clone(),
+            space: SharedLevel::default(),
+            events: Arc::new(Quiet),
+            direct: Default::default(),
+        };
+        a.archive(first, &mut Buffers::default()).unwrap();
+        let stored = store.get("main/wal/000000010000000000000000.zst").unwrap().unwrap();
+        assert_eq!(segment_file::decompress(&stored).unwrap(), data[..bytes as usize]);
+        assert_eq!(spares.len(), 1);
+
+        // Opened again (a reconnect): streamed again from the segment start, the same keystream.
+        drop(w);
+        let (tx, _rx2) = std::sync::mpsc::channel();
+        let mut w = WalStore::new(dir.clone(), seg, spares.clone(), tx);
+        w.begin(TimelineId(1), Lsn(bytes)).unwrap();
+        let end = 3 * bytes as usize;
+        w.write(Lsn(bytes), &data[bytes as usize..end]).unwrap();
+        w.sync().unwrap();
+        assert_eq!(spares.len(), 0, "the spare became the next .partial");
+        assert_eq!(
+            store.get("main/wal/000000010000000000000001").unwrap().unwrap(),
+            data[bytes as usize..2 * bytes as usize]
+        );
+        assert_eq!(
+            store.get("main/wal/000000010000000000000002").unwrap().unwrap(),
+            data[2 * bytes as usize..end]
+        );
+        let recycled = store.get("main/wal/000000010000000000000003.partial").unwrap().unwrap();
+        assert_eq!(recycled.len() as u64, bytes);
+
+        // Without the key the spool is named, not read as garbage.
+        local_store_sealing::register(d.path(), None, false);
+        let e = store.get("main/wal/000000010000000000000001").unwrap_err().to_string();
+        assert!(e.contains("encryption.local"), "{e}");
+        let e = a.archive(
+            WalFileName::parse("000000010000000000000001", seg).unwrap(),
+            &mut Buffers::default(),
+        );
+        assert!(e.unwrap_err().to_string().contains("encryption.local"));
     }
 }

@@ -118,6 +118,12 @@ impl Key {
         self.id
     }
 
+    /// A key for another use of this key (`context` names the use, as BLAKE3's `derive_key`
+    /// wants): one key file, no key shared between two ciphers.
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.bytes)
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(AeadKey::from_slice(&self.bytes))
     }

@@ -12,10 +12,10 @@
 //! files, backup chunks and indexes, the server state, pins, records, marks), with the envelope
 //! of `catalog::encryption` and the object's key as associated data, like a repository's.
 //!
-//! What is not: the receiver's spool (`wal_store`): the open `.partial` segment, completed
-//! segments waiting for the archiver, and the spares recycled from archived segments. The
-//! receiver writes it in place at fsync speed, and spool keys pass through this store
-//! unchanged.
+//! The receiver's spool (`wal_store`: the open `.partial` segment, completed segments waiting
+//! for the archiver, spares) is written in place at fsync speed, not through this store: the
+//! receiver encrypts it itself with `spool_cipher` (looking its keyring up here,
+//! `keyring_for_spool`), and this store decrypts spool files on read.
 //!
 //! Reading: a sealed object is opened (authenticated) with the keyring; an object without an
 //! envelope was written before `encryption.local` was turned on and is read as it is (the
@@ -24,6 +24,7 @@
 //! authentication. A sealed object read without a keyring is an error that says so.
 
 use super::encryption::{self, Keyring, MAGIC, OVERHEAD};
+use super::spool_cipher;
 use super::store::{Capacity, LocalStore, ObjectStore, Usage};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -76,6 +77,11 @@ fn lookup(names: &[PathBuf]) -> Option<Sealing> {
     reg.iter()
         .find(|(r, _)| r.iter().any(|n| names.contains(n)))
         .map(|(_, s)| s.clone())
+}
+
+/// The keyring for the receiver's spool directory `<root>/<server>/wal`: that of its catalog.
+pub fn keyring_for_spool(wal_dir: &Path) -> Option<Arc<Keyring>> {
+    wal_dir.parent().and_then(Path::parent).and_then(keyring_for)
 }
 
 /// The store of the local catalog at `root`: sealing while registered so.
@@ -167,6 +173,32 @@ impl LocalSealedStore {
         }
     }
 
+    /// A spool file as read, decrypted when the receiver encrypted it (`spool_cipher`). Spool
+    /// files are never refused for being plaintext, even under `require`: the one open when
+    /// encryption was turned on is still written in plaintext to its end, and the spool is not
+    /// authenticated in any case.
+    fn open_spool(&self, key: &str, data: Vec<u8>) -> io::Result<Vec<u8>> {
+        let ring = self.ring();
+        spool_cipher::open_bytes(data, ring.as_deref(), key)
+    }
+
+    /// Whether the spool file under `key` (of `len` bytes) ends with a spool trailer.
+    fn stored_spool_sealed(&self, key: &str, len: u64) -> io::Result<bool> {
+        let path = self.inner.path(key);
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(crate::fsio::durable::ctx("open", &path)(e)),
+        };
+        let mut head = [0u8; 8];
+        use std::os::unix::fs::FileExt;
+        match f.read_exact_at(&mut head, len - spool_cipher::TRAILER_LEN) {
+            Ok(()) => Ok(spool_cipher::is_trailer(&head)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(crate::fsio::durable::ctx("read", &path)(e)),
+        }
+    }
+
     /// Whether the file under `key` starts with an envelope (reads 8 bytes).
     fn stored_sealed(&self, key: &str) -> io::Result<bool> {
         let path = self.inner.path(key);
@@ -228,7 +260,13 @@ impl ObjectStore for LocalSealedStore {
         let Some(n) = self.inner.size(key)? else {
             return Ok(None);
         };
-        if n >= OVERHEAD as u64 && !is_spool_key(key) && self.ring().is_some() && self.stored_sealed(key)? {
+        if is_spool_key(key) {
+            if spool_cipher::sealed_len(n) && self.stored_spool_sealed(key, n)? {
+                return Ok(Some(n - spool_cipher::TRAILER_LEN));
+            }
+            return Ok(Some(n));
+        }
+        if n >= OVERHEAD as u64 && self.ring().is_some() && self.stored_sealed(key)? {
             return Ok(Some(n - OVERHEAD as u64));
         }
         Ok(Some(n))
@@ -236,7 +274,7 @@ impl ObjectStore for LocalSealedStore {
 
     fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         match self.inner.get(key)? {
-            Some(b) if is_spool_key(key) => Ok(Some(b)),
+            Some(b) if is_spool_key(key) => self.open_spool(key, b).map(Some),
             Some(b) => self.open(key, b).map(Some),
             None => Ok(None),
         }
@@ -244,7 +282,7 @@ impl ObjectStore for LocalSealedStore {
 
     fn get_unrecycled(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         match self.inner.get_unrecycled(key)? {
-            Some(b) if is_spool_key(key) => Ok(Some(b)),
+            Some(b) if is_spool_key(key) => self.open_spool(key, b).map(Some),
             Some(b) => self.open(key, b).map(Some),
             None => Ok(None),
         }
@@ -311,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn objects_are_sealed_and_the_spool_is_not() {
+    fn objects_are_sealed_and_spool_keys_pass_through() {
         let d = tempfile::tempdir().unwrap();
         let s = sealed(d.path());
         s.put("main/wal/000000010000000000000003.zst", b"secret row 42").unwrap();

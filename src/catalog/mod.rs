@@ -30,6 +30,7 @@ pub mod s3_raw;
 pub mod sealed_store;
 pub mod segment_file;
 pub mod space;
+pub mod spool_cipher;
 pub mod state;
 pub mod store;
 pub mod usage;

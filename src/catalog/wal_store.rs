@@ -24,13 +24,21 @@
 //! - `TTTTTTTTXXXXXXXXYYYYYYYY.zst` / `.sum`: archived (see `segment_file`)
 //! - `NNNNNNNN.history`: timeline history files
 //! - `.spare.*`: full-size files ready to become the next `.partial`; `*.tmp`: half-built, swept
+//!
+//! With `encryption.local`, every `.partial` this store puts in place is encrypted with
+//! `spool_cipher` (its trailer, with a fresh nonce, written and fdatasynced before the file takes
+//! its `.partial` name), and received bytes are encrypted in the stage just before each write.
+//! A `.partial` opened again keeps the form it was written in.
 
+use super::local_store_sealing;
+use super::spool_cipher::{self, SpoolCipher};
 use crate::fsio::direct::{self, AlignedBuf, DirectSupport, ALIGN};
 use crate::fsio::durable::{self, ctx};
 use crate::pg::{Lsn, SegNo, TimelineId, WalFileName, WalSegSize};
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -115,6 +123,12 @@ pub fn create_zero_filled(path: &Path, size: u64, direct: &DirectSupport) -> io:
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Whether a spool file of `len` bytes is a whole segment: plaintext, or with the trailer of
+/// `spool_cipher`.
+pub fn full_size(len: u64, seg: WalSegSize) -> bool {
+    len == seg.bytes() || len == seg.bytes() + spool_cipher::TRAILER_LEN
 }
 
 /// What a directory scan found.
@@ -205,7 +219,7 @@ pub fn scan(dir: &Path, seg: WalSegSize) -> io::Result<WalDirScan> {
         }
         if name.starts_with(SPARE_PREFIX) {
             match std::fs::metadata(&path) {
-                Ok(m) if m.len() == seg.bytes() => out.spares.push(path),
+                Ok(m) if full_size(m.len(), seg) => out.spares.push(path),
                 _ => std::fs::remove_file(&path).map_err(ctx("remove", &path))?,
             }
             continue;
@@ -252,6 +266,8 @@ struct OpenSegment {
     /// An existing `.partial` opened again (a reconnect, a restart): it may hold WAL an earlier
     /// session acknowledged, so it is never removed as "empty" (audit finding 1).
     reopened: bool,
+    /// `encryption.local`: the keystream this file is written with.
+    cipher: Option<SpoolCipher>,
 }
 
 /// How much received WAL is staged before it is written (aligned, so whole pieces go out)
@@ -381,30 +397,55 @@ impl WalStore {
     /// opens it. The caller fsyncs the directory.
     fn open_partial(&mut self, name: WalFileName) -> io::Result<()> {
         let path = self.path_of(name, PARTIAL_SUFFIX);
-        let size_ok = std::fs::metadata(&path).map(|m| m.len() == self.seg.bytes()).unwrap_or(false);
+        let existing = std::fs::metadata(&path).map(|m| m.len()).ok();
+        let size_ok = existing.is_some_and(|len| full_size(len, self.seg));
         let mut sparse = false;
+        let mut fresh_cipher = None;
         if !size_ok {
             let _ = std::fs::remove_file(&path);
-            match self.spares.take() {
-                Some(spare) => std::fs::rename(&spare, &path).map_err(ctx("recycle spare into", &path))?,
+            let fresh = match self.spares.take() {
+                Some(spare) => spare,
                 None if self.zero_fill => {
                     tracing::debug!(file = %path.display(), "no spare segment ready; zero-filling a new one");
-                    create_zero_filled(&path, self.seg.bytes(), &self.direct)?;
+                    let tmp = durable::tmp_path(&path);
+                    create_zero_filled(&tmp, self.seg.bytes(), &self.direct)?;
+                    tmp
                 }
                 None => {
+                    let tmp = durable::tmp_path(&path);
                     let f = OpenOptions::new()
                         .write(true)
                         .create(true)
                         .truncate(true)
-                        .open(&path)
-                        .map_err(ctx("create", &path))?;
+                        .open(&tmp)
+                        .map_err(ctx("create", &tmp))?;
                     // Blocks allocated (unwritten) in one step, not one allocation per write.
-                    direct::preallocate(&f, self.seg.bytes()).map_err(ctx("size", &path))?;
+                    direct::preallocate(&f, self.seg.bytes()).map_err(ctx("size", &tmp))?;
                     sparse = true;
+                    tmp
+                }
+            };
+            // Encrypted or not, the file takes its final form before it takes the name: a crash
+            // never leaves a `.partial` that this session would write in the wrong form, nor
+            // one that reuses an earlier file's keystream.
+            match self.prepare_fresh(&fresh) {
+                Ok(c) => fresh_cipher = c,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&fresh);
+                    return Err(e);
                 }
             }
+            std::fs::rename(&fresh, &path).map_err(ctx("put in place", &path))?;
         }
-        let file = OpenOptions::new().write(true).open(&path).map_err(ctx("open", &path))?;
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(ctx("open", &path))?;
+        let cipher = match existing.filter(|_| size_ok) {
+            // Opened again: it keeps the form (and keystream) it was written with.
+            Some(len) => {
+                let ring = local_store_sealing::keyring_for_spool(&self.dir);
+                spool_cipher::of_file(&file, len, ring.as_deref(), &path)?
+            }
+            None => fresh_cipher,
+        };
         // An existing `.partial` (a reconnect, a restart, a timeline streamed again up to a
         // switchpoint) may hold WAL past where this session will write that an earlier one
         // acknowledged: it is written exactly, through the page cache, never padded. Fresh files
@@ -421,8 +462,27 @@ impl WalStore {
             direct,
             sparse,
             reopened: size_ok,
+            cipher,
         });
         Ok(())
+    }
+
+    /// Gives a file about to become the next `.partial` its final form: with
+    /// `encryption.local`, a segment's size plus a trailer with a fresh nonce, fdatasynced (the
+    /// cipher is returned); without, exactly a segment's size.
+    fn prepare_fresh(&self, path: &Path) -> io::Result<Option<SpoolCipher>> {
+        let cipher = local_store_sealing::keyring_for_spool(&self.dir).map(|r| SpoolCipher::fresh(&r));
+        let seg = self.seg.bytes();
+        let want = seg + if cipher.is_some() { spool_cipher::TRAILER_LEN } else { 0 };
+        let f = OpenOptions::new().write(true).open(path).map_err(ctx("open", path))?;
+        if f.metadata().map_err(ctx("stat", path))?.len() != want {
+            f.set_len(want).map_err(ctx("size", path))?;
+        }
+        if let Some(c) = &cipher {
+            f.write_all_at(&c.trailer(), seg).map_err(ctx("write the spool trailer of", path))?;
+            durable::fdatasync(&f, path)?;
+        }
+        Ok(cipher)
     }
 
     /// Takes WAL that starts exactly at `write_pos` (staged, written in aligned pieces). Returns
@@ -490,6 +550,12 @@ impl WalStore {
         };
         if upto > 0 {
             self.stage.as_mut_slice()[self.stage_len..upto.max(self.stage_len)].fill(0);
+            // Only the received bytes are encrypted: the padding goes out as plain zeros (see
+            // `spool_cipher`). What stays staged is decrypted again after the write.
+            let real = self.stage_len.min(upto);
+            if let Some(c) = &open.cipher {
+                c.apply(self.stage_off, &mut self.stage.as_mut_slice()[..real]);
+            }
             // Exactly the data if the direct write is refused: the padding was only for it.
             let written = direct::write_preferring_direct(
                 &self.direct,
@@ -500,6 +566,10 @@ impl WalStore {
                 self.stage_len.min(upto),
                 self.stage_off,
             );
+            if let Some(c) = &open.cipher {
+                let keep = if written.is_ok() { whole } else { 0 };
+                c.apply(self.stage_off + keep as u64, &mut self.stage.as_mut_slice()[keep..real]);
+            }
             written.map_err(|e| {
                 io::Error::new(
                     e.kind(),
@@ -511,9 +581,8 @@ impl WalStore {
                     ),
                 )
             })?;
-            let real = self.stage_len.min(upto) as u64;
             let seg_start = self.seg.segment_start(open.name.segno);
-            self.written_pos = self.written_pos.max(Lsn(seg_start.0 + self.stage_off + real));
+            self.written_pos = self.written_pos.max(Lsn(seg_start.0 + self.stage_off + real as u64));
         }
         if whole > 0 {
             let rest = self.stage_len - whole;

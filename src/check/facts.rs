@@ -65,8 +65,9 @@ pub struct Facts {
     pub local_keys: Result<LocalKeyFacts, String>,
 }
 
-/// Which keys the local catalog's objects need, from every backup index, the server state and
-/// the oldest and newest compressed segment (as stored, read without opening them).
+/// Which keys the local catalog's objects need, from every backup index, the server state, the
+/// oldest and newest compressed segment (as stored, read without opening them) and the trailer
+/// of each `.partial` in the spool.
 #[derive(Debug, Clone, Default)]
 pub struct LocalKeyFacts {
     /// `encryption.local: true` (or `require`) in the config.
@@ -102,6 +103,14 @@ fn local_keys(config: &Config, server: &str) -> Result<LocalKeyFacts, String> {
     sample.extend(wal.first().cloned());
     sample.extend(wal.last().cloned());
     sample.dedup();
+    // The spool's `.partial` files (the open one, and one per ended timeline, kept) name their
+    // key in a trailer; plaintext ones are not counted (the spool is exempt from `require`).
+    let partials: Vec<String> = raw
+        .list(&crate::catalog::Layout::wal_key(server))
+        .map_err(err)?
+        .into_iter()
+        .filter(|k| k.ends_with(crate::catalog::wal_store::PARTIAL_SUFFIX))
+        .collect();
     let configured = config.encryption.as_ref().is_some_and(|e| e.local);
     let mut f = LocalKeyFacts {
         configured,
@@ -120,6 +129,12 @@ fn local_keys(config: &Config, server: &str) -> Result<LocalKeyFacts, String> {
                 f.key_ids.insert(id.to_string());
             }
             None => f.plaintext += 1,
+        }
+    }
+    for k in &partials {
+        if let Some(id) = crate::catalog::spool_cipher::key_id_of_file(&config.catalog.join(k)).map_err(err)? {
+            f.looked_at += 1;
+            f.key_ids.insert(id.to_string());
         }
     }
     Ok(f)

@@ -747,19 +747,29 @@ fn local_catalog_sealed_at_rest_restores_and_refuses_tampering() {
             .any(|e| e.file_name().to_string_lossy().ends_with(".zst"))
     });
 
-    // At rest: objects sealed, no plaintext row; the spool as the receiver wrote it.
+    // At rest: objects sealed, the spool encrypted by the receiver, no plaintext row anywhere.
     let spool = |name: &str| {
         let base = name.trim_end_matches(".partial");
         (base.len() == 24 && base.bytes().all(|b| b.is_ascii_hexdigit())) || name.starts_with(".spare.")
     };
-    let (mut sealed, mut kinds) = (0, std::collections::BTreeSet::new());
+    let (mut sealed, mut kinds, mut partials) = (0, std::collections::BTreeSet::new(), 0);
     for f in files_under(&p.catalog.join("main")) {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         let rel = f.strip_prefix(&p.catalog).unwrap().display().to_string();
-        if spool(&name) || name.ends_with(".lock") {
+        if name.ends_with(".lock") {
             continue;
         }
         let b = std::fs::read(&f).unwrap();
+        if spool(&name) {
+            assert!(!b.windows(14).any(|x| x == b"secret-marker-"), "spool file {rel} holds plaintext");
+            if name.ends_with(".partial") {
+                // A segment of 1 MiB and the 4 KiB trailer of the spool cipher.
+                assert_eq!(b.len(), (1 << 20) + 4096, "{rel}");
+                assert_eq!(&b[1 << 20..(1 << 20) + 8], b"PGARKSPL", "{rel}");
+                partials += 1;
+            }
+            continue;
+        }
         assert!(encryption::is_sealed(&b), "{rel} is not encrypted");
         assert!(!b.windows(14).any(|x| x == b"secret-marker-"), "{rel} holds plaintext");
         sealed += 1;
@@ -771,6 +781,7 @@ fn local_catalog_sealed_at_rest_restores_and_refuses_tampering() {
     for k in ["wal", "zst", "backups", "chunks", "server.state"] {
         assert!(kinds.contains(k), "no sealed {k} object (found {kinds:?}, {sealed} objects)");
     }
+    assert!(partials > 0, "no .partial in the spool");
     let v = bin.run(&p.config, &["verify", "main"]);
     assert!(v.status.success(), "verify of the sealed catalog: {}", text(&v));
     let key_id = Key::parse(&std::fs::read_to_string(&secrets.key).unwrap(), "k").unwrap().id();
@@ -793,6 +804,19 @@ fn local_catalog_sealed_at_rest_restores_and_refuses_tampering() {
     assert_all_acked_present(&r, &acked, "after restoring from the sealed local catalog");
     assert_eq!(r.psql("SELECT count(*) FROM marks").unwrap(), "6001");
     drop(r);
+
+    // pgark starts again: it opens the encrypted `.partial` it was killed in and goes on in the
+    // same keystream (a synchronous commit returns only once it is fsynced there).
+    p.spawn();
+    p.wait_streaming("main");
+    c.psql("INSERT INTO marks VALUES ('secret-marker-after-the-restart')").unwrap();
+    let v = bin.run(&p.config, &["verify", "main"]);
+    assert!(v.status.success(), "verify after the restart: {}", text(&v));
+    for f in files_under(&wal) {
+        let b = std::fs::read(&f).unwrap();
+        assert!(!b.windows(14).any(|x| x == b"secret-marker-"), "{} holds plaintext", f.display());
+    }
+    p.kill9();
 
     // A flipped byte in a sealed segment: wal-get refuses it (126), naming it.
     let zst = std::fs::read_dir(&wal)
