@@ -36,6 +36,17 @@ import wal_bench as wb  # noqa: E402
 SECTION = "## Build comparison"
 
 
+def alternate(bins, rounds, tops):
+    """(round, variant) pairs, the order of the variants reversed every other round, with
+    wal_bench set up to run that variant (its binary and top-level YAML)."""
+    for i in range(rounds):
+        order = list(bins) if i % 2 == 0 else list(reversed(list(bins)))
+        for name in order:
+            wb.PGARK = bins[name]
+            wb.EXTRA_TOP = (tops or {}).get(name, "")
+            yield i, name
+
+
 def ingest(base, bins, gigabytes, rounds, tops=None, archived=False):
     """Each build catches up on its own slot's retained WAL, alternating; seconds to durable."""
     primary = wb.Cluster(base, "ingest")
@@ -53,21 +64,17 @@ def ingest(base, bins, gigabytes, rounds, tops=None, archived=False):
     segno = (end - 1) // (16 << 20)
     last = "%08X%08X%08X" % (1, segno // 256, segno % 256)
     results = {name: [] for name in bins}
-    for i in range(rounds):
-        order = list(bins) if i % 2 == 0 else list(reversed(list(bins)))
-        for name in order:
-            wb.PGARK = bins[name]
-            wb.EXTRA_TOP = (tops or {}).get(name, "")
-            t0 = time.time()
-            rec = wb.Pgark(base, primary, f"cmp_{name}_{i}", synchronous=True, compression="zstd")
-            while not rec.has_segment(last, archived):
-                if rec.proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited early")
-                time.sleep(0.05)
-            secs = time.time() - t0
-            rec.stop()
-            results[name].append((end - start) / 1e6 / secs)
-            print(f"ingest round {i + 1} {name}: {secs:.1f}s {(end - start) / 1e6 / secs:.0f} MB/s", flush=True)
+    for i, name in alternate(bins, rounds, tops):
+        t0 = time.time()
+        rec = wb.Pgark(base, primary, f"cmp_{name}_{i}", synchronous=True, compression="zstd")
+        while not rec.has_segment(last, archived):
+            if rec.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited early")
+            time.sleep(0.05)
+        secs = time.time() - t0
+        rec.stop()
+        results[name].append((end - start) / 1e6 / secs)
+        print(f"ingest round {i + 1} {name}: {secs:.1f}s {(end - start) / 1e6 / secs:.0f} MB/s", flush=True)
     primary.stop()
     return results, end - start
 
@@ -82,21 +89,17 @@ def commit_latency(base, bins, rounds, tops, seconds):
     for name in bins:
         primary.psql(f"SELECT pg_create_physical_replication_slot('cmpc_{name}', true)")
     results = {name: [] for name in bins}
-    for i in range(rounds):
-        order = list(bins) if i % 2 == 0 else list(reversed(list(bins)))
-        for name in order:
-            wb.PGARK = bins[name]
-            wb.EXTRA_TOP = (tops or {}).get(name, "")
-            rec = wb.Pgark(base, primary, f"cmpc_{name}")
-            primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'pgark'")
-            primary.psql("SELECT pg_reload_conf()")
-            wb.wait_sync(primary, "pgark")
-            _, lat = wb.pgbench(primary, 1, seconds)
-            results[name].append(lat)
-            print(f"commit round {i + 1} {name}: {lat:.3f} ms", flush=True)
-            primary.psql("ALTER SYSTEM SET synchronous_standby_names = ''")
-            primary.psql("SELECT pg_reload_conf()")
-            rec.stop()
+    for i, name in alternate(bins, rounds, tops):
+        rec = wb.Pgark(base, primary, f"cmpc_{name}")
+        primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'pgark'")
+        primary.psql("SELECT pg_reload_conf()")
+        wb.wait_sync(primary, "pgark")
+        _, lat = wb.pgbench(primary, 1, seconds)
+        results[name].append(lat)
+        print(f"commit round {i + 1} {name}: {lat:.3f} ms", flush=True)
+        primary.psql("ALTER SYSTEM SET synchronous_standby_names = ''")
+        primary.psql("SELECT pg_reload_conf()")
+        rec.stop()
     primary.stop()
     return results
 

@@ -12,7 +12,7 @@ use super::segment_file;
 use super::space::{Level, SharedLevel};
 use super::spool_cipher;
 use super::store::ObjectStore;
-use super::wal_store::{create_zero_filled, full_size, SparePool, SUM_SUFFIX, ZST_SUFFIX};
+use super::wal_store::{create_zero_filled, full_size, prepare_spool_file, SparePool, SUM_SUFFIX, ZST_SUFFIX};
 use super::Compression;
 use crate::fsio::direct::{self, AlignedBuf, DirectSupport};
 use crate::pg::{WalFileName, WalSegSize};
@@ -109,6 +109,10 @@ impl Archiver {
         let mut queued: HashSet<WalFileName> = HashSet::new();
         let mut disconnected = false;
         let mut idle_wait = IDLE_WAIT_FIRST;
+        // Segments that failed in a row: a failure moves its segment to the back of the queue
+        // (one segment that cannot be read, say encrypted with a key no longer configured, must
+        // not hold back the ones after it); the wait comes once all of them have failed.
+        let mut failed_in_row = 0usize;
         // Buffers are leased per segment from the process's pool (`archive_buffers`): memory
         // follows the work, not the number of servers.
         let pool = super::archive_buffers::BufferPool::shared();
@@ -130,6 +134,7 @@ impl Archiver {
                     Ok(()) => {
                         queue.pop_front();
                         queued.remove(&name);
+                        failed_in_row = 0;
                     }
                     Err(e) => {
                         tracing::warn!(server = %self.server, segment = %name.format(self.seg), error = %e,
@@ -137,6 +142,12 @@ impl Archiver {
                         if disconnected {
                             return;
                         }
+                        queue.rotate_left(1);
+                        failed_in_row += 1;
+                        if failed_in_row < queue.len() {
+                            continue;
+                        }
+                        failed_in_row = 0;
                         let until = std::time::Instant::now() + RETRY_AFTER;
                         while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
                             std::thread::sleep(Duration::from_millis(100));
@@ -176,10 +187,44 @@ impl Archiver {
             return;
         }
         let path = self.spares.new_name(&self.dir);
-        match create_zero_filled(&path, self.seg.bytes(), &self.direct) {
-            Ok(()) => self.spares.add(path),
-            Err(e) => tracing::warn!(server = %self.server, error = %e, "could not prepare a spare segment"),
+        // With `encryption.local`, its trailer too, here rather than at the segment boundary.
+        let ring = local_store_sealing::keyring_for_spool(&self.dir);
+        let made =
+            create_zero_filled(&path, self.seg.bytes(), &self.direct).and_then(|()| prepare_spool_file(&path, self.seg, ring.as_deref()));
+        match made {
+            Ok(cipher) => self.spares.add_prepared(path, cipher),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                tracing::warn!(server = %self.server, error = %e, "could not prepare a spare segment")
+            }
         }
+    }
+
+    /// Makes an archived plain segment a spare for the receiver (or removes it). With
+    /// `encryption.local` it gets a fresh trailer here, off the receiver's path; a plaintext
+    /// one (from before encryption was on) is removed rather than recycled, so that no
+    /// encrypted `.partial` keeps old WAL in plaintext past its data.
+    fn recycle(&self, plain: &std::path::Path) -> std::io::Result<()> {
+        use crate::fsio::durable::ctx;
+        let ring = local_store_sealing::keyring_for_spool(&self.dir);
+        let encrypted = std::fs::metadata(plain).is_ok_and(|m| spool_cipher::sealed_len(m.len()));
+        if self.spares.len() >= MAX_SPARES || (ring.is_some() && !encrypted) {
+            return crate::fsio::durable::durable_remove(plain);
+        }
+        let spare = self.spares.new_name(&self.dir);
+        std::fs::rename(plain, &spare).map_err(ctx("recycle", plain))?;
+        match ring {
+            Some(r) => match prepare_spool_file(&spare, self.seg, Some(&r)) {
+                Ok(c) => self.spares.add_prepared(spare, c),
+                // Still a spare: prepared again when it is used.
+                Err(e) => {
+                    tracing::warn!(server = %self.server, error = %e, "could not prepare a spare segment");
+                    self.spares.add(spare)
+                }
+            },
+            None => self.spares.add(spare),
+        }
+        Ok(())
     }
 
     /// Archives one segment; idempotent, so a crash at any point is repaired by doing it again.
@@ -193,7 +238,7 @@ impl Archiver {
         let plain = self.dir.join(&file_name);
         let open = || std::fs::File::open(&plain).map_err(ctx("open", &plain));
         let size = self.seg.bytes() as usize;
-        let ring = local_store_sealing::keyring_for_spool(&self.dir);
+        let ring = local_store_sealing::reading_keyring_for_spool(&self.dir);
         // The segment's bytes (decrypted when the receiver encrypted them), for the streamed path.
         let open_plain = || -> std::io::Result<spool_cipher::DecryptingReader<std::fs::File>> {
             let f = open()?;
@@ -285,13 +330,7 @@ impl Archiver {
                     }
                 };
                 self.events.segment_archived(sum.size, counted);
-                if self.spares.len() < MAX_SPARES {
-                    let spare = self.spares.new_name(&self.dir);
-                    std::fs::rename(&plain, &spare).map_err(ctx("recycle", &plain))?;
-                    self.spares.add(spare);
-                } else {
-                    crate::fsio::durable::durable_remove(&plain)?;
-                }
+                self.recycle(&plain)?;
             }
             Compression::None => {
                 self.store.put(
@@ -382,9 +421,16 @@ mod tests {
         let mut w = WalStore::new(dir.clone(), seg, spares.clone(), tx);
         w.begin(TimelineId(1), Lsn(0)).unwrap();
         let marker = b"a row no spool file may show";
-        let data: Vec<u8> = (0..3 * bytes as usize + 5000)
+        let mut data: Vec<u8> = (0..3 * bytes as usize + 5000)
             .map(|i| marker[i % marker.len()] ^ (i / 4096 % 2) as u8)
             .collect();
+        // WAL pages as readers of a `.partial` recognise them: magic, page address.
+        for page in (0..data.len()).step_by(8192) {
+            data[page..page + 2].copy_from_slice(&0xD110u16.to_le_bytes());
+            if page + 16 <= data.len() {
+                data[page + 8..page + 16].copy_from_slice(&(page as u64).to_le_bytes());
+            }
+        }
         let mut pos = 0usize;
         for len in [1usize, 4095, 4096, 5000, 3, 70_000].iter().cycle() {
             let end = (pos + len).min(bytes as usize + 4000);
@@ -416,6 +462,9 @@ mod tests {
         let open = store.get(partial_key).unwrap().unwrap();
         assert_eq!(open.len() as u64, bytes);
         assert_eq!(open[..4000], data[bytes as usize..pos]);
+        // Past what was written a reader gets zeros, not this file's keystream.
+        assert!(open[4096..].iter().all(|&b| b == 0), "unwritten bytes decrypted");
+        let first_trailer = std::fs::read(dir.join("000000010000000000000000")).unwrap()[bytes as usize..].to_vec();
 
         // The archiver decrypts, the store seals; the file becomes a spare.
         let a = Archiver {
@@ -434,6 +483,12 @@ mod tests {
         let stored = store.get("main/wal/000000010000000000000000.zst").unwrap().unwrap();
         assert_eq!(segment_file::decompress(&stored).unwrap(), data[..bytes as usize]);
         assert_eq!(spares.len(), 1);
+        // Plaintext from before encryption was on is removed, never recycled.
+        let before = WalFileName::parse("000000010000000000000009", seg).unwrap();
+        std::fs::write(dir.join("000000010000000000000009"), &data[..bytes as usize]).unwrap();
+        a.archive(before, &mut Buffers::default()).unwrap();
+        assert_eq!(spares.len(), 1);
+        assert!(!dir.join("000000010000000000000009").exists());
 
         // Opened again (a reconnect): streamed again from the segment start, the same keystream.
         drop(w);
@@ -444,6 +499,10 @@ mod tests {
         w.write(Lsn(bytes), &data[bytes as usize..end]).unwrap();
         w.sync().unwrap();
         assert_eq!(spares.len(), 0, "the spare became the next .partial");
+        // The recycled file (now segment 2) got a new nonce when the archiver prepared it.
+        let recycled_trailer = std::fs::read(dir.join("000000010000000000000002")).unwrap()[bytes as usize..].to_vec();
+        assert_eq!(recycled_trailer[..17], first_trailer[..17], "same magic, format, key");
+        assert_ne!(recycled_trailer[17..41], first_trailer[17..41], "a nonce used again");
         assert_eq!(
             store.get("main/wal/000000010000000000000001").unwrap().unwrap(),
             data[bytes as usize..2 * bytes as usize]
@@ -455,12 +514,36 @@ mod tests {
         let recycled = store.get("main/wal/000000010000000000000003.partial").unwrap().unwrap();
         assert_eq!(recycled.len() as u64, bytes);
 
-        // Without the key the spool is named, not read as garbage.
+        // `encryption.local` turned off, the key file kept: what was encrypted still reads and
+        // archives; nothing new is encrypted.
+        drop(w);
+        local_store_sealing::register_reader(d.path(), Arc::clone(&ring));
+        assert!(local_store_sealing::keyring_for(d.path()).is_none());
+        a.archive(
+            WalFileName::parse("000000010000000000000001", seg).unwrap(),
+            &mut Buffers::default(),
+        )
+        .unwrap();
+        let stored = store.get("main/wal/000000010000000000000001.zst").unwrap().unwrap();
+        assert!(!crate::catalog::encryption::is_sealed(
+            &std::fs::read(dir.join("000000010000000000000001.zst")).unwrap()
+        ));
+        assert_eq!(segment_file::decompress(&stored).unwrap(), data[bytes as usize..2 * bytes as usize]);
+
+        // Without any key the spool is named, not read as garbage; the receiver does not stop
+        // on an encrypted `.partial` it cannot read: it is moved aside, the segment written anew.
         local_store_sealing::register(d.path(), None, false);
-        let e = store.get("main/wal/000000010000000000000001").unwrap_err().to_string();
+        let (tx, _rx3) = std::sync::mpsc::channel();
+        let mut w = WalStore::new(dir.clone(), seg, SparePool::default(), tx);
+        w.begin(TimelineId(1), Lsn(3 * bytes)).unwrap();
+        assert!(dir.join("000000010000000000000003.partial.unreadable").exists());
+        let fresh = std::fs::metadata(dir.join("000000010000000000000003.partial")).unwrap();
+        assert_eq!(fresh.len(), bytes, "a plaintext .partial without encryption");
+        drop(w);
+        let e = store.get("main/wal/000000010000000000000002").unwrap_err().to_string();
         assert!(e.contains("encryption.local"), "{e}");
         let e = a.archive(
-            WalFileName::parse("000000010000000000000001", seg).unwrap(),
+            WalFileName::parse("000000010000000000000002", seg).unwrap(),
             &mut Buffers::default(),
         );
         assert!(e.unwrap_err().to_string().contains("encryption.local"));

@@ -36,6 +36,9 @@ struct Sealing {
     ring: Arc<Keyring>,
     /// `encryption.local: require`: an object without an envelope is refused, not read.
     require: bool,
+    /// New objects (and new spool files) are sealed: `encryption.local` on. `false`: the keys
+    /// are only for reading what was sealed before it was turned off (`register_reader`).
+    seal: bool,
 }
 
 /// Catalog roots whose objects are sealed (as configured and as resolved), and how.
@@ -60,16 +63,42 @@ pub fn register(root: &Path, ring: Option<Arc<Keyring>>, require: bool) {
     let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
     reg.retain(|(r, _)| !r.iter().any(|n| names.contains(n)));
     if let Some(ring) = ring {
-        reg.push((names, Sealing { ring, require }));
+        reg.push((names, Sealing { ring, require, seal: true }));
     }
 }
 
-/// The keyring registered for the catalog at `root`, if its objects are sealed.
+/// `encryption.local` off, but keys configured: nothing new is sealed, and what was sealed
+/// while it was on still reads (the receiver finishes an encrypted `.partial` it reopens, the
+/// archiver archives an encrypted segment). A reload registers again.
+pub fn register_reader(root: &Path, ring: Arc<Keyring>) {
+    let names = spellings(root);
+    let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    reg.retain(|(r, _)| !r.iter().any(|n| names.contains(n)));
+    reg.push((
+        names,
+        Sealing {
+            ring,
+            require: false,
+            seal: false,
+        },
+    ));
+}
+
+/// The keyring registered for the catalog at `root`, if new objects are sealed.
 pub fn keyring_for(root: &Path) -> Option<Arc<Keyring>> {
+    registered(root).filter(|s| s.seal).map(|s| s.ring)
+}
+
+/// The keyring that reads the catalog at `root`: sealing, or only reading (`register_reader`).
+pub fn reading_keyring_for(root: &Path) -> Option<Arc<Keyring>> {
+    registered(root).map(|s| s.ring)
+}
+
+fn registered(root: &Path) -> Option<Sealing> {
     if REGISTRY.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
         return None;
     }
-    lookup(&spellings(root)).map(|s| s.ring)
+    lookup(&spellings(root))
 }
 
 fn lookup(names: &[PathBuf]) -> Option<Sealing> {
@@ -79,9 +108,15 @@ fn lookup(names: &[PathBuf]) -> Option<Sealing> {
         .map(|(_, s)| s.clone())
 }
 
-/// The keyring for the receiver's spool directory `<root>/<server>/wal`: that of its catalog.
+/// The keyring new files of the receiver's spool directory `<root>/<server>/wal` are encrypted
+/// with: that of its catalog, while `encryption.local` is on.
 pub fn keyring_for_spool(wal_dir: &Path) -> Option<Arc<Keyring>> {
     wal_dir.parent().and_then(Path::parent).and_then(keyring_for)
+}
+
+/// The keyring that reads the spool directory `<root>/<server>/wal` (see `reading_keyring_for`).
+pub fn reading_keyring_for_spool(wal_dir: &Path) -> Option<Arc<Keyring>> {
+    wal_dir.parent().and_then(Path::parent).and_then(reading_keyring_for)
 }
 
 /// The store of the local catalog at `root`: sealing while registered so.
@@ -132,13 +167,13 @@ impl LocalSealedStore {
         lookup(&self.names)
     }
 
-    /// `Some`: new objects are sealed and sealed ones open; `None`: plaintext.
+    /// `Some`: sealed objects open (and new ones are sealed when `seal`); `None`: plaintext.
     fn ring(&self) -> Option<Arc<Keyring>> {
         self.current().map(|s| s.ring)
     }
 
     fn sealing(&self, key: &str) -> Option<Arc<Keyring>> {
-        self.ring().filter(|_| !is_spool_key(key))
+        self.current().filter(|s| s.seal && !is_spool_key(key)).map(|s| s.ring)
     }
 
     fn seal(ring: &Keyring, key: &str, plain: &[u8]) -> io::Result<Vec<u8>> {
@@ -318,7 +353,11 @@ mod tests {
         LocalSealedStore {
             inner: LocalStore::new(root),
             names: Arc::new(vec![]),
-            fixed: Some(ring.map(|ring| Sealing { ring, require: false })),
+            fixed: Some(ring.map(|ring| Sealing {
+                ring,
+                require: false,
+                seal: true,
+            })),
         }
     }
 

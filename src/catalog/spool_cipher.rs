@@ -16,11 +16,18 @@
 //!   `segment + 4096`, which is 4096 modulo 8192; a plaintext segment's is a multiple of 1 MiB.
 //!   The two are told apart by size first, magic second, never by content alone.
 //! - Each new `.partial` gets a fresh random 192-bit nonce (a recycled spare too), written and
-//!   fdatasynced before any WAL goes in. Within one file a byte offset only ever receives the
-//!   same WAL byte (the server sends only WAL it has flushed; a new timeline is a new file), so
-//!   a keystream position never encrypts two different plaintexts. The padding of a partial
-//!   direct-I/O block is written as plain zeros, never as encrypted zeros, which would expose
-//!   the keystream of bytes still to come.
+//!   fdatasynced before the file takes its name (by the archiver when it prepares a spare, off
+//!   the receiver's path). Within one file a byte offset only ever receives the same WAL byte
+//!   (the server sends only WAL it has flushed; a new timeline is a new file), so a keystream
+//!   position never encrypts two different plaintexts. Limit: an upstream whose WAL diverges
+//!   on the same timeline (a standby re-pointed, or rewound, without a timeline switch) would
+//!   break that for the reopened `.partial`.
+//! - Keystream is never written or handed out for bytes not yet written: the padding of a
+//!   partial block is random bytes (encrypted zeros would be the keystream itself, plain zeros
+//!   would decrypt into it), and readers of a `.partial` decrypt only the blocks and WAL pages
+//!   that were written (`open_bytes`). Left: within the last written WAL page, up to one 4 KiB
+//!   block of a recycled file's old ciphertext past the data is decrypted with the new
+//!   keystream by a reader.
 //! - The cipher key is derived from the catalog key (BLAKE3 `derive_key` with this module's
 //!   context), so the stream cipher never shares a key with the envelope's AEAD.
 //! - Not authenticated: confidentiality at rest, like disk encryption. The spool is short-lived:
@@ -112,7 +119,7 @@ pub enum SpoolSealError {
     NoKeyring { file: String, id: KeyId },
     #[error("{file}: encrypted with key {id}, which is not in the keyring (keys: {known}); add it to encryption.old_key_files")]
     UnknownKey { file: String, id: KeyId, known: String },
-    #[error("{file}: spool trailer format {format}, this pgark reads format {FORMAT}")]
+    #[error("{file}: spool trailer format {format}, this pgark reads format {FORMAT}: written by a newer pgark; run that version (or newer) to read it")]
     UnknownFormat { file: String, format: u8 },
 }
 
@@ -163,7 +170,16 @@ pub fn of_file(file: &File, len: u64, ring: Option<&Keyring>, path: &Path) -> io
     let mut trailer = vec![0u8; 17 + NONCE_LEN];
     file.read_exact_at(&mut trailer, len - TRAILER_LEN)
         .map_err(crate::fsio::durable::ctx("read the spool trailer of", path))?;
-    Ok(from_trailer(&trailer, ring, &path.display().to_string())?)
+    match from_trailer(&trailer, ring, &path.display().to_string())? {
+        Some(c) => Ok(Some(c)),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: {len} bytes, the size of an encrypted spool file, but no spool trailer: damaged",
+                path.display()
+            ),
+        )),
+    }
 }
 
 /// The id of the key that encrypted the spool file at `path` (`None`: plaintext or gone): read
@@ -190,7 +206,14 @@ pub fn key_id_of_file(path: &Path) -> io::Result<Option<KeyId>> {
 }
 
 /// A whole spool file as read (`data`) turned into the segment's plaintext: decrypted and the
-/// trailer cut off when it is sealed, unchanged when it is not.
+/// trailer cut off when it is sealed, unchanged when it is not. A file of the sealed size
+/// without a trailer (damaged) is an error naming it.
+///
+/// For a `.partial` (`file` ends so), only what was written is decrypted: the bytes past it are
+/// old content (zeros, or a recycled file's ciphertext under another nonce), and decrypting
+/// them would hand out this file's keystream for WAL still to come. So 4 KiB blocks that are all
+/// zeros on disk stay zeros, and so does everything from the first WAL page whose header is not
+/// the continuation of the first page's (same magic, consecutive page address).
 pub fn open_bytes(mut data: Vec<u8>, ring: Option<&Keyring>, file: &str) -> io::Result<Vec<u8>> {
     let len = data.len() as u64;
     if !sealed_len(len) {
@@ -198,11 +221,53 @@ pub fn open_bytes(mut data: Vec<u8>, ring: Option<&Keyring>, file: &str) -> io::
     }
     let seg = (len - TRAILER_LEN) as usize;
     let Some(cipher) = from_trailer(&data[seg..], ring, file)? else {
-        return Ok(data);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{file}: {len} bytes, the size of an encrypted spool file, but no spool trailer: damaged; restore this segment from a repository or stream it again"),
+        ));
     };
     data.truncate(seg);
+    if !file.ends_with(".partial") {
+        cipher.apply(0, &mut data);
+        return Ok(data);
+    }
+    let zero_blocks: Vec<bool> = data.chunks(BLOCK).map(|b| b.iter().all(|&x| x == 0)).collect();
     cipher.apply(0, &mut data);
+    for (block, zero) in data.chunks_mut(BLOCK).zip(zero_blocks) {
+        if zero {
+            block.fill(0);
+        }
+    }
+    let end = written_pages(&data);
+    data[end..].fill(0);
     Ok(data)
+}
+
+/// Direct-I/O block: the unit the receiver writes (and pads) in.
+const BLOCK: usize = 4096;
+/// PostgreSQL's WAL page (`XLOG_BLCKSZ`).
+const WAL_PAGE: usize = 8192;
+
+/// The length of the run of WAL pages at the start of `plain` that belong together: the first
+/// page's header carries a WAL page magic (0xD1xx, every major since 9.x) and each next page the
+/// same magic and the next page address.
+fn written_pages(plain: &[u8]) -> usize {
+    let header = |p: &[u8]| -> Option<(u16, u64)> {
+        let magic = u16::from_le_bytes(p.get(0..2)?.try_into().ok()?);
+        let addr = u64::from_le_bytes(p.get(8..16)?.try_into().ok()?);
+        Some((magic, addr))
+    };
+    let Some((magic, first)) = header(plain).filter(|&(m, a)| m & 0xFF00 == 0xD100 && a % WAL_PAGE as u64 == 0) else {
+        return 0;
+    };
+    let mut end = 0;
+    for (i, page) in plain.chunks(WAL_PAGE).enumerate() {
+        match header(page) {
+            Some((m, a)) if m == magic && a == first + (i * WAL_PAGE) as u64 => end += page.len(),
+            _ => break,
+        }
+    }
+    end
 }
 
 /// Reads a spool file's segment bytes through its cipher (the archiver's streaming path).

@@ -24,6 +24,8 @@
 //! - `TTTTTTTTXXXXXXXXYYYYYYYY.zst` / `.sum`: archived (see `segment_file`)
 //! - `NNNNNNNN.history`: timeline history files
 //! - `.spare.*`: full-size files ready to become the next `.partial`; `*.tmp`: half-built, swept
+//! - `TTTTTTTTXXXXXXXXYYYYYYYY.partial.unreadable`: an encrypted `.partial` whose key is no
+//!   longer configured, kept aside untouched (the segment is streamed again)
 //!
 //! With `encryption.local`, every `.partial` this store puts in place is encrypted with
 //! `spool_cipher` (its trailer, with a fresh nonce, written and fdatasynced before the file takes
@@ -47,12 +49,23 @@ use std::time::{Duration, Instant};
 pub const PARTIAL_SUFFIX: &str = ".partial";
 pub const ZST_SUFFIX: &str = ".zst";
 pub const SUM_SUFFIX: &str = ".sum";
+/// A `.partial` encrypted with a key no longer configured, moved aside (see `open_partial`).
+pub const UNREADABLE_SUFFIX: &str = ".partial.unreadable";
 const SPARE_PREFIX: &str = ".spare.";
+
+/// A full-size file ready to become the next `.partial`.
+struct Spare {
+    path: PathBuf,
+    /// `encryption.local`: the trailer this process wrote and fdatasynced into it, with a fresh
+    /// nonce no file has used (`prepare_spool_file`), so the segment boundary only renames it.
+    /// `None`: not prepared (found by a scan, or encryption off); `open_partial` prepares it.
+    cipher: Option<SpoolCipher>,
+}
 
 /// Full-size files ready to become the next `.partial`, shared with the archiver that refills it.
 #[derive(Clone)]
 pub struct SparePool {
-    files: Arc<Mutex<Vec<PathBuf>>>,
+    files: Arc<Mutex<Vec<Spare>>>,
     counter: Arc<AtomicU64>,
     nonce: u64,
 }
@@ -76,13 +89,21 @@ impl SparePool {
         self.len() == 0
     }
 
-    fn take(&self) -> Option<PathBuf> {
+    fn take(&self) -> Option<Spare> {
         self.files.lock().ok()?.pop()
     }
 
     pub fn add(&self, path: PathBuf) {
         if let Ok(mut f) = self.files.lock() {
-            f.push(path);
+            f.push(Spare { path, cipher: None });
+        }
+    }
+
+    /// A spare whose trailer `prepare_spool_file` wrote with `cipher` (`None`: prepared for
+    /// plaintext).
+    pub fn add_prepared(&self, path: PathBuf, cipher: Option<SpoolCipher>) {
+        if let Ok(mut f) = self.files.lock() {
+            f.push(Spare { path, cipher });
         }
     }
 
@@ -98,7 +119,7 @@ impl SparePool {
     pub fn from_scan(scan: &WalDirScan) -> SparePool {
         let pool = SparePool::default();
         for s in &scan.spares {
-            pool.add(s.clone());
+            pool.add(s.clone()); // prepared again when used: its trailer may be stale
         }
         pool
     }
@@ -123,6 +144,29 @@ pub fn create_zero_filled(path: &Path, size: u64, direct: &DirectSupport) -> io:
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Gives a file about to become a `.partial` (or a spare) its final form and returns its cipher:
+/// with `ring` (`encryption.local`), a segment's size plus a trailer with a fresh nonce; without,
+/// exactly a segment's size. Fdatasynced whenever anything changed, so that the form a crash
+/// leaves is the one written (a file renamed into place with a stale trailer would reuse an
+/// earlier file's keystream).
+pub fn prepare_spool_file(path: &Path, seg: WalSegSize, ring: Option<&super::encryption::Keyring>) -> io::Result<Option<SpoolCipher>> {
+    let cipher = ring.map(SpoolCipher::fresh);
+    let seg = seg.bytes();
+    let want = seg + if cipher.is_some() { spool_cipher::TRAILER_LEN } else { 0 };
+    let f = OpenOptions::new().write(true).open(path).map_err(ctx("open", path))?;
+    let resized = f.metadata().map_err(ctx("stat", path))?.len() != want;
+    if resized {
+        f.set_len(want).map_err(ctx("set the length of", path))?;
+    }
+    if let Some(c) = &cipher {
+        f.write_all_at(&c.trailer(), seg).map_err(ctx("write the spool trailer of", path))?;
+    }
+    if resized || cipher.is_some() {
+        durable::fdatasync(&f, path)?;
+    }
+    Ok(cipher)
 }
 
 /// Whether a spool file of `len` bytes is a whole segment: plaintext, or with the trailer of
@@ -397,19 +441,53 @@ impl WalStore {
     /// opens it. The caller fsyncs the directory.
     fn open_partial(&mut self, name: WalFileName) -> io::Result<()> {
         let path = self.path_of(name, PARTIAL_SUFFIX);
-        let existing = std::fs::metadata(&path).map(|m| m.len()).ok();
+        let mut existing = std::fs::metadata(&path).map(|m| m.len()).ok();
+        let ring = local_store_sealing::reading_keyring_for_spool(&self.dir);
+        if let Some(len) = existing.filter(|&len| spool_cipher::sealed_len(len) && full_size(len, self.seg)) {
+            let f = File::open(&path).map_err(ctx("open", &path))?;
+            if let Err(e) = spool_cipher::of_file(&f, len, ring.as_deref(), &path) {
+                if e.kind() != io::ErrorKind::InvalidData {
+                    return Err(e);
+                }
+                // Encrypted with a key no longer configured: streaming must not stop for it (a
+                // synchronous primary would stop committing). It is kept aside, untouched, and
+                // the segment streamed again from its start into a new file.
+                let aside = self.dir.join(format!("{}{UNREADABLE_SUFFIX}", name.format(self.seg)));
+                std::fs::rename(&path, &aside).map_err(ctx("move aside", &path))?;
+                tracing::error!(file = %aside.display(), error = %e,
+                    "an encrypted .partial cannot be read with the configured keys; moved aside and streaming that segment again from its start. Put its key back (encryption.key_file or old_key_files) to read the file");
+                existing = None;
+            }
+        }
         let size_ok = existing.is_some_and(|len| full_size(len, self.seg));
         let mut sparse = false;
         let mut fresh_cipher = None;
         if !size_ok {
             let _ = std::fs::remove_file(&path);
-            let fresh = match self.spares.take() {
-                Some(spare) => spare,
+            let writer_ring = local_store_sealing::keyring_for_spool(&self.dir);
+            let mut spare = self.spares.take();
+            if let (Some(s), Some(r)) = (&spare, &writer_ring) {
+                // A plaintext spare (recycled before encryption was turned on) would keep old
+                // WAL in plaintext past what is written into it: not used.
+                let len = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
+                if len == self.seg.bytes() {
+                    durable::durable_remove(&s.path)?;
+                    spare = None;
+                } else if s.cipher.as_ref().is_some_and(|c| c.key_id() == r.current().id()) {
+                    // Prepared by the archiver, off this path: only the rename is left.
+                    let s = spare.take().expect("checked above");
+                    std::fs::rename(&s.path, &path).map_err(ctx("recycle spare into", &path))?;
+                    fresh_cipher = s.cipher;
+                }
+            }
+            let fresh = match spare.map(|s| s.path) {
+                _ if fresh_cipher.is_some() => None,
+                Some(spare) => Some(spare),
                 None if self.zero_fill => {
                     tracing::debug!(file = %path.display(), "no spare segment ready; zero-filling a new one");
                     let tmp = durable::tmp_path(&path);
                     create_zero_filled(&tmp, self.seg.bytes(), &self.direct)?;
-                    tmp
+                    Some(tmp)
                 }
                 None => {
                     let tmp = durable::tmp_path(&path);
@@ -420,30 +498,33 @@ impl WalStore {
                         .open(&tmp)
                         .map_err(ctx("create", &tmp))?;
                     // Blocks allocated (unwritten) in one step, not one allocation per write.
-                    direct::preallocate(&f, self.seg.bytes()).map_err(ctx("size", &tmp))?;
+                    if let Err(e) = direct::preallocate(&f, self.seg.bytes()) {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(ctx("size", &tmp)(e));
+                    }
                     sparse = true;
-                    tmp
+                    Some(tmp)
                 }
             };
-            // Encrypted or not, the file takes its final form before it takes the name: a crash
-            // never leaves a `.partial` that this session would write in the wrong form, nor
-            // one that reuses an earlier file's keystream.
-            match self.prepare_fresh(&fresh) {
-                Ok(c) => fresh_cipher = c,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&fresh);
-                    return Err(e);
+            if let Some(fresh) = fresh {
+                // Encrypted or not, the file takes its final form before it takes the name: a
+                // crash never leaves a `.partial` that this session would write in the wrong
+                // form, nor one that reuses an earlier file's keystream.
+                let prepared = prepare_spool_file(&fresh, self.seg, writer_ring.as_deref())
+                    .and_then(|c| std::fs::rename(&fresh, &path).map(|()| c).map_err(ctx("put in place", &path)));
+                match prepared {
+                    Ok(c) => fresh_cipher = c,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&fresh);
+                        return Err(io::Error::new(e.kind(), format!("preparing {}: {e}", path.display())));
+                    }
                 }
             }
-            std::fs::rename(&fresh, &path).map_err(ctx("put in place", &path))?;
         }
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(ctx("open", &path))?;
         let cipher = match existing.filter(|_| size_ok) {
             // Opened again: it keeps the form (and keystream) it was written with.
-            Some(len) => {
-                let ring = local_store_sealing::keyring_for_spool(&self.dir);
-                spool_cipher::of_file(&file, len, ring.as_deref(), &path)?
-            }
+            Some(len) => spool_cipher::of_file(&file, len, ring.as_deref(), &path)?,
             None => fresh_cipher,
         };
         // An existing `.partial` (a reconnect, a restart, a timeline streamed again up to a
@@ -465,24 +546,6 @@ impl WalStore {
             cipher,
         });
         Ok(())
-    }
-
-    /// Gives a file about to become the next `.partial` its final form: with
-    /// `encryption.local`, a segment's size plus a trailer with a fresh nonce, fdatasynced (the
-    /// cipher is returned); without, exactly a segment's size.
-    fn prepare_fresh(&self, path: &Path) -> io::Result<Option<SpoolCipher>> {
-        let cipher = local_store_sealing::keyring_for_spool(&self.dir).map(|r| SpoolCipher::fresh(&r));
-        let seg = self.seg.bytes();
-        let want = seg + if cipher.is_some() { spool_cipher::TRAILER_LEN } else { 0 };
-        let f = OpenOptions::new().write(true).open(path).map_err(ctx("open", path))?;
-        if f.metadata().map_err(ctx("stat", path))?.len() != want {
-            f.set_len(want).map_err(ctx("size", path))?;
-        }
-        if let Some(c) = &cipher {
-            f.write_all_at(&c.trailer(), seg).map_err(ctx("write the spool trailer of", path))?;
-            durable::fdatasync(&f, path)?;
-        }
-        Ok(cipher)
     }
 
     /// Takes WAL that starts exactly at `write_pos` (staged, written in aligned pieces). Returns
@@ -533,25 +596,34 @@ impl WalStore {
     }
 
     /// Writes the staged bytes' whole blocks (and, with `partial`, the last partial block too,
-    /// padded with zeros) at their offset, then keeps only the bytes of an incomplete last
-    /// block staged.
+    /// padded: zeros, random bytes in an encrypted file) at their offset, then keeps only the
+    /// bytes of an incomplete last block staged.
     ///
-    /// Only direct writes are padded (they must be whole blocks, and go only to fresh files, see
-    /// `open_partial`); through the page cache exactly the received bytes are written, so bytes
-    /// already in the file past them are never touched.
+    /// Only direct writes and fresh encrypted files are padded (they go only to fresh files, see
+    /// `open_partial`); otherwise exactly the received bytes are written, so bytes already in a
+    /// reopened file past them are never touched.
     fn write_stage(&mut self, partial: bool) -> io::Result<()> {
         let whole = self.stage_len / ALIGN * ALIGN;
         let open = self.open.as_ref().ok_or_else(|| io::Error::other("no open segment to write"))?;
         let direct = open.direct.as_ref().filter(|_| self.direct.usable());
-        let upto = match (partial, direct.is_some()) {
+        // A fresh encrypted file is padded through the page cache too: the block's old bytes
+        // must not stay next to the data (see `spool_cipher::open_bytes`).
+        let pad_always = open.cipher.is_some() && !open.reopened;
+        let upto = match (partial, direct.is_some() || pad_always) {
             (false, _) => whole,
             (true, true) => self.stage_len.div_ceil(ALIGN) * ALIGN,
             (true, false) => self.stage_len,
         };
         if upto > 0 {
-            self.stage.as_mut_slice()[self.stage_len..upto.max(self.stage_len)].fill(0);
-            // Only the received bytes are encrypted: the padding goes out as plain zeros (see
-            // `spool_cipher`). What stays staged is decrypted again after the write.
+            let padding = &mut self.stage.as_mut_slice()[self.stage_len..upto.max(self.stage_len)];
+            match open.cipher {
+                // Random, not encrypted zeros (which would be this file's keystream for WAL
+                // still to come) nor plain zeros (which a reader would decrypt into it).
+                Some(_) => rand::RngCore::fill_bytes(&mut rand::thread_rng(), padding),
+                None => padding.fill(0),
+            }
+            // Only the received bytes are encrypted. What stays staged is decrypted again
+            // after the write.
             let real = self.stage_len.min(upto);
             if let Some(c) = &open.cipher {
                 c.apply(self.stage_off, &mut self.stage.as_mut_slice()[..real]);
@@ -563,7 +635,7 @@ impl WalStore {
                 direct,
                 &open.file,
                 self.stage.slice(upto),
-                self.stage_len.min(upto),
+                if pad_always { upto } else { self.stage_len.min(upto) },
                 self.stage_off,
             );
             if let Some(c) = &open.cipher {

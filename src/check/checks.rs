@@ -237,6 +237,11 @@ fn local_encryption(f: &Facts) -> Outcome {
         if k.key_ids.is_empty() {
             return Outcome::ok("the local catalog is not encrypted (encryption.local is off)");
         }
+        if k.key_ids.iter().all(|id| k.keyring.contains(id)) {
+            return Outcome::warning(format!(
+                "encryption.local is off, but the local catalog still holds objects encrypted with key(s) {ids}, which the configured key file reads: keep it until retention has replaced them"
+            ));
+        }
         return Outcome::failed(format!(
             "the local catalog holds objects sealed with key(s) {ids}, but encryption.local is not true: set it, with those keys, or they cannot be read"
         ));
@@ -857,6 +862,9 @@ mod tests {
             "{}",
             o.detail
         );
+        // Off, but the key file kept: they read.
+        f.local_keys = with(false, &["aa"], &["aa"], 0);
+        assert_eq!(level(&f, "local_encryption").level, Level::Warning);
         f.local_keys = with(true, &["aa", "bb"], &["bb"], 0);
         let o = level(&f, "local_encryption");
         assert!(

@@ -67,7 +67,7 @@ pub struct Facts {
 
 /// Which keys the local catalog's objects need, from every backup index, the server state, the
 /// oldest and newest compressed segment (as stored, read without opening them) and the trailer
-/// of each `.partial` in the spool.
+/// of each segment file in the spool (`.partial` and not yet archived).
 #[derive(Debug, Clone, Default)]
 pub struct LocalKeyFacts {
     /// `encryption.local: true` (or `require`) in the config.
@@ -79,7 +79,7 @@ pub struct LocalKeyFacts {
     /// Objects looked at that are not sealed (written before `encryption.local`).
     pub plaintext: usize,
     pub looked_at: usize,
-    /// Ids of the configured keyring (empty without `local: true`).
+    /// Ids of the configured keyring that reads the catalog (empty without a key).
     pub keyring: Vec<String>,
 }
 
@@ -103,19 +103,21 @@ fn local_keys(config: &Config, server: &str) -> Result<LocalKeyFacts, String> {
     sample.extend(wal.first().cloned());
     sample.extend(wal.last().cloned());
     sample.dedup();
-    // The spool's `.partial` files (the open one, and one per ended timeline, kept) name their
-    // key in a trailer; plaintext ones are not counted (the spool is exempt from `require`).
+    // Every file of the spool under a segment name (the open `.partial`, one per ended
+    // timeline, completed segments the archiver has not compressed yet) names its key in a
+    // trailer: 17 bytes read each. Plaintext ones are not counted (the spool is exempt from
+    // `require`), and spares are not needed.
     let partials: Vec<String> = raw
         .list(&crate::catalog::Layout::wal_key(server))
         .map_err(err)?
         .into_iter()
-        .filter(|k| k.ends_with(crate::catalog::wal_store::PARTIAL_SUFFIX))
+        .filter(|k| crate::catalog::local_store_sealing::is_spool_key(k) && !k.contains("/.spare."))
         .collect();
     let configured = config.encryption.as_ref().is_some_and(|e| e.local);
     let mut f = LocalKeyFacts {
         configured,
         require: config.encryption.as_ref().is_some_and(|e| e.local_require),
-        keyring: match crate::catalog::local_store_sealing::keyring_for(&config.catalog) {
+        keyring: match crate::catalog::local_store_sealing::reading_keyring_for(&config.catalog) {
             Some(ring) => ring.ids().iter().map(|i| i.to_string()).collect(),
             None => Vec::new(),
         },

@@ -206,7 +206,17 @@ impl Config {
             None => None,
         };
         let require = self.encryption.as_ref().is_some_and(|e| e.local_require);
-        crate::catalog::local_store_sealing::register(&self.catalog, ring, require);
+        // `local` off with a key file: what was sealed while it was on still reads (an
+        // encrypted `.partial` the receiver reopens, a segment waiting for the archiver). Not
+        // with `key_command`, which would then run at every `wal-get` for nothing.
+        let reader = match self.encryption.as_ref().filter(|e| !e.local && e.key_file.is_some()) {
+            Some(e) => e.keyring().ok(),
+            None => None,
+        };
+        match (ring, reader) {
+            (None, Some(r)) => crate::catalog::local_store_sealing::register_reader(&self.catalog, std::sync::Arc::new(r)),
+            (ring, _) => crate::catalog::local_store_sealing::register(&self.catalog, ring, require),
+        }
         Ok(())
     }
 
@@ -410,12 +420,18 @@ mod tests {
         assert!(crate::catalog::encryption::is_sealed(
             &std::fs::read(catalog.join("main/server.state")).unwrap()
         ));
-        // Off again (a reload): new objects are plaintext, sealed ones are refused by name.
+        // Off again (a reload) with the key file kept: new objects are plaintext, sealed ones
+        // still read.
         std::fs::write(&file, text.replace("  local: true\n", "")).unwrap();
         Config::load(&file).unwrap();
         let store = crate::catalog::Catalog::open(&catalog).store();
         store.put("main/other", b"y").unwrap();
         assert_eq!(std::fs::read(catalog.join("main/other")).unwrap(), b"y");
+        assert_eq!(store.get("main/server.state").unwrap().unwrap(), b"x");
+        // Without any key: sealed ones are refused by name.
+        let no_key = format!("catalog: {}\nservers:\n  main:\n    conninfo: host=/tmp\n", catalog.display());
+        std::fs::write(&file, no_key).unwrap();
+        Config::load(&file).unwrap();
         assert!(store.get("main/server.state").unwrap_err().to_string().contains("encryption.local"));
     }
 

@@ -843,10 +843,14 @@ fn local_catalog_sealed_at_rest_restores_and_refuses_tampering() {
     b[mid] ^= 0x40;
     std::fs::write(&zst, &b).unwrap();
 
-    // The same catalog under a config without local: true: named, not misread.
+    // The same catalog under a config without local: true: with the key file kept, it still
+    // reads; without any key, named, not misread.
     let config_text = std::fs::read_to_string(&p.config).unwrap();
     let plain_config = p.dir.path().join("plain.yaml");
     std::fs::write(&plain_config, config_text.replace("  local: true\n", "")).unwrap();
+    let listed = bin.run(&plain_config, &["list-backups", "main"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    std::fs::write(&plain_config, config_text.replace(&top, "")).unwrap();
     let listed = bin.run(&plain_config, &["list-backups", "main"]);
     assert!(!listed.status.success(), "{}", text(&listed));
     assert!(text(&listed).contains("encryption.local"), "{}", text(&listed));
