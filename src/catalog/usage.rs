@@ -53,17 +53,29 @@ pub fn server_usage(store: &dyn ObjectStore, server: &str) -> io::Result<ServerU
 /// Directory trees' usage kept between walks (the daemon's catalog watch), so that a walk costs
 /// about what changed, not one stat per file of the catalog:
 /// - a directory whose mtime is the same as at the last walk has the same names: it is not
-///   listed again;
+///   listed again, unless it had changed less than 2 s before that walk (see `refresh`);
 /// - objects written once under their final name (chunks, compressed WAL segments: `.zst`,
 ///   `.raw`) keep the size recorded when first seen;
 /// - every other file (an open `.partial` segment grows in place; small state files are
 ///   replaced) is stat'ed at each walk, as before.
-#[derive(Default)]
 pub struct UsageCache {
     dirs: HashMap<PathBuf, CachedDir>,
     seen: HashSet<PathBuf>,
     /// Files stat'ed by the last walk (for tests and the debug log).
     pub stats: u64,
+    /// `RACY_SECS`, or 0 in tests that change directories between walks faster than that.
+    racy_secs: i64,
+}
+
+impl Default for UsageCache {
+    fn default() -> Self {
+        UsageCache {
+            dirs: HashMap::new(),
+            seen: HashSet::new(),
+            stats: 0,
+            racy_secs: RACY_SECS,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -79,6 +91,11 @@ struct FileSize {
     allocated: u64,
     len: u64,
 }
+
+/// Seconds after its last change during which a directory's listing is not trusted.
+const RACY_SECS: i64 = 2;
+/// The mtime remembered for a listing the next walk must not trust (no directory has it).
+const NOT_TRUSTED: (i64, i64) = (i64::MIN, -1);
 
 fn written_once(name: &OsString) -> bool {
     let n = name.as_encoded_bytes();
@@ -149,6 +166,14 @@ impl UsageCache {
         };
         self.seen.insert(dir.to_path_buf());
         let mtime = (meta.mtime(), meta.mtime_nsec());
+        // A directory changed within the last `RACY` may change again without its mtime moving
+        // (timestamps advance by the clock tick, not per change): its listing is not trusted
+        // by the next walk, which lists it again (git's "racily clean" rule).
+        let racy = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|now| now.as_secs() as i64 - meta.mtime() < self.racy_secs)
+            .unwrap_or(true);
+        let remembered = if racy { NOT_TRUSTED } else { mtime };
         let known = self.dirs.remove(dir);
         let mut entry = match known {
             Some(d) if d.mtime == mtime => {
@@ -167,7 +192,7 @@ impl UsageCache {
             old => {
                 let old_files = old.map(|d| d.files).unwrap_or_default();
                 let mut d = CachedDir {
-                    mtime,
+                    mtime: remembered,
                     ..CachedDir::default()
                 };
                 let entries = std::fs::read_dir(dir).map_err(ctx("list", dir))?;
@@ -259,7 +284,10 @@ mod tests {
         }
         std::fs::write(wal.join("000000010000000000000099.partial"), vec![0u8; 10]).unwrap();
         let full = |s: &LocalStore| server_usage(s, "main").unwrap();
-        let mut cache = UsageCache::default();
+        let mut cache = UsageCache {
+            racy_secs: 0,
+            ..UsageCache::default()
+        };
         let round = |cache: &mut UsageCache| {
             cache.begin_round();
             let u = server_usage_cached(cache, &layout, &store, "main").unwrap();
@@ -282,6 +310,29 @@ mod tests {
         std::fs::remove_dir_all(&chunks).unwrap();
         let (u, _) = round(&mut cache);
         assert_eq!(u, full(&store));
+    }
+
+    /// A file added right after a walk, maybe within the same clock tick (the directory's
+    /// mtime unchanged), is seen by the next walk: a recently changed directory is listed again.
+    #[test]
+    fn a_change_within_the_same_tick_is_not_missed() {
+        let d = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(d.path());
+        let layout = Layout::new(d.path());
+        let wal = d.path().join(Layout::wal_key("main"));
+        std::fs::create_dir_all(&wal).unwrap();
+        std::fs::write(wal.join(format!("{:024X}.zst", 1)), vec![2u8; 100]).unwrap();
+        let mut cache = UsageCache::default();
+        for i in 2..20 {
+            cache.begin_round();
+            server_usage_cached(&mut cache, &layout, &store, "main").unwrap();
+            cache.end_round();
+            std::fs::write(wal.join(format!("{:024X}.zst", i)), vec![2u8; 100]).unwrap();
+            cache.begin_round();
+            let u = server_usage_cached(&mut cache, &layout, &store, "main").unwrap();
+            cache.end_round();
+            assert_eq!(u.wal.objects, i as u64, "a segment added after walk {i} was missed");
+        }
     }
 
     #[test]

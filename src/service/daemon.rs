@@ -414,6 +414,16 @@ impl Daemon {
             if let Some(o) = self.offsite.take() {
                 o.stop().await;
             }
+            // A repository no longer configured: its off-site series leave /metrics (its lag
+            // would otherwise stay frozen there, and alert for ever).
+            for old in &self.config.repositories {
+                if !new.repositories.iter().any(|r| r.name == old.name) {
+                    crate::service::metrics::retire_repository(&old.name);
+                }
+            }
+            for r in &new.repositories {
+                crate::service::metrics::revive_repository(&r.name);
+            }
             self.offsite = Some(crate::service::offsite_task::Offsite::start(&new, &self.board));
         }
         self.hooks.update(&new.hooks);

@@ -12,6 +12,22 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// configured). The `metrics` crate cannot delete a series, so `render` leaves them out.
 static RETIRED: Mutex<Vec<Retired>> = Mutex::new(Vec::new());
 
+/// Repositories removed by a reload: every series with their `repository` label is left out.
+static RETIRED_REPOSITORIES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Hides every series of repository `name` from `/metrics` (a reload removed it).
+pub fn retire_repository(name: &str) {
+    let mut r = RETIRED_REPOSITORIES.lock().unwrap_or_else(|p| p.into_inner());
+    if !r.iter().any(|x| x == name) {
+        r.push(name.to_string());
+    }
+}
+
+/// Shows repository `name`'s series again (a reload added it back).
+pub fn revive_repository(name: &str) {
+    RETIRED_REPOSITORIES.lock().unwrap_or_else(|p| p.into_inner()).retain(|x| x != name);
+}
+
 /// One retired series family: every metric of `server`, or only `metric` of it.
 #[derive(Clone, PartialEq, Debug)]
 struct Retired {
@@ -53,7 +69,8 @@ fn revive(metric: Option<&'static str>, server: &str) {
 pub fn render(handle: &PrometheusHandle) -> String {
     let text = handle.render();
     let r = retired().clone();
-    if r.is_empty() {
+    let repositories = RETIRED_REPOSITORIES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if r.is_empty() && repositories.is_empty() {
         return text;
     }
     // By server, so each line costs one lookup: with 100 servers the exposition has over ten
@@ -64,13 +81,28 @@ pub fn render(handle: &PrometheusHandle) -> String {
     }
     let mut out = String::with_capacity(text.len());
     for line in text.lines() {
-        if !line.starts_with('#') && sample_retired(line, &by_server) {
+        if !line.starts_with('#') && (sample_retired(line, &by_server) || of_repository(line, &repositories)) {
             continue;
         }
         out.push_str(line);
         out.push('\n');
     }
     out
+}
+
+/// Whether a sample line carries a `repository` label naming one of `repositories`.
+fn of_repository(line: &str, repositories: &[String]) -> bool {
+    if repositories.is_empty() {
+        return false;
+    }
+    let Some((_, rest)) = line.split_once('{') else {
+        return false;
+    };
+    let labels = rest.split_once('}').map_or("", |(l, _)| l);
+    labels
+        .split(',')
+        .find_map(|l| l.strip_prefix("repository=\"").and_then(|v| v.strip_suffix('"')))
+        .is_some_and(|name| repositories.iter().any(|r| r == name))
 }
 
 /// Whether a sample line (`name{labels} value`) belongs to a retired family. Histogram lines
@@ -581,6 +613,19 @@ mod tests {
         assert!(sample_retired("pgark_fsync_duration_seconds_count{server=\"a\"} 3", &one));
         assert!(!sample_retired("pgark_fsync_duration_seconds_count{server=\"b\"} 3", &one));
         assert!(!sample_retired("pgark_up{server=\"a\"} 1", &one));
+    }
+
+    #[test]
+    fn series_of_a_removed_repository_are_left_out() {
+        use super::of_repository;
+        let gone = vec!["old".to_string()];
+        assert!(of_repository("pgark_offsite_lag_bytes{server=\"a\",repository=\"old\"} 5", &gone));
+        assert!(!of_repository(
+            "pgark_offsite_lag_bytes{server=\"a\",repository=\"older\"} 5",
+            &gone
+        ));
+        assert!(!of_repository("pgark_up{server=\"a\"} 1", &gone));
+        assert!(!of_repository("pgark_offsite_lag_bytes{server=\"a\",repository=\"old\"} 5", &[]));
     }
 
     /// Every metric name in this file is documented in `docs/metrics.md`.
