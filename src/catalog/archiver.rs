@@ -109,9 +109,9 @@ impl Archiver {
         let mut queued: HashSet<WalFileName> = HashSet::new();
         let mut disconnected = false;
         let mut idle_wait = IDLE_WAIT_FIRST;
-        // Segments that failed in a row: a failure moves its segment to the back of the queue
-        // (one segment that cannot be read, say encrypted with a key no longer configured, must
-        // not hold back the ones after it); the wait comes once all of them have failed.
+        // Segments that failed in a row: a segment that cannot be read (encrypted with a key no
+        // longer configured) moves to the back of the queue, so that it does not hold back the
+        // ones after it; the wait comes once all of them have failed.
         let mut failed_in_row = 0usize;
         // Buffers are leased per segment from the process's pool (`archive_buffers`): memory
         // follows the work, not the number of servers.
@@ -142,10 +142,15 @@ impl Archiver {
                         if disconnected {
                             return;
                         }
-                        queue.rotate_left(1);
-                        failed_in_row += 1;
-                        if failed_in_row < queue.len() {
-                            continue;
+                        // Only a failure of this segment's own (InvalidData: it cannot be
+                        // decrypted, a damaged trailer) lets the next ones go first; a failure
+                        // every segment would meet (a full disk) waits at the head.
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            queue.rotate_left(1);
+                            failed_in_row += 1;
+                            if failed_in_row < queue.len() {
+                                continue;
+                            }
                         }
                         failed_in_row = 0;
                         let until = std::time::Instant::now() + RETRY_AFTER;
@@ -535,6 +540,12 @@ mod tests {
         local_store_sealing::register(d.path(), None, false);
         let (tx, _rx3) = std::sync::mpsc::channel();
         let mut w = WalStore::new(dir.clone(), seg, SparePool::default(), tx);
+        // A key source configured that does not open it: an error to fix, nothing moved.
+        local_store_sealing::register_key_source(d.path(), true);
+        let e = w.begin(TimelineId(1), Lsn(3 * bytes)).unwrap_err().to_string();
+        assert!(e.contains("encryption.local") && e.contains("receiver cannot go on"), "{e}");
+        assert!(!dir.join("000000010000000000000003.partial.unreadable").exists());
+        local_store_sealing::register_key_source(d.path(), false);
         w.begin(TimelineId(1), Lsn(3 * bytes)).unwrap();
         assert!(dir.join("000000010000000000000003.partial.unreadable").exists());
         let fresh = std::fs::metadata(dir.join("000000010000000000000003.partial")).unwrap();

@@ -84,6 +84,34 @@ pub fn register_reader(root: &Path, ring: Arc<Keyring>) {
     ));
 }
 
+/// Catalog roots whose config names a key source (`encryption.key_file` or `key_command`), read
+/// or not: there, a spool file that cannot be decrypted is an error to fix, never moved aside.
+static KEY_SOURCES: Mutex<Vec<Vec<PathBuf>>> = Mutex::new(Vec::new());
+
+/// Records whether the config of the catalog at `root` names a key source.
+pub fn register_key_source(root: &Path, configured: bool) {
+    let names = spellings(root);
+    let mut reg = KEY_SOURCES.lock().unwrap_or_else(|p| p.into_inner());
+    reg.retain(|r| !r.iter().any(|n| names.contains(n)));
+    if configured {
+        reg.push(names);
+    }
+}
+
+/// Whether the config of the catalog holding the spool directory `<root>/<server>/wal` names a
+/// key source.
+pub fn key_source_configured_for_spool(wal_dir: &Path) -> bool {
+    let Some(root) = wal_dir.parent().and_then(Path::parent) else {
+        return false;
+    };
+    let names = spellings(root);
+    KEY_SOURCES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|r| r.iter().any(|n| names.contains(n)))
+}
+
 /// The keyring registered for the catalog at `root`, if new objects are sealed.
 pub fn keyring_for(root: &Path) -> Option<Arc<Keyring>> {
     registered(root).filter(|s| s.seal).map(|s| s.ring)

@@ -26,8 +26,8 @@
 //!   partial block is random bytes (encrypted zeros would be the keystream itself, plain zeros
 //!   would decrypt into it), and readers of a `.partial` decrypt only the blocks and WAL pages
 //!   that were written (`open_bytes`). Left: within the last written WAL page, up to one 4 KiB
-//!   block of a recycled file's old ciphertext past the data is decrypted with the new
-//!   keystream by a reader.
+//!   block past the data may be decrypted with this file's keystream by a reader: a recycled
+//!   file's old ciphertext, or zeros after data a reopened `.partial` got without padding.
 //! - The cipher key is derived from the catalog key (BLAKE3 `derive_key` with this module's
 //!   context), so the stream cipher never shares a key with the envelope's AEAD.
 //! - Not authenticated: confidentiality at rest, like disk encryption. The spool is short-lived:
@@ -245,25 +245,33 @@ pub fn open_bytes(mut data: Vec<u8>, ring: Option<&Keyring>, file: &str) -> io::
 
 /// Direct-I/O block: the unit the receiver writes (and pads) in.
 const BLOCK: usize = 4096;
-/// PostgreSQL's WAL page (`XLOG_BLCKSZ`).
-const WAL_PAGE: usize = 8192;
 
 /// The length of the run of WAL pages at the start of `plain` that belong together: the first
-/// page's header carries a WAL page magic (0xD1xx, every major since 9.x) and each next page the
-/// same magic and the next page address.
+/// page's long header carries a WAL page magic (0xD1xx, every major since 9.x), the long-header
+/// flag and the page size (`XLOG_BLCKSZ`, 1 to 64 KiB), and each next page the same magic and
+/// the next page address. Where page 0 cannot be read that way (a file nothing was written
+/// into: all zeros after the block rule), nothing is kept; where it is written but its page
+/// size is not one PostgreSQL builds with, everything is kept (never hide WAL on a doubt).
 fn written_pages(plain: &[u8]) -> usize {
-    let header = |p: &[u8]| -> Option<(u16, u64)> {
-        let magic = u16::from_le_bytes(p.get(0..2)?.try_into().ok()?);
-        let addr = u64::from_le_bytes(p.get(8..16)?.try_into().ok()?);
-        Some((magic, addr))
-    };
-    let Some((magic, first)) = header(plain).filter(|&(m, a)| m & 0xFF00 == 0xD100 && a % WAL_PAGE as u64 == 0) else {
+    const XLP_LONG_HEADER: u16 = 0x0002;
+    let u16_at = |p: &[u8], at: usize| p.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |p: &[u8], at: usize| p.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u64_at = |p: &[u8], at: usize| p.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    let (Some(magic), Some(info), Some(first), Some(blcksz)) = (u16_at(plain, 0), u16_at(plain, 2), u64_at(plain, 8), u32_at(plain, 36))
+    else {
         return 0;
     };
+    if magic & 0xFF00 != 0xD100 || info & XLP_LONG_HEADER == 0 {
+        return 0;
+    }
+    let page = blcksz as usize;
+    if !(page.is_power_of_two() && (1024..=65536).contains(&page)) || first % blcksz as u64 != 0 {
+        return plain.len();
+    }
     let mut end = 0;
-    for (i, page) in plain.chunks(WAL_PAGE).enumerate() {
-        match header(page) {
-            Some((m, a)) if m == magic && a == first + (i * WAL_PAGE) as u64 => end += page.len(),
+    for (i, p) in plain.chunks(page).enumerate() {
+        match (u16_at(p, 0), u64_at(p, 8)) {
+            (Some(m), Some(a)) if m == magic && a == first + (i * page) as u64 => end += p.len(),
             _ => break,
         }
     }
@@ -350,6 +358,39 @@ mod tests {
         let n = looks_like.len();
         looks_like[n - 4096..n - 4088].copy_from_slice(MAGIC);
         assert_eq!(open_bytes(looks_like.clone(), None, "f").unwrap(), looks_like);
+    }
+
+    /// A `.partial` read back: everything written is there, whatever the WAL page size; what was
+    /// never written reads as zeros.
+    #[test]
+    fn a_partial_keeps_every_written_page_of_any_page_size() {
+        let r = ring();
+        for page in [8192usize, 16384, 65536] {
+            let seg = 1usize << 20;
+            let written = 5 * page + 100;
+            let mut plain = vec![0u8; seg];
+            for (i, b) in plain[..written].iter_mut().enumerate() {
+                *b = (i % 249) as u8 | 1;
+            }
+            for p in (0..written).step_by(page) {
+                plain[p..p + 2].copy_from_slice(&0xD116u16.to_le_bytes());
+                plain[p + 2..p + 4].copy_from_slice(&(if p == 0 { 2u16 } else { 0 }).to_le_bytes());
+                plain[p + 8..p + 16].copy_from_slice(&((16u64 << 20) + p as u64).to_le_bytes());
+            }
+            plain[36..40].copy_from_slice(&(page as u32).to_le_bytes());
+            let c = SpoolCipher::fresh(&r);
+            // On disk: the written bytes encrypted, random padding to the block, zeros after.
+            let mut file = plain.clone();
+            c.apply(0, &mut file[..written]);
+            let padded = written.div_ceil(4096) * 4096;
+            for b in &mut file[written..padded] {
+                *b = rand::random();
+            }
+            file.extend_from_slice(&c.trailer());
+            let read = open_bytes(file, Some(&r), "main/wal/000000010000000000000001.partial").unwrap();
+            assert_eq!(read[..written], plain[..written], "page size {page}");
+            assert!(read[(written / page + 1) * page..].iter().all(|&b| b == 0), "page size {page}");
+        }
     }
 
     #[test]

@@ -449,13 +449,28 @@ impl WalStore {
                 if e.kind() != io::ErrorKind::InvalidData {
                     return Err(e);
                 }
-                // Encrypted with a key no longer configured: streaming must not stop for it (a
-                // synchronous primary would stop committing). It is kept aside, untouched, and
-                // the segment streamed again from its start into a new file.
-                let aside = self.dir.join(format!("{}{UNREADABLE_SUFFIX}", name.format(self.seg)));
+                if local_store_sealing::key_source_configured_for_spool(&self.dir) {
+                    // A key is configured but does not open it (unreadable here, rotated out
+                    // too early, `key_command` with `local` off): an error to fix, never a file
+                    // moved out of reach.
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{e}; the receiver cannot go on writing it: make its key readable (encryption.key_file, old_key_files), or set encryption.local: true while using key_command"),
+                    ));
+                }
+                // No key configured at all (encryption removed from the config): streaming must
+                // not stop for it (a synchronous primary would stop committing). It is kept
+                // aside, untouched, and the segment streamed again from its start into a new file.
+                let mut aside = self.dir.join(format!("{}{UNREADABLE_SUFFIX}", name.format(self.seg)));
+                let mut n = 0;
+                while aside.exists() {
+                    n += 1;
+                    aside = self.dir.join(format!("{}{UNREADABLE_SUFFIX}.{n}", name.format(self.seg)));
+                }
                 std::fs::rename(&path, &aside).map_err(ctx("move aside", &path))?;
+                durable::fsync_dir(&self.dir)?;
                 tracing::error!(file = %aside.display(), error = %e,
-                    "an encrypted .partial cannot be read with the configured keys; moved aside and streaming that segment again from its start. Put its key back (encryption.key_file or old_key_files) to read the file");
+                    "an encrypted .partial cannot be read: no key is configured; moved aside and streaming that segment again from its start. To read it, configure its key and, with pgark stopped, rename it back over the segment's .partial if the server no longer has that WAL");
                 existing = None;
             }
         }

@@ -254,6 +254,13 @@ fn local_encryption(f: &Facts) -> Outcome {
         ));
     }
     let keys = if ids.is_empty() { "none yet".to_string() } else { ids };
+    if !k.unreadable.is_empty() {
+        return Outcome::warning(format!(
+            "the receiver moved aside {} encrypted .partial file(s) it could not read without a key: {}; configure their key, and if the server no longer has that WAL, rename each back over its .partial with pgark stopped",
+            k.unreadable.len(),
+            k.unreadable.join(", ")
+        ));
+    }
     if k.plaintext > 0 && k.require {
         return Outcome::failed(format!(
             "{} of the {} local catalog objects looked at are not encrypted, and encryption.local: require refuses them (reads fail): restore them from a repository, or set local: true until retention has replaced them",
@@ -852,6 +859,7 @@ mod tests {
                 require: false,
                 looked_at: 3,
                 keyring: ring.iter().map(|s| s.to_string()).collect(),
+                unreadable: Vec::new(),
             })
         };
         assert_eq!(level(&f, "local_encryption").level, Level::Ok);
@@ -865,6 +873,17 @@ mod tests {
         // Off, but the key file kept: they read.
         f.local_keys = with(false, &["aa"], &["aa"], 0);
         assert_eq!(level(&f, "local_encryption").level, Level::Warning);
+        // A .partial moved aside: named.
+        f.local_keys = with(true, &["aa"], &["aa"], 0);
+        if let Ok(k) = &mut f.local_keys {
+            k.unreadable = vec!["main/wal/000000010000000000000003.partial.unreadable".into()];
+        }
+        let o = level(&f, "local_encryption");
+        assert!(
+            o.level == Level::Warning && o.detail.contains("000000010000000000000003.partial.unreadable"),
+            "{}",
+            o.detail
+        );
         f.local_keys = with(true, &["aa", "bb"], &["bb"], 0);
         let o = level(&f, "local_encryption");
         assert!(

@@ -81,6 +81,9 @@ pub struct LocalKeyFacts {
     pub looked_at: usize,
     /// Ids of the configured keyring that reads the catalog (empty without a key).
     pub keyring: Vec<String>,
+    /// Encrypted `.partial` files the receiver moved aside, unreadable without any key
+    /// (`wal_store::UNREADABLE_SUFFIX`).
+    pub unreadable: Vec<String>,
 }
 
 /// Reads the sample of `local_keys` (blocking).
@@ -107,16 +110,21 @@ fn local_keys(config: &Config, server: &str) -> Result<LocalKeyFacts, String> {
     // timeline, completed segments the archiver has not compressed yet) names its key in a
     // trailer: 17 bytes read each. Plaintext ones are not counted (the spool is exempt from
     // `require`), and spares are not needed.
-    let partials: Vec<String> = raw
-        .list(&crate::catalog::Layout::wal_key(server))
-        .map_err(err)?
-        .into_iter()
+    let spool = raw.list(&crate::catalog::Layout::wal_key(server)).map_err(err)?;
+    let partials: Vec<String> = spool
+        .iter()
         .filter(|k| crate::catalog::local_store_sealing::is_spool_key(k) && !k.contains("/.spare."))
+        .cloned()
+        .collect();
+    let unreadable: Vec<String> = spool
+        .into_iter()
+        .filter(|k| k.contains(crate::catalog::wal_store::UNREADABLE_SUFFIX))
         .collect();
     let configured = config.encryption.as_ref().is_some_and(|e| e.local);
     let mut f = LocalKeyFacts {
         configured,
         require: config.encryption.as_ref().is_some_and(|e| e.local_require),
+        unreadable,
         keyring: match crate::catalog::local_store_sealing::reading_keyring_for(&config.catalog) {
             Some(ring) => ring.ids().iter().map(|i| i.to_string()).collect(),
             None => Vec::new(),

@@ -210,9 +210,20 @@ impl Config {
         // encrypted `.partial` the receiver reopens, a segment waiting for the archiver). Not
         // with `key_command`, which would then run at every `wal-get` for nothing.
         let reader = match self.encryption.as_ref().filter(|e| !e.local && e.key_file.is_some()) {
-            Some(e) => e.keyring().ok(),
+            Some(e) => e
+                .keyring()
+                .map_err(
+                    |m| tracing::debug!(error = %m, "the key file does not read here; sealed objects of the local catalog will not open"),
+                )
+                .ok(),
             None => None,
         };
+        crate::catalog::local_store_sealing::register_key_source(
+            &self.catalog,
+            self.encryption
+                .as_ref()
+                .is_some_and(|e| e.key_file.is_some() || e.key_command.is_some()),
+        );
         match (ring, reader) {
             (None, Some(r)) => crate::catalog::local_store_sealing::register_reader(&self.catalog, std::sync::Arc::new(r)),
             (ring, _) => crate::catalog::local_store_sealing::register(&self.catalog, ring, require),

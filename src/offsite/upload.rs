@@ -331,11 +331,20 @@ impl Uploader {
             repo.delete(&format!("{wal_dir}/{b}.partial.zst"))?;
             k.wal.remove(&format!("{b}.partial.zst"));
         }
+        // Not uploaded: what failed, and (compressed catalogs) a completed segment the archiver
+        // has not compressed yet, which may be older than ones it has (one it cannot read).
+        let unarchived = listing
+            .objects
+            .iter()
+            .filter(|o| o.kind == WalObjectKind::Plain && !has(WalObjectKind::Compressed, &o.name) && !has(WalObjectKind::Sum, &o.name))
+            .map(|o| o.name.format(seg))
+            .min();
         let missing_from = todo
             .iter()
             .enumerate()
             .filter(|(i, f)| !done.iter().any(|(d, _)| d == i) && !f.ends_with(".history"))
             .map(|(_, f)| f[..24].to_string())
+            .chain(unarchived)
             .min();
         if let Some(e) = failed {
             self.report_lag(server, seg, flushed, k);

@@ -462,7 +462,13 @@ pub fn pg_basebackup(primary: &Cluster, dest: &Path, extra: &[&str]) {
 pub fn start_standby(primary: &Cluster) -> Cluster {
     let dir = tempfile::Builder::new().prefix("pgark-standby-").tempdir().unwrap();
     let data = dir.path().join("data");
-    pg_basebackup(primary, &data, &["-X", "stream", "-R"]);
+    // A slot of its own (`-C -S`, written into its config by `-R`): without one the primary may
+    // recycle a segment before the standby has streamed it ("requested WAL segment ... has
+    // already been removed" in the standby's log, seen once in CI).
+    static STANDBYS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STANDBYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let slot = format!("standby_{}_{n}", std::process::id());
+    pg_basebackup(primary, &data, &["-X", "stream", "-R", "-C", "-S", &slot]);
     let standby = Cluster::from_data_dir(&primary.bins, dir, data).unwrap();
     standby.append_conf("hot_standby = on").unwrap();
     standby.start().unwrap();
