@@ -185,6 +185,7 @@ impl Archiver {
     }
 
     fn ensure_spare(&self) {
+        self.prepare_found_spares();
         if !self.spares.is_empty() || !self.dir.is_dir() {
             return;
         }
@@ -201,6 +202,29 @@ impl Archiver {
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
                 tracing::warn!(server = %self.server, error = %e, "could not prepare a spare segment")
+            }
+        }
+    }
+
+    /// With `encryption.local`, gives the spares a scan found after a restart (or prepared
+    /// before a rotation) a fresh trailer now, while idle, so that the receiver's next segment
+    /// boundaries only rename; a plaintext one (from before encryption) is removed.
+    fn prepare_found_spares(&self) {
+        let Some(ring) = local_store_sealing::keyring_for_spool(&self.dir) else {
+            return;
+        };
+        while let Some(path) = self.spares.take_unprepared(ring.current().id()) {
+            let plaintext = std::fs::metadata(&path).is_ok_and(|m| m.len() == self.seg.bytes());
+            let done = if plaintext {
+                crate::fsio::durable::durable_remove(&path)
+            } else {
+                prepare_spool_file(&path, self.seg, Some(&ring)).map(|c| self.spares.add_prepared(path.clone(), c))
+            };
+            if let Err(e) = done {
+                // Left as it is: the receiver prepares it when it uses it.
+                tracing::warn!(server = %self.server, spare = %path.display(), error = %e, "could not prepare a spare segment");
+                self.spares.add(path);
+                return;
             }
         }
     }
@@ -558,5 +582,51 @@ mod tests {
             &mut Buffers::default(),
         );
         assert!(e.unwrap_err().to_string().contains("encryption.local"));
+    }
+
+    /// Spares a scan found are prepared by the idle archiver under `encryption.local`:
+    /// encrypted ones get a fresh trailer, plaintext ones are removed.
+    #[test]
+    fn found_spares_are_prepared_while_idle() {
+        use super::super::encryption::{Key, Keyring};
+        use super::super::local_store_sealing;
+        let d = tempfile::tempdir().unwrap();
+        let ring = Arc::new(Keyring::new(Key::generate(), vec![]));
+        local_store_sealing::register(d.path(), Some(Arc::clone(&ring)), false);
+        let bytes = 1u64 << 20;
+        let seg = WalSegSize::new(bytes).unwrap();
+        let dir = d.path().join("main").join("wal");
+        std::fs::create_dir_all(&dir).unwrap();
+        let spares = SparePool::default();
+        let (old, plain) = (spares.new_name(&dir), spares.new_name(&dir));
+        let mut stale = vec![7u8; bytes as usize];
+        stale.extend_from_slice(&spool_cipher::SpoolCipher::fresh(&ring).trailer());
+        std::fs::write(&old, &stale).unwrap();
+        std::fs::write(&plain, vec![7u8; bytes as usize]).unwrap();
+        spares.add(old.clone());
+        spares.add(plain.clone());
+        let a = Archiver {
+            server: "main".into(),
+            compression: Compression::Zstd(1),
+            seg,
+            dir: dir.clone(),
+            store: local_store_sealing::store_for(d.path()),
+            key_prefix: "main/wal".into(),
+            spares: spares.clone(),
+            space: SharedLevel::default(),
+            events: Arc::new(Quiet),
+            direct: Default::default(),
+        };
+        a.ensure_spare();
+        assert!(!plain.exists(), "a plaintext spare is removed");
+        let fresh = std::fs::read(&old).unwrap();
+        assert_ne!(
+            fresh[bytes as usize + 17..bytes as usize + 41],
+            stale[bytes as usize + 17..bytes as usize + 41],
+            "a new nonce"
+        );
+        assert_eq!(spares.take_unprepared(ring.current().id()), None, "every spare is prepared");
+        assert_eq!(spares.len(), 1);
+        local_store_sealing::register(d.path(), None, false);
     }
 }

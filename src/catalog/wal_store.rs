@@ -99,6 +99,14 @@ impl SparePool {
         }
     }
 
+    /// Takes a spare not prepared for encryption with key `key` (one a scan found after a
+    /// restart, or prepared before a rotation), for the archiver to prepare while idle.
+    pub fn take_unprepared(&self, key: super::encryption::KeyId) -> Option<PathBuf> {
+        let mut f = self.files.lock().ok()?;
+        let i = f.iter().position(|s| s.cipher.as_ref().is_none_or(|c| c.key_id() != key))?;
+        Some(f.remove(i).path)
+    }
+
     /// A spare whose trailer `prepare_spool_file` wrote with `cipher` (`None`: prepared for
     /// plaintext).
     pub fn add_prepared(&self, path: PathBuf, cipher: Option<SpoolCipher>) {
@@ -491,7 +499,10 @@ impl WalStore {
                 } else if s.cipher.as_ref().is_some_and(|c| c.key_id() == r.current().id()) {
                     // Prepared by the archiver, off this path: only the rename is left.
                     let s = spare.take().expect("checked above");
-                    std::fs::rename(&s.path, &path).map_err(ctx("recycle spare into", &path))?;
+                    if let Err(e) = std::fs::rename(&s.path, &path) {
+                        self.spares.add_prepared(s.path, s.cipher); // still a spare
+                        return Err(ctx("recycle spare into", &path)(e));
+                    }
                     fresh_cipher = s.cipher;
                 }
             }
