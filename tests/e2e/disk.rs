@@ -1,6 +1,6 @@
 //! Disk faults injected into the real pgark binary with the LD_PRELOAD shim (`faultfs.c`): EIO
-//! on write and on fsync in the WAL writer, the archiver, a backup's chunk writes and its index
-//! publish. After each: nothing acknowledged that is not durable (the RPO=0 proof), no
+//! on write and on fsync in the WAL writer, the archiver, the preparation of encrypted spool
+//! files, a backup's chunk writes and its index publish. After each: nothing acknowledged that is not durable (the RPO=0 proof), no
 //! descriptor fsynced again after its fsync failed, the session restarts and rewrites, nothing
 //! partial is published, and status, logs and metrics say what happened.
 
@@ -126,4 +126,81 @@ fn eio_in_a_backup_publishes_nothing() {
     }
     let o = pgark(&cat.config, &["backup", "main"]);
     assert!(o.status.success(), "{}", text(&o));
+}
+
+/// With `encryption.local: true`, every file that becomes a `.partial` is first given its trailer
+/// (key id, fresh nonce) and fdatasynced: by the receiver for a new file, by the archiver when it
+/// recycles a segment into a spare. EIO on those writes and fdatasyncs, while 4 writers commit
+/// with pgark as the only synchronous standby: the receiver's boundary fails and restarts, a
+/// spare the archiver could not prepare is prepared again when used, no descriptor is fsynced
+/// again after its fsync failed, and the catalog alone restores every acknowledged commit.
+#[test]
+fn eio_preparing_an_encrypted_spool_file_loses_nothing() {
+    let dir = tempfile::Builder::new().prefix("pgark-key-").tempdir().unwrap();
+    let key = dir.path().join("local.key");
+    std::fs::write(&key, format!("{}\n", pgark::catalog::encryption::Key::generate().to_hex())).unwrap();
+    let top = format!("encryption:\n  key_file: {}\n  local: true\n", key.display());
+    let bins = pg();
+    let c = Cluster::init_with(&bins, &["synchronous_standby_names = 'pgark'"], &["--wal-segsize=1"]).unwrap();
+    c.start().unwrap();
+    let server = server_yaml("main", &c.conninfo(&c.superuser), "synchronous: true");
+    let fault_log = dir.path().join("faults.log");
+    // A new file (temporary names `<segment>.partial.<pid>.<n>.tmp`): the first write of its zero
+    // fill, then, on the next attempt, the fdatasync after its trailer (the 2nd, after the zero
+    // fill's). A recycled spare (`.spare.*`): the 2nd trailer write and the 3rd fdatasync.
+    let rules = "write:.partial.:1:eio;fsync:.partial.:2:eio;write:.spare.:2:eio;fsync:.spare.:3:eio";
+    let env = fault_env(rules, &fault_log);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut p = Pgark::start_full("", &top, &server, &env);
+    p.wait_streaming("main");
+    c.psql("CREATE TABLE acked (id bigint PRIMARY KEY, pad text)").unwrap();
+    let o = pgark(&p.config, &["backup", "main"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let writers = Writers::start(&c, 4);
+    wait_until(Duration::from_secs(120), "all four faults to fire", || {
+        if FaultLog::read(&fault_log).injected() < 4 {
+            // Segments complete faster than the writers alone fill them.
+            let _ = c.psql("SELECT pg_switch_wal()");
+            return false;
+        }
+        true
+    });
+    let log = p.log_text();
+    assert!(log.contains("Input/output error"), "{}", tail(&log));
+    assert!(
+        log.contains("could not prepare a spare segment"),
+        "the archiver's failure was not reported:\n{}",
+        tail(&log)
+    );
+    p.wait_streaming("main");
+    let before = writers.count();
+    wait_until(Duration::from_secs(60), "commits after the faults", || {
+        writers.count() > before + 50
+    });
+    let faults = FaultLog::read(&fault_log);
+    assert!(
+        faults.refsyncs().is_empty(),
+        "a descriptor was fsynced again after EIO: {:?}",
+        faults.refsyncs()
+    );
+    // Every `.partial` is in the encrypted form (a failed preparation never took the name).
+    let wal = p.wal_dir("main");
+    for e in std::fs::read_dir(&wal).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.ends_with(".partial") {
+            let b = std::fs::read(e.path()).unwrap();
+            assert_eq!(b.len(), (1 << 20) + 4096, "{name}");
+            assert_eq!(&b[1 << 20..(1 << 20) + 8], b"PGARKSPL", "{name}");
+        }
+    }
+    c.kill9().unwrap();
+    let acked = writers.finish();
+    p.kill9();
+    let bin = Binary::new();
+    let (data, tmp, _) = restore(&bin, &p.config, "main", &[]);
+    open_for_postgres(p.dir.path());
+    open_for_postgres(dir.path());
+    let r = start_restored(&bins, tmp, data, None);
+    assert_all_acked_present(&r, &acked, "after EIO preparing encrypted spool files");
+    eprintln!("EIO x4 in spool preparation: all {} acknowledged commits recovered", acked.len());
 }
