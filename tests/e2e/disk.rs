@@ -1,8 +1,9 @@
-//! Disk faults injected into the real pgark binary with the LD_PRELOAD shim (`faultfs.c`): EIO
-//! on write and on fsync in the WAL writer, the archiver, the preparation of encrypted spool
-//! files, a backup's chunk writes and its index publish. After each: nothing acknowledged that is not durable (the RPO=0 proof), no
-//! descriptor fsynced again after its fsync failed, the session restarts and rewrites, nothing
-//! partial is published, and status, logs and metrics say what happened.
+//! Disk faults injected into the real pgark binary with the LD_PRELOAD shim (`faultfs.c`): EIO on
+//! write and on fsync in the WAL writer, the archiver, the preparation of encrypted spool files, a
+//! backup's chunk writes and its index publish. After each: nothing acknowledged that is not
+//! durable (the RPO=0 proof), no descriptor fsynced again after its fsync failed, the session
+//! restarts and rewrites, nothing partial is published, and status, logs and metrics say what
+//! happened.
 
 use crate::support::faults::{fault_env, FaultLog};
 use crate::support::*;
