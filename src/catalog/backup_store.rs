@@ -637,56 +637,16 @@ pub(crate) mod tests {
         assert_eq!(collect_garbage(&store, "main").unwrap().chunks, 1);
     }
 
-    /// Counts index reads, for the O(new) check below.
-    struct CountingStore {
-        inner: LocalStore,
-        gets: std::sync::atomic::AtomicUsize,
-    }
-
-    impl ObjectStore for CountingStore {
-        fn put_from(&self, key: &str, fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>) -> io::Result<()> {
-            self.inner.put_from(key, fill)
-        }
-        fn put_once(&self, key: &str, fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>) -> io::Result<Option<u64>> {
-            self.inner.put_once(key, fill)
-        }
-        fn sync(&self) -> io::Result<()> {
-            self.inner.sync()
-        }
-        fn size(&self, key: &str) -> io::Result<Option<u64>> {
-            self.inner.size(key)
-        }
-        fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.inner.get(key)
-        }
-        fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-            self.inner.list(prefix)
-        }
-        fn delete(&self, key: &str) -> io::Result<()> {
-            self.inner.delete(key)
-        }
-        fn usage(&self, prefix: &str) -> io::Result<super::super::store::Usage> {
-            self.inner.usage(prefix)
-        }
-        fn capacity(&self) -> io::Result<Option<super::super::store::Capacity>> {
-            self.inner.capacity()
-        }
-    }
-
     /// Audit finding 6: the daemon's periodic refresh reads only indexes it has not seen.
     #[test]
     fn backup_facts_refresh_costs_only_what_is_new() {
         let d = tempfile::tempdir().unwrap();
-        let store = CountingStore {
-            inner: LocalStore::new(d.path()),
-            gets: Default::default(),
-        };
+        let store = crate::catalog::store::counting::CountingStore::new(LocalStore::new(d.path()));
         for id in ["A", "B", "C"] {
             publish(&store, &index(id, &[])).unwrap();
         }
         let mut cache = BackupFactsCache::default();
-        let reads = || store.gets.load(std::sync::atomic::Ordering::Relaxed);
+        let reads = || store.gets();
         assert_eq!(cache.refresh(&store, "main").unwrap().len(), 3);
         let after_first = reads();
         assert_eq!(after_first, 3);

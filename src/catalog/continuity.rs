@@ -4,8 +4,9 @@
 //! point-in-time recovery that would replay through it.
 //!
 //! The index is built from the WAL directory's names alone (no file is opened or stat'ed), so
-//! the daemon can rebuild it every `disk_pressure.usage_interval` for every server cheaply, and
-//! a file deleted behind pgark's back shows up there, not only what pgark itself wrote.
+//! a file deleted behind pgark's back shows up there, not only what pgark itself wrote. The
+//! daemon rebuilds it (`service::retention_task`) when a name in the server's directories
+//! changed, and at least every 10 minutes.
 //!
 //! Gaps an operator has looked at and accepted (`pgark verify --acknowledge-gap`) are recorded
 //! in `<server>/wal.gaps`: they stay listed, but no longer count as problems.

@@ -13,6 +13,7 @@ pub mod archiver;
 pub mod backup_store;
 pub mod chain_store;
 pub mod continuity;
+pub mod dir_watch;
 pub mod drill_record;
 pub mod encryption;
 pub mod file_reader;

@@ -306,3 +306,73 @@ impl ObjectStore for LocalStore {
         filesystem_capacity(&self.root).map(Some)
     }
 }
+
+/// A store that counts reads and listings, for tests that check a periodic pass costs only
+/// what changed.
+#[cfg(test)]
+pub mod counting {
+    use super::{Capacity, ObjectStore, Usage};
+    use std::io;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    pub struct CountingStore<S> {
+        inner: S,
+        gets: AtomicUsize,
+        /// Every prefix listed, in order.
+        lists: Mutex<Vec<String>>,
+    }
+
+    impl<S: ObjectStore> CountingStore<S> {
+        pub fn new(inner: S) -> Self {
+            CountingStore {
+                inner,
+                gets: AtomicUsize::new(0),
+                lists: Mutex::new(Vec::new()),
+            }
+        }
+
+        pub fn gets(&self) -> usize {
+            self.gets.load(Ordering::Relaxed)
+        }
+
+        /// How many listings of `prefix` were made.
+        pub fn lists_of(&self, prefix: &str) -> usize {
+            self.lists.lock().map(|l| l.iter().filter(|p| *p == prefix).count()).unwrap_or(0)
+        }
+    }
+
+    impl<S: ObjectStore> ObjectStore for CountingStore<S> {
+        fn put_from(&self, key: &str, fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>) -> io::Result<()> {
+            self.inner.put_from(key, fill)
+        }
+        fn put_once(&self, key: &str, fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>) -> io::Result<Option<u64>> {
+            self.inner.put_once(key, fill)
+        }
+        fn sync(&self) -> io::Result<()> {
+            self.inner.sync()
+        }
+        fn size(&self, key: &str) -> io::Result<Option<u64>> {
+            self.inner.size(key)
+        }
+        fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+            self.gets.fetch_add(1, Ordering::Relaxed);
+            self.inner.get(key)
+        }
+        fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+            if let Ok(mut l) = self.lists.lock() {
+                l.push(prefix.to_string());
+            }
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> io::Result<()> {
+            self.inner.delete(key)
+        }
+        fn usage(&self, prefix: &str) -> io::Result<Usage> {
+            self.inner.usage(prefix)
+        }
+        fn capacity(&self) -> io::Result<Option<Capacity>> {
+            self.inner.capacity()
+        }
+    }
+}

@@ -73,7 +73,7 @@ impl Default for UsageCache {
             dirs: HashMap::new(),
             seen: HashSet::new(),
             stats: 0,
-            racy_secs: RACY_SECS,
+            racy_secs: super::dir_watch::RACY_SECS,
         }
     }
 }
@@ -92,8 +92,6 @@ struct FileSize {
     len: u64,
 }
 
-/// Seconds after its last change during which a directory's listing is not trusted.
-const RACY_SECS: i64 = 2;
 /// The mtime remembered for a listing the next walk must not trust (no directory has it).
 const NOT_TRUSTED: (i64, i64) = (i64::MIN, -1);
 
@@ -169,11 +167,7 @@ impl UsageCache {
         // A directory changed within the last `RACY` may change again without its mtime moving
         // (timestamps advance by the clock tick, not per change): its listing is not trusted
         // by the next walk, which lists it again (git's "racily clean" rule).
-        let racy = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|now| now.as_secs() as i64 - meta.mtime() < self.racy_secs)
-            .unwrap_or(true);
-        let remembered = if racy { NOT_TRUSTED } else { mtime };
+        let remembered = super::dir_watch::trusted_mtime(&meta, self.racy_secs).unwrap_or(NOT_TRUSTED);
         let known = self.dirs.remove(dir);
         let mut entry = match known {
             Some(d) if d.mtime == mtime => {

@@ -543,6 +543,14 @@ fn slot(f: &Facts) -> Outcome {
 
 fn synchronous(f: &Facts) -> Outcome {
     if !f.cfg.synchronous {
+        if let Ok(s) = sql(f) {
+            if s.monitor.named_in_synchronous_standby_names {
+                return Outcome::warning(format!(
+                    "synchronous: false, but synchronous_standby_names ({:?}) names pgark: the server waits for pgark at every commit, and pgark serve acknowledges each one as with synchronous: true (it follows the server); set synchronous: true so that the config says what happens",
+                    s.monitor.synchronous_standby_names
+                ));
+            }
+        }
         return Outcome::ok("synchronous: false (pgark is an asynchronous standby; RPO > 0)");
     }
     let s = match sql(f) {
@@ -1011,8 +1019,13 @@ mod tests {
         f.daemon = Ok(None);
         assert_eq!(level(&f, "synchronous").level, Level::Warning, "daemon down");
         assert_eq!(level(&f, "daemon").level, Level::Warning);
-        let f = facts("    synchronous: false\n");
+        let mut f = facts("    synchronous: false\n");
+        sql_mut(&mut f).monitor.named_in_synchronous_standby_names = false;
         assert_eq!(level(&f, "synchronous").level, Level::Ok);
+        sql_mut(&mut f).monitor.named_in_synchronous_standby_names = true;
+        let o = level(&f, "synchronous");
+        assert_eq!(o.level, Level::Warning, "the server waits for an asynchronous pgark");
+        assert!(o.detail.contains("set synchronous: true"), "{}", o.detail);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 use super::lag::LagTracker;
 use crate::catalog::backup_store::{self, BackupIndex};
 use crate::catalog::continuity::{list_wal, WalObjectKind};
+use crate::catalog::dir_watch::DirWatch;
 use crate::catalog::lock::{CatalogLock, LockError};
 use crate::catalog::offsite_mark::{self, OffsiteMark};
 use crate::catalog::store::ObjectStore;
@@ -108,6 +109,87 @@ struct Known {
     mark: Option<OffsiteMark>,
     mark_saved_at: Option<Instant>,
     backoff: Option<(Instant, Duration)>,
+    /// The local WAL directory, and what its last listing left to upload: listed again only
+    /// when its names may have changed (or the repository was listed again), so an idle pass
+    /// costs a stat, not a listing of every segment the catalog keeps.
+    wal_watch: Option<DirWatch>,
+    wal_plan: Option<WalPlan>,
+    /// The local backups directory, and whether a backup was left for a later pass (its WAL
+    /// not up yet, the repository's lock held).
+    backups_watch: Option<DirWatch>,
+    backups_pending: bool,
+    /// A partial object may have become stale (a segment or a partial was uploaded, the
+    /// repository listed): the repository's names are looked through for it.
+    stale_partials_due: bool,
+}
+
+/// What a listing of the local WAL directory leaves to do.
+#[derive(Debug, Default, PartialEq)]
+struct WalPlan {
+    /// Complete WAL objects and history files the repository lacked then, oldest first (a
+    /// history file before the segments of its timeline).
+    todo: Vec<String>,
+    /// The newest complete segment (its base name).
+    last_complete: Option<String>,
+    /// The oldest completed segment the archiver has not compressed or summed yet (it may be
+    /// older than ones it has: one it cannot read).
+    oldest_unarchived: Option<String>,
+}
+
+impl WalPlan {
+    /// From `<server>/wal/`'s names: what is complete, and what of it `in_repo` lacks.
+    fn list(local: &dyn ObjectStore, server: &str, seg: WalSegSize, in_repo: &BTreeSet<String>) -> io::Result<WalPlan> {
+        #[derive(Default)]
+        struct Kinds {
+            plain: bool,
+            compressed: bool,
+            sum: bool,
+        }
+        let listing = list_wal(local, server, seg)?;
+        let mut by_name: BTreeMap<WalFileName, Kinds> = BTreeMap::new();
+        for o in &listing.objects {
+            let k = by_name.entry(o.name).or_default();
+            match o.kind {
+                WalObjectKind::Plain => k.plain = true,
+                WalObjectKind::Compressed => k.compressed = true,
+                WalObjectKind::Sum => k.sum = true,
+                WalObjectKind::Partial => {}
+            }
+        }
+        let mut plan = WalPlan::default();
+        let want = |file: String, plan: &mut WalPlan| {
+            if !in_repo.contains(&file) {
+                plan.todo.push(file);
+            }
+        };
+        for (name, k) in &by_name {
+            let base = name.format(seg);
+            if k.compressed {
+                want(format!("{base}.zst"), &mut plan);
+            } else if k.sum {
+                // Uncompressed catalogs: the plain file once its `.sum` is there (the archiver
+                // is done with it), then the `.sum`.
+                if k.plain {
+                    want(base.clone(), &mut plan);
+                }
+                want(format!("{base}.sum"), &mut plan);
+            } else {
+                if k.plain && plan.oldest_unarchived.as_ref().is_none_or(|o| base < *o) {
+                    plan.oldest_unarchived = Some(base);
+                }
+                continue;
+            }
+            if plan.last_complete.as_ref().is_none_or(|l| base > *l) {
+                plan.last_complete = Some(base);
+            }
+        }
+        for key in listing.histories.values() {
+            want(key.rsplit('/').next().unwrap_or_default().to_string(), &mut plan);
+        }
+        plan.todo.sort_by_key(|f| (f[..8].to_string(), !f.ends_with(".history"), f.clone()));
+        plan.todo.dedup();
+        Ok(plan)
+    }
 }
 
 pub struct Uploader {
@@ -239,6 +321,7 @@ impl Uploader {
         // When the repository cannot be listed, the queue and the lag are still computed from
         // what was known of it, so that `status` shows them growing during an outage.
         let mut unreachable = None;
+        let mut relisted = false;
         if k.listed_at.is_none_or(|t| t.elapsed() > RELIST_EVERY) {
             let listed = repo
                 .list(&Layout::wal_key(server))
@@ -249,6 +332,7 @@ impl Uploader {
                     k.backups = backups.into_iter().collect();
                     k.chunks = None;
                     k.listed_at = Some(Instant::now());
+                    relisted = true;
                 }
                 Err(e) => unreachable = Some(e),
             }
@@ -263,35 +347,25 @@ impl Uploader {
             )?;
         }
 
-        // 1. Complete WAL and history files.
-        let listing = list_wal(local.as_ref(), server, seg)?;
-        let has = |kind: WalObjectKind, n: &WalFileName| listing.objects.iter().any(|o| o.kind == kind && o.name == *n);
-        let mut todo: Vec<String> = Vec::new();
-        let mut complete: BTreeSet<String> = BTreeSet::new();
-        for o in &listing.objects {
-            let base = o.name.format(seg);
-            let file = match o.kind {
-                WalObjectKind::Compressed => format!("{base}.zst"),
-                // Uncompressed catalogs: the plain file once its `.sum` is there (the archiver
-                // is done with it), then the `.sum`.
-                WalObjectKind::Plain if has(WalObjectKind::Sum, &o.name) && !has(WalObjectKind::Compressed, &o.name) => base.clone(),
-                WalObjectKind::Sum if !has(WalObjectKind::Compressed, &o.name) => format!("{base}.sum"),
-                _ => continue,
-            };
-            complete.insert(base.clone());
-            if !k.wal.contains(&file) {
-                todo.push(file);
+        // 1. Complete WAL and history files: the local directory is listed again only when its
+        // names may have changed or the repository was listed again; otherwise what the last
+        // listing left is what is still to do.
+        let wal_watch = k
+            .wal_watch
+            .get_or_insert_with(|| DirWatch::new(vec![self.local.root().join(Layout::wal_key(server))]));
+        if wal_watch.changed()? || relisted || k.wal_plan.is_none() {
+            match WalPlan::list(local.as_ref(), server, seg, &k.wal) {
+                Ok(plan) => k.wal_plan = Some(plan),
+                Err(e) => {
+                    wal_watch.forget();
+                    return Err(e);
+                }
             }
         }
-        for key in listing.histories.values() {
-            let file = key.rsplit('/').next().unwrap_or_default().to_string();
-            if !k.wal.contains(&file) {
-                todo.push(file);
-            }
-        }
-        // Oldest first; a history file before the segments of its timeline.
-        todo.sort_by_key(|f| (f[..8].to_string(), !f.ends_with(".history"), f.clone()));
-        todo.dedup();
+        let plan = k.wal_plan.as_mut().expect("listed above");
+        plan.todo.retain(|f| !k.wal.contains(f));
+        let todo = plan.todo.clone();
+        let (last_complete, unarchived) = (plan.last_complete.clone(), plan.oldest_unarchived.clone());
         let queued_bytes: u64 = todo
             .iter()
             .take(256)
@@ -319,26 +393,26 @@ impl Uploader {
         for &(i, _) in &done {
             k.wal.insert(todo[i].clone());
         }
-        // A complete segment replaces its partial object.
-        let stale: Vec<String> = k
-            .wal
-            .iter()
-            .filter_map(|f| f.strip_suffix(".partial.zst"))
-            .filter(|b| k.wal.contains(&format!("{b}.zst")) || k.wal.contains(*b))
-            .map(str::to_string)
-            .collect();
-        for b in stale {
-            repo.delete(&format!("{wal_dir}/{b}.partial.zst"))?;
-            k.wal.remove(&format!("{b}.partial.zst"));
+        // A complete segment replaces its partial object (the repository's names are looked
+        // through only when one may have become stale).
+        if std::mem::take(&mut k.stale_partials_due) || relisted || !done.is_empty() {
+            let stale: Vec<String> = k
+                .wal
+                .iter()
+                .filter_map(|f| f.strip_suffix(".partial.zst"))
+                .filter(|b| k.wal.contains(&format!("{b}.zst")) || k.wal.contains(*b))
+                .map(str::to_string)
+                .collect();
+            for b in stale {
+                if let Err(e) = repo.delete(&format!("{wal_dir}/{b}.partial.zst")) {
+                    k.stale_partials_due = true;
+                    return Err(e);
+                }
+                k.wal.remove(&format!("{b}.partial.zst"));
+            }
         }
         // Not uploaded: what failed, and (compressed catalogs) a completed segment the archiver
         // has not compressed yet, which may be older than ones it has (one it cannot read).
-        let unarchived = listing
-            .objects
-            .iter()
-            .filter(|o| o.kind == WalObjectKind::Plain && !has(WalObjectKind::Compressed, &o.name) && !has(WalObjectKind::Sum, &o.name))
-            .map(|o| o.name.format(seg))
-            .min();
         let missing_from = todo
             .iter()
             .enumerate()
@@ -348,7 +422,7 @@ impl Uploader {
             .min();
         if let Some(e) = failed {
             self.report_lag(server, seg, flushed, k);
-            self.save_mark(server, k, missing_from, complete.iter().next_back().cloned())?;
+            self.save_mark(server, k, missing_from, last_complete.clone())?;
             return Err(e);
         }
 
@@ -362,27 +436,42 @@ impl Uploader {
         // The lag as of the WAL just uploaded, before a backup's chunks (which may take long).
         self.report_lag(server, seg, flushed, k);
 
-        // 3. Backups.
-        for id in backup_store::list_ids(local.as_ref(), server)? {
-            if k.backups.contains(&id) || self.stop.load(Ordering::Relaxed) {
+        // 3. Backups: the local ones are listed again when the directory changed, the repository
+        // was listed again, or one was left for later.
+        let backups_watch = k
+            .backups_watch
+            .get_or_insert_with(|| DirWatch::new(vec![self.local.root().join(backup_store::backups_key(server))]));
+        let look = backups_watch.changed()? || relisted || k.backups_pending;
+        let ids = if look {
+            backup_store::list_ids(local.as_ref(), server).inspect_err(|_| backups_watch.forget())?
+        } else {
+            Vec::new()
+        };
+        for id in &ids {
+            if k.backups.contains(id) || self.stop.load(Ordering::Relaxed) {
                 continue;
             }
-            match self.upload_backup(server, &id, k, local.as_ref(), repo.as_ref()) {
+            match self.upload_backup(server, id, k, local.as_ref(), repo.as_ref()) {
                 Ok(true) => did = true,
                 Ok(false) => {}
                 Err(e) => {
+                    k.backups_pending = true;
                     self.report_lag(server, seg, flushed, k);
-                    self.save_mark(server, k, missing_from, complete.iter().next_back().cloned())?;
+                    self.save_mark(server, k, missing_from, last_complete.clone())?;
                     return Err(e);
                 }
             }
+        }
+
+        if look {
+            k.backups_pending = ids.iter().any(|id| !k.backups.contains(id));
         }
 
         // 4. Lag and the mark.
         self.report_lag(server, seg, flushed, k);
         let backups = k.backups.len();
         self.update(server, |p| p.backups = backups);
-        self.save_mark(server, k, missing_from, complete.iter().next_back().cloned())?;
+        self.save_mark(server, k, missing_from, last_complete.clone())?;
         Ok(did)
     }
 
@@ -488,6 +577,7 @@ impl Uploader {
         repo.put(&key, &stored)?;
         self.count(server, stored.len() as u64);
         k.wal.insert(format!("{base}.partial.zst"));
+        k.stale_partials_due = true;
         // The previous partial object, of an earlier segment, whose complete form may not be
         // uploaded yet: it stays until that segment is there.
         k.partial = Some((name, pos));
@@ -658,4 +748,112 @@ pub(crate) fn copy_objects(
     let mut done = done.into_inner().unwrap_or_default();
     done.sort();
     (done, failed.into_inner().unwrap_or(None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::dir_watch::DirWatch;
+    use crate::catalog::state::ServerState;
+    use crate::catalog::store::counting::CountingStore;
+    use crate::catalog::store::LocalStore;
+
+    fn segment(n: u64) -> String {
+        WalFileName::new(TimelineId(1), SegNo(n)).format(WalSegSize::DEFAULT)
+    }
+
+    /// An idle pass costs a stat of the local WAL and backups directories, not a listing of
+    /// every segment the catalog keeps; a change of names is seen by the next pass.
+    #[test]
+    fn an_idle_pass_lists_nothing_again() {
+        let (l, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let local = Arc::new(CountingStore::new(LocalStore::new(l.path())));
+        let state = ServerState {
+            system_identifier: 1,
+            wal_segment_size: WalSegSize::DEFAULT.bytes(),
+            server_version_num: 150000,
+            timeline: TimelineId(1),
+            flushed_lsn: Lsn(0),
+            updated_at: 0,
+        };
+        state::save(local.as_ref(), "main", &state).unwrap();
+        for n in 1..=3 {
+            local.put(&format!("main/wal/{}.zst", segment(n)), b"wal").unwrap();
+        }
+        let repo_store = Arc::new(LocalStore::new(r.path()));
+        let up = Uploader::new(
+            "r",
+            Catalog::with_store(l.path(), local.clone()),
+            local.clone(),
+            Catalog::with_store(r.path(), repo_store.clone()),
+            vec![Source {
+                server: "main".into(),
+                flushed: Arc::new(|| None),
+            }],
+            Settings {
+                partial_interval: Duration::from_secs(10),
+                workers: 1,
+            },
+        );
+        let mut k = Known {
+            wal_watch: Some(DirWatch::new(vec![l.path().join("main/wal")]).with_racy_secs(0)),
+            backups_watch: Some(DirWatch::new(vec![l.path().join("main/backups")]).with_racy_secs(0)),
+            ..Known::default()
+        };
+        let src = up.sources[0].clone();
+        assert!(up.pass(&src, &mut k).unwrap());
+        let uploaded = |n| repo_store.size(&format!("main/wal/{}.zst", segment(n))).unwrap().is_some();
+        assert!((1..=3).all(uploaded));
+        let (wal_lists, backup_lists) = (local.lists_of("main/wal"), local.lists_of("main/backups"));
+        for _ in 0..5 {
+            assert!(!up.pass(&src, &mut k).unwrap());
+        }
+        assert_eq!(local.lists_of("main/wal"), wal_lists, "an idle pass listed the WAL again");
+        assert_eq!(
+            local.lists_of("main/backups"),
+            backup_lists,
+            "an idle pass listed the backups again"
+        );
+        // A new segment (in a clock tick of its own): the next pass lists and uploads it.
+        std::thread::sleep(Duration::from_millis(30));
+        local.put(&format!("main/wal/{}.zst", segment(4)), b"wal").unwrap();
+        assert!(up.pass(&src, &mut k).unwrap());
+        assert!(uploaded(4));
+        assert_eq!(local.lists_of("main/wal"), wal_lists + 1);
+        let mark = offsite_mark::load(local.as_ref(), "main", "r").unwrap().unwrap();
+        assert_eq!(mark.wal_seen_until, Some(segment(4)));
+        assert_eq!(mark.wal_missing_from, None);
+    }
+
+    /// What a listing leaves to do: compressed segments, a plain one only once its `.sum` is
+    /// there, histories before their timeline's segments; the oldest unarchived segment.
+    #[test]
+    fn the_plan_of_a_listing() {
+        let l = tempfile::tempdir().unwrap();
+        let local = LocalStore::new(l.path());
+        let put = |name: &str| local.put(&format!("main/wal/{name}"), b"x").unwrap();
+        put(&format!("{}.zst", segment(1)));
+        put(&segment(2)); // completed, not archived yet
+        put(&format!("{}.zst", segment(3)));
+        put(&format!("{}.partial", segment(4)));
+        put("00000002.history");
+        let s5 = WalFileName::new(TimelineId(2), SegNo(5)).format(WalSegSize::DEFAULT);
+        put(&s5);
+        put(&format!("{s5}.sum"));
+        let in_repo: BTreeSet<String> = [format!("{}.zst", segment(1))].into();
+        let plan = WalPlan::list(&local, "main", WalSegSize::DEFAULT, &in_repo).unwrap();
+        assert_eq!(
+            plan,
+            WalPlan {
+                todo: vec![
+                    format!("{}.zst", segment(3)),
+                    "00000002.history".into(),
+                    s5.clone(),
+                    format!("{s5}.sum")
+                ],
+                last_complete: Some(s5),
+                oldest_unarchived: Some(segment(2)),
+            }
+        );
+    }
 }

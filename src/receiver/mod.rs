@@ -15,6 +15,7 @@ pub mod observer;
 pub mod pacing;
 pub mod settings;
 pub mod stream;
+pub mod sync_role;
 pub mod timeline;
 
 use crate::catalog::archiver::{ArchiveObserver, Archiver, ArchiverHandle};
@@ -173,6 +174,8 @@ pub struct Env {
     pub space: SharedLevel,
     /// The daemon's pacing of asynchronous WAL (see `pacing`).
     pub pacer: Arc<pacing::Pacer>,
+    /// Whether the server waits for pgark (see `sync_role`), shared with its monitor.
+    pub sync_role: Arc<sync_role::SyncRole>,
 }
 
 /// Hands the archiver's reports to the receiver's observer.
@@ -286,7 +289,7 @@ async fn session(
 
     let opts = StreamOptions {
         server,
-        synchronous: cfg.synchronous,
+        role: &env.sync_role,
         status_interval: cfg.status_interval,
         receiver_timeout: cfg.receiver_timeout,
         pacer: &env.pacer,

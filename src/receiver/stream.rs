@@ -25,12 +25,18 @@
 //! woken every `CANCEL_CHECK`); on cancel the loop fsyncs, sends a last status update and
 //! CopyDone.
 //!
-//! Pacing: a `synchronous: false` receiver waits its turn after each WAL message while a
+//! Whether commits wait for pgark is `sync_role`: the `synchronous` setting until the monitor
+//! has seen what the server says, then the server's word (a server that names pgark in
+//! `synchronous_standby_names` gets an fsync and a report at every pause even with
+//! `synchronous: false`).
+//!
+//! Pacing: a receiver no commit waits for waits its turn after each WAL message while a
 //! synchronous server needs the disk and CPUs (`pacing`); a synchronous one reports each
 //! acknowledgement's latency to it.
 
 use super::observer::{Positions, ReceiverObserver};
 use super::pacing::Pacer;
+use super::sync_role::SyncRole;
 use super::ReceiverError;
 use crate::catalog::wal_store::{WalSink, WalStore};
 use crate::client::replication::TimelineEnd;
@@ -104,7 +110,8 @@ const IDLE_RELEASE: Duration = Duration::from_secs(10);
 
 pub struct StreamOptions<'a> {
     pub server: &'a str,
-    pub synchronous: bool,
+    /// Whether commits wait for pgark (as configured, and as the server says: `sync_role`).
+    pub role: &'a SyncRole,
     pub status_interval: Duration,
     pub receiver_timeout: Duration,
     /// Asynchronous receivers wait here after each WAL message; synchronous ones report their
@@ -212,7 +219,7 @@ impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
             if let Some(t) = self.unacked_since.take() {
                 let latency = t.elapsed();
                 self.observer.acked(latency);
-                if self.opts.synchronous {
+                if self.opts.role.on_commit_path() {
                     self.opts.pacer.sync_ack(latency);
                 }
             }
@@ -234,7 +241,7 @@ impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
     /// Inbound data has paused: one fsync for everything received so far (synchronous mode,
     /// unless catching up), and the flush position reported if it moved.
     fn on_pause(&mut self) -> Result<(), ReceiverError> {
-        if self.opts.synchronous && self.store.has_unflushed() && !self.catching_up() {
+        if self.opts.role.acknowledges_each_commit() && self.store.has_unflushed() && !self.catching_up() {
             self.store.densify().map_err(ReceiverError::Store)?;
             self.flush()?;
             self.report(false)
@@ -436,7 +443,7 @@ impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
                         self.server_wal_end = self.server_wal_end.max(server_wal_end);
                         (last_wal, released) = (last_recv, false);
                         self.on_wal(start, &data)?;
-                        if !self.opts.synchronous {
+                        if !self.opts.role.on_commit_path() {
                             self.pace(data.len());
                         }
                         self.mark(Lsn(start.0.saturating_add(data.len() as u64)));
@@ -450,7 +457,7 @@ impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
                         self.mark(server_wal_end);
                         self.advance_durable();
                         if reply_requested {
-                            if self.opts.synchronous {
+                            if self.opts.role.acknowledges_each_commit() {
                                 self.flush()?;
                             }
                             self.report(false)?;
@@ -661,9 +668,11 @@ mod tests {
 
     fn options(synchronous: bool) -> StreamOptions<'static> {
         static OFF: std::sync::LazyLock<Pacer> = std::sync::LazyLock::new(Pacer::off);
+        static SYNC: SyncRole = SyncRole::new(true);
+        static ASYNC: SyncRole = SyncRole::new(false);
         StreamOptions {
             server: "main",
-            synchronous,
+            role: if synchronous { &SYNC } else { &ASYNC },
             status_interval: Duration::from_secs(3600),
             receiver_timeout: Duration::from_secs(3600),
             pacer: &OFF,

@@ -74,6 +74,8 @@ struct Running {
     /// A child of `cancel` for the periodic tasks alone (backups, retention, verify, drills):
     /// a reload that changes only their settings restarts them, not the receiver.
     tasks_cancel: CancellationToken,
+    /// Whether the server waits for pgark: read by the receiver, updated by the monitor.
+    sync_role: Arc<crate::receiver::sync_role::SyncRole>,
 }
 
 /// A server whose tasks were told to stop (removed, or changed by a reload), and what starts in
@@ -179,6 +181,7 @@ impl Daemon {
         self.board.insert(ServerStatus::new(&cfg.name, cfg.synchronous));
         crate::service::metrics::register_server(&cfg.name);
         let mut r = Running {
+            sync_role: Arc::new(crate::receiver::sync_role::SyncRole::new(cfg.synchronous)),
             config: cfg,
             tasks_cancel: cancel.child_token(),
             cancel,
@@ -204,6 +207,7 @@ impl Daemon {
             observer: Arc::new(ServerTelemetry::with_heartbeat(&cfg.name, self.board.clone(), r.heartbeat.clone())),
             space: self.space_level.clone(),
             pacer: self.pacer.clone(),
+            sync_role: r.sync_role.clone(),
         };
         match crate::receiver::spawn_on_own_thread(cfg.receiver_settings(), env, r.cancel.clone()) {
             Ok(t) => Some(t),
@@ -220,6 +224,7 @@ impl Daemon {
         tokio::spawn(crate::service::monitor_task::run(
             r.config.monitor_settings(),
             self.board.clone(),
+            r.sync_role.clone(),
             r.cancel.clone(),
         ))
     }

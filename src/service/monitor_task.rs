@@ -2,14 +2,16 @@
 //! compares the slot's retention with its limit, logs transitions, and publishes the facts to
 //! the status board and the metrics.
 
-use crate::monitor::{query_timeout, round, slot_limit_warning, MonitorError, Settings};
+use crate::monitor::{query_timeout, round, slot_limit_warning, MonitorError, ServerFacts, Settings};
+use crate::receiver::sync_role::{Seen, SyncRole};
 use crate::service::status::StatusBoard;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The per-server monitoring task of the daemon: a round every `interval`, its facts and
 /// failures to the board and the metrics.
-pub async fn run(cfg: Settings, board: StatusBoard, cancel: CancellationToken) {
+pub async fn run(cfg: Settings, board: StatusBoard, role: Arc<SyncRole>, cancel: CancellationToken) {
     let ci = &cfg.conninfo;
     let server = cfg.name.clone();
     let mut failing = false;
@@ -35,6 +37,7 @@ pub async fn run(cfg: Settings, board: StatusBoard, cancel: CancellationToken) {
                     .find(|s| s.server == server)
                     .and_then(|s| s.flushed_lsn);
                 crate::service::metrics::server_facts(&server, &facts, flushed);
+                observe_sync_role(&server, &role, &facts);
                 let warning = slot_limit_warning(&facts, cfg.slot_retained_limit);
                 if warning.is_some() != over_limit {
                     over_limit = warning.is_some();
@@ -59,6 +62,36 @@ pub async fn run(cfg: Settings, board: StatusBoard, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(cfg.interval) => {}
+        }
+    }
+}
+
+/// Tells the receiver whether the server waits for pgark, and says so in the log when that is not
+/// what the configuration says.
+fn observe_sync_role(server: &str, role: &SyncRole, facts: &ServerFacts) {
+    let seen = Seen::from_server(facts.named_in_synchronous_standby_names, facts.sync_state.as_deref());
+    let Some(before) = role.observe(seen) else { return };
+    let waits = |s: Seen| s >= Seen::Named;
+    if !role.configured() && waits(seen) && !waits(before) {
+        tracing::warn!(
+            server,
+            synchronous_standby_names = %facts.synchronous_standby_names,
+            sync_state = facts.sync_state.as_deref().unwrap_or("-"),
+            "the server names pgark in synchronous_standby_names, but this server is configured synchronous: false: pgark now fsyncs and reports at every commit, as with synchronous: true, so that the server's commits do not wait for a segment to fill; set synchronous: true in the config"
+        );
+    } else if !role.configured() && !waits(seen) && waits(before) {
+        tracing::info!(
+            server,
+            "the server no longer names pgark in synchronous_standby_names: back to asynchronous acknowledgements (synchronous: false)"
+        );
+    } else if role.configured() && before != Seen::Unknown && (seen == Seen::Synchronous) != (before == Seen::Synchronous) {
+        if seen == Seen::Synchronous {
+            tracing::info!(
+                server,
+                "pgark is the server's synchronous standby again: its acknowledgement latency is what catch-up pacing holds"
+            );
+        } else {
+            tracing::info!(server, sync_state = facts.sync_state.as_deref().unwrap_or("-"), "pgark is not the server's synchronous standby now: its WAL is paced like the asynchronous servers' during a catch-up (it still fsyncs at every pause)");
         }
     }
 }

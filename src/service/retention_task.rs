@@ -5,9 +5,10 @@
 //! (15 s by default), the WAL continuity index (gaps) for `status` and the metrics.
 
 use crate::catalog::continuity::Continuity;
+use crate::catalog::dir_watch::DirWatch;
 use crate::catalog::offsite_mark::OffsiteHold;
 use crate::catalog::space::Level;
-use crate::catalog::{backup_store, Catalog};
+use crate::catalog::{backup_store, Catalog, Layout};
 use crate::pg::WalSegSize;
 use crate::retention::policy::{Mode, OnCriticalPressure, Policy};
 use crate::retention::prune::{current_window, PruneError, RecoveryWindow};
@@ -25,6 +26,9 @@ const RETRY_LOCKED_FIRST: Duration = Duration::from_secs(5);
 const RETRY_LOCKED: Duration = Duration::from_secs(60);
 /// At the critical level, a pressure prune runs at most this often.
 const CRITICAL_EVERY: Duration = Duration::from_secs(60);
+/// The continuity index and the recovery window are computed again at least this often even
+/// when no name in the server's directories changed (a pin that expired moves the floor).
+const CONTINUITY_REFRESH: Duration = Duration::from_secs(600);
 
 pub struct Pruner {
     server: String,
@@ -39,13 +43,17 @@ pub struct Pruner {
     seen: (usize, Option<String>),
     /// Prunes refused by a lock since the last one that ran (the retry backs off).
     locked_in_a_row: u32,
+    /// The server's directory, its WAL and its backups: the continuity index is read again only
+    /// when a name there changed (or `CONTINUITY_REFRESH` passed), so an idle catalog costs
+    /// three stats every interval, not a listing of every segment and history file.
+    continuity_watch: DirWatch,
+    continuity_at: Option<Instant>,
 }
 
 impl Pruner {
     pub fn new(server: &str, catalog: Catalog, policy: Policy, repositories: Vec<String>) -> Pruner {
         Pruner {
             server: server.to_string(),
-            catalog,
             policy,
             repositories,
             next_prune: None,
@@ -53,6 +61,13 @@ impl Pruner {
             next_critical: None,
             seen: (0, None),
             locked_in_a_row: 0,
+            continuity_watch: DirWatch::new(vec![
+                catalog.layout().server_dir(server),
+                catalog.root().join(Layout::wal_key(server)),
+                catalog.root().join(backup_store::backups_key(server)),
+            ]),
+            continuity_at: None,
+            catalog,
         }
     }
 
@@ -74,7 +89,13 @@ impl Pruner {
         }
         if after_backup || self.next_continuity.is_none_or(|t| now >= t) {
             self.next_continuity = Some(now + continuity_every);
-            self.continuity(board, !window_known).await;
+            let changed = self.continuity_watch.changed().unwrap_or(true);
+            if changed || after_backup || self.continuity_at.is_none_or(|t| now.duration_since(t) >= CONTINUITY_REFRESH) {
+                self.continuity_at = Some(now);
+                if !self.continuity(board, !window_known).await {
+                    self.continuity_watch.forget();
+                }
+            }
         }
     }
 
@@ -149,8 +170,9 @@ impl Pruner {
     }
 
     /// Reads the WAL directory for gaps since the oldest backup; the recovery window too when
-    /// `window` (the backups or the gaps changed since it was last computed).
-    async fn continuity(&mut self, board: &StatusBoard, window: bool) {
+    /// `window` (the backups or the gaps changed since it was last computed). False when it
+    /// could not.
+    async fn continuity(&mut self, board: &StatusBoard, window: bool) -> bool {
         let (catalog, server) = (self.catalog.clone(), self.server.clone());
         let seen = self.seen.clone();
         let result = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
@@ -197,9 +219,16 @@ impl Pruner {
                     });
                 }
             }
-            Ok(Err(e)) => tracing::warn!(server, error = %e, "cannot read the catalog's WAL for gaps"),
-            Err(e) => tracing::error!(server, error = %e, "the continuity task failed (a bug)"),
+            Ok(Err(e)) => {
+                tracing::warn!(server, error = %e, "cannot read the catalog's WAL for gaps");
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(server, error = %e, "the continuity task failed (a bug)");
+                return false;
+            }
         }
+        true
     }
 
     fn publish_window(&self, board: &StatusBoard, w: &Option<RecoveryWindow>, pruned_at: Option<u64>, gaps: Option<(Vec<String>, usize)>) {
@@ -218,5 +247,39 @@ impl Pruner {
                 r.wal_gaps_acknowledged = acked;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16: an idle catalog's continuity index is not read again every interval;
+    /// a change of names in the server's WAL directory is seen at the next tick.
+    #[tokio::test]
+    async fn an_unchanged_catalog_is_not_read_again() {
+        let d = tempfile::tempdir().unwrap();
+        for dir in ["main/wal", "main/backups"] {
+            std::fs::create_dir_all(d.path().join(dir)).unwrap();
+        }
+        let mut p = Pruner::new("main", Catalog::open(d.path()), Policy::default(), Vec::new());
+        p.continuity_watch = std::mem::replace(&mut p.continuity_watch, DirWatch::new(Vec::new())).with_racy_secs(0);
+        let board = StatusBoard::default();
+        async fn tick(p: &mut Pruner, board: &StatusBoard) {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            p.tick(board, false, Level::Ok, Duration::ZERO).await
+        }
+        // The first ticks (the first prune may write in the server's directory).
+        for _ in 0..3 {
+            tick(&mut p, &board).await;
+        }
+        let read_at = p.continuity_at;
+        for _ in 0..3 {
+            tick(&mut p, &board).await;
+        }
+        assert_eq!(p.continuity_at, read_at, "an unchanged catalog was read again");
+        std::fs::write(d.path().join("main/wal/000000010000000000000001.zst"), b"x").unwrap();
+        tick(&mut p, &board).await;
+        assert_ne!(p.continuity_at, read_at, "a new segment was not seen");
     }
 }

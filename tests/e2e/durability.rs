@@ -309,3 +309,42 @@ fn paced_catch_up_beside_a_synchronous_server_loses_nothing() {
         acked.len()
     );
 }
+
+/// A server that names pgark in `synchronous_standby_names` while pgark is configured
+/// `synchronous: false` (and reports every 10 s): once the monitor has seen it, pgark fsyncs and
+/// reports at every commit, so commits do not wait for the status interval; it says so in its log
+/// and in check; and a SIGKILL of the primary loses no acknowledged commit.
+#[test]
+fn a_server_waiting_for_an_asynchronous_pgark_gets_every_commit_acknowledged() {
+    let bins = pg();
+    let c = Cluster::init_with(&bins, &["synchronous_standby_names = 'pgark'"], &[]).unwrap();
+    c.start().unwrap();
+    let yaml = server_yaml("main", &c.conninfo(&c.superuser), "synchronous: false\nmonitor_interval: 1s")
+        .replace("status_interval: 1s", "status_interval: 10s");
+    let mut p = Pgark::start(&yaml);
+    p.wait_streaming("main");
+    wait_until(Duration::from_secs(30), "pgark to see that the server waits for it", || {
+        p.log_text().contains("names pgark in synchronous_standby_names, but")
+    });
+    c.psql("CREATE TABLE acked (id bigint PRIMARY KEY, pad text)").unwrap();
+    let backup = c.base_dir().join("backup");
+    pg_basebackup(&c, &backup, &["-X", "none"]);
+    let seg = seg_size(&c);
+    let writers = Writers::start(&c, 2);
+    std::thread::sleep(Duration::from_secs(5));
+    // Each commit would otherwise wait for the next status update (10 s).
+    let n = writers.count();
+    assert!(n > 100, "only {n} commits in 5 s: commits wait for pgark's status interval");
+    let check = pgark(&p.config, &["check", "main", "--json"]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(out.contains("set synchronous: true"), "check does not warn: {}", text(&check));
+    c.kill9().unwrap();
+    let acked = writers.finish();
+    p.kill9();
+    let r = recover_from_catalog(&bins, &backup, &p.wal_dir("main"), seg);
+    assert_all_acked_present(&r, &acked, "with synchronous: false named by the server");
+    eprintln!(
+        "{} commits acknowledged at every commit by a pgark configured asynchronous",
+        acked.len()
+    );
+}
