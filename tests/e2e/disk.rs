@@ -9,6 +9,22 @@ use crate::support::faults::{fault_env, FaultLog};
 use crate::support::*;
 use std::time::Duration;
 
+/// After the faults: streaming came back by itself, commits go on, and no descriptor whose
+/// fsync failed was fsynced again (that retry would trust lost data).
+fn commits_go_on_without_refsync(p: &Pgark, writers: &Writers, fault_log: &std::path::Path) {
+    p.wait_streaming("main");
+    let before = writers.count();
+    wait_until(Duration::from_secs(60), "commits after the faults", || {
+        writers.count() > before + 50
+    });
+    let faults = FaultLog::read(fault_log);
+    assert!(
+        faults.refsyncs().is_empty(),
+        "a descriptor was fsynced again after EIO: {:?}",
+        faults.refsyncs()
+    );
+}
+
 /// EIO on the WAL writer's fdatasync and pwrite, and on the archiver's compressed-segment write
 /// and fsync, while 4 writers commit with pgark as the only synchronous standby.
 #[test]
@@ -47,18 +63,7 @@ fn eio_in_the_wal_writer_and_the_archiver_loses_nothing() {
             .unwrap_or(0.0)
             >= 2.0
     );
-    // Streaming came back by itself and commits go on.
-    p.wait_streaming("main");
-    let before = writers.count();
-    wait_until(Duration::from_secs(60), "commits after the faults", || {
-        writers.count() > before + 50
-    });
-    let faults = FaultLog::read(&fault_log);
-    assert!(
-        faults.refsyncs().is_empty(),
-        "a descriptor was fsynced again after EIO: {:?}",
-        faults.refsyncs()
-    );
+    commits_go_on_without_refsync(&p, &writers, &fault_log);
 
     // Every completed segment ends up archived (the failed ones retried), byte-exact.
     c.psql("SELECT pg_switch_wal()").unwrap();
@@ -173,17 +178,7 @@ fn eio_preparing_an_encrypted_spool_file_loses_nothing() {
         "the archiver's failure was not reported:\n{}",
         tail(&log)
     );
-    p.wait_streaming("main");
-    let before = writers.count();
-    wait_until(Duration::from_secs(60), "commits after the faults", || {
-        writers.count() > before + 50
-    });
-    let faults = FaultLog::read(&fault_log);
-    assert!(
-        faults.refsyncs().is_empty(),
-        "a descriptor was fsynced again after EIO: {:?}",
-        faults.refsyncs()
-    );
+    commits_go_on_without_refsync(&p, &writers, &fault_log);
     // Every `.partial` is in the encrypted form (a failed preparation never took the name).
     let wal = p.wal_dir("main");
     for e in std::fs::read_dir(&wal).unwrap().flatten() {
