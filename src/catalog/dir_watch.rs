@@ -1,13 +1,14 @@
-//! Whether directories of the local catalog may have changed since the last look, from their
-//! mtimes alone. Periodic passes (the uploader's every 250 ms, the continuity index's every
-//! 15 s, the usage walk) skip listing a directory whose names cannot have changed, so that their
-//! cost follows the catalog's changes, not its size.
+//! Whether directories of the local catalog may have changed since the last look, from one stat
+//! each. Periodic passes (the uploader's every 250 ms, the continuity index's every 15 s) skip
+//! listing a directory whose names cannot have changed, so that their cost follows the catalog's
+//! changes, not its size. The usage walk (`usage`) applies the same racy rule to its own cache.
 //!
 //! A directory's mtime moves with every name created, renamed or removed in it, not with writes
-//! into its files: a watch answers "the same names", never "the same contents". Timestamps
-//! advance by the clock tick, not per change, so a directory changed within the last `RACY_SECS`
-//! may change again without its mtime moving: such a stamp is not trusted, and the next look
-//! reports a change (git's "racily clean" rule).
+//! into its files: a watch answers "the same names", never "the same contents". The ctime, inode
+//! and device are compared too, so a directory replaced, or whose mtime was set back (`rsync -a`,
+//! `touch -d`), still counts as changed. Timestamps advance by the clock tick, not per change, so
+//! a directory changed within the last `RACY_SECS` may change again without its times moving:
+//! such a stamp is not trusted, and the next look reports a change (git's "racily clean" rule).
 
 use crate::fsio::durable::ctx;
 use std::io;
@@ -30,10 +31,29 @@ enum Stamp {
     /// it): the next look reports a change.
     Untrusted,
     Missing,
-    At(i64, i64),
+    /// mtime and ctime (seconds, nanoseconds), inode, device.
+    At((i64, i64), (i64, i64), u64, u64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata, racy_secs: i64) -> Stamp {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(i64::MAX, |d| d.as_secs() as i64);
+        if now - meta.mtime().max(meta.ctime()) < racy_secs {
+            return Stamp::Untrusted;
+        }
+        Stamp::At(
+            (meta.mtime(), meta.mtime_nsec()),
+            (meta.ctime(), meta.ctime_nsec()),
+            meta.ino(),
+            meta.dev(),
+        )
+    }
 }
 
 /// A set of directories watched together (a server's WAL directory, its backups directory...).
+#[derive(Clone, Debug)]
 pub struct DirWatch {
     dirs: Vec<(PathBuf, Stamp)>,
     racy_secs: i64,
@@ -60,7 +80,7 @@ impl DirWatch {
         let mut changed = false;
         for (dir, known) in &mut self.dirs {
             let now = match std::fs::metadata(&*dir) {
-                Ok(m) => trusted_mtime(&m, self.racy_secs).map_or(Stamp::Untrusted, |(s, ns)| Stamp::At(s, ns)),
+                Ok(m) => Stamp::of(&m, self.racy_secs),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Stamp::Missing,
                 Err(e) => {
                     *known = Stamp::Untrusted;
@@ -111,7 +131,15 @@ mod tests {
         w.forget();
         assert!(w.changed().unwrap(), "after forget");
         tick();
+        // Its mtime set back to what it was: the ctime still moved.
+        tick();
+        let before = std::fs::metadata(&a).unwrap().modified().unwrap();
+        std::fs::write(a.join("z"), b"1").unwrap();
+        std::fs::File::open(&a).unwrap().set_modified(before).unwrap();
+        assert!(w.changed().unwrap(), "a change hidden by setting the mtime back");
+        tick();
         std::fs::remove_file(a.join("y")).unwrap();
+        std::fs::remove_file(a.join("z")).unwrap();
         std::fs::remove_dir(&a).unwrap();
         assert!(w.changed().unwrap(), "a directory that went away");
     }

@@ -14,9 +14,10 @@
 //!    repository must not collect chunks whose index is not there yet);
 //! 4. the server's mark (`catalog::offsite_mark`) is saved, for the local prune.
 //!
-//! What is still to upload is always recomputed from the local catalog, so the queue survives a
-//! restart and cannot lose an entry; it is bounded by the local catalog, whose prune keeps what
-//! a repository lacks. A failing server backs off (1 s doubling to a minute) and says why in
+//! What is still to upload is derived from listings of the local catalog (listed again whenever
+//! a name in its WAL or backups directory changed: `catalog::dir_watch`), never kept on disk, so
+//! the queue survives a restart and cannot lose an entry; it is bounded by the local catalog,
+//! whose prune keeps what a repository lacks. A failing server backs off (1 s doubling to a minute) and says why in
 //! its progress; the next pass lists the repository again, so nothing is assumed uploaded that
 //! an outage may have lost.
 
@@ -681,14 +682,17 @@ fn names(keys: Vec<String>) -> BTreeSet<String> {
 /// The repository's WAL position on timeline `tli`: the end of its newest complete segment
 /// there, or the partial object's position if that is further.
 fn remote_position(k: &Known, seg: WalSegSize, tli: TimelineId) -> Lsn {
+    // Names sort by timeline, then segment (`%08X%08X%08X`): the newest complete segment of
+    // `tli` is near the top of its range, found without walking every name (this runs at every
+    // pass, and a repository holds a week of segments).
+    let prefix = format!("{:08X}", tli.0);
     let complete = k
         .wal
-        .iter()
+        .range(prefix.clone()..format!("{prefix}~"))
+        .rev()
         .filter(|f| f.len() == 24 || (f.len() == 28 && f.ends_with(".zst")))
-        .filter_map(|f| WalFileName::parse(&f[..24], seg).ok())
-        .filter(|n| n.tli == tli)
+        .find_map(|f| WalFileName::parse(&f[..24], seg).ok().filter(|n| n.tli == tli))
         .map(|n| seg.segment_start(SegNo(n.segno.0 + 1)))
-        .max()
         .unwrap_or(Lsn(0));
     match k.partial {
         Some((n, p)) if n.tli == tli && p > complete => p,
@@ -823,6 +827,36 @@ mod tests {
         let mark = offsite_mark::load(local.as_ref(), "main", "r").unwrap().unwrap();
         assert_eq!(mark.wal_seen_until, Some(segment(4)));
         assert_eq!(mark.wal_missing_from, None);
+    }
+
+    /// The repository's position on a timeline: the end of its newest complete segment there,
+    /// found from the top of the timeline's names (partials, sums and histories skipped).
+    #[test]
+    fn remote_position_from_the_newest_name_of_the_timeline() {
+        let seg = WalSegSize::DEFAULT;
+        let tli2 = |n| WalFileName::new(TimelineId(2), SegNo(n)).format(seg);
+        let mut k = Known::default();
+        for f in [
+            "00000001.history".to_string(),
+            "00000002.history".to_string(),
+            format!("{}.zst", segment(7)),
+            format!("{}.zst", segment(9)),
+            format!("{}.partial.zst", segment(10)),
+            format!("{}.sum", segment(11)),
+            tli2(12),
+            format!("{}.sum", tli2(12)),
+            format!("{}.partial.zst", tli2(13)),
+        ] {
+            k.wal.insert(f);
+        }
+        assert_eq!(remote_position(&k, seg, TimelineId(1)), seg.segment_start(SegNo(10)));
+        assert_eq!(remote_position(&k, seg, TimelineId(2)), seg.segment_start(SegNo(13)));
+        assert_eq!(remote_position(&k, seg, TimelineId(3)), Lsn(0));
+        k.partial = Some((
+            WalFileName::new(TimelineId(1), SegNo(10)),
+            Lsn(seg.segment_start(SegNo(10)).0 + 100),
+        ));
+        assert_eq!(remote_position(&k, seg, TimelineId(1)), Lsn(seg.segment_start(SegNo(10)).0 + 100));
     }
 
     /// What a listing leaves to do: compressed segments, a plain one only once its `.sum` is

@@ -194,7 +194,7 @@ pub async fn run(cfg: Settings, env: Env, cancel: CancellationToken) {
     let observer = env.observer.as_ref();
     let mut spool: Option<Spool> = None;
     let mut backoff = backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-    observer.started(cfg.synchronous);
+    observer.started(env.sync_role.acknowledges_each_commit());
     loop {
         fail::fail_point!("receiver-session");
         observer.state(ConnState::Connecting);
@@ -307,7 +307,7 @@ async fn session(
         st.timeline = tli;
         state::save(store.as_ref(), server, &st)?;
         observer.timeline(tli, start);
-        tracing::info!(timeline = %tli, start = %start, slot = %cfg.slot, synchronous = cfg.synchronous, "starting replication");
+        tracing::info!(timeline = %tli, start = %start, slot = %cfg.slot, synchronous = env.sync_role.acknowledges_each_commit(), "starting replication");
         let end = match conn
             .start_replication(Some(&cfg.slot), start, tli)
             .await

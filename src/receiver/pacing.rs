@@ -9,11 +9,11 @@
 //! synchronous primary pays that latency; an asynchronous server only finishes catching up later.
 //!
 //! How (a delay-based controller, the idea of LEDBAT and of BBR's ProbeRTT):
-//! - "Synchronous" means a commit waits for pgark now (`sync_role::SyncRole::on_commit_path`:
-//!   `pg_stat_replication.sync_state` is `sync` or `quorum`; the `synchronous` setting until the
+//! - "Synchronous" means a commit may wait for pgark (`sync_role::SyncRole::on_commit_path`:
+//!   the server names pgark in `synchronous_standby_names`; the `synchronous` setting until the
 //!   monitor has answered). Receivers of synchronous servers report every acknowledgement's
-//!   latency (`sync_ack`); all the others are paced, including a `synchronous: true` server that
-//!   is `potential` behind another standby or not named at all.
+//!   latency (`sync_ack`); all the others are paced, including a `synchronous: true` server
+//!   whose primary does not name pgark.
 //! - Each `WINDOW` the median (`QUANTILE`) is compared with the **base**: the lowest median seen
 //!   without asynchronous WAL flowing (a quiet window, or a probe) in the last `BASE_MEMORY`.
 //!   The median, not the tail: a run controlled on the 90th percentile paced less (its probes

@@ -9,9 +9,12 @@
 //!   the server is seen to name pgark, the receiver fsyncs and reports at every pause, as with
 //!   `synchronous: true` (and the daemon says so in its log: the config should say it too).
 //! - Synchronous first (`pacing`) slows asynchronous WAL down to keep the acknowledgement latency
-//!   of the servers whose commits wait for pgark. A server configured `synchronous: true` that is
-//!   not the synchronous standby now (not named, or `potential` behind another standby) has no
-//!   commit waiting: it is paced like the others instead of holding them back.
+//!   of the servers whose commits wait for pgark. A server configured `synchronous: true` that
+//!   does not name pgark in `synchronous_standby_names` has no commit waiting: it is paced like
+//!   the others instead of holding them back. A named one is never paced, even while
+//!   `pg_stat_replication` says `potential` or `async`: a standby catching up after a reconnect
+//!   is not `sync` until it has caught up (and a primary whose only synchronous standby it is
+//!   waits meanwhile), and without `pg_read_all_stats` the server hides `sync_state` altogether.
 //!
 //! Until the monitor has answered (or when it cannot), the configuration decides. A failed
 //! monitoring round keeps what was last seen: a server that waited for pgark is assumed to still
@@ -26,8 +29,9 @@ pub enum Seen {
     Unknown = 0,
     /// Not in `synchronous_standby_names`: no commit waits for pgark.
     NotNamed = 1,
-    /// Named, but not the synchronous standby now (`potential`, not connected): a commit waits
-    /// for pgark as soon as the server promotes it, without notice.
+    /// Named, but not seen as the synchronous standby now (`potential`, catching up, not
+    /// connected, or `sync_state` hidden from a role without `pg_read_all_stats`): a commit
+    /// may wait for pgark now or at any moment.
     Named = 2,
     /// `sync` or `quorum`: commits wait for pgark now.
     Synchronous = 3,
@@ -88,13 +92,13 @@ impl SyncRole {
         self.configured || self.seen() >= Seen::Named
     }
 
-    /// A commit waits for pgark now: its acknowledgement latency is what pacing holds, and its
+    /// A commit may wait for pgark: its acknowledgement latency is what pacing holds, and its
     /// WAL is never paced.
     pub fn on_commit_path(&self) -> bool {
         match self.seen() {
             Seen::Unknown => self.configured,
-            Seen::Synchronous => true,
-            Seen::NotNamed | Seen::Named => false,
+            Seen::Named | Seen::Synchronous => true,
+            Seen::NotNamed => false,
         }
     }
 }
@@ -115,15 +119,19 @@ mod tests {
         assert_eq!(r.observe(Seen::from_server(true, Some("sync"))), None, "no change");
         r.observe(Seen::from_server(true, Some("potential")));
         assert!(r.acknowledges_each_commit(), "potential: a commit may wait at any moment");
-        assert!(!r.on_commit_path(), "potential: nothing waits now");
+        assert!(r.on_commit_path(), "potential or catching up: never paced");
+        r.observe(Seen::from_server(true, None));
+        assert!(r.on_commit_path(), "sync_state hidden (no pg_read_all_stats): named decides");
         r.observe(Seen::from_server(false, Some("async")));
         assert!(!r.acknowledges_each_commit());
 
         let r = SyncRole::new(true);
         assert!(r.acknowledges_each_commit() && r.on_commit_path());
+        r.observe(Seen::from_server(true, Some("async")));
+        assert!(r.on_commit_path(), "named, catching up after a reconnect: not paced");
         r.observe(Seen::from_server(false, Some("async")));
         assert!(r.acknowledges_each_commit(), "configured synchronous stays durable at every pause");
-        assert!(!r.on_commit_path(), "but does not hold the others back");
+        assert!(!r.on_commit_path(), "not named: does not hold the others back");
         r.observe(Seen::from_server(true, Some("quorum")));
         assert!(r.on_commit_path());
         assert_eq!(Seen::from_server(true, None), Seen::Named, "not connected: named still counts");

@@ -38,6 +38,9 @@ pub async fn run(cfg: Settings, board: StatusBoard, role: Arc<SyncRole>, cancel:
                     .and_then(|s| s.flushed_lsn);
                 crate::service::metrics::server_facts(&server, &facts, flushed);
                 observe_sync_role(&server, &role, &facts);
+                let per_commit = role.acknowledges_each_commit();
+                crate::service::metrics::synchronous_mode(&server, per_commit);
+                board.update(&server, |s| s.synchronous = per_commit);
                 let warning = slot_limit_warning(&facts, cfg.slot_retained_limit);
                 if warning.is_some() != over_limit {
                     over_limit = warning.is_some();

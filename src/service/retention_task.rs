@@ -89,7 +89,16 @@ impl Pruner {
         }
         if after_backup || self.next_continuity.is_none_or(|t| now >= t) {
             self.next_continuity = Some(now + continuity_every);
-            let changed = self.continuity_watch.changed().unwrap_or(true);
+            // Three stats, off the runtime's threads like every other disk access here (a
+            // stalled disk must not stall the daemon).
+            let mut watch = self.continuity_watch.clone();
+            let changed = match tokio::task::spawn_blocking(move || (watch.changed().unwrap_or(true), watch)).await {
+                Ok((changed, watch)) => {
+                    self.continuity_watch = watch;
+                    changed
+                }
+                Err(_) => true,
+            };
             if changed || after_backup || self.continuity_at.is_none_or(|t| now.duration_since(t) >= CONTINUITY_REFRESH) {
                 self.continuity_at = Some(now);
                 if !self.continuity(board, !window_known).await {

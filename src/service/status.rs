@@ -13,6 +13,8 @@ pub use crate::receiver::ConnState;
 pub struct ServerStatus {
     pub server: String,
     pub state: ConnState,
+    /// pgark fsyncs and reports at every commit: configured `synchronous: true`, or the server
+    /// names pgark in `synchronous_standby_names` (`receiver::sync_role`).
     pub synchronous: bool,
     pub timeline: Option<TimelineId>,
     pub received_lsn: Option<Lsn>,
