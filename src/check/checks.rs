@@ -494,7 +494,7 @@ fn role_pg_monitor(f: &Facts) -> Outcome {
         Outcome::ok(format!("role {user} is a member of pg_monitor"))
     } else {
         Outcome::warning(format!(
-            "role {user} is not a member of pg_monitor: monitoring is reduced (no pg_wal size, other walsenders' states hidden); GRANT pg_monitor TO {user}"
+            "role {user} is not a member of pg_monitor: monitoring is reduced (no pg_wal size; the state of every walsender hidden, pgark's own included: sync_state, lags); GRANT pg_monitor TO {user}"
         ))
     }
 }
@@ -580,6 +580,10 @@ fn synchronous(f: &Facts) -> Outcome {
         ),
         Some(other) => Outcome::failed(format!(
             "pg_stat_replication says {other}, not sync: commits do not wait for pgark; check synchronous_standby_names and reload the server"
+        )),
+        None if m.walsender_state_hidden => Outcome::warning(format!(
+            "named in synchronous_standby_names ({:?}); pgark's walsender is there, but the server hides its sync_state from role {} (not a member of pg_monitor); GRANT pg_monitor TO {} to see whether commits wait for pgark",
+            m.synchronous_standby_names, s.monitoring_user, s.monitoring_user
         )),
         None => Outcome::failed(format!(
             "pgark serve runs but has no walsender on the server ({app:?} is not in pg_stat_replication): commits may be waiting; see pgark status and its log"
@@ -1016,6 +1020,11 @@ mod tests {
         sql_mut(&mut f).monitor.named_in_synchronous_standby_names = true;
         sql_mut(&mut f).monitor.sync_state = None;
         assert_eq!(level(&f, "synchronous").level, Level::Failed, "daemon runs, no walsender");
+        sql_mut(&mut f).monitor.walsender_state_hidden = true;
+        let o = level(&f, "synchronous");
+        assert_eq!(o.level, Level::Warning, "a walsender whose state is hidden: {}", o.detail);
+        assert!(o.detail.contains("GRANT pg_monitor"), "{}", o.detail);
+        sql_mut(&mut f).monitor.walsender_state_hidden = false;
         f.daemon = Ok(None);
         assert_eq!(level(&f, "synchronous").level, Level::Warning, "daemon down");
         assert_eq!(level(&f, "daemon").level, Level::Warning);

@@ -47,6 +47,10 @@ pub struct ServerFacts {
     pub slot_safe_wal_size_bytes: Option<i64>,
     /// `pg_stat_replication.sync_state` for pgark's application_name (async, potential, sync, quorum).
     pub sync_state: Option<String>,
+    /// pgark's walsender is there, but the server hides its state (`sync_state`, the lags) from
+    /// a monitoring role without `pg_read_all_stats` (`pg_monitor` has it).
+    #[serde(default)]
+    pub walsender_state_hidden: bool,
     /// `pg_stat_replication.sync_priority` (0 for an asynchronous standby).
     #[serde(default)]
     pub sync_priority: Option<i64>,
@@ -103,7 +107,7 @@ pub fn query(slot: &str, app: &str) -> String {
          s.restart_lsn, s.active, s.wal_status, s.safe_wal_size, \
          r.sync_state, r.sync_priority, \
          extract(epoch FROM r.write_lag), extract(epoch FROM r.flush_lag), extract(epoch FROM r.replay_lag), \
-         current_setting('synchronous_standby_names'), current_setting('max_slot_wal_keep_size') \
+         current_setting('synchronous_standby_names'), current_setting('max_slot_wal_keep_size'), r.pid \
          FROM (SELECT 1) one \
          LEFT JOIN pg_replication_slots s ON s.slot_name = {slot_lit} \
          LEFT JOIN LATERAL (SELECT * FROM pg_stat_replication WHERE application_name = {app_lit} \
@@ -174,6 +178,7 @@ pub async fn round(ci: &ConnInfo, slot: &str, query_timeout: Duration, cancel: &
         slot_wal_status: t(4),
         slot_safe_wal_size_bytes: t(5).and_then(|v| v.parse().ok()),
         sync_state: t(6),
+        walsender_state_hidden: t(13).is_some() && !has_walsender,
         sync_priority: t(7).and_then(|v| v.parse().ok()),
         write_lag_seconds: lag(8),
         flush_lag_seconds: lag(9),

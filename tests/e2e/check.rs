@@ -266,3 +266,21 @@ fn check_version_specific_settings() {
         }
     }
 }
+
+/// pgark streaming as a role without pg_monitor, named in synchronous_standby_names: the server
+/// shows its walsender but hides its state (sync_state, lags). Check says so and how to fix it
+/// (a warning naming GRANT pg_monitor), not "no walsender"; commits still go through pgark.
+#[test]
+fn check_names_a_walsender_state_the_server_hides() {
+    let c = Cluster::init_with(&pg(), &["synchronous_standby_names = 'pgark'"], &[]).unwrap();
+    c.start().unwrap();
+    c.psql("SET synchronous_commit = local; CREATE ROLE rep LOGIN REPLICATION").unwrap();
+    c.expect_log("permission denied for function pg_ls_waldir");
+    let p = Pgark::start(&server_yaml("main", &c.conninfo("rep"), "synchronous: true"));
+    p.wait_streaming("main");
+    c.psql("CREATE TABLE t AS SELECT 1").unwrap();
+    let (_, results) = check(&p.config, &[]);
+    let d = assert_level(&results, "main", "synchronous", "warning");
+    assert!(d.contains("hides its sync_state") && d.contains("GRANT pg_monitor TO rep"), "{d}");
+    assert!(assert_level(&results, "main", "role_pg_monitor", "warning").contains("pgark's own included"));
+}
