@@ -467,7 +467,12 @@ pub fn reusable_chunks(store: &dyn ObjectStore, server: &str) -> Result<BTreeMap
 /// Whether the catalog holds WAL segment `name` of `server`: complete (plain or `.zst`) or as the
 /// open `.partial`.
 pub fn wal_segment_stored(store: &dyn ObjectStore, server: &str, name: &str) -> bool {
-    ["", ".zst", ".partial"]
+    // In the order a segment's names follow one another (`.partial`, renamed to the plain name
+    // at the boundary, `.zst` written before the plain file goes): each name appears before the
+    // previous one disappears, so a segment moving on while it is looked for is still found.
+    // In another order a boundary between two looks made it seem missing (a CI failure: a
+    // backup refused for "WAL ... neither in the catalog nor in the backup").
+    [".partial", "", ".zst"]
         .iter()
         .any(|ext| matches!(store.size(&format!("{}/{name}{ext}", super::Layout::wal_key(server))), Ok(Some(_))))
 }
