@@ -11,6 +11,14 @@
 //! page cache also serialize on its inode lock; direct writes into preallocated blocks take it
 //! shared.
 //!
+//! The daemon's direct requests are at most `PIECE` bytes (a restore's are whole): a request is served whole once the device has
+//! it, and a synchronous standby's fdatasync (one small write and a cache flush) queues behind
+//! whatever is in flight. Measured on the CI machine (virtio disk, no I/O scheduler), an 8 KiB
+//! write + fdatasync beside reads of 300 MB/s: p99 22.7 ms when the reads are 16 MiB requests,
+//! 1.1 ms in 256 KiB pieces; beside direct writes of 150 MB/s, 2.3 ms in 1 MiB requests and 1.1
+//! ms in 256 KiB. Sequential throughput at one request in flight was the same from 256 KiB to 16
+//! MiB (within the run-to-run noise of 700-900 MB/s reading, 500-570 MB/s writing).
+//!
 //! `DirectSupport` remembers that direct I/O failed here (EINVAL: a filesystem without it, or
 //! an alignment the device refuses) and says so once in the log; the same bytes then go through
 //! the page cache.
@@ -24,6 +32,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Alignment of buffers, offsets and lengths for direct writes: the page size, which is at least
 /// the logical block size of any device PostgreSQL data lives on.
 pub const ALIGN: usize = 4096;
+
+/// The largest direct request (see the module header): what a synchronous fdatasync may have to
+/// wait behind, per request in flight.
+pub const PIECE: usize = 256 << 10;
 
 /// A reusable byte buffer whose start is `ALIGN`-aligned (without `unsafe`: an over-allocated
 /// vector and the offset of its first aligned byte).
@@ -55,21 +67,44 @@ impl AlignedBuf {
     }
 }
 
-/// Whether direct I/O still works here; shared by the threads of one restore or one store.
-#[derive(Default, Debug)]
+/// Whether direct I/O still works here, and how large a request may be; shared by the threads
+/// of one restore or one store.
+#[derive(Debug)]
 pub struct DirectSupport {
     broken: AtomicBool,
+    /// The largest request: `PIECE` for the daemon's background writers and readers, unbounded
+    /// for a restore (the job the machine is there for at that moment).
+    max_request: usize,
+}
+
+impl Default for DirectSupport {
+    /// Requests of at most `PIECE` bytes.
+    fn default() -> Self {
+        DirectSupport {
+            broken: AtomicBool::new(false),
+            max_request: PIECE,
+        }
+    }
 }
 
 impl Clone for DirectSupport {
     fn clone(&self) -> Self {
         DirectSupport {
             broken: AtomicBool::new(self.broken.load(Ordering::Relaxed)),
+            max_request: self.max_request,
         }
     }
 }
 
 impl DirectSupport {
+    /// Requests as large as the caller's buffer (a restore).
+    pub fn whole_requests() -> Self {
+        DirectSupport {
+            max_request: usize::MAX,
+            ..DirectSupport::default()
+        }
+    }
+
     pub fn usable(&self) -> bool {
         !self.broken.load(Ordering::Relaxed)
     }
@@ -119,7 +154,7 @@ pub fn write_preferring_direct(
     offset: u64,
 ) -> io::Result<bool> {
     if let Some(d) = direct.filter(|_| support.usable()) {
-        match d.write_all_at(data, offset) {
+        match write_all_direct(d, data, offset, support.max_request) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => support.give_up(path, &e),
             other => return other.map(|()| false),
         }
@@ -143,7 +178,7 @@ pub fn read_at(support: &DirectSupport, path: &Path, buffered: &File, buf: &mut 
             .read(true)
             .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
             .open(path);
-        match direct.and_then(|f| read_exact_direct(&f, &mut buf[..aligned], offset)) {
+        match direct.and_then(|f| read_exact_direct(&f, &mut buf[..aligned], offset, support.max_request)) {
             Ok(()) => done = aligned,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => support.give_up(path, &e),
             Err(e) => return Err(e),
@@ -159,12 +194,25 @@ fn open_direct(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Fills `buf` from `offset` with direct reads. A short read means end of file (then
-/// UnexpectedEof, without retrying at the unaligned offset that follows, which O_DIRECT refuses).
-fn read_exact_direct(f: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+/// Writes `data` at `offset` through a direct descriptor, `max_request` bytes at a time.
+fn write_all_direct(f: &File, data: &[u8], offset: u64, max_request: usize) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        let n = max_request.min(data.len() - done);
+        f.write_all_at(&data[done..done + n], offset + done as u64)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Fills `buf` from `offset` with direct reads of at most `max_request` bytes. A short read
+/// means end of file (then UnexpectedEof, without retrying at the unaligned offset that
+/// follows, which O_DIRECT refuses).
+fn read_exact_direct(f: &File, buf: &mut [u8], offset: u64, max_request: usize) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
-        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+        let end = buf.len().min(done.saturating_add(max_request));
+        let n = f.read_at(&mut buf[done..end], offset + done as u64)?;
         if n == 0 || (n % ALIGN != 0 && done + n < buf.len()) {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -191,10 +239,10 @@ pub fn open_for_direct_writes(support: &DirectSupport, path: &Path) -> Option<Fi
     }
 }
 
-/// Writes zeros over `[from, to)` of `path` (both `ALIGN`-aligned), directly where possible, 1
-/// MiB at a time.
+/// Writes zeros over `[from, to)` of `path` (both `ALIGN`-aligned), directly where possible, a
+/// `PIECE` at a time.
 pub fn write_zeros(support: &DirectSupport, path: &Path, buffered: &File, from: u64, to: u64) -> io::Result<()> {
-    let mut zeros = AlignedBuf::new(1 << 20);
+    let mut zeros = AlignedBuf::new(PIECE);
     let direct = open_for_direct_writes(support, path);
     let mut off = from;
     while off < to {
@@ -260,6 +308,30 @@ mod tests {
         assert_eq!(back.slice(n), buf.slice(n));
         let err = read_at(&support, &path, &plain_reader(&path), back.as_mut_slice(), 3 * ALIGN as u64).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "past the end");
+    }
+
+    #[test]
+    fn data_larger_than_a_piece_goes_in_pieces_and_reads_back_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("f");
+        let f = File::create(&path).unwrap();
+        let n = 3 * PIECE + ALIGN + 100;
+        preallocate(&f, (4 * PIECE) as u64).unwrap();
+        let support = DirectSupport::default();
+        let mut buf = AlignedBuf::new(4 * PIECE);
+        for (i, b) in buf.as_mut_slice()[..n].iter_mut().enumerate() {
+            *b = (i % 253) as u8;
+        }
+        let plain = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        write_at(&support, &path, &plain, buf.slice(n), 0).unwrap();
+        let content = std::fs::read(&path).unwrap();
+        assert_eq!(&content[..n], buf.slice(n));
+        let mut back = AlignedBuf::new(4 * PIECE);
+        read_at(&support, &path, &plain_reader(&path), &mut back.as_mut_slice()[..n], 0).unwrap();
+        assert_eq!(back.slice(n), buf.slice(n));
+        // Past the end, in the last piece: a short read, not a loop.
+        let err = read_at(&support, &path, &plain_reader(&path), back.as_mut_slice(), PIECE as u64).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     fn plain_reader(path: &Path) -> File {

@@ -556,7 +556,8 @@ fn restore_chunks(
     }
     let bytes = AtomicU64::new(0);
     let done_bytes = AtomicU64::new(0);
-    let direct = DirectSupport::default();
+    // The restore is the job the machine is there for now: whole requests, none held back.
+    let direct = DirectSupport::whole_requests();
     progress.begin(Some(idx.original_bytes));
     pool::run(
         &tasks,
