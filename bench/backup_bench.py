@@ -108,7 +108,9 @@ def timed(args, env=None):
 
 
 class PgBackRest:
-    def __init__(self, base, cluster):
+    def __init__(self, base, cluster, binary="pgbackrest", extra=""):
+        """`extra`: more [global] options (lines)."""
+        self.binary = binary
         self.dir = os.path.join(base, "pgbackrest")
         self.repo = os.path.join(self.dir, "repo")
         os.makedirs(self.repo, exist_ok=True)
@@ -118,15 +120,15 @@ class PgBackRest:
         with open(self.conf, "w") as f:
             f.write(
                 f"[global]\nrepo1-path={self.repo}\nlog-path={self.dir}/log\nlock-path={self.dir}/lock\nspool-path={self.dir}/spool\n"
-                f"log-level-console=warn\nlog-level-file=off\nstart-fast=y\ncompress-type=zst\nprocess-max=2\nrepo1-retention-full=1\n"
+                f"log-level-console=warn\nlog-level-file=off\nstart-fast=y\ncompress-type=zst\nprocess-max=2\nrepo1-retention-full=1\n{extra}"
                 f"[bench]\npg1-path={cluster.data}\npg1-socket-path={cluster.sock}\npg1-port={cluster.port}\npg1-user={cluster.user}\n"
             )
         if wb.IS_ROOT:
             wb.run(["chown", "-R", "postgres:postgres", self.dir])
-        cluster.conf(f"archive_mode = on\narchive_command = 'pgbackrest --config={self.conf} --stanza=bench archive-push %p'\n")
+        cluster.conf(f"archive_mode = on\narchive_command = '{self.binary} --config={self.conf} --stanza=bench archive-push %p'\n")
 
     def cmd(self, *args):
-        return wb.owner_cmd(["pgbackrest", f"--config={self.conf}", "--stanza=bench", *args])
+        return wb.owner_cmd([self.binary, f"--config={self.conf}", "--stanza=bench", *args])
 
     def setup(self):
         wb.run(self.cmd("stanza-create"))
@@ -134,11 +136,15 @@ class PgBackRest:
     def backup(self):
         return timed(self.cmd("--type=full", "backup"))
 
-    def stored(self):
-        """Bytes of the newest full backup's directory (retention 1 expires the older ones)."""
+    def labels(self):
+        """The backups' labels, oldest first (a label starts with its full backup's time)."""
         bdir = os.path.join(self.repo, "backup", "bench")
-        labels = sorted(d for d in os.listdir(bdir) if d[0].isdigit() and os.path.isdir(os.path.join(bdir, d)))
-        return dir_bytes(os.path.join(bdir, labels[-1]))
+        return sorted((d for d in os.listdir(bdir) if d[0].isdigit() and os.path.isdir(os.path.join(bdir, d))),
+                      key=lambda d: (d.split("_")[-1] if "_" in d else d))
+
+    def stored(self):
+        """Bytes of the newest backup's directory (retention 1 expires the older fulls)."""
+        return dir_bytes(os.path.join(self.repo, "backup", "bench", self.labels()[-1]))
 
 
 def make_dataset(base, kind, scale):

@@ -216,6 +216,10 @@ def run_binary(base, label, binary, clusters, sync_cluster, args, extra="", tag=
     ]
     sync = {"name": "sync", "conninfo": sync_cluster.conninfo("sync"), "sync": True}
     r = {"tool": label}
+    # A new physical slot starts at the last checkpoint's redo point: without a checkpoint here a
+    # build would begin by streaming the bursts of the builds before it.
+    for c in clusters + [sync_cluster]:
+        c.psql("CHECKPOINT")
 
     # 1. alone.
     tag = tag or label

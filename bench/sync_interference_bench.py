@@ -114,13 +114,14 @@ PATTERNS = {
 
 
 def measure(d, seconds, pattern=None, rate=0, piece=0):
-    """Latencies (seconds) of the synchronous write + fdatasync while `pattern` runs."""
+    """Percentiles (seconds) of the synchronous write + fdatasync while `pattern` runs at `rate`
+    MB/s in requests of `piece` bytes."""
     fd = os.open(os.path.join(d, "sync"), os.O_WRONLY | os.O_DIRECT)
     buf, off, lat = aligned(8192, b"s"), 0, []
     stop = threading.Event()
     bg = None
     if pattern:
-        bg = threading.Thread(target=PATTERNS[pattern], args=(d, stop, rate, piece))
+        bg = threading.Thread(target=PATTERNS[pattern], args=(d, stop, rate * MB, piece))
         bg.start()
         time.sleep(0.5)
     end = time.perf_counter() + seconds

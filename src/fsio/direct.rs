@@ -11,9 +11,9 @@
 //! page cache also serialize on its inode lock; direct writes into preallocated blocks take it
 //! shared.
 //!
-//! The daemon's direct requests are at most `PIECE` bytes (a restore's are whole): a request is served whole once the device has
-//! it, and a synchronous standby's fdatasync (one small write and a cache flush) queues behind
-//! whatever is in flight. Measured on the CI machine (virtio disk, no I/O scheduler), an 8 KiB
+//! The daemon's direct requests are at most `PIECE` bytes (a restore's are whole). A request is
+//! served whole once the device has it, and a synchronous standby's fdatasync (one small write
+//! and a cache flush) queues behind whatever is in flight. Measured on the CI machine (virtio disk, no I/O scheduler), an 8 KiB
 //! write + fdatasync beside reads of 300 MB/s: p99 22.7 ms when the reads are 16 MiB requests,
 //! 1.1 ms in 256 KiB pieces; beside direct writes of 150 MB/s, 2.3 ms in 1 MiB requests and 1.1
 //! ms in 256 KiB. Sequential throughput at one request in flight was the same from 256 KiB to 16
