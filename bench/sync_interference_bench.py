@@ -162,8 +162,7 @@ def main():
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="pgark-interference-", dir=args.dir)
     try:
-        for name in ("sync",):
-            preallocate(os.path.join(d, name), 16 * MB)
+        preallocate(os.path.join(d, "sync"), 16 * MB)
         for name in ("bg-write", "bg-read"):
             preallocate(os.path.join(d, name), 64 * MB)
         results = {}

@@ -13,11 +13,12 @@
 //!
 //! The daemon's direct requests are at most `PIECE` bytes (a restore's are whole). A request is
 //! served whole once the device has it, and a synchronous standby's fdatasync (one small write
-//! and a cache flush) queues behind whatever is in flight. Measured on the CI machine (virtio disk, no I/O scheduler), an 8 KiB
-//! write + fdatasync beside reads of 300 MB/s: p99 22.7 ms when the reads are 16 MiB requests,
-//! 1.1 ms in 256 KiB pieces; beside direct writes of 150 MB/s, 2.3 ms in 1 MiB requests and 1.1
-//! ms in 256 KiB. Sequential throughput at one request in flight was the same from 256 KiB to 16
-//! MiB (within the run-to-run noise of 700-900 MB/s reading, 500-570 MB/s writing).
+//! and a cache flush) queues behind whatever is in flight. Measured on the CI machine (virtio
+//! disk, no I/O scheduler; `bench/sync_interference_bench.py`), an 8 KiB write + fdatasync
+//! beside reads of 300 MB/s: p99 22.7 ms when the reads are 16 MiB requests, 1.1 ms in 256 KiB
+//! pieces; beside direct writes of 150 MB/s, 2.3 ms in 1 MiB requests and 1.1 ms in 256 KiB.
+//! Sequential throughput at one request in flight was the same from 256 KiB to 16 MiB (within
+//! the run-to-run noise of 700-900 MB/s reading, 500-570 MB/s writing).
 //!
 //! `DirectSupport` remembers that direct I/O failed here (EINVAL: a filesystem without it, or
 //! an alignment the device refuses) and says so once in the log; the same bytes then go through
