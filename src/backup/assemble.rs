@@ -31,7 +31,7 @@ pub fn assemble(server: &str, built: Vec<FileBuild>, results: Vec<ChunkDone>) ->
     let mut files = Vec::with_capacity(built.len());
     for (fb, chunks) in built.into_iter().zip(per_file) {
         let mut sf = fb.stored;
-        if sf.kind == FileKind::File {
+        if sf.kind == FileKind::File && !fb.changed_blocks {
             let chunks: Vec<ChunkDone> = chunks
                 .into_iter()
                 .collect::<Option<Vec<_>>>()
@@ -66,6 +66,7 @@ mod tests {
                 chunks: vec![],
             },
             chunk_count,
+            changed_blocks: false,
         }
     }
 

@@ -13,7 +13,10 @@
 //!
 //! The rebuild follows pg_combinebackup (see `pg::incremental`); the parent is always whole.
 //! The backup_label loses its `INCREMENTAL FROM` lines, as pg_combinebackup writes it.
+//! The `INCREMENTAL.*` files are read from where the receive kept them (`changed_blocks`, a
+//! scratch file); they never become chunks.
 
+use super::changed_blocks::ChangedBlocks;
 use super::error::BackupError;
 use super::pipeline::{Pipeline, PipelineConfig};
 use crate::catalog::backup_store::{self, combine_crc, BackupIndex, ChunkRef, FileKind, StoredFile, CHUNK_SIZE};
@@ -143,6 +146,7 @@ pub fn rebuild(
     server: &str,
     parent: &BackupIndex,
     files: Vec<StoredFile>,
+    changed: &ChangedBlocks,
     store: &Arc<dyn ObjectStore>,
     cfg: PipelineConfig,
     cancel: &tokio_util::sync::CancellationToken,
@@ -186,13 +190,13 @@ pub fn rebuild(
                         f.path, parent.id
                     ))
                 })?;
-                let (b, changed) = rebuild_file(server, &f, whole.clone(), prior, &vm_pages, store.as_ref(), &pipeline, i)?;
+                let (b, blocks) = rebuild_file(server, &f, whole.clone(), prior, changed, &vm_pages, store.as_ref(), &pipeline, i)?;
                 if let Some((rel, segno)) = main_fork(&whole) {
                     let base = segno * RELSEG_BLOCKS;
                     stale
                         .entry(rel)
                         .or_default()
-                        .extend(changed.iter().map(|&b| (base + u64::from(b)) / HEAP_BLOCKS_PER_VM_PAGE));
+                        .extend(blocks.iter().map(|&b| (base + u64::from(b)) / HEAP_BLOCKS_PER_VM_PAGE));
                 }
                 b
             }
@@ -369,12 +373,15 @@ fn rebuild_file(
     f: &StoredFile,
     whole: String,
     prior: &StoredFile,
+    changed: &ChangedBlocks,
     vm_pages: &BTreeSet<u64>,
     store: &dyn ObjectStore,
     pipeline: &Pipeline,
     i: usize,
 ) -> Result<(Building, Vec<u32>), BackupError> {
-    let mut incr = StoredFileReader::new(store, server, f);
+    let mut incr = changed
+        .reader(&f.path)
+        .ok_or_else(|| damaged(format!("{}: the server sent it, but its changed blocks were not kept", f.path)))?;
     let mut first = [0u8; 12];
     incr.read_exact_at(&mut first, 0).map_err(BackupError::Io)?;
     let want = incremental::header_read_len(&first).unwrap_or(12).min(f.size as usize);

@@ -15,6 +15,7 @@
 //! the connection makes the server abort its side of the backup.
 
 mod assemble;
+mod changed_blocks;
 pub mod error;
 pub mod incremental;
 pub mod manifest;
@@ -330,7 +331,7 @@ async fn run(
         if parent.is_some() { "incremental" } else { "full" },
         if job.fast_checkpoint { "fast" } else { "spread" }
     ));
-    let got = session::receive(conn, job, &request, &target, progress).await?;
+    let mut got = session::receive(conn, job, &request, &target, progress).await?;
     let assembled = assemble::assemble(server, got.rx.files, got.chunks)?;
 
     // PostgreSQL's manifest: every file must match it.
@@ -355,13 +356,13 @@ async fn run(
                 min_free: cfg.min_free,
                 estimated_total: 0,
             };
-            let incremental_stored: u64 = assembled
-                .files
-                .iter()
-                .filter(|f| crate::pg::incremental::full_path(&f.path).is_some())
-                .map(|f| f.stored_bytes)
-                .sum();
-            let r = incremental::rebuild(server, &p.index, assembled.files, store, cfg, &job.cancel)?;
+            let changed = got
+                .rx
+                .changed
+                .take()
+                .ok_or_else(|| BackupError::Io(std::io::Error::other("an incremental backup kept no changed blocks")))?;
+            let r = incremental::rebuild(server, &p.index, assembled.files, &changed, store, cfg, &job.cancel)?;
+            drop(changed);
             let from_lsn = crate::pg::incremental::incremental_from(&got.rx.backup_label)
                 .map(|(l, _)| l)
                 .unwrap_or(p.index.start_lsn);
@@ -374,13 +375,7 @@ async fn run(
                 incremental_files: r.incremental_files,
                 incremental_bytes: r.incremental_bytes,
             };
-            // The INCREMENTAL.* chunks are referenced by nothing once the index lands (the
-            // garbage collection after publishing removes them).
-            (
-                r.files,
-                assembled.stored_new.saturating_sub(incremental_stored) + r.stored_new,
-                Some(origin),
-            )
+            (r.files, assembled.stored_new + r.stored_new, Some(origin))
         }
     };
 
@@ -424,11 +419,6 @@ async fn run(
         // not leave a backup that looks published while the command reports failure.
         let _ = store.delete(&backup_store::index_key(server, id));
         return Err(e.into());
-    }
-    if index.incremental.is_some() {
-        if let Err(e) = backup_store::collect_garbage(store.as_ref(), server) {
-            tracing::warn!(server = %server, error = %e, "could not remove the changed-block files the incremental backup was rebuilt from; the next backup will");
-        }
     }
     progress.end();
     tracing::info!(server = %server, id, start_lsn = %index.start_lsn, end_lsn = %index.end_lsn, original_bytes = index.original_bytes,

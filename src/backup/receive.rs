@@ -1,6 +1,7 @@
 //! The tar stream of one tablespace turned into files and content-addressed chunks: each file's
 //! data is cut into `CHUNK_SIZE` pieces handed to the storage pipeline as they arrive.
 
+use super::changed_blocks::ChangedBlocks;
 use super::error::BackupError;
 use super::pipeline::Pipeline;
 use super::tar::{EntryKind, TarEvent};
@@ -15,6 +16,8 @@ const MAX_LABEL_BYTES: usize = 64 * 1024;
 pub(super) struct FileBuild {
     pub stored: StoredFile,
     pub chunk_count: usize,
+    /// Kept in `Receive::changed` rather than stored as chunks (its CRC-32C is set already).
+    pub changed_blocks: bool,
 }
 
 /// The state of the stream being parsed.
@@ -29,6 +32,10 @@ pub(super) struct Receive {
     pub bytes: u64,
     /// The `backup_label` file's contents (to tell a backup taken from a standby).
     pub backup_label: Vec<u8>,
+    /// An incremental backup's `INCREMENTAL.*` files, kept until the rebuild.
+    pub changed: Option<ChangedBlocks>,
+    /// The current file goes to `changed`.
+    to_changed: bool,
 }
 
 impl Receive {
@@ -41,6 +48,8 @@ impl Receive {
             buf: Vec::new(),
             bytes: 0,
             backup_label: Vec::new(),
+            changed: None,
+            to_changed: false,
         }
     }
 
@@ -65,14 +74,29 @@ impl Receive {
                         chunks: vec![],
                     },
                     chunk_count: 0,
+                    changed_blocks: false,
                 });
-                self.current = (e.kind == EntryKind::File).then(|| self.files.len() - 1);
+                let is_file = e.kind == EntryKind::File;
+                self.current = is_file.then(|| self.files.len() - 1);
+                self.to_changed = false;
+                if let Some(changed) = self.changed.as_mut() {
+                    let path = &self.files[self.files.len() - 1].stored.path;
+                    if is_file && crate::pg::incremental::full_path(path).is_some() {
+                        changed.begin(path, e.size);
+                        self.to_changed = true;
+                    }
+                }
             }
             TarEvent::Data(d) => {
                 self.bytes += d.len() as u64;
                 let Some(i) = self.current else { return Ok(()) };
                 if self.files[i].stored.path == "backup_label" && self.backup_label.len() + d.len() <= MAX_LABEL_BYTES {
                     self.backup_label.extend_from_slice(d);
+                }
+                if self.to_changed {
+                    if let Some(changed) = self.changed.as_mut() {
+                        return changed.append(d);
+                    }
                 }
                 let mut d = d;
                 while !d.is_empty() {
@@ -90,7 +114,12 @@ impl Receive {
             }
             TarEvent::EntryEnd => {
                 if let Some(i) = self.current.take() {
-                    if !self.buf.is_empty() {
+                    if std::mem::take(&mut self.to_changed) {
+                        let crc = self.changed.as_mut().and_then(ChangedBlocks::end);
+                        let f = &mut self.files[i];
+                        f.changed_blocks = true;
+                        f.stored.crc32c = crc;
+                    } else if !self.buf.is_empty() {
                         self.submit(pipeline, i)?;
                     }
                 }

@@ -1,6 +1,7 @@
 //! The BASE_BACKUP session: connect and identify the server, then read the reply to its end,
 //! feeding each tablespace's tar stream to `Receive` and the storage pipeline.
 
+use super::changed_blocks::ChangedBlocks;
 use super::error::{tar_err, with_server, BackupError};
 use super::pipeline::{self, Pipeline, PipelineConfig};
 use super::receive::{Receive, MAX_MANIFEST_BYTES};
@@ -124,6 +125,14 @@ pub async fn receive(
 
     let mut reader = BaseBackupReader::new(conn.server_version_num);
     let mut rx = Receive::new(server);
+    if request.incremental {
+        let ring = target
+            .server_dir
+            .parent()
+            .and_then(crate::catalog::local_store_sealing::keyring_for);
+        tracing::debug!(server = %server, id, dir = %target.server_dir.display(), encrypted = ring.is_some(), "the changed blocks go to a scratch file until the rebuild");
+        rx.changed = Some(ChangedBlocks::create(target.server_dir, ring.as_deref(), cfg.min_free)?);
+    }
     let mut tablespaces: Vec<TablespaceRecord> = Vec::new();
     let mut parser: Option<TarParser> = None;
     let mut pipeline: Option<Pipeline> = None;
@@ -237,6 +246,9 @@ pub async fn receive(
         return Err(tar_err(server, "the reply ended before the backup completed"));
     };
     conn.terminate().await;
+    if let Some(changed) = rx.changed.as_mut() {
+        changed.finish_writing()?;
+    }
     let stored_bytes = pipeline.stored_bytes();
     progress.update(rx.bytes, stored_bytes);
     progress.phase(&format!("{server}: received {} bytes; storing and checking", rx.bytes));

@@ -553,7 +553,7 @@ pub fn is_only_usable(store: &dyn ObjectStore, idx: &BackupIndex) -> Result<bool
 pub fn combine_crc(chunks: &[(u32, u64)]) -> u32 {
     chunks
         .iter()
-        .fold(0u32, |acc, &(crc, len)| crc32c::crc32c_combine(acc, crc, len as usize))
+        .fold(0u32, |acc, &(crc, len)| crate::util::crc32c_combine::crc32c_combine(acc, crc, len))
 }
 
 #[cfg(test)]

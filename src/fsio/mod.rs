@@ -1,6 +1,7 @@
 //! Filesystem primitives shared by the catalog and by restore's writes into PostgreSQL data
-//! directories: the crash-safety sequences (`durable`) and direct I/O (`direct`). Imports only
-//! `util`.
+//! directories: the crash-safety sequences (`durable`), direct I/O (`direct`) and unnamed
+//! scratch files (`scratch`). Imports only `util`.
 
 pub mod direct;
 pub mod durable;
+pub mod scratch;

@@ -2,6 +2,7 @@
 //! adapters, OS facts, and the progress-reporting trait. Imports nothing from the crate.
 
 pub mod cancel_fd;
+pub mod crc32c_combine;
 pub mod hex;
 pub mod io;
 pub mod memory;

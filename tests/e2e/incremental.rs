@@ -197,6 +197,15 @@ fn incremental_killed_while_rebuilding_leaves_nothing() {
     let cat = Catalog::new(&server_yaml("main", &c.conninfo("postgres"), ""));
     let full = backup(&cat.config, "main", &[]);
     c.psql("UPDATE t SET v = 1 WHERE g < 5000").unwrap();
+    // EIO writing the changed blocks to their scratch file: the backup fails and says where.
+    let o = pgark_with(
+        &cat.config,
+        &["backup", "main", "--incremental=require", "--checkpoint", "fast"],
+        &[("FAILPOINTS".into(), "changed-blocks-write=return".into())],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("changed blocks (a scratch file in"), "{}", text(&o));
+    assert_eq!(list(&cat.config).len(), 1, "the failed backup is listed");
     let log = cat.config.with_file_name("killed.log");
     let mut child = Command::new(pgark_bin())
         .args([
@@ -234,6 +243,16 @@ fn incremental_killed_while_rebuilding_leaves_nothing() {
             .any(|e| e.file_name().to_string_lossy().ends_with(".running")),
         "the killed backup's intent record is left"
     );
+    // The changed blocks lived in an unnamed file: nothing of them is left by the kill.
+    let names: Vec<String> = cat
+        .catalog
+        .join("main")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with(".scratch-")), "{names:?}");
 }
 
 /// The network stalls, then is cut, just as pgark sends the parent's manifest: each attempt
