@@ -9,16 +9,20 @@ O_DIRECT write + fdatasync every 2 ms, alone and beside one background I/O patte
 - `direct read`: O_DIRECT reads (the archiver reading a completed segment);
 - `new file`: a new 5 MiB file written with O_DIRECT, fdatasynced, renamed, its directory
   fsynced (the archiver publishing a compressed segment);
-- `page cache`: a new 5 MiB file written through the page cache, then fdatasynced.
+- `page cache`: a new 5 MiB file written through the page cache, then fdatasynced;
+- `page cache, written behind`: the same, with the writeback of each piece started as soon as
+  it is written and the piece before it waited for (`sync_file_range`, as `fsio::write_behind`
+  does for the catalog's backup chunks and large objects),
 
 each at a given rate and request size. It explains two things in BENCHMARKS.md: why pgark sends
 direct I/O in pieces of 256 KiB (`fsio::direct::PIECE`), and how far the tail of a synchronous
 acknowledgement can be held while other servers' WAL moves at all (the pacing floor is 8 MB/s).
 Runs in a temporary directory on the filesystem of --dir (default: the repository's). Usage:
-  python3 bench/sync_interference_bench.py [--dir D] [--seconds 6] [--rounds 3] [--out BENCHMARKS.md]
+  python3 bench/sync_interference_bench.py [--dir D] [--seconds 6] [--rounds 3] [--only NAME] [--out BENCHMARKS.md]
 """
 
 import argparse
+import ctypes
 import mmap
 import os
 import shutil
@@ -84,7 +88,18 @@ def direct_read(d, stop, rate, piece):
     os.close(fd)
 
 
-def new_file(d, stop, rate, piece, direct=True):
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SFR_WAIT_BEFORE, SFR_WRITE, SFR_WAIT_AFTER = 1, 2, 4
+
+
+def sync_file_range(fd, off, n, flags):
+    if LIBC.sync_file_range(fd, off, n, flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def new_file(d, stop, rate, piece, direct=True, behind=False):
     size, i, pace = 5 * MB, 0, Paced(rate)
     buf = aligned(piece, b"n")
     while not stop.is_set():
@@ -94,6 +109,10 @@ def new_file(d, stop, rate, piece, direct=True):
         off = 0
         while off < size and not stop.is_set():
             os.pwrite(fd, buf, off)
+            if behind:
+                sync_file_range(fd, off, piece, SFR_WRITE)
+                if off >= piece:
+                    sync_file_range(fd, off - piece, piece, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
             off += piece
             pace.done(piece)
         os.fdatasync(fd)
@@ -110,6 +129,7 @@ PATTERNS = {
     "direct read": direct_read,
     "new file": new_file,
     "page cache": lambda d, stop, rate, piece: new_file(d, stop, rate, piece, direct=False),
+    "page cache, written behind": lambda d, stop, rate, piece: new_file(d, stop, rate, piece, direct=False, behind=True),
 }
 
 
@@ -146,6 +166,9 @@ CASES = [
     ("direct write", 150, MB),
     ("direct write", 150, 256 << 10),
     ("page cache", 150, 256 << 10),
+    ("page cache, written behind", 150, 256 << 10),
+    ("page cache", 40, 256 << 10),
+    ("page cache, written behind", 40, 256 << 10),
     ("new file", 150, 256 << 10),
     ("direct write", 8, 256 << 10),
     ("new file", 8, 256 << 10),
@@ -158,8 +181,10 @@ def main():
     ap.add_argument("--dir", default=ROOT, help="a directory on the filesystem to measure")
     ap.add_argument("--seconds", type=float, default=6)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", help="only the patterns whose name contains this (and alone)")
     ap.add_argument("--out")
     args = ap.parse_args()
+    cases = [c for c in CASES if not args.only or args.only in c[0]]
     d = tempfile.mkdtemp(prefix="pgark-interference-", dir=args.dir)
     try:
         preallocate(os.path.join(d, "sync"), 16 * MB)
@@ -167,7 +192,7 @@ def main():
             preallocate(os.path.join(d, name), 64 * MB)
         results = {}
         for r in range(args.rounds):
-            for case in [None] + CASES:
+            for case in [None] + cases:
                 q = measure(d, args.seconds, *(case or ()))
                 results.setdefault(case, []).append(q)
                 label = "alone" if case is None else f"{case[0]} {case[1]} MB/s in {case[2] // 1024} KiB"
@@ -197,7 +222,7 @@ def report(results, args):
         "|---|---|---|---|---|---|---|---|",
         f"| nothing | | | {alone[0.5] * 1e3:.3f} | {alone[0.9] * 1e3:.3f} | {alone[0.99] * 1e3:.3f} | 1.00x | 1.00x |",
     ]
-    for case in CASES:
+    for case in [c for c in CASES if c in med]:
         m = med[case]
         lines.append(
             f"| {case[0]} | {case[1]} | {case[2] // 1024} KiB | {m[0.5] * 1e3:.3f} | {m[0.9] * 1e3:.3f} | "

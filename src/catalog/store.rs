@@ -8,6 +8,7 @@
 //! the receiver's local spool, written in place for speed (see `wal_store`).
 
 use crate::fsio::durable;
+use crate::fsio::write_behind::WriteBehind;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -161,7 +162,7 @@ impl ObjectStore for LocalStore {
             durable::create_dir_durable(dir)?;
         }
         durable::write_atomic_with(&path, |f| {
-            let mut w = io::BufWriter::with_capacity(256 * 1024, f);
+            let mut w = io::BufWriter::with_capacity(256 * 1024, WriteBehind::new(f));
             fill(&mut w)?;
             w.flush()
         })
@@ -173,7 +174,7 @@ impl ObjectStore for LocalStore {
         durable::create_dir_durable(&dir)?;
         let mut stored = 0u64;
         let created = durable::write_once(&path, |f| {
-            let mut w = io::BufWriter::with_capacity(256 * 1024, &mut *f);
+            let mut w = io::BufWriter::with_capacity(256 * 1024, WriteBehind::new(f));
             fill(&mut w)?;
             w.flush()?;
             drop(w);

@@ -89,18 +89,23 @@ fn eio_in_the_wal_writer_and_the_archiver_loses_nothing() {
     eprintln!("EIO x4: all {} acknowledged commits recovered", acked.len());
 }
 
-/// EIO on a chunk's write and fsync, on the index's fsync and on the directory fsync after the
-/// index was renamed into place: each backup fails, says why, and leaves nothing listed and no
-/// chunk or intent record behind; then a backup without faults succeeds.
+/// EIO on a chunk's write, its early writeback (`sync_file_range`) and fsync, on the index's
+/// fsync and on the directory fsync after the index was renamed into place: each backup fails,
+/// says why, and leaves nothing listed and no chunk or intent record behind; then a backup
+/// without faults succeeds.
 #[test]
 fn eio_in_a_backup_publishes_nothing() {
     let c = Cluster::init(&pg(), &[]).unwrap();
     c.start().unwrap();
     write_rows(&c, 3000);
+    // Hex digests compress to about half: chunks large enough to be written behind in pieces.
+    c.psql("CREATE TABLE noise AS SELECT md5(g::text) || md5(random()::text) AS h FROM generate_series(1, 60000) g")
+        .unwrap();
     let cat = Catalog::new(&server_yaml("main", &c.conninfo(&c.superuser), "backup_checkpoint: fast"));
     let dir = tempfile::tempdir().unwrap();
     for (i, rule) in [
         "write:/chunks/:3:eio",
+        "range:/chunks/:2:eio",
         "fsync:/chunks/:2:eio",
         "fsync:.json.:1:eio",
         "fsync:/main/backups$:3:eio",

@@ -6,7 +6,7 @@
  * PGARK_FAULTS = RULE[;RULE...]   RULE = OP:PATTERN:N[:ACTION]
  *   OP       write (write, pwrite, writev, pwritev), fsync (fsync, fdatasync), rename (rename,
  *            renameat, renameat2; the source or the destination matches), unlink (unlink,
- *            unlinkat), open (open/openat with O_CREAT)
+ *            unlinkat), open (open/openat with O_CREAT), range (sync_file_range)
  *   PATTERN  a substring of the file's path ("*" matches every path; a final "$" anchors it at
  *            the end of the path)
  *   N        the Nth matching call triggers (1-based); "N+" triggers it and every later one
@@ -35,7 +35,7 @@
 #define MAX_RULES 16
 #define MAX_FDS 65536
 
-enum op { OP_WRITE, OP_FSYNC, OP_RENAME, OP_UNLINK, OP_OPEN };
+enum op { OP_WRITE, OP_FSYNC, OP_RENAME, OP_UNLINK, OP_OPEN, OP_RANGE };
 enum action { ACT_EIO, ACT_ENOSPC, ACT_KILL, ACT_KILLAFTER, ACT_SLOW, ACT_HANG };
 
 struct rule {
@@ -88,6 +88,7 @@ static void setup(void) {
             else if (!strcmp(f[0], "rename")) x->op = OP_RENAME;
             else if (!strcmp(f[0], "unlink")) x->op = OP_UNLINK;
             else if (!strcmp(f[0], "open")) x->op = OP_OPEN;
+            else if (!strcmp(f[0], "range")) x->op = OP_RANGE;
             else continue;
             strncpy(x->pattern, f[1], sizeof x->pattern - 1);
             x->n = strtol(f[2], NULL, 10);
@@ -135,7 +136,7 @@ static int decide(enum op op, const char *path, const char *path2) {
         if (r->op != op || !(matches(r, path) || (path2 && matches(r, path2)))) continue;
         long c = __atomic_add_fetch(&r->count, 1, __ATOMIC_SEQ_CST);
         if (c == r->n || (r->and_later && c > r->n)) {
-            static const char *names[] = {"write", "fsync", "rename", "unlink", "open"};
+            static const char *names[] = {"write", "fsync", "rename", "unlink", "open", "range"};
             static const char *acts[] = {"eio", "enospc", "kill", "killafter", "slow", "hang"};
             if (r->action != ACT_SLOW && r->action != ACT_HANG) {
                 logline("INJECT", names[op], acts[r->action]);
@@ -243,6 +244,15 @@ static int sync_common(int fd, int data) {
         REAL(fsync, int, int);
         r = real_fsync(fd);
     }
+    after(a);
+    return r;
+}
+
+int sync_file_range(int fd, off64_t off, off64_t n, unsigned int flags) {
+    int a = fd_action(fd, OP_RANGE);
+    if (before(a)) return -1;
+    REAL(sync_file_range, int, int, off64_t, off64_t, unsigned int);
+    int r = real_sync_file_range(fd, off, n, flags);
     after(a);
     return r;
 }
