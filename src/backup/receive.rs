@@ -1,5 +1,6 @@
 //! The tar stream of one tablespace turned into files and content-addressed chunks: each file's
-//! data is cut into `CHUNK_SIZE` pieces handed to the storage pipeline as they arrive.
+//! data is cut into `CHUNK_SIZE` pieces handed to the storage pipeline as they arrive. An
+//! incremental backup's `INCREMENTAL.*` files go to `changed_blocks` instead, until the rebuild.
 
 use super::changed_blocks::ChangedBlocks;
 use super::error::BackupError;

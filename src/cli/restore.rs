@@ -179,6 +179,7 @@ fn request(a: &RestoreArgs) -> Result<RestoreRequest, i32> {
     }
     let catalog = config.read_catalog(a.repo.as_deref()).map_err(|e| fail(e, exit::USAGE))?;
     Ok(RestoreRequest {
+        background: false,
         catalog,
         repo: a.repo.clone(),
         config_path: config.path.clone(),

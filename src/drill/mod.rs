@@ -227,6 +227,7 @@ pub fn run(req: &DrillRequest, report: &mut dyn FnMut(&str)) -> Result<DrillReco
         standby: false,
         owner: owner.map(|_| req.settings.os_user.clone()),
         interrupted: req.interrupted.clone(),
+        background: true,
     };
     // Held from before the choice until the last file is written (as `pgark restore` does).
     let reading = CatalogLock::acquire_restore_reader(&req.catalog, &req.server).map_err(|e| DrillError::Io(e.to_string()))?;

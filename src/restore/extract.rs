@@ -43,6 +43,10 @@ pub struct ExtractOptions {
     /// Set by SIGINT/SIGTERM: the workers stop after the chunk they are writing, and the
     /// directory stays unstartable (marker, no `pg_control`) for a later `--delta` to finish.
     pub interrupted: std::sync::Arc<AtomicBool>,
+    /// Nobody waits for this restore (a drill): its direct writes go in pieces of
+    /// `fsio::direct::PIECE`, like the daemon's, so that a synchronous server's fdatasync never
+    /// queues behind a whole chunk. A real restore writes whole chunks.
+    pub background: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -556,8 +560,13 @@ fn restore_chunks(
     }
     let bytes = AtomicU64::new(0);
     let done_bytes = AtomicU64::new(0);
-    // The restore is the job the machine is there for now: whole requests, none held back.
-    let direct = DirectSupport::whole_requests();
+    // A restore is the job the machine is there for now: whole requests, none held back. A
+    // drill is not.
+    let direct = if opts.background {
+        DirectSupport::default()
+    } else {
+        DirectSupport::whole_requests()
+    };
     progress.begin(Some(idx.original_bytes));
     pool::run(
         &tasks,

@@ -45,6 +45,8 @@ pub struct RestoreRequest {
     pub owner: Option<String>,
     /// Set by SIGINT/SIGTERM (see `extract::ExtractOptions::interrupted`).
     pub interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// A restore nobody waits for (a drill): see `extract::ExtractOptions::background`.
+    pub background: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -324,6 +326,7 @@ pub fn execute(req: &RestoreRequest, plan: &RestorePlan, progress: &mut dyn Prog
         owner,
         previous,
         interrupted: req.interrupted.clone(),
+        background: req.background,
     };
     let stats = extract::extract(store.clone(), &plan.index, &opts, progress)?;
     if req.interrupted.load(std::sync::atomic::Ordering::Relaxed) {
