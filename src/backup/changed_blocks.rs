@@ -15,9 +15,13 @@
 //!   before each piece is written.
 //! - With `encryption.local` on, the bytes are encrypted with XChaCha20 under the catalog key
 //!   and a fresh nonce (`catalog::spool_cipher`), like the receiver's spool: no page of the
-//!   database reaches the catalog's disk in the clear.
+//!   database reaches the catalog's disk in the clear. XChaCha20's block counter covers 256 GiB,
+//!   so each 64 GiB of the file has a cipher (a nonce) of its own.
+//! - Never fsynced does not mean never written: a backup longer than the kernel's
+//!   `dirty_expire_centisecs` (30 s by default) sees them written out by the flusher.
+//! - A path sent twice is a damaged stream, refused.
 
-use super::error::BackupError;
+use super::error::{tar_err, BackupError};
 use super::pipeline::{free_space, PipelineError};
 use crate::catalog::encryption::Keyring;
 use crate::catalog::spool_cipher::SpoolCipher;
@@ -30,6 +34,9 @@ use std::path::{Path, PathBuf};
 
 /// Bytes gathered before a write (and a free-space check).
 const PIECE: usize = 1 << 20;
+/// Bytes of the file one cipher (nonce) encrypts: well within XChaCha20's 2^32 blocks of 64
+/// bytes, and a multiple of `PIECE`, so a write never spans two.
+const CIPHER_REGION: u64 = 64 << 30;
 
 /// Where one file's bytes lie in the scratch file.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +57,9 @@ struct Current {
 pub struct ChangedBlocks {
     file: File,
     dir: PathBuf,
-    cipher: Option<SpoolCipher>,
+    /// With encryption: the ring, and the cipher of each `CIPHER_REGION` written so far.
+    ring: Option<Keyring>,
+    ciphers: Vec<SpoolCipher>,
     min_free: u64,
     /// Bytes not yet written; they start at `written`.
     pending: Vec<u8>,
@@ -66,7 +75,8 @@ impl ChangedBlocks {
         Ok(ChangedBlocks {
             file: crate::fsio::scratch::unnamed_file(dir)?,
             dir: dir.to_path_buf(),
-            cipher: ring.map(SpoolCipher::fresh),
+            ring: ring.cloned(),
+            ciphers: Vec::new(),
             min_free,
             pending: Vec::with_capacity(PIECE),
             written: 0,
@@ -75,15 +85,20 @@ impl ChangedBlocks {
         })
     }
 
-    /// Starts file `path` of `size` bytes (the tar header's); ends any file not ended.
-    pub fn begin(&mut self, path: &str, size: u64) {
+    /// Starts file `path` of `size` bytes (the tar header's); ends any file not ended. A path
+    /// already kept is refused (the server sends each file once).
+    pub fn begin(&mut self, server: &str, path: &str, size: u64) -> Result<(), BackupError> {
         self.end();
+        if self.spans.contains_key(path) {
+            return Err(tar_err(server, &format!("{path} was sent twice")));
+        }
         self.current = Some(Current {
             path: path.to_string(),
             offset: self.written + self.pending.len() as u64,
             size,
             crc: 0,
         });
+        Ok(())
     }
 
     /// Bytes of the file begun last.
@@ -144,8 +159,12 @@ impl ChangedBlocks {
                 needed,
             }));
         }
-        if let Some(c) = &self.cipher {
-            c.apply(self.written, &mut self.pending);
+        if let Some(ring) = &self.ring {
+            let region = ((self.written + self.pending.len() as u64 - 1) / CIPHER_REGION) as usize;
+            while self.ciphers.len() <= region {
+                self.ciphers.push(SpoolCipher::fresh(ring));
+            }
+            apply(&self.ciphers, self.written, &mut self.pending);
         }
         fail::fail_point!("changed-blocks-write", |_| Err(
             self.io_error("writing", io::Error::from_raw_os_error(libc::EIO))
@@ -208,10 +227,24 @@ impl ReadAt for SpanReader<'_> {
                 ),
             )
         })?;
-        if let Some(c) = &self.blocks.cipher {
-            c.apply(at, buf);
-        }
+        apply(&self.blocks.ciphers, at, buf);
         Ok(())
+    }
+}
+
+/// Encrypts or decrypts `buf`, which lies at `at` in the file, with the cipher of each region
+/// it touches (nothing without encryption).
+fn apply(ciphers: &[SpoolCipher], mut at: u64, mut buf: &mut [u8]) {
+    while !buf.is_empty() {
+        let Some(c) = ciphers.get((at / CIPHER_REGION) as usize) else {
+            return;
+        };
+        let within = at % CIPHER_REGION;
+        let n = ((CIPHER_REGION - within) as usize).min(buf.len());
+        let (head, rest) = buf.split_at_mut(n);
+        c.apply(within, head);
+        buf = rest;
+        at += n as u64;
     }
 }
 
@@ -224,11 +257,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cb = ChangedBlocks::create(dir.path(), ring, 0).unwrap();
         let big: Vec<u8> = (0..PIECE as u32 * 2 + 777).map(|i| (i % 251) as u8).collect();
-        cb.begin("base/5/INCREMENTAL.16384", 11);
+        cb.begin("s", "base/5/INCREMENTAL.16384", 11).unwrap();
         cb.append(b"hello ").unwrap();
         cb.append(b"world").unwrap();
         assert_eq!(cb.end(), Some(crc32c::crc32c(b"hello world")));
-        cb.begin("base/5/INCREMENTAL.16385", big.len() as u64);
+        cb.begin("s", "base/5/INCREMENTAL.16385", big.len() as u64).unwrap();
         for part in big.chunks(65_000) {
             cb.append(part).unwrap();
         }
@@ -270,7 +303,7 @@ mod tests {
     fn the_free_space_reserve_holds() {
         let dir = tempfile::tempdir().unwrap();
         let mut cb = ChangedBlocks::create(dir.path(), None, u64::MAX / 2).unwrap();
-        cb.begin("base/5/INCREMENTAL.1", 10);
+        cb.begin("s", "base/5/INCREMENTAL.1", 10).unwrap();
         cb.append(b"0123456789").unwrap();
         let e = cb.finish_writing().unwrap_err();
         assert!(matches!(e, BackupError::Pipeline(PipelineError::NoSpace { .. })), "{e}");
@@ -280,10 +313,41 @@ mod tests {
     fn a_read_before_the_last_piece_is_written_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut cb = ChangedBlocks::create(dir.path(), None, 0).unwrap();
-        cb.begin("base/5/INCREMENTAL.1", 4);
+        cb.begin("s", "base/5/INCREMENTAL.1", 4).unwrap();
         cb.append(b"abcd").unwrap();
         cb.end();
         let mut r = cb.reader("base/5/INCREMENTAL.1").unwrap();
         assert!(r.read_exact_at(&mut [0u8; 4], 0).is_err());
+    }
+
+    #[test]
+    fn a_path_sent_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cb = ChangedBlocks::create(dir.path(), None, 0).unwrap();
+        cb.begin("s", "base/5/INCREMENTAL.1", 1).unwrap();
+        cb.append(b"a").unwrap();
+        cb.end();
+        let e = cb.begin("s", "base/5/INCREMENTAL.1", 1).unwrap_err();
+        assert!(e.to_string().contains("sent twice"), "{e}");
+    }
+
+    #[test]
+    fn each_region_has_its_own_cipher_and_reads_cross_them() {
+        let ring = Keyring::new(Key::generate(), vec![]);
+        let ciphers = vec![SpoolCipher::fresh(&ring), SpoolCipher::fresh(&ring)];
+        let plain: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
+        let mut buf = plain.clone();
+        let at = CIPHER_REGION - 1000;
+        apply(&ciphers, at, &mut buf);
+        // The part before the boundary is the first cipher's keystream at its offset, the part
+        // after it the second's from 0.
+        let mut head = plain[..1000].to_vec();
+        ciphers[0].apply(CIPHER_REGION - 1000, &mut head);
+        let mut tail = plain[1000..].to_vec();
+        ciphers[1].apply(0, &mut tail);
+        assert_eq!(buf[..1000], head[..]);
+        assert_eq!(buf[1000..], tail[..]);
+        apply(&ciphers, at, &mut buf);
+        assert_eq!(buf, plain);
     }
 }

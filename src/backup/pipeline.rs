@@ -51,11 +51,6 @@ pub enum PipelineError {
     },
 }
 
-/// How much lower than the daemon's the workers' CPU priority is: hashing and compressing a
-/// backup yields both cores to a synchronous server's commits (its walsender, backend and
-/// pgark's receiver) and runs at full speed whenever they are idle.
-const BACKGROUND_NICE: i32 = 10;
-
 /// Settings shared by the workers.
 pub struct PipelineConfig {
     pub server: String,
@@ -115,10 +110,7 @@ impl Pipeline {
                 let shared = Arc::clone(&shared);
                 std::thread::Builder::new()
                     .name(format!("pgark-backup-{i}"))
-                    .spawn(move || {
-                        crate::util::os::lower_thread_priority(BACKGROUND_NICE);
-                        worker(&shared, &rx, &tx)
-                    })
+                    .spawn(move || worker(&shared, &rx, &tx))
                     .expect("spawning a backup worker thread")
             })
             .collect();

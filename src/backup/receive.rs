@@ -83,7 +83,7 @@ impl Receive {
                 if let Some(changed) = self.changed.as_mut() {
                     let path = &self.files[self.files.len() - 1].stored.path;
                     if is_file && crate::pg::incremental::full_path(path).is_some() {
-                        changed.begin(path, e.size);
+                        changed.begin(&self.server, path, e.size)?;
                         self.to_changed = true;
                     }
                 }

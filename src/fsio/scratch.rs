@@ -4,8 +4,8 @@
 //! nor a kill can leave it behind, and nothing that lists the directory (garbage collection,
 //! stale-temp cleanup, usage walks) ever sees it. Where the filesystem cannot create unnamed
 //! files, it is created under a unique name and unlinked at once: the same lifetime, with a
-//! window of microseconds in which a crash would leave a `.scratch-*` file (removed by the next
-//! scratch file made in that directory).
+//! window of microseconds in which a crash would leave a `.scratch-<pid>-*` file (removed by the
+//! next scratch file made in that directory once that process is gone).
 //!
 //! Never fsynced: its content is worth nothing after the process ends.
 
@@ -23,7 +23,8 @@ pub fn unnamed_file(dir: &Path) -> io::Result<File> {
         .read(true)
         .write(true)
         .mode(0o600)
-        .custom_flags(libc::O_TMPFILE)
+        // O_EXCL: the file can never be linked into a directory (through /proc/self/fd) either.
+        .custom_flags(libc::O_TMPFILE | libc::O_EXCL)
         .open(dir)
     {
         Ok(f) => return Ok(f),
@@ -45,14 +46,27 @@ pub fn unnamed_file(dir: &Path) -> io::Result<File> {
     Ok(f)
 }
 
-/// Named scratch files a crash left between their creation and their unlink.
+/// Named scratch files a crash left between their creation and their unlink: those of
+/// processes that are gone (another live process's may be in that window right now).
 fn remove_leftovers(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(NAMED_PREFIX) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(NAMED_PREFIX) else { continue };
+        let owner = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+        if owner.is_none_or(|pid| !process_alive(pid)) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only probes whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]
@@ -82,10 +96,14 @@ mod tests {
     #[test]
     fn leftovers_of_a_crash_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(".scratch-1-00"), b"x").unwrap();
+        // A pid that cannot be running (above the kernel's maximum), and this live process.
+        std::fs::write(dir.path().join(".scratch-2147483646-00"), b"x").unwrap();
+        let live = format!(".scratch-{}-00", std::process::id());
+        std::fs::write(dir.path().join(&live), b"x").unwrap();
         std::fs::write(dir.path().join("keep"), b"x").unwrap();
         remove_leftovers(dir.path());
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("keep")]);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        assert_eq!(names, vec![std::ffi::OsString::from(live), std::ffi::OsString::from("keep")]);
     }
 }

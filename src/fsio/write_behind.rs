@@ -15,8 +15,8 @@
 //!
 //! Errors: an EIO from `sync_file_range` is returned as a write error, and the caller drops the
 //! file (it has seen the error, so a later fsync of that descriptor could not be trusted to
-//! report it again). Where the call is not supported (EINVAL, ENOSYS, ESPIPE) the writer stops
-//! using it and writes plainly.
+//! report it again). Where the call is not supported (EINVAL, ENOSYS, ESPIPE, EOPNOTSUPP) the
+//! writer stops using it and writes plainly.
 
 use super::direct::PIECE;
 use std::fs::File;

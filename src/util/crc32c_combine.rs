@@ -29,12 +29,12 @@ const fn mult_mod_p(a: u32, mut b: u32) -> u32 {
     p
 }
 
-/// `X2N[k]` = x^(2^k) modulo the polynomial.
-const X2N: [u32; 64] = {
-    let mut t = [0u32; 64];
+/// `X2N[k]` = x^(2^k) modulo the polynomial, for every k a length in bits (8 x a u64) needs.
+const X2N: [u32; 67] = {
+    let mut t = [0u32; 67];
     let mut p = ONE >> 1; // x^1
     let mut k = 0;
-    while k < 64 {
+    while k < 67 {
         t[k] = p;
         p = mult_mod_p(p, p);
         k += 1;
@@ -47,7 +47,7 @@ fn shift_by_bytes(bytes: u64) -> u32 {
     let (mut n, mut k, mut p) = (bytes, 3usize, ONE);
     while n != 0 {
         if n & 1 != 0 {
-            p = mult_mod_p(X2N[k % 64], p);
+            p = mult_mod_p(X2N[k], p);
         }
         n >>= 1;
         k += 1;

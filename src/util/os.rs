@@ -6,20 +6,6 @@ pub fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Lowers the calling thread's CPU priority to `nice` (0 to 19) above the process's: the
-/// scheduler then serves it only after threads at normal priority. For work nobody waits on
-/// while something else is waited on (a backup's compression beside a synchronous server's
-/// commits); on an idle machine it runs as fast as ever. Best effort: a failure changes nothing.
-pub fn lower_thread_priority(nice: i32) {
-    // SAFETY: gettid has no preconditions; on Linux, setpriority with PRIO_PROCESS and a thread
-    // id sets that thread's nice value only.
-    unsafe {
-        let tid = libc::gettid();
-        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (now + nice).min(19));
-    }
-}
-
 /// uid and gid of a user name; `None` when there is no such user. The error is the name being
 /// unusable (a NUL byte in it).
 pub fn user_ids(name: &str) -> Result<Option<(u32, u32)>, String> {
@@ -50,24 +36,6 @@ fn unsafe_zeroed_passwd() -> libc::passwd {
 
 #[cfg(test)]
 mod tests {
-    fn own_nice() -> i32 {
-        // SAFETY: as in lower_thread_priority.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
-    }
-
-    #[test]
-    fn only_the_calling_thread_is_lowered() {
-        let before = own_nice();
-        let lowered = std::thread::spawn(move || {
-            super::lower_thread_priority(5);
-            own_nice()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(lowered, (before + 5).min(19));
-        assert_eq!(own_nice(), before, "the caller's other threads keep their priority");
-    }
-
     #[test]
     fn root_exists_and_nonsense_does_not() {
         assert_eq!(super::user_ids("root").unwrap(), Some((0, 0)));

@@ -205,7 +205,7 @@ fn incremental_killed_while_rebuilding_leaves_nothing() {
     );
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("changed blocks (a scratch file in"), "{}", text(&o));
-    assert_eq!(list(&cat.config).len(), 1, "the failed backup is listed");
+    assert_eq!(list(&cat.config).len(), 1, "a backup that failed is listed");
     let log = cat.config.with_file_name("killed.log");
     let mut child = Command::new(pgark_bin())
         .args([
