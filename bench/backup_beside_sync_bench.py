@@ -28,6 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_builds as cb  # noqa: E402
+from sync_interference_bench import write_section  # noqa: E402
 import wal_bench as wb  # noqa: E402
 
 SECTION = "## What a backup costs a synchronous server's commits"
@@ -117,7 +118,7 @@ def main():
     text = report(results, args)
     print(text)
     if args.out:
-        cb_write(args.out, text)
+        write_section(args.out, text, SECTION)
 
 
 def report(results, args):
@@ -150,19 +151,6 @@ def report(results, args):
             f"{m['during99']:.3f} | {m['during99'] / m['alone99']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
-
-
-def cb_write(path, text):
-    """Replaces this section of `path` (up to the next `## `), or appends it."""
-    old = open(path).read() if os.path.exists(path) else ""
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end:] if end >= 0 else "")
-    with open(path, "w") as f:
-        f.write(new)
 
 
 if __name__ == "__main__":

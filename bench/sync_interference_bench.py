@@ -231,14 +231,14 @@ def report(results, args):
     return "\n".join(lines) + "\n"
 
 
-def write_section(path, text):
-    """Replaces this section of `path` (up to the next `## `), or appends it."""
+def write_section(path, text, title=SECTION):
+    """Replaces the section `title` of `path` (up to the next `## `) with `text`, or appends it."""
     old = open(path).read() if os.path.exists(path) else ""
-    start = old.find(SECTION)
+    start = old.find(title)
     if start < 0:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        end = old.find("\n## ", start + len(SECTION))
+        end = old.find("\n## ", start + len(title))
         new = old[:start] + text + (old[end:] if end >= 0 else "")
     with open(path, "w") as f:
         f.write(new)
