@@ -30,6 +30,9 @@ pub struct BackupSettings {
     /// `backup_full_every`: scheduled backups are incremental (PostgreSQL 17+) except when the
     /// newest full backup started longer ago than this. None: every scheduled backup is full.
     pub full_every: Option<Duration>,
+    /// `backup_max_rate`: the server's send rate limit (`MAX_RATE`), in kB/s; `pgark backup
+    /// --max-rate` overrides it. None: unlimited.
+    pub max_rate_kb: Option<u32>,
 }
 
 impl Default for BackupSettings {
@@ -43,6 +46,7 @@ impl Default for BackupSettings {
             wal_timeout: DEFAULT_BACKUP_WAL_TIMEOUT,
             stream_timeout: DEFAULT_BACKUP_STREAM_TIMEOUT,
             full_every: None,
+            max_rate_kb: None,
         }
     }
 }

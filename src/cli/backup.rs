@@ -77,7 +77,7 @@ pub async fn backup(path: &Path, server: &str, options: BackupOptions) -> i32 {
         catalog: config.catalog.clone(),
         label,
         fast_checkpoint: fast,
-        max_rate_kb,
+        max_rate_kb: max_rate_kb.or(cfg.backup.max_rate_kb),
         wal_progress: std::sync::Arc::new(crate::cli::daemon_client::DaemonHttp {
             addr: config.metrics_listen.clone(),
             catalog: config.catalog.clone(),

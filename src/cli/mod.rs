@@ -102,7 +102,7 @@ pub enum Cmd {
         /// fast: checkpoint immediately; spread: let the server spread it (the config's backup_checkpoint by default).
         #[arg(long, value_parser = ["fast", "spread"])]
         checkpoint: Option<String>,
-        /// Limit the server's send rate, in kB/s (32 to 1048576).
+        /// Limit the server's send rate, in kB/s (32 to 1048576); the config's backup_max_rate by default.
         #[arg(long, value_name = "KB_PER_SEC", value_parser = clap::value_parser!(u32).range(32..=1048576))]
         max_rate: Option<u32>,
         /// Pin the backup: `forever`, a time (2027-01-31) or a duration (90d); see `pgark keep`.

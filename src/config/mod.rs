@@ -366,6 +366,21 @@ mod tests {
     }
 
     #[test]
+    fn backup_max_rate_in_postgres_units_and_bounds() {
+        let c = parse(
+            "catalog: /x\nservers:\n  a:\n    conninfo: host=/tmp\n    backup_max_rate: 100MB\n  b:\n    conninfo: host=/tmp port=5433\n",
+        )
+        .unwrap();
+        assert_eq!(c.servers["a"].backup.max_rate_kb, Some(97_656));
+        assert_eq!(c.servers["b"].backup.max_rate_kb, None);
+        for rate in ["1kB", "2GiB", "0", "fast"] {
+            let text = format!("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    backup_max_rate: {rate}\n");
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains("servers.main.backup_max_rate"), "{rate}: {e}");
+        }
+    }
+
+    #[test]
     fn verify_keys_with_a_top_level_default() {
         let c = parse("catalog: /x\nverify_schedule: 1d\nverify_max_rate: 50MB\nservers:\n  a:\n    conninfo: host=/tmp\n  b:\n    conninfo: host=/tmp port=5433\n    verify_schedule: 0 4 * * *\n    verify_max_rate: 1GiB\n").unwrap();
         let (a, b) = (&c.servers["a"], &c.servers["b"]);

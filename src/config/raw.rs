@@ -105,6 +105,7 @@ pub struct RawServer {
     pub backup_min_free: Option<serde_yaml::Value>,
     pub backup_wal_timeout: Option<String>,
     pub backup_stream_timeout: Option<String>,
+    pub backup_max_rate: Option<serde_yaml::Value>,
     pub monitor_interval: Option<String>,
     pub monitor_conninfo: Option<String>,
     pub slot_retained_limit: Option<serde_yaml::Value>,

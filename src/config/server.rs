@@ -89,6 +89,9 @@ pub fn parse(name: &str, s: RawServer, top_retention: Option<&super::retention::
     if backup.stream_timeout < Duration::from_secs(1) {
         return Err(err(format!("{}: must be at least 1s", key("backup_stream_timeout"))));
     }
+    if let Some(v) = &s.backup_max_rate {
+        backup.max_rate_kb = Some(parse_backup_rate(v).map_err(|m| err(format!("{}: {m}", key("backup_max_rate"))))?);
+    }
     let retention = super::retention::parse(s.retention.as_ref(), top_retention, &key("retention"))?;
     let verify_schedule = match &s.verify_schedule {
         Some(t) => Some(crate::backup::schedule::Schedule::parse(t).map_err(|m| err(format!("{}: {m}", key("verify_schedule"))))?),
@@ -119,6 +122,18 @@ pub fn parse(name: &str, s: RawServer, top_retention: Option<&super::retention::
         verify_schedule,
         verify_max_rate,
     })
+}
+
+/// `backup_max_rate`: bytes per second as `parse_rate` reads them, in the kB/s (1024 bytes) of
+/// PostgreSQL's `MAX_RATE`, which accepts 32 to 1048576.
+pub fn parse_backup_rate(v: &serde_yaml::Value) -> Result<u32, String> {
+    let kb = parse_rate(v)? / 1024;
+    if !(32..=1_048_576).contains(&kb) {
+        return Err(format!(
+            "{kb} kB/s is outside what PostgreSQL's MAX_RATE accepts (32kB/s to 1GiB/s; such as 50MB)"
+        ));
+    }
+    Ok(kb as u32)
 }
 
 /// `verify_max_rate`: bytes per second, such as `50MB` (a trailing `/s` is allowed); above zero.

@@ -157,7 +157,7 @@ pub async fn run(
                     catalog: catalog.clone(),
                     label: Some(format!("scheduled {}", schedule_text(schedule))),
                     fast_checkpoint: cfg.backup.fast_checkpoint,
-                    max_rate_kb: None,
+                    max_rate_kb: cfg.backup.max_rate_kb,
                     wal_progress: std::sync::Arc::new(board.clone()),
                     disk_pressure: thresholds,
                     cancel: cancel.child_token(),

@@ -348,4 +348,23 @@ fn backup_commands_reject_bad_input() {
             text(&o)
         );
     }
+
+    // backup_max_rate reaches the server as MAX_RATE: the backup cannot be faster than it.
+    let rated = Catalog::new(&server_yaml(
+        "main",
+        &c.conninfo("postgres"),
+        "backup_max_rate: 8MB\nbackup_checkpoint: fast",
+    ));
+    let started = std::time::Instant::now();
+    let o = pgark(&rated.config, &["backup", "main", "--json"]);
+    let took = started.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", text(&o));
+    let sent = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["received_bytes"]
+        .as_u64()
+        .unwrap();
+    let floor = 0.8 * sent as f64 / (8_000_000 / 1024 * 1024) as f64;
+    assert!(
+        took >= floor,
+        "{sent} bytes in {took:.1} s with backup_max_rate 8MB (at least {floor:.1} s expected)"
+    );
 }
