@@ -45,13 +45,19 @@ pub fn is_stale_tmp(name: &str, own_are_stale: bool) -> bool {
     };
     match pid.parse::<i32>() {
         Ok(pid) if pid as u32 == std::process::id() => own_are_stale,
-        Ok(pid) if pid > 0 => {
-            // SAFETY: kill with signal 0 only probes whether the process exists.
-            let alive = unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-            !alive
-        }
+        Ok(pid) if pid > 0 => !process_alive(pid),
         _ => true,
     }
+}
+
+/// Whether process `pid` exists (one of another user counts: EPERM).
+pub fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only probes whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// fsyncs a directory so that creations, renames and removals in it survive a crash.

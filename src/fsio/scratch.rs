@@ -54,19 +54,10 @@ fn remove_leftovers(dir: &Path) {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(NAMED_PREFIX) else { continue };
         let owner = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
-        if owner.is_none_or(|pid| !process_alive(pid)) {
+        if owner.is_none_or(|pid| !super::durable::process_alive(pid)) {
             let _ = std::fs::remove_file(e.path());
         }
     }
-}
-
-fn process_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: kill with signal 0 only probes whether the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]
