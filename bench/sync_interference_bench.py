@@ -12,7 +12,10 @@ O_DIRECT write + fdatasync every 2 ms, alone and beside one background I/O patte
 - `page cache`: a new 5 MiB file written through the page cache, then fdatasynced;
 - `page cache, written behind`: the same, with the writeback of each piece started as soon as
   it is written and the piece before it waited for (`sync_file_range`, as `fsio::write_behind`
-  does for the catalog's backup chunks and large objects),
+  does for the catalog's backup chunks and large objects);
+- `busy CPU, nice N`: no I/O at all, one spinning process per core at nice N (the catch-up's CPU
+  work: the write + fdatasync's thread must get a core back when the disk is done; pgark runs
+  its background threads at nice +10, `util::thread_priority`),
 
 each at a given rate and request size. It explains two things in BENCHMARKS.md: why pgark sends
 direct I/O in pieces of 256 KiB (`fsio::direct::PIECE`), and how far the tail of a synchronous
@@ -27,6 +30,7 @@ import mmap
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -124,12 +128,23 @@ def new_file(d, stop, rate, piece, direct=True, behind=False):
         i += 1
 
 
+def busy_cpu(d, stop, nice):
+    procs = [subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", "while True: pass"])
+             for _ in range(os.cpu_count() or 2)]
+    stop.wait()
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
 PATTERNS = {
     "direct write": direct_write,
     "direct read": direct_read,
     "new file": new_file,
     "page cache": lambda d, stop, rate, piece: new_file(d, stop, rate, piece, direct=False),
     "page cache, written behind": lambda d, stop, rate, piece: new_file(d, stop, rate, piece, direct=False, behind=True),
+    "busy CPU, nice 0": lambda d, stop, rate, piece: busy_cpu(d, stop, 0),
+    "busy CPU, nice 10": lambda d, stop, rate, piece: busy_cpu(d, stop, 10),
 }
 
 
@@ -173,6 +188,8 @@ CASES = [
     ("direct write", 8, 256 << 10),
     ("new file", 8, 256 << 10),
     ("direct write", 32, 256 << 10),
+    ("busy CPU, nice 0", 0, 0),
+    ("busy CPU, nice 10", 0, 0),
 ]
 
 
@@ -195,7 +212,7 @@ def main():
             for case in [None] + cases:
                 q = measure(d, args.seconds, *(case or ()))
                 results.setdefault(case, []).append(q)
-                label = "alone" if case is None else f"{case[0]} {case[1]} MB/s in {case[2] // 1024} KiB"
+                label = "alone" if case is None else f"{case[0]} {case[1]} MB/s in {case[2] // 1024} KiB" if case[1] else case[0]
                 print(f"round {r + 1}: {label}: p50 {q[0.5] * 1e3:.3f} p99 {q[0.99] * 1e3:.3f} ms", flush=True)
         text = report(results, args)
         print(text)
@@ -224,8 +241,9 @@ def report(results, args):
     ]
     for case in [c for c in CASES if c in med]:
         m = med[case]
+        rate, request = (case[1], f"{case[2] // 1024} KiB") if case[1] else ("", "")
         lines.append(
-            f"| {case[0]} | {case[1]} | {case[2] // 1024} KiB | {m[0.5] * 1e3:.3f} | {m[0.9] * 1e3:.3f} | "
+            f"| {case[0]} | {rate} | {request} | {m[0.5] * 1e3:.3f} | {m[0.9] * 1e3:.3f} | "
             f"{m[0.99] * 1e3:.3f} | {m[0.5] / alone[0.5]:.2f}x | {m[0.99] / alone[0.99]:.2f}x |"
         )
     return "\n".join(lines) + "\n"

@@ -105,6 +105,9 @@ impl Archiver {
     }
 
     fn run(self, rx: mpsc::Receiver<WalFileName>, stop: &AtomicBool) {
+        // Archiving is never on a commit's path: its CPU (a read, a CRC and zstd over every
+        // segment) yields to the receivers that are (`util::thread_priority`).
+        crate::util::thread_priority::lower_to_background("archiver");
         let mut queue: VecDeque<WalFileName> = VecDeque::new();
         let mut queued: HashSet<WalFileName> = HashSet::new();
         let mut disconnected = false;

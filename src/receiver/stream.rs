@@ -45,6 +45,7 @@ use crate::pg::{Lsn, WalSegSize};
 use crate::protocol::backend::BackendMessage;
 use crate::protocol::replication::{self, ReplicationMessage};
 use crate::protocol::ProtocolError;
+use crate::util::thread_priority;
 use crate::util::time::unix_now;
 use bytes::BytesMut;
 use std::time::{Duration, Instant};
@@ -443,7 +444,13 @@ impl<L: ReplicationLink, S: WalSink> Loop<'_, L, S> {
                         self.server_wal_end = self.server_wal_end.max(server_wal_end);
                         (last_wal, released) = (last_recv, false);
                         self.on_wal(start, &data)?;
-                        if !self.opts.role.on_commit_path() {
+                        let on_commit_path = self.opts.role.on_commit_path();
+                        // Off a commit's path, this thread's CPU goes to those on it first.
+                        if let Err(r) = thread_priority::follow(!on_commit_path) {
+                            tracing::warn!(server = %self.opts.server, nice = r.nice, error = %r.error,
+                                "this server's commits now wait for pgark, but its receiver cannot raise its CPU priority back from background (it needs CAP_SYS_NICE, or LimitNICE= in the systemd unit): its acknowledgements may be slower while other servers catch up; restart pgark to start it in the foreground");
+                        }
+                        if !on_commit_path {
                             self.pace(data.len());
                         }
                         self.mark(Lsn(start.0.saturating_add(data.len() as u64)));

@@ -8,5 +8,6 @@ pub mod io;
 pub mod memory;
 pub mod os;
 pub mod progress;
+pub mod thread_priority;
 pub mod time;
 pub mod units;

@@ -104,3 +104,78 @@ fn idle_receivers_wake_for_sigterm_at_once() {
         }
     }
 }
+
+/// The nice value in a `/proc/.../stat` text: after the ")" that ends the name, state is field
+/// 3 and nice field 19.
+fn nice_in(stat: &str) -> Option<i32> {
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(16)?.parse().ok())
+}
+
+/// Each thread of `pid` whose name starts with `prefix`: (name, nice value).
+fn thread_nice(pid: i32, prefix: &str) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        if let (true, Some(n)) = (comm.starts_with(prefix), nice_in(&stat)) {
+            out.push((comm.trim().to_string(), n));
+        }
+    }
+    out
+}
+
+/// Background work yields the CPU to a synchronous acknowledgement (`util::thread_priority`):
+/// every archiver, and the receiver of a server that does not wait for pgark, run 10 nice steps
+/// down; the receiver of a server that names pgark stays at pgark's priority. When the second
+/// server starts naming pgark too, its receiver comes back up (as root, or with LimitNICE), or
+/// says in the log why it cannot.
+#[test]
+fn background_work_runs_at_a_lower_cpu_priority() {
+    let c = Cluster::init(&pg(), &["synchronous_standby_names = 'fg'"]).unwrap();
+    c.start().unwrap();
+    let ci = c.conninfo(&c.superuser);
+    let servers = server_yaml(
+        "fg",
+        &format!("{ci} application_name=fg"),
+        "synchronous: true\nmonitor_interval: 1s",
+    ) + &server_yaml(
+        "bg",
+        &format!("{ci} application_name=bg"),
+        "synchronous: false\nmonitor_interval: 1s",
+    );
+    let p = Pgark::start(&servers);
+    p.wait_streaming("fg");
+    p.wait_streaming("bg");
+    // The main thread's: what pgark was started at.
+    let base = nice_in(&std::fs::read_to_string(format!("/proc/{}/stat", p.pid())).unwrap()).unwrap();
+    let nice_of = |name: &str| thread_nice(p.pid(), name).first().map(|t| t.1);
+    // A receiver follows its role at its next WAL message: keep WAL coming.
+    wait_until(Duration::from_secs(30), "recv-bg at background priority", || {
+        write_rows(&c, 20);
+        nice_of("recv-bg") == Some(base + 10)
+    });
+    assert_eq!(
+        nice_of("recv-fg"),
+        Some(base),
+        "the synchronous server's receiver: {:?}",
+        thread_nice(p.pid(), "")
+    );
+    let archivers = thread_nice(p.pid(), "archiver-");
+    assert_eq!(archivers.len(), 2, "{archivers:?}");
+    assert!(archivers.iter().all(|(_, n)| *n == base + 10), "archivers: {archivers:?}");
+
+    // Now bg's commits may wait for pgark too: its receiver comes back to pgark's priority.
+    c.psql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (fg, bg)'").unwrap();
+    c.psql("SELECT pg_reload_conf()").unwrap();
+    let privileged = unsafe { libc::geteuid() } == 0;
+    wait_until(Duration::from_secs(30), "recv-bg back in the foreground (or the warning)", || {
+        write_rows(&c, 20);
+        if privileged {
+            nice_of("recv-bg") == Some(base)
+        } else {
+            p.log_text().contains("cannot raise its CPU priority back")
+        }
+    });
+    assert_eq!(nice_of("recv-fg"), Some(base));
+}

@@ -199,6 +199,7 @@ fn systemd_unit_file_verifies() {
         "ProtectHome=yes",
         "CapabilityBoundingSet=\n",
         "LimitNOFILE=",
+        "LimitNICE=20",
         "ExecReload=",
     ] {
         assert!(text.contains(key), "{} lacks {key:?}", unit.display());
