@@ -9,9 +9,12 @@ build, alternating: the commit latency (p50, p99) alone and during the backup, f
 per-transaction log, and the backup's duration. Medians of the rounds.
 
 It measures `fsio::write_behind` end to end (the catalog's page-cache writes going to the disk
-in 256 KiB pieces as they are written, instead of all at each chunk's fsync).
+in 256 KiB pieces as they are written, instead of all at each chunk's fsync). With --rates, one
+build runs once per rate instead (`pgark backup --max-rate`, as `backup_max_rate` sets it for
+scheduled backups): what a rate limit buys the commits, and what it costs the backup.
 
 Usage: python3 bench/backup_beside_sync_bench.py OLD_BIN NEW_BIN [--rows 6000000] [--rounds 3] [--out BENCHMARKS.md]
+       python3 bench/backup_beside_sync_bench.py BIN --rates unlimited,100MB,40MB [--out BENCHMARKS.md]
 Needs what bench/wal_bench.py needs (PostgreSQL, pgbench; as root, servers run as postgres).
 """
 
@@ -32,6 +35,7 @@ from sync_interference_bench import write_section  # noqa: E402
 import wal_bench as wb  # noqa: E402
 
 SECTION = "## What a backup costs a synchronous server's commits"
+RATES_SECTION = "## What backup_max_rate buys a synchronous server's commits"
 
 
 def percentiles(lat):
@@ -52,7 +56,7 @@ def commits(logdir):
     return out
 
 
-def one_round(base, primary, name, slot, seconds, lead):
+def one_round(base, primary, name, slot, seconds, lead, backup_args=()):
     rec = wb.Pgark(base, primary, slot)
     try:
         primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'pgark'")
@@ -66,7 +70,7 @@ def one_round(base, primary, name, slot, seconds, lead):
             cwd=logdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(lead)
         t0 = time.time()
-        b = subprocess.run([wb.PGARK, "backup", "--config", rec.config, "bench", "--checkpoint", "fast"],
+        b = subprocess.run([wb.PGARK, "backup", "--config", rec.config, "bench", "--checkpoint", "fast", *backup_args],
                            capture_output=True, text=True, env={**os.environ, "PGARK_LOG": "warn"})
         t1 = time.time()
         if b.returncode != 0:
@@ -86,14 +90,24 @@ def one_round(base, primary, name, slot, seconds, lead):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("old")
-    ap.add_argument("new")
+    ap.add_argument("bins", nargs="+", metavar="BIN", help="OLD NEW, or one build with --rates")
+    ap.add_argument("--rates", help="one build, once per rate: e.g. unlimited,100MB,40MB")
     ap.add_argument("--rows", type=int, default=6_000_000, help="rows of 96 hex characters (6M: about 0.9 GB)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=30, help="pgbench's run per round; the backup starts after 6 s")
     ap.add_argument("--out")
     args = ap.parse_args()
-    bins = {"old": args.old, "new": args.new}
+    if args.rates:
+        if len(args.bins) != 1:
+            ap.error("--rates takes one build")
+        rates = [r.strip() for r in args.rates.split(",") if r.strip()]
+        bins = {rate_label(r): args.bins[0] for r in rates}
+        backup_args = {rate_label(r): ([] if r == "unlimited" else ["--max-rate", r]) for r in rates}
+    elif len(args.bins) == 2:
+        bins = {"old": args.bins[0], "new": args.bins[1]}
+        backup_args = {}
+    else:
+        ap.error("give OLD NEW, or one build with --rates")
     base = tempfile.mkdtemp(prefix="pgark-besidesync-", dir=os.environ.get("PGARK_BENCH_DIR", "/var/tmp"))
     os.chmod(base, 0o755)
     primary = wb.Cluster(base, "primary")
@@ -106,9 +120,9 @@ def main():
         primary.psql("VACUUM")
         primary.psql("CHECKPOINT")
         for n in bins:
-            primary.psql(f"SELECT pg_create_physical_replication_slot('bs_{n}', true)")
+            primary.psql(f"SELECT pg_create_physical_replication_slot('{slot_of(n)}', true)")
         for i, name in cb.alternate(bins, args.rounds, None):
-            alone, during, secs, n = one_round(base, primary, name, f"bs_{name}", args.seconds, 6)
+            alone, during, secs, n = one_round(base, primary, name, slot_of(name), args.seconds, 6, backup_args.get(name, ()))
             results[name].append((alone, during, secs))
             print(f"round {i + 1} {name}: backup {secs:.1f} s; commit p50 {alone[0.5]:.3f} -> {during[0.5]:.3f} ms, "
                   f"p99 {alone[0.99]:.3f} -> {during[0.99]:.3f} ms ({n} commits during)", flush=True)
@@ -118,7 +132,15 @@ def main():
     text = report(results, args)
     print(text)
     if args.out:
-        write_section(args.out, text, SECTION)
+        write_section(args.out, text, RATES_SECTION if args.rates else SECTION)
+
+
+def rate_label(rate):
+    return "unlimited" if rate == "unlimited" else f"max-rate {rate}"
+
+
+def slot_of(name):
+    return "bs_" + "".join(ch if ch.isalnum() else "_" for ch in name.lower())
 
 
 def report(results, args):
@@ -131,18 +153,19 @@ def report(results, args):
             "during99": statistics.median(r[1][0.99] for r in rs),
             "secs": statistics.median(r[2] for r in rs),
         }
+    what = f"BIN --rates {args.rates}" if args.rates else "OLD NEW"
     lines = [
-        SECTION,
+        RATES_SECTION if args.rates else SECTION,
         "",
-        f"`python3 bench/backup_beside_sync_bench.py OLD NEW --rows {args.rows} --rounds {args.rounds}` on "
+        f"`python3 bench/backup_beside_sync_bench.py {what} --rows {args.rows} --rounds {args.rounds}` on "
         f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores: a primary waiting for pgark at every commit "
         "(pgbench -N, 1 client) while `pgark backup` takes a full backup of a database whose chunks compress "
         "about 2x. Commit latency from pgbench's per-transaction log, outside and during the backup; medians "
-        "of the rounds, the builds alternating. Rounds (p99 during, ms): "
+        f"of the rounds, the {'rates' if args.rates else 'builds'} alternating. Rounds (p99 during, ms): "
         + "; ".join(f"{n} " + ", ".join(f"{r[1][0.99]:.2f}" for r in rs) for n, rs in results.items())
         + ".",
         "",
-        "| build | backup s | commit p50 alone ms | p50 during | p99 alone ms | p99 during | p99 during / alone |",
+        f"| {'rate' if args.rates else 'build'} | backup s | commit p50 alone ms | p50 during | p99 alone ms | p99 during | p99 during / alone |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, m in med.items():

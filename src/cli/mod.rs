@@ -89,7 +89,7 @@ pub enum Cmd {
     },
     /// Take a base backup of one server now (pgark serve may keep running on the same catalog).
     #[command(
-        after_help = "The backup is published only when complete: every file checked against PostgreSQL's backup_manifest and the WAL from its start to its end durable in the catalog (streamed by pgark serve, or included in the backup when no receiver streams the server).\n\nWith --incremental (PostgreSQL 17+, summarize_wal = on) the server sends only the blocks changed since the newest backup, and pgark rebuilds whole files from them: the backup restores, verifies and can be deleted on its own, like a full one. When an incremental is not possible it takes a full backup and says why; --incremental=require fails instead (exit 10).\n\nExit status: 0 done, 1 failed (nothing kept), 2 bad usage or config, 4 another backup or a prune of this server is running (after --wait, if given), 10 --incremental=require and no incremental backup possible.\n\nExamples:\n  pgark backup --config /etc/pgark.yaml main\n  pgark backup --config /etc/pgark.yaml main --incremental\n  pgark backup --config /etc/pgark.yaml main --label before-upgrade --checkpoint fast\n  pgark backup --config /etc/pgark.yaml main --max-rate 50000 --json\n  pgark backup --config /etc/pgark.yaml main --wait 1h   # from cron, beside the daemon's schedule"
+        after_help = "The backup is published only when complete: every file checked against PostgreSQL's backup_manifest and the WAL from its start to its end durable in the catalog (streamed by pgark serve, or included in the backup when no receiver streams the server).\n\nWith --incremental (PostgreSQL 17+, summarize_wal = on) the server sends only the blocks changed since the newest backup, and pgark rebuilds whole files from them: the backup restores, verifies and can be deleted on its own, like a full one. When an incremental is not possible it takes a full backup and says why; --incremental=require fails instead (exit 10).\n\nExit status: 0 done, 1 failed (nothing kept), 2 bad usage or config, 4 another backup or a prune of this server is running (after --wait, if given), 10 --incremental=require and no incremental backup possible.\n\nExamples:\n  pgark backup --config /etc/pgark.yaml main\n  pgark backup --config /etc/pgark.yaml main --incremental\n  pgark backup --config /etc/pgark.yaml main --label before-upgrade --checkpoint fast\n  pgark backup --config /etc/pgark.yaml main --max-rate 50MB --json\n  pgark backup --config /etc/pgark.yaml main --wait 1h   # from cron, beside the daemon's schedule"
     )]
     Backup {
         #[arg(long, short, value_name = "FILE")]
@@ -102,8 +102,8 @@ pub enum Cmd {
         /// fast: checkpoint immediately; spread: let the server spread it (the config's backup_checkpoint by default).
         #[arg(long, value_parser = ["fast", "spread"])]
         checkpoint: Option<String>,
-        /// Limit the server's send rate, in kB/s (32 to 1048576); the config's backup_max_rate by default.
-        #[arg(long, value_name = "KB_PER_SEC", value_parser = clap::value_parser!(u32).range(32..=1048576))]
+        /// Limit the server's send rate: kB/s as a plain number (32 to 1048576), or with a unit per second (50MB); the config's backup_max_rate by default.
+        #[arg(long, value_name = "RATE", value_parser = crate::config::parse_backup_rate_arg)]
         max_rate: Option<u32>,
         /// Pin the backup: `forever`, a time (2027-01-31) or a duration (90d); see `pgark keep`.
         #[arg(long, value_name = "UNTIL")]

@@ -13,7 +13,7 @@ mod values;
 use crate::catalog::space::{DiskThresholds, Threshold, DEFAULT_CHECK_INTERVAL, DEFAULT_USAGE_INTERVAL};
 use crate::client::conninfo::Host;
 use raw::{RawConfig, RawDiskPressure};
-pub use server::ServerConfig;
+pub use server::{parse_backup_rate_arg, ServerConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -377,6 +377,18 @@ mod tests {
             let text = format!("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    backup_max_rate: {rate}\n");
             let e = parse(&text).unwrap_err().to_string();
             assert!(e.contains("servers.main.backup_max_rate"), "{rate}: {e}");
+        }
+    }
+
+    #[test]
+    fn backup_max_rate_on_the_command_line_plain_kb_or_with_a_unit() {
+        assert_eq!(parse_backup_rate_arg("50000"), Ok(50_000));
+        assert_eq!(parse_backup_rate_arg("32"), Ok(32));
+        assert_eq!(parse_backup_rate_arg("100MB"), Ok(97_656));
+        assert_eq!(parse_backup_rate_arg("1GiB/s"), Ok(1_048_576));
+        for bad in ["5", "1048577", "2GiB", "fast", "", "-3"] {
+            let e = parse_backup_rate_arg(bad).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
         }
     }
 

@@ -127,7 +127,22 @@ pub fn parse(name: &str, s: RawServer, top_retention: Option<&super::retention::
 /// `backup_max_rate`: bytes per second as `parse_rate` reads them, in the kB/s (1024 bytes) of
 /// PostgreSQL's `MAX_RATE`, which accepts 32 to 1048576.
 pub fn parse_backup_rate(v: &serde_yaml::Value) -> Result<u32, String> {
-    let kb = parse_rate(v)? / 1024;
+    max_rate_kb(parse_rate(v)? / 1024)
+}
+
+/// `pgark backup --max-rate`: a plain number is kB/s, as pg_basebackup's `--max-rate` and
+/// MAX_RATE itself take; with a unit it is bytes per second, as in the config (`50MB`).
+pub fn parse_backup_rate_arg(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let kb = text.parse::<u64>().map_err(|e| format!("{text:?}: {e}"))?;
+        return max_rate_kb(kb);
+    }
+    let rate = crate::util::units::parse_size(text.trim_end_matches("/s"))?;
+    max_rate_kb(rate / 1024)
+}
+
+fn max_rate_kb(kb: u64) -> Result<u32, String> {
     if !(32..=1_048_576).contains(&kb) {
         return Err(format!(
             "{kb} kB/s is outside what PostgreSQL's MAX_RATE accepts (32kB/s to 1GiB/s; such as 50MB)"

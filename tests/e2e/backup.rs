@@ -333,6 +333,9 @@ fn backup_commands_reject_bad_input() {
     assert!(o.status.success() && text(&o).contains("no backups"), "{}", text(&o));
     let o = pgark(&cat.config, &["backup", "main", "--max-rate", "5"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = pgark(&cat.config, &["backup", "main", "--max-rate", "1kB"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("MAX_RATE"), "{}", text(&o));
 
     if running_as_root() {
         // Read-only filesystem: root ignores permission bits, so mount one.
