@@ -371,7 +371,7 @@ mod tests {
             "catalog: /x\nservers:\n  a:\n    conninfo: host=/tmp\n    backup_max_rate: 100MB\n  b:\n    conninfo: host=/tmp port=5433\n",
         )
         .unwrap();
-        assert_eq!(c.servers["a"].backup.max_rate_kb, Some(97_656));
+        assert_eq!(c.servers["a"].backup.max_rate_kb, Some(97_657));
         assert_eq!(c.servers["b"].backup.max_rate_kb, None);
         for rate in ["1kB", "2GiB", "0", "fast"] {
             let text = format!("catalog: /x\nservers:\n  main:\n    conninfo: host=/tmp\n    backup_max_rate: {rate}\n");
@@ -384,7 +384,9 @@ mod tests {
     fn backup_max_rate_on_the_command_line_plain_kb_or_with_a_unit() {
         assert_eq!(parse_backup_rate_arg("50000"), Ok(50_000));
         assert_eq!(parse_backup_rate_arg("32"), Ok(32));
-        assert_eq!(parse_backup_rate_arg("100MB"), Ok(97_656));
+        assert_eq!(parse_backup_rate_arg("100MB"), Ok(97_657));
+        assert_eq!(parse_backup_rate_arg("50000/s"), Ok(50_000), "a plain number is kB/s, with /s too");
+        assert_eq!(parse_backup_rate_arg("32kB"), Ok(32), "the documented lower bound");
         assert_eq!(parse_backup_rate_arg("1GiB/s"), Ok(1_048_576));
         for bad in ["5", "1048577", "2GiB", "fast", "", "-3"] {
             let e = parse_backup_rate_arg(bad).unwrap_err();

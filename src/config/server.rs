@@ -127,19 +127,20 @@ pub fn parse(name: &str, s: RawServer, top_retention: Option<&super::retention::
 /// `backup_max_rate`: bytes per second as `parse_rate` reads them, in the kB/s (1024 bytes) of
 /// PostgreSQL's `MAX_RATE`, which accepts 32 to 1048576.
 pub fn parse_backup_rate(v: &serde_yaml::Value) -> Result<u32, String> {
-    max_rate_kb(parse_rate(v)? / 1024)
+    // Rounded up: `32kB` (32000 bytes) is the documented lower bound, 31.25 KiB.
+    max_rate_kb(parse_rate(v)?.div_ceil(1024))
 }
 
 /// `pgark backup --max-rate`: a plain number is kB/s, as pg_basebackup's `--max-rate` and
 /// MAX_RATE itself take; with a unit it is bytes per second, as in the config (`50MB`).
 pub fn parse_backup_rate_arg(text: &str) -> Result<u32, String> {
-    let text = text.trim();
+    let text = text.trim().trim_end_matches("/s");
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         let kb = text.parse::<u64>().map_err(|e| format!("{text:?}: {e}"))?;
         return max_rate_kb(kb);
     }
-    let rate = crate::util::units::parse_size(text.trim_end_matches("/s"))?;
-    max_rate_kb(rate / 1024)
+    let rate = crate::util::units::parse_size(text)?;
+    max_rate_kb(rate.div_ceil(1024))
 }
 
 fn max_rate_kb(kb: u64) -> Result<u32, String> {

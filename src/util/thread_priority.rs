@@ -85,8 +85,8 @@ pub struct Follower {
     stuck: bool,
 }
 
-/// Raising a thread's priority back was refused (no `CAP_SYS_NICE`, and `RLIMIT_NICE` does not
-/// allow it).
+/// Raising a thread's priority back was refused (EACCES or EPERM: no `CAP_SYS_NICE`, and
+/// `RLIMIT_NICE` does not allow it).
 #[derive(Debug)]
 pub struct RaiseRefused {
     pub nice: i32,
@@ -95,9 +95,11 @@ pub struct RaiseRefused {
 
 impl Follower {
     pub fn new() -> Follower {
+        let base = process_base();
         Follower {
-            base: process_base(),
-            background: false,
+            base,
+            // A thread started by a background thread inherited its priority.
+            background: current().is_ok_and(|n| n > base),
             stuck: false,
         }
     }
@@ -121,8 +123,12 @@ impl Follower {
                     error,
                 })
             }
-            // Lowering needs no privilege; if it still fails, stay in the foreground.
-            Err(_) => Ok(()),
+            // Lowering needs no privilege; if it still fails, stay in the foreground and do
+            // not try again at every message.
+            Err(_) => {
+                self.stuck = true;
+                Ok(())
+            }
         }
     }
 
@@ -138,8 +144,8 @@ impl Default for Follower {
 }
 
 thread_local! {
-    /// The calling thread's follower, made at its first use (before it lowered anything), so
-    /// its starting priority is the thread's own.
+    /// The calling thread's follower, made at its first use; it measures from the process's
+    /// priority (`process_base`) and starts from wherever the thread is.
     static THIS_THREAD: std::cell::RefCell<Follower> = std::cell::RefCell::new(Follower::new());
 }
 

@@ -150,10 +150,12 @@ fn background_work_runs_at_a_lower_cpu_priority() {
     // The main thread's: what pgark was started at.
     let base = nice_in(&std::fs::read_to_string(format!("/proc/{}/stat", p.pid())).unwrap()).unwrap();
     let nice_of = |name: &str| thread_nice(p.pid(), name).first().map(|t| t.1);
+    // Ten steps down, capped at 19 (when the tests themselves run under `nice`).
+    let background = (base + 10).min(19);
     // A receiver follows its role at its next WAL message: keep WAL coming.
     wait_until(Duration::from_secs(30), "recv-bg at background priority", || {
         write_rows(&c, 20);
-        nice_of("recv-bg") == Some(base + 10)
+        nice_of("recv-bg") == Some(background)
     });
     assert_eq!(
         nice_of("recv-fg"),
@@ -163,19 +165,16 @@ fn background_work_runs_at_a_lower_cpu_priority() {
     );
     let archivers = thread_nice(p.pid(), "archiver-");
     assert_eq!(archivers.len(), 2, "{archivers:?}");
-    assert!(archivers.iter().all(|(_, n)| *n == base + 10), "archivers: {archivers:?}");
+    assert!(archivers.iter().all(|(_, n)| *n == background), "archivers: {archivers:?}");
 
     // Now bg's commits may wait for pgark too: its receiver comes back to pgark's priority.
     c.psql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (fg, bg)'").unwrap();
     c.psql("SELECT pg_reload_conf()").unwrap();
-    let privileged = unsafe { libc::geteuid() } == 0;
+    // Raising it back needs CAP_SYS_NICE or an RLIMIT_NICE that allows it (root in a container
+    // may lack the first, a user may have the second): either it comes back, or it says why not.
     wait_until(Duration::from_secs(30), "recv-bg back in the foreground (or the warning)", || {
         write_rows(&c, 20);
-        if privileged {
-            nice_of("recv-bg") == Some(base)
-        } else {
-            p.log_text().contains("cannot raise its CPU priority back")
-        }
+        nice_of("recv-bg") == Some(base) || p.log_text().contains("cannot raise its CPU priority back")
     });
     assert_eq!(nice_of("recv-fg"), Some(base));
 }
